@@ -1,0 +1,19 @@
+//! Apps: a name callers use, the model it serves and how many machines it wants.
+
+use crate::AppName;
+use serde::{Deserialize, Serialize};
+
+/// An app as control records it after `colo deploy`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// The name callers put in the OpenAI `model` field or the Host name.
+    pub name: AppName,
+    /// The model in the store that the app's machines serve.
+    pub model: AppName,
+    /// The model revision pinned by the deploy (the manifest's revision).
+    pub revision: String,
+    /// How many machines the app keeps.
+    pub machines: u32,
+    /// Milliseconds since the Unix epoch when the app was last deployed.
+    pub deployed_at_ms: u64,
+}

@@ -1,0 +1,162 @@
+//! Machines: one engine process on one leased device, and the lifecycle it follows.
+
+use crate::AppName;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The lifecycle of a machine, shaped like the Fly Machines API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineState {
+    Created,
+    Starting,
+    Started,
+    Stopping,
+    Stopped,
+    Destroyed,
+    Failed,
+}
+
+// === impl MachineState ===
+
+impl MachineState {
+    /// Whether the lifecycle allows going from `self` to `next`.
+    pub fn can_go_to(self, next: MachineState) -> bool {
+        use MachineState::*;
+        match (self, next) {
+            (Destroyed, _) => false,
+            (_, Destroyed) => true,
+            (_, Failed) => true,
+            (Created | Stopped | Failed, Starting) => true,
+            // A crash of a started engine sends it back through `starting` on restart.
+            (Started, Starting) => true,
+            (Starting, Started) => true,
+            (Starting | Started, Stopping) => true,
+            (Stopping, Stopped) => true,
+            (Created | Failed, Stopped) => true,
+            _ => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Created => "created",
+            MachineState::Starting => "starting",
+            MachineState::Started => "started",
+            MachineState::Stopping => "stopping",
+            MachineState::Stopped => "stopped",
+            MachineState::Destroyed => "destroyed",
+            MachineState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        use MachineState::*;
+        [Created, Starting, Started, Stopping, Stopped, Destroyed, Failed]
+            .into_iter()
+            .find(|state| state.as_str() == s)
+    }
+}
+
+impl fmt::Display for MachineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a machine runs on: a whole GPU or one CPU slot. Never a fraction of either.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Device {
+    Gpu { index: u32, name: String, memory_mib: u64 },
+    Cpu { slot: u32 },
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Gpu { index, name, .. } => write!(f, "gpu{index} ({name})"),
+            Device::Cpu { slot } => write!(f, "cpu{slot}"),
+        }
+    }
+}
+
+/// What one hydration of a model into the host cache moved and how fast.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HydrationReport {
+    /// Bytes of the model in total.
+    pub bytes_total: u64,
+    /// Bytes fetched from the store by this pull.
+    pub bytes_fetched: u64,
+    /// Bytes already present in the host cache (whole files or verified chunks).
+    pub bytes_reused: u64,
+    /// Wall-clock seconds of the pull.
+    pub seconds: f64,
+}
+
+impl HydrationReport {
+    /// Fetch throughput in GB/s (10^9 bytes), zero when nothing was fetched.
+    pub fn gb_per_s(&self) -> f64 {
+        if self.seconds <= 0.0 || self.bytes_fetched == 0 {
+            return 0.0;
+        }
+        self.bytes_fetched as f64 / 1e9 / self.seconds
+    }
+}
+
+/// One machine as the agent records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub id: String,
+    pub app: AppName,
+    pub model: AppName,
+    pub revision: String,
+    pub state: MachineState,
+    /// The state the machine should reach; the supervisor works towards it.
+    pub desired: MachineState,
+    pub device: Device,
+    /// Host name of the agent that runs it.
+    pub host: String,
+    /// Region code of that host.
+    pub region: String,
+    /// `ip:port` of the engine once it listens.
+    pub addr: Option<String>,
+    /// Process id of the engine while it runs.
+    pub pid: Option<u32>,
+    /// How many times the engine was restarted after a crash.
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub hydration: Option<HydrationReport>,
+    /// Milliseconds since the Unix epoch of the last state change.
+    pub updated_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MachineState::*;
+
+    #[test]
+    fn lifecycle_edges() {
+        let allowed = [
+            (Created, Starting),
+            (Starting, Started),
+            (Started, Stopping),
+            (Stopping, Stopped),
+            (Stopped, Starting),
+            (Started, Starting),
+            (Started, Failed),
+            (Stopped, Destroyed),
+        ];
+        for (a, b) in allowed {
+            assert!(a.can_go_to(b), "{a} -> {b}");
+        }
+        let refused = [(Destroyed, Starting), (Stopped, Started), (Created, Started), (Stopping, Started)];
+        for (a, b) in refused {
+            assert!(!a.can_go_to(b), "{a} -> {b}");
+        }
+        for state in [Created, Starting, Started, Stopping, Stopped, Destroyed, Failed] {
+            assert_eq!(MachineState::parse(state.as_str()), Some(state));
+        }
+    }
+}

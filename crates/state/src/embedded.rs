@@ -1,0 +1,189 @@
+//! The single-machine state store: an in-memory copy for reads, a redb file for durability.
+
+use crate::{StateError, StateStore};
+use async_trait::async_trait;
+use colo_core::{App, AppName, Machine};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::watch;
+
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
+
+pub struct Embedded {
+    db: Database,
+    cache: Mutex<Cache>,
+    version: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Cache {
+    apps: BTreeMap<String, App>,
+    machines: BTreeMap<String, Machine>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> StateError {
+    StateError::Store(e.to_string())
+}
+
+// === impl Embedded ===
+
+impl Embedded {
+    /// Opens (or creates) the state file. A second process on the same file is refused.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let open_err = |reason: String| StateError::Open { path: path.display().to_string(), reason };
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                open_err("already in use by another colo process on this data dir".into())
+            }
+            other => open_err(other.to_string()),
+        })?;
+        let txn = db.begin_write().map_err(store_err)?;
+        txn.open_table(APPS).map_err(store_err)?;
+        txn.open_table(MACHINES).map_err(store_err)?;
+        txn.commit().map_err(store_err)?;
+
+        let cache = Cache { apps: load(&db, APPS)?, machines: load(&db, MACHINES)? };
+        let (version, _) = watch::channel(0);
+        Ok(Self { db, cache: Mutex::new(cache), version })
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        // The lock is never held across a panic-prone call, so poisoning cannot happen; recover anyway.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = txn.open_table(table).map_err(store_err)?;
+            match value {
+                Some(bytes) => {
+                    t.insert(key, bytes).map_err(store_err)?;
+                }
+                None => {
+                    t.remove(key).map_err(store_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(store_err)?;
+        self.version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+}
+
+fn load<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>) -> Result<BTreeMap<String, T>, StateError> {
+    let txn = db.begin_read().map_err(store_err)?;
+    let t = txn.open_table(table).map_err(store_err)?;
+    let mut out = BTreeMap::new();
+    for row in t.iter().map_err(store_err)? {
+        let (k, v) = row.map_err(store_err)?;
+        let value = serde_json::from_slice(v.value())
+            .map_err(|e| StateError::Corrupt { key: k.value().to_string(), reason: e.to_string() })?;
+        out.insert(k.value().to_string(), value);
+    }
+    Ok(out)
+}
+
+fn encode(value: &impl Serialize) -> Vec<u8> {
+    // Apps and machines are plain data: serialisation cannot fail.
+    serde_json::to_vec(value).expect("state records serialise")
+}
+
+#[async_trait]
+impl StateStore for Embedded {
+    async fn apps(&self) -> Result<Vec<App>, StateError> {
+        Ok(self.cache().apps.values().cloned().collect())
+    }
+
+    async fn app(&self, name: &AppName) -> Result<Option<App>, StateError> {
+        Ok(self.cache().apps.get(name.as_str()).cloned())
+    }
+
+    async fn put_app(&self, app: &App) -> Result<(), StateError> {
+        self.write(APPS, app.name.as_str(), Some(&encode(app)))?;
+        self.cache().apps.insert(app.name.to_string(), app.clone());
+        Ok(())
+    }
+
+    async fn delete_app(&self, name: &AppName) -> Result<bool, StateError> {
+        self.write(APPS, name.as_str(), None)?;
+        Ok(self.cache().apps.remove(name.as_str()).is_some())
+    }
+
+    async fn machines(&self) -> Result<Vec<Machine>, StateError> {
+        Ok(self.cache().machines.values().cloned().collect())
+    }
+
+    async fn put_machine(&self, machine: &Machine) -> Result<(), StateError> {
+        // Update the cache before the version bump so that a watcher woken by it reads the new value.
+        self.cache().machines.insert(machine.id.clone(), machine.clone());
+        self.write(MACHINES, &machine.id, Some(&encode(machine)))
+    }
+
+    async fn delete_machine(&self, id: &str) -> Result<(), StateError> {
+        self.cache().machines.remove(id);
+        self.write(MACHINES, id, None)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colo_core::{Device, MachineState};
+
+    fn machine(id: &str) -> Machine {
+        Machine {
+            id: id.into(),
+            app: AppName::new("a").unwrap(),
+            model: AppName::new("m").unwrap(),
+            revision: "r".into(),
+            state: MachineState::Started,
+            desired: MachineState::Started,
+            device: Device::Cpu { slot: 0 },
+            host: "h".into(),
+            region: "local".into(),
+            addr: Some("127.0.0.1:1".into()),
+            pid: None,
+            restarts: 0,
+            last_error: None,
+            hydration: None,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_signals_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let state = Embedded::open(&path).unwrap();
+            let mut changes = state.changes();
+            let app = App {
+                name: AppName::new("a").unwrap(),
+                model: AppName::new("m").unwrap(),
+                revision: "r".into(),
+                machines: 1,
+                deployed_at_ms: 5,
+            };
+            state.put_app(&app).await.unwrap();
+            state.put_machine(&machine("m1")).await.unwrap();
+            state.put_machine(&machine("m2")).await.unwrap();
+            state.delete_machine("m2").await.unwrap();
+            assert!(changes.has_changed().unwrap());
+            assert_eq!(*changes.borrow_and_update(), 4);
+            assert!(Embedded::open(&path).is_err(), "a second open of the same file must be refused");
+        }
+        let state = Embedded::open(&path).unwrap();
+        assert_eq!(state.apps().await.unwrap().len(), 1);
+        let machines = state.machines().await.unwrap();
+        assert_eq!(machines, vec![machine("m1")]);
+    }
+}
