@@ -1,0 +1,106 @@
+//! Opening the object store that holds models: a local directory or any S3-compatible URL,
+//! both through the `object_store` crate so every other part treats them alike.
+
+use crate::StoreError;
+use colo_model::Manifest;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::ObjectStore;
+use std::sync::Arc;
+
+/// The model store. Layout under its root:
+/// `models/<name>/manifest.json` (written last, so a model is visible only when whole) and
+/// `models/<name>/rev/<revision>/<file path>` for the files.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens `s3://bucket[/prefix]` (endpoint, region and credentials from the usual AWS
+    /// environment variables: `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`) or a local directory (a path or `file://` URL), creating it.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::Url { url: url.to_string(), reason };
+        let inner: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name after s3://".into()));
+            }
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3")) {
+                builder = builder
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_endpoint(endpoint)
+                    .with_virtual_hosted_style_request(false);
+            }
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+                builder = builder.with_region("us-east-1");
+            }
+            let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix))
+            }
+        } else if url.contains("://") && !url.starts_with("file://") {
+            return Err(bad("use s3://bucket/prefix, file:///path or a plain directory path".into()));
+        } else {
+            let dir = url.strip_prefix("file://").unwrap_or(url);
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+            let local = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+            Arc::new(local)
+        };
+        Ok(Self { inner, url: url.to_string() })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    pub fn manifest_path(name: &str) -> ObjectPath {
+        ObjectPath::from(format!("models/{name}/manifest.json"))
+    }
+
+    pub fn file_path(name: &str, revision: &str, file: &str) -> ObjectPath {
+        ObjectPath::from(format!("models/{name}/rev/{revision}/{file}"))
+    }
+
+    /// Reads and validates a model's manifest.
+    pub async fn manifest(&self, name: &str) -> Result<Manifest, StoreError> {
+        let path = Self::manifest_path(name);
+        let bytes = match self.inner.get(&path).await {
+            Ok(result) => result.bytes().await.map_err(|e| StoreError::object(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StoreError::NotFound { name: name.to_string(), path: path.to_string() })
+            }
+            Err(e) => return Err(StoreError::object(&path, e)),
+        };
+        Manifest::from_json(&bytes).map_err(|source| StoreError::Manifest { name: name.to_string(), source })
+    }
+
+    /// Names of the models whose manifest is present.
+    pub async fn models(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = ObjectPath::from("models");
+        let listing = self.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| StoreError::object(&prefix, e))?;
+        let mut names = Vec::new();
+        for dir in listing.common_prefixes {
+            let Some(name) = dir.parts().last().map(|p| p.as_ref().to_string()) else { continue };
+            if self.inner.head(&Self::manifest_path(&name)).await.is_ok() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
