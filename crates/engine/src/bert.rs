@@ -1,0 +1,155 @@
+//! BERT-family sentence embeddings with candle, pooled the way sentence-transformers pools:
+//! the model's own `modules.json` and `1_Pooling/config.json` decide mean or CLS pooling and
+//! whether to L2-normalise; `sentence_bert_config.json` gives the truncation length.
+
+use crate::EngineError;
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    /// Tokens per input after truncation, special tokens included.
+    pub max_tokens: usize,
+    pub dim: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+}
+
+fn load_err(file: &Path, reason: impl std::fmt::Display) -> EngineError {
+    EngineError::Load { file: file.display().to_string(), reason: reason.to_string() }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| load_err(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(load_err(path, e)),
+    }
+}
+
+// === impl Embedder ===
+
+impl Embedder {
+    pub fn load(dir: &Path) -> Result<Self, EngineError> {
+        let device = Device::Cpu;
+        let config_path = dir.join("config.json");
+        let config_json = read_json(&config_path)?.ok_or_else(|| load_err(&config_path, "missing"))?;
+        let model_type = config_json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if !matches!(model_type, "bert" | "roberta" | "xlm-roberta") {
+            return Err(load_err(&config_path, format!("model_type {model_type:?} is not a BERT-family encoder")));
+        }
+        let config: Config = serde_json::from_value(config_json.clone()).map_err(|e| load_err(&config_path, e))?;
+
+        let weights = dir.join("model.safetensors");
+        // SAFETY: the file is mmapped read-only; the host cache publishes files atomically and
+        // never rewrites them in place, so the mapping cannot change under us.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
+            .map_err(|e| load_err(&weights, e))?;
+        let model = BertModel::load(vb, &config).map_err(|e| load_err(&weights, e))?;
+
+        let max_position = config.max_position_embeddings;
+        let st_config = read_json(&dir.join("sentence_bert_config.json"))?;
+        let max_tokens = st_config
+            .as_ref()
+            .and_then(|c| c.get("max_seq_length"))
+            .and_then(|v| v.as_u64())
+            .map(|n| n as usize)
+            .unwrap_or(max_position)
+            .min(max_position);
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
+        // tokenizer.json may carry its own padding and a shorter truncation; the batcher pads
+        // and sentence-transformers truncates to max_seq_length, so override both.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| load_err(&tokenizer_path, e))?;
+
+        let (pooling, normalize) = pooling_of(dir)?;
+        Ok(Self { model, tokenizer, device, max_tokens, dim: config.hidden_size, pooling, normalize })
+    }
+
+    /// Token ids of one input, special tokens added, truncated to `max_tokens`.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let encoding = self.tokenizer.encode(text, true).map_err(|e| EngineError::Inference(format!("tokenizer: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Embeds a batch of tokenized inputs in one forward pass, padding to the longest.
+    pub fn embed(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let n = inputs.len();
+        let len = inputs.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        if n == 0 || len == 0 {
+            return Ok(vec![Vec::new(); n]);
+        }
+        let mut ids = vec![0u32; n * len];
+        let mut mask = vec![0u32; n * len];
+        for (row, seq) in inputs.iter().enumerate() {
+            ids[row * len..row * len + seq.len()].copy_from_slice(seq);
+            mask[row * len..row * len + seq.len()].iter_mut().for_each(|m| *m = 1);
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let token_types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+
+        let pooled = match self.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => {
+                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+        };
+        let pooled = if self.normalize {
+            let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            pooled.broadcast_div(&norms)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+}
+
+/// Reads the sentence-transformers module list: mean pooling unless `1_Pooling` says CLS;
+/// normalised when a Normalize module is listed, or when there is no module list at all (the
+/// convention of OpenAI's embeddings API).
+fn pooling_of(dir: &Path) -> Result<(Pooling, bool), EngineError> {
+    let modules = read_json(&dir.join("modules.json"))?;
+    let Some(modules) = modules.as_ref().and_then(|m| m.as_array()) else {
+        return Ok((Pooling::Mean, true));
+    };
+    let kind = |m: &serde_json::Value| m.get("type").and_then(|t| t.as_str()).unwrap_or("").to_string();
+    let normalize = modules.iter().any(|m| kind(m).ends_with("Normalize"));
+    let mut pooling = Pooling::Mean;
+    if let Some(pool) = modules.iter().find(|m| kind(m).ends_with("Pooling")) {
+        let path = pool.get("path").and_then(|p| p.as_str()).unwrap_or("1_Pooling");
+        if let Some(cfg) = read_json(&dir.join(path).join("config.json"))? {
+            let flag = |key: &str| cfg.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+            if flag("pooling_mode_cls_token") {
+                pooling = Pooling::Cls;
+            } else if !flag("pooling_mode_mean_tokens") {
+                return Err(load_err(&dir.join(path), "only mean and CLS pooling are supported"));
+            }
+        }
+    }
+    Ok((pooling, normalize))
+}

@@ -1,0 +1,51 @@
+//! The engine's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<StatusLabel, Counter>,
+    pub inputs: Counter,
+    pub prompt_tokens: Counter,
+    pub in_flight: Gauge,
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("colo_engine");
+        let requests = Family::<StatusLabel, Counter>::default();
+        let inputs = Counter::default();
+        let prompt_tokens = Counter::default();
+        let in_flight = Gauge::default();
+        let queue_depth = Gauge::default();
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0].into_iter());
+        registry.register("requests", "HTTP requests answered, by status", requests.clone());
+        registry.register("inputs", "Inputs embedded", inputs.clone());
+        registry.register("prompt_tokens", "Tokens of embedded inputs", prompt_tokens.clone());
+        registry.register("in_flight", "Requests being served", in_flight.clone());
+        registry.register("queue_depth", "Requests waiting for the compute thread", queue_depth.clone());
+        registry.register("batch_size", "Sequences per forward pass", batch_size.clone());
+        Self { registry: Arc::new(registry), requests, inputs, prompt_tokens, in_flight, queue_depth, batch_size }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
+        out
+    }
+}
