@@ -1,1 +1,233 @@
-//! placeholder
+//! The host agent: finds the host's devices, leases whole ones to machines, hydrates their
+//! models into the host cache, and runs and supervises one engine process per machine.
+//! It never routes requests; it records machine state for the edges to read.
+
+pub mod api;
+mod devices;
+mod error;
+mod supervisor;
+
+pub use devices::discover_devices;
+pub use error::AgentError;
+
+use colo_core::{AppName, Device, Machine, MachineState};
+use colo_state::StateStore;
+use colo_store::{HostCache, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How the agent starts an engine: a program and the arguments before the per-machine flags.
+#[derive(Clone, Debug)]
+pub struct EngineCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// This host's name, recorded on its machines.
+    pub host: String,
+    /// This host's region code.
+    pub region: String,
+    /// Where machine logs go: `<data_dir>/machines/<id>/engine.log`.
+    pub data_dir: PathBuf,
+    pub engine: EngineCommand,
+    /// The longest an engine may take from spawn to a passing health check.
+    pub start_timeout: Duration,
+    /// Time between health checks of a started engine.
+    pub health_interval: Duration,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    state: Arc<dyn StateStore>,
+    store: Store,
+    cache: HostCache,
+    devices: Vec<Device>,
+    /// Desired-state channels of the supervisors that run, by machine id.
+    supervisors: Mutex<HashMap<String, watch::Sender<MachineState>>>,
+    /// Serialises device leasing so two creates never take the same device.
+    lease_lock: tokio::sync::Mutex<()>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+// === impl Agent ===
+
+impl Agent {
+    pub fn new(config: AgentConfig, state: Arc<dyn StateStore>, store: Store, cache: HostCache, devices: Vec<Device>) -> Arc<Self> {
+        Arc::new(Self { config, state, store, cache, devices, supervisors: Mutex::new(HashMap::new()), lease_lock: Default::default() })
+    }
+
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
+    /// Picks up this host's machines after a restart: those meant to run are started again.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
+        for mut machine in self.machines().await? {
+            if machine.state == MachineState::Destroyed {
+                continue;
+            }
+            // No engine survives its agent (they die with it), so nothing is running now.
+            machine.pid = None;
+            machine.addr = None;
+            if machine.desired == MachineState::Started {
+                self.spawn_supervisor(machine);
+            } else if machine.state != MachineState::Stopped && machine.state != MachineState::Created {
+                machine.state = MachineState::Stopped;
+                machine.updated_at_ms = now_ms();
+                self.state.put_machine(&machine).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This host's machines.
+    pub async fn machines(&self) -> Result<Vec<Machine>, AgentError> {
+        let all = self.state.machines().await?;
+        Ok(all.into_iter().filter(|m| m.host == self.config.host).collect())
+    }
+
+    pub async fn machine(&self, id: &str) -> Result<Machine, AgentError> {
+        self.machines().await?.into_iter().find(|m| m.id == id).ok_or_else(|| AgentError::NoSuchMachine(id.to_string()))
+    }
+
+    /// Creates a machine on a free device and starts it.
+    pub async fn create_machine(self: &Arc<Self>, app: &AppName, model: &AppName, revision: &str) -> Result<Machine, AgentError> {
+        // The manifest must exist before a device is taken for it.
+        self.store.manifest_at(model.as_str(), revision).await?;
+        let _lease = self.lease_lock.lock().await;
+        let machines = self.machines().await?;
+        let taken: Vec<&Device> = machines.iter().filter(|m| m.state != MachineState::Destroyed).map(|m| &m.device).collect();
+        let device = self
+            .devices
+            .iter()
+            .find(|d| !taken.contains(d))
+            .cloned()
+            .ok_or(AgentError::NoFreeDevice { host: self.config.host.clone(), total: self.devices.len() })?;
+        let machine = Machine {
+            id: format!("m-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            app: app.clone(),
+            model: model.clone(),
+            revision: revision.to_string(),
+            state: MachineState::Created,
+            desired: MachineState::Started,
+            device,
+            host: self.config.host.clone(),
+            region: self.config.region.clone(),
+            addr: None,
+            pid: None,
+            restarts: 0,
+            last_error: None,
+            hydration: None,
+            updated_at_ms: now_ms(),
+        };
+        self.state.put_machine(&machine).await?;
+        self.spawn_supervisor(machine.clone());
+        Ok(machine)
+    }
+
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
+        self.set_desired(id, MachineState::Started).await
+    }
+
+    pub async fn stop(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
+        self.set_desired(id, MachineState::Stopped).await
+    }
+
+    /// Stops the machine if it runs, then marks it destroyed and frees its device.
+    pub async fn destroy(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
+        self.set_desired(id, MachineState::Destroyed).await
+    }
+
+    async fn set_desired(self: &Arc<Self>, id: &str, desired: MachineState) -> Result<Machine, AgentError> {
+        let mut machine = self.machine(id).await?;
+        if machine.state == MachineState::Destroyed {
+            return Err(AgentError::Destroyed(id.to_string()));
+        }
+        machine.desired = desired;
+        let running = {
+            let supervisors = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+            match supervisors.get(id) {
+                Some(tx) => tx.send(desired).is_ok(),
+                None => false,
+            }
+        };
+        if running {
+            // The supervisor records the state changes as it makes them.
+            let mut current = self.machine(id).await?;
+            current.desired = desired;
+            self.state.put_machine(&current).await?;
+            return Ok(current);
+        }
+        match desired {
+            MachineState::Started => {
+                self.state.put_machine(&machine).await?;
+                self.spawn_supervisor(machine.clone());
+            }
+            MachineState::Destroyed | MachineState::Stopped => {
+                machine.state = desired;
+                machine.updated_at_ms = now_ms();
+                self.state.put_machine(&machine).await?;
+            }
+            _ => {}
+        }
+        Ok(machine)
+    }
+
+    /// Waits until the machine reaches `state`, fails, or `timeout` passes.
+    pub async fn wait(&self, id: &str, state: MachineState, timeout: Duration) -> Result<Machine, AgentError> {
+        let mut changes = self.state.changes();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let machine = self.machine(id).await?;
+            if machine.state == state {
+                return Ok(machine);
+            }
+            if machine.state == MachineState::Failed || machine.state == MachineState::Destroyed {
+                return Err(AgentError::WaitFailed { id: id.to_string(), wanted: state, reached: machine.state, error: machine.last_error });
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return Err(AgentError::WaitTimeout { id: id.to_string(), wanted: state, current: machine.state, secs: timeout.as_secs_f64() });
+            }
+        }
+    }
+
+    fn spawn_supervisor(self: &Arc<Self>, machine: Machine) {
+        let (tx, rx) = watch::channel(machine.desired);
+        let mut supervisors = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+        if supervisors.get(&machine.id).is_some_and(|tx| !tx.is_closed()) {
+            let _ = supervisors[&machine.id].send(machine.desired);
+            return;
+        }
+        supervisors.insert(machine.id.clone(), tx);
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let id = machine.id.clone();
+            supervisor::run(agent.clone(), machine, rx).await;
+            agent.supervisors.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
+    }
+
+    /// Stops every engine this agent runs (on shutdown).
+    pub async fn shutdown(&self) {
+        let senders: Vec<_> = self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for tx in &senders {
+            // `Stopping` tells a supervisor to stop its engine without changing the desired state.
+            let _ = tx.send(MachineState::Stopping);
+        }
+        for tx in senders {
+            let _ = tokio::time::timeout(Duration::from_secs(10), tx.closed()).await;
+        }
+    }
+}

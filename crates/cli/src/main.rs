@@ -1,1 +1,125 @@
-fn main() {}
+//! The `colo` command. Each subcommand parses its flags and calls library code.
+
+mod client;
+mod cmd_deploy;
+mod cmd_model;
+mod cmd_up;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "colo", version, about = "Inference next to your GPUs, your weights and your callers.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand shares.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    /// Data directory: state, host cache, local store, logs.
+    #[arg(long, env = "COLO_DATA_DIR", default_value = ".colo", global = true)]
+    pub data_dir: PathBuf,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run control, an agent and an edge in this process, in the foreground until SIGTERM.
+    Up(cmd_up::UpArgs),
+    /// Push, inspect and list models in the store.
+    #[command(subcommand)]
+    Model(cmd_model::ModelCommand),
+    /// Deploy a pushed model as an app and wait for its machines to start.
+    Deploy(cmd_deploy::DeployArgs),
+    /// Remove an app and destroy its machines.
+    Destroy(cmd_deploy::DestroyArgs),
+    /// List machines: state, device, address, restarts, last hydration.
+    Ps(cmd_deploy::PsArgs),
+    /// List apps: model, revision, machines started of wanted.
+    Apps(cmd_deploy::AppsArgs),
+    /// Run colo's built-in inference engine (the agent starts one per machine).
+    #[command(subcommand)]
+    Engine(EngineCommand),
+}
+
+#[derive(Subcommand)]
+enum EngineCommand {
+    /// Serve one model over an OpenAI-compatible HTTP API.
+    Serve(EngineServeArgs),
+}
+
+#[derive(clap::Args)]
+struct EngineServeArgs {
+    /// Directory with config.json, model.safetensors and tokenizer.json.
+    #[arg(long)]
+    model_dir: PathBuf,
+    /// TCP port to listen on.
+    #[arg(long)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Name reported by /v1/models.
+    #[arg(long, default_value = "model")]
+    name: String,
+    /// Milliseconds the batcher waits for more requests after the first.
+    #[arg(long, default_value_t = 2)]
+    batch_window_ms: u64,
+    /// Sequences per forward pass at most.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COLO_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => cmd_up::run(args).await,
+            Command::Model(cmd) => cmd_model::run(cmd).await,
+            Command::Deploy(args) => cmd_deploy::deploy(args).await,
+            Command::Destroy(args) => cmd_deploy::destroy(args).await,
+            Command::Ps(args) => cmd_deploy::ps(args).await,
+            Command::Apps(args) => cmd_deploy::apps(args).await,
+            Command::Engine(EngineCommand::Serve(args)) => engine_serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn engine_serve(args: EngineServeArgs) -> anyhow::Result<()> {
+    if args.max_batch == 0 {
+        anyhow::bail!("--max-batch must be at least 1");
+    }
+    colo_engine::serve(colo_engine::ServeOptions {
+        model_dir: args.model_dir,
+        addr: std::net::SocketAddr::new(args.host, args.port),
+        served_name: args.name,
+        batch_window: std::time::Duration::from_millis(args.batch_window_ms),
+        max_batch: args.max_batch,
+    })
+    .await?;
+    Ok(())
+}

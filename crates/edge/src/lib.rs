@@ -1,1 +1,37 @@
-//! placeholder
+//! The edge: one HTTP port in front of every app. It finds the app of each request, asks the
+//! policy crate which machine should answer, proxies the request there and streams the answer
+//! back. It decides nothing itself: routing choices come from `colo-policy`.
+
+mod error;
+mod metrics;
+mod proxy;
+pub mod routes;
+
+pub use error::EdgeError;
+pub use proxy::{router, Edge};
+pub use routes::{follow_state, RouteTable};
+
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Apps are also reachable as `<app>.<domain>` through the Host header.
+    pub domain: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// How long a request may wait for a machine of its app to start.
+    pub hold_timeout: Duration,
+    /// How long connecting to a machine may take before it counts as down.
+    pub connect_timeout: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            max_body: 10 * 1024 * 1024,
+            hold_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}

@@ -66,12 +66,10 @@ pub async fn push_dir(
     .try_collect()
     .await?;
 
-    let manifest_path = Store::manifest_path(name);
-    store
-        .objects()
-        .put(&manifest_path, PutPayload::from(manifest.to_json()))
-        .await
-        .map_err(|e| StoreError::object(&manifest_path, e))?;
+    // The revision's own copy first, the pointer to the latest revision last.
+    for path in [Store::revision_manifest_path(name, &manifest.revision), Store::manifest_path(name)] {
+        store.objects().put(&path, PutPayload::from(manifest.to_json())).await.map_err(|e| StoreError::object(&path, e))?;
+    }
     Ok(PushReport { manifest, bytes_uploaded: uploaded.iter().sum(), seconds: started.elapsed().as_secs_f64() })
 }
 

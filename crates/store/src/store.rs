@@ -72,13 +72,26 @@ impl Store {
         ObjectPath::from(format!("models/{name}/manifest.json"))
     }
 
+    /// Every revision's manifest is kept, so machines pinned to an older push still hydrate.
+    pub fn revision_manifest_path(name: &str, revision: &str) -> ObjectPath {
+        ObjectPath::from(format!("models/{name}/revs/{revision}.json"))
+    }
+
     pub fn file_path(name: &str, revision: &str, file: &str) -> ObjectPath {
         ObjectPath::from(format!("models/{name}/rev/{revision}/{file}"))
     }
 
-    /// Reads and validates a model's manifest.
+    /// Reads and validates a model's latest manifest.
     pub async fn manifest(&self, name: &str) -> Result<Manifest, StoreError> {
-        let path = Self::manifest_path(name);
+        self.read_manifest(name, Self::manifest_path(name)).await
+    }
+
+    /// Reads the manifest of one revision of a model.
+    pub async fn manifest_at(&self, name: &str, revision: &str) -> Result<Manifest, StoreError> {
+        self.read_manifest(name, Self::revision_manifest_path(name, revision)).await
+    }
+
+    async fn read_manifest(&self, name: &str, path: ObjectPath) -> Result<Manifest, StoreError> {
         let bytes = match self.inner.get(&path).await {
             Ok(result) => result.bytes().await.map_err(|e| StoreError::object(&path, e))?,
             Err(object_store::Error::NotFound { .. }) => {

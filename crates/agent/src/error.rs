@@ -1,0 +1,21 @@
+//! Agent errors, mapped to HTTP statuses in `api`.
+
+use colo_core::MachineState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no machine {0:?} on this host")]
+    NoSuchMachine(String),
+    #[error("machine {0:?} is destroyed")]
+    Destroyed(String),
+    #[error("host {host} has no free device: all {total} are leased to machines")]
+    NoFreeDevice { host: String, total: usize },
+    #[error("machine {id} did not reach {wanted} within {secs}s (it is {current})")]
+    WaitTimeout { id: String, wanted: MachineState, current: MachineState, secs: f64 },
+    #[error("machine {id} went {reached} instead of {wanted}: {}", error.as_deref().unwrap_or("no error recorded"))]
+    WaitFailed { id: String, wanted: MachineState, reached: MachineState, error: Option<String> },
+    #[error(transparent)]
+    State(#[from] colo_state::StateError),
+    #[error(transparent)]
+    Store(#[from] colo_store::StoreError),
+}

@@ -1,0 +1,226 @@
+//! One task per machine: hydrate, spawn the engine, wait for health, watch it, restart it on
+//! a crash with backoff, and stop it when told. Every state change is written to the state
+//! store as it happens, which is how edges learn where to route.
+
+use crate::{now_ms, Agent};
+use colo_core::{Machine, MachineState};
+use colo_store::{hydrate, no_progress, HydrateOptions};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// Consecutive failed starts after which the machine is marked failed.
+const MAX_START_FAILURES: u32 = 3;
+/// Consecutive failed health checks after which a started engine is restarted.
+const MAX_HEALTH_FAILURES: u32 = 3;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+enum Outcome {
+    /// The engine exited or stopped answering; restart it.
+    Crashed(String),
+    /// The desired state changed away from started.
+    Told,
+}
+
+pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: watch::Receiver<MachineState>) {
+    let mut backoff = Duration::from_millis(250);
+    let mut start_failures = 0;
+    loop {
+        let want = *desired.borrow_and_update();
+        match want {
+            MachineState::Started => {}
+            // `Stopping` is the agent shutting down: the machine stays meant to run.
+            MachineState::Stopping => return record(&agent, &mut machine, MachineState::Stopped, &desired).await,
+            other => return record(&agent, &mut machine, other, &desired).await,
+        }
+        record(&agent, &mut machine, MachineState::Starting, &desired).await;
+        let child = match start(&agent, &mut machine, &mut desired).await {
+            Ok(Some(child)) => child,
+            Ok(None) => continue,
+            Err(reason) => {
+                start_failures += 1;
+                tracing::warn!(machine = %machine.id, %reason, start_failures, "machine failed to start");
+                machine.last_error = Some(reason);
+                if start_failures >= MAX_START_FAILURES {
+                    return record(&agent, &mut machine, MachineState::Failed, &desired).await;
+                }
+                if sleep_or_told(&mut desired, backoff).await {
+                    continue;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        start_failures = 0;
+        record(&agent, &mut machine, MachineState::Started, &desired).await;
+        let ran_since = tokio::time::Instant::now();
+        match watch_engine(&agent, &machine, child, &mut desired).await {
+            Outcome::Told => {
+                record(&agent, &mut machine, MachineState::Stopping, &desired).await;
+                machine.pid = None;
+                machine.addr = None;
+            }
+            Outcome::Crashed(reason) => {
+                tracing::warn!(machine = %machine.id, %reason, "engine crashed; restarting");
+                machine.restarts += 1;
+                machine.last_error = Some(reason);
+                machine.pid = None;
+                machine.addr = None;
+                // A machine that ran for a while earns a fresh backoff.
+                if ran_since.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(250);
+                }
+                record(&agent, &mut machine, MachineState::Starting, &desired).await;
+                if !sleep_or_told(&mut desired, backoff).await {
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the machine with a new state. The desired state is taken from the channel so that a
+/// concurrent start/stop request is never overwritten.
+async fn record(agent: &Agent, machine: &mut Machine, state: MachineState, desired: &watch::Receiver<MachineState>) {
+    let want = *desired.borrow();
+    if want != MachineState::Stopping {
+        machine.desired = want;
+    }
+    machine.state = state;
+    machine.updated_at_ms = now_ms();
+    if let Err(e) = agent.state.put_machine(machine).await {
+        tracing::error!(machine = %machine.id, error = %e, "recording machine state");
+    }
+}
+
+/// Sleeps for `duration`; returns true early when the desired state changes.
+async fn sleep_or_told(desired: &mut watch::Receiver<MachineState>, duration: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = desired.changed() => true,
+    }
+}
+
+/// Hydrates the model, spawns the engine and waits for its health check. `Ok(None)` means
+/// the desired state changed meanwhile.
+async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::Receiver<MachineState>) -> Result<Option<Child>, String> {
+    let manifest = agent.store.manifest_at(machine.model.as_str(), &machine.revision).await.map_err(|e| e.to_string())?;
+    let dir = match agent.cache.complete_dir(&manifest) {
+        Some(dir) => dir,
+        None => {
+            let report = hydrate(&agent.store, &manifest, &agent.cache, &HydrateOptions::default(), no_progress())
+                .await
+                .map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+            tracing::info!(
+                machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
+                secs = report.seconds, gb_per_s = report.gb_per_s(), "hydrated"
+            );
+            machine.hydration = Some(report);
+            agent.cache.complete_dir(&manifest).ok_or("hydration finished but the model is not complete")?
+        }
+    };
+
+    let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+    let log_dir = agent.config.data_dir.join("machines").join(&machine.id);
+    std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+    let log_path = log_dir.join("engine.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+
+    let engine = &agent.config.engine;
+    let mut command = Command::new(&engine.program);
+    command
+        .args(&engine.args)
+        .arg("--model-dir")
+        .arg(&dir)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--name")
+        .arg(machine.app.as_str())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the engine if the
+    // agent dies, so no engine outlives the process that supervises it.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| format!("spawning {}: {e}", engine.program.display()))?;
+    machine.pid = child.id();
+    machine.addr = Some(format!("127.0.0.1:{port}"));
+
+    let health = format!("http://127.0.0.1:{port}/health");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + agent.config.start_timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("engine exited during start with {status}; see {}", log_path.display()));
+        }
+        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(Some(child));
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill().await;
+            return Err(format!("engine not healthy after {:?}; see {}", agent.config.start_timeout, log_path.display()));
+        }
+        if sleep_or_told(desired, Duration::from_millis(50)).await && *desired.borrow() != MachineState::Started {
+            stop_child(&mut child).await;
+            return Ok(None);
+        }
+    }
+}
+
+/// Watches a started engine until it crashes, fails its health checks, or is told to stop.
+async fn watch_engine(agent: &Agent, machine: &Machine, mut child: Child, desired: &mut watch::Receiver<MachineState>) -> Outcome {
+    let health = format!("http://{}/health", machine.addr.as_deref().unwrap_or_default());
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok();
+    let mut failures = 0;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                return Outcome::Crashed(format!("engine exited with {status}"));
+            }
+            changed = desired.changed() => {
+                if changed.is_err() || *desired.borrow() != MachineState::Started {
+                    stop_child(&mut child).await;
+                    return Outcome::Told;
+                }
+            }
+            _ = tokio::time::sleep(agent.config.health_interval) => {
+                let ok = match &client {
+                    Some(client) => client.get(&health).send().await.is_ok_and(|r| r.status().is_success()),
+                    None => true,
+                };
+                failures = if ok { 0 } else { failures + 1 };
+                if failures >= MAX_HEALTH_FAILURES {
+                    let _ = child.kill().await;
+                    return Outcome::Crashed(format!("{failures} health checks failed in a row"));
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if the engine has not exited within 10 seconds.
+async fn stop_child(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

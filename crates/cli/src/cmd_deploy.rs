@@ -1,0 +1,134 @@
+//! `colo deploy | destroy | ps | apps`: calls to the running colo's API.
+
+use crate::client::Api;
+use crate::output::{age, bytes, print_json, table};
+use crate::Common;
+use anyhow::Context;
+use colo_core::{App, Machine, MachineState};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    /// App name: what callers put in the OpenAI `model` field.
+    app: String,
+    /// Model name in the store.
+    #[arg(long)]
+    model: String,
+    /// Machines to keep running.
+    #[arg(long, default_value_t = 1)]
+    machines: u32,
+    /// Return once the deploy is recorded, without waiting for machines to start.
+    #[arg(long)]
+    detach: bool,
+    /// Seconds to wait for the machines to start.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct DestroyArgs {
+    /// App name.
+    app: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct PsArgs {
+    /// Include destroyed machines.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct AppsArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let api = Api::connect(&args.common.data_dir)?;
+    let started = std::time::Instant::now();
+    let app: App = api.post("/v1/apps", &json!({"name": args.app, "model": args.model, "machines": args.machines})).await?;
+    let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
+    let mut machines: Vec<Machine> = machines.into_iter().filter(|m| m.state != MachineState::Destroyed).collect();
+    if !args.detach {
+        for machine in machines.iter_mut() {
+            let path = format!("/v1/apps/{}/machines/{}/wait?state=started&timeout={}", app.name, machine.id, args.timeout.min(600));
+            *machine = api.get(&path).await.with_context(|| format!("waiting for machine {} to start", machine.id))?;
+        }
+    }
+    if args.common.json {
+        return print_json(&json!({"app": app, "machines": machines}));
+    }
+    println!("deployed {} (model {} revision {}) in {:.1}s", app.name, app.model, app.revision, started.elapsed().as_secs_f64());
+    println!("{}", machines_table(&machines));
+    Ok(())
+}
+
+pub async fn destroy(args: DestroyArgs) -> anyhow::Result<()> {
+    let api = Api::connect(&args.common.data_dir)?;
+    api.delete(&format!("/v1/apps/{}", args.app)).await?;
+    if args.common.json {
+        return print_json(&json!({"destroyed": args.app}));
+    }
+    println!("destroyed {}", args.app);
+    Ok(())
+}
+
+pub async fn ps(args: PsArgs) -> anyhow::Result<()> {
+    let api = Api::connect(&args.common.data_dir)?;
+    let machines: Vec<Machine> = api.get("/v1/machines").await?;
+    let machines: Vec<Machine> = machines.into_iter().filter(|m| args.all || m.state != MachineState::Destroyed).collect();
+    if args.common.json {
+        return print_json(&machines);
+    }
+    println!("{}", machines_table(&machines));
+    Ok(())
+}
+
+pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
+    let api = Api::connect(&args.common.data_dir)?;
+    let apps: Vec<App> = api.get("/v1/apps").await?;
+    let machines: Vec<Machine> = api.get("/v1/machines").await?;
+    let started = |app: &App| machines.iter().filter(|m| m.app == app.name && m.state == MachineState::Started).count();
+    if args.common.json {
+        let out: Vec<_> = apps.iter().map(|a| json!({"app": a, "machines_started": started(a)})).collect();
+        return print_json(&out);
+    }
+    let rows = apps
+        .iter()
+        .map(|a| vec![a.name.to_string(), a.model.to_string(), a.revision.clone(), format!("{}/{}", started(a), a.machines), age(a.deployed_at_ms)])
+        .collect();
+    println!("{}", table(&["APP", "MODEL", "REVISION", "STARTED", "DEPLOYED"], rows));
+    Ok(())
+}
+
+fn machines_table(machines: &[Machine]) -> String {
+    let rows = machines
+        .iter()
+        .map(|m| {
+            let hydration = match &m.hydration {
+                Some(h) if h.bytes_fetched > 0 => format!("{} in {:.2}s ({:.2} GB/s)", bytes(h.bytes_fetched), h.seconds, h.gb_per_s()),
+                Some(_) => "cached".to_string(),
+                None => "-".to_string(),
+            };
+            vec![
+                m.id.clone(),
+                m.app.to_string(),
+                m.state.to_string(),
+                m.device.to_string(),
+                m.region.clone(),
+                m.addr.clone().unwrap_or_else(|| "-".into()),
+                m.restarts.to_string(),
+                hydration,
+                age(m.updated_at_ms),
+            ]
+        })
+        .collect();
+    table(&["MACHINE", "APP", "STATE", "DEVICE", "REGION", "ADDRESS", "RESTARTS", "HYDRATION", "UPDATED"], rows)
+}

@@ -1,0 +1,183 @@
+//! `colo model push | inspect | ls`.
+
+use crate::client::RunInfo;
+use crate::output::{bytes, print_json, table};
+use crate::Common;
+use clap::Subcommand;
+use colo_store::{push_dir, PushOptions, Store};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Upload a Hugging Face style model directory to the store.
+    Push(PushArgs),
+    /// Show a pushed model's files, chunks and tensors.
+    Inspect(InspectArgs),
+    /// List the models in the store.
+    Ls(LsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct StoreArg {
+    /// Model store: a directory or s3://bucket/prefix (endpoint and keys from AWS_* variables).
+    /// Default: the store of the running `colo up`, else <data dir>/store.
+    #[arg(long)]
+    store: Option<String>,
+}
+
+impl StoreArg {
+    fn open(&self, common: &Common) -> anyhow::Result<Store> {
+        let url = match &self.store {
+            Some(url) => url.clone(),
+            None => match RunInfo::read(&common.data_dir) {
+                Some(info) => info.store,
+                None => common.data_dir.join("store").display().to_string(),
+            },
+        };
+        Ok(Store::open(&url)?)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The model directory (config.json, *.safetensors, tokenizer files).
+    dir: PathBuf,
+    /// Name of the model in the store.
+    #[arg(long)]
+    name: String,
+    /// Bytes per verified chunk.
+    #[arg(long, default_value_t = colo_model::DEFAULT_CHUNK_SIZE)]
+    chunk_size: u64,
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Model name in the store.
+    name: String,
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Push(args) => push(args).await,
+        ModelCommand::Inspect(args) => inspect(args).await,
+        ModelCommand::Ls(args) => ls(args).await,
+    }
+}
+
+async fn push(args: PushArgs) -> anyhow::Result<()> {
+    colo_core::AppName::new(args.name.clone()).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    if !(64 * 1024..=1 << 30).contains(&args.chunk_size) {
+        anyhow::bail!("--chunk-size {} is outside 64 KiB to 1 GiB", args.chunk_size);
+    }
+    let store = args.store.open(&args.common)?;
+    let total: u64 = walk_size(&args.dir);
+    let bar = if std::io::stderr().is_terminal() && !args.common.json {
+        let bar = ProgressBar::new(total);
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template"));
+        bar.set_message(format!("pushing {}", args.name));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let progress = {
+        let bar = bar.clone();
+        Arc::new(move |n| bar.inc(n))
+    };
+    let opts = PushOptions { chunk_size: args.chunk_size, ..Default::default() };
+    let report = push_dir(&store, &args.dir, &args.name, &opts, progress).await?;
+    bar.finish_and_clear();
+    let m = &report.manifest;
+    if args.common.json {
+        return print_json(&serde_json::json!({
+            "name": m.name, "revision": m.revision, "files": m.files.len(), "bytes": m.total_bytes(),
+            "bytes_uploaded": report.bytes_uploaded, "seconds": report.seconds, "store": store.url(),
+        }));
+    }
+    println!(
+        "pushed {} revision {}: {} files, {} ({} uploaded) in {:.2}s to {}",
+        m.name,
+        m.revision,
+        m.files.len(),
+        bytes(m.total_bytes()),
+        bytes(report.bytes_uploaded),
+        report.seconds,
+        store.url()
+    );
+    Ok(())
+}
+
+fn walk_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk_size(&path)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let store = args.store.open(&args.common)?;
+    let manifest = store.manifest(&args.name).await?;
+    if args.common.json {
+        return print_json(&manifest);
+    }
+    println!("model {}  revision {}  chunk size {}  pushed {}", manifest.name, manifest.revision, bytes(manifest.chunk_size), crate::output::age(manifest.pushed_at_ms));
+    let rows = manifest
+        .files
+        .iter()
+        .map(|f| {
+            let tensors = match &f.safetensors {
+                Some(s) => {
+                    let dtypes: Vec<String> = s.bytes_by_dtype.iter().map(|(d, b)| format!("{d} {}", bytes(*b))).collect();
+                    format!("{} tensors, {:.1}M params, {}", s.tensors, s.parameters as f64 / 1e6, dtypes.join(", "))
+                }
+                None => String::new(),
+            };
+            vec![f.path.clone(), bytes(f.size), f.chunks.len().to_string(), tensors]
+        })
+        .collect();
+    println!("{}", table(&["FILE", "SIZE", "CHUNKS", "TENSORS"], rows));
+    println!("{} files, {}", manifest.files.len(), bytes(manifest.total_bytes()));
+    Ok(())
+}
+
+async fn ls(args: LsArgs) -> anyhow::Result<()> {
+    let store = args.store.open(&args.common)?;
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for name in store.models().await? {
+        let manifest = store.manifest(&name).await?;
+        rows.push(vec![name.clone(), manifest.revision.clone(), manifest.files.len().to_string(), bytes(manifest.total_bytes())]);
+        out.push(serde_json::json!({"name": name, "revision": manifest.revision, "files": manifest.files.len(), "bytes": manifest.total_bytes()}));
+    }
+    if args.common.json {
+        return print_json(&out);
+    }
+    println!("{}", table(&["MODEL", "REVISION", "FILES", "SIZE"], rows));
+    Ok(())
+}

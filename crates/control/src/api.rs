@@ -1,0 +1,79 @@
+//! Control's REST API: `/v1/apps` (list, deploy), `/v1/apps/{app}` (show, destroy) and
+//! `/v1/machines` (every machine, for `colo ps`).
+
+use crate::{Control, ControlError};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+impl ControlError {
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            ControlError::NoSuchApp(_) => StatusCode::NOT_FOUND,
+            ControlError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ControlError::Store(colo_store::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
+            ControlError::Agent(e) => e.http_status(),
+            ControlError::Store(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        (self.http_status(), Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/apps", get(list).post(deploy))
+        .route("/v1/apps/{app}", get(show).delete(destroy))
+        .route("/v1/machines", get(machines))
+        .with_state(control)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    /// App name.
+    name: String,
+    /// Model name in the store.
+    model: String,
+    /// Machines to keep (default 1).
+    machines: Option<u32>,
+}
+
+async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
+    let request: DeployRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return ControlError::Invalid { field: "body", reason: e.to_string() }.into_response(),
+    };
+    match control.deploy(&request.name, &request.model, request.machines.unwrap_or(1)).await {
+        Ok(app) => (StatusCode::CREATED, Json(app)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list(State(control): State<Arc<Control>>) -> Response {
+    control.apps().await.map(Json).into_response()
+}
+
+async fn show(State(control): State<Arc<Control>>, Path(app): Path<String>) -> Response {
+    control.app(&app).await.map(Json).into_response()
+}
+
+async fn destroy(State(control): State<Arc<Control>>, Path(app): Path<String>) -> Response {
+    match control.destroy_app(&app).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn machines(State(control): State<Arc<Control>>) -> Response {
+    control.state.machines().await.map(Json).map_err(ControlError::from).into_response()
+}

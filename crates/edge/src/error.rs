@@ -1,0 +1,72 @@
+//! Edge errors: where each came from, and the one mapping to OpenAI-style HTTP bodies.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("request body is {size} bytes; the limit is {limit} bytes")]
+    BodyTooLarge { size: u64, limit: usize },
+    #[error("reading the request body: {0}")]
+    BodyRead(String),
+    #[error("request body is not valid JSON ({reason}); the edge needs its \"model\" field to route it, or a Host of <app>.{domain}")]
+    BadJson { reason: String, domain: String },
+    #[error("request has no \"model\" field naming the app; set it, or send Host: <app>.{domain}")]
+    NoModel { domain: String },
+    #[error("app {app:?} not found; apps: {}", if apps.is_empty() { "(none deployed)".to_string() } else { apps.join(", ") })]
+    UnknownApp { app: String, apps: Vec<String> },
+    #[error("no machine of app {app:?} started within {secs}s")]
+    NoMachine { app: String, secs: u64 },
+    #[error("machine {machine} at {addr} failed: {reason}")]
+    Upstream { machine: String, addr: String, reason: String },
+}
+
+impl EdgeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
+            EdgeError::UnknownApp { .. } => StatusCode::NOT_FOUND,
+            EdgeError::NoMachine { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            EdgeError::BodyTooLarge { .. } => "body_too_large",
+            EdgeError::BodyRead(_) => "body_read_failed",
+            EdgeError::BadJson { .. } => "invalid_json",
+            EdgeError::NoModel { .. } => "missing_model",
+            EdgeError::UnknownApp { .. } => "model_not_found",
+            EdgeError::NoMachine { .. } => "no_machine_available",
+            EdgeError::Upstream { .. } => "upstream_failed",
+        }
+    }
+
+    /// Where the failure came from, for metrics and logs.
+    pub fn source_label(&self) -> &'static str {
+        match self {
+            EdgeError::Upstream { .. } => "upstream",
+            EdgeError::NoMachine { .. } => "capacity",
+            _ => "client",
+        }
+    }
+}
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let kind = match status.as_u16() {
+            400..=499 => "invalid_request_error",
+            502 => "upstream_error",
+            _ => "unavailable_error",
+        };
+        let body = serde_json::json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": self.code()}});
+        let mut response = (status, [("content-type", "application/json")], body.to_string()).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
+        }
+        response
+    }
+}

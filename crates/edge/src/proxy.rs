@@ -1,0 +1,342 @@
+//! The request path: find the app, pick a machine (holding the request while one starts),
+//! proxy to it, and stream the response back as it arrives.
+
+use crate::metrics::{ErrorLabels, Metrics, RequestLabels};
+use crate::routes::RouteTable;
+use crate::{EdgeConfig, EdgeError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use colo_policy::{pick_machine, Candidate};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::watch;
+
+/// What the edge tracks per machine between requests.
+#[derive(Default)]
+struct Load {
+    in_flight: AtomicU32,
+    last_picked: AtomicU64,
+}
+
+pub struct Edge {
+    config: EdgeConfig,
+    routes: watch::Receiver<Arc<RouteTable>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    loads: Mutex<HashMap<String, Arc<Load>>>,
+    picks: AtomicU64,
+    metrics: Metrics,
+}
+
+/// The edge's whole HTTP surface: its own endpoints, and everything else proxied.
+pub fn router(edge: Arc<Edge>) -> Router {
+    Router::new().fallback(handle).with_state(edge)
+}
+
+// === impl Edge ===
+
+impl Edge {
+    pub fn new(config: EdgeConfig, routes: watch::Receiver<Arc<RouteTable>>) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Arc::new(Self { config, routes, client, loads: Mutex::default(), picks: AtomicU64::new(0), metrics: Metrics::new() })
+    }
+
+    fn load_of(&self, machine_id: &str) -> Arc<Load> {
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        loads.entry(machine_id.to_string()).or_default().clone()
+    }
+
+    /// The app named by a Host of `<app>.<domain>`, if the request has one.
+    fn app_from_host(&self, headers: &HeaderMap, uri: &Uri) -> Option<String> {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.host())?;
+        let host = host.rsplit_once(':').map_or(host, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { host });
+        let app = host.strip_suffix(&self.config.domain)?.strip_suffix('.')?;
+        (!app.is_empty() && !app.contains('.')).then(|| app.to_string())
+    }
+
+    /// Picks a started machine of `app`, holding until one starts or the hold deadline passes.
+    async fn pick(&self, app: &str) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
+        let mut routes = self.routes.clone();
+        let deadline = tokio::time::Instant::now() + self.config.hold_timeout;
+        let mut held = false;
+        let result = loop {
+            let table = routes.borrow_and_update().clone();
+            let Some(app_routes) = table.apps.get(app) else {
+                break Err(EdgeError::UnknownApp { app: app.to_string(), apps: table.app_names().iter().map(|s| s.to_string()).collect() });
+            };
+            let loads: Vec<Arc<Load>> = app_routes.machines.iter().map(|m| self.load_of(&m.machine_id)).collect();
+            let candidates: Vec<Candidate> = app_routes
+                .machines
+                .iter()
+                .zip(&loads)
+                .map(|(m, load)| Candidate {
+                    machine_id: &m.machine_id,
+                    in_flight: load.in_flight.load(Ordering::Relaxed),
+                    last_picked: load.last_picked.load(Ordering::Relaxed),
+                    healthy: true,
+                })
+                .collect();
+            if let Some(idx) = pick_machine(&candidates) {
+                let load = loads[idx].clone();
+                load.last_picked.store(self.picks.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+                break Ok((app_routes.machines[idx].clone(), load));
+            }
+            if !held {
+                held = true;
+                self.metrics.held.inc();
+            }
+            match tokio::time::timeout_at(deadline, routes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => break Err(EdgeError::NoMachine { app: app.to_string(), secs: self.config.hold_timeout.as_secs() }),
+            }
+        };
+        if held {
+            self.metrics.held.dec();
+        }
+        result
+    }
+}
+
+async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+    let host_app = edge.app_from_host(request.headers(), request.uri());
+    if host_app.is_none() {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/health") => return (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+            (&Method::GET, "/metrics") => return ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
+            (&Method::GET, "/v1/models") => return list_models(&edge),
+            _ => {}
+        }
+    }
+    let (app, response) = match proxy(&edge, host_app, request).await {
+        Ok((app, response)) => (app, response),
+        Err((app, err)) => {
+            edge.metrics.errors.get_or_create(&ErrorLabels { source: err.source_label().into() }).inc();
+            if err.status().is_server_error() {
+                tracing::warn!(app = %app, error = %err, "request failed");
+            }
+            (app, err.into_response())
+        }
+    };
+    edge.metrics.requests.get_or_create(&RequestLabels { app, status: response.status().as_u16() }).inc();
+    response
+}
+
+/// The apps, in the shape of OpenAI's model list, so clients can discover them.
+fn list_models(edge: &Edge) -> Response {
+    let table = edge.routes.borrow().clone();
+    let data: Vec<_> = table
+        .app_names()
+        .into_iter()
+        .map(|name| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "colo"}))
+        .collect();
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+type ProxyResult = Result<(String, Response), (String, EdgeError)>;
+
+async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> ProxyResult {
+    let (parts, body) = request.into_parts();
+    let unknown = || "-".to_string();
+    let body = read_body(&parts.headers, body, edge.config.max_body).await.map_err(|e| (unknown(), e))?;
+    let app = match host_app {
+        Some(app) => app,
+        None => app_from_body(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
+    };
+    let (endpoint, load) = edge.pick(&app).await.map_err(|e| (app.clone(), e))?;
+
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri: Uri = match format!("http://{}{}", endpoint.addr, path).parse() {
+        Ok(uri) => uri,
+        Err(e) => {
+            let reason = format!("bad upstream address: {e}");
+            return Err((app, EdgeError::Upstream { machine: endpoint.machine_id, addr: endpoint.addr, reason }));
+        }
+    };
+    let mut upstream = hyper::Request::builder().method(parts.method).uri(uri);
+    for (name, value) in parts.headers.iter() {
+        if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let upstream = match upstream.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => return Err((app, EdgeError::BodyRead(e.to_string()))),
+    };
+
+    let guard = InFlight::new(load, edge.metrics.clone());
+    let started = std::time::Instant::now();
+    let response = match edge.client.request(upstream).await {
+        Ok(response) => response,
+        Err(e) => {
+            let reason = error_chain(&e);
+            return Err((app, EdgeError::Upstream { machine: endpoint.machine_id, addr: endpoint.addr, reason }));
+        }
+    };
+    edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+
+    let (mut parts, incoming) = response.into_parts();
+    parts.headers.retain_hop_by_hop();
+    if let Ok(value) = HeaderValue::from_str(&endpoint.machine_id) {
+        parts.headers.insert(HeaderName::from_static("colo-machine"), value);
+    }
+    let body = Body::new(Tracked { inner: incoming, _guard: guard });
+    Ok((app, Response::from_parts(parts, body)))
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, EdgeError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared {
+        if size > limit as u64 {
+            return Err(EdgeError::BodyTooLarge { size, limit });
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(EdgeError::BodyTooLarge { size: declared.unwrap_or(limit as u64 + 1), limit })
+        }
+        Err(e) => Err(EdgeError::BodyRead(e.to_string())),
+    }
+}
+
+fn app_from_body(body: &[u8], domain: &str) -> Result<String, EdgeError> {
+    #[derive(serde::Deserialize)]
+    struct Routed {
+        model: Option<serde_json::Value>,
+    }
+    let routed: Routed =
+        serde_json::from_slice(body).map_err(|e| EdgeError::BadJson { reason: e.to_string(), domain: domain.to_string() })?;
+    match routed.model {
+        Some(serde_json::Value::String(model)) if !model.is_empty() => Ok(model),
+        _ => Err(EdgeError::NoModel { domain: domain.to_string() }),
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    )
+}
+
+trait RetainHopByHop {
+    fn retain_hop_by_hop(&mut self);
+}
+
+impl RetainHopByHop for HeaderMap {
+    /// Drops the headers that describe one connection rather than the message.
+    fn retain_hop_by_hop(&mut self) {
+        let names: Vec<HeaderName> = self.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+        for name in names {
+            self.remove(name);
+        }
+    }
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Counts a request as in flight to its machine until the response body is done or dropped.
+struct InFlight {
+    load: Arc<Load>,
+    metrics: Metrics,
+}
+
+impl InFlight {
+    fn new(load: Arc<Load>, metrics: Metrics) -> Self {
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        metrics.in_flight.inc();
+        Self { load, metrics }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.dec();
+    }
+}
+
+/// A response body that holds its request's in-flight count until it ends. Frames pass
+/// through as they arrive: nothing is buffered.
+struct Tracked<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B> hyper::body::Body for Tracked<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_come_from_host_names() {
+        let (_tx, rx) = watch::channel(Arc::new(RouteTable::default()));
+        let edge = Edge::new(EdgeConfig::default(), rx);
+        let cases = [
+            ("minilm.localhost:8080", Some("minilm")),
+            ("minilm.localhost", Some("minilm")),
+            ("localhost:8080", None),
+            ("127.0.0.1:8080", None),
+            ("a.b.localhost", None),
+            (".localhost", None),
+            ("minilmlocalhost", None),
+        ];
+        for (host, expected) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static(host));
+            assert_eq!(edge.app_from_host(&headers, &Uri::from_static("/")).as_deref(), expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn apps_come_from_the_model_field() {
+        assert_eq!(app_from_body(br#"{"model":"minilm","input":"x"}"#, "localhost").unwrap(), "minilm");
+        assert!(matches!(app_from_body(b"{", "localhost"), Err(EdgeError::BadJson { .. })));
+        assert!(matches!(app_from_body(br#"{"input":"x"}"#, "localhost"), Err(EdgeError::NoModel { .. })));
+        assert!(matches!(app_from_body(br#"{"model":7}"#, "localhost"), Err(EdgeError::NoModel { .. })));
+        let err = EdgeError::UnknownApp { app: "x".into(), apps: vec!["a".into(), "b".into()] };
+        assert_eq!(err.status(), StatusCode::NOT_FOUND);
+        assert!(err.to_string().contains("apps: a, b"));
+    }
+}
