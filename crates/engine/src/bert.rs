@@ -3,9 +3,9 @@
 //! whether to L2-normalise; `sentence_bert_config.json` gives the truncation length.
 
 use crate::EngineError;
-use candle_core::{DType, Device, Tensor, D};
+use crate::encoder::{cls_pool, l2_normalize, mean_pool, Encoder, EncoderConfig};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -16,9 +16,8 @@ pub enum Pooling {
 }
 
 pub struct Embedder {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
-    device: Device,
     /// Tokens per input after truncation, special tokens included.
     pub max_tokens: usize,
     pub dim: usize,
@@ -46,19 +45,41 @@ impl Embedder {
         let config_path = dir.join("config.json");
         let config_json = read_json(&config_path)?.ok_or_else(|| load_err(&config_path, "missing"))?;
         let model_type = config_json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        if !matches!(model_type, "bert" | "roberta" | "xlm-roberta") {
-            return Err(load_err(&config_path, format!("model_type {model_type:?} is not a BERT-family encoder")));
+        if model_type != "bert" {
+            return Err(load_err(&config_path, format!("model_type {model_type:?} is not supported for embeddings (bert is)")));
         }
-        let config: Config = serde_json::from_value(config_json.clone()).map_err(|e| load_err(&config_path, e))?;
+        let act = config_json.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
+        if act != "gelu" {
+            return Err(load_err(&config_path, format!("hidden_act {act:?} is not supported (gelu is)")));
+        }
+        let field = |name: &str| {
+            config_json
+                .get(name)
+                .and_then(|v| v.as_u64())
+                .filter(|&n| n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| load_err(&config_path, format!("{name} must be a positive integer")))
+        };
+        let config = EncoderConfig {
+            hidden: field("hidden_size")?,
+            heads: field("num_attention_heads")?,
+            layers: field("num_hidden_layers")?,
+            intermediate: field("intermediate_size")?,
+            max_position: field("max_position_embeddings")?,
+            eps: config_json.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12),
+        };
+        if config.hidden % config.heads != 0 {
+            return Err(load_err(&config_path, format!("hidden_size {} is not a multiple of num_attention_heads {}", config.hidden, config.heads)));
+        }
 
         let weights = dir.join("model.safetensors");
         // SAFETY: the file is mmapped read-only; the host cache publishes files atomically and
         // never rewrites them in place, so the mapping cannot change under us.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(|e| load_err(&weights, e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| load_err(&weights, e))?;
+        let model = Encoder::load(vb, config.clone()).map_err(|e| load_err(&weights, e))?;
 
-        let max_position = config.max_position_embeddings;
+        let max_position = config.max_position;
         let st_config = read_json(&dir.join("sentence_bert_config.json"))?;
         let max_tokens = st_config
             .as_ref()
@@ -83,7 +104,7 @@ impl Embedder {
             .map_err(|e| load_err(&tokenizer_path, e))?;
 
         let (pooling, normalize) = pooling_of(dir)?;
-        Ok(Self { model, tokenizer, device, max_tokens, dim: config.hidden_size, pooling, normalize })
+        Ok(Self { model, tokenizer, max_tokens, dim: config.hidden, pooling, normalize })
     }
 
     /// Token ids of one input, special tokens added, truncated to `max_tokens`.
@@ -92,39 +113,21 @@ impl Embedder {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Embeds a batch of tokenized inputs in one forward pass, padding to the longest.
+    /// Embeds a batch of tokenized inputs in one forward pass over the packed tokens.
     pub fn embed(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let n = inputs.len();
-        let len = inputs.iter().map(|ids| ids.len()).max().unwrap_or(0);
-        if n == 0 || len == 0 {
-            return Ok(vec![Vec::new(); n]);
+        if inputs.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut ids = vec![0u32; n * len];
-        let mut mask = vec![0u32; n * len];
-        for (row, seq) in inputs.iter().enumerate() {
-            ids[row * len..row * len + seq.len()].copy_from_slice(seq);
-            mask[row * len..row * len + seq.len()].iter_mut().for_each(|m| *m = 1);
+        if let Some(i) = inputs.iter().position(|ids| ids.is_empty()) {
+            return Err(EngineError::Inference(format!("input {i} has no tokens")));
         }
-        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
-
+        let lens: Vec<usize> = inputs.iter().map(|ids| ids.len()).collect();
+        let hidden = self.model.forward(inputs)?;
         let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
+            Pooling::Cls => cls_pool(&hidden, &lens)?,
+            Pooling::Mean => mean_pool(&hidden, &lens)?,
         };
-        let pooled = if self.normalize {
-            let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-            pooled.broadcast_div(&norms)?
-        } else {
-            pooled
-        };
+        let pooled = if self.normalize { l2_normalize(&pooled)? } else { pooled };
         Ok(pooled.to_vec2::<f32>()?)
     }
 }

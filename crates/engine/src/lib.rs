@@ -4,6 +4,7 @@
 pub mod api;
 pub mod batch;
 pub mod bert;
+mod encoder;
 mod error;
 mod metrics;
 
