@@ -68,7 +68,7 @@ struct EngineServeArgs {
     #[arg(long, default_value = "model")]
     name: String,
     /// Milliseconds the batcher waits for more requests after the first.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 5)]
     batch_window_ms: u64,
     /// Sequences per forward pass at most.
     #[arg(long, default_value_t = 32)]

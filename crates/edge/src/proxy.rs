@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use colo_policy::{pick_machine, Candidate};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -196,20 +196,40 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
     Ok((app, Response::from_parts(parts, body)))
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, EdgeError> {
+/// Bodies over the limit are still read, up to this many bytes, before the 413 goes out:
+/// a client that is cut off mid-upload often never sees the answer that explains why.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, EdgeError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared {
-        if size > limit as u64 {
-            return Err(EdgeError::BodyTooLarge { size, limit });
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0u64;
+    let too_large = |seen: u64| EdgeError::BodyTooLarge { size: declared.unwrap_or(seen).max(seen), limit };
+    if declared.is_some_and(|size| size > DRAIN_LIMIT) {
+        return Err(too_large(0));
+    }
+    let drain = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let frame = match tokio::time::timeout_at(drain, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => return Err(EdgeError::BodyRead(e.to_string())),
+            Ok(None) => break,
+            Err(_) if seen > limit as u64 => return Err(too_large(seen)),
+            Err(_) => return Err(EdgeError::BodyRead("timed out reading the request body".into())),
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len() as u64;
+        if seen > DRAIN_LIMIT {
+            return Err(too_large(seen));
+        }
+        if seen <= limit as u64 && declared.is_none_or(|size| size <= limit as u64) {
+            collected.extend_from_slice(&data);
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(EdgeError::BodyTooLarge { size: declared.unwrap_or(limit as u64 + 1), limit })
-        }
-        Err(e) => Err(EdgeError::BodyRead(e.to_string())),
+    if seen > limit as u64 || declared.is_some_and(|size| size > limit as u64) {
+        return Err(too_large(seen));
     }
+    Ok(collected.freeze())
 }
 
 fn app_from_body(body: &[u8], domain: &str) -> Result<String, EdgeError> {

@@ -4,6 +4,9 @@ use std::time::Instant;
 
 fn main() {
     let dir = std::env::args().nth(1).expect("model dir");
+    if std::env::var("KEEP").is_ok() {
+        colo_engine::keep_freed_memory();
+    }
     let embedder = Embedder::load(std::path::Path::new(&dir)).unwrap();
     let words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches in old towns";
     let sentences: Vec<String> = (0..256).map(|i| words.split(' ').cycle().skip(i % 7).take(20 + i % 40).collect::<Vec<_>>().join(" ")).collect();

@@ -154,12 +154,13 @@ async fn embeddings(State(state): State<EngineState>, body: Bytes) -> Response {
 
 async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError> {
     let batcher = &state.inner.batcher;
+    let active = batcher.begin();
     let embedder = batcher.embedder();
     let request = parse_request(body, embedder.dim)?;
     let ids: Vec<Vec<u32>> = request.inputs.iter().map(|text| embedder.tokenize(text)).collect::<Result<_, _>>()?;
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     let n_inputs = ids.len();
-    let vectors = batcher.embed(ids).await?;
+    let vectors = batcher.embed(ids, active).await?;
     state.inner.metrics.inputs.inc_by(n_inputs as u64);
     state.inner.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
 

@@ -1,13 +1,14 @@
 //! Dynamic batching: requests that arrive close together share one forward pass.
 //!
-//! One compute thread owns the forward passes. It blocks for the first job, then takes every
-//! job that arrives until the first job has waited `window` (under load that moment has long
-//! passed, so it takes what is queued and goes), sorts the inputs by length so that padding
-//! stays small, and runs them in sub-batches of at most `max_batch` sequences.
+//! One compute thread owns the forward passes. It blocks for the first job, then keeps taking
+//! jobs while requests that have not yet queued are still being read or tokenized, until the
+//! first job has waited `window`. A lone request therefore runs at once, and a burst is run
+//! together. The inputs run in sub-batches of at most `max_batch` sequences, shortest first.
 
 use crate::bert::Embedder;
 use crate::metrics::Metrics;
 use crate::EngineError;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,17 @@ pub struct Batcher {
     embedder: Arc<Embedder>,
     tx: mpsc::SyncSender<Job>,
     metrics: Metrics,
+    /// Requests between `Batcher::begin` and their answer.
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one request as active while it lives; see `Batcher::begin`.
+pub struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 // === impl Batcher ===
@@ -41,24 +53,34 @@ impl Batcher {
     pub fn spawn(embedder: Embedder, config: BatchConfig, metrics: Metrics) -> Self {
         let embedder = Arc::new(embedder);
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
-        let worker = embedder.clone();
-        let worker_metrics = metrics.clone();
+        let active = Arc::new(AtomicUsize::new(0));
+        let (worker, worker_metrics, worker_active) = (embedder.clone(), metrics.clone(), active.clone());
         std::thread::Builder::new()
             .name("colo-batcher".into())
-            .spawn(move || run(&worker, rx, config, &worker_metrics))
+            .spawn(move || run(&worker, rx, config, &worker_metrics, &worker_active))
             .expect("spawning the batcher thread");
-        Self { embedder, tx, metrics }
+        Self { embedder, tx, metrics, active }
+    }
+
+    /// Marks a request as on its way to the batcher (it is being parsed or tokenized), so the
+    /// batcher waits for it rather than starting a pass without it.
+    pub fn begin(&self) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.active.clone())
     }
 
     pub fn embedder(&self) -> &Embedder {
         &self.embedder
     }
 
-    /// Embeds tokenized inputs, batched with whatever else is in flight.
-    pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// Embeds tokenized inputs, batched with whatever else is in flight. The request stops
+    /// counting as coming (`active`) once it is queued.
+    pub async fn embed(&self, inputs: Vec<Vec<u32>>, active: Active) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         let job = Job { inputs, arrived: Instant::now(), reply };
-        match self.tx.try_send(job) {
+        let sent = self.tx.try_send(job);
+        drop(active);
+        match sent {
             Ok(()) => self.metrics.queue_depth.inc(),
             Err(TrySendError::Full(_)) => {
                 return Err(EngineError::Overloaded(format!("{QUEUE_CAPACITY} requests are already queued")))
@@ -69,13 +91,15 @@ impl Batcher {
     }
 }
 
-fn run(embedder: &Embedder, rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: &Metrics) {
+fn run(embedder: &Embedder, rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: &Metrics, active: &AtomicUsize) {
     while let Ok(first) = rx.recv() {
         let deadline = first.arrived + config.window;
         let mut n_inputs = first.inputs.len();
         let mut jobs = vec![first];
         while n_inputs < config.max_batch {
-            let wait = deadline.saturating_duration_since(Instant::now());
+            // Wait only for requests that are known to be coming; take what is queued otherwise.
+            let coming = active.load(Ordering::SeqCst) > jobs.len();
+            let wait = if coming { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
             let next = if wait.is_zero() { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(wait) };
             match next {
                 Ok(job) => {
