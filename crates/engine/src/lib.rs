@@ -4,6 +4,7 @@
 pub mod api;
 pub mod batch;
 pub mod bert;
+pub mod llama;
 mod encoder;
 mod error;
 mod metrics;
