@@ -11,9 +11,19 @@ pub enum AgentError {
     #[error("host {host} has no free device: all {total} are leased to machines")]
     NoFreeDevice { host: String, total: usize },
     #[error("machine {id} did not reach {wanted} within {secs}s (it is {current})")]
-    WaitTimeout { id: String, wanted: MachineState, current: MachineState, secs: f64 },
+    WaitTimeout {
+        id: String,
+        wanted: MachineState,
+        current: MachineState,
+        secs: f64,
+    },
     #[error("machine {id} went {reached} instead of {wanted}: {}", error.as_deref().unwrap_or("no error recorded"))]
-    WaitFailed { id: String, wanted: MachineState, reached: MachineState, error: Option<String> },
+    WaitFailed {
+        id: String,
+        wanted: MachineState,
+        reached: MachineState,
+        error: Option<String>,
+    },
     #[error(transparent)]
     State(#[from] colo_state::StateError),
     #[error(transparent)]

@@ -54,14 +54,31 @@ pub struct Agent {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 // === impl Agent ===
 
 impl Agent {
-    pub fn new(config: AgentConfig, state: Arc<dyn StateStore>, store: Store, cache: HostCache, devices: Vec<Device>) -> Arc<Self> {
-        Arc::new(Self { config, state, store, cache, devices, supervisors: Mutex::new(HashMap::new()), lease_lock: Default::default() })
+    pub fn new(
+        config: AgentConfig,
+        state: Arc<dyn StateStore>,
+        store: Store,
+        cache: HostCache,
+        devices: Vec<Device>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            state,
+            store,
+            cache,
+            devices,
+            supervisors: Mutex::new(HashMap::new()),
+            lease_lock: Default::default(),
+        })
     }
 
     pub fn devices(&self) -> &[Device] {
@@ -83,7 +100,9 @@ impl Agent {
             machine.addr = None;
             if machine.desired == MachineState::Started {
                 self.spawn_supervisor(machine);
-            } else if machine.state != MachineState::Stopped && machine.state != MachineState::Created {
+            } else if machine.state != MachineState::Stopped
+                && machine.state != MachineState::Created
+            {
                 machine.state = MachineState::Stopped;
                 machine.updated_at_ms = now_ms();
                 self.state.put_machine(&machine).await?;
@@ -95,26 +114,45 @@ impl Agent {
     /// This host's machines.
     pub async fn machines(&self) -> Result<Vec<Machine>, AgentError> {
         let all = self.state.machines().await?;
-        Ok(all.into_iter().filter(|m| m.host == self.config.host).collect())
+        Ok(all
+            .into_iter()
+            .filter(|m| m.host == self.config.host)
+            .collect())
     }
 
     pub async fn machine(&self, id: &str) -> Result<Machine, AgentError> {
-        self.machines().await?.into_iter().find(|m| m.id == id).ok_or_else(|| AgentError::NoSuchMachine(id.to_string()))
+        self.machines()
+            .await?
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| AgentError::NoSuchMachine(id.to_string()))
     }
 
     /// Creates a machine on a free device and starts it.
-    pub async fn create_machine(self: &Arc<Self>, app: &AppName, model: &AppName, revision: &str) -> Result<Machine, AgentError> {
+    pub async fn create_machine(
+        self: &Arc<Self>,
+        app: &AppName,
+        model: &AppName,
+        revision: &str,
+    ) -> Result<Machine, AgentError> {
         // The manifest must exist before a device is taken for it.
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
         let machines = self.machines().await?;
-        let taken: Vec<&Device> = machines.iter().filter(|m| m.state != MachineState::Destroyed).map(|m| &m.device).collect();
+        let taken: Vec<&Device> = machines
+            .iter()
+            .filter(|m| m.state != MachineState::Destroyed)
+            .map(|m| &m.device)
+            .collect();
         let device = self
             .devices
             .iter()
             .find(|d| !taken.contains(d))
             .cloned()
-            .ok_or(AgentError::NoFreeDevice { host: self.config.host.clone(), total: self.devices.len() })?;
+            .ok_or(AgentError::NoFreeDevice {
+                host: self.config.host.clone(),
+                total: self.devices.len(),
+            })?;
         let machine = Machine {
             id: format!("m-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
             app: app.clone(),
@@ -150,7 +188,11 @@ impl Agent {
         self.set_desired(id, MachineState::Destroyed).await
     }
 
-    async fn set_desired(self: &Arc<Self>, id: &str, desired: MachineState) -> Result<Machine, AgentError> {
+    async fn set_desired(
+        self: &Arc<Self>,
+        id: &str,
+        desired: MachineState,
+    ) -> Result<Machine, AgentError> {
         let mut machine = self.machine(id).await?;
         if machine.state == MachineState::Destroyed {
             return Err(AgentError::Destroyed(id.to_string()));
@@ -186,7 +228,12 @@ impl Agent {
     }
 
     /// Waits until the machine reaches `state`, fails, or `timeout` passes.
-    pub async fn wait(&self, id: &str, state: MachineState, timeout: Duration) -> Result<Machine, AgentError> {
+    pub async fn wait(
+        &self,
+        id: &str,
+        state: MachineState,
+        timeout: Duration,
+    ) -> Result<Machine, AgentError> {
         let mut changes = self.state.changes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -195,10 +242,23 @@ impl Agent {
                 return Ok(machine);
             }
             if machine.state == MachineState::Failed || machine.state == MachineState::Destroyed {
-                return Err(AgentError::WaitFailed { id: id.to_string(), wanted: state, reached: machine.state, error: machine.last_error });
+                return Err(AgentError::WaitFailed {
+                    id: id.to_string(),
+                    wanted: state,
+                    reached: machine.state,
+                    error: machine.last_error,
+                });
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-                return Err(AgentError::WaitTimeout { id: id.to_string(), wanted: state, current: machine.state, secs: timeout.as_secs_f64() });
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(AgentError::WaitTimeout {
+                    id: id.to_string(),
+                    wanted: state,
+                    current: machine.state,
+                    secs: timeout.as_secs_f64(),
+                });
             }
         }
     }
@@ -206,7 +266,10 @@ impl Agent {
     fn spawn_supervisor(self: &Arc<Self>, machine: Machine) {
         let (tx, rx) = watch::channel(machine.desired);
         let mut supervisors = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
-        if supervisors.get(&machine.id).is_some_and(|tx| !tx.is_closed()) {
+        if supervisors
+            .get(&machine.id)
+            .is_some_and(|tx| !tx.is_closed())
+        {
             let _ = supervisors[&machine.id].send(machine.desired);
             return;
         }
@@ -215,13 +278,23 @@ impl Agent {
         tokio::spawn(async move {
             let id = machine.id.clone();
             supervisor::run(agent.clone(), machine, rx).await;
-            agent.supervisors.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            agent
+                .supervisors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
         });
     }
 
     /// Stops every engine this agent runs (on shutdown).
     pub async fn shutdown(&self) {
-        let senders: Vec<_> = self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let senders: Vec<_> = self
+            .supervisors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for tx in &senders {
             // `Stopping` tells a supervisor to stop its engine without changing the desired state.
             let _ = tx.send(MachineState::Stopping);

@@ -24,7 +24,11 @@ enum Outcome {
     Told,
 }
 
-pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: watch::Receiver<MachineState>) {
+pub(crate) async fn run(
+    agent: Arc<Agent>,
+    mut machine: Machine,
+    mut desired: watch::Receiver<MachineState>,
+) {
     let mut backoff = Duration::from_millis(250);
     let mut start_failures = 0;
     loop {
@@ -32,7 +36,9 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
         match want {
             MachineState::Started => {}
             // `Stopping` is the agent shutting down: the machine stays meant to run.
-            MachineState::Stopping => return record(&agent, &mut machine, MachineState::Stopped, &desired).await,
+            MachineState::Stopping => {
+                return record(&agent, &mut machine, MachineState::Stopped, &desired).await
+            }
             other => return record(&agent, &mut machine, other, &desired).await,
         }
         record(&agent, &mut machine, MachineState::Starting, &desired).await;
@@ -83,7 +89,12 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
 
 /// Writes the machine with a new state. The desired state is taken from the channel so that a
 /// concurrent start/stop request is never overwritten.
-async fn record(agent: &Agent, machine: &mut Machine, state: MachineState, desired: &watch::Receiver<MachineState>) {
+async fn record(
+    agent: &Agent,
+    machine: &mut Machine,
+    state: MachineState,
+    desired: &watch::Receiver<MachineState>,
+) {
     let want = *desired.borrow();
     if want != MachineState::Stopping {
         machine.desired = want;
@@ -105,20 +116,37 @@ async fn sleep_or_told(desired: &mut watch::Receiver<MachineState>, duration: Du
 
 /// Hydrates the model, spawns the engine and waits for its health check. `Ok(None)` means
 /// the desired state changed meanwhile.
-async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::Receiver<MachineState>) -> Result<Option<Child>, String> {
-    let manifest = agent.store.manifest_at(machine.model.as_str(), &machine.revision).await.map_err(|e| e.to_string())?;
+async fn start(
+    agent: &Arc<Agent>,
+    machine: &mut Machine,
+    desired: &mut watch::Receiver<MachineState>,
+) -> Result<Option<Child>, String> {
+    let manifest = agent
+        .store
+        .manifest_at(machine.model.as_str(), &machine.revision)
+        .await
+        .map_err(|e| e.to_string())?;
     let dir = match agent.cache.complete_dir(&manifest) {
         Some(dir) => dir,
         None => {
-            let report = hydrate(&agent.store, &manifest, &agent.cache, &HydrateOptions::default(), no_progress())
-                .await
-                .map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+            let report = hydrate(
+                &agent.store,
+                &manifest,
+                &agent.cache,
+                &HydrateOptions::default(),
+                no_progress(),
+            )
+            .await
+            .map_err(|e| format!("hydrating {}: {e}", machine.model))?;
             tracing::info!(
                 machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
                 secs = report.seconds, gb_per_s = report.gb_per_s(), "hydrated"
             );
             machine.hydration = Some(report);
-            agent.cache.complete_dir(&manifest).ok_or("hydration finished but the model is not complete")?
+            agent
+                .cache
+                .complete_dir(&manifest)
+                .ok_or("hydration finished but the model is not complete")?
         }
     };
 
@@ -126,7 +154,11 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
     let log_dir = agent.config.data_dir.join("machines").join(&machine.id);
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let log_path = log_dir.join("engine.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
 
     let engine = &agent.config.engine;
@@ -151,25 +183,44 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| format!("spawning {}: {e}", engine.program.display()))?;
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("spawning {}: {e}", engine.program.display()))?;
     machine.pid = child.id();
     machine.addr = Some(format!("127.0.0.1:{port}"));
 
     let health = format!("http://127.0.0.1:{port}/health");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + agent.config.start_timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("engine exited during start with {status}; see {}", log_path.display()));
+            return Err(format!(
+                "engine exited during start with {status}; see {}",
+                log_path.display()
+            ));
         }
-        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(&health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(Some(child));
         }
         if tokio::time::Instant::now() > deadline {
             let _ = child.kill().await;
-            return Err(format!("engine not healthy after {:?}; see {}", agent.config.start_timeout, log_path.display()));
+            return Err(format!(
+                "engine not healthy after {:?}; see {}",
+                agent.config.start_timeout,
+                log_path.display()
+            ));
         }
-        if sleep_or_told(desired, Duration::from_millis(50)).await && *desired.borrow() != MachineState::Started {
+        if sleep_or_told(desired, Duration::from_millis(50)).await
+            && *desired.borrow() != MachineState::Started
+        {
             stop_child(&mut child).await;
             return Ok(None);
         }
@@ -177,9 +228,20 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
 }
 
 /// Watches a started engine until it crashes, fails its health checks, or is told to stop.
-async fn watch_engine(agent: &Agent, machine: &Machine, mut child: Child, desired: &mut watch::Receiver<MachineState>) -> Outcome {
-    let health = format!("http://{}/health", machine.addr.as_deref().unwrap_or_default());
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok();
+async fn watch_engine(
+    agent: &Agent,
+    machine: &Machine,
+    mut child: Child,
+    desired: &mut watch::Receiver<MachineState>,
+) -> Outcome {
+    let health = format!(
+        "http://{}/health",
+        machine.addr.as_deref().unwrap_or_default()
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok();
     let mut failures = 0;
     loop {
         tokio::select! {
@@ -216,11 +278,16 @@ async fn stop_child(child: &mut Child) {
             libc::kill(pid as i32, libc::SIGTERM);
         }
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

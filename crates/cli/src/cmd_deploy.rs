@@ -53,19 +53,41 @@ pub struct AppsArgs {
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.common.data_dir)?;
     let started = std::time::Instant::now();
-    let app: App = api.post("/v1/apps", &json!({"name": args.app, "model": args.model, "machines": args.machines})).await?;
+    let app: App = api
+        .post(
+            "/v1/apps",
+            &json!({"name": args.app, "model": args.model, "machines": args.machines}),
+        )
+        .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
-    let mut machines: Vec<Machine> = machines.into_iter().filter(|m| m.state != MachineState::Destroyed).collect();
+    let mut machines: Vec<Machine> = machines
+        .into_iter()
+        .filter(|m| m.state != MachineState::Destroyed)
+        .collect();
     if !args.detach {
         for machine in machines.iter_mut() {
-            let path = format!("/v1/apps/{}/machines/{}/wait?state=started&timeout={}", app.name, machine.id, args.timeout.min(600));
-            *machine = api.get(&path).await.with_context(|| format!("waiting for machine {} to start", machine.id))?;
+            let path = format!(
+                "/v1/apps/{}/machines/{}/wait?state=started&timeout={}",
+                app.name,
+                machine.id,
+                args.timeout.min(600)
+            );
+            *machine = api
+                .get(&path)
+                .await
+                .with_context(|| format!("waiting for machine {} to start", machine.id))?;
         }
     }
     if args.common.json {
         return print_json(&json!({"app": app, "machines": machines}));
     }
-    println!("deployed {} (model {} revision {}) in {:.1}s", app.name, app.model, app.revision, started.elapsed().as_secs_f64());
+    println!(
+        "deployed {} (model {} revision {}) in {:.1}s",
+        app.name,
+        app.model,
+        app.revision,
+        started.elapsed().as_secs_f64()
+    );
     println!("{}", machines_table(&machines));
     Ok(())
 }
@@ -83,7 +105,10 @@ pub async fn destroy(args: DestroyArgs) -> anyhow::Result<()> {
 pub async fn ps(args: PsArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.common.data_dir)?;
     let machines: Vec<Machine> = api.get("/v1/machines").await?;
-    let machines: Vec<Machine> = machines.into_iter().filter(|m| args.all || m.state != MachineState::Destroyed).collect();
+    let machines: Vec<Machine> = machines
+        .into_iter()
+        .filter(|m| args.all || m.state != MachineState::Destroyed)
+        .collect();
     if args.common.json {
         return print_json(&machines);
     }
@@ -95,16 +120,35 @@ pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.common.data_dir)?;
     let apps: Vec<App> = api.get("/v1/apps").await?;
     let machines: Vec<Machine> = api.get("/v1/machines").await?;
-    let started = |app: &App| machines.iter().filter(|m| m.app == app.name && m.state == MachineState::Started).count();
+    let started = |app: &App| {
+        machines
+            .iter()
+            .filter(|m| m.app == app.name && m.state == MachineState::Started)
+            .count()
+    };
     if args.common.json {
-        let out: Vec<_> = apps.iter().map(|a| json!({"app": a, "machines_started": started(a)})).collect();
+        let out: Vec<_> = apps
+            .iter()
+            .map(|a| json!({"app": a, "machines_started": started(a)}))
+            .collect();
         return print_json(&out);
     }
     let rows = apps
         .iter()
-        .map(|a| vec![a.name.to_string(), a.model.to_string(), a.revision.clone(), format!("{}/{}", started(a), a.machines), age(a.deployed_at_ms)])
+        .map(|a| {
+            vec![
+                a.name.to_string(),
+                a.model.to_string(),
+                a.revision.clone(),
+                format!("{}/{}", started(a), a.machines),
+                age(a.deployed_at_ms),
+            ]
+        })
         .collect();
-    println!("{}", table(&["APP", "MODEL", "REVISION", "STARTED", "DEPLOYED"], rows));
+    println!(
+        "{}",
+        table(&["APP", "MODEL", "REVISION", "STARTED", "DEPLOYED"], rows)
+    );
     Ok(())
 }
 
@@ -113,7 +157,12 @@ fn machines_table(machines: &[Machine]) -> String {
         .iter()
         .map(|m| {
             let hydration = match &m.hydration {
-                Some(h) if h.bytes_fetched > 0 => format!("{} in {:.2}s ({:.2} GB/s)", bytes(h.bytes_fetched), h.seconds, h.gb_per_s()),
+                Some(h) if h.bytes_fetched > 0 => format!(
+                    "{} in {:.2}s ({:.2} GB/s)",
+                    bytes(h.bytes_fetched),
+                    h.seconds,
+                    h.gb_per_s()
+                ),
                 Some(_) => "cached".to_string(),
                 None => "-".to_string(),
             };
@@ -130,5 +179,18 @@ fn machines_table(machines: &[Machine]) -> String {
             ]
         })
         .collect();
-    table(&["MACHINE", "APP", "STATE", "DEVICE", "REGION", "ADDRESS", "RESTARTS", "HYDRATION", "UPDATED"], rows)
+    table(
+        &[
+            "MACHINE",
+            "APP",
+            "STATE",
+            "DEVICE",
+            "REGION",
+            "ADDRESS",
+            "RESTARTS",
+            "HYDRATION",
+            "UPDATED",
+        ],
+        rows,
+    )
 }

@@ -18,6 +18,43 @@ pub enum ModelCommand {
     Inspect(InspectArgs),
     /// List the models in the store.
     Ls(LsArgs),
+    /// Write a small random-weight Llama model (for tests and demos; no download needed).
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SynthArgs {
+    /// Architecture; only llama is synthesized.
+    #[arg(long, default_value = "llama")]
+    arch: String,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 2)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 512)]
+    vocab: usize,
+    /// Feed-forward width (0: about 8/3 of --hidden).
+    #[arg(long, default_value_t = 0)]
+    intermediate: usize,
+    /// Context length in tokens.
+    #[arg(long, default_value_t = 2048)]
+    context: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weight dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Share the input embedding with the output head.
+    #[arg(long)]
+    tie_embeddings: bool,
+    /// Directory to write (created; files in it are replaced).
+    dir: PathBuf,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(clap::Args)]
@@ -80,19 +117,66 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Push(args) => push(args).await,
         ModelCommand::Inspect(args) => inspect(args).await,
         ModelCommand::Ls(args) => ls(args).await,
+        ModelCommand::Synth(args) => synth(args),
     }
+}
+
+fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    if args.arch != "llama" {
+        anyhow::bail!("--arch: {:?} cannot be synthesized (llama can)", args.arch);
+    }
+    let spec = colo_model::synth::SynthSpec {
+        layers: args.layers,
+        hidden: args.hidden,
+        heads: args.heads,
+        kv_heads: args.kv_heads,
+        vocab: args.vocab,
+        intermediate: args.intermediate,
+        context: args.context,
+        seed: args.seed,
+        dtype: args.dtype.clone(),
+        tie_embeddings: args.tie_embeddings,
+    };
+    let files = colo_model::synth::synth_llama(&spec)?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", args.dir.display()))?;
+    let mut total = 0;
+    for (name, bytes) in &files {
+        let path = args.dir.join(name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        total += bytes.len() as u64;
+    }
+    if args.common.json {
+        return print_json(
+            &serde_json::json!({"dir": args.dir, "bytes": total, "files": files.iter().map(|f| &f.0).collect::<Vec<_>>()}),
+        );
+    }
+    println!(
+        "wrote a random {}-layer llama ({}) to {}",
+        args.layers,
+        bytes(total),
+        args.dir.display()
+    );
+    Ok(())
 }
 
 async fn push(args: PushArgs) -> anyhow::Result<()> {
     colo_core::AppName::new(args.name.clone()).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     if !(64 * 1024..=1 << 30).contains(&args.chunk_size) {
-        anyhow::bail!("--chunk-size {} is outside 64 KiB to 1 GiB", args.chunk_size);
+        anyhow::bail!(
+            "--chunk-size {} is outside 64 KiB to 1 GiB",
+            args.chunk_size
+        );
     }
     let store = args.store.open(&args.common)?;
     let total: u64 = walk_size(&args.dir);
     let bar = if std::io::stderr().is_terminal() && !args.common.json {
         let bar = ProgressBar::new(total);
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("valid template"),
+        );
         bar.set_message(format!("pushing {}", args.name));
         bar
     } else {
@@ -102,7 +186,10 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         let bar = bar.clone();
         Arc::new(move |n| bar.inc(n))
     };
-    let opts = PushOptions { chunk_size: args.chunk_size, ..Default::default() };
+    let opts = PushOptions {
+        chunk_size: args.chunk_size,
+        ..Default::default()
+    };
     let report = push_dir(&store, &args.dir, &args.name, &opts, progress).await?;
     bar.finish_and_clear();
     let m = &report.manifest;
@@ -126,7 +213,9 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
 }
 
 fn walk_size(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| {
@@ -146,23 +235,47 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     if args.common.json {
         return print_json(&manifest);
     }
-    println!("model {}  revision {}  chunk size {}  pushed {}", manifest.name, manifest.revision, bytes(manifest.chunk_size), crate::output::age(manifest.pushed_at_ms));
+    println!(
+        "model {}  revision {}  chunk size {}  pushed {}",
+        manifest.name,
+        manifest.revision,
+        bytes(manifest.chunk_size),
+        crate::output::age(manifest.pushed_at_ms)
+    );
     let rows = manifest
         .files
         .iter()
         .map(|f| {
             let tensors = match &f.safetensors {
                 Some(s) => {
-                    let dtypes: Vec<String> = s.bytes_by_dtype.iter().map(|(d, b)| format!("{d} {}", bytes(*b))).collect();
-                    format!("{} tensors, {:.1}M params, {}", s.tensors, s.parameters as f64 / 1e6, dtypes.join(", "))
+                    let dtypes: Vec<String> = s
+                        .bytes_by_dtype
+                        .iter()
+                        .map(|(d, b)| format!("{d} {}", bytes(*b)))
+                        .collect();
+                    format!(
+                        "{} tensors, {:.1}M params, {}",
+                        s.tensors,
+                        s.parameters as f64 / 1e6,
+                        dtypes.join(", ")
+                    )
                 }
                 None => String::new(),
             };
-            vec![f.path.clone(), bytes(f.size), f.chunks.len().to_string(), tensors]
+            vec![
+                f.path.clone(),
+                bytes(f.size),
+                f.chunks.len().to_string(),
+                tensors,
+            ]
         })
         .collect();
     println!("{}", table(&["FILE", "SIZE", "CHUNKS", "TENSORS"], rows));
-    println!("{} files, {}", manifest.files.len(), bytes(manifest.total_bytes()));
+    println!(
+        "{} files, {}",
+        manifest.files.len(),
+        bytes(manifest.total_bytes())
+    );
     Ok(())
 }
 
@@ -172,7 +285,12 @@ async fn ls(args: LsArgs) -> anyhow::Result<()> {
     let mut out = Vec::new();
     for name in store.models().await? {
         let manifest = store.manifest(&name).await?;
-        rows.push(vec![name.clone(), manifest.revision.clone(), manifest.files.len().to_string(), bytes(manifest.total_bytes())]);
+        rows.push(vec![
+            name.clone(),
+            manifest.revision.clone(),
+            manifest.files.len().to_string(),
+            bytes(manifest.total_bytes()),
+        ]);
         out.push(serde_json::json!({"name": name, "revision": manifest.revision, "files": manifest.files.len(), "bytes": manifest.total_bytes()}));
     }
     if args.common.json {

@@ -44,15 +44,21 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = &args.common.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let store_url = args.store.clone().unwrap_or_else(|| data_dir.join("store").display().to_string());
+    let store_url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| data_dir.join("store").display().to_string());
     let store = Store::open(&store_url)?;
     let state: Arc<dyn StateStore> = Arc::new(Embedded::open(&data_dir.join("state.redb"))?);
     let token = auth::load_or_create_token(&data_dir).context("creating the API token")?;
 
     let devices = discover_devices(args.cpu_slots);
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
     let agent = Agent::new(
         AgentConfig {
             host,
@@ -72,8 +78,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let control = Control::new(state.clone(), store.clone(), agent.clone());
 
-    let edge_listener = tokio::net::TcpListener::bind(args.edge_addr).await.with_context(|| format!("binding the edge to {}", args.edge_addr))?;
-    let api_listener = tokio::net::TcpListener::bind(args.api_addr).await.with_context(|| format!("binding the API to {}", args.api_addr))?;
+    let edge_listener = tokio::net::TcpListener::bind(args.edge_addr)
+        .await
+        .with_context(|| format!("binding the edge to {}", args.edge_addr))?;
+    let api_listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("binding the API to {}", args.api_addr))?;
     let edge_addr = edge_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
 
@@ -96,9 +106,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let api = colo_control::api::router(control.clone())
         .merge(colo_agent::api::router(agent.clone()))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(token), auth::require_token));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            auth::require_token,
+        ));
 
-    let run_info = RunInfo { api: format!("http://{api_addr}"), edge: format!("http://{edge_addr}"), store: store_url.clone(), pid: std::process::id() };
+    let run_info = RunInfo {
+        api: format!("http://{api_addr}"),
+        edge: format!("http://{edge_addr}"),
+        store: store_url.clone(),
+        pid: std::process::id(),
+    };
     let run_path = data_dir.join(RUN_FILE);
     let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(&run_info)?)?;
@@ -108,12 +126,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let edge_server = {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(edge_listener, colo_edge::router(edge)).with_graceful_shutdown(async move { let _ = stop.changed().await; }).await
+            axum::serve(edge_listener, colo_edge::router(edge))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
         })
     };
     let api_server = {
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(api_listener, api).with_graceful_shutdown(async move { let _ = stop.changed().await; }).await })
+        tokio::spawn(async move {
+            axum::serve(api_listener, api)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        })
     };
     eprintln!(
         "colo is up\n  edge   http://{edge_addr}   (OpenAI API: /v1/models, /v1/embeddings)\n  api    http://{api_addr}\n  store  {store_url}\n  data   {}\n  devices {}",

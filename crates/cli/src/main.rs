@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "colo", version, about = "Inference next to your GPUs, your weights and your callers.")]
+#[command(
+    name = "colo",
+    version,
+    about = "Inference next to your GPUs, your weights and your callers."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,15 +74,24 @@ struct EngineServeArgs {
     /// Milliseconds the batcher waits for more requests after the first.
     #[arg(long, default_value_t = 5)]
     batch_window_ms: u64,
-    /// Sequences per forward pass at most.
+    /// Sequences per forward pass at most (embeddings).
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// MiB of KV cache that running generation sequences may hold together.
+    #[arg(long, default_value_t = 2048)]
+    kv_budget_mib: usize,
+    /// Generation requests that may wait for KV room before new ones get 503.
+    #[arg(long, default_value_t = 256)]
+    max_waiting: usize,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COLO_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COLO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -119,6 +132,8 @@ async fn engine_serve(args: EngineServeArgs) -> anyhow::Result<()> {
         served_name: args.name,
         batch_window: std::time::Duration::from_millis(args.batch_window_ms),
         max_batch: args.max_batch,
+        kv_budget_bytes: args.kv_budget_mib * 1024 * 1024,
+        max_waiting: args.max_waiting,
     })
     .await?;
     Ok(())

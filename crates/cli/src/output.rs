@@ -4,7 +4,9 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(header.to_vec());
     for row in rows {
         table.add_row(row);
     }
@@ -28,7 +30,10 @@ pub fn bytes(n: u64) -> String {
 
 /// "3s ago" style age of a millisecond timestamp.
 pub fn age(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let secs = now.saturating_sub(at_ms) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),

@@ -35,14 +35,21 @@ pub struct Control {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 // === impl Control ===
 
 impl Control {
     pub fn new(state: Arc<dyn StateStore>, store: Store, agent: Arc<Agent>) -> Arc<Self> {
-        Arc::new(Self { state, store, agent })
+        Arc::new(Self {
+            state,
+            store,
+            agent,
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -52,13 +59,28 @@ impl Control {
     /// Records `app` serving the latest revision of `model` on `machines` machines, then
     /// reconciles. Returns the app as recorded.
     pub async fn deploy(&self, app: &str, model: &str, machines: u32) -> Result<App, ControlError> {
-        let name = AppName::new(app).map_err(|e| ControlError::Invalid { field: "app", reason: e.to_string() })?;
-        let model = AppName::new(model).map_err(|e| ControlError::Invalid { field: "model", reason: e.to_string() })?;
+        let name = AppName::new(app).map_err(|e| ControlError::Invalid {
+            field: "app",
+            reason: e.to_string(),
+        })?;
+        let model = AppName::new(model).map_err(|e| ControlError::Invalid {
+            field: "model",
+            reason: e.to_string(),
+        })?;
         if !(1..=MAX_MACHINES_PER_APP).contains(&machines) {
-            return Err(ControlError::Invalid { field: "machines", reason: format!("{machines} is outside 1 to {MAX_MACHINES_PER_APP}") });
+            return Err(ControlError::Invalid {
+                field: "machines",
+                reason: format!("{machines} is outside 1 to {MAX_MACHINES_PER_APP}"),
+            });
         }
         let manifest = self.store.manifest(model.as_str()).await?;
-        let app = App { name, model, revision: manifest.revision, machines, deployed_at_ms: now_ms() };
+        let app = App {
+            name,
+            model,
+            revision: manifest.revision,
+            machines,
+            deployed_at_ms: now_ms(),
+        };
         self.state.put_app(&app).await?;
         self.reconcile(&app).await?;
         Ok(app)
@@ -66,7 +88,10 @@ impl Control {
 
     /// Removes an app and destroys its machines.
     pub async fn destroy_app(&self, app: &str) -> Result<(), ControlError> {
-        let name = AppName::new(app).map_err(|e| ControlError::Invalid { field: "app", reason: e.to_string() })?;
+        let name = AppName::new(app).map_err(|e| ControlError::Invalid {
+            field: "app",
+            reason: e.to_string(),
+        })?;
         if !self.state.delete_app(&name).await? {
             return Err(ControlError::NoSuchApp(app.to_string()));
         }
@@ -103,7 +128,9 @@ impl Control {
             }
         }
         for _ in live.len()..want {
-            self.agent.create_machine(&app.name, &app.model, &app.revision).await?;
+            self.agent
+                .create_machine(&app.name, &app.model, &app.revision)
+                .await?;
         }
         Ok(())
     }
@@ -114,6 +141,9 @@ impl Control {
 
     pub async fn app(&self, name: &str) -> Result<App, ControlError> {
         let parsed = AppName::new(name).map_err(|_| ControlError::NoSuchApp(name.to_string()))?;
-        self.state.app(&parsed).await?.ok_or_else(|| ControlError::NoSuchApp(name.to_string()))
+        self.state
+            .app(&parsed)
+            .await?
+            .ok_or_else(|| ControlError::NoSuchApp(name.to_string()))
     }
 }

@@ -5,5 +5,5 @@ pub mod machine;
 pub mod name;
 
 pub use app::App;
-pub use machine::{Device, Machine, MachineState, HydrationReport};
+pub use machine::{Device, HydrationReport, Machine, MachineState};
 pub use name::{AppName, NameError};

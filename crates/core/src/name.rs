@@ -42,7 +42,11 @@ impl AppName {
         }
         if name.contains("..") {
             let pos = name.find("..").unwrap_or(0);
-            return Err(NameError::BadChar { name, ch: '.', pos: pos + 1 });
+            return Err(NameError::BadChar {
+                name,
+                ch: '.',
+                pos: pos + 1,
+            });
         }
         Ok(Self(name))
     }
@@ -91,6 +95,9 @@ mod tests {
         for (name, ok) in cases {
             assert_eq!(AppName::new(*name).is_ok(), *ok, "{name:?}");
         }
-        assert!(matches!(AppName::new("x".repeat(64)), Err(NameError::TooLong { len: 64, .. })));
+        assert!(matches!(
+            AppName::new("x".repeat(64)),
+            Err(NameError::TooLong { len: 64, .. })
+        ));
     }
 }

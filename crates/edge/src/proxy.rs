@@ -51,7 +51,14 @@ impl Edge {
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Arc::new(Self { config, routes, client, loads: Mutex::default(), picks: AtomicU64::new(0), metrics: Metrics::new() })
+        Arc::new(Self {
+            config,
+            routes,
+            client,
+            loads: Mutex::default(),
+            picks: AtomicU64::new(0),
+            metrics: Metrics::new(),
+        })
     }
 
     fn load_of(&self, machine_id: &str) -> Arc<Load> {
@@ -61,8 +68,17 @@ impl Edge {
 
     /// The app named by a Host of `<app>.<domain>`, if the request has one.
     fn app_from_host(&self, headers: &HeaderMap, uri: &Uri) -> Option<String> {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.host())?;
-        let host = host.rsplit_once(':').map_or(host, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { host });
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.host())?;
+        let host = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        });
         let app = host.strip_suffix(&self.config.domain)?.strip_suffix('.')?;
         (!app.is_empty() && !app.contains('.')).then(|| app.to_string())
     }
@@ -75,9 +91,16 @@ impl Edge {
         let result = loop {
             let table = routes.borrow_and_update().clone();
             let Some(app_routes) = table.apps.get(app) else {
-                break Err(EdgeError::UnknownApp { app: app.to_string(), apps: table.app_names().iter().map(|s| s.to_string()).collect() });
+                break Err(EdgeError::UnknownApp {
+                    app: app.to_string(),
+                    apps: table.app_names().iter().map(|s| s.to_string()).collect(),
+                });
             };
-            let loads: Vec<Arc<Load>> = app_routes.machines.iter().map(|m| self.load_of(&m.machine_id)).collect();
+            let loads: Vec<Arc<Load>> = app_routes
+                .machines
+                .iter()
+                .map(|m| self.load_of(&m.machine_id))
+                .collect();
             let candidates: Vec<Candidate> = app_routes
                 .machines
                 .iter()
@@ -91,7 +114,10 @@ impl Edge {
                 .collect();
             if let Some(idx) = pick_machine(&candidates) {
                 let load = loads[idx].clone();
-                load.last_picked.store(self.picks.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+                load.last_picked.store(
+                    self.picks.fetch_add(1, Ordering::Relaxed) + 1,
+                    Ordering::Relaxed,
+                );
                 break Ok((app_routes.machines[idx].clone(), load));
             }
             if !held {
@@ -100,7 +126,12 @@ impl Edge {
             }
             match tokio::time::timeout_at(deadline, routes.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => break Err(EdgeError::NoMachine { app: app.to_string(), secs: self.config.hold_timeout.as_secs() }),
+                _ => {
+                    break Err(EdgeError::NoMachine {
+                        app: app.to_string(),
+                        secs: self.config.hold_timeout.as_secs(),
+                    })
+                }
             }
         };
         if held {
@@ -114,8 +145,20 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let host_app = edge.app_from_host(request.headers(), request.uri());
     if host_app.is_none() {
         match (request.method(), request.uri().path()) {
-            (&Method::GET, "/health") => return (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
-            (&Method::GET, "/metrics") => return ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
+            (&Method::GET, "/health") => {
+                return (
+                    StatusCode::OK,
+                    axum::Json(serde_json::json!({"status": "ok"})),
+                )
+                    .into_response()
+            }
+            (&Method::GET, "/metrics") => {
+                return (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    edge.metrics.encode(),
+                )
+                    .into_response()
+            }
             (&Method::GET, "/v1/models") => return list_models(&edge),
             _ => {}
         }
@@ -123,14 +166,25 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let (app, response) = match proxy(&edge, host_app, request).await {
         Ok((app, response)) => (app, response),
         Err((app, err)) => {
-            edge.metrics.errors.get_or_create(&ErrorLabels { source: err.source_label().into() }).inc();
+            edge.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    source: err.source_label().into(),
+                })
+                .inc();
             if err.status().is_server_error() {
                 tracing::warn!(app = %app, error = %err, "request failed");
             }
             (app, err.into_response())
         }
     };
-    edge.metrics.requests.get_or_create(&RequestLabels { app, status: response.status().as_u16() }).inc();
+    edge.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            app,
+            status: response.status().as_u16(),
+        })
+        .inc();
     response
 }
 
@@ -150,19 +204,32 @@ type ProxyResult = Result<(String, Response), (String, EdgeError)>;
 async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> ProxyResult {
     let (parts, body) = request.into_parts();
     let unknown = || "-".to_string();
-    let body = read_body(&parts.headers, body, edge.config.max_body).await.map_err(|e| (unknown(), e))?;
+    let body = read_body(&parts.headers, body, edge.config.max_body)
+        .await
+        .map_err(|e| (unknown(), e))?;
     let app = match host_app {
         Some(app) => app,
         None => app_from_body(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
     };
     let (endpoint, load) = edge.pick(&app).await.map_err(|e| (app.clone(), e))?;
 
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let uri: Uri = match format!("http://{}{}", endpoint.addr, path).parse() {
         Ok(uri) => uri,
         Err(e) => {
             let reason = format!("bad upstream address: {e}");
-            return Err((app, EdgeError::Upstream { machine: endpoint.machine_id, addr: endpoint.addr, reason }));
+            return Err((
+                app,
+                EdgeError::Upstream {
+                    machine: endpoint.machine_id,
+                    addr: endpoint.addr,
+                    reason,
+                },
+            ));
         }
     };
     let mut upstream = hyper::Request::builder().method(parts.method).uri(uri);
@@ -182,17 +249,31 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         Ok(response) => response,
         Err(e) => {
             let reason = error_chain(&e);
-            return Err((app, EdgeError::Upstream { machine: endpoint.machine_id, addr: endpoint.addr, reason }));
+            return Err((
+                app,
+                EdgeError::Upstream {
+                    machine: endpoint.machine_id,
+                    addr: endpoint.addr,
+                    reason,
+                },
+            ));
         }
     };
-    edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+    edge.metrics
+        .upstream_seconds
+        .observe(started.elapsed().as_secs_f64());
 
     let (mut parts, incoming) = response.into_parts();
     parts.headers.retain_hop_by_hop();
     if let Ok(value) = HeaderValue::from_str(&endpoint.machine_id) {
-        parts.headers.insert(HeaderName::from_static("colo-machine"), value);
+        parts
+            .headers
+            .insert(HeaderName::from_static("colo-machine"), value);
     }
-    let body = Body::new(Tracked { inner: incoming, _guard: guard });
+    let body = Body::new(Tracked {
+        inner: incoming,
+        _guard: guard,
+    });
     Ok((app, Response::from_parts(parts, body)))
 }
 
@@ -201,10 +282,16 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
 async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, EdgeError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let mut collected = bytes::BytesMut::new();
     let mut seen = 0u64;
-    let too_large = |seen: u64| EdgeError::BodyTooLarge { size: declared.unwrap_or(seen).max(seen), limit };
+    let too_large = |seen: u64| EdgeError::BodyTooLarge {
+        size: declared.unwrap_or(seen).max(seen),
+        limit,
+    };
     if declared.is_some_and(|size| size > DRAIN_LIMIT) {
         return Err(too_large(0));
     }
@@ -215,9 +302,15 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<
             Ok(Some(Err(e))) => return Err(EdgeError::BodyRead(e.to_string())),
             Ok(None) => break,
             Err(_) if seen > limit as u64 => return Err(too_large(seen)),
-            Err(_) => return Err(EdgeError::BodyRead("timed out reading the request body".into())),
+            Err(_) => {
+                return Err(EdgeError::BodyRead(
+                    "timed out reading the request body".into(),
+                ))
+            }
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         seen += data.len() as u64;
         if seen > DRAIN_LIMIT {
             return Err(too_large(seen));
@@ -237,18 +330,29 @@ fn app_from_body(body: &[u8], domain: &str) -> Result<String, EdgeError> {
     struct Routed {
         model: Option<serde_json::Value>,
     }
-    let routed: Routed =
-        serde_json::from_slice(body).map_err(|e| EdgeError::BadJson { reason: e.to_string(), domain: domain.to_string() })?;
+    let routed: Routed = serde_json::from_slice(body).map_err(|e| EdgeError::BadJson {
+        reason: e.to_string(),
+        domain: domain.to_string(),
+    })?;
     match routed.model {
         Some(serde_json::Value::String(model)) if !model.is_empty() => Ok(model),
-        _ => Err(EdgeError::NoModel { domain: domain.to_string() }),
+        _ => Err(EdgeError::NoModel {
+            domain: domain.to_string(),
+        }),
     }
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
     )
 }
 
@@ -312,7 +416,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -345,17 +452,37 @@ mod tests {
         for (host, expected) in cases {
             let mut headers = HeaderMap::new();
             headers.insert(header::HOST, HeaderValue::from_static(host));
-            assert_eq!(edge.app_from_host(&headers, &Uri::from_static("/")).as_deref(), expected, "{host}");
+            assert_eq!(
+                edge.app_from_host(&headers, &Uri::from_static("/"))
+                    .as_deref(),
+                expected,
+                "{host}"
+            );
         }
     }
 
     #[test]
     fn apps_come_from_the_model_field() {
-        assert_eq!(app_from_body(br#"{"model":"minilm","input":"x"}"#, "localhost").unwrap(), "minilm");
-        assert!(matches!(app_from_body(b"{", "localhost"), Err(EdgeError::BadJson { .. })));
-        assert!(matches!(app_from_body(br#"{"input":"x"}"#, "localhost"), Err(EdgeError::NoModel { .. })));
-        assert!(matches!(app_from_body(br#"{"model":7}"#, "localhost"), Err(EdgeError::NoModel { .. })));
-        let err = EdgeError::UnknownApp { app: "x".into(), apps: vec!["a".into(), "b".into()] };
+        assert_eq!(
+            app_from_body(br#"{"model":"minilm","input":"x"}"#, "localhost").unwrap(),
+            "minilm"
+        );
+        assert!(matches!(
+            app_from_body(b"{", "localhost"),
+            Err(EdgeError::BadJson { .. })
+        ));
+        assert!(matches!(
+            app_from_body(br#"{"input":"x"}"#, "localhost"),
+            Err(EdgeError::NoModel { .. })
+        ));
+        assert!(matches!(
+            app_from_body(br#"{"model":7}"#, "localhost"),
+            Err(EdgeError::NoModel { .. })
+        ));
+        let err = EdgeError::UnknownApp {
+            app: "x".into(),
+            apps: vec!["a".into(), "b".into()],
+        };
         assert_eq!(err.status(), StatusCode::NOT_FOUND);
         assert!(err.to_string().contains("apps: a, b"));
     }

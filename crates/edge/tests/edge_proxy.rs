@@ -32,7 +32,10 @@ async fn upstream(name: &'static str, delay: Duration) -> String {
             get(|| async {
                 let stream = futures::stream::unfold(0, |i| async move {
                     match i {
-                        0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from("data: first\n\n")), 1)),
+                        0 => Some((
+                            Ok::<_, std::io::Error>(bytes::Bytes::from("data: first\n\n")),
+                            1,
+                        )),
                         1 => {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             Some((Ok(bytes::Bytes::from("data: second\n\n")), 2))
@@ -49,14 +52,27 @@ async fn upstream(name: &'static str, delay: Duration) -> String {
 fn table(app: &str, addrs: &[(&str, &str)]) -> Arc<RouteTable> {
     let machines = addrs
         .iter()
-        .map(|(id, addr)| Endpoint { machine_id: id.to_string(), addr: addr.to_string(), region: "local".into() })
+        .map(|(id, addr)| Endpoint {
+            machine_id: id.to_string(),
+            addr: addr.to_string(),
+            region: "local".into(),
+        })
         .collect();
     let mut t = RouteTable::default();
-    t.apps.insert(app.to_string(), AppRoutes { machines, pending: 0 });
+    t.apps.insert(
+        app.to_string(),
+        AppRoutes {
+            machines,
+            pending: 0,
+        },
+    );
     Arc::new(t)
 }
 
-async fn start_edge(config: EdgeConfig, initial: Arc<RouteTable>) -> (String, watch::Sender<Arc<RouteTable>>) {
+async fn start_edge(
+    config: EdgeConfig,
+    initial: Arc<RouteTable>,
+) -> (String, watch::Sender<Arc<RouteTable>>) {
     let (tx, rx) = watch::channel(initial);
     let addr = serve(router(Edge::new(config, rx))).await;
     (format!("http://{addr}"), tx)
@@ -72,7 +88,12 @@ async fn streams_each_part_as_it_arrives() {
     let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
-    let mut response = client.get(format!("{edge}/stream")).header("host", "app.localhost").send().await.unwrap();
+    let mut response = client
+        .get(format!("{edge}/stream"))
+        .header("host", "app.localhost")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let first = response.chunk().await.unwrap().unwrap();
     let first_at = started.elapsed();
@@ -80,8 +101,14 @@ async fn streams_each_part_as_it_arrives() {
     let second = response.chunk().await.unwrap().unwrap();
     let second_at = started.elapsed();
     assert_eq!(&second[..], b"data: second\n\n");
-    assert!(first_at < Duration::from_millis(300), "first part took {first_at:?}: the edge buffered it");
-    assert!(second_at >= Duration::from_millis(450), "second part came at {second_at:?}, before the upstream sent it");
+    assert!(
+        first_at < Duration::from_millis(300),
+        "first part took {first_at:?}: the edge buffered it"
+    );
+    assert!(
+        second_at >= Duration::from_millis(450),
+        "second part came at {second_at:?}, before the upstream sent it"
+    );
 }
 
 #[tokio::test]
@@ -92,7 +119,12 @@ async fn a_dead_upstream_is_a_fast_502() {
     };
     let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m-dead", &dead)])).await;
     let started = Instant::now();
-    let response = reqwest::Client::new().post(format!("{edge}/v1/embeddings")).body(embed_body("app")).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{edge}/v1/embeddings"))
+        .body(embed_body("app"))
+        .send()
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -104,19 +136,38 @@ async fn a_dead_upstream_is_a_fast_502() {
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let up = upstream("a", Duration::ZERO).await;
-    let config = EdgeConfig { max_body: 1024, ..EdgeConfig::default() };
+    let config = EdgeConfig {
+        max_body: 1024,
+        ..EdgeConfig::default()
+    };
     let (edge, _tx) = start_edge(config, table("app", &[("m1", &up)])).await;
     let client = reqwest::Client::new();
     let url = format!("{edge}/v1/embeddings");
 
-    let r = client.post(&url).body(embed_body("nope")).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .body(embed_body("nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("apps: app"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("apps: app"),
+        "{body}"
+    );
 
     let r = client.post(&url).body("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = client.post(&url).body(r#"{"input":"x"}"#).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .body(r#"{"input":"x"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let r: serde_json::Value = r.json().await.unwrap();
     assert_eq!(r["error"]["code"], "missing_model");
@@ -124,11 +175,26 @@ async fn bad_requests_get_clear_errors() {
     let big = format!(r#"{{"model":"app","input":"{}"}}"#, "x".repeat(2048));
     let r = client.post(&url).body(big.clone()).send().await.unwrap();
     assert_eq!(r.status(), 413, "declared length over the limit");
-    let chunks = futures::stream::iter(big.into_bytes().chunks(100).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
-    let r = client.post(&url).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let chunks = futures::stream::iter(
+        big.into_bytes()
+            .chunks(100)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let r = client
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413, "chunked body over the limit");
 
-    let r = client.post(&url).body(embed_body("app")).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .body(embed_body("app"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["colo-machine"], "m1");
 }
@@ -136,22 +202,46 @@ async fn bad_requests_get_clear_errors() {
 #[tokio::test]
 async fn requests_wait_for_a_starting_machine_or_get_503() {
     let up = upstream("a", Duration::ZERO).await;
-    let config = EdgeConfig { hold_timeout: Duration::from_secs(5), ..EdgeConfig::default() };
+    let config = EdgeConfig {
+        hold_timeout: Duration::from_secs(5),
+        ..EdgeConfig::default()
+    };
     let (edge, tx) = start_edge(config, table("app", &[])).await;
     let client = reqwest::Client::new();
     let held = tokio::spawn({
         let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
-        async move { client.post(url).body(embed_body("app")).send().await.unwrap() }
+        async move {
+            client
+                .post(url)
+                .body(embed_body("app"))
+                .send()
+                .await
+                .unwrap()
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!held.is_finished(), "the request should wait while no machine is started");
+    assert!(
+        !held.is_finished(),
+        "the request should wait while no machine is started"
+    );
     tx.send(table("app", &[("m1", &up)])).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(2), held).await.expect("released promptly").unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(2), held)
+        .await
+        .expect("released promptly")
+        .unwrap();
     assert_eq!(response.status(), 200);
 
-    let config = EdgeConfig { hold_timeout: Duration::from_millis(200), ..EdgeConfig::default() };
+    let config = EdgeConfig {
+        hold_timeout: Duration::from_millis(200),
+        ..EdgeConfig::default()
+    };
     let (edge, _tx) = start_edge(config, table("app", &[])).await;
-    let r = client.post(format!("{edge}/v1/embeddings")).body(embed_body("app")).send().await.unwrap();
+    let r = client
+        .post(format!("{edge}/v1/embeddings"))
+        .body(embed_body("app"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
 }
@@ -160,11 +250,25 @@ async fn requests_wait_for_a_starting_machine_or_get_503() {
 async fn concurrent_requests_spread_over_machines() {
     let a = upstream("a", Duration::from_millis(200)).await;
     let b = upstream("b", Duration::from_millis(200)).await;
-    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("ma", &a), ("mb", &b)])).await;
+    let (edge, _tx) = start_edge(
+        EdgeConfig::default(),
+        table("app", &[("ma", &a), ("mb", &b)]),
+    )
+    .await;
     let client = reqwest::Client::new();
     let requests = (0..8).map(|_| {
         let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
-        tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().text().await.unwrap() })
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .body(embed_body("app"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
     });
     let mut on_a = 0;
     for r in requests {
@@ -172,5 +276,8 @@ async fn concurrent_requests_spread_over_machines() {
             on_a += 1;
         }
     }
-    assert_eq!(on_a, 4, "least in-flight should split 8 concurrent requests 4/4");
+    assert_eq!(
+        on_a, 4,
+        "least in-flight should split 8 concurrent requests 4/4"
+    );
 }

@@ -1,5 +1,7 @@
-//! The engine's HTTP API: OpenAI-compatible embeddings, model list, health and metrics.
+//! The engine's HTTP API: OpenAI-compatible embeddings or text generation (whichever the
+//! model does), the model list, health and metrics.
 
+use crate::api_gen::{self, TextModel};
 use crate::batch::Batcher;
 use crate::error::error_body;
 use crate::metrics::{Metrics, StatusLabel};
@@ -22,25 +24,53 @@ pub struct EngineState {
     inner: Arc<Inner>,
 }
 
+/// What the loaded model does.
+pub enum Task {
+    Embed(Batcher),
+    Generate(TextModel),
+}
+
 struct Inner {
-    batcher: Batcher,
+    task: Task,
     served_name: String,
     metrics: Metrics,
 }
 
 impl EngineState {
-    pub fn new(batcher: Batcher, served_name: String, metrics: Metrics) -> Self {
-        Self { inner: Arc::new(Inner { batcher, served_name, metrics }) }
+    pub fn new(task: Task, served_name: String, metrics: Metrics) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                task,
+                served_name,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn served_name(&self) -> &str {
+        &self.inner.served_name
     }
 }
 
 pub fn router(state: EngineState) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/completions", post(|s, b| generate(s, b, false)))
+        .route("/v1/chat/completions", post(|s, b| generate(s, b, true)))
         .route("/v1/models", get(models))
-        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .route("/metrics", get(metrics))
-        .fallback(|| async { error_body(StatusCode::NOT_FOUND, "no such endpoint on this engine", None, "not_found") })
+        .fallback(|| async {
+            error_body(
+                StatusCode::NOT_FOUND,
+                "no such endpoint on this engine",
+                None,
+                "not_found",
+            )
+        })
         .with_state(state)
 }
 
@@ -51,7 +81,63 @@ async fn models(State(state): State<EngineState>) -> Response {
 }
 
 async fn metrics(State(state): State<EngineState>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], state.inner.metrics.encode()).into_response()
+    let metrics = &state.inner.metrics;
+    if let Task::Generate(model) = &state.inner.task {
+        let stats = &model.generator.stats;
+        metrics
+            .gen_waiting
+            .set(stats.waiting.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        metrics
+            .gen_running
+            .set(stats.running.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        metrics.kv_used_bytes.set(
+            stats
+                .kv_used_bytes
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
+        metrics
+            .kv_budget_bytes
+            .set(model.generator.config.kv_budget_bytes as i64);
+        metrics.generated_tokens.set(
+            stats
+                .generated_tokens
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn generate(State(state): State<EngineState>, body: Bytes, chat: bool) -> Response {
+    let metrics = &state.inner.metrics;
+    metrics.in_flight.inc();
+    let response = match &state.inner.task {
+        Task::Generate(model) => match api_gen::handle(&state, model, &body, chat).await {
+            Ok(response) => response,
+            Err(err) => {
+                let mut response = err.into_response();
+                response
+                    .headers_mut()
+                    .insert("colo-load", model.load_header());
+                response
+            }
+        },
+        Task::Embed(_) => {
+            EngineError::bad("model", "this model serves embeddings; use /v1/embeddings")
+                .into_response()
+        }
+    };
+    metrics.in_flight.dec();
+    metrics
+        .requests
+        .get_or_create(&StatusLabel {
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
 
 #[derive(Debug, PartialEq)]
@@ -75,22 +161,40 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
         code: "invalid_json",
     })?;
     let Value::Object(fields) = value else {
-        return Err(EngineError::BadRequest { message: "request body must be a JSON object".into(), param: None, code: "invalid_json" });
+        return Err(EngineError::BadRequest {
+            message: "request body must be a JSON object".into(),
+            param: None,
+            code: "invalid_json",
+        });
     };
     let model = match fields.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => return Err(EngineError::bad("model", format!("'model' must be a string, got {}", kind(other)))),
+        Some(other) => {
+            return Err(EngineError::bad(
+                "model",
+                format!("'model' must be a string, got {}", kind(other)),
+            ))
+        }
     };
     let inputs = match fields.get("input") {
         None | Some(Value::Null) => return Err(EngineError::bad("input", "'input' is required")),
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => {
             if items.is_empty() {
-                return Err(EngineError::bad("input", "'input' is an empty list; send at least one string"));
+                return Err(EngineError::bad(
+                    "input",
+                    "'input' is an empty list; send at least one string",
+                ));
             }
             if items.len() > MAX_INPUTS {
-                return Err(EngineError::bad("input", format!("'input' has {} items; the limit is {MAX_INPUTS}", items.len())));
+                return Err(EngineError::bad(
+                    "input",
+                    format!(
+                        "'input' has {} items; the limit is {MAX_INPUTS}",
+                        items.len()
+                    ),
+                ));
             }
             items
                 .iter()
@@ -101,32 +205,60 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
                         "input",
                         format!("'input[{i}]' is token ids; this engine takes text, send strings"),
                     )),
-                    other => Err(EngineError::bad("input", format!("'input[{i}]' must be a string, got {}", kind(other)))),
+                    other => Err(EngineError::bad(
+                        "input",
+                        format!("'input[{i}]' must be a string, got {}", kind(other)),
+                    )),
                 })
                 .collect::<Result<_, _>>()?
         }
-        Some(other) => return Err(EngineError::bad("input", format!("'input' must be a string or a list of strings, got {}", kind(other)))),
+        Some(other) => {
+            return Err(EngineError::bad(
+                "input",
+                format!(
+                    "'input' must be a string or a list of strings, got {}",
+                    kind(other)
+                ),
+            ))
+        }
     };
     if let Some(i) = inputs.iter().position(|s| s.is_empty()) {
-        let at = if inputs.len() == 1 { "'input'".to_string() } else { format!("'input[{i}]'") };
-        return Err(EngineError::bad("input", format!("{at} is an empty string")));
+        let at = if inputs.len() == 1 {
+            "'input'".to_string()
+        } else {
+            format!("'input[{i}]'")
+        };
+        return Err(EngineError::bad(
+            "input",
+            format!("{at} is an empty string"),
+        ));
     }
     let encoding = match fields.get("encoding_format") {
         None | Some(Value::Null) => Encoding::Float,
         Some(Value::String(s)) if s == "float" => Encoding::Float,
         Some(Value::String(s)) if s == "base64" => Encoding::Base64,
         Some(other) => {
-            return Err(EngineError::bad("encoding_format", format!("'encoding_format' must be \"float\" or \"base64\", got {other}")))
+            return Err(EngineError::bad(
+                "encoding_format",
+                format!("'encoding_format' must be \"float\" or \"base64\", got {other}"),
+            ))
         }
     };
     match fields.get("dimensions") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_u64() == Some(dim as u64) => {}
         Some(other) => {
-            return Err(EngineError::bad("dimensions", format!("this model's embeddings have {dim} dimensions; 'dimensions' was {other}")))
+            return Err(EngineError::bad(
+                "dimensions",
+                format!("this model's embeddings have {dim} dimensions; 'dimensions' was {other}"),
+            ))
         }
     }
-    Ok(EmbeddingsRequest { model, inputs, encoding })
+    Ok(EmbeddingsRequest {
+        model,
+        inputs,
+        encoding,
+    })
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -148,21 +280,39 @@ async fn embeddings(State(state): State<EngineState>, body: Bytes) -> Response {
         Err(err) => err.into_response(),
     };
     metrics.in_flight.dec();
-    metrics.requests.get_or_create(&StatusLabel { status: response.status().as_u16() }).inc();
+    metrics
+        .requests
+        .get_or_create(&StatusLabel {
+            status: response.status().as_u16(),
+        })
+        .inc();
     response
 }
 
 async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError> {
-    let batcher = &state.inner.batcher;
+    let Task::Embed(batcher) = &state.inner.task else {
+        return Err(EngineError::bad(
+            "model",
+            "this model generates text; use /v1/completions or /v1/chat/completions",
+        ));
+    };
     let active = batcher.begin();
     let embedder = batcher.embedder();
     let request = parse_request(body, embedder.dim)?;
-    let ids: Vec<Vec<u32>> = request.inputs.iter().map(|text| embedder.tokenize(text)).collect::<Result<_, _>>()?;
+    let ids: Vec<Vec<u32>> = request
+        .inputs
+        .iter()
+        .map(|text| embedder.tokenize(text))
+        .collect::<Result<_, _>>()?;
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     let n_inputs = ids.len();
     let vectors = batcher.embed(ids, active).await?;
     state.inner.metrics.inputs.inc_by(n_inputs as u64);
-    state.inner.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+    state
+        .inner
+        .metrics
+        .prompt_tokens
+        .inc_by(prompt_tokens as u64);
 
     let data: Vec<Value> = vectors
         .iter()
@@ -178,7 +328,9 @@ async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    let model = request.model.unwrap_or_else(|| state.inner.served_name.clone());
+    let model = request
+        .model
+        .unwrap_or_else(|| state.inner.served_name.clone());
     let body = json!({
         "object": "list",
         "data": data,
@@ -213,7 +365,10 @@ mod tests {
             (r#"{"input":[[1,2]]}"#, "token ids"),
             (r#"{"input":["a",{}]}"#, "'input[1]' must be a string"),
             (r#"{"input":"a","model":3}"#, "'model' must be a string"),
-            (r#"{"input":"a","encoding_format":"hex"}"#, "encoding_format"),
+            (
+                r#"{"input":"a","encoding_format":"hex"}"#,
+                "encoding_format",
+            ),
             (r#"{"input":"a","dimensions":12}"#, "384 dimensions"),
         ];
         for (body, needle) in bad {
@@ -221,7 +376,13 @@ mod tests {
             assert_eq!(err.status(), StatusCode::BAD_REQUEST);
             assert!(err.to_string().contains(needle), "{body}: {err}");
         }
-        let many = format!(r#"{{"input":[{}]}}"#, vec!["\"a\""; MAX_INPUTS + 1].join(","));
-        assert!(parse_request(many.as_bytes(), 384).unwrap_err().to_string().contains("limit is 2048"));
+        let many = format!(
+            r#"{{"input":[{}]}}"#,
+            vec!["\"a\""; MAX_INPUTS + 1].join(",")
+        );
+        assert!(parse_request(many.as_bytes(), 384)
+            .unwrap_err()
+            .to_string()
+            .contains("limit is 2048"));
     }
 }

@@ -54,12 +54,18 @@ impl Batcher {
         let embedder = Arc::new(embedder);
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let active = Arc::new(AtomicUsize::new(0));
-        let (worker, worker_metrics, worker_active) = (embedder.clone(), metrics.clone(), active.clone());
+        let (worker, worker_metrics, worker_active) =
+            (embedder.clone(), metrics.clone(), active.clone());
         std::thread::Builder::new()
             .name("colo-batcher".into())
             .spawn(move || run(&worker, rx, config, &worker_metrics, &worker_active))
             .expect("spawning the batcher thread");
-        Self { embedder, tx, metrics, active }
+        Self {
+            embedder,
+            tx,
+            metrics,
+            active,
+        }
     }
 
     /// Marks a request as on its way to the batcher (it is being parsed or tokenized), so the
@@ -75,23 +81,42 @@ impl Batcher {
 
     /// Embeds tokenized inputs, batched with whatever else is in flight. The request stops
     /// counting as coming (`active`) once it is queued.
-    pub async fn embed(&self, inputs: Vec<Vec<u32>>, active: Active) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub async fn embed(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        active: Active,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { inputs, arrived: Instant::now(), reply };
+        let job = Job {
+            inputs,
+            arrived: Instant::now(),
+            reply,
+        };
         let sent = self.tx.try_send(job);
         drop(active);
         match sent {
             Ok(()) => self.metrics.queue_depth.inc(),
             Err(TrySendError::Full(_)) => {
-                return Err(EngineError::Overloaded(format!("{QUEUE_CAPACITY} requests are already queued")))
+                return Err(EngineError::Overloaded(format!(
+                    "{QUEUE_CAPACITY} requests are already queued"
+                )))
             }
-            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Internal("batcher thread stopped".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(EngineError::Internal("batcher thread stopped".into()))
+            }
         };
-        rx.await.map_err(|_| EngineError::Internal("batcher dropped the request".into()))?
+        rx.await
+            .map_err(|_| EngineError::Internal("batcher dropped the request".into()))?
     }
 }
 
-fn run(embedder: &Embedder, rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: &Metrics, active: &AtomicUsize) {
+fn run(
+    embedder: &Embedder,
+    rx: mpsc::Receiver<Job>,
+    config: BatchConfig,
+    metrics: &Metrics,
+    active: &AtomicUsize,
+) {
     while let Ok(first) = rx.recv() {
         let deadline = first.arrived + config.window;
         let mut n_inputs = first.inputs.len();
@@ -99,8 +124,16 @@ fn run(embedder: &Embedder, rx: mpsc::Receiver<Job>, config: BatchConfig, metric
         while n_inputs < config.max_batch {
             // Wait only for requests that are known to be coming; take what is queued otherwise.
             let coming = active.load(Ordering::SeqCst) > jobs.len();
-            let wait = if coming { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
-            let next = if wait.is_zero() { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(wait) };
+            let wait = if coming {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let next = if wait.is_zero() {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_timeout(wait)
+            };
             match next {
                 Ok(job) => {
                     n_inputs += job.inputs.len();
@@ -117,14 +150,23 @@ fn run(embedder: &Embedder, rx: mpsc::Receiver<Job>, config: BatchConfig, metric
 }
 
 fn run_jobs(embedder: &Embedder, jobs: Vec<Job>, max_batch: usize, metrics: &Metrics) {
-    let mut order: Vec<(usize, usize)> =
-        jobs.iter().enumerate().flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i))).collect();
+    let mut order: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i)))
+        .collect();
     order.sort_by_key(|&(j, i)| jobs[j].inputs[i].len());
 
-    let mut results: Vec<Vec<Option<Vec<f32>>>> = jobs.iter().map(|job| vec![None; job.inputs.len()]).collect();
+    let mut results: Vec<Vec<Option<Vec<f32>>>> = jobs
+        .iter()
+        .map(|job| vec![None; job.inputs.len()])
+        .collect();
     let mut failure = None;
     for group in order.chunks(max_batch.max(1)) {
-        let batch: Vec<&[u32]> = group.iter().map(|&(j, i)| jobs[j].inputs[i].as_slice()).collect();
+        let batch: Vec<&[u32]> = group
+            .iter()
+            .map(|&(j, i)| jobs[j].inputs[i].as_slice())
+            .collect();
         metrics.batch_size.observe(batch.len() as f64);
         match embedder.embed(&batch) {
             Ok(vectors) => {

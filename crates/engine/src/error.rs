@@ -8,7 +8,11 @@ pub enum EngineError {
     #[error("{file}: {reason}")]
     Load { file: String, reason: String },
     #[error("{message}")]
-    BadRequest { message: String, param: Option<String>, code: &'static str },
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
     #[error("the engine is overloaded: {0}")]
     Overloaded(String),
     #[error("inference failed: {0}")]
@@ -19,14 +23,20 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn bad(param: &str, message: impl Into<String>) -> Self {
-        EngineError::BadRequest { message: message.into(), param: Some(param.to_string()), code: "invalid_value" }
+        EngineError::BadRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+            code: "invalid_value",
+        }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             EngineError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             EngineError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::Load { .. } | EngineError::Inference(_) | EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::Load { .. } | EngineError::Inference(_) | EngineError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -45,7 +55,12 @@ pub fn error_body(status: StatusCode, message: &str, param: Option<&str>, code: 
         _ => "server_error",
     };
     let body = serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 impl IntoResponse for EngineError {

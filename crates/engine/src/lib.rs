@@ -2,12 +2,16 @@
 //! It knows nothing of the platform beyond its own flags; the agent starts one per machine.
 
 pub mod api;
+mod api_gen;
 pub mod batch;
 pub mod bert;
-pub mod llama;
+mod chat;
 mod encoder;
 mod error;
+pub mod generate;
+pub mod llama;
 mod metrics;
+pub mod textgen;
 
 pub use error::EngineError;
 
@@ -26,6 +30,10 @@ pub struct ServeOptions {
     pub batch_window: Duration,
     /// Sequences per forward pass at most.
     pub max_batch: usize,
+    /// KV cache bytes that running generation sequences may hold together.
+    pub kv_budget_bytes: usize,
+    /// Generation requests that may wait for KV room before new ones get 503.
+    pub max_waiting: usize,
 }
 
 /// Keeps freed memory in the process instead of returning it to the kernel after every
@@ -44,16 +52,19 @@ pub fn keep_freed_memory() {
 pub async fn serve(opts: ServeOptions) -> Result<(), EngineError> {
     keep_freed_memory();
     let started = std::time::Instant::now();
-    let embedder = {
-        let dir = opts.model_dir.clone();
-        tokio::task::spawn_blocking(move || bert::Embedder::load(&dir))
+    let metrics = metrics::Metrics::new();
+    let task = {
+        let (opts, metrics) = (opts.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || load_task(&opts, metrics))
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??
     };
     tracing::info!(dir = %opts.model_dir.display(), secs = started.elapsed().as_secs_f64(), "model loaded");
-    let metrics = metrics::Metrics::new();
-    let batcher = batch::Batcher::spawn(embedder, batch::BatchConfig { window: opts.batch_window, max_batch: opts.max_batch }, metrics.clone());
-    let app = api::router(api::EngineState::new(batcher, opts.served_name.clone(), metrics));
+    let app = api::router(api::EngineState::new(
+        task,
+        opts.served_name.clone(),
+        metrics,
+    ));
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .map_err(|e| EngineError::Internal(format!("binding {}: {e}", opts.addr)))?;
@@ -62,6 +73,52 @@ pub async fn serve(opts: ServeOptions) -> Result<(), EngineError> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))
+}
+
+/// Loads the model and starts the thread that runs it: embeddings for BERT models, text
+/// generation for Llama-family models; `config.json`'s `model_type` decides.
+fn load_task(opts: &ServeOptions, metrics: metrics::Metrics) -> Result<api::Task, EngineError> {
+    let config_path = opts.model_dir.join("config.json");
+    let bytes = std::fs::read(&config_path).map_err(|e| EngineError::Load {
+        file: config_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| EngineError::Load {
+            file: config_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if config.get("model_type").and_then(|v| v.as_str()) == Some("bert") {
+        let embedder = bert::Embedder::load(&opts.model_dir)?;
+        let config = batch::BatchConfig {
+            window: opts.batch_window,
+            max_batch: opts.max_batch,
+        };
+        return Ok(api::Task::Embed(batch::Batcher::spawn(
+            embedder, config, metrics,
+        )));
+    }
+    let model = llama::Llama::load(&opts.model_dir)?;
+    let tokenizer_path = opts.model_dir.join("tokenizer.json");
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| EngineError::Load {
+            file: tokenizer_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let template = chat::ChatTemplate::load(&opts.model_dir)?;
+    let (context, vocab) = (model.config.max_position, model.config.vocab);
+    let config = generate::GenConfig {
+        kv_budget_bytes: opts.kv_budget_bytes,
+        max_waiting: opts.max_waiting,
+    };
+    let generator = generate::Generator::spawn(std::sync::Arc::new(model), config);
+    Ok(api::Task::Generate(api_gen::TextModel {
+        generator,
+        tokenizer: std::sync::Arc::new(tokenizer),
+        template,
+        context,
+        vocab,
+    }))
 }
 
 async fn shutdown_signal() {

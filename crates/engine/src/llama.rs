@@ -39,7 +39,10 @@ pub struct LlamaConfig {
 }
 
 fn bad(field: &str, reason: impl std::fmt::Display) -> EngineError {
-    EngineError::Load { file: "config.json".into(), reason: format!("{field}: {reason}") }
+    EngineError::Load {
+        file: "config.json".into(),
+        reason: format!("{field}: {reason}"),
+    }
 }
 
 // === impl LlamaConfig ===
@@ -50,39 +53,79 @@ impl LlamaConfig {
     pub fn from_json(json: &Value) -> Result<Self, EngineError> {
         let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("");
         if !matches!(model_type, "llama" | "mistral" | "qwen2") {
-            return Err(bad("model_type", format!("{model_type:?} is not a Llama-family decoder (llama, mistral, qwen2)")));
+            return Err(bad(
+                "model_type",
+                format!("{model_type:?} is not a Llama-family decoder (llama, mistral, qwen2)"),
+            ));
         }
         let uint = |name: &str| -> Result<usize, EngineError> {
             let v = json.get(name).ok_or_else(|| bad(name, "missing"))?;
-            v.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| bad(name, format!("must be a positive integer, got {v}")))
+            v.as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| bad(name, format!("must be a positive integer, got {v}")))
         };
         let hidden = uint("hidden_size")?;
         let heads = uint("num_attention_heads")?;
-        let kv_heads = if json.get("num_key_value_heads").is_some_and(|v| !v.is_null()) { uint("num_key_value_heads")? } else { heads };
-        let head_dim = if json.get("head_dim").is_some_and(|v| !v.is_null()) { uint("head_dim")? } else { hidden / heads };
+        let kv_heads = if json
+            .get("num_key_value_heads")
+            .is_some_and(|v| !v.is_null())
+        {
+            uint("num_key_value_heads")?
+        } else {
+            heads
+        };
+        let head_dim = if json.get("head_dim").is_some_and(|v| !v.is_null()) {
+            uint("head_dim")?
+        } else {
+            hidden / heads
+        };
         if heads % kv_heads != 0 {
-            return Err(bad("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads {heads}")));
+            return Err(bad(
+                "num_key_value_heads",
+                format!("{kv_heads} does not divide num_attention_heads {heads}"),
+            ));
         }
         if head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("{head_dim} must be even for rotary embeddings")));
+            return Err(bad(
+                "head_dim",
+                format!("{head_dim} must be even for rotary embeddings"),
+            ));
         }
-        let act = json.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+        let act = json
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
         if act != "silu" {
-            return Err(bad("hidden_act", format!("{act:?} is not supported (silu is)")));
+            return Err(bad(
+                "hidden_act",
+                format!("{act:?} is not supported (silu is)"),
+            ));
         }
         let rope = json.get("rope_parameters").filter(|v| v.is_object());
         let rope_theta = rope
             .and_then(|r| r.get("rope_theta"))
             .or_else(|| json.get("rope_theta"))
-            .map(|v| v.as_f64().filter(|t| *t > 0.0).ok_or_else(|| bad("rope_theta", format!("must be a positive number, got {v}"))))
+            .map(|v| {
+                v.as_f64()
+                    .filter(|t| *t > 0.0)
+                    .ok_or_else(|| bad("rope_theta", format!("must be a positive number, got {v}")))
+            })
             .transpose()?
             .unwrap_or(10_000.0);
         let scaling = rope.or_else(|| json.get("rope_scaling").filter(|v| v.is_object()));
-        let rope_scaling = match scaling.and_then(|s| s.get("rope_type").or_else(|| s.get("type"))).and_then(Value::as_str) {
+        let rope_scaling = match scaling
+            .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+            .and_then(Value::as_str)
+        {
             None | Some("default") => None,
             Some("llama3") => {
                 let s = scaling.expect("checked above");
-                let num = |name: &str| s.get(name).and_then(Value::as_f64).ok_or_else(|| bad(&format!("rope_scaling.{name}"), "missing"));
+                let num = |name: &str| {
+                    s.get(name)
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| bad(&format!("rope_scaling.{name}"), "missing"))
+                };
                 Some(Llama3Scaling {
                     factor: num("factor")?,
                     low_freq_factor: num("low_freq_factor")?,
@@ -90,11 +133,20 @@ impl LlamaConfig {
                     original_max_position: num("original_max_position_embeddings")?,
                 })
             }
-            Some(other) => return Err(bad("rope_scaling.rope_type", format!("{other:?} is not supported (default, llama3)"))),
+            Some(other) => {
+                return Err(bad(
+                    "rope_scaling.rope_type",
+                    format!("{other:?} is not supported (default, llama3)"),
+                ))
+            }
         };
         let eos_ids = match json.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|n| n as u32)
+                .collect(),
             _ => Vec::new(),
         };
         Ok(Self {
@@ -106,11 +158,20 @@ impl LlamaConfig {
             intermediate: uint("intermediate_size")?,
             vocab: uint("vocab_size")?,
             max_position: uint("max_position_embeddings")?,
-            rms_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rms_eps: json
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            tie_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-            attention_bias: json.get("attention_bias").and_then(Value::as_bool).unwrap_or(model_type == "qwen2"),
+            tie_embeddings: json
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            attention_bias: json
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(model_type == "qwen2"),
             eos_ids,
         })
     }
@@ -126,7 +187,9 @@ impl LlamaConfig {
         (0..d / 2)
             .map(|i| {
                 let freq = 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64);
-                let Some(s) = &self.rope_scaling else { return freq as f32 };
+                let Some(s) = &self.rope_scaling else {
+                    return freq as f32;
+                };
                 let wavelen = 2.0 * std::f64::consts::PI / freq;
                 let low_wavelen = s.original_max_position / s.low_freq_factor;
                 let high_wavelen = s.original_max_position / s.high_freq_factor;
@@ -135,7 +198,8 @@ impl LlamaConfig {
                 } else if wavelen > low_wavelen {
                     freq / s.factor
                 } else {
-                    let smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth = (s.original_max_position / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * freq / s.factor + smooth * freq
                 };
                 scaled as f32
@@ -179,7 +243,10 @@ pub struct StepInput<'a> {
 }
 
 fn weight_t(vb: &VarBuilder, name: &str, out: usize, inp: usize) -> candle_core::Result<Tensor> {
-    vb.get((out, inp), name)?.to_dtype(DType::F32)?.t()?.contiguous()
+    vb.get((out, inp), name)?
+        .to_dtype(DType::F32)?
+        .t()?
+        .contiguous()
 }
 
 // === impl Llama ===
@@ -189,22 +256,32 @@ impl Llama {
     /// `model.safetensors.index.json`) from `dir`, computing in f32 whatever the stored dtype.
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
-        let json: Value = serde_json::from_slice(&std::fs::read(&config_path).map_err(|e| bad("config.json", e))?)
-            .map_err(|e| bad("config.json", e))?;
+        let json: Value = serde_json::from_slice(
+            &std::fs::read(&config_path).map_err(|e| bad("config.json", e))?,
+        )
+        .map_err(|e| bad("config.json", e))?;
         let config = LlamaConfig::from_json(&json)?;
         let files = weight_files(dir)?;
         let device = Device::Cpu;
         // SAFETY: read-only mmap of files the host cache publishes atomically and never rewrites.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }
-            .map_err(|e| EngineError::Load { file: dir.display().to_string(), reason: e.to_string() })?;
-        Self::from_vb(vb, config).map_err(|e| EngineError::Load { file: dir.display().to_string(), reason: e.to_string() })
+            .map_err(|e| EngineError::Load {
+                file: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Self::from_vb(vb, config).map_err(|e| EngineError::Load {
+            file: dir.display().to_string(),
+            reason: e.to_string(),
+        })
     }
 
     fn from_vb(vb: VarBuilder, config: LlamaConfig) -> candle_core::Result<Self> {
         let c = &config;
         let (h, q_dim, kv_dim) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let m = vb.pp("model");
-        let embed = m.get((c.vocab, h), "embed_tokens.weight")?.to_dtype(DType::F32)?;
+        let embed = m
+            .get((c.vocab, h), "embed_tokens.weight")?
+            .to_dtype(DType::F32)?;
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let l = m.pp(format!("layers.{i}"));
@@ -213,7 +290,14 @@ impl Llama {
             let v = weight_t(&l, "self_attn.v_proj.weight", kv_dim, h)?;
             let qkv_b = if c.attention_bias {
                 let b = |n: &str, d: usize| l.get(d, n).and_then(|t| t.to_dtype(DType::F32));
-                Some(Tensor::cat(&[b("self_attn.q_proj.bias", q_dim)?, b("self_attn.k_proj.bias", kv_dim)?, b("self_attn.v_proj.bias", kv_dim)?], 0)?)
+                Some(Tensor::cat(
+                    &[
+                        b("self_attn.q_proj.bias", q_dim)?,
+                        b("self_attn.k_proj.bias", kv_dim)?,
+                        b("self_attn.v_proj.bias", kv_dim)?,
+                    ],
+                    0,
+                )?)
             } else {
                 None
             };
@@ -226,7 +310,9 @@ impl Llama {
                 gate_up_w: Tensor::cat(&[&gate, &up], 1)?.contiguous()?,
                 down_w: weight_t(&l, "mlp.down_proj.weight", h, c.intermediate)?,
                 attn_norm: l.get(h, "input_layernorm.weight")?.to_dtype(DType::F32)?,
-                mlp_norm: l.get(h, "post_attention_layernorm.weight")?.to_dtype(DType::F32)?,
+                mlp_norm: l
+                    .get(h, "post_attention_layernorm.weight")?
+                    .to_dtype(DType::F32)?,
             });
         }
         let norm = m.get(h, "norm.weight")?.to_dtype(DType::F32)?;
@@ -236,16 +322,31 @@ impl Llama {
             weight_t(&vb, "lm_head.weight", c.vocab, h)?
         };
         let inv_freq = Tensor::new(config.inv_freq(), vb.device())?;
-        let positions = Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
+        let positions =
+            Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
         let freqs = positions.unsqueeze(1)?.matmul(&inv_freq.unsqueeze(0)?)?;
         let (cos, sin) = (freqs.cos()?, freqs.sin()?);
         let device = vb.device().clone();
-        Ok(Self { config, embed, layers, norm, lm_head, cos, sin, device })
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device,
+        })
     }
 
     /// An empty cache with room for `capacity` tokens.
     pub fn new_cache(&self, capacity: usize) -> SeqCache {
-        SeqCache { layers: (0..self.config.layers).map(|_| KvCache::new(1, capacity.max(1))).collect(), len: 0 }
+        SeqCache {
+            layers: (0..self.config.layers)
+                .map(|_| KvCache::new(1, capacity.max(1)))
+                .collect(),
+            len: 0,
+        }
     }
 
     /// Runs one step: appends each sequence's new tokens to its cache and returns the logits
@@ -254,7 +355,9 @@ impl Llama {
         let c = &self.config;
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let total = ids.len();
-        let mut x = self.embed.index_select(&Tensor::from_vec(ids, total, &self.device)?, 0)?;
+        let mut x = self
+            .embed
+            .index_select(&Tensor::from_vec(ids, total, &self.device)?, 0)?;
         let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
@@ -270,11 +373,23 @@ impl Llama {
                 let past = seq.cache.len;
                 let cos = self.cos.narrow(0, past, n)?;
                 let sin = self.sin.narrow(0, past, n)?;
-                let q = rows.narrow(1, 0, q_dim)?.reshape((1, n, c.heads, c.head_dim))?;
-                let k = rows.narrow(1, q_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
-                let v = rows.narrow(1, q_dim + kv_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
-                let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, &cos, &sin)?.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-                let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, &cos, &sin)?.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+                let q = rows
+                    .narrow(1, 0, q_dim)?
+                    .reshape((1, n, c.heads, c.head_dim))?;
+                let k = rows
+                    .narrow(1, q_dim, kv_dim)?
+                    .reshape((1, n, c.kv_heads, c.head_dim))?;
+                let v = rows
+                    .narrow(1, q_dim + kv_dim, kv_dim)?
+                    .reshape((1, n, c.kv_heads, c.head_dim))?;
+                let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, &cos, &sin)?
+                    .squeeze(0)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, &cos, &sin)?
+                    .squeeze(0)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
                 let v = v.squeeze(0)?.transpose(0, 1)?.contiguous()?;
                 let (k_all, v_all) = seq.cache.layers[layer_idx].append(&k, &v)?;
                 outputs.push(self.attend(&q, &k_all, &v_all, past, n)?);
@@ -306,7 +421,14 @@ impl Llama {
 
     /// Causal attention of `n` new queries (heads, n, d) over `past + n` keys and values
     /// (kv_heads, past + n, d); returns (n, heads * d).
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, n: usize) -> candle_core::Result<Tensor> {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        past: usize,
+        n: usize,
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let group = c.heads / c.kv_heads;
         let total = past + n;
@@ -315,14 +437,22 @@ impl Llama {
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if n > 1 {
-            let mask: Vec<f32> =
-                (0..n).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| {
+                    (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
             let mask = Tensor::from_vec(mask, (n, total), &self.device)?;
-            scores = scores.reshape((c.kv_heads, group, n, total))?.broadcast_add(&mask)?.reshape((c.kv_heads, group * n, total))?;
+            scores = scores
+                .reshape((c.kv_heads, group, n, total))?
+                .broadcast_add(&mask)?
+                .reshape((c.kv_heads, group * n, total))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(v)?; // (kv_heads, group * n, d)
-        out.reshape((c.heads, n, c.head_dim))?.transpose(0, 1)?.reshape((n, c.heads * c.head_dim))
+        out.reshape((c.heads, n, c.head_dim))?
+            .transpose(0, 1)?
+            .reshape((n, c.heads * c.head_dim))
     }
 }
 
@@ -331,10 +461,22 @@ impl Llama {
 fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let load = |reason: String| EngineError::Load { file: index.display().to_string(), reason };
-        let json: Value = serde_json::from_slice(&std::fs::read(&index).map_err(|e| load(e.to_string()))?).map_err(|e| load(e.to_string()))?;
-        let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| load("no weight_map object".into()))?;
-        let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(String::from).collect();
+        let load = |reason: String| EngineError::Load {
+            file: index.display().to_string(),
+            reason,
+        };
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(&index).map_err(|e| load(e.to_string()))?)
+                .map_err(|e| load(e.to_string()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| load("no weight_map object".into()))?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect();
         files.sort();
         files.dedup();
         if files.iter().any(|f| f.contains('/') || f.contains("..")) {
@@ -344,7 +486,10 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
     }
     let single = dir.join("model.safetensors");
     if !single.is_file() {
-        return Err(EngineError::Load { file: single.display().to_string(), reason: "missing (and no model.safetensors.index.json)".into() });
+        return Err(EngineError::Load {
+            file: single.display().to_string(),
+            reason: "missing (and no model.safetensors.index.json)".into(),
+        });
     }
     Ok(vec![single])
 }

@@ -12,9 +12,20 @@ fn minilm_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("COLO_MINILM_DIR") {
         return dir.into();
     }
-    let out = std::process::Command::new(repo_root().join("scripts/fetch-minilm")).output().expect("running scripts/fetch-minilm");
-    assert!(out.status.success(), "scripts/fetch-minilm failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().expect("a directory").into()
+    let out = std::process::Command::new(repo_root().join("scripts/fetch-minilm"))
+        .output()
+        .expect("running scripts/fetch-minilm");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-minilm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .expect("a directory")
+        .into()
 }
 
 struct Golden {
@@ -32,7 +43,12 @@ fn golden() -> Vec<Golden> {
             Golden {
                 input: v["input"].as_str().unwrap().to_string(),
                 n_tokens: v["n_tokens"].as_u64().unwrap() as usize,
-                embedding: v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+                embedding: v["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect(),
             }
         })
         .collect()
@@ -40,7 +56,10 @@ fn golden() -> Vec<Golden> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -50,7 +69,10 @@ fn matches_sentence_transformers_alone_and_batched() {
     assert_eq!(embedder.max_tokens, 256);
     let cases = golden();
     assert!(cases.len() >= 5);
-    let ids: Vec<Vec<u32>> = cases.iter().map(|c| embedder.tokenize(&c.input).unwrap()).collect();
+    let ids: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| embedder.tokenize(&c.input).unwrap())
+        .collect();
     for (case, ids) in cases.iter().zip(&ids) {
         assert_eq!(ids.len(), case.n_tokens, "token count of {:?}", case.input);
     }
@@ -68,5 +90,8 @@ fn matches_sentence_transformers_alone_and_batched() {
         worst = worst.max(diff);
         assert!(diff < 1e-4, "batched: {:?} differs by {diff}", case.input);
     }
-    println!("minilm golden: {} inputs, max abs difference {worst:.2e} (limit 1e-4)", cases.len());
+    println!(
+        "minilm golden: {} inputs, max abs difference {worst:.2e} (limit 1e-4)",
+        cases.len()
+    );
 }

@@ -14,14 +14,26 @@ fn cases() -> Vec<(Vec<u32>, Vec<u32>)> {
         .skip(1)
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+            let ids = |k: &str| {
+                v[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect::<Vec<_>>()
+            };
             (ids("prompt_ids"), ids("greedy_ids"))
         })
         .collect()
 }
 
 fn argmax(row: &[f32]) -> u32 {
-    row.iter().enumerate().fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::MIN),
+            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+        )
+        .0 as u32
 }
 
 #[test]
@@ -34,7 +46,12 @@ fn greedy_tokens_match_transformers_alone_and_batched() {
         let mut next = prompt.clone();
         let mut got = Vec::new();
         for _ in 0..24 {
-            let logits = model.step(&mut [StepInput { tokens: &next, cache: &mut cache }]).unwrap();
+            let logits = model
+                .step(&mut [StepInput {
+                    tokens: &next,
+                    cache: &mut cache,
+                }])
+                .unwrap();
             let token = argmax(&logits.to_vec2::<f32>().unwrap()[0]);
             got.push(token);
             next = vec![token];
@@ -43,11 +60,18 @@ fn greedy_tokens_match_transformers_alone_and_batched() {
     }
 
     // Every prompt in the same steps: the first step prefills all of them together.
-    let mut caches: Vec<_> = cases.iter().map(|(p, _)| model.new_cache(p.len() + 24)).collect();
+    let mut caches: Vec<_> = cases
+        .iter()
+        .map(|(p, _)| model.new_cache(p.len() + 24))
+        .collect();
     let mut next: Vec<Vec<u32>> = cases.iter().map(|(p, _)| p.clone()).collect();
     let mut got: Vec<Vec<u32>> = vec![Vec::new(); cases.len()];
     for _ in 0..24 {
-        let mut inputs: Vec<StepInput> = next.iter().zip(caches.iter_mut()).map(|(t, cache)| StepInput { tokens: t, cache }).collect();
+        let mut inputs: Vec<StepInput> = next
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(t, cache)| StepInput { tokens: t, cache })
+            .collect();
         let logits = model.step(&mut inputs).unwrap().to_vec2::<f32>().unwrap();
         for (i, row) in logits.iter().enumerate() {
             let token = argmax(row);

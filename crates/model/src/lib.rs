@@ -4,6 +4,7 @@
 
 pub mod manifest;
 pub mod safetensors;
+pub mod synth;
 
 pub use manifest::{chunk_count, FileEntry, Manifest, ManifestError, DEFAULT_CHUNK_SIZE};
 pub use safetensors::{Dtype, HeaderSummary, SafetensorsError, MAX_HEADER_LEN};

@@ -79,7 +79,14 @@ impl Manifest {
             }
         }
         let revision = hasher.finalize().to_hex()[..16].to_string();
-        Self { format: MANIFEST_FORMAT, name: name.to_string(), revision, chunk_size, files, pushed_at_ms }
+        Self {
+            format: MANIFEST_FORMAT,
+            name: name.to_string(),
+            revision,
+            chunk_size,
+            files,
+            pushed_at_ms,
+        }
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
@@ -103,19 +110,33 @@ impl Manifest {
             return Err(ManifestError::ChunkSize(self.chunk_size));
         }
         for file in &self.files {
-            let bad = |reason: &str| ManifestError::File { path: file.path.clone(), reason: reason.to_string() };
+            let bad = |reason: &str| ManifestError::File {
+                path: file.path.clone(),
+                reason: reason.to_string(),
+            };
             let path_ok = !file.path.is_empty()
                 && !file.path.starts_with('/')
                 && !file.path.contains('\\')
-                && file.path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+                && file
+                    .path
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != "..");
             if !path_ok {
                 return Err(bad("path must be relative, without '.' or '..' parts"));
             }
             let expected = chunk_count(file.size, self.chunk_size);
             if file.chunks.len() as u64 != expected {
-                return Err(bad(&format!("{} chunk digests for {} bytes; expected {expected}", file.chunks.len(), file.size)));
+                return Err(bad(&format!(
+                    "{} chunk digests for {} bytes; expected {expected}",
+                    file.chunks.len(),
+                    file.size
+                )));
             }
-            if file.chunks.iter().any(|c| c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit())) {
+            if file
+                .chunks
+                .iter()
+                .any(|c| c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
                 return Err(bad("chunk digests must be 64 hex characters"));
             }
         }
@@ -147,20 +168,36 @@ mod tests {
 
     fn entry(path: &str, size: u64, chunk_size: u64) -> FileEntry {
         let n = chunk_count(size, chunk_size) as usize;
-        FileEntry { path: path.into(), size, chunks: vec![chunk_digest(b"x"); n], safetensors: None }
+        FileEntry {
+            path: path.into(),
+            size,
+            chunks: vec![chunk_digest(b"x"); n],
+            safetensors: None,
+        }
     }
 
     #[test]
     fn round_trip_and_revision() {
         let cs = DEFAULT_CHUNK_SIZE;
-        let m = Manifest::new("m", cs, vec![entry("b.json", 10, cs), entry("a/model.safetensors", cs * 2 + 1, cs)], 1);
+        let m = Manifest::new(
+            "m",
+            cs,
+            vec![
+                entry("b.json", 10, cs),
+                entry("a/model.safetensors", cs * 2 + 1, cs),
+            ],
+            1,
+        );
         assert_eq!(m.files[0].path, "a/model.safetensors");
         assert_eq!(m.files[0].chunks.len(), 3);
         assert_eq!(m.files[0].chunk_range(2, cs), (2 * cs, 2 * cs + 1));
         let back = Manifest::from_json(&m.to_json()).unwrap();
         assert_eq!(back, m);
         let later = Manifest::new("m", cs, m.files.clone(), 99);
-        assert_eq!(later.revision, m.revision, "the revision depends on content, not time");
+        assert_eq!(
+            later.revision, m.revision,
+            "the revision depends on content, not time"
+        );
     }
 
     #[test]

@@ -33,7 +33,12 @@ mod tests {
     use super::*;
 
     fn c(machine_id: &str, in_flight: u32, last_picked: u64, healthy: bool) -> Candidate<'_> {
-        Candidate { machine_id, in_flight, last_picked, healthy }
+        Candidate {
+            machine_id,
+            in_flight,
+            last_picked,
+            healthy,
+        }
     }
 
     #[test]
@@ -41,10 +46,26 @@ mod tests {
         let cases: Vec<(&str, Vec<Candidate>, Option<&str>)> = vec![
             ("empty", vec![], None),
             ("all unhealthy", vec![c("a", 0, 0, false)], None),
-            ("least in flight", vec![c("a", 3, 0, true), c("b", 1, 9, true), c("c", 2, 0, true)], Some("b")),
-            ("tie: least recently picked", vec![c("a", 1, 5, true), c("b", 1, 2, true)], Some("b")),
-            ("unhealthy skipped even if idle", vec![c("a", 0, 0, false), c("b", 7, 0, true)], Some("b")),
-            ("full tie: stable by id", vec![c("b", 0, 0, true), c("a", 0, 0, true)], Some("a")),
+            (
+                "least in flight",
+                vec![c("a", 3, 0, true), c("b", 1, 9, true), c("c", 2, 0, true)],
+                Some("b"),
+            ),
+            (
+                "tie: least recently picked",
+                vec![c("a", 1, 5, true), c("b", 1, 2, true)],
+                Some("b"),
+            ),
+            (
+                "unhealthy skipped even if idle",
+                vec![c("a", 0, 0, false), c("b", 7, 0, true)],
+                Some("b"),
+            ),
+            (
+                "full tie: stable by id",
+                vec![c("b", 0, 0, true), c("a", 0, 0, true)],
+                Some("a"),
+            ),
         ];
         for (what, candidates, expected) in cases {
             let got = pick_machine(&candidates).map(|i| candidates[i].machine_id);

@@ -34,7 +34,10 @@ fn store_err(e: impl std::fmt::Display) -> StateError {
 impl Embedded {
     /// Opens (or creates) the state file. A second process on the same file is refused.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let open_err = |reason: String| StateError::Open { path: path.display().to_string(), reason };
+        let open_err = |reason: String| StateError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 open_err("already in use by another colo process on this data dir".into())
@@ -46,9 +49,16 @@ impl Embedded {
         txn.open_table(MACHINES).map_err(store_err)?;
         txn.commit().map_err(store_err)?;
 
-        let cache = Cache { apps: load(&db, APPS)?, machines: load(&db, MACHINES)? };
+        let cache = Cache {
+            apps: load(&db, APPS)?,
+            machines: load(&db, MACHINES)?,
+        };
         let (version, _) = watch::channel(0);
-        Ok(Self { db, cache: Mutex::new(cache), version })
+        Ok(Self {
+            db,
+            cache: Mutex::new(cache),
+            version,
+        })
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
@@ -56,7 +66,12 @@ impl Embedded {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
+    fn write(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(store_err)?;
         {
             let mut t = txn.open_table(table).map_err(store_err)?;
@@ -75,14 +90,19 @@ impl Embedded {
     }
 }
 
-fn load<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>) -> Result<BTreeMap<String, T>, StateError> {
+fn load<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<BTreeMap<String, T>, StateError> {
     let txn = db.begin_read().map_err(store_err)?;
     let t = txn.open_table(table).map_err(store_err)?;
     let mut out = BTreeMap::new();
     for row in t.iter().map_err(store_err)? {
         let (k, v) = row.map_err(store_err)?;
-        let value = serde_json::from_slice(v.value())
-            .map_err(|e| StateError::Corrupt { key: k.value().to_string(), reason: e.to_string() })?;
+        let value = serde_json::from_slice(v.value()).map_err(|e| StateError::Corrupt {
+            key: k.value().to_string(),
+            reason: e.to_string(),
+        })?;
         out.insert(k.value().to_string(), value);
     }
     Ok(out)
@@ -120,7 +140,9 @@ impl StateStore for Embedded {
 
     async fn put_machine(&self, machine: &Machine) -> Result<(), StateError> {
         // Update the cache before the version bump so that a watcher woken by it reads the new value.
-        self.cache().machines.insert(machine.id.clone(), machine.clone());
+        self.cache()
+            .machines
+            .insert(machine.id.clone(), machine.clone());
         self.write(MACHINES, &machine.id, Some(&encode(machine)))
     }
 
@@ -179,7 +201,10 @@ mod tests {
             state.delete_machine("m2").await.unwrap();
             assert!(changes.has_changed().unwrap());
             assert_eq!(*changes.borrow_and_update(), 4);
-            assert!(Embedded::open(&path).is_err(), "a second open of the same file must be refused");
+            assert!(
+                Embedded::open(&path).is_err(),
+                "a second open of the same file must be refused"
+            );
         }
         let state = Embedded::open(&path).unwrap();
         assert_eq!(state.apps().await.unwrap().len(), 1);

@@ -32,6 +32,7 @@ impl HostCache {
     }
 
     pub(crate) fn marker_path(&self, manifest: &Manifest) -> PathBuf {
-        self.model_dir(&manifest.name, &manifest.revision).join(COMPLETE_MARKER)
+        self.model_dir(&manifest.name, &manifest.revision)
+            .join(COMPLETE_MARKER)
     }
 }

@@ -52,7 +52,12 @@ pub async fn hydrate(
     let started = Instant::now();
     let total = manifest.total_bytes();
     if cache.complete_dir(manifest).is_some() {
-        return Ok(HydrationReport { bytes_total: total, bytes_fetched: 0, bytes_reused: total, seconds: 0.0 });
+        return Ok(HydrationReport {
+            bytes_total: total,
+            bytes_fetched: 0,
+            bytes_reused: total,
+            seconds: 0.0,
+        });
     }
     let dir = cache.model_dir(&manifest.name, &manifest.revision);
     let chunk_size = manifest.chunk_size;
@@ -62,7 +67,10 @@ pub async fn hydrate(
     let mut work = Vec::new();
     for entry in &manifest.files {
         let final_path = dir.join(&entry.path);
-        if std::fs::metadata(&final_path).map(|m| m.len() == entry.size).unwrap_or(false) {
+        if std::fs::metadata(&final_path)
+            .map(|m| m.len() == entry.size)
+            .unwrap_or(false)
+        {
             progress(entry.size);
             continue;
         }
@@ -72,7 +80,13 @@ pub async fn hydrate(
             publish(&job)?;
             continue;
         }
-        progress(entry.size - missing.iter().map(|&i| range_len(entry, i, chunk_size)).sum::<u64>());
+        progress(
+            entry.size
+                - missing
+                    .iter()
+                    .map(|&i| range_len(entry, i, chunk_size))
+                    .sum::<u64>(),
+        );
         work.extend(missing.into_iter().map(|idx| (job.clone(), idx)));
         jobs.push(job);
     }
@@ -112,37 +126,76 @@ fn range_len(entry: &FileEntry, idx: u64, chunk_size: u64) -> u64 {
 /// Opens (or resumes) the partial file of one entry and returns the chunks still missing.
 /// Chunks named in the record are re-hashed from disk, so a record that outlived its data
 /// (a power cut between the two writes) costs a refetch, never a corrupt file.
-fn open_job(entry: &FileEntry, final_path: PathBuf, chunk_size: u64) -> Result<(FileJob, Vec<u64>), StoreError> {
+fn open_job(
+    entry: &FileEntry,
+    final_path: PathBuf,
+    chunk_size: u64,
+) -> Result<(FileJob, Vec<u64>), StoreError> {
     let partial_path = with_suffix(&final_path, ".colo-partial");
     let record_path = with_suffix(&final_path, ".colo-chunks");
     if let Some(parent) = final_path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent.display(), e))?;
     }
-    let partial = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&partial_path).map_err(|e| StoreError::io(partial_path.display(), e))?;
-    let resumable = partial.metadata().map_err(|e| StoreError::io(partial_path.display(), e))?.len() == entry.size;
+    let partial = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&partial_path)
+        .map_err(|e| StoreError::io(partial_path.display(), e))?;
+    let resumable = partial
+        .metadata()
+        .map_err(|e| StoreError::io(partial_path.display(), e))?
+        .len()
+        == entry.size;
     let mut verified = HashSet::new();
     if resumable {
         if let Ok(mut record) = File::open(&record_path) {
             let mut bytes = Vec::new();
-            record.read_to_end(&mut bytes).map_err(|e| StoreError::io(record_path.display(), e))?;
-            for idx in bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8-byte chunks"))) {
-                if idx < entry.chunks.len() as u64 && chunk_on_disk_matches(&partial, entry, idx, chunk_size) {
+            record
+                .read_to_end(&mut bytes)
+                .map_err(|e| StoreError::io(record_path.display(), e))?;
+            for idx in bytes
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte chunks")))
+            {
+                if idx < entry.chunks.len() as u64
+                    && chunk_on_disk_matches(&partial, entry, idx, chunk_size)
+                {
                     verified.insert(idx);
                 }
             }
         }
     } else {
-        partial.set_len(entry.size).map_err(|e| StoreError::io(partial_path.display(), e))?;
+        partial
+            .set_len(entry.size)
+            .map_err(|e| StoreError::io(partial_path.display(), e))?;
     }
     // Rewrite the record to hold exactly the chunks that checked out.
-    let mut record = OpenOptions::new().create(true).write(true).truncate(true).open(&record_path).map_err(|e| StoreError::io(record_path.display(), e))?;
+    let mut record = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&record_path)
+        .map_err(|e| StoreError::io(record_path.display(), e))?;
     let mut sorted: Vec<u64> = verified.iter().copied().collect();
     sorted.sort_unstable();
     let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_le_bytes()).collect();
-    record.write_all(&bytes).map_err(|e| StoreError::io(record_path.display(), e))?;
+    record
+        .write_all(&bytes)
+        .map_err(|e| StoreError::io(record_path.display(), e))?;
 
-    let missing = (0..chunk_count(entry.size, chunk_size)).filter(|i| !verified.contains(i)).collect();
-    let job = FileJob { entry: entry.clone(), partial, partial_path, record: Mutex::new(record), record_path, final_path };
+    let missing = (0..chunk_count(entry.size, chunk_size))
+        .filter(|i| !verified.contains(i))
+        .collect();
+    let job = FileJob {
+        entry: entry.clone(),
+        partial,
+        partial_path,
+        record: Mutex::new(record),
+        record_path,
+        final_path,
+    };
     Ok((job, missing))
 }
 
@@ -153,13 +206,27 @@ fn chunk_on_disk_matches(file: &File, entry: &FileEntry, idx: u64, chunk_size: u
 }
 
 /// Fetches one chunk with a ranged GET, verifies it, writes it in place and records it.
-async fn fetch_chunk(store: &Store, manifest: &Manifest, job: &Arc<FileJob>, idx: u64) -> Result<u64, StoreError> {
+async fn fetch_chunk(
+    store: &Store,
+    manifest: &Manifest,
+    job: &Arc<FileJob>,
+    idx: u64,
+) -> Result<u64, StoreError> {
     let entry = &job.entry;
     let (start, end) = entry.chunk_range(idx, manifest.chunk_size);
     let path = Store::file_path(&manifest.name, &manifest.revision, &entry.path);
-    let bytes = store.objects().get_range(&path, start..end).await.map_err(|e| StoreError::object(&path, e))?;
+    let bytes = store
+        .objects()
+        .get_range(&path, start..end)
+        .await
+        .map_err(|e| StoreError::object(&path, e))?;
     if bytes.len() as u64 != end - start {
-        return Err(StoreError::ShortRead { file: entry.path.clone(), chunk: idx, got: bytes.len() as u64, expected: end - start });
+        return Err(StoreError::ShortRead {
+            file: entry.path.clone(),
+            chunk: idx,
+            got: bytes.len() as u64,
+            expected: end - start,
+        });
     }
     let job = job.clone();
     tokio::task::spawn_blocking(move || {
@@ -167,12 +234,23 @@ async fn fetch_chunk(store: &Store, manifest: &Manifest, job: &Arc<FileJob>, idx
         let actual = chunk_digest(&bytes);
         let expected = &entry.chunks[idx as usize];
         if &actual != expected {
-            return Err(StoreError::Digest { file: entry.path.clone(), chunk: idx, start, end, expected: expected.clone(), actual });
+            return Err(StoreError::Digest {
+                file: entry.path.clone(),
+                chunk: idx,
+                start,
+                end,
+                expected: expected.clone(),
+                actual,
+            });
         }
-        job.partial.write_all_at(&bytes, start).map_err(|e| StoreError::io(job.partial_path.display(), e))?;
+        job.partial
+            .write_all_at(&bytes, start)
+            .map_err(|e| StoreError::io(job.partial_path.display(), e))?;
         // The data is written before its index is recorded, so the record never runs ahead.
         let mut record = job.record.lock().unwrap_or_else(|p| p.into_inner());
-        record.write_all(&idx.to_le_bytes()).map_err(|e| StoreError::io(job.record_path.display(), e))?;
+        record
+            .write_all(&idx.to_le_bytes())
+            .map_err(|e| StoreError::io(job.record_path.display(), e))?;
         Ok(end - start)
     })
     .await
@@ -181,8 +259,11 @@ async fn fetch_chunk(store: &Store, manifest: &Manifest, job: &Arc<FileJob>, idx
 
 /// Makes a fully verified file visible under its real name and drops its record.
 fn publish(job: &FileJob) -> Result<(), StoreError> {
-    job.partial.sync_all().map_err(|e| StoreError::io(job.partial_path.display(), e))?;
-    std::fs::rename(&job.partial_path, &job.final_path).map_err(|e| StoreError::io(job.final_path.display(), e))?;
+    job.partial
+        .sync_all()
+        .map_err(|e| StoreError::io(job.partial_path.display(), e))?;
+    std::fs::rename(&job.partial_path, &job.final_path)
+        .map_err(|e| StoreError::io(job.final_path.display(), e))?;
     let _ = std::fs::remove_file(&job.record_path);
     Ok(())
 }

@@ -20,7 +20,10 @@ pub struct PushOptions {
 
 impl Default for PushOptions {
     fn default() -> Self {
-        Self { chunk_size: colo_model::DEFAULT_CHUNK_SIZE, concurrency: 4 }
+        Self {
+            chunk_size: colo_model::DEFAULT_CHUNK_SIZE,
+            concurrency: 4,
+        }
     }
 }
 
@@ -44,13 +47,19 @@ pub async fn push_dir(
     let started = Instant::now();
     let files = list_files(dir)?;
     if !files.iter().any(|(rel, _)| rel == "config.json") {
-        return Err(StoreError::BadDir { dir: dir.display().to_string(), reason: "no config.json".into() });
+        return Err(StoreError::BadDir {
+            dir: dir.display().to_string(),
+            reason: "no config.json".into(),
+        });
     }
     let chunk_size = opts.chunk_size;
     let entries = {
         let files = files.clone();
         tokio::task::spawn_blocking(move || {
-            files.iter().map(|(rel, abs)| describe_file(rel, abs, chunk_size)).collect::<Result<Vec<_>, _>>()
+            files
+                .iter()
+                .map(|(rel, abs)| describe_file(rel, abs, chunk_size))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .expect("digest task does not panic")?
@@ -67,26 +76,44 @@ pub async fn push_dir(
     .await?;
 
     // The revision's own copy first, the pointer to the latest revision last.
-    for path in [Store::revision_manifest_path(name, &manifest.revision), Store::manifest_path(name)] {
-        store.objects().put(&path, PutPayload::from(manifest.to_json())).await.map_err(|e| StoreError::object(&path, e))?;
+    for path in [
+        Store::revision_manifest_path(name, &manifest.revision),
+        Store::manifest_path(name),
+    ] {
+        store
+            .objects()
+            .put(&path, PutPayload::from(manifest.to_json()))
+            .await
+            .map_err(|e| StoreError::object(&path, e))?;
     }
-    Ok(PushReport { manifest, bytes_uploaded: uploaded.iter().sum(), seconds: started.elapsed().as_secs_f64() })
+    Ok(PushReport {
+        manifest,
+        bytes_uploaded: uploaded.iter().sum(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Regular files under `dir`, as (relative path with `/`, absolute path), sorted.
 fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
-    let bad = |reason: String| StoreError::BadDir { dir: dir.display().to_string(), reason };
+    let bad = |reason: String| StoreError::BadDir {
+        dir: dir.display().to_string(),
+        reason,
+    };
     if !dir.is_dir() {
         return Err(bad("not a directory".into()));
     }
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|e| StoreError::io(current.display(), e))?;
+        let entries =
+            std::fs::read_dir(&current).map_err(|e| StoreError::io(current.display(), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(current.display(), e))?;
             let file_name = entry.file_name();
@@ -97,12 +124,18 @@ fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
                 continue;
             }
             let path = entry.path();
-            let kind = entry.file_type().map_err(|e| StoreError::io(path.display(), e))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| StoreError::io(path.display(), e))?;
             if kind.is_dir() {
                 stack.push(path);
             } else if path.is_file() {
                 let rel = path.strip_prefix(dir).map_err(|e| bad(e.to_string()))?;
-                let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                let rel = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
                 out.push((rel, path));
             }
         }
@@ -116,7 +149,11 @@ fn describe_file(rel: &str, abs: &Path, chunk_size: u64) -> Result<FileEntry, St
     let io = |e| StoreError::io(abs.display(), e);
     let mut file = std::fs::File::open(abs).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    let summary = if rel.ends_with(".safetensors") { Some(check_safetensors(abs, &mut file, size)?) } else { None };
+    let summary = if rel.ends_with(".safetensors") {
+        Some(check_safetensors(abs, &mut file, size)?)
+    } else {
+        None
+    };
 
     let mut file = std::fs::File::open(abs).map_err(io)?;
     let mut chunks = Vec::new();
@@ -138,42 +175,76 @@ fn describe_file(rel: &str, abs: &Path, chunk_size: u64) -> Result<FileEntry, St
             break;
         }
     }
-    Ok(FileEntry { path: rel.to_string(), size, chunks, safetensors: summary })
+    Ok(FileEntry {
+        path: rel.to_string(),
+        size,
+        chunks,
+        safetensors: summary,
+    })
 }
 
-fn check_safetensors(abs: &Path, file: &mut std::fs::File, size: u64) -> Result<safetensors::HeaderSummary, StoreError> {
-    let fail = |source| StoreError::Safetensors { path: abs.display().to_string(), source };
+fn check_safetensors(
+    abs: &Path,
+    file: &mut std::fs::File,
+    size: u64,
+) -> Result<safetensors::HeaderSummary, StoreError> {
+    let fail = |source| StoreError::Safetensors {
+        path: abs.display().to_string(),
+        source,
+    };
     let mut prefix = [0u8; 8];
-    let n = file.read(&mut prefix).map_err(|e| StoreError::io(abs.display(), e))?;
+    let n = file
+        .read(&mut prefix)
+        .map_err(|e| StoreError::io(abs.display(), e))?;
     let header_len = safetensors::header_len(&prefix[..n], size).map_err(fail)?;
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(|e| StoreError::io(abs.display(), e))?;
+    file.read_exact(&mut header)
+        .map_err(|e| StoreError::io(abs.display(), e))?;
     safetensors::parse_header(&header, size).map_err(fail)
 }
 
 /// Uploads one file, skipping it when an object of the same size is already there (the
 /// revision in the path pins the content, so same path and size means same bytes).
-async fn upload_file(store: &Store, abs: &Path, target: &object_store::path::Path, progress: Progress) -> Result<u64, StoreError> {
-    let size = std::fs::metadata(abs).map_err(|e| StoreError::io(abs.display(), e))?.len();
+async fn upload_file(
+    store: &Store,
+    abs: &Path,
+    target: &object_store::path::Path,
+    progress: Progress,
+) -> Result<u64, StoreError> {
+    let size = std::fs::metadata(abs)
+        .map_err(|e| StoreError::io(abs.display(), e))?
+        .len();
     if let Ok(meta) = store.objects().head(target).await {
         if meta.size == size {
             progress(size);
             return Ok(0);
         }
     }
-    let upload = store.objects().put_multipart(target).await.map_err(|e| StoreError::object(target, e))?;
+    let upload = store
+        .objects()
+        .put_multipart(target)
+        .await
+        .map_err(|e| StoreError::object(target, e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
     let mut file = std::fs::File::open(abs).map_err(|e| StoreError::io(abs.display(), e))?;
     let mut buf = vec![0u8; 1024 * 1024];
     loop {
-        let n = file.read(&mut buf).map_err(|e| StoreError::io(abs.display(), e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| StoreError::io(abs.display(), e))?;
         if n == 0 {
             break;
         }
-        writer.wait_for_capacity(4).await.map_err(|e| StoreError::object(target, e))?;
+        writer
+            .wait_for_capacity(4)
+            .await
+            .map_err(|e| StoreError::object(target, e))?;
         writer.write(&buf[..n]);
         progress(n as u64);
     }
-    writer.finish().await.map_err(|e| StoreError::object(target, e))?;
+    writer
+        .finish()
+        .await
+        .map_err(|e| StoreError::object(target, e))?;
     Ok(size)
 }

@@ -26,20 +26,26 @@ impl Store {
     /// environment variables: `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`) or a local directory (a path or `file://` URL), creating it.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let bad = |reason: String| StoreError::Url { url: url.to_string(), reason };
+        let bad = |reason: String| StoreError::Url {
+            url: url.to_string(),
+            reason,
+        };
         let inner: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("no bucket name after s3://".into()));
             }
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3")) {
+            if let Ok(endpoint) =
+                std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3"))
+            {
                 builder = builder
                     .with_allow_http(endpoint.starts_with("http://"))
                     .with_endpoint(endpoint)
                     .with_virtual_hosted_style_request(false);
             }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
                 builder = builder.with_region("us-east-1");
             }
             let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
@@ -50,14 +56,19 @@ impl Store {
                 Arc::new(PrefixStore::new(s3, prefix))
             }
         } else if url.contains("://") && !url.starts_with("file://") {
-            return Err(bad("use s3://bucket/prefix, file:///path or a plain directory path".into()));
+            return Err(bad(
+                "use s3://bucket/prefix, file:///path or a plain directory path".into(),
+            ));
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
             let local = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
             Arc::new(local)
         };
-        Ok(Self { inner, url: url.to_string() })
+        Ok(Self {
+            inner,
+            url: url.to_string(),
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -88,27 +99,43 @@ impl Store {
 
     /// Reads the manifest of one revision of a model.
     pub async fn manifest_at(&self, name: &str, revision: &str) -> Result<Manifest, StoreError> {
-        self.read_manifest(name, Self::revision_manifest_path(name, revision)).await
+        self.read_manifest(name, Self::revision_manifest_path(name, revision))
+            .await
     }
 
     async fn read_manifest(&self, name: &str, path: ObjectPath) -> Result<Manifest, StoreError> {
         let bytes = match self.inner.get(&path).await {
-            Ok(result) => result.bytes().await.map_err(|e| StoreError::object(&path, e))?,
+            Ok(result) => result
+                .bytes()
+                .await
+                .map_err(|e| StoreError::object(&path, e))?,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(StoreError::NotFound { name: name.to_string(), path: path.to_string() })
+                return Err(StoreError::NotFound {
+                    name: name.to_string(),
+                    path: path.to_string(),
+                })
             }
             Err(e) => return Err(StoreError::object(&path, e)),
         };
-        Manifest::from_json(&bytes).map_err(|source| StoreError::Manifest { name: name.to_string(), source })
+        Manifest::from_json(&bytes).map_err(|source| StoreError::Manifest {
+            name: name.to_string(),
+            source,
+        })
     }
 
     /// Names of the models whose manifest is present.
     pub async fn models(&self) -> Result<Vec<String>, StoreError> {
         let prefix = ObjectPath::from("models");
-        let listing = self.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| StoreError::object(&prefix, e))?;
+        let listing = self
+            .inner
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| StoreError::object(&prefix, e))?;
         let mut names = Vec::new();
         for dir in listing.common_prefixes {
-            let Some(name) = dir.parts().last().map(|p| p.as_ref().to_string()) else { continue };
+            let Some(name) = dir.parts().last().map(|p| p.as_ref().to_string()) else {
+                continue;
+            };
             if self.inner.head(&Self::manifest_path(&name)).await.is_ok() {
                 names.push(name);
             }

@@ -16,9 +16,20 @@ pub fn minilm_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("COLO_MINILM_DIR") {
         return dir.into();
     }
-    let out = Command::new(repo_root().join("scripts/fetch-minilm")).output().expect("running scripts/fetch-minilm");
-    assert!(out.status.success(), "scripts/fetch-minilm failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().expect("a directory").into()
+    let out = Command::new(repo_root().join("scripts/fetch-minilm"))
+        .output()
+        .expect("running scripts/fetch-minilm");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-minilm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .expect("a directory")
+        .into()
 }
 
 pub struct Golden {
@@ -43,12 +54,19 @@ pub fn golden() -> Vec<Golden> {
 }
 
 pub fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().expect("a list of numbers").iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .expect("a list of numbers")
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vector lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A running `colo up`, stopped with SIGTERM when dropped.
@@ -62,7 +80,11 @@ impl Colo {
     pub fn up(data_dir: &Path) -> Self {
         let _ = std::fs::remove_file(data_dir.join("colo.json"));
         std::fs::create_dir_all(data_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("up.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("up.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_colo"))
             .args(["up", "--edge-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -77,10 +99,18 @@ impl Colo {
                 let info: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                 break info["edge"].as_str().unwrap().to_string();
             }
-            assert!(Instant::now() < deadline, "colo up did not start: {}", std::fs::read_to_string(data_dir.join("up.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "colo up did not start: {}",
+                std::fs::read_to_string(data_dir.join("up.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let colo = Self { data_dir: data_dir.to_path_buf(), edge, child };
+        let colo = Self {
+            data_dir: data_dir.to_path_buf(),
+            edge,
+            child,
+        };
         let health = reqwest::blocking::get(format!("{}/health", colo.edge)).expect("edge health");
         assert_eq!(health.status(), 200);
         colo
@@ -88,13 +118,22 @@ impl Colo {
 
     /// Runs a colo subcommand against this instance's data dir.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_colo")).args(args).arg("--data-dir").arg(&self.data_dir).output().expect("running colo")
+        Command::new(env!("CARGO_BIN_EXE_colo"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("running colo")
     }
 
     /// Runs a colo subcommand that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "colo {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "colo {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 

@@ -25,7 +25,11 @@ fn both_transformers_layouts_load() {
     assert_eq!(a.head_dim, 16);
     assert_eq!(a.eos_ids, vec![4, 5]);
     // Llama 3.1 scaling leaves high frequencies alone and divides the lowest by the factor.
-    let plain = LlamaConfig { rope_scaling: None, ..a.clone() }.inv_freq();
+    let plain = LlamaConfig {
+        rope_scaling: None,
+        ..a.clone()
+    }
+    .inv_freq();
     let scaled = a.inv_freq();
     assert_eq!(scaled[0], plain[0]);
     assert!((scaled[7] - plain[7] / 8.0).abs() < 1e-12);
@@ -49,5 +53,8 @@ fn bad_configs_name_the_field() {
     }
     let mut missing = base();
     missing.as_object_mut().unwrap().remove("vocab_size");
-    assert!(LlamaConfig::from_json(&missing).unwrap_err().to_string().contains("vocab_size: missing"));
+    assert!(LlamaConfig::from_json(&missing)
+        .unwrap_err()
+        .to_string()
+        .contains("vocab_size: missing"));
 }
