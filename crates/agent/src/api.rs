@@ -49,21 +49,12 @@ fn bad_request(message: String) -> Response {
 }
 
 async fn host(State(agent): State<Arc<Agent>>) -> Response {
-    Json(
-        json!({"host": agent.config.host, "region": agent.config.region, "devices": agent.devices}),
-    )
-    .into_response()
+    Json(json!({"host": agent.config.host, "region": agent.config.region, "devices": agent.devices})).into_response()
 }
 
 async fn list(State(agent): State<Arc<Agent>>, Path(app): Path<String>) -> Response {
     match agent.machines().await {
-        Ok(machines) => Json(
-            machines
-                .into_iter()
-                .filter(|m| m.app.as_str() == app)
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+        Ok(machines) => Json(machines.into_iter().filter(|m| m.app.as_str() == app).collect::<Vec<_>>()).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -77,11 +68,7 @@ struct CreateMachine {
     revision: Option<String>,
 }
 
-async fn create(
-    State(agent): State<Arc<Agent>>,
-    Path(app): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
+async fn create(State(agent): State<Arc<Agent>>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
     let request: CreateMachine = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("body: {e}")),
@@ -113,40 +100,28 @@ async fn owned(agent: &Agent, app: &str, id: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-async fn show(
-    State(agent): State<Arc<Agent>>,
-    Path((app, id)): Path<(String, String)>,
-) -> Response {
+async fn show(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
     match owned(&agent, &app, &id).await {
         Ok(()) => agent.machine(&id).await.map(Json).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn start(
-    State(agent): State<Arc<Agent>>,
-    Path((app, id)): Path<(String, String)>,
-) -> Response {
+async fn start(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
     if let Err(e) = owned(&agent, &app, &id).await {
         return e.into_response();
     }
     agent.start(&id).await.map(Json).into_response()
 }
 
-async fn stop(
-    State(agent): State<Arc<Agent>>,
-    Path((app, id)): Path<(String, String)>,
-) -> Response {
+async fn stop(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
     if let Err(e) = owned(&agent, &app, &id).await {
         return e.into_response();
     }
     agent.stop(&id).await.map(Json).into_response()
 }
 
-async fn destroy(
-    State(agent): State<Arc<Agent>>,
-    Path((app, id)): Path<(String, String)>,
-) -> Response {
+async fn destroy(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
     if let Err(e) = owned(&agent, &app, &id).await {
         return e.into_response();
     }
@@ -160,11 +135,7 @@ struct WaitQuery {
     timeout: Option<f64>,
 }
 
-async fn wait(
-    State(agent): State<Arc<Agent>>,
-    Path((app, id)): Path<(String, String)>,
-    Query(query): Query<WaitQuery>,
-) -> Response {
+async fn wait(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>, Query(query): Query<WaitQuery>) -> Response {
     if let Err(e) = owned(&agent, &app, &id).await {
         return e.into_response();
     }

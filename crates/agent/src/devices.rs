@@ -26,15 +26,8 @@ fn gpus() -> Result<Vec<Device>, String> {
     for index in 0..count {
         let device = nvml.device_by_index(index).map_err(|e| e.to_string())?;
         let name = device.name().unwrap_or_else(|_| "unknown".into());
-        let memory_mib = device
-            .memory_info()
-            .map(|m| m.total / (1024 * 1024))
-            .unwrap_or(0);
-        out.push(Device::Gpu {
-            index,
-            name,
-            memory_mib,
-        });
+        let memory_mib = device.memory_info().map(|m| m.total / (1024 * 1024)).unwrap_or(0);
+        out.push(Device::Gpu { index, name, memory_mib });
     }
     Ok(out)
 }

@@ -63,13 +63,7 @@ pub(crate) fn now_ms() -> u64 {
 // === impl Agent ===
 
 impl Agent {
-    pub fn new(
-        config: AgentConfig,
-        state: Arc<dyn StateStore>,
-        store: Store,
-        cache: HostCache,
-        devices: Vec<Device>,
-    ) -> Arc<Self> {
+    pub fn new(config: AgentConfig, state: Arc<dyn StateStore>, store: Store, cache: HostCache, devices: Vec<Device>) -> Arc<Self> {
         Arc::new(Self {
             config,
             state,
@@ -100,9 +94,7 @@ impl Agent {
             machine.addr = None;
             if machine.desired == MachineState::Started {
                 self.spawn_supervisor(machine);
-            } else if machine.state != MachineState::Stopped
-                && machine.state != MachineState::Created
-            {
+            } else if machine.state != MachineState::Stopped && machine.state != MachineState::Created {
                 machine.state = MachineState::Stopped;
                 machine.updated_at_ms = now_ms();
                 self.state.put_machine(&machine).await?;
@@ -114,10 +106,7 @@ impl Agent {
     /// This host's machines.
     pub async fn machines(&self) -> Result<Vec<Machine>, AgentError> {
         let all = self.state.machines().await?;
-        Ok(all
-            .into_iter()
-            .filter(|m| m.host == self.config.host)
-            .collect())
+        Ok(all.into_iter().filter(|m| m.host == self.config.host).collect())
     }
 
     pub async fn machine(&self, id: &str) -> Result<Machine, AgentError> {
@@ -129,12 +118,7 @@ impl Agent {
     }
 
     /// Creates a machine on a free device and starts it.
-    pub async fn create_machine(
-        self: &Arc<Self>,
-        app: &AppName,
-        model: &AppName,
-        revision: &str,
-    ) -> Result<Machine, AgentError> {
+    pub async fn create_machine(self: &Arc<Self>, app: &AppName, model: &AppName, revision: &str) -> Result<Machine, AgentError> {
         // The manifest must exist before a device is taken for it.
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
@@ -188,11 +172,7 @@ impl Agent {
         self.set_desired(id, MachineState::Destroyed).await
     }
 
-    async fn set_desired(
-        self: &Arc<Self>,
-        id: &str,
-        desired: MachineState,
-    ) -> Result<Machine, AgentError> {
+    async fn set_desired(self: &Arc<Self>, id: &str, desired: MachineState) -> Result<Machine, AgentError> {
         let mut machine = self.machine(id).await?;
         if machine.state == MachineState::Destroyed {
             return Err(AgentError::Destroyed(id.to_string()));
@@ -228,12 +208,7 @@ impl Agent {
     }
 
     /// Waits until the machine reaches `state`, fails, or `timeout` passes.
-    pub async fn wait(
-        &self,
-        id: &str,
-        state: MachineState,
-        timeout: Duration,
-    ) -> Result<Machine, AgentError> {
+    pub async fn wait(&self, id: &str, state: MachineState, timeout: Duration) -> Result<Machine, AgentError> {
         let mut changes = self.state.changes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -249,10 +224,7 @@ impl Agent {
                     error: machine.last_error,
                 });
             }
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
                 return Err(AgentError::WaitTimeout {
                     id: id.to_string(),
                     wanted: state,
@@ -266,10 +238,7 @@ impl Agent {
     fn spawn_supervisor(self: &Arc<Self>, machine: Machine) {
         let (tx, rx) = watch::channel(machine.desired);
         let mut supervisors = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
-        if supervisors
-            .get(&machine.id)
-            .is_some_and(|tx| !tx.is_closed())
-        {
+        if supervisors.get(&machine.id).is_some_and(|tx| !tx.is_closed()) {
             let _ = supervisors[&machine.id].send(machine.desired);
             return;
         }
@@ -278,11 +247,7 @@ impl Agent {
         tokio::spawn(async move {
             let id = machine.id.clone();
             supervisor::run(agent.clone(), machine, rx).await;
-            agent
-                .supervisors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            agent.supervisors.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
     }
 

@@ -24,11 +24,7 @@ enum Outcome {
     Told,
 }
 
-pub(crate) async fn run(
-    agent: Arc<Agent>,
-    mut machine: Machine,
-    mut desired: watch::Receiver<MachineState>,
-) {
+pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: watch::Receiver<MachineState>) {
     let mut backoff = Duration::from_millis(250);
     let mut start_failures = 0;
     loop {
@@ -36,9 +32,7 @@ pub(crate) async fn run(
         match want {
             MachineState::Started => {}
             // `Stopping` is the agent shutting down: the machine stays meant to run.
-            MachineState::Stopping => {
-                return record(&agent, &mut machine, MachineState::Stopped, &desired).await
-            }
+            MachineState::Stopping => return record(&agent, &mut machine, MachineState::Stopped, &desired).await,
             other => return record(&agent, &mut machine, other, &desired).await,
         }
         record(&agent, &mut machine, MachineState::Starting, &desired).await;
@@ -89,12 +83,7 @@ pub(crate) async fn run(
 
 /// Writes the machine with a new state. The desired state is taken from the channel so that a
 /// concurrent start/stop request is never overwritten.
-async fn record(
-    agent: &Agent,
-    machine: &mut Machine,
-    state: MachineState,
-    desired: &watch::Receiver<MachineState>,
-) {
+async fn record(agent: &Agent, machine: &mut Machine, state: MachineState, desired: &watch::Receiver<MachineState>) {
     let want = *desired.borrow();
     if want != MachineState::Stopping {
         machine.desired = want;
@@ -116,11 +105,7 @@ async fn sleep_or_told(desired: &mut watch::Receiver<MachineState>, duration: Du
 
 /// Hydrates the model, spawns the engine and waits for its health check. `Ok(None)` means
 /// the desired state changed meanwhile.
-async fn start(
-    agent: &Arc<Agent>,
-    machine: &mut Machine,
-    desired: &mut watch::Receiver<MachineState>,
-) -> Result<Option<Child>, String> {
+async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::Receiver<MachineState>) -> Result<Option<Child>, String> {
     let manifest = agent
         .store
         .manifest_at(machine.model.as_str(), &machine.revision)
@@ -129,15 +114,9 @@ async fn start(
     let dir = match agent.cache.complete_dir(&manifest) {
         Some(dir) => dir,
         None => {
-            let report = hydrate(
-                &agent.store,
-                &manifest,
-                &agent.cache,
-                &HydrateOptions::default(),
-                no_progress(),
-            )
-            .await
-            .map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+            let report = hydrate(&agent.store, &manifest, &agent.cache, &HydrateOptions::default(), no_progress())
+                .await
+                .map_err(|e| format!("hydrating {}: {e}", machine.model))?;
             tracing::info!(
                 machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
                 secs = report.seconds, gb_per_s = report.gb_per_s(), "hydrated"
@@ -183,9 +162,7 @@ async fn start(
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("spawning {}: {e}", engine.program.display()))?;
+    let mut child = command.spawn().map_err(|e| format!("spawning {}: {e}", engine.program.display()))?;
     machine.pid = child.id();
     machine.addr = Some(format!("127.0.0.1:{port}"));
 
@@ -197,17 +174,9 @@ async fn start(
     let deadline = tokio::time::Instant::now() + agent.config.start_timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "engine exited during start with {status}; see {}",
-                log_path.display()
-            ));
+            return Err(format!("engine exited during start with {status}; see {}", log_path.display()));
         }
-        if client
-            .get(&health)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
+        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
             return Ok(Some(child));
         }
         if tokio::time::Instant::now() > deadline {
@@ -218,9 +187,7 @@ async fn start(
                 log_path.display()
             ));
         }
-        if sleep_or_told(desired, Duration::from_millis(50)).await
-            && *desired.borrow() != MachineState::Started
-        {
+        if sleep_or_told(desired, Duration::from_millis(50)).await && *desired.borrow() != MachineState::Started {
             stop_child(&mut child).await;
             return Ok(None);
         }
@@ -228,20 +195,9 @@ async fn start(
 }
 
 /// Watches a started engine until it crashes, fails its health checks, or is told to stop.
-async fn watch_engine(
-    agent: &Agent,
-    machine: &Machine,
-    mut child: Child,
-    desired: &mut watch::Receiver<MachineState>,
-) -> Outcome {
-    let health = format!(
-        "http://{}/health",
-        machine.addr.as_deref().unwrap_or_default()
-    );
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok();
+async fn watch_engine(agent: &Agent, machine: &Machine, mut child: Child, desired: &mut watch::Receiver<MachineState>) -> Outcome {
+    let health = format!("http://{}/health", machine.addr.as_deref().unwrap_or_default());
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok();
     let mut failures = 0;
     loop {
         tokio::select! {
@@ -278,16 +234,11 @@ async fn stop_child(child: &mut Child) {
             libc::kill(pid as i32, libc::SIGTERM);
         }
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
         let _ = child.kill().await;
     }
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

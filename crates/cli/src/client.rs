@@ -39,8 +39,7 @@ impl Api {
             );
         };
         let token_path = data_dir.join(colo_control::auth::TOKEN_FILE);
-        let token = std::fs::read_to_string(&token_path)
-            .with_context(|| format!("reading {}", token_path.display()))?;
+        let token = std::fs::read_to_string(&token_path).with_context(|| format!("reading {}", token_path.display()))?;
         Ok(Self {
             base: info.api,
             token: token.trim().to_string(),
@@ -49,17 +48,11 @@ impl Api {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
-    pub async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
@@ -69,32 +62,19 @@ impl Api {
             .bearer_auth(&self.token)
             .send()
             .await;
-        let response = response.with_context(|| {
-            format!(
-                "calling colo at {} (is `colo up` still running?)",
-                self.base
-            )
-        })?;
+        let response = response.with_context(|| format!("calling colo at {} (is `colo up` still running?)", self.base))?;
         if !response.status().is_success() {
             bail!("{}", error_text(response).await);
         }
         Ok(())
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> anyhow::Result<T> {
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
         let response = request
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| {
-                format!(
-                    "calling colo at {} (is `colo up` still running?)",
-                    self.base
-                )
-            })?;
+            .with_context(|| format!("calling colo at {} (is `colo up` still running?)", self.base))?;
         if !response.status().is_success() {
             bail!("{}", error_text(response).await);
         }

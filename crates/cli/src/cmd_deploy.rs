@@ -60,10 +60,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
-    let mut machines: Vec<Machine> = machines
-        .into_iter()
-        .filter(|m| m.state != MachineState::Destroyed)
-        .collect();
+    let mut machines: Vec<Machine> = machines.into_iter().filter(|m| m.state != MachineState::Destroyed).collect();
     if !args.detach {
         for machine in machines.iter_mut() {
             let path = format!(
@@ -127,10 +124,7 @@ pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
             .count()
     };
     if args.common.json {
-        let out: Vec<_> = apps
-            .iter()
-            .map(|a| json!({"app": a, "machines_started": started(a)}))
-            .collect();
+        let out: Vec<_> = apps.iter().map(|a| json!({"app": a, "machines_started": started(a)})).collect();
         return print_json(&out);
     }
     let rows = apps
@@ -145,10 +139,7 @@ pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!(
-        "{}",
-        table(&["APP", "MODEL", "REVISION", "STARTED", "DEPLOYED"], rows)
-    );
+    println!("{}", table(&["APP", "MODEL", "REVISION", "STARTED", "DEPLOYED"], rows));
     Ok(())
 }
 
@@ -157,12 +148,7 @@ fn machines_table(machines: &[Machine]) -> String {
         .iter()
         .map(|m| {
             let hydration = match &m.hydration {
-                Some(h) if h.bytes_fetched > 0 => format!(
-                    "{} in {:.2}s ({:.2} GB/s)",
-                    bytes(h.bytes_fetched),
-                    h.seconds,
-                    h.gb_per_s()
-                ),
+                Some(h) if h.bytes_fetched > 0 => format!("{} in {:.2}s ({:.2} GB/s)", bytes(h.bytes_fetched), h.seconds, h.gb_per_s()),
                 Some(_) => "cached".to_string(),
                 None => "-".to_string(),
             };

@@ -138,19 +138,15 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         tie_embeddings: args.tie_embeddings,
     };
     let files = colo_model::synth::synth_llama(&spec)?;
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", args.dir.display()))?;
     let mut total = 0;
     for (name, bytes) in &files {
         let path = args.dir.join(name);
-        std::fs::write(&path, bytes)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        std::fs::write(&path, bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         total += bytes.len() as u64;
     }
     if args.common.json {
-        return print_json(
-            &serde_json::json!({"dir": args.dir, "bytes": total, "files": files.iter().map(|f| &f.0).collect::<Vec<_>>()}),
-        );
+        return print_json(&serde_json::json!({"dir": args.dir, "bytes": total, "files": files.iter().map(|f| &f.0).collect::<Vec<_>>()}));
     }
     println!(
         "wrote a random {}-layer llama ({}) to {}",
@@ -164,19 +160,13 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
 async fn push(args: PushArgs) -> anyhow::Result<()> {
     colo_core::AppName::new(args.name.clone()).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     if !(64 * 1024..=1 << 30).contains(&args.chunk_size) {
-        anyhow::bail!(
-            "--chunk-size {} is outside 64 KiB to 1 GiB",
-            args.chunk_size
-        );
+        anyhow::bail!("--chunk-size {} is outside 64 KiB to 1 GiB", args.chunk_size);
     }
     let store = args.store.open(&args.common)?;
     let total: u64 = walk_size(&args.dir);
     let bar = if std::io::stderr().is_terminal() && !args.common.json {
         let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
-                .expect("valid template"),
-        );
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template"));
         bar.set_message(format!("pushing {}", args.name));
         bar
     } else {
@@ -248,11 +238,7 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .map(|f| {
             let tensors = match &f.safetensors {
                 Some(s) => {
-                    let dtypes: Vec<String> = s
-                        .bytes_by_dtype
-                        .iter()
-                        .map(|(d, b)| format!("{d} {}", bytes(*b)))
-                        .collect();
+                    let dtypes: Vec<String> = s.bytes_by_dtype.iter().map(|(d, b)| format!("{d} {}", bytes(*b))).collect();
                     format!(
                         "{} tensors, {:.1}M params, {}",
                         s.tensors,
@@ -262,20 +248,11 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 }
                 None => String::new(),
             };
-            vec![
-                f.path.clone(),
-                bytes(f.size),
-                f.chunks.len().to_string(),
-                tensors,
-            ]
+            vec![f.path.clone(), bytes(f.size), f.chunks.len().to_string(), tensors]
         })
         .collect();
     println!("{}", table(&["FILE", "SIZE", "CHUNKS", "TENSORS"], rows));
-    println!(
-        "{} files, {}",
-        manifest.files.len(),
-        bytes(manifest.total_bytes())
-    );
+    println!("{} files, {}", manifest.files.len(), bytes(manifest.total_bytes()));
     Ok(())
 }
 

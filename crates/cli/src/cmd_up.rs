@@ -44,13 +44,9 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = &args.common.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let store_url = args
-        .store
-        .clone()
-        .unwrap_or_else(|| data_dir.join("store").display().to_string());
+    let store_url = args.store.clone().unwrap_or_else(|| data_dir.join("store").display().to_string());
     let store = Store::open(&store_url)?;
     let state: Arc<dyn StateStore> = Arc::new(Embedded::open(&data_dir.join("state.redb"))?);
     let token = auth::load_or_create_token(&data_dir).context("creating the API token")?;
@@ -106,10 +102,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let api = colo_control::api::router(control.clone())
         .merge(colo_agent::api::router(agent.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(token),
-            auth::require_token,
-        ));
+        .layer(axum::middleware::from_fn_with_state(Arc::new(token), auth::require_token));
 
     let run_info = RunInfo {
         api: format!("http://{api_addr}"),

@@ -10,11 +10,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "colo",
-    version,
-    about = "Inference next to your GPUs, your weights and your callers."
-)]
+#[command(name = "colo", version, about = "Inference next to your GPUs, your weights and your callers.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,10 +84,7 @@ struct EngineServeArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COLO_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COLO_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

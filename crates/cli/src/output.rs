@@ -4,9 +4,7 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut table = Table::new();
-    table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(header.to_vec());
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     for row in rows {
         table.add_row(row);
     }

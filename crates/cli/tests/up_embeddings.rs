@@ -18,25 +18,15 @@ fn serves_minilm_through_the_edge_matching_sentence_transformers() {
 
     // All inputs in one request.
     let inputs: Vec<&str> = cases.iter().map(|c| c.input.as_str()).collect();
-    let response = client
-        .post(&url)
-        .json(&json!({"model": "minilm", "input": inputs}))
-        .send()
-        .unwrap();
+    let response = client.post(&url).json(&json!({"model": "minilm", "input": inputs})).send().unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().unwrap();
     assert_eq!(body["object"], "list");
-    assert_eq!(
-        body["usage"]["prompt_tokens"],
-        cases.iter().map(|c| c.n_tokens).sum::<u64>()
-    );
+    assert_eq!(body["usage"]["prompt_tokens"], cases.iter().map(|c| c.n_tokens).sum::<u64>());
     let mut worst = 0.0f32;
     for (i, case) in cases.iter().enumerate() {
         assert_eq!(body["data"][i]["index"], i);
-        let diff = max_abs_diff(
-            &common::floats(&body["data"][i]["embedding"]),
-            &case.embedding,
-        );
+        let diff = max_abs_diff(&common::floats(&body["data"][i]["embedding"]), &case.embedding);
         assert!(diff < 1e-4, "{:?}: max abs difference {diff}", case.input);
         worst = worst.max(diff);
     }
@@ -48,34 +38,17 @@ fn serves_minilm_through_the_edge_matching_sentence_transformers() {
             let (client, url, input) = (client.clone(), url.clone(), case.input.clone());
             std::thread::spawn(move || {
                 let body = json!({"model": "minilm", "input": input, "encoding_format": "base64"});
-                client
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .unwrap()
-                    .json::<Value>()
-                    .unwrap()
+                client.post(url).json(&body).send().unwrap().json::<Value>().unwrap()
             })
         })
         .collect();
     for (case, handle) in cases.iter().zip(handles) {
         let body = handle.join().unwrap();
-        let b64 = body["data"][0]["embedding"]
-            .as_str()
-            .expect("base64 string");
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
-        let vector: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let b64 = body["data"][0]["embedding"].as_str().expect("base64 string");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let vector: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         let diff = max_abs_diff(&vector, &case.embedding);
-        assert!(
-            diff < 1e-4,
-            "concurrent {:?}: max abs difference {diff}",
-            case.input
-        );
+        assert!(diff < 1e-4, "concurrent {:?}: max abs difference {diff}", case.input);
         worst = worst.max(diff);
         assert_eq!(body["usage"]["prompt_tokens"], case.n_tokens);
     }
@@ -110,27 +83,17 @@ fn serves_minilm_through_the_edge_matching_sentence_transformers() {
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     for (case, got) in cases.iter().zip(result["embeddings"].as_array().unwrap()) {
         let diff = max_abs_diff(&common::floats(got), &case.embedding);
-        assert!(
-            diff < 1e-4,
-            "openai client {:?}: max abs difference {diff}",
-            case.input
-        );
+        assert!(diff < 1e-4, "openai client {:?}: max abs difference {diff}", case.input);
     }
     assert_eq!(result["models"], json!(["minilm"]));
     assert_eq!(result["missing"]["status"], 404);
-    println!(
-        "openai {} client: {} embeddings match",
-        result["openai_version"], 3
-    );
+    println!("openai {} client: {} embeddings match", result["openai_version"], 3);
 
     // ps and apps report the machine, with its hydration.
     let machines = colo.machines();
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0]["state"], "started");
-    assert_eq!(
-        machines[0]["hydration"]["bytes_total"],
-        machines[0]["hydration"]["bytes_fetched"]
-    );
+    assert_eq!(machines[0]["hydration"]["bytes_total"], machines[0]["hydration"]["bytes_fetched"]);
     let apps: Value = serde_json::from_str(&colo.ok(&["apps", "--json"])).unwrap();
     assert_eq!(apps[0]["app"]["name"], "minilm");
     assert_eq!(apps[0]["machines_started"], 1);
@@ -148,42 +111,19 @@ fn bad_requests_and_bad_models_get_clear_errors() {
     let cases: Vec<(String, u16, &str)> = vec![
         ("{\"model\":".into(), 400, "not valid JSON"),
         (r#"{"model":"minilm"}"#.into(), 400, "'input' is required"),
-        (
-            r#"{"model":"minilm","input":""}"#.into(),
-            400,
-            "empty string",
-        ),
+        (r#"{"model":"minilm","input":""}"#.into(), 400, "empty string"),
         (r#"{"model":"minilm","input":[]}"#.into(), 400, "empty list"),
-        (
-            r#"{"model":"minilm","input":42}"#.into(),
-            400,
-            "got a number",
-        ),
-        (
-            r#"{"model":"minilm","input":[1,2,3]}"#.into(),
-            400,
-            "token ids",
-        ),
+        (r#"{"model":"minilm","input":42}"#.into(), 400, "got a number"),
+        (r#"{"model":"minilm","input":[1,2,3]}"#.into(), 400, "token ids"),
         (
             r#"{"model":"minilm","input":"x","encoding_format":"int8"}"#.into(),
             400,
             "encoding_format",
         ),
+        (r#"{"model":"minilm","input":"x","dimensions":7}"#.into(), 400, "384 dimensions"),
+        (r#"{"model":"gpt-4","input":"x"}"#.into(), 404, "apps: minilm"),
         (
-            r#"{"model":"minilm","input":"x","dimensions":7}"#.into(),
-            400,
-            "384 dimensions",
-        ),
-        (
-            r#"{"model":"gpt-4","input":"x"}"#.into(),
-            404,
-            "apps: minilm",
-        ),
-        (
-            format!(
-                r#"{{"model":"minilm","input":"{}"}}"#,
-                "x".repeat(11 * 1024 * 1024)
-            ),
+            format!(r#"{{"model":"minilm","input":"{}"}}"#, "x".repeat(11 * 1024 * 1024)),
             413,
             "limit is 10485760",
         ),
@@ -195,19 +135,10 @@ fn bad_requests_and_bad_models_get_clear_errors() {
             .body(body.clone())
             .send()
             .unwrap();
-        assert_eq!(
-            response.status().as_u16(),
-            status,
-            "{}",
-            &body[..body.len().min(80)]
-        );
+        assert_eq!(response.status().as_u16(), status, "{}", &body[..body.len().min(80)]);
         let error: Value = response.json().unwrap();
         let message = error["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains(needle),
-            "{}: {error}",
-            &body[..body.len().min(80)]
-        );
+        assert!(message.contains(needle), "{}: {error}", &body[..body.len().min(80)]);
         assert!(error["error"]["type"].is_string());
     }
     // A very long input is truncated as sentence-transformers does, not refused.
@@ -231,10 +162,7 @@ fn bad_requests_and_bad_models_get_clear_errors() {
     let out = colo.cli(&["model", "push", bad_dir.to_str().unwrap(), "--name", "bad"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("model.safetensors") && stderr.contains("past the end"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("model.safetensors") && stderr.contains("past the end"), "{stderr}");
 
     let out = colo.cli(&["deploy", "other", "--model", "not-pushed"]);
     assert!(!out.status.success());

@@ -9,20 +9,12 @@ use std::time::{Duration, Instant};
 
 fn embed(client: &reqwest::blocking::Client, edge: &str) -> Result<u16, String> {
     let body = json!({"model": "minilm", "input": vec!["The quick brown fox jumps over the lazy dog."; 16]});
-    match client
-        .post(format!("{edge}/v1/embeddings"))
-        .json(&body)
-        .send()
-    {
+    match client.post(format!("{edge}/v1/embeddings")).json(&body).send() {
         Ok(response) => {
             let status = response.status().as_u16();
-            let body: Value = response
-                .json()
-                .map_err(|e| format!("status {status}, unreadable body: {e}"))?;
+            let body: Value = response.json().map_err(|e| format!("status {status}, unreadable body: {e}"))?;
             if status != 200 && body["error"]["message"].as_str().is_none() {
-                return Err(format!(
-                    "status {status} without an OpenAI error body: {body}"
-                ));
+                return Err(format!("status {status} without an OpenAI error body: {body}"));
             }
             Ok(status)
         }
@@ -60,11 +52,7 @@ fn a_killed_engine_fails_in_flight_requests_cleanly_and_comes_back() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: SIGKILL to the engine process colo reported.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGKILL) },
-        0,
-        "killing engine {pid}"
-    );
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "killing engine {pid}");
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
@@ -74,10 +62,7 @@ fn a_killed_engine_fails_in_flight_requests_cleanly_and_comes_back() {
             match outcome {
                 Ok(200) => {}
                 Ok(status) => {
-                    assert!(
-                        status == 502 || status == 503,
-                        "in-flight request ended with {status}"
-                    );
+                    assert!(status == 502 || status == 503, "in-flight request ended with {status}");
                     errors += 1;
                 }
                 Err(e) => panic!("a request did not end with a clean HTTP answer: {e}"),
@@ -94,10 +79,7 @@ fn a_killed_engine_fails_in_flight_requests_cleanly_and_comes_back() {
     assert_eq!(after["state"], "started");
     assert!(after["restarts"].as_u64().unwrap() >= 1, "{after}");
     assert_ne!(after["pid"], before["pid"]);
-    assert!(
-        after["last_error"].as_str().unwrap().contains("signal"),
-        "{after}"
-    );
+    assert!(after["last_error"].as_str().unwrap().contains("signal"), "{after}");
     colo.stop();
 }
 
@@ -111,17 +93,9 @@ fn a_restarted_colo_finds_its_machines_again() {
 
     let colo = Colo::up(dir.path());
     let client = reqwest::blocking::Client::new();
-    assert_eq!(
-        embed(&client, &colo.edge),
-        Ok(200),
-        "the app answers again without a new deploy"
-    );
+    assert_eq!(embed(&client, &colo.edge), Ok(200), "the app answers again without a new deploy");
     let machines = colo.machines();
-    assert_eq!(
-        machines.len(),
-        1,
-        "the machine is reused, not duplicated: {machines:?}"
-    );
+    assert_eq!(machines.len(), 1, "the machine is reused, not duplicated: {machines:?}");
     assert_eq!(machines[0]["id"], before["id"]);
     assert_eq!(machines[0]["state"], "started");
     assert_eq!(

@@ -59,10 +59,7 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
             .into_response()
         }
     };
-    match control
-        .deploy(&request.name, &request.model, request.machines.unwrap_or(1))
-        .await
-    {
+    match control.deploy(&request.name, &request.model, request.machines.unwrap_or(1)).await {
         Ok(app) => (StatusCode::CREATED, Json(app)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -84,11 +81,5 @@ async fn destroy(State(control): State<Arc<Control>>, Path(app): Path<String>) -
 }
 
 async fn machines(State(control): State<Arc<Control>>) -> Response {
-    control
-        .state
-        .machines()
-        .await
-        .map(Json)
-        .map_err(ControlError::from)
-        .into_response()
+    control.state.machines().await.map(Json).map_err(ControlError::from).into_response()
 }

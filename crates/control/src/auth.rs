@@ -21,9 +21,7 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -35,24 +33,14 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
 }
 
 /// Middleware: refuses requests without `Authorization: Bearer <token>`.
-pub async fn require_token(
-    State(token): State<Arc<String>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     // Compare without an early exit so the time taken does not reveal a matching prefix.
-    let ok = presented.is_some_and(|p| {
-        p.len() == token.len()
-            && p.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    let ok = presented.is_some_and(|p| p.len() == token.len() && p.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
     if !ok {
         let body = serde_json::json!({"error": "missing or wrong bearer token (see the api-token file in the data dir)"});
         return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
@@ -70,10 +58,7 @@ mod tests {
         let first = super::load_or_create_token(dir.path()).unwrap();
         assert_eq!(first.len(), 64);
         assert_eq!(super::load_or_create_token(dir.path()).unwrap(), first);
-        let mode = std::fs::metadata(dir.path().join(super::TOKEN_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join(super::TOKEN_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -45,11 +45,7 @@ fn now_ms() -> u64 {
 
 impl Control {
     pub fn new(state: Arc<dyn StateStore>, store: Store, agent: Arc<Agent>) -> Arc<Self> {
-        Arc::new(Self {
-            state,
-            store,
-            agent,
-        })
+        Arc::new(Self { state, store, agent })
     }
 
     pub fn store(&self) -> &Store {
@@ -128,9 +124,7 @@ impl Control {
             }
         }
         for _ in live.len()..want {
-            self.agent
-                .create_machine(&app.name, &app.model, &app.revision)
-                .await?;
+            self.agent.create_machine(&app.name, &app.model, &app.revision).await?;
         }
         Ok(())
     }

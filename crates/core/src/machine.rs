@@ -52,11 +52,9 @@ impl MachineState {
 
     pub fn parse(s: &str) -> Option<Self> {
         use MachineState::*;
-        [
-            Created, Starting, Started, Stopping, Stopped, Destroyed, Failed,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
+        [Created, Starting, Started, Stopping, Stopped, Destroyed, Failed]
+            .into_iter()
+            .find(|state| state.as_str() == s)
     }
 }
 
@@ -70,14 +68,8 @@ impl fmt::Display for MachineState {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Device {
-    Gpu {
-        index: u32,
-        name: String,
-        memory_mib: u64,
-    },
-    Cpu {
-        slot: u32,
-    },
+    Gpu { index: u32, name: String, memory_mib: u64 },
+    Cpu { slot: u32 },
 }
 
 impl fmt::Display for Device {
@@ -159,18 +151,11 @@ mod tests {
         for (a, b) in allowed {
             assert!(a.can_go_to(b), "{a} -> {b}");
         }
-        let refused = [
-            (Destroyed, Starting),
-            (Stopped, Started),
-            (Created, Started),
-            (Stopping, Started),
-        ];
+        let refused = [(Destroyed, Starting), (Stopped, Started), (Created, Started), (Stopping, Started)];
         for (a, b) in refused {
             assert!(!a.can_go_to(b), "{a} -> {b}");
         }
-        for state in [
-            Created, Starting, Started, Stopping, Stopped, Destroyed, Failed,
-        ] {
+        for state in [Created, Starting, Started, Stopping, Stopped, Destroyed, Failed] {
             assert_eq!(MachineState::parse(state.as_str()), Some(state));
         }
     }

@@ -33,9 +33,7 @@ impl AppName {
             return Err(NameError::TooLong { name, len });
         }
         for (pos, ch) in name.chars().enumerate() {
-            let ok = ch.is_ascii_lowercase()
-                || ch.is_ascii_digit()
-                || (pos > 0 && (ch == '-' || ch == '.'));
+            let ok = ch.is_ascii_lowercase() || ch.is_ascii_digit() || (pos > 0 && (ch == '-' || ch == '.'));
             if !ok {
                 return Err(NameError::BadChar { name, ch, pos });
             }
@@ -95,9 +93,6 @@ mod tests {
         for (name, ok) in cases {
             assert_eq!(AppName::new(*name).is_ok(), *ok, "{name:?}");
         }
-        assert!(matches!(
-            AppName::new("x".repeat(64)),
-            Err(NameError::TooLong { len: 64, .. })
-        ));
+        assert!(matches!(AppName::new("x".repeat(64)), Err(NameError::TooLong { len: 64, .. })));
     }
 }

@@ -18,20 +18,14 @@ pub enum EdgeError {
     #[error("no machine of app {app:?} started within {secs}s")]
     NoMachine { app: String, secs: u64 },
     #[error("machine {machine} at {addr} failed: {reason}")]
-    Upstream {
-        machine: String,
-        addr: String,
-        reason: String,
-    },
+    Upstream { machine: String, addr: String, reason: String },
 }
 
 impl EdgeError {
     pub fn status(&self) -> StatusCode {
         match self {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
             EdgeError::UnknownApp { .. } => StatusCode::NOT_FOUND,
             EdgeError::NoMachine { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -69,16 +63,9 @@ impl IntoResponse for EdgeError {
             _ => "unavailable_error",
         };
         let body = serde_json::json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": self.code()}});
-        let mut response = (
-            status,
-            [("content-type", "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        let mut response = (status, [("content-type", "application/json")], body.to_string()).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
+            response.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
         }
         response
     }

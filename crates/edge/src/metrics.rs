@@ -37,22 +37,14 @@ impl Metrics {
         let in_flight = Gauge::default();
         let held = Gauge::default();
         let upstream_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
-            "requests",
-            "Requests answered, by app and status",
-            requests.clone(),
-        );
+        registry.register("requests", "Requests answered, by app and status", requests.clone());
         registry.register(
             "errors",
             "Requests the edge answered with an error, by where it came from",
             errors.clone(),
         );
         registry.register("in_flight", "Requests being proxied", in_flight.clone());
-        registry.register(
-            "held",
-            "Requests waiting for a machine to start",
-            held.clone(),
-        );
+        registry.register("held", "Requests waiting for a machine to start", held.clone());
         registry.register(
             "upstream_seconds",
             "Time to the machine's response headers",
@@ -71,8 +63,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("metrics encode");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
         out
     }
 }

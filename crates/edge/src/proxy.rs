@@ -68,17 +68,17 @@ impl Edge {
 
     /// The app named by a Host of `<app>.<domain>`, if the request has one.
     fn app_from_host(&self, headers: &HeaderMap, uri: &Uri) -> Option<String> {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.host())?;
-        let host = host.rsplit_once(':').map_or(host, |(name, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                name
-            } else {
-                host
-            }
-        });
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.host())?;
+        let host = host.rsplit_once(':').map_or(
+            host,
+            |(name, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) {
+                    name
+                } else {
+                    host
+                }
+            },
+        );
         let app = host.strip_suffix(&self.config.domain)?.strip_suffix('.')?;
         (!app.is_empty() && !app.contains('.')).then(|| app.to_string())
     }
@@ -96,11 +96,7 @@ impl Edge {
                     apps: table.app_names().iter().map(|s| s.to_string()).collect(),
                 });
             };
-            let loads: Vec<Arc<Load>> = app_routes
-                .machines
-                .iter()
-                .map(|m| self.load_of(&m.machine_id))
-                .collect();
+            let loads: Vec<Arc<Load>> = app_routes.machines.iter().map(|m| self.load_of(&m.machine_id)).collect();
             let candidates: Vec<Candidate> = app_routes
                 .machines
                 .iter()
@@ -114,10 +110,8 @@ impl Edge {
                 .collect();
             if let Some(idx) = pick_machine(&candidates) {
                 let load = loads[idx].clone();
-                load.last_picked.store(
-                    self.picks.fetch_add(1, Ordering::Relaxed) + 1,
-                    Ordering::Relaxed,
-                );
+                load.last_picked
+                    .store(self.picks.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
                 break Ok((app_routes.machines[idx].clone(), load));
             }
             if !held {
@@ -145,20 +139,8 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let host_app = edge.app_from_host(request.headers(), request.uri());
     if host_app.is_none() {
         match (request.method(), request.uri().path()) {
-            (&Method::GET, "/health") => {
-                return (
-                    StatusCode::OK,
-                    axum::Json(serde_json::json!({"status": "ok"})),
-                )
-                    .into_response()
-            }
-            (&Method::GET, "/metrics") => {
-                return (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    edge.metrics.encode(),
-                )
-                    .into_response()
-            }
+            (&Method::GET, "/health") => return (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+            (&Method::GET, "/metrics") => return ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
             (&Method::GET, "/v1/models") => return list_models(&edge),
             _ => {}
         }
@@ -213,11 +195,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
     };
     let (endpoint, load) = edge.pick(&app).await.map_err(|e| (app.clone(), e))?;
 
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let uri: Uri = match format!("http://{}{}", endpoint.addr, path).parse() {
         Ok(uri) => uri,
         Err(e) => {
@@ -259,16 +237,12 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
             ));
         }
     };
-    edge.metrics
-        .upstream_seconds
-        .observe(started.elapsed().as_secs_f64());
+    edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
 
     let (mut parts, incoming) = response.into_parts();
     parts.headers.retain_hop_by_hop();
     if let Ok(value) = HeaderValue::from_str(&endpoint.machine_id) {
-        parts
-            .headers
-            .insert(HeaderName::from_static("colo-machine"), value);
+        parts.headers.insert(HeaderName::from_static("colo-machine"), value);
     }
     let body = Body::new(Tracked {
         inner: incoming,
@@ -302,11 +276,7 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<
             Ok(Some(Err(e))) => return Err(EdgeError::BodyRead(e.to_string())),
             Ok(None) => break,
             Err(_) if seen > limit as u64 => return Err(too_large(seen)),
-            Err(_) => {
-                return Err(EdgeError::BodyRead(
-                    "timed out reading the request body".into(),
-                ))
-            }
+            Err(_) => return Err(EdgeError::BodyRead("timed out reading the request body".into())),
         };
         let Ok(data) = frame.into_data() else {
             continue;
@@ -345,14 +315,7 @@ fn app_from_body(body: &[u8], domain: &str) -> Result<String, EdgeError> {
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
+        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade"
     )
 }
 
@@ -416,10 +379,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -452,25 +412,14 @@ mod tests {
         for (host, expected) in cases {
             let mut headers = HeaderMap::new();
             headers.insert(header::HOST, HeaderValue::from_static(host));
-            assert_eq!(
-                edge.app_from_host(&headers, &Uri::from_static("/"))
-                    .as_deref(),
-                expected,
-                "{host}"
-            );
+            assert_eq!(edge.app_from_host(&headers, &Uri::from_static("/")).as_deref(), expected, "{host}");
         }
     }
 
     #[test]
     fn apps_come_from_the_model_field() {
-        assert_eq!(
-            app_from_body(br#"{"model":"minilm","input":"x"}"#, "localhost").unwrap(),
-            "minilm"
-        );
-        assert!(matches!(
-            app_from_body(b"{", "localhost"),
-            Err(EdgeError::BadJson { .. })
-        ));
+        assert_eq!(app_from_body(br#"{"model":"minilm","input":"x"}"#, "localhost").unwrap(), "minilm");
+        assert!(matches!(app_from_body(b"{", "localhost"), Err(EdgeError::BadJson { .. })));
         assert!(matches!(
             app_from_body(br#"{"input":"x"}"#, "localhost"),
             Err(EdgeError::NoModel { .. })

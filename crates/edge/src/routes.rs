@@ -33,9 +33,7 @@ impl RouteTable {
     pub fn build(apps: &[App], machines: &[Machine]) -> Self {
         let mut table = RouteTable::default();
         for app in apps {
-            table
-                .apps
-                .insert(app.name.to_string(), AppRoutes::default());
+            table.apps.insert(app.name.to_string(), AppRoutes::default());
         }
         for machine in machines {
             let Some(routes) = table.apps.get_mut(machine.app.as_str()) else {
@@ -47,18 +45,12 @@ impl RouteTable {
                     addr: addr.clone(),
                     region: machine.region.clone(),
                 }),
-                _ if machine.desired == MachineState::Started
-                    && machine.state != MachineState::Failed =>
-                {
-                    routes.pending += 1
-                }
+                _ if machine.desired == MachineState::Started && machine.state != MachineState::Failed => routes.pending += 1,
                 _ => {}
             }
         }
         for routes in table.apps.values_mut() {
-            routes
-                .machines
-                .sort_by(|a, b| a.machine_id.cmp(&b.machine_id));
+            routes.machines.sort_by(|a, b| a.machine_id.cmp(&b.machine_id));
         }
         table
     }
@@ -97,8 +89,5 @@ pub async fn follow_state(state: Arc<dyn StateStore>) -> watch::Receiver<Arc<Rou
 }
 
 async fn read(state: &dyn StateStore) -> Result<RouteTable, colo_state::StateError> {
-    Ok(RouteTable::build(
-        &state.apps().await?,
-        &state.machines().await?,
-    ))
+    Ok(RouteTable::build(&state.apps().await?, &state.machines().await?))
 }

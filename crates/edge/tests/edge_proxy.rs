@@ -32,10 +32,7 @@ async fn upstream(name: &'static str, delay: Duration) -> String {
             get(|| async {
                 let stream = futures::stream::unfold(0, |i| async move {
                     match i {
-                        0 => Some((
-                            Ok::<_, std::io::Error>(bytes::Bytes::from("data: first\n\n")),
-                            1,
-                        )),
+                        0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from("data: first\n\n")), 1)),
                         1 => {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             Some((Ok(bytes::Bytes::from("data: second\n\n")), 2))
@@ -59,20 +56,11 @@ fn table(app: &str, addrs: &[(&str, &str)]) -> Arc<RouteTable> {
         })
         .collect();
     let mut t = RouteTable::default();
-    t.apps.insert(
-        app.to_string(),
-        AppRoutes {
-            machines,
-            pending: 0,
-        },
-    );
+    t.apps.insert(app.to_string(), AppRoutes { machines, pending: 0 });
     Arc::new(t)
 }
 
-async fn start_edge(
-    config: EdgeConfig,
-    initial: Arc<RouteTable>,
-) -> (String, watch::Sender<Arc<RouteTable>>) {
+async fn start_edge(config: EdgeConfig, initial: Arc<RouteTable>) -> (String, watch::Sender<Arc<RouteTable>>) {
     let (tx, rx) = watch::channel(initial);
     let addr = serve(router(Edge::new(config, rx))).await;
     (format!("http://{addr}"), tx)
@@ -144,30 +132,14 @@ async fn bad_requests_get_clear_errors() {
     let client = reqwest::Client::new();
     let url = format!("{edge}/v1/embeddings");
 
-    let r = client
-        .post(&url)
-        .body(embed_body("nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(&url).body(embed_body("nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("apps: app"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("apps: app"), "{body}");
 
     let r = client.post(&url).body("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = client
-        .post(&url)
-        .body(r#"{"input":"x"}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(&url).body(r#"{"input":"x"}"#).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let r: serde_json::Value = r.json().await.unwrap();
     assert_eq!(r["error"]["code"], "missing_model");
@@ -181,20 +153,10 @@ async fn bad_requests_get_clear_errors() {
             .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
             .collect::<Vec<_>>(),
     );
-    let r = client
-        .post(&url)
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(&url).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
     assert_eq!(r.status(), 413, "chunked body over the limit");
 
-    let r = client
-        .post(&url)
-        .body(embed_body("app"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(&url).body(embed_body("app")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["colo-machine"], "m1");
 }
@@ -210,20 +172,10 @@ async fn requests_wait_for_a_starting_machine_or_get_503() {
     let client = reqwest::Client::new();
     let held = tokio::spawn({
         let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
-        async move {
-            client
-                .post(url)
-                .body(embed_body("app"))
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { client.post(url).body(embed_body("app")).send().await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !held.is_finished(),
-        "the request should wait while no machine is started"
-    );
+    assert!(!held.is_finished(), "the request should wait while no machine is started");
     tx.send(table("app", &[("m1", &up)])).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(2), held)
         .await
@@ -250,25 +202,11 @@ async fn requests_wait_for_a_starting_machine_or_get_503() {
 async fn concurrent_requests_spread_over_machines() {
     let a = upstream("a", Duration::from_millis(200)).await;
     let b = upstream("b", Duration::from_millis(200)).await;
-    let (edge, _tx) = start_edge(
-        EdgeConfig::default(),
-        table("app", &[("ma", &a), ("mb", &b)]),
-    )
-    .await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("ma", &a), ("mb", &b)])).await;
     let client = reqwest::Client::new();
     let requests = (0..8).map(|_| {
         let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .body(embed_body("app"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        })
+        tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().text().await.unwrap() })
     });
     let mut on_a = 0;
     for r in requests {
@@ -276,8 +214,5 @@ async fn concurrent_requests_spread_over_machines() {
             on_a += 1;
         }
     }
-    assert_eq!(
-        on_a, 4,
-        "least in-flight should split 8 concurrent requests 4/4"
-    );
+    assert_eq!(on_a, 4, "least in-flight should split 8 concurrent requests 4/4");
 }

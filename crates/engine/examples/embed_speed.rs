@@ -10,20 +10,9 @@ fn main() {
     let embedder = Embedder::load(std::path::Path::new(&dir)).unwrap();
     let words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches in old towns";
     let sentences: Vec<String> = (0..256)
-        .map(|i| {
-            words
-                .split(' ')
-                .cycle()
-                .skip(i % 7)
-                .take(20 + i % 40)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|i| words.split(' ').cycle().skip(i % 7).take(20 + i % 40).collect::<Vec<_>>().join(" "))
         .collect();
-    let ids: Vec<Vec<u32>> = sentences
-        .iter()
-        .map(|s| embedder.tokenize(s).unwrap())
-        .collect();
+    let ids: Vec<Vec<u32>> = sentences.iter().map(|s| embedder.tokenize(s).unwrap()).collect();
     let avg: f64 = ids.iter().map(|v| v.len() as f64).sum::<f64>() / ids.len() as f64;
     println!("avg tokens {avg:.1}");
     for batch in [1usize, 8, 32, 64] {
@@ -36,9 +25,6 @@ fn main() {
                 n += chunk.len();
             }
         }
-        println!(
-            "batch {batch:3}: {:.1} emb/s",
-            n as f64 / started.elapsed().as_secs_f64()
-        );
+        println!("batch {batch:3}: {:.1} emb/s", n as f64 / started.elapsed().as_secs_f64());
     }
 }

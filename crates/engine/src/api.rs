@@ -58,26 +58,15 @@ pub fn router(state: EngineState) -> Router {
         .route("/v1/completions", post(|s, b| generate(s, b, false)))
         .route("/v1/chat/completions", post(|s, b| generate(s, b, true)))
         .route("/v1/models", get(models))
-        .route(
-            "/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            error_body(
-                StatusCode::NOT_FOUND,
-                "no such endpoint on this engine",
-                None,
-                "not_found",
-            )
-        })
+        .fallback(|| async { error_body(StatusCode::NOT_FOUND, "no such endpoint on this engine", None, "not_found") })
         .with_state(state)
 }
 
 async fn models(State(state): State<EngineState>) -> Response {
     let name = &state.inner.served_name;
-    axum::Json(json!({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "colo"}]}))
-        .into_response()
+    axum::Json(json!({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "colo"}]})).into_response()
 }
 
 async fn metrics(State(state): State<EngineState>) -> Response {
@@ -90,25 +79,15 @@ async fn metrics(State(state): State<EngineState>) -> Response {
         metrics
             .gen_running
             .set(stats.running.load(std::sync::atomic::Ordering::Relaxed) as i64);
-        metrics.kv_used_bytes.set(
-            stats
-                .kv_used_bytes
-                .load(std::sync::atomic::Ordering::Relaxed) as i64,
-        );
         metrics
-            .kv_budget_bytes
-            .set(model.generator.config.kv_budget_bytes as i64);
-        metrics.generated_tokens.set(
-            stats
-                .generated_tokens
-                .load(std::sync::atomic::Ordering::Relaxed) as i64,
-        );
+            .kv_used_bytes
+            .set(stats.kv_used_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        metrics.kv_budget_bytes.set(model.generator.config.kv_budget_bytes as i64);
+        metrics
+            .generated_tokens
+            .set(stats.generated_tokens.load(std::sync::atomic::Ordering::Relaxed) as i64);
     }
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        metrics.encode(),
-    )
-        .into_response()
+    ([("content-type", "text/plain; version=0.0.4")], metrics.encode()).into_response()
 }
 
 async fn generate(State(state): State<EngineState>, body: Bytes, chat: bool) -> Response {
@@ -119,16 +98,11 @@ async fn generate(State(state): State<EngineState>, body: Bytes, chat: bool) -> 
             Ok(response) => response,
             Err(err) => {
                 let mut response = err.into_response();
-                response
-                    .headers_mut()
-                    .insert("colo-load", model.load_header());
+                response.headers_mut().insert("colo-load", model.load_header());
                 response
             }
         },
-        Task::Embed(_) => {
-            EngineError::bad("model", "this model serves embeddings; use /v1/embeddings")
-                .into_response()
-        }
+        Task::Embed(_) => EngineError::bad("model", "this model serves embeddings; use /v1/embeddings").into_response(),
     };
     metrics.in_flight.dec();
     metrics
@@ -170,30 +144,19 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
     let model = match fields.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return Err(EngineError::bad(
-                "model",
-                format!("'model' must be a string, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(EngineError::bad("model", format!("'model' must be a string, got {}", kind(other)))),
     };
     let inputs = match fields.get("input") {
         None | Some(Value::Null) => return Err(EngineError::bad("input", "'input' is required")),
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => {
             if items.is_empty() {
-                return Err(EngineError::bad(
-                    "input",
-                    "'input' is an empty list; send at least one string",
-                ));
+                return Err(EngineError::bad("input", "'input' is an empty list; send at least one string"));
             }
             if items.len() > MAX_INPUTS {
                 return Err(EngineError::bad(
                     "input",
-                    format!(
-                        "'input' has {} items; the limit is {MAX_INPUTS}",
-                        items.len()
-                    ),
+                    format!("'input' has {} items; the limit is {MAX_INPUTS}", items.len()),
                 ));
             }
             items
@@ -215,10 +178,7 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
         Some(other) => {
             return Err(EngineError::bad(
                 "input",
-                format!(
-                    "'input' must be a string or a list of strings, got {}",
-                    kind(other)
-                ),
+                format!("'input' must be a string or a list of strings, got {}", kind(other)),
             ))
         }
     };
@@ -228,10 +188,7 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
         } else {
             format!("'input[{i}]'")
         };
-        return Err(EngineError::bad(
-            "input",
-            format!("{at} is an empty string"),
-        ));
+        return Err(EngineError::bad("input", format!("{at} is an empty string")));
     }
     let encoding = match fields.get("encoding_format") {
         None | Some(Value::Null) => Encoding::Float,
@@ -254,11 +211,7 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
             ))
         }
     }
-    Ok(EmbeddingsRequest {
-        model,
-        inputs,
-        encoding,
-    })
+    Ok(EmbeddingsRequest { model, inputs, encoding })
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -308,11 +261,7 @@ async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError
     let n_inputs = ids.len();
     let vectors = batcher.embed(ids, active).await?;
     state.inner.metrics.inputs.inc_by(n_inputs as u64);
-    state
-        .inner
-        .metrics
-        .prompt_tokens
-        .inc_by(prompt_tokens as u64);
+    state.inner.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
 
     let data: Vec<Value> = vectors
         .iter()
@@ -328,9 +277,7 @@ async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    let model = request
-        .model
-        .unwrap_or_else(|| state.inner.served_name.clone());
+    let model = request.model.unwrap_or_else(|| state.inner.served_name.clone());
     let body = json!({
         "object": "list",
         "data": data,
@@ -365,10 +312,7 @@ mod tests {
             (r#"{"input":[[1,2]]}"#, "token ids"),
             (r#"{"input":["a",{}]}"#, "'input[1]' must be a string"),
             (r#"{"input":"a","model":3}"#, "'model' must be a string"),
-            (
-                r#"{"input":"a","encoding_format":"hex"}"#,
-                "encoding_format",
-            ),
+            (r#"{"input":"a","encoding_format":"hex"}"#, "encoding_format"),
             (r#"{"input":"a","dimensions":12}"#, "384 dimensions"),
         ];
         for (body, needle) in bad {
@@ -376,10 +320,7 @@ mod tests {
             assert_eq!(err.status(), StatusCode::BAD_REQUEST);
             assert!(err.to_string().contains(needle), "{body}: {err}");
         }
-        let many = format!(
-            r#"{{"input":[{}]}}"#,
-            vec!["\"a\""; MAX_INPUTS + 1].join(",")
-        );
+        let many = format!(r#"{{"input":[{}]}}"#, vec!["\"a\""; MAX_INPUTS + 1].join(","));
         assert!(parse_request(many.as_bytes(), 384)
             .unwrap_err()
             .to_string()

@@ -77,11 +77,7 @@ impl TextStream {
         let hit = self
             .stops
             .iter()
-            .filter_map(|s| {
-                self.text[search_from..]
-                    .find(s.as_str())
-                    .map(|p| p + search_from)
-            })
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|p| p + search_from))
             .min();
         if let Some(at) = hit {
             let out = self.text[self.emitted.min(at)..at].to_string();
@@ -104,11 +100,7 @@ impl TextStream {
 
     /// The text held back so far, at the end of generation.
     fn flush(&mut self) -> String {
-        let out = self
-            .text
-            .get(self.emitted..)
-            .unwrap_or_default()
-            .to_string();
+        let out = self.text.get(self.emitted..).unwrap_or_default().to_string();
         self.emitted = self.text.len();
         out
     }
@@ -133,16 +125,22 @@ struct Prepared {
 fn prepare(model: &TextModel, body: &[u8], chat: bool) -> Result<Prepared, EngineError> {
     let params = parse(body, chat)?;
     let prompt = match &params.prompt {
-        Prompt::Text(text) => model
-            .tokenizer
-            .encode(text.as_str(), true)
-            .map_err(|e| EngineError::bad("prompt", format!("tokenizing: {e}")))?
-            .get_ids()
-            .to_vec(),
+        Prompt::Text(text) => {
+            let encode =
+                |special| model.tokenizer.encode(text.as_str(), special).map_err(|e| EngineError::bad("prompt", format!("tokenizing: {e}")));
+            // Special tokens alone (a BOS for an empty string) are no prompt.
+            if text.is_empty() || encode(false)?.get_ids().is_empty() {
+                return Err(EngineError::bad("prompt", "the prompt tokenizes to no tokens"));
+            }
+            encode(true)?.get_ids().to_vec()
+        }
         Prompt::Ids(ids) => ids.clone(),
         Prompt::Chat(messages) => {
             let template = model.template.as_ref().ok_or_else(|| {
-                EngineError::bad("messages", "this model has no chat_template in tokenizer_config.json; use /v1/completions with a prompt")
+                EngineError::bad(
+                    "messages",
+                    "this model has no chat_template in tokenizer_config.json; use /v1/completions with a prompt",
+                )
             })?;
             let text = template.render(messages)?;
             model
@@ -160,10 +158,7 @@ fn prepare(model: &TextModel, body: &[u8], chat: bool) -> Result<Prepared, Engin
     if let Some(bad) = prompt.iter().find(|&&id| id as usize >= model.vocab) {
         return Err(EngineError::bad(
             field,
-            format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                model.vocab
-            ),
+            format!("token id {bad} is outside the vocabulary of {} tokens", model.vocab),
         ));
     }
     let room = model.context.saturating_sub(prompt.len());
@@ -177,20 +172,27 @@ fn prepare(model: &TextModel, body: &[u8], chat: bool) -> Result<Prepared, Engin
             ),
         ));
     }
-    let max_tokens = params
-        .max_tokens
-        .unwrap_or(if chat { room } else { 16.min(room) });
+    let max_tokens = params.max_tokens.unwrap_or(if chat { room } else { 16.min(room) });
     if prompt.len() + max_tokens > model.context {
         return Err(EngineError::bad(
             "max_tokens",
-            format!("the prompt has {} tokens and max_tokens is {max_tokens}: {} in all, over the model's context of {} tokens", prompt.len(), prompt.len() + max_tokens, model.context),
+            format!(
+                "the prompt has {} tokens and max_tokens is {max_tokens}: {} in all, over the model's context of {} tokens",
+                prompt.len(),
+                prompt.len() + max_tokens,
+                model.context
+            ),
         ));
     }
     let need = model.generator.kv_bytes_for(prompt.len() + max_tokens);
     if need > model.generator.config.kv_budget_bytes {
         return Err(EngineError::bad(
             "max_tokens",
-            format!("{} prompt and {max_tokens} new tokens need {need} bytes of KV cache; this engine's budget is {} bytes", prompt.len(), model.generator.config.kv_budget_bytes),
+            format!(
+                "{} prompt and {max_tokens} new tokens need {need} bytes of KV cache; this engine's budget is {} bytes",
+                prompt.len(),
+                model.generator.config.kv_budget_bytes
+            ),
         ));
     }
     let (tx, events) = mpsc::unbounded_channel();
@@ -221,43 +223,20 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn handle(
-    state: &EngineState,
-    model: &TextModel,
-    body: &[u8],
-    chat: bool,
-) -> Result<Response, EngineError> {
+pub async fn handle(state: &EngineState, model: &TextModel, body: &[u8], chat: bool) -> Result<Response, EngineError> {
     let prepared = prepare(model, body, chat)?;
-    let name = prepared
-        .params
-        .model
-        .clone()
-        .unwrap_or_else(|| state.served_name().to_string());
-    let id = format!(
-        "{}-{:016x}",
-        if chat { "chatcmpl" } else { "cmpl" },
-        rand::random::<u64>()
-    );
+    let name = prepared.params.model.clone().unwrap_or_else(|| state.served_name().to_string());
+    let id = format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
     let mut response = if prepared.params.stream {
         stream_response(model, prepared, chat, id, name).into_response()
     } else {
-        whole_response(model, prepared, chat, id, name)
-            .await?
-            .into_response()
+        whole_response(model, prepared, chat, id, name).await?.into_response()
     };
-    response
-        .headers_mut()
-        .insert("colo-load", model.load_header());
+    response.headers_mut().insert("colo-load", model.load_header());
     Ok(response)
 }
 
-async fn whole_response(
-    model: &TextModel,
-    mut p: Prepared,
-    chat: bool,
-    id: String,
-    name: String,
-) -> Result<Response, EngineError> {
+async fn whole_response(model: &TextModel, mut p: Prepared, chat: bool, id: String, name: String) -> Result<Response, EngineError> {
     let mut text = TextStream::new(model.tokenizer.clone(), p.params.stop.clone());
     let mut out = String::new();
     let mut reason = FinishReason::Length;
@@ -279,7 +258,8 @@ async fn whole_response(
             GenEvent::Failed(e) => return Err(EngineError::Inference(e)),
         }
     }
-    let usage = json!({"prompt_tokens": p.prompt.len(), "completion_tokens": text.ids.len(), "total_tokens": p.prompt.len() + text.ids.len()});
+    let usage =
+        json!({"prompt_tokens": p.prompt.len(), "completion_tokens": text.ids.len(), "total_tokens": p.prompt.len() + text.ids.len()});
     let mut choice = if chat {
         json!({"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": reason.as_str(), "logprobs": null})
     } else {
@@ -289,11 +269,7 @@ async fn whole_response(
         choice["token_ids"] = json!(text.ids);
         choice["prompt_token_ids"] = json!(p.prompt);
     }
-    let object = if chat {
-        "chat.completion"
-    } else {
-        "text_completion"
-    };
+    let object = if chat { "chat.completion" } else { "text_completion" };
     let body = json!({"id": id, "object": object, "created": now_secs(), "model": name, "choices": [choice], "usage": usage});
     Ok(([("content-type", "application/json")], body.to_string()).into_response())
 }
@@ -315,11 +291,7 @@ struct StreamState {
 
 impl StreamState {
     fn chunk(&self, choices: Value) -> Event {
-        let object = if self.chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
+        let object = if self.chat { "chat.completion.chunk" } else { "text_completion" };
         let body = json!({"id": self.id, "object": object, "created": self.created, "model": self.name, "choices": choices});
         Event::default().data(body.to_string())
     }
@@ -349,8 +321,7 @@ impl StreamState {
             let body = json!({"id": self.id, "object": if self.chat { "chat.completion.chunk" } else { "text_completion" },
                 "created": self.created, "model": self.name, "choices": [],
                 "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": n, "total_tokens": self.prompt_tokens + n}});
-            self.queue
-                .push_back(Event::default().data(body.to_string()));
+            self.queue.push_back(Event::default().data(body.to_string()));
         }
         self.queue.push_back(Event::default().data("[DONE]"));
         self.done = true;
@@ -381,7 +352,8 @@ fn stream_response(
         done: false,
     };
     if chat {
-        let first = state.chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]));
+        let first =
+            state.chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]));
         state.queue.push_back(first);
     }
     let stream = futures::stream::unfold(state, |mut state| async move {
@@ -417,8 +389,6 @@ fn stream_response(
 /// for a finished answer.
 fn fail(state: &mut StreamState, message: &str) {
     let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation_failed"}});
-    state
-        .queue
-        .push_back(Event::default().data(body.to_string()));
+    state.queue.push_back(Event::default().data(body.to_string()));
     state.done = true;
 }

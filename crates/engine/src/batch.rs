@@ -54,8 +54,7 @@ impl Batcher {
         let embedder = Arc::new(embedder);
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let active = Arc::new(AtomicUsize::new(0));
-        let (worker, worker_metrics, worker_active) =
-            (embedder.clone(), metrics.clone(), active.clone());
+        let (worker, worker_metrics, worker_active) = (embedder.clone(), metrics.clone(), active.clone());
         std::thread::Builder::new()
             .name("colo-batcher".into())
             .spawn(move || run(&worker, rx, config, &worker_metrics, &worker_active))
@@ -81,11 +80,7 @@ impl Batcher {
 
     /// Embeds tokenized inputs, batched with whatever else is in flight. The request stops
     /// counting as coming (`active`) once it is queued.
-    pub async fn embed(
-        &self,
-        inputs: Vec<Vec<u32>>,
-        active: Active,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub async fn embed(&self, inputs: Vec<Vec<u32>>, active: Active) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             inputs,
@@ -96,27 +91,14 @@ impl Batcher {
         drop(active);
         match sent {
             Ok(()) => self.metrics.queue_depth.inc(),
-            Err(TrySendError::Full(_)) => {
-                return Err(EngineError::Overloaded(format!(
-                    "{QUEUE_CAPACITY} requests are already queued"
-                )))
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(EngineError::Internal("batcher thread stopped".into()))
-            }
+            Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded(format!("{QUEUE_CAPACITY} requests are already queued"))),
+            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Internal("batcher thread stopped".into())),
         };
-        rx.await
-            .map_err(|_| EngineError::Internal("batcher dropped the request".into()))?
+        rx.await.map_err(|_| EngineError::Internal("batcher dropped the request".into()))?
     }
 }
 
-fn run(
-    embedder: &Embedder,
-    rx: mpsc::Receiver<Job>,
-    config: BatchConfig,
-    metrics: &Metrics,
-    active: &AtomicUsize,
-) {
+fn run(embedder: &Embedder, rx: mpsc::Receiver<Job>, config: BatchConfig, metrics: &Metrics, active: &AtomicUsize) {
     while let Ok(first) = rx.recv() {
         let deadline = first.arrived + config.window;
         let mut n_inputs = first.inputs.len();
@@ -157,16 +139,10 @@ fn run_jobs(embedder: &Embedder, jobs: Vec<Job>, max_batch: usize, metrics: &Met
         .collect();
     order.sort_by_key(|&(j, i)| jobs[j].inputs[i].len());
 
-    let mut results: Vec<Vec<Option<Vec<f32>>>> = jobs
-        .iter()
-        .map(|job| vec![None; job.inputs.len()])
-        .collect();
+    let mut results: Vec<Vec<Option<Vec<f32>>>> = jobs.iter().map(|job| vec![None; job.inputs.len()]).collect();
     let mut failure = None;
     for group in order.chunks(max_batch.max(1)) {
-        let batch: Vec<&[u32]> = group
-            .iter()
-            .map(|&(j, i)| jobs[j].inputs[i].as_slice())
-            .collect();
+        let batch: Vec<&[u32]> = group.iter().map(|&(j, i)| jobs[j].inputs[i].as_slice()).collect();
         metrics.batch_size.observe(batch.len() as f64);
         match embedder.embed(&batch) {
             Ok(vectors) => {

@@ -34,9 +34,7 @@ fn load_err(file: &Path, reason: impl std::fmt::Display) -> EngineError {
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| load_err(path, e)),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| load_err(path, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(load_err(path, e)),
     }
@@ -48,27 +46,17 @@ impl Embedder {
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
         let device = Device::Cpu;
         let config_path = dir.join("config.json");
-        let config_json =
-            read_json(&config_path)?.ok_or_else(|| load_err(&config_path, "missing"))?;
-        let model_type = config_json
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
+        let config_json = read_json(&config_path)?.ok_or_else(|| load_err(&config_path, "missing"))?;
+        let model_type = config_json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
         if model_type != "bert" {
             return Err(load_err(
                 &config_path,
                 format!("model_type {model_type:?} is not supported for embeddings (bert is)"),
             ));
         }
-        let act = config_json
-            .get("hidden_act")
-            .and_then(|v| v.as_str())
-            .unwrap_or("gelu");
+        let act = config_json.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
         if act != "gelu" {
-            return Err(load_err(
-                &config_path,
-                format!("hidden_act {act:?} is not supported (gelu is)"),
-            ));
+            return Err(load_err(&config_path, format!("hidden_act {act:?} is not supported (gelu is)")));
         }
         let field = |name: &str| {
             config_json
@@ -84,10 +72,7 @@ impl Embedder {
             layers: field("num_hidden_layers")?,
             intermediate: field("intermediate_size")?,
             max_position: field("max_position_embeddings")?,
-            eps: config_json
-                .get("layer_norm_eps")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(1e-12),
+            eps: config_json.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12),
         };
         if config.hidden % config.heads != 0 {
             return Err(load_err(
@@ -102,8 +87,7 @@ impl Embedder {
         let weights = dir.join("model.safetensors");
         // SAFETY: the file is mmapped read-only; the host cache publishes files atomically and
         // never rewrites them in place, so the mapping cannot change under us.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
-            .map_err(|e| load_err(&weights, e))?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }.map_err(|e| load_err(&weights, e))?;
         let model = Encoder::load(vb, config.clone()).map_err(|e| load_err(&weights, e))?;
 
         let max_position = config.max_position;
@@ -117,8 +101,7 @@ impl Embedder {
             .min(max_position);
 
         let tokenizer_path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
         // tokenizer.json may carry its own padding and a shorter truncation; the batcher pads
         // and sentence-transformers truncates to max_seq_length, so override both.
         tokenizer.with_padding(None);
@@ -165,11 +148,7 @@ impl Embedder {
             Pooling::Cls => cls_pool(&hidden, &lens)?,
             Pooling::Mean => mean_pool(&hidden, &lens)?,
         };
-        let pooled = if self.normalize {
-            l2_normalize(&pooled)?
-        } else {
-            pooled
-        };
+        let pooled = if self.normalize { l2_normalize(&pooled)? } else { pooled };
         Ok(pooled.to_vec2::<f32>()?)
     }
 }
@@ -182,28 +161,17 @@ fn pooling_of(dir: &Path) -> Result<(Pooling, bool), EngineError> {
     let Some(modules) = modules.as_ref().and_then(|m| m.as_array()) else {
         return Ok((Pooling::Mean, true));
     };
-    let kind = |m: &serde_json::Value| {
-        m.get("type")
-            .and_then(|t| t.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
+    let kind = |m: &serde_json::Value| m.get("type").and_then(|t| t.as_str()).unwrap_or("").to_string();
     let normalize = modules.iter().any(|m| kind(m).ends_with("Normalize"));
     let mut pooling = Pooling::Mean;
     if let Some(pool) = modules.iter().find(|m| kind(m).ends_with("Pooling")) {
-        let path = pool
-            .get("path")
-            .and_then(|p| p.as_str())
-            .unwrap_or("1_Pooling");
+        let path = pool.get("path").and_then(|p| p.as_str()).unwrap_or("1_Pooling");
         if let Some(cfg) = read_json(&dir.join(path).join("config.json"))? {
             let flag = |key: &str| cfg.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
             if flag("pooling_mode_cls_token") {
                 pooling = Pooling::Cls;
             } else if !flag("pooling_mode_mean_tokens") {
-                return Err(load_err(
-                    &dir.join(path),
-                    "only mean and CLS pooling are supported",
-                ));
+                return Err(load_err(&dir.join(path), "only mean and CLS pooling are supported"));
             }
         }
     }

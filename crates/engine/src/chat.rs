@@ -22,11 +22,7 @@ pub struct ChatTemplate {
 fn token_text(value: Option<&Value>) -> String {
     match value {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Object(o)) => o
-            .get("content")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
         _ => String::new(),
     }
 }
@@ -58,15 +54,9 @@ impl ChatTemplate {
             _ => return Ok(None),
         };
         let mut env = minijinja::Environment::new();
-        env.add_function(
-            "raise_exception",
-            |message: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    message,
-                ))
-            },
-        );
+        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        });
         env.add_template_owned("chat", source)
             .map_err(|e| load(format!("chat_template: {e}")))?;
         Ok(Some(Self {
@@ -77,10 +67,7 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message]) -> Result<String, EngineError> {
-        let template = self
-            .env
-            .get_template("chat")
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let template = self.env.get_template("chat").map_err(|e| EngineError::Internal(e.to_string()))?;
         template
             .render(minijinja::context! {
                 messages => messages,
@@ -88,11 +75,6 @@ impl ChatTemplate {
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
             })
-            .map_err(|e| {
-                EngineError::bad(
-                    "messages",
-                    format!("the model's chat template refused these messages: {e}"),
-                )
-            })
+            .map_err(|e| EngineError::bad("messages", format!("the model's chat template refused these messages: {e}")))
     }
 }

@@ -47,16 +47,8 @@ pub struct Encoder {
 }
 
 /// A linear layer's weight, transposed once at load so products read it row-major.
-fn linear(
-    vb: &VarBuilder,
-    name: &str,
-    inputs: usize,
-    outputs: usize,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let w = vb
-        .get((outputs, inputs), &format!("{name}.weight"))?
-        .t()?
-        .contiguous()?;
+fn linear(vb: &VarBuilder, name: &str, inputs: usize, outputs: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let w = vb.get((outputs, inputs), &format!("{name}.weight"))?.t()?.contiguous()?;
     let b = vb.get(outputs, &format!("{name}.bias"))?;
     Ok((w, b))
 }
@@ -95,9 +87,7 @@ impl Encoder {
         let emb = vb.pp("embeddings");
         let word = emb.get_unchecked_dtype("word_embeddings.weight", DType::F32)?;
         let position = emb.get((config.max_position, h), "position_embeddings.weight")?;
-        let token_type = emb
-            .get_unchecked_dtype("token_type_embeddings.weight", DType::F32)?
-            .get(0)?;
+        let token_type = emb.get_unchecked_dtype("token_type_embeddings.weight", DType::F32)?.get(0)?;
         let emb_norm = norm(&emb, "LayerNorm", h)?;
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -140,13 +130,8 @@ impl Encoder {
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let positions = Tensor::from_vec(positions, total, &self.device)?;
-        let x = self
-            .word
-            .index_select(&ids, 0)?
-            .add(&self.position.index_select(&positions, 0)?)?;
-        let mut x = self
-            .emb_norm
-            .forward(&x.broadcast_add(&self.token_type)?, self.config.eps)?;
+        let x = self.word.index_select(&ids, 0)?.add(&self.position.index_select(&positions, 0)?)?;
+        let mut x = self.emb_norm.forward(&x.broadcast_add(&self.token_type)?, self.config.eps)?;
         for layer in &self.layers {
             x = self.layer(layer, &x, seqs)?;
         }
@@ -171,24 +156,15 @@ impl Encoder {
             let (q, k, v) = (part.get(0)?, part.get(1)?, part.get(2)?);
             let scores = (q.matmul(&k.t()?)? * scale)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probs
-                .matmul(&v)?
-                .transpose(0, 1)?
-                .reshape((len, c.hidden))?;
+            let context = probs.matmul(&v)?.transpose(0, 1)?.reshape((len, c.hidden))?;
             contexts.push(context);
             offset += len;
         }
         let context = Tensor::cat(&contexts, 0)?;
-        let attn = context
-            .matmul(&layer.out_w)?
-            .broadcast_add(&layer.out_b)?
-            .add(x)?;
+        let attn = context.matmul(&layer.out_w)?.broadcast_add(&layer.out_b)?.add(x)?;
         let attn = layer.attn_norm.forward(&attn, c.eps)?;
         let up = gelu_erf(&attn.matmul(&layer.up_w)?.broadcast_add(&layer.up_b)?)?;
-        let down = up
-            .matmul(&layer.down_w)?
-            .broadcast_add(&layer.down_b)?
-            .add(&attn)?;
+        let down = up.matmul(&layer.down_w)?.broadcast_add(&layer.down_b)?.add(&attn)?;
         layer.out_norm.forward(&down, c.eps)
     }
 }
@@ -209,13 +185,7 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 #[inline(always)]
 fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152,
-        1.061_405_4,
-    ];
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152, 1.061_405_4];
     let z = x.abs();
     let t = 1.0 / (1.0 + P * z);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
@@ -247,11 +217,7 @@ pub fn cls_pool(hidden: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> 
 
 /// Rows scaled to unit L2 norm.
 pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norms = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12, f64::MAX)?;
+    let norms = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norms)
 }
 
@@ -269,11 +235,7 @@ mod tests {
             (4.0, 1.0),
         ];
         for (x, expected) in cases {
-            assert!(
-                (super::erf(x) - expected).abs() < 3e-7,
-                "erf({x}) = {}",
-                super::erf(x)
-            );
+            assert!((super::erf(x) - expected).abs() < 3e-7, "erf({x}) = {}", super::erf(x));
         }
     }
 }

@@ -34,9 +34,7 @@ impl EngineError {
         match self {
             EngineError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             EngineError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::Load { .. } | EngineError::Inference(_) | EngineError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            EngineError::Load { .. } | EngineError::Inference(_) | EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -55,12 +53,7 @@ pub fn error_body(status: StatusCode, message: &str, param: Option<&str>, code: 
         _ => "server_error",
     };
     let body = serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    (
-        status,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
 impl IntoResponse for EngineError {

@@ -126,9 +126,7 @@ impl Generator {
                         "{} requests are already waiting for KV cache room",
                         self.config.max_waiting
                     )),
-                    TrySendError::Disconnected(_) => {
-                        EngineError::Internal("scheduler thread stopped".into())
-                    }
+                    TrySendError::Disconnected(_) => EngineError::Internal("scheduler thread stopped".into()),
                 })
             }
         }
@@ -220,11 +218,7 @@ fn run(model: &Llama, rx: mpsc::Receiver<GenRequest>, config: GenConfig, stats: 
             let _ = seq.request.events.send(GenEvent::Token(token));
             let eos = !seq.request.ignore_eos && model.config.eos_ids.contains(&token);
             if eos || seq.generated >= seq.request.max_tokens {
-                let reason = if eos {
-                    FinishReason::Stop
-                } else {
-                    FinishReason::Length
-                };
+                let reason = if eos { FinishReason::Stop } else { FinishReason::Length };
                 let _ = seq.request.events.send(GenEvent::Finished(reason));
                 finished.push(idx);
             }
@@ -305,9 +299,7 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..32)
-                .map(|_| sample(&logits, &warm, &mut rng))
-                .collect::<Vec<_>>()
+            (0..32).map(|_| sample(&logits, &warm, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7), "same seed, same tokens");
         assert_ne!(draw(7), draw(8));

@@ -60,11 +60,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), EngineError> {
             .map_err(|e| EngineError::Internal(e.to_string()))??
     };
     tracing::info!(dir = %opts.model_dir.display(), secs = started.elapsed().as_secs_f64(), "model loaded");
-    let app = api::router(api::EngineState::new(
-        task,
-        opts.served_name.clone(),
-        metrics,
-    ));
+    let app = api::router(api::EngineState::new(task, opts.served_name.clone(), metrics));
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .map_err(|e| EngineError::Internal(format!("binding {}: {e}", opts.addr)))?;
@@ -83,28 +79,24 @@ fn load_task(opts: &ServeOptions, metrics: metrics::Metrics) -> Result<api::Task
         file: config_path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let config: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| EngineError::Load {
-            file: config_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| EngineError::Load {
+        file: config_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     if config.get("model_type").and_then(|v| v.as_str()) == Some("bert") {
         let embedder = bert::Embedder::load(&opts.model_dir)?;
         let config = batch::BatchConfig {
             window: opts.batch_window,
             max_batch: opts.max_batch,
         };
-        return Ok(api::Task::Embed(batch::Batcher::spawn(
-            embedder, config, metrics,
-        )));
+        return Ok(api::Task::Embed(batch::Batcher::spawn(embedder, config, metrics)));
     }
     let model = llama::Llama::load(&opts.model_dir)?;
     let tokenizer_path = opts.model_dir.join("tokenizer.json");
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| EngineError::Load {
-            file: tokenizer_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| EngineError::Load {
+        file: tokenizer_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let template = chat::ChatTemplate::load(&opts.model_dir)?;
     let (context, vocab) = (model.config.max_position, model.config.vocab);
     let config = generate::GenConfig {

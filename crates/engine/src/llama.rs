@@ -67,10 +67,7 @@ impl LlamaConfig {
         };
         let hidden = uint("hidden_size")?;
         let heads = uint("num_attention_heads")?;
-        let kv_heads = if json
-            .get("num_key_value_heads")
-            .is_some_and(|v| !v.is_null())
-        {
+        let kv_heads = if json.get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
             uint("num_key_value_heads")?
         } else {
             heads
@@ -87,20 +84,11 @@ impl LlamaConfig {
             ));
         }
         if head_dim % 2 != 0 {
-            return Err(bad(
-                "head_dim",
-                format!("{head_dim} must be even for rotary embeddings"),
-            ));
+            return Err(bad("head_dim", format!("{head_dim} must be even for rotary embeddings")));
         }
-        let act = json
-            .get("hidden_act")
-            .and_then(Value::as_str)
-            .unwrap_or("silu");
+        let act = json.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
         if act != "silu" {
-            return Err(bad(
-                "hidden_act",
-                format!("{act:?} is not supported (silu is)"),
-            ));
+            return Err(bad("hidden_act", format!("{act:?} is not supported (silu is)")));
         }
         let rope = json.get("rope_parameters").filter(|v| v.is_object());
         let rope_theta = rope
@@ -142,11 +130,7 @@ impl LlamaConfig {
         };
         let eos_ids = match json.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(ids)) => ids
-                .iter()
-                .filter_map(Value::as_u64)
-                .map(|n| n as u32)
-                .collect(),
+            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
             _ => Vec::new(),
         };
         Ok(Self {
@@ -158,20 +142,11 @@ impl LlamaConfig {
             intermediate: uint("intermediate_size")?,
             vocab: uint("vocab_size")?,
             max_position: uint("max_position_embeddings")?,
-            rms_eps: json
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6),
+            rms_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            tie_embeddings: json
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            attention_bias: json
-                .get("attention_bias")
-                .and_then(Value::as_bool)
-                .unwrap_or(model_type == "qwen2"),
+            tie_embeddings: json.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            attention_bias: json.get("attention_bias").and_then(Value::as_bool).unwrap_or(model_type == "qwen2"),
             eos_ids,
         })
     }
@@ -198,8 +173,7 @@ impl LlamaConfig {
                 } else if wavelen > low_wavelen {
                     freq / s.factor
                 } else {
-                    let smooth = (s.original_max_position / wavelen - s.low_freq_factor)
-                        / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * freq / s.factor + smooth * freq
                 };
                 scaled as f32
@@ -243,10 +217,7 @@ pub struct StepInput<'a> {
 }
 
 fn weight_t(vb: &VarBuilder, name: &str, out: usize, inp: usize) -> candle_core::Result<Tensor> {
-    vb.get((out, inp), name)?
-        .to_dtype(DType::F32)?
-        .t()?
-        .contiguous()
+    vb.get((out, inp), name)?.to_dtype(DType::F32)?.t()?.contiguous()
 }
 
 // === impl Llama ===
@@ -256,19 +227,16 @@ impl Llama {
     /// `model.safetensors.index.json`) from `dir`, computing in f32 whatever the stored dtype.
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
-        let json: Value = serde_json::from_slice(
-            &std::fs::read(&config_path).map_err(|e| bad("config.json", e))?,
-        )
-        .map_err(|e| bad("config.json", e))?;
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(&config_path).map_err(|e| bad("config.json", e))?).map_err(|e| bad("config.json", e))?;
         let config = LlamaConfig::from_json(&json)?;
         let files = weight_files(dir)?;
         let device = Device::Cpu;
         // SAFETY: read-only mmap of files the host cache publishes atomically and never rewrites.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }
-            .map_err(|e| EngineError::Load {
-                file: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }.map_err(|e| EngineError::Load {
+            file: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Self::from_vb(vb, config).map_err(|e| EngineError::Load {
             file: dir.display().to_string(),
             reason: e.to_string(),
@@ -279,9 +247,7 @@ impl Llama {
         let c = &config;
         let (h, q_dim, kv_dim) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let m = vb.pp("model");
-        let embed = m
-            .get((c.vocab, h), "embed_tokens.weight")?
-            .to_dtype(DType::F32)?;
+        let embed = m.get((c.vocab, h), "embed_tokens.weight")?.to_dtype(DType::F32)?;
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let l = m.pp(format!("layers.{i}"));
@@ -310,9 +276,7 @@ impl Llama {
                 gate_up_w: Tensor::cat(&[&gate, &up], 1)?.contiguous()?,
                 down_w: weight_t(&l, "mlp.down_proj.weight", h, c.intermediate)?,
                 attn_norm: l.get(h, "input_layernorm.weight")?.to_dtype(DType::F32)?,
-                mlp_norm: l
-                    .get(h, "post_attention_layernorm.weight")?
-                    .to_dtype(DType::F32)?,
+                mlp_norm: l.get(h, "post_attention_layernorm.weight")?.to_dtype(DType::F32)?,
             });
         }
         let norm = m.get(h, "norm.weight")?.to_dtype(DType::F32)?;
@@ -322,8 +286,7 @@ impl Llama {
             weight_t(&vb, "lm_head.weight", c.vocab, h)?
         };
         let inv_freq = Tensor::new(config.inv_freq(), vb.device())?;
-        let positions =
-            Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
+        let positions = Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
         let freqs = positions.unsqueeze(1)?.matmul(&inv_freq.unsqueeze(0)?)?;
         let (cos, sin) = (freqs.cos()?, freqs.sin()?);
         let device = vb.device().clone();
@@ -342,9 +305,7 @@ impl Llama {
     /// An empty cache with room for `capacity` tokens.
     pub fn new_cache(&self, capacity: usize) -> SeqCache {
         SeqCache {
-            layers: (0..self.config.layers)
-                .map(|_| KvCache::new(1, capacity.max(1)))
-                .collect(),
+            layers: (0..self.config.layers).map(|_| KvCache::new(1, capacity.max(1))).collect(),
             len: 0,
         }
     }
@@ -355,9 +316,7 @@ impl Llama {
         let c = &self.config;
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let total = ids.len();
-        let mut x = self
-            .embed
-            .index_select(&Tensor::from_vec(ids, total, &self.device)?, 0)?;
+        let mut x = self.embed.index_select(&Tensor::from_vec(ids, total, &self.device)?, 0)?;
         let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
@@ -373,15 +332,9 @@ impl Llama {
                 let past = seq.cache.len;
                 let cos = self.cos.narrow(0, past, n)?;
                 let sin = self.sin.narrow(0, past, n)?;
-                let q = rows
-                    .narrow(1, 0, q_dim)?
-                    .reshape((1, n, c.heads, c.head_dim))?;
-                let k = rows
-                    .narrow(1, q_dim, kv_dim)?
-                    .reshape((1, n, c.kv_heads, c.head_dim))?;
-                let v = rows
-                    .narrow(1, q_dim + kv_dim, kv_dim)?
-                    .reshape((1, n, c.kv_heads, c.head_dim))?;
+                let q = rows.narrow(1, 0, q_dim)?.reshape((1, n, c.heads, c.head_dim))?;
+                let k = rows.narrow(1, q_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
+                let v = rows.narrow(1, q_dim + kv_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
                 let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, &cos, &sin)?
                     .squeeze(0)?
                     .transpose(0, 1)?
@@ -421,14 +374,7 @@ impl Llama {
 
     /// Causal attention of `n` new queries (heads, n, d) over `past + n` keys and values
     /// (kv_heads, past + n, d); returns (n, heads * d).
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        past: usize,
-        n: usize,
-    ) -> candle_core::Result<Tensor> {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, n: usize) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let group = c.heads / c.kv_heads;
         let total = past + n;
@@ -438,9 +384,7 @@ impl Llama {
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if n > 1 {
             let mask: Vec<f32> = (0..n)
-                .flat_map(|i| {
-                    (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-                })
+                .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
             let mask = Tensor::from_vec(mask, (n, total), &self.device)?;
             scores = scores
@@ -466,17 +410,12 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
             reason,
         };
         let json: Value =
-            serde_json::from_slice(&std::fs::read(&index).map_err(|e| load(e.to_string()))?)
-                .map_err(|e| load(e.to_string()))?;
+            serde_json::from_slice(&std::fs::read(&index).map_err(|e| load(e.to_string()))?).map_err(|e| load(e.to_string()))?;
         let map = json
             .get("weight_map")
             .and_then(Value::as_object)
             .ok_or_else(|| load("no weight_map object".into()))?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect();
+        let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(String::from).collect();
         files.sort();
         files.dedup();
         if files.iter().any(|f| f.contains('/') || f.contains("..")) {

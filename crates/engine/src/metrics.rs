@@ -38,28 +38,12 @@ impl Metrics {
         let in_flight = Gauge::default();
         let queue_depth = Gauge::default();
         let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0].into_iter());
-        registry.register(
-            "requests",
-            "HTTP requests answered, by status",
-            requests.clone(),
-        );
+        registry.register("requests", "HTTP requests answered, by status", requests.clone());
         registry.register("inputs", "Inputs embedded", inputs.clone());
-        registry.register(
-            "prompt_tokens",
-            "Tokens of embedded inputs",
-            prompt_tokens.clone(),
-        );
+        registry.register("prompt_tokens", "Tokens of embedded inputs", prompt_tokens.clone());
         registry.register("in_flight", "Requests being served", in_flight.clone());
-        registry.register(
-            "queue_depth",
-            "Requests waiting for the compute thread",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "batch_size",
-            "Sequences per forward pass",
-            batch_size.clone(),
-        );
+        registry.register("queue_depth", "Requests waiting for the compute thread", queue_depth.clone());
+        registry.register("batch_size", "Sequences per forward pass", batch_size.clone());
         let (gen_waiting, gen_running, kv_used_bytes, kv_budget_bytes, generated_tokens) = (
             Gauge::default(),
             Gauge::default(),
@@ -67,31 +51,11 @@ impl Metrics {
             Gauge::default(),
             Gauge::default(),
         );
-        registry.register(
-            "waiting",
-            "Generation requests waiting for KV cache room",
-            gen_waiting.clone(),
-        );
-        registry.register(
-            "running",
-            "Sequences in the running batch",
-            gen_running.clone(),
-        );
-        registry.register(
-            "kv_used_bytes",
-            "KV cache bytes held by running sequences",
-            kv_used_bytes.clone(),
-        );
-        registry.register(
-            "kv_budget_bytes",
-            "KV cache bytes the engine may use",
-            kv_budget_bytes.clone(),
-        );
-        registry.register(
-            "generated_tokens",
-            "Tokens generated since start",
-            generated_tokens.clone(),
-        );
+        registry.register("waiting", "Generation requests waiting for KV cache room", gen_waiting.clone());
+        registry.register("running", "Sequences in the running batch", gen_running.clone());
+        registry.register("kv_used_bytes", "KV cache bytes held by running sequences", kv_used_bytes.clone());
+        registry.register("kv_budget_bytes", "KV cache bytes the engine may use", kv_budget_bytes.clone());
+        registry.register("generated_tokens", "Tokens generated since start", generated_tokens.clone());
         Self {
             registry: Arc::new(registry),
             requests,
@@ -111,8 +75,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("metrics encode");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
         out
     }
 }

@@ -48,20 +48,11 @@ fn boolean(fields: &Map<String, Value>, name: &str) -> Result<bool, EngineError>
     match present(fields, name) {
         None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(EngineError::bad(
-            name,
-            format!("'{name}' must be a boolean, got {}", kind(other)),
-        )),
+        Some(other) => Err(EngineError::bad(name, format!("'{name}' must be a boolean, got {}", kind(other)))),
     }
 }
 
-fn number(
-    fields: &Map<String, Value>,
-    name: &str,
-    min: f64,
-    max: f64,
-    default: f64,
-) -> Result<f32, EngineError> {
+fn number(fields: &Map<String, Value>, name: &str, min: f64, max: f64, default: f64) -> Result<f32, EngineError> {
     match present(fields, name) {
         None => Ok(default as f32),
         Some(Value::Number(n)) => {
@@ -74,10 +65,7 @@ fn number(
             }
             Ok(v as f32)
         }
-        Some(other) => Err(EngineError::bad(
-            name,
-            format!("'{name}' must be a number, got {}", kind(other)),
-        )),
+        Some(other) => Err(EngineError::bad(name, format!("'{name}' must be a number, got {}", kind(other)))),
     }
 }
 
@@ -92,52 +80,60 @@ fn token_ids(value: &Value, name: &str) -> Result<Vec<u32>, EngineError> {
             v.as_u64()
                 .filter(|&n| n <= u32::MAX as u64)
                 .map(|n| n as u32)
-                .ok_or_else(|| {
-                    EngineError::bad(
-                        name,
-                        format!("'{name}[{i}]' must be a non-negative token id, got {v}"),
-                    )
-                })
+                .ok_or_else(|| EngineError::bad(name, format!("'{name}[{i}]' must be a non-negative token id, got {v}")))
         })
         .collect()
 }
 
 fn messages(value: &Value) -> Result<Vec<Message>, EngineError> {
-    let items = value.as_array().ok_or_else(|| {
-        EngineError::bad(
-            "messages",
-            format!("'messages' must be a list, got {}", kind(value)),
-        )
-    })?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| EngineError::bad("messages", format!("'messages' must be a list, got {}", kind(value))))?;
     if items.is_empty() {
-        return Err(EngineError::bad(
-            "messages",
-            "'messages' is empty; send at least one message",
-        ));
+        return Err(EngineError::bad("messages", "'messages' is empty; send at least one message"));
     }
     items
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| EngineError::bad("messages", format!("'messages[{i}].role' must be a string")))?;
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| EngineError::bad("messages", format!("'messages[{i}].role' must be a string")))?;
             if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
-                return Err(EngineError::bad("messages", format!("'messages[{i}].role' is {role:?}; use system, developer, user, assistant or tool")));
+                return Err(EngineError::bad(
+                    "messages",
+                    format!("'messages[{i}].role' is {role:?}; use system, developer, user, assistant or tool"),
+                ));
             }
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 // Content parts: the text parts, joined.
                 Some(Value::Array(parts)) => parts
                     .iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(text)) => Ok(text.to_string()),
-                        _ => Err(EngineError::bad("messages", format!("'messages[{i}].content' parts must be {{\"type\":\"text\",\"text\":...}}"))),
-                    })
+                    .map(
+                        |p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(text)) => Ok(text.to_string()),
+                            _ => Err(EngineError::bad(
+                                "messages",
+                                format!("'messages[{i}].content' parts must be {{\"type\":\"text\",\"text\":...}}"),
+                            )),
+                        },
+                    )
                     .collect::<Result<Vec<_>, _>>()?
                     .join(""),
                 Some(Value::Null) | None if role == "assistant" => String::new(),
-                _ => return Err(EngineError::bad("messages", format!("'messages[{i}].content' must be a string or a list of text parts"))),
+                _ => {
+                    return Err(EngineError::bad(
+                        "messages",
+                        format!("'messages[{i}].content' must be a string or a list of text parts"),
+                    ))
+                }
             };
-            Ok(Message { role: role.to_string(), content })
+            Ok(Message {
+                role: role.to_string(),
+                content,
+            })
         })
         .collect()
 }
@@ -159,24 +155,17 @@ pub fn parse(body: &[u8], chat: bool) -> Result<GenParams, EngineError> {
     let model = match present(&fields, "model") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return Err(EngineError::bad(
-                "model",
-                format!("'model' must be a string, got {}", kind(other)),
-            ))
-        }
+        Some(other) => return Err(EngineError::bad("model", format!("'model' must be a string, got {}", kind(other)))),
     };
     let prompt = if chat {
-        Prompt::Chat(messages(present(&fields, "messages").ok_or_else(
-            || EngineError::bad("messages", "'messages' is required"),
-        )?)?)
+        Prompt::Chat(messages(
+            present(&fields, "messages").ok_or_else(|| EngineError::bad("messages", "'messages' is required"))?,
+        )?)
     } else {
         match present(&fields, "prompt") {
             None => return Err(EngineError::bad("prompt", "'prompt' is required")),
             Some(Value::String(s)) => Prompt::Text(s.clone()),
-            Some(Value::Array(items))
-                if items.iter().all(Value::is_number) && !items.is_empty() =>
-            {
+            Some(Value::Array(items)) if items.iter().all(Value::is_number) && !items.is_empty() => {
                 Prompt::Ids(token_ids(&Value::Array(items.clone()), "prompt")?)
             }
             Some(Value::Array(items)) if items.len() == 1 => match &items[0] {
@@ -185,29 +174,16 @@ pub fn parse(body: &[u8], chat: bool) -> Result<GenParams, EngineError> {
                 other => {
                     return Err(EngineError::bad(
                         "prompt",
-                        format!(
-                            "'prompt[0]' must be a string or token ids, got {}",
-                            kind(other)
-                        ),
+                        format!("'prompt[0]' must be a string or token ids, got {}", kind(other)),
                     ))
                 }
             },
-            Some(Value::Array(items)) if items.is_empty() => {
-                return Err(EngineError::bad("prompt", "'prompt' is an empty list"))
-            }
-            Some(Value::Array(_)) => {
-                return Err(EngineError::bad(
-                    "prompt",
-                    "'prompt' holds several prompts; send one per request",
-                ))
-            }
+            Some(Value::Array(items)) if items.is_empty() => return Err(EngineError::bad("prompt", "'prompt' is an empty list")),
+            Some(Value::Array(_)) => return Err(EngineError::bad("prompt", "'prompt' holds several prompts; send one per request")),
             Some(other) => {
                 return Err(EngineError::bad(
                     "prompt",
-                    format!(
-                        "'prompt' must be a string or token ids, got {}",
-                        kind(other)
-                    ),
+                    format!("'prompt' must be a string or token ids, got {}", kind(other)),
                 ))
             }
         }
@@ -245,32 +221,28 @@ pub fn parse(body: &[u8], chat: bool) -> Result<GenParams, EngineError> {
         Some(Value::Array(items)) => items
             .iter()
             .map(|s| {
-                s.as_str().map(String::from).ok_or_else(|| {
-                    EngineError::bad("stop", "'stop' must be a string or a list of strings")
-                })
+                s.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| EngineError::bad("stop", "'stop' must be a string or a list of strings"))
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(EngineError::bad(
                 "stop",
-                format!(
-                    "'stop' must be a string or a list of strings, got {}",
-                    kind(other)
-                ),
+                format!("'stop' must be a string or a list of strings, got {}", kind(other)),
             ))
         }
     };
     if stop.len() > MAX_STOPS || stop.iter().any(String::is_empty) {
-        return Err(EngineError::bad(
-            "stop",
-            format!("'stop' takes 1 to {MAX_STOPS} non-empty strings"),
-        ));
+        return Err(EngineError::bad("stop", format!("'stop' takes 1 to {MAX_STOPS} non-empty strings")));
     }
     let seed = match present(&fields, "seed") {
         None => None,
-        Some(v) => Some(v.as_i64().map(|n| n as u64).ok_or_else(|| {
-            EngineError::bad("seed", format!("'seed' must be an integer, got {v}"))
-        })?),
+        Some(v) => Some(
+            v.as_i64()
+                .map(|n| n as u64)
+                .ok_or_else(|| EngineError::bad("seed", format!("'seed' must be an integer, got {v}")))?,
+        ),
     };
     let stream = boolean(&fields, "stream")?;
     let include_usage = match present(&fields, "stream_options") {
@@ -311,40 +283,28 @@ mod tests {
             (Some(5), 0.0, Some(4), true)
         );
         assert_eq!(ok.stop, vec!["x".to_string()]);
-        let chat = parse(br#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_completion_tokens":3}"#, true).unwrap();
+        let chat = parse(
+            br#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_completion_tokens":3}"#,
+            true,
+        )
+        .unwrap();
         assert_eq!(chat.max_tokens, Some(3));
 
         let bad: &[(&str, bool, &str)] = &[
             ("{", false, "not valid JSON"),
-            (
-                r#"{"prompt":"x","max_tokens":0}"#,
-                false,
-                "'max_tokens' must be a positive integer",
-            ),
+            (r#"{"prompt":"x","max_tokens":0}"#, false, "'max_tokens' must be a positive integer"),
             (r#"{"prompt":"x","max_tokens":-3}"#, false, "'max_tokens'"),
             (r#"{"prompt":"x","max_tokens":"5"}"#, false, "'max_tokens'"),
-            (
-                r#"{"prompt":"x","temperature":3}"#,
-                false,
-                "between 0 and 2",
-            ),
+            (r#"{"prompt":"x","temperature":3}"#, false, "between 0 and 2"),
             (r#"{"prompt":"x","top_p":1.5}"#, false, "'top_p'"),
             (r#"{"prompt":"x","n":2}"#, false, "n = 1"),
-            (
-                r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#,
-                false,
-                "'stop'",
-            ),
+            (r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, false, "'stop'"),
             (r#"{"prompt":[-1]}"#, false, "non-negative token id"),
             (r#"{"prompt":["a","b"]}"#, false, "several prompts"),
             (r#"{"prompt":5}"#, false, "got a number"),
             (r#"{}"#, false, "'prompt' is required"),
             (r#"{"messages":[]}"#, true, "empty"),
-            (
-                r#"{"messages":[{"role":"wizard","content":"x"}]}"#,
-                true,
-                "wizard",
-            ),
+            (r#"{"messages":[{"role":"wizard","content":"x"}]}"#, true, "wizard"),
             (r#"{"messages":[{"role":"user"}]}"#, true, "content"),
             (r#"{"messages":"hi"}"#, true, "must be a list"),
             (

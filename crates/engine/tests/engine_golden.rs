@@ -20,12 +20,7 @@ fn minilm_dir() -> PathBuf {
         "scripts/fetch-minilm failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .expect("a directory")
-        .into()
+    String::from_utf8(out.stdout).unwrap().lines().last().expect("a directory").into()
 }
 
 struct Golden {
@@ -56,10 +51,7 @@ fn golden() -> Vec<Golden> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -69,10 +61,7 @@ fn matches_sentence_transformers_alone_and_batched() {
     assert_eq!(embedder.max_tokens, 256);
     let cases = golden();
     assert!(cases.len() >= 5);
-    let ids: Vec<Vec<u32>> = cases
-        .iter()
-        .map(|c| embedder.tokenize(&c.input).unwrap())
-        .collect();
+    let ids: Vec<Vec<u32>> = cases.iter().map(|c| embedder.tokenize(&c.input).unwrap()).collect();
     for (case, ids) in cases.iter().zip(&ids) {
         assert_eq!(ids.len(), case.n_tokens, "token count of {:?}", case.input);
     }
@@ -90,8 +79,5 @@ fn matches_sentence_transformers_alone_and_batched() {
         worst = worst.max(diff);
         assert!(diff < 1e-4, "batched: {:?} differs by {diff}", case.input);
     }
-    println!(
-        "minilm golden: {} inputs, max abs difference {worst:.2e} (limit 1e-4)",
-        cases.len()
-    );
+    println!("minilm golden: {} inputs, max abs difference {worst:.2e} (limit 1e-4)", cases.len());
 }

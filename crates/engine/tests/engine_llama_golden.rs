@@ -29,10 +29,7 @@ fn cases() -> Vec<(Vec<u32>, Vec<u32>)> {
 fn argmax(row: &[f32]) -> u32 {
     row.iter()
         .enumerate()
-        .fold(
-            (0, f32::MIN),
-            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
-        )
+        .fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
         .0 as u32
 }
 
@@ -60,10 +57,7 @@ fn greedy_tokens_match_transformers_alone_and_batched() {
     }
 
     // Every prompt in the same steps: the first step prefills all of them together.
-    let mut caches: Vec<_> = cases
-        .iter()
-        .map(|(p, _)| model.new_cache(p.len() + 24))
-        .collect();
+    let mut caches: Vec<_> = cases.iter().map(|(p, _)| model.new_cache(p.len() + 24)).collect();
     let mut next: Vec<Vec<u32>> = cases.iter().map(|(p, _)| p.clone()).collect();
     let mut got: Vec<Vec<u32>> = vec![Vec::new(); cases.len()];
     for _ in 0..24 {

@@ -117,10 +117,7 @@ impl Manifest {
             let path_ok = !file.path.is_empty()
                 && !file.path.starts_with('/')
                 && !file.path.contains('\\')
-                && file
-                    .path
-                    .split('/')
-                    .all(|part| !part.is_empty() && part != "." && part != "..");
+                && file.path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
             if !path_ok {
                 return Err(bad("path must be relative, without '.' or '..' parts"));
             }
@@ -182,10 +179,7 @@ mod tests {
         let m = Manifest::new(
             "m",
             cs,
-            vec![
-                entry("b.json", 10, cs),
-                entry("a/model.safetensors", cs * 2 + 1, cs),
-            ],
+            vec![entry("b.json", 10, cs), entry("a/model.safetensors", cs * 2 + 1, cs)],
             1,
         );
         assert_eq!(m.files[0].path, "a/model.safetensors");
@@ -194,10 +188,7 @@ mod tests {
         let back = Manifest::from_json(&m.to_json()).unwrap();
         assert_eq!(back, m);
         let later = Manifest::new("m", cs, m.files.clone(), 99);
-        assert_eq!(
-            later.revision, m.revision,
-            "the revision depends on content, not time"
-        );
+        assert_eq!(later.revision, m.revision, "the revision depends on content, not time");
     }
 
     #[test]

@@ -22,11 +22,7 @@ pub enum SafetensorsError {
     #[error("tensor {tensor:?}: unknown dtype {dtype:?}")]
     UnknownDtype { tensor: String, dtype: String },
     #[error("tensor {tensor:?}: data offsets [{begin}, {end}) are reversed")]
-    ReversedOffsets {
-        tensor: String,
-        begin: u64,
-        end: u64,
-    },
+    ReversedOffsets { tensor: String, begin: u64, end: u64 },
     #[error("tensor {tensor:?}: shape {shape:?} of {dtype} needs {expected} bytes but its offsets hold {actual}")]
     SizeMismatch {
         tensor: String,
@@ -36,19 +32,11 @@ pub enum SafetensorsError {
         actual: u64,
     },
     #[error("tensors {first:?} and {second:?} overlap at byte {at}")]
-    Overlap {
-        first: String,
-        second: String,
-        at: u64,
-    },
+    Overlap { first: String, second: String, at: u64 },
     #[error("bytes [{begin}, {end}) of the data are not covered by any tensor (before {next:?})")]
     Gap { begin: u64, end: u64, next: String },
     #[error("tensor {tensor:?} ends at byte {end} of the data, past its end at {data_len}")]
-    PastEnd {
-        tensor: String,
-        end: u64,
-        data_len: u64,
-    },
+    PastEnd { tensor: String, end: u64, data_len: u64 },
     #[error("the data holds {data_len} bytes but the tensors cover only {covered}")]
     TrailingBytes { data_len: u64, covered: u64 },
 }
@@ -151,10 +139,7 @@ pub fn header_len(prefix: &[u8], file_len: u64) -> Result<u64, SafetensorsError>
         return Err(SafetensorsError::HeaderTooLong { header_len });
     }
     if header_len > file_len - 8 {
-        return Err(SafetensorsError::HeaderPastEnd {
-            header_len,
-            file_len,
-        });
+        return Err(SafetensorsError::HeaderPastEnd { header_len, file_len });
     }
     Ok(header_len)
 }
@@ -166,14 +151,9 @@ pub fn parse_header(header: &[u8], file_len: u64) -> Result<HeaderSummary, Safet
     let header_len = header.len() as u64;
     let data_len = file_len
         .checked_sub(8 + header_len)
-        .ok_or(SafetensorsError::HeaderPastEnd {
-            header_len,
-            file_len,
-        })?;
+        .ok_or(SafetensorsError::HeaderPastEnd { header_len, file_len })?;
     let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| SafetensorsError::InvalidJson {
-            reason: e.to_string(),
-        })?;
+        serde_json::from_slice(header).map_err(|e| SafetensorsError::InvalidJson { reason: e.to_string() })?;
 
     let mut spans = Vec::with_capacity(raw.len());
     let mut summary = HeaderSummary {
@@ -184,26 +164,18 @@ pub fn parse_header(header: &[u8], file_len: u64) -> Result<HeaderSummary, Safet
         if name == "__metadata__" {
             continue;
         }
-        let tensor: RawTensor =
-            serde_json::from_value(value).map_err(|e| SafetensorsError::InvalidJson {
-                reason: format!("tensor {name:?}: {e}"),
-            })?;
+        let tensor: RawTensor = serde_json::from_value(value).map_err(|e| SafetensorsError::InvalidJson {
+            reason: format!("tensor {name:?}: {e}"),
+        })?;
         let dtype = Dtype::parse(&tensor.dtype).ok_or_else(|| SafetensorsError::UnknownDtype {
             tensor: name.clone(),
             dtype: tensor.dtype.clone(),
         })?;
         let (begin, end) = tensor.data_offsets;
         if end < begin {
-            return Err(SafetensorsError::ReversedOffsets {
-                tensor: name,
-                begin,
-                end,
-            });
+            return Err(SafetensorsError::ReversedOffsets { tensor: name, begin, end });
         }
-        let elements = tensor
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, d| acc.checked_mul(*d));
+        let elements = tensor.shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(*d));
         let expected = elements.and_then(|n| n.checked_mul(dtype.size_bytes()));
         if expected != Some(end - begin) {
             return Err(SafetensorsError::SizeMismatch {

@@ -44,10 +44,7 @@ fn check(ok: bool, field: &'static str, reason: impl FnOnce() -> String) -> Resu
     if ok {
         Ok(())
     } else {
-        Err(SynthError {
-            field,
-            reason: reason(),
-        })
+        Err(SynthError { field, reason: reason() })
     }
 }
 
@@ -63,11 +60,9 @@ impl SynthSpec {
         check((1..=256).contains(&self.heads), "heads", || {
             format!("{} is outside 1 to 256", self.heads)
         })?;
-        check(
-            self.kv_heads >= 1 && self.heads % self.kv_heads == 0,
-            "kv-heads",
-            || format!("{} must divide --heads {}", self.kv_heads, self.heads),
-        )?;
+        check(self.kv_heads >= 1 && self.heads % self.kv_heads == 0, "kv-heads", || {
+            format!("{} must divide --heads {}", self.kv_heads, self.heads)
+        })?;
         check((8..=16384).contains(&self.hidden), "hidden", || {
             format!("{} is outside 8 to 16384", self.hidden)
         })?;
@@ -81,22 +76,18 @@ impl SynthSpec {
                 )
             },
         )?;
-        check(
-            (min_vocab..=1_000_000).contains(&self.vocab),
-            "vocab",
-            || format!("{} is outside {min_vocab} to 1000000", self.vocab),
-        )?;
+        check((min_vocab..=1_000_000).contains(&self.vocab), "vocab", || {
+            format!("{} is outside {min_vocab} to 1000000", self.vocab)
+        })?;
         check((16..=1_048_576).contains(&self.context), "context", || {
             format!("{} is outside 16 to 1048576", self.context)
         })?;
         check(self.intermediate <= 65536, "intermediate", || {
             format!("{} is over 65536", self.intermediate)
         })?;
-        check(
-            matches!(self.dtype.as_str(), "f32" | "f16" | "bf16"),
-            "dtype",
-            || format!("{:?} is not f32, f16 or bf16", self.dtype),
-        )?;
+        check(matches!(self.dtype.as_str(), "f32" | "f16" | "bf16"), "dtype", || {
+            format!("{:?} is not f32, f16 or bf16", self.dtype)
+        })?;
         Ok(())
     }
 
@@ -155,8 +146,7 @@ fn byte_chars() -> Vec<char> {
     let mut out = vec!['\0'; 256];
     let mut extra = 0u32;
     for b in 0u32..256 {
-        let printable =
-            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         out[b as usize] = if printable {
             char::from_u32(b).expect("latin-1 code point")
         } else {
@@ -240,26 +230,10 @@ fn weights(spec: &SynthSpec) -> Vec<u8> {
     random("model.embed_tokens.weight".into(), vec![spec.vocab, h], 1);
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
-        random(
-            format!("{p}.self_attn.q_proj.weight"),
-            vec![spec.heads * hd, h],
-            h,
-        );
-        random(
-            format!("{p}.self_attn.k_proj.weight"),
-            vec![spec.kv_heads * hd, h],
-            h,
-        );
-        random(
-            format!("{p}.self_attn.v_proj.weight"),
-            vec![spec.kv_heads * hd, h],
-            h,
-        );
-        random(
-            format!("{p}.self_attn.o_proj.weight"),
-            vec![h, spec.heads * hd],
-            spec.heads * hd,
-        );
+        random(format!("{p}.self_attn.q_proj.weight"), vec![spec.heads * hd, h], h);
+        random(format!("{p}.self_attn.k_proj.weight"), vec![spec.kv_heads * hd, h], h);
+        random(format!("{p}.self_attn.v_proj.weight"), vec![spec.kv_heads * hd, h], h);
+        random(format!("{p}.self_attn.o_proj.weight"), vec![h, spec.heads * hd], spec.heads * hd);
         random(format!("{p}.mlp.gate_proj.weight"), vec![ffn, h], h);
         random(format!("{p}.mlp.up_proj.weight"), vec![ffn, h], h);
         random(format!("{p}.mlp.down_proj.weight"), vec![h, ffn], ffn);
@@ -269,11 +243,7 @@ fn weights(spec: &SynthSpec) -> Vec<u8> {
     }
     for i in 0..spec.layers {
         for norm in ["input_layernorm", "post_attention_layernorm"] {
-            tensors.push((
-                format!("model.layers.{i}.{norm}.weight"),
-                vec![h],
-                vec![1.0; h],
-            ));
+            tensors.push((format!("model.layers.{i}.{norm}.weight"), vec![h], vec![1.0; h]));
         }
     }
     tensors.push(("model.norm.weight".into(), vec![h], vec![1.0; h]));
@@ -337,54 +307,22 @@ mod tests {
         let files = synth_llama(&spec()).unwrap();
         let st = &files.iter().find(|f| f.0 == "model.safetensors").unwrap().1;
         let len = crate::safetensors::header_len(st, st.len() as u64).unwrap();
-        let summary =
-            crate::safetensors::parse_header(&st[8..8 + len as usize], st.len() as u64).unwrap();
+        let summary = crate::safetensors::parse_header(&st[8..8 + len as usize], st.len() as u64).unwrap();
         assert_eq!(summary.tensors, 1 + 2 * 7 + 1 + 2 * 2 + 1);
-        assert_eq!(
-            synth_llama(&spec()).unwrap(),
-            files,
-            "same seed, same bytes"
-        );
+        assert_eq!(synth_llama(&spec()).unwrap(), files, "same seed, same bytes");
         let other = synth_llama(&SynthSpec { seed: 2, ..spec() }).unwrap();
         assert_ne!(other[3].1, files[3].1);
         let tok: Value = serde_json::from_slice(&files[1].1).unwrap();
-        assert_eq!(
-            tok["model"]["vocab"].as_object().unwrap().len() + SPECIALS.len(),
-            600
-        );
+        assert_eq!(tok["model"]["vocab"].as_object().unwrap().len() + SPECIALS.len(), 600);
     }
 
     #[test]
     fn bad_specs_name_the_flag() {
         let cases: Vec<(SynthSpec, &str)> = vec![
-            (
-                SynthSpec {
-                    layers: 0,
-                    ..spec()
-                },
-                "--layers",
-            ),
-            (
-                SynthSpec {
-                    kv_heads: 3,
-                    ..spec()
-                },
-                "--kv-heads",
-            ),
-            (
-                SynthSpec {
-                    hidden: 66,
-                    ..spec()
-                },
-                "--hidden",
-            ),
-            (
-                SynthSpec {
-                    vocab: 10,
-                    ..spec()
-                },
-                "--vocab",
-            ),
+            (SynthSpec { layers: 0, ..spec() }, "--layers"),
+            (SynthSpec { kv_heads: 3, ..spec() }, "--kv-heads"),
+            (SynthSpec { hidden: 66, ..spec() }, "--hidden"),
+            (SynthSpec { vocab: 10, ..spec() }, "--vocab"),
             (
                 SynthSpec {
                     dtype: "f8".into(),
@@ -394,13 +332,7 @@ mod tests {
             ),
         ];
         for (spec, flag) in cases {
-            assert!(
-                synth_llama(&spec)
-                    .unwrap_err()
-                    .to_string()
-                    .starts_with(flag),
-                "{flag}"
-            );
+            assert!(synth_llama(&spec).unwrap_err().to_string().starts_with(flag), "{flag}");
         }
     }
 }

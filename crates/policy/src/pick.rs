@@ -61,11 +61,7 @@ mod tests {
                 vec![c("a", 0, 0, false), c("b", 7, 0, true)],
                 Some("b"),
             ),
-            (
-                "full tie: stable by id",
-                vec![c("b", 0, 0, true), c("a", 0, 0, true)],
-                Some("a"),
-            ),
+            ("full tie: stable by id", vec![c("b", 0, 0, true), c("a", 0, 0, true)], Some("a")),
         ];
         for (what, candidates, expected) in cases {
             let got = pick_machine(&candidates).map(|i| candidates[i].machine_id);

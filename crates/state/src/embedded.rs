@@ -39,9 +39,7 @@ impl Embedded {
             reason,
         };
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                open_err("already in use by another colo process on this data dir".into())
-            }
+            redb::DatabaseError::DatabaseAlreadyOpen => open_err("already in use by another colo process on this data dir".into()),
             other => open_err(other.to_string()),
         })?;
         let txn = db.begin_write().map_err(store_err)?;
@@ -66,12 +64,7 @@ impl Embedded {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), StateError> {
+    fn write(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(store_err)?;
         {
             let mut t = txn.open_table(table).map_err(store_err)?;
@@ -90,10 +83,7 @@ impl Embedded {
     }
 }
 
-fn load<T: DeserializeOwned>(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-) -> Result<BTreeMap<String, T>, StateError> {
+fn load<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>) -> Result<BTreeMap<String, T>, StateError> {
     let txn = db.begin_read().map_err(store_err)?;
     let t = txn.open_table(table).map_err(store_err)?;
     let mut out = BTreeMap::new();
@@ -140,9 +130,7 @@ impl StateStore for Embedded {
 
     async fn put_machine(&self, machine: &Machine) -> Result<(), StateError> {
         // Update the cache before the version bump so that a watcher woken by it reads the new value.
-        self.cache()
-            .machines
-            .insert(machine.id.clone(), machine.clone());
+        self.cache().machines.insert(machine.id.clone(), machine.clone());
         self.write(MACHINES, &machine.id, Some(&encode(machine)))
     }
 
@@ -201,10 +189,7 @@ mod tests {
             state.delete_machine("m2").await.unwrap();
             assert!(changes.has_changed().unwrap());
             assert_eq!(*changes.borrow_and_update(), 4);
-            assert!(
-                Embedded::open(&path).is_err(),
-                "a second open of the same file must be refused"
-            );
+            assert!(Embedded::open(&path).is_err(), "a second open of the same file must be refused");
         }
         let state = Embedded::open(&path).unwrap();
         assert_eq!(state.apps().await.unwrap().len(), 1);

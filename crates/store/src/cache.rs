@@ -32,7 +32,6 @@ impl HostCache {
     }
 
     pub(crate) fn marker_path(&self, manifest: &Manifest) -> PathBuf {
-        self.model_dir(&manifest.name, &manifest.revision)
-            .join(COMPLETE_MARKER)
+        self.model_dir(&manifest.name, &manifest.revision).join(COMPLETE_MARKER)
     }
 }

@@ -7,22 +7,13 @@ pub enum StoreError {
     #[error("store URL {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error("object {path}: {source}")]
-    Object {
-        path: String,
-        source: object_store::Error,
-    },
+    Object { path: String, source: object_store::Error },
     #[error("model {name:?} is not in the store (no manifest at {path})")]
     NotFound { name: String, path: String },
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path}: not a valid safetensors file: {source}")]
-    Safetensors {
-        path: String,
-        source: SafetensorsError,
-    },
+    Safetensors { path: String, source: SafetensorsError },
     #[error("model directory {dir}: {reason}")]
     BadDir { dir: String, reason: String },
     #[error("manifest of model {name:?}: {source}")]
@@ -37,12 +28,7 @@ pub enum StoreError {
         actual: String,
     },
     #[error("{file}: chunk {chunk} came back with {got} bytes, expected {expected}")]
-    ShortRead {
-        file: String,
-        chunk: u64,
-        got: u64,
-        expected: u64,
-    },
+    ShortRead { file: String, chunk: u64, got: u64, expected: u64 },
 }
 
 impl StoreError {

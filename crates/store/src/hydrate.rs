@@ -67,10 +67,7 @@ pub async fn hydrate(
     let mut work = Vec::new();
     for entry in &manifest.files {
         let final_path = dir.join(&entry.path);
-        if std::fs::metadata(&final_path)
-            .map(|m| m.len() == entry.size)
-            .unwrap_or(false)
-        {
+        if std::fs::metadata(&final_path).map(|m| m.len() == entry.size).unwrap_or(false) {
             progress(entry.size);
             continue;
         }
@@ -80,13 +77,7 @@ pub async fn hydrate(
             publish(&job)?;
             continue;
         }
-        progress(
-            entry.size
-                - missing
-                    .iter()
-                    .map(|&i| range_len(entry, i, chunk_size))
-                    .sum::<u64>(),
-        );
+        progress(entry.size - missing.iter().map(|&i| range_len(entry, i, chunk_size)).sum::<u64>());
         work.extend(missing.into_iter().map(|idx| (job.clone(), idx)));
         jobs.push(job);
     }
@@ -126,11 +117,7 @@ fn range_len(entry: &FileEntry, idx: u64, chunk_size: u64) -> u64 {
 /// Opens (or resumes) the partial file of one entry and returns the chunks still missing.
 /// Chunks named in the record are re-hashed from disk, so a record that outlived its data
 /// (a power cut between the two writes) costs a refetch, never a corrupt file.
-fn open_job(
-    entry: &FileEntry,
-    final_path: PathBuf,
-    chunk_size: u64,
-) -> Result<(FileJob, Vec<u64>), StoreError> {
+fn open_job(entry: &FileEntry, final_path: PathBuf, chunk_size: u64) -> Result<(FileJob, Vec<u64>), StoreError> {
     let partial_path = with_suffix(&final_path, ".colo-partial");
     let record_path = with_suffix(&final_path, ".colo-chunks");
     if let Some(parent) = final_path.parent() {
@@ -143,11 +130,7 @@ fn open_job(
         .truncate(false)
         .open(&partial_path)
         .map_err(|e| StoreError::io(partial_path.display(), e))?;
-    let resumable = partial
-        .metadata()
-        .map_err(|e| StoreError::io(partial_path.display(), e))?
-        .len()
-        == entry.size;
+    let resumable = partial.metadata().map_err(|e| StoreError::io(partial_path.display(), e))?.len() == entry.size;
     let mut verified = HashSet::new();
     if resumable {
         if let Ok(mut record) = File::open(&record_path) {
@@ -159,17 +142,13 @@ fn open_job(
                 .chunks_exact(8)
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte chunks")))
             {
-                if idx < entry.chunks.len() as u64
-                    && chunk_on_disk_matches(&partial, entry, idx, chunk_size)
-                {
+                if idx < entry.chunks.len() as u64 && chunk_on_disk_matches(&partial, entry, idx, chunk_size) {
                     verified.insert(idx);
                 }
             }
         }
     } else {
-        partial
-            .set_len(entry.size)
-            .map_err(|e| StoreError::io(partial_path.display(), e))?;
+        partial.set_len(entry.size).map_err(|e| StoreError::io(partial_path.display(), e))?;
     }
     // Rewrite the record to hold exactly the chunks that checked out.
     let mut record = OpenOptions::new()
@@ -181,13 +160,9 @@ fn open_job(
     let mut sorted: Vec<u64> = verified.iter().copied().collect();
     sorted.sort_unstable();
     let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_le_bytes()).collect();
-    record
-        .write_all(&bytes)
-        .map_err(|e| StoreError::io(record_path.display(), e))?;
+    record.write_all(&bytes).map_err(|e| StoreError::io(record_path.display(), e))?;
 
-    let missing = (0..chunk_count(entry.size, chunk_size))
-        .filter(|i| !verified.contains(i))
-        .collect();
+    let missing = (0..chunk_count(entry.size, chunk_size)).filter(|i| !verified.contains(i)).collect();
     let job = FileJob {
         entry: entry.clone(),
         partial,
@@ -206,12 +181,7 @@ fn chunk_on_disk_matches(file: &File, entry: &FileEntry, idx: u64, chunk_size: u
 }
 
 /// Fetches one chunk with a ranged GET, verifies it, writes it in place and records it.
-async fn fetch_chunk(
-    store: &Store,
-    manifest: &Manifest,
-    job: &Arc<FileJob>,
-    idx: u64,
-) -> Result<u64, StoreError> {
+async fn fetch_chunk(store: &Store, manifest: &Manifest, job: &Arc<FileJob>, idx: u64) -> Result<u64, StoreError> {
     let entry = &job.entry;
     let (start, end) = entry.chunk_range(idx, manifest.chunk_size);
     let path = Store::file_path(&manifest.name, &manifest.revision, &entry.path);
@@ -259,11 +229,8 @@ async fn fetch_chunk(
 
 /// Makes a fully verified file visible under its real name and drops its record.
 fn publish(job: &FileJob) -> Result<(), StoreError> {
-    job.partial
-        .sync_all()
-        .map_err(|e| StoreError::io(job.partial_path.display(), e))?;
-    std::fs::rename(&job.partial_path, &job.final_path)
-        .map_err(|e| StoreError::io(job.final_path.display(), e))?;
+    job.partial.sync_all().map_err(|e| StoreError::io(job.partial_path.display(), e))?;
+    std::fs::rename(&job.partial_path, &job.final_path).map_err(|e| StoreError::io(job.final_path.display(), e))?;
     let _ = std::fs::remove_file(&job.record_path);
     Ok(())
 }

@@ -37,13 +37,7 @@ pub struct PushReport {
 
 /// Pushes the model directory `dir` into `store` under `name`. Hidden files are skipped.
 /// Every `.safetensors` file is validated before any byte is uploaded.
-pub async fn push_dir(
-    store: &Store,
-    dir: &Path,
-    name: &str,
-    opts: &PushOptions,
-    progress: Progress,
-) -> Result<PushReport, StoreError> {
+pub async fn push_dir(store: &Store, dir: &Path, name: &str, opts: &PushOptions, progress: Progress) -> Result<PushReport, StoreError> {
     let started = Instant::now();
     let files = list_files(dir)?;
     if !files.iter().any(|(rel, _)| rel == "config.json") {
@@ -76,10 +70,7 @@ pub async fn push_dir(
     .await?;
 
     // The revision's own copy first, the pointer to the latest revision last.
-    for path in [
-        Store::revision_manifest_path(name, &manifest.revision),
-        Store::manifest_path(name),
-    ] {
+    for path in [Store::revision_manifest_path(name, &manifest.revision), Store::manifest_path(name)] {
         store
             .objects()
             .put(&path, PutPayload::from(manifest.to_json()))
@@ -112,8 +103,7 @@ fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&current).map_err(|e| StoreError::io(current.display(), e))?;
+        let entries = std::fs::read_dir(&current).map_err(|e| StoreError::io(current.display(), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(current.display(), e))?;
             let file_name = entry.file_name();
@@ -124,9 +114,7 @@ fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
                 continue;
             }
             let path = entry.path();
-            let kind = entry
-                .file_type()
-                .map_err(|e| StoreError::io(path.display(), e))?;
+            let kind = entry.file_type().map_err(|e| StoreError::io(path.display(), e))?;
             if kind.is_dir() {
                 stack.push(path);
             } else if path.is_file() {
@@ -183,37 +171,23 @@ fn describe_file(rel: &str, abs: &Path, chunk_size: u64) -> Result<FileEntry, St
     })
 }
 
-fn check_safetensors(
-    abs: &Path,
-    file: &mut std::fs::File,
-    size: u64,
-) -> Result<safetensors::HeaderSummary, StoreError> {
+fn check_safetensors(abs: &Path, file: &mut std::fs::File, size: u64) -> Result<safetensors::HeaderSummary, StoreError> {
     let fail = |source| StoreError::Safetensors {
         path: abs.display().to_string(),
         source,
     };
     let mut prefix = [0u8; 8];
-    let n = file
-        .read(&mut prefix)
-        .map_err(|e| StoreError::io(abs.display(), e))?;
+    let n = file.read(&mut prefix).map_err(|e| StoreError::io(abs.display(), e))?;
     let header_len = safetensors::header_len(&prefix[..n], size).map_err(fail)?;
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| StoreError::io(abs.display(), e))?;
+    file.read_exact(&mut header).map_err(|e| StoreError::io(abs.display(), e))?;
     safetensors::parse_header(&header, size).map_err(fail)
 }
 
 /// Uploads one file, skipping it when an object of the same size is already there (the
 /// revision in the path pins the content, so same path and size means same bytes).
-async fn upload_file(
-    store: &Store,
-    abs: &Path,
-    target: &object_store::path::Path,
-    progress: Progress,
-) -> Result<u64, StoreError> {
-    let size = std::fs::metadata(abs)
-        .map_err(|e| StoreError::io(abs.display(), e))?
-        .len();
+async fn upload_file(store: &Store, abs: &Path, target: &object_store::path::Path, progress: Progress) -> Result<u64, StoreError> {
+    let size = std::fs::metadata(abs).map_err(|e| StoreError::io(abs.display(), e))?.len();
     if let Ok(meta) = store.objects().head(target).await {
         if meta.size == size {
             progress(size);
@@ -229,22 +203,14 @@ async fn upload_file(
     let mut file = std::fs::File::open(abs).map_err(|e| StoreError::io(abs.display(), e))?;
     let mut buf = vec![0u8; 1024 * 1024];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| StoreError::io(abs.display(), e))?;
+        let n = file.read(&mut buf).map_err(|e| StoreError::io(abs.display(), e))?;
         if n == 0 {
             break;
         }
-        writer
-            .wait_for_capacity(4)
-            .await
-            .map_err(|e| StoreError::object(target, e))?;
+        writer.wait_for_capacity(4).await.map_err(|e| StoreError::object(target, e))?;
         writer.write(&buf[..n]);
         progress(n as u64);
     }
-    writer
-        .finish()
-        .await
-        .map_err(|e| StoreError::object(target, e))?;
+    writer.finish().await.map_err(|e| StoreError::object(target, e))?;
     Ok(size)
 }

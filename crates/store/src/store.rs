@@ -36,16 +36,13 @@ impl Store {
                 return Err(bad("no bucket name after s3://".into()));
             }
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if let Ok(endpoint) =
-                std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3"))
-            {
+            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3")) {
                 builder = builder
                     .with_allow_http(endpoint.starts_with("http://"))
                     .with_endpoint(endpoint)
                     .with_virtual_hosted_style_request(false);
             }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
-            {
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
                 builder = builder.with_region("us-east-1");
             }
             let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
@@ -56,9 +53,7 @@ impl Store {
                 Arc::new(PrefixStore::new(s3, prefix))
             }
         } else if url.contains("://") && !url.starts_with("file://") {
-            return Err(bad(
-                "use s3://bucket/prefix, file:///path or a plain directory path".into(),
-            ));
+            return Err(bad("use s3://bucket/prefix, file:///path or a plain directory path".into()));
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
@@ -99,16 +94,12 @@ impl Store {
 
     /// Reads the manifest of one revision of a model.
     pub async fn manifest_at(&self, name: &str, revision: &str) -> Result<Manifest, StoreError> {
-        self.read_manifest(name, Self::revision_manifest_path(name, revision))
-            .await
+        self.read_manifest(name, Self::revision_manifest_path(name, revision)).await
     }
 
     async fn read_manifest(&self, name: &str, path: ObjectPath) -> Result<Manifest, StoreError> {
         let bytes = match self.inner.get(&path).await {
-            Ok(result) => result
-                .bytes()
-                .await
-                .map_err(|e| StoreError::object(&path, e))?,
+            Ok(result) => result.bytes().await.map_err(|e| StoreError::object(&path, e))?,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(StoreError::NotFound {
                     name: name.to_string(),

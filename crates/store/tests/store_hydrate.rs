@@ -3,9 +3,7 @@
 
 mod common;
 
-use colo_store::{
-    hydrate, no_progress, push_dir, HostCache, HydrateOptions, PushOptions, Store, StoreError,
-};
+use colo_store::{hydrate, no_progress, push_dir, HostCache, HydrateOptions, PushOptions, Store, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -19,9 +17,7 @@ async fn pushed(root: &std::path::Path) -> (Store, colo_model::Manifest, std::pa
         chunk_size: CHUNK,
         ..Default::default()
     };
-    let report = push_dir(&store, &src, "tiny", &opts, no_progress())
-        .await
-        .unwrap();
+    let report = push_dir(&store, &src, "tiny", &opts, no_progress()).await.unwrap();
     (store, report.manifest, src)
 }
 
@@ -35,34 +31,17 @@ async fn push_then_hydrate_round_trips() {
     assert_eq!(st.chunks.len() as u64, st.size.div_ceil(CHUNK));
 
     let cache = HostCache::new(root.path().join("cache"));
-    let report = hydrate(
-        &store,
-        &manifest,
-        &cache,
-        &HydrateOptions::default(),
-        no_progress(),
-    )
-    .await
-    .unwrap();
+    let report = hydrate(&store, &manifest, &cache, &HydrateOptions::default(), no_progress())
+        .await
+        .unwrap();
     assert_eq!(report.bytes_fetched, manifest.total_bytes());
-    let dir = cache
-        .complete_dir(&manifest)
-        .expect("complete after hydration");
+    let dir = cache.complete_dir(&manifest).expect("complete after hydration");
     common::assert_same_files(&src, &dir);
 
-    let again = hydrate(
-        &store,
-        &manifest,
-        &cache,
-        &HydrateOptions::default(),
-        no_progress(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        again.bytes_fetched, 0,
-        "a cached model is not fetched again"
-    );
+    let again = hydrate(&store, &manifest, &cache, &HydrateOptions::default(), no_progress())
+        .await
+        .unwrap();
+    assert_eq!(again.bytes_fetched, 0, "a cached model is not fetched again");
 }
 
 #[tokio::test]
@@ -80,15 +59,9 @@ async fn a_corrupt_chunk_is_refused_and_nothing_is_published() {
     std::fs::write(&stored, bytes).unwrap();
 
     let cache = HostCache::new(root.path().join("cache"));
-    let err = hydrate(
-        &store,
-        &manifest,
-        &cache,
-        &HydrateOptions::default(),
-        no_progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = hydrate(&store, &manifest, &cache, &HydrateOptions::default(), no_progress())
+        .await
+        .unwrap_err();
     match &err {
         StoreError::Digest { file, chunk, .. } => {
             assert_eq!(file, "model.safetensors");
@@ -131,16 +104,7 @@ async fn an_interrupted_pull_fetches_only_what_is_missing() {
     };
     let pull = {
         let (store, manifest, cache) = (store.clone(), manifest.clone(), cache.clone());
-        tokio::spawn(async move {
-            hydrate(
-                &store,
-                &manifest,
-                &cache,
-                &HydrateOptions { concurrency: 1 },
-                progress,
-            )
-            .await
-        })
+        tokio::spawn(async move { hydrate(&store, &manifest, &cache, &HydrateOptions { concurrency: 1 }, progress).await })
     };
     half_rx.await.unwrap();
     pull.abort();
@@ -151,15 +115,9 @@ async fn an_interrupted_pull_fetches_only_what_is_missing() {
     let before_kill = seen.load(Ordering::SeqCst);
     assert!(before_kill < total, "killed too late to test anything");
 
-    let report = hydrate(
-        &store,
-        &manifest,
-        &cache,
-        &HydrateOptions::default(),
-        no_progress(),
-    )
-    .await
-    .unwrap();
+    let report = hydrate(&store, &manifest, &cache, &HydrateOptions::default(), no_progress())
+        .await
+        .unwrap();
     assert!(report.bytes_fetched > 0);
     assert!(
         report.bytes_fetched <= total - before_kill,
@@ -184,16 +142,10 @@ async fn malformed_safetensors_is_refused_naming_the_file() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.contains("model.safetensors") && text.contains("past"),
-        "{text}"
-    );
+    assert!(text.contains("model.safetensors") && text.contains("past"), "{text}");
     assert!(
         store.models().await.unwrap().is_empty(),
         "nothing may be visible after a refused push"
     );
-    assert!(matches!(
-        store.manifest("bad").await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(store.manifest("bad").await, Err(StoreError::NotFound { .. })));
 }

@@ -21,8 +21,7 @@ fn s3s_fs_binary() -> std::path::PathBuf {
     if let Ok(path) = std::env::var("S3S_FS") {
         return path.into();
     }
-    let home_bin = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cargo/bin/s3s-fs");
+    let home_bin = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/s3s-fs");
     if home_bin.exists() {
         return home_bin;
     }
@@ -30,13 +29,18 @@ fn s3s_fs_binary() -> std::path::PathBuf {
 }
 
 fn start_s3(root: &std::path::Path) -> (Server, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(s3s_fs_binary())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "colo-test", "--secret-key", "colo-test-secret"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            "colo-test",
+            "--secret-key",
+            "colo-test-secret",
+        ])
         .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -45,10 +49,7 @@ fn start_s3(root: &std::path::Path) -> (Server, u16) {
     let server = Server(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "s3s-fs did not listen within 10s"
-        );
+        assert!(Instant::now() < deadline, "s3s-fs did not listen within 10s");
         std::thread::sleep(Duration::from_millis(20));
     }
     (server, port)
@@ -73,13 +74,9 @@ async fn push_and_hydrate_through_s3() {
         chunk_size: 1024 * 1024,
         ..Default::default()
     };
-    let pushed = push_dir(&store, &src, "tiny", &opts, no_progress())
-        .await
-        .unwrap();
+    let pushed = push_dir(&store, &src, "tiny", &opts, no_progress()).await.unwrap();
     assert!(
-        s3_root
-            .join("weights/team-a/models/tiny/manifest.json")
-            .exists(),
+        s3_root.join("weights/team-a/models/tiny/manifest.json").exists(),
         "the manifest lands under the prefix"
     );
     assert_eq!(store.models().await.unwrap(), vec!["tiny".to_string()]);
@@ -87,15 +84,9 @@ async fn push_and_hydrate_through_s3() {
     let manifest = store.manifest("tiny").await.unwrap();
     assert_eq!(manifest, pushed.manifest);
     let cache = HostCache::new(root.path().join("cache"));
-    let report = hydrate(
-        &store,
-        &manifest,
-        &cache,
-        &HydrateOptions::default(),
-        no_progress(),
-    )
-    .await
-    .unwrap();
+    let report = hydrate(&store, &manifest, &cache, &HydrateOptions::default(), no_progress())
+        .await
+        .unwrap();
     assert_eq!(report.bytes_fetched, manifest.total_bytes());
     common::assert_same_files(&src, &cache.complete_dir(&manifest).unwrap());
     println!(

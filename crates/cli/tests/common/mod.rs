@@ -24,12 +24,7 @@ pub fn minilm_dir() -> PathBuf {
         "scripts/fetch-minilm failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .expect("a directory")
-        .into()
+    String::from_utf8(out.stdout).unwrap().lines().last().expect("a directory").into()
 }
 
 pub struct Golden {
@@ -63,10 +58,7 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vector lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// A running `colo up`, stopped with SIGTERM when dropped.

@@ -34,9 +34,7 @@ fn malformed_headers_are_refused_with_the_reason() {
     };
     type Case = (&'static str, Vec<u8>, fn(&SafetensorsError) -> bool);
     let cases: Vec<Case> = vec![
-        ("too short", vec![1, 2, 3], |e| {
-            matches!(e, SafetensorsError::TooShort { .. })
-        }),
+        ("too short", vec![1, 2, 3], |e| matches!(e, SafetensorsError::TooShort { .. })),
         (
             "header past end",
             {
@@ -44,15 +42,7 @@ fn malformed_headers_are_refused_with_the_reason() {
                 f[..8].copy_from_slice(&1000u64.to_le_bytes());
                 f
             },
-            |e| {
-                matches!(
-                    e,
-                    SafetensorsError::HeaderPastEnd {
-                        header_len: 1000,
-                        ..
-                    }
-                )
-            },
+            |e| matches!(e, SafetensorsError::HeaderPastEnd { header_len: 1000, .. }),
         ),
         (
             "header over 100 MB",
@@ -69,70 +59,34 @@ fn malformed_headers_are_refused_with_the_reason() {
         ("tensor not an object", file(r#"{"a":3}"#, 0), |e| {
             matches!(e, SafetensorsError::InvalidJson { .. })
         }),
-        (
-            "unknown dtype",
-            file(&format!("{{{}}}", t("a", "F12", "[1]", 0, 4)), 4),
-            |e| matches!(e, SafetensorsError::UnknownDtype { .. }),
-        ),
+        ("unknown dtype", file(&format!("{{{}}}", t("a", "F12", "[1]", 0, 4)), 4), |e| {
+            matches!(e, SafetensorsError::UnknownDtype { .. })
+        }),
         (
             "overlap",
-            file(
-                &format!(
-                    "{{{},{}}}",
-                    t("a", "F32", "[2]", 0, 8),
-                    t("b", "F32", "[2]", 4, 12)
-                ),
-                12,
-            ),
+            file(&format!("{{{},{}}}", t("a", "F32", "[2]", 0, 8), t("b", "F32", "[2]", 4, 12)), 12),
             |e| matches!(e, SafetensorsError::Overlap { .. }),
         ),
         (
             "gap",
-            file(
-                &format!(
-                    "{{{},{}}}",
-                    t("a", "F32", "[1]", 0, 4),
-                    t("b", "F32", "[1]", 8, 12)
-                ),
-                12,
-            ),
-            |e| {
-                matches!(
-                    e,
-                    SafetensorsError::Gap {
-                        begin: 4,
-                        end: 8,
-                        ..
-                    }
-                )
-            },
+            file(&format!("{{{},{}}}", t("a", "F32", "[1]", 0, 4), t("b", "F32", "[1]", 8, 12)), 12),
+            |e| matches!(e, SafetensorsError::Gap { begin: 4, end: 8, .. }),
         ),
-        (
-            "past the file",
-            file(&format!("{{{}}}", t("a", "F32", "[4]", 0, 16)), 8),
-            |e| matches!(e, SafetensorsError::PastEnd { .. }),
-        ),
-        (
-            "trailing bytes",
-            file(&format!("{{{}}}", t("a", "F32", "[1]", 0, 4)), 8),
-            |e| matches!(e, SafetensorsError::TrailingBytes { .. }),
-        ),
-        (
-            "shape disagrees",
-            file(&format!("{{{}}}", t("a", "F32", "[3]", 0, 8)), 8),
-            |e| matches!(e, SafetensorsError::SizeMismatch { .. }),
-        ),
-        (
-            "reversed offsets",
-            file(&format!("{{{}}}", t("a", "F32", "[0]", 8, 4)), 8),
-            |e| matches!(e, SafetensorsError::ReversedOffsets { .. }),
-        ),
+        ("past the file", file(&format!("{{{}}}", t("a", "F32", "[4]", 0, 16)), 8), |e| {
+            matches!(e, SafetensorsError::PastEnd { .. })
+        }),
+        ("trailing bytes", file(&format!("{{{}}}", t("a", "F32", "[1]", 0, 4)), 8), |e| {
+            matches!(e, SafetensorsError::TrailingBytes { .. })
+        }),
+        ("shape disagrees", file(&format!("{{{}}}", t("a", "F32", "[3]", 0, 8)), 8), |e| {
+            matches!(e, SafetensorsError::SizeMismatch { .. })
+        }),
+        ("reversed offsets", file(&format!("{{{}}}", t("a", "F32", "[0]", 8, 4)), 8), |e| {
+            matches!(e, SafetensorsError::ReversedOffsets { .. })
+        }),
         (
             "shape overflows",
-            file(
-                &format!("{{{}}}", t("a", "F32", "[4294967296,4294967296]", 0, 8)),
-                8,
-            ),
+            file(&format!("{{{}}}", t("a", "F32", "[4294967296,4294967296]", 0, 8)), 8),
             |e| matches!(e, SafetensorsError::SizeMismatch { .. }),
         ),
     ];

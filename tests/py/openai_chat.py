@@ -1,0 +1,27 @@
+"""Streams and requests a chat completion through colo's edge with the openai client.
+
+Usage: python3 openai_chat.py BASE_URL MODEL
+"""
+import json
+import sys
+
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=60)
+messages = [{"role": "user", "content": "Say something about locality."}]
+extra = {"ignore_eos": True}
+stream = client.chat.completions.create(model=sys.argv[2], messages=messages, max_tokens=10, seed=11,
+                                        temperature=0.8, stream=True, stream_options={"include_usage": True},
+                                        extra_body=extra)
+text, finish, usage, chunks = "", None, None, 0
+for chunk in stream:
+    chunks += 1
+    if chunk.usage is not None:
+        usage = chunk.usage.model_dump()
+    for choice in chunk.choices:
+        text += choice.delta.content or ""
+        finish = choice.finish_reason or finish
+whole = client.chat.completions.create(model=sys.argv[2], messages=messages, max_tokens=10, seed=11,
+                                       temperature=0.8, extra_body=extra)
+print(json.dumps({"stream_text": text, "stream_finish": finish, "stream_usage": usage, "chunks": chunks,
+                  "whole_text": whole.choices[0].message.content}))
