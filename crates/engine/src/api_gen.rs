@@ -126,8 +126,12 @@ fn prepare(model: &TextModel, body: &[u8], chat: bool) -> Result<Prepared, Engin
     let params = parse(body, chat)?;
     let prompt = match &params.prompt {
         Prompt::Text(text) => {
-            let encode =
-                |special| model.tokenizer.encode(text.as_str(), special).map_err(|e| EngineError::bad("prompt", format!("tokenizing: {e}")));
+            let encode = |special| {
+                model
+                    .tokenizer
+                    .encode(text.as_str(), special)
+                    .map_err(|e| EngineError::bad("prompt", format!("tokenizing: {e}")))
+            };
             // Special tokens alone (a BOS for an empty string) are no prompt.
             if text.is_empty() || encode(false)?.get_ids().is_empty() {
                 return Err(EngineError::bad("prompt", "the prompt tokenizes to no tokens"));
