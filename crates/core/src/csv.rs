@@ -21,9 +21,17 @@ pub(crate) struct Row<'a> {
 }
 
 pub(crate) fn rows<'a>(table: &'static str, text: &'a str) -> Result<Vec<Row<'a>>, CsvError> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
     let Some((_, header)) = lines.next() else {
-        return Err(CsvError { table, line: 0, column: String::new(), reason: "no header line".into() });
+        return Err(CsvError {
+            table,
+            line: 0,
+            column: String::new(),
+            reason: "no header line".into(),
+        });
     };
     let columns: Vec<&str> = header.split(',').map(str::trim).collect();
     lines
@@ -37,7 +45,11 @@ pub(crate) fn rows<'a>(table: &'static str, text: &'a str) -> Result<Vec<Row<'a>
                     reason: format!("{} cells for {} columns", cells.len(), columns.len()),
                 });
             }
-            Ok(Row { table, line: idx + 1, cells: columns.iter().copied().zip(cells).collect() })
+            Ok(Row {
+                table,
+                line: idx + 1,
+                cells: columns.iter().copied().zip(cells).collect(),
+            })
         })
         .collect()
 }
@@ -46,7 +58,12 @@ pub(crate) fn rows<'a>(table: &'static str, text: &'a str) -> Result<Vec<Row<'a>
 
 impl Row<'_> {
     fn error(&self, column: &str, reason: String) -> CsvError {
-        CsvError { table: self.table, line: self.line, column: column.to_string(), reason }
+        CsvError {
+            table: self.table,
+            line: self.line,
+            column: column.to_string(),
+            reason,
+        }
     }
 
     /// A cell that must be present and non-empty.

@@ -190,14 +190,22 @@ impl GpuKind {
         if n_gpus <= 1 {
             return None;
         }
-        let pcie = |gbs| Interconnect { via: "pcie", gbs_per_direction: gbs, latency_us: 30.0 };
+        let pcie = |gbs| Interconnect {
+            via: "pcie",
+            gbs_per_direction: gbs,
+            latency_us: 30.0,
+        };
         match (self.link, self.nvlink_gbs) {
-            (Link::Nvlink3 | Link::Nvlink4, Some(gbs)) => {
-                Some(Interconnect { via: "nvlink", gbs_per_direction: gbs / 2.0, latency_us: 10.0 })
-            }
-            (Link::Pcie4 | Link::Pcie5, Some(gbs)) if n_gpus == 2 => {
-                Some(Interconnect { via: "nvlink bridge", gbs_per_direction: gbs / 2.0, latency_us: 10.0 })
-            }
+            (Link::Nvlink3 | Link::Nvlink4, Some(gbs)) => Some(Interconnect {
+                via: "nvlink",
+                gbs_per_direction: gbs / 2.0,
+                latency_us: 10.0,
+            }),
+            (Link::Pcie4 | Link::Pcie5, Some(gbs)) if n_gpus == 2 => Some(Interconnect {
+                via: "nvlink bridge",
+                gbs_per_direction: gbs / 2.0,
+                latency_us: 10.0,
+            }),
             // What PCIe carries in practice: about 80% of the 32 / 64 GB/s of an x16 slot.
             (Link::Pcie5, _) => Some(pcie(50.0)),
             _ => Some(pcie(25.0)),
@@ -275,8 +283,15 @@ impl GpuSpec {
             if let Some(v) = value {
                 let ok = v.is_finite() && if must_be_positive { v > 0.0 } else { v >= 0.0 };
                 if !ok {
-                    let want = if must_be_positive { "above zero" } else { "zero or more" };
-                    problems.push(format!("{}: {v} must be a finite number {want}", field(name)));
+                    let want = if must_be_positive {
+                        "above zero"
+                    } else {
+                        "zero or more"
+                    };
+                    problems.push(format!(
+                        "{}: {v} must be a finite number {want}",
+                        field(name)
+                    ));
                 }
             }
         }
@@ -285,15 +300,25 @@ impl GpuSpec {
         }
         if let Some(link) = &self.link {
             if Link::parse(link).is_none() {
-                problems.push(format!("{}: unknown link {link:?} (pcie4, pcie5, nvlink3, nvlink4, none)", field("link")));
+                problems.push(format!(
+                    "{}: unknown link {link:?} (pcie4, pcie5, nvlink3, nvlink4, none)",
+                    field("link")
+                ));
             }
         }
         if is_new {
-            let required =
-                [("memory_gb", self.memory_gb.is_some()), ("bandwidth_gbs", self.bandwidth_gbs.is_some()), ("bf16_tflops", self.bf16_tflops.is_some()), ("link", self.link.is_some())];
+            let required = [
+                ("memory_gb", self.memory_gb.is_some()),
+                ("bandwidth_gbs", self.bandwidth_gbs.is_some()),
+                ("bf16_tflops", self.bf16_tflops.is_some()),
+                ("link", self.link.is_some()),
+            ];
             for (name, present) in required {
                 if !present {
-                    problems.push(format!("{}: required for a kind colo does not know", field(name)));
+                    problems.push(format!(
+                        "{}: required for a kind colo does not know",
+                        field(name)
+                    ));
                 }
             }
         }
@@ -313,7 +338,8 @@ impl Catalogue {
     /// The kinds in `data/gpus.csv`, built into the binary.
     pub fn builtin() -> Catalogue {
         // The table is part of the source tree and checked by the tests below.
-        Catalogue::from_csv(BUILTIN_CSV).expect("data/gpus.csv is valid (checked by colo-core's tests)")
+        Catalogue::from_csv(BUILTIN_CSV)
+            .expect("data/gpus.csv is valid (checked by colo-core's tests)")
     }
 
     pub fn from_csv(text: &str) -> Result<Catalogue, CatalogueError> {
@@ -326,7 +352,9 @@ impl Catalogue {
                 column: "link".into(),
                 reason: format!("unknown link {link_text:?}"),
             })?;
-            let usd = |column: &str| -> Result<Option<Usd>, CsvError> { Ok(row.opt_f64(column)?.and_then(|v| Usd::new(v).ok())) };
+            let usd = |column: &str| -> Result<Option<Usd>, CsvError> {
+                Ok(row.opt_f64(column)?.and_then(|v| Usd::new(v).ok()))
+            };
             kinds.push(GpuKind {
                 kind: row.text("kind")?.to_string(),
                 name: row.text("name")?.to_string(),
@@ -351,20 +379,37 @@ impl Catalogue {
     }
 
     pub fn get(&self, kind: &str) -> Result<&GpuKind, CatalogueError> {
-        self.kinds.iter().find(|k| k.kind == kind).ok_or_else(|| CatalogueError::UnknownKind {
-            kind: kind.to_string(),
-            known: self.kinds.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>().join(", "),
-        })
+        self.kinds
+            .iter()
+            .find(|k| k.kind == kind)
+            .ok_or_else(|| CatalogueError::UnknownKind {
+                kind: kind.to_string(),
+                known: self
+                    .kinds
+                    .iter()
+                    .map(|k| k.kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Applies colo.toml's `[gpus.<kind>]` tables: overrides for known kinds, new kinds added.
     /// Reports every problem in every table at once.
-    pub fn with_overrides(mut self, specs: &BTreeMap<String, GpuSpec>) -> Result<Catalogue, CatalogueError> {
+    pub fn with_overrides(
+        mut self,
+        specs: &BTreeMap<String, GpuSpec>,
+    ) -> Result<Catalogue, CatalogueError> {
         let mut problems = Vec::new();
         for (kind, spec) in specs {
             let is_new = self.kinds.iter().all(|k| &k.kind != kind);
-            if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                problems.push(format!("gpus.{kind:?}: a kind is letters, digits, '-' and '_'"));
+            if kind.is_empty()
+                || !kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push(format!(
+                    "gpus.{kind:?}: a kind is letters, digits, '-' and '_'"
+                ));
             }
             problems.extend(spec.validate(kind, is_new));
         }
@@ -411,7 +456,11 @@ fn apply(gpu: &mut GpuKind, spec: &GpuSpec) {
     gpu.fp8_tflops = spec.fp8_tflops.or(gpu.fp8_tflops);
     gpu.int8_tops = spec.int8_tops.or(gpu.int8_tops);
     gpu.tdp_w = spec.tdp_w.or(gpu.tdp_w);
-    gpu.link = spec.link.as_deref().and_then(Link::parse).unwrap_or(gpu.link);
+    gpu.link = spec
+        .link
+        .as_deref()
+        .and_then(Link::parse)
+        .unwrap_or(gpu.link);
     gpu.nvlink_gbs = spec.nvlink_gbs.or(gpu.nvlink_gbs);
     gpu.prices.own = usd(spec.usd_per_hour).or(gpu.prices.own);
     gpu.prices.fly_2024_before = usd(spec.fly_2024_before).or(gpu.prices.fly_2024_before);
