@@ -2,14 +2,15 @@
 //! precision the KV cache is kept in.
 //!
 //! These are weight-only formats as vLLM serves them: the token embedding and the output head
-//! stay at 16 bits; int4 (AWQ/GPTQ style) adds a 16-bit scale and zero point per group of 128.
+//! stay at 16 bits; int4 (AWQ/GPTQ style) adds a 16-bit scale and a 4-bit zero point per group
+//! of 128 weights.
 
 use crate::config::ModelFacts;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Bytes of scale and zero point that int4 adds per weight: 2 × 2 bytes per group of 128.
-const INT4_GROUP_OVERHEAD: f64 = 4.0 / 128.0;
+/// Bytes of scale and zero point that int4 adds per weight: 2.5 bytes per group of 128.
+const INT4_GROUP_OVERHEAD: f64 = 2.5 / 128.0;
 
 /// The precision the weights are served in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -126,7 +127,7 @@ mod tests {
             (Quant::Bf16, 141.1),
             (Quant::Fp8, 72.7),
             (Quant::Int8, 72.7),
-            (Quant::Int4, 40.6),
+            (Quant::Int4, 39.8),
         ];
         for (quant, expected_gb) in cases {
             let got = quant.weights_bytes(&facts) / GB;
