@@ -280,19 +280,31 @@ fn money(v: Option<f64>) -> String {
 fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
     let m = &plan.model;
     println!(
-        "{model}: {} ({:?}), {:.2} B parameters, {:.1} GB of weights in {}, KV {} KiB per token ({:?})",
+        "{model}: {} ({}), {:.2} B parameters, {:.1} GB of weights in {}, KV {} KiB per token (from {})",
         m.model_type,
-        m.arch,
+        serde_json::to_value(m.arch).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         m.params as f64 / 1e9,
         m.weights_bytes as f64 / 1e9,
         m.dtype,
         m.kv_bytes_per_token / 1024,
-        m.source
+        serde_json::to_value(m.source).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
     );
-    // One row per kind and format: its fewest cards that fit, unless --n-gpus asked for more.
+    // Per kind and format: the fewest cards that fit and the cheapest per token, unless
+    // --n-gpus asked for every count.
     let mut shown: Vec<&PlanOption> = Vec::new();
     for o in plan.options.iter().filter(|o| o.fits) {
-        if all_degrees || !shown.iter().any(|s| s.gpu == o.gpu && s.quant == o.quant) {
+        let group = || {
+            plan.options
+                .iter()
+                .filter(|p| p.fits && p.gpu == o.gpu && p.quant == o.quant)
+        };
+        let fewest = group().map(|p| p.n_gpus).min() == Some(o.n_gpus);
+        let cost = |p: &PlanOption| p.usd_per_million_tokens.unwrap_or(f64::MAX);
+        let cheapest = group()
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)).then(a.n_gpus.cmp(&b.n_gpus)))
+            .map(|p| p.n_gpus)
+            == Some(o.n_gpus);
+        if all_degrees || fewest || cheapest {
             shown.push(o);
         }
     }
