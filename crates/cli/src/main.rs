@@ -3,6 +3,7 @@
 mod client;
 mod cmd_deploy;
 mod cmd_model;
+mod cmd_plan;
 mod cmd_up;
 mod output;
 
@@ -42,6 +43,8 @@ enum Command {
     Ps(cmd_deploy::PsArgs),
     /// List apps: model, revision, machines started of wanted.
     Apps(cmd_deploy::AppsArgs),
+    /// Which GPU, how many, at what cost per million tokens; with --fleet/--demand, where.
+    Plan(cmd_plan::PlanArgs),
     /// Run colo's built-in inference engine (the agent starts one per machine).
     #[command(subcommand)]
     Engine(EngineCommand),
@@ -103,6 +106,7 @@ fn main() -> std::process::ExitCode {
             Command::Destroy(args) => cmd_deploy::destroy(args).await,
             Command::Ps(args) => cmd_deploy::ps(args).await,
             Command::Apps(args) => cmd_deploy::apps(args).await,
+            Command::Plan(args) => cmd_plan::run(args).await,
             Command::Engine(EngineCommand::Serve(args)) => engine_serve(args).await,
         }
     });

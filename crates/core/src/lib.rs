@@ -1,9 +1,18 @@
-//! Shared vocabulary of colo: names, machine lifecycle, apps and devices. No I/O lives here.
+//! Shared vocabulary of colo: names, machine lifecycle, apps and devices, the GPU catalogue,
+//! regions and money. No I/O lives here.
 
 pub mod app;
+mod csv;
+pub mod gpu;
 pub mod machine;
+pub mod money;
 pub mod name;
+pub mod region;
 
 pub use app::App;
+pub use csv::CsvError;
+pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use machine::{Device, HydrationReport, Machine, MachineState};
+pub use money::{MoneyError, Usd};
 pub use name::{AppName, NameError};
+pub use region::{Region, Regions};
