@@ -98,14 +98,10 @@ fn build_request(args: &PlanArgs, facts: &ModelFacts) -> anyhow::Result<PlanRequ
     } else {
         args.quant
             .iter()
-            .map(|q| {
-                Quant::parse(q)
-                    .ok_or_else(|| anyhow!("--quant {q:?}: expected bf16, fp8, int8 or int4"))
-            })
+            .map(|q| Quant::parse(q).ok_or_else(|| anyhow!("--quant {q:?}: expected bf16, fp8, int8 or int4")))
             .collect::<Result<_, _>>()?
     };
-    let kv_dtype = KvDtype::parse(&args.kv_dtype)
-        .ok_or_else(|| anyhow!("--kv-dtype {:?}: expected bf16 or fp8", args.kv_dtype))?;
+    let kv_dtype = KvDtype::parse(&args.kv_dtype).ok_or_else(|| anyhow!("--kv-dtype {:?}: expected bf16 or fp8", args.kv_dtype))?;
     Ok(PlanRequest {
         context,
         concurrency: args.concurrency,
@@ -130,20 +126,13 @@ fn load_prices(spec: &str) -> anyhow::Result<PriceBook> {
     if let Some(book) = PriceBook::parse_name(spec) {
         return Ok(book);
     }
-    let text = std::fs::read_to_string(spec).with_context(|| {
-        format!(
-            "--prices {spec:?} is not fly-2024, fly-2024-before, ref or own, nor a readable file"
-        )
-    })?;
-    let raw: BTreeMap<String, f64> = toml::from_str(&text).with_context(|| {
-        format!("reading prices from {spec}: expected lines of kind = usd_per_hour")
-    })?;
+    let text = std::fs::read_to_string(spec)
+        .with_context(|| format!("--prices {spec:?} is not fly-2024, fly-2024-before, ref or own, nor a readable file"))?;
+    let raw: BTreeMap<String, f64> =
+        toml::from_str(&text).with_context(|| format!("reading prices from {spec}: expected lines of kind = usd_per_hour"))?;
     let mut table = BTreeMap::new();
     for (kind, value) in raw {
-        table.insert(
-            kind.clone(),
-            Usd::new(value).map_err(|e| anyhow!("{spec}: {kind}: {e}"))?,
-        );
+        table.insert(kind.clone(), Usd::new(value).map_err(|e| anyhow!("{spec}: {kind}: {e}"))?);
     }
     Ok(PriceBook::Table(table))
 }
@@ -156,16 +145,12 @@ fn load_catalogue(config: Option<&Path>) -> anyhow::Result<Catalogue> {
         None if Path::new("colo.toml").exists() => PathBuf::from("colo.toml"),
         None => return Ok(Catalogue::builtin()),
     };
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut doc: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let Some(gpus) = doc.remove("gpus") else {
         return Ok(Catalogue::builtin());
     };
-    let specs: BTreeMap<String, GpuSpec> = gpus
-        .try_into()
-        .with_context(|| format!("{}: [gpus] tables", path.display()))?;
+    let specs: BTreeMap<String, GpuSpec> = gpus.try_into().with_context(|| format!("{}: [gpus] tables", path.display()))?;
     Catalogue::builtin()
         .with_overrides(&specs)
         .with_context(|| path.display().to_string())
@@ -181,10 +166,8 @@ async fn load_facts(args: &PlanArgs) -> anyhow::Result<ModelFacts> {
     }
     if path.is_dir() {
         let config = path.join("config.json");
-        let bytes =
-            std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
-        let facts =
-            ModelFacts::from_config(&bytes).with_context(|| config.display().to_string())?;
+        let bytes = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+        let facts = ModelFacts::from_config(&bytes).with_context(|| config.display().to_string())?;
         let headers = local_headers(path)?;
         if headers.is_empty() {
             return Ok(facts);
@@ -199,18 +182,12 @@ fn local_headers(dir: &Path) -> anyhow::Result<Vec<HeaderSummary>> {
     let mut headers = Vec::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for entry in entries {
-        let path = entry
-            .with_context(|| format!("listing {}", dir.display()))?
-            .path();
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
             continue;
         }
-        let mut file =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let file_len = file
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?
-            .len();
+        let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file_len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
         let mut prefix = [0u8; 8];
         file.read_exact(&mut prefix)
             .with_context(|| format!("reading the header length of {}", path.display()))?;
@@ -239,10 +216,7 @@ async fn from_store(args: &PlanArgs) -> anyhow::Result<ModelFacts> {
         )
     })?;
     if manifest.file("config.json").is_none() {
-        bail!(
-            "pushed model {} has no config.json to plan from",
-            args.model
-        );
+        bail!("pushed model {} has no config.json to plan from", args.model);
     }
     let object = colo_store::Store::file_path(&manifest.name, &manifest.revision, "config.json");
     let bytes = store
@@ -252,13 +226,8 @@ async fn from_store(args: &PlanArgs) -> anyhow::Result<ModelFacts> {
         .with_context(|| format!("reading {object}"))?
         .bytes()
         .await?;
-    let facts =
-        ModelFacts::from_config(&bytes).with_context(|| format!("{}: config.json", args.model))?;
-    let headers: Vec<HeaderSummary> = manifest
-        .files
-        .iter()
-        .filter_map(|f| f.safetensors.clone())
-        .collect();
+    let facts = ModelFacts::from_config(&bytes).with_context(|| format!("{}: config.json", args.model))?;
+    let headers: Vec<HeaderSummary> = manifest.files.iter().filter_map(|f| f.safetensors.clone()).collect();
     if headers.is_empty() {
         return Ok(facts);
     }
@@ -282,22 +251,24 @@ fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
     println!(
         "{model}: {} ({}), {:.2} B parameters, {:.1} GB of weights in {}, KV {} KiB per token (from {})",
         m.model_type,
-        serde_json::to_value(m.arch).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        serde_json::to_value(m.arch)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
         m.params as f64 / 1e9,
         m.weights_bytes as f64 / 1e9,
         m.dtype,
         m.kv_bytes_per_token / 1024,
-        serde_json::to_value(m.source).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        serde_json::to_value(m.source)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
     );
     // Per kind and format: the fewest cards that fit and the cheapest per token, unless
     // --n-gpus asked for every count.
     let mut shown: Vec<&PlanOption> = Vec::new();
     for o in plan.options.iter().filter(|o| o.fits) {
-        let group = || {
-            plan.options
-                .iter()
-                .filter(|p| p.fits && p.gpu == o.gpu && p.quant == o.quant)
-        };
+        let group = || plan.options.iter().filter(|p| p.fits && p.gpu == o.gpu && p.quant == o.quant);
         let fewest = group().map(|p| p.n_gpus).min() == Some(o.n_gpus);
         let cost = |p: &PlanOption| p.usd_per_million_tokens.unwrap_or(f64::MAX);
         let cheapest = group()
@@ -318,13 +289,8 @@ fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
                 gib(o.kv_budget_bytes as f64),
                 o.kv_capacity_tokens.to_string(),
                 o.max_concurrency.to_string(),
-                format!(
-                    "{:.0} / {:.0}",
-                    o.decode_tokens_per_s, o.decode_tokens_per_s_per_sequence
-                ),
-                o.bound
-                    .map(|b| format!("{b:?}").to_lowercase())
-                    .unwrap_or_default(),
+                format!("{:.0} / {:.0}", o.decode_tokens_per_s, o.decode_tokens_per_s_per_sequence),
+                o.bound.map(|b| format!("{b:?}").to_lowercase()).unwrap_or_default(),
                 format!("{:.0}", o.prefill_ms),
                 money(o.usd_per_hour),
                 money(o.usd_per_million_tokens),
@@ -354,11 +320,7 @@ fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
             continue;
         }
         seen.push((o.gpu.as_str(), o.quant));
-        let group: Vec<&PlanOption> = plan
-            .options
-            .iter()
-            .filter(|p| p.gpu == o.gpu && p.quant == o.quant)
-            .collect();
+        let group: Vec<&PlanOption> = plan.options.iter().filter(|p| p.gpu == o.gpu && p.quant == o.quant).collect();
         let shown_row = if group.iter().any(|p| p.fits) {
             group.first().filter(|p| !p.fits)
         } else {
@@ -391,23 +353,11 @@ fn run_placement(
     fleet: &Path,
     demand: &Path,
 ) -> anyhow::Result<()> {
-    let fleet_text =
-        std::fs::read_to_string(fleet).with_context(|| format!("reading {}", fleet.display()))?;
-    let fleet: Fleet =
-        toml::from_str(&fleet_text).with_context(|| format!("parsing {}", fleet.display()))?;
-    let demand_text =
-        std::fs::read_to_string(demand).with_context(|| format!("reading {}", demand.display()))?;
-    let demand: Demand =
-        toml::from_str(&demand_text).with_context(|| format!("parsing {}", demand.display()))?;
-    let placement = place(
-        facts,
-        catalogue,
-        &Regions::builtin(),
-        &fleet,
-        &demand,
-        request,
-        args.rtt_ms,
-    )?;
+    let fleet_text = std::fs::read_to_string(fleet).with_context(|| format!("reading {}", fleet.display()))?;
+    let fleet: Fleet = toml::from_str(&fleet_text).with_context(|| format!("parsing {}", fleet.display()))?;
+    let demand_text = std::fs::read_to_string(demand).with_context(|| format!("reading {}", demand.display()))?;
+    let demand: Demand = toml::from_str(&demand_text).with_context(|| format!("parsing {}", demand.display()))?;
+    let placement = place(facts, catalogue, &Regions::builtin(), &fleet, &demand, request, args.rtt_ms)?;
     if args.common.json {
         return print_json(&placement);
     }
@@ -415,11 +365,7 @@ fn run_placement(
         .machines
         .iter()
         .map(|m| {
-            let serves: Vec<String> = m
-                .serves
-                .iter()
-                .map(|(r, rps)| format!("{r} {rps:.2}"))
-                .collect();
+            let serves: Vec<String> = m.serves.iter().map(|(r, rps)| format!("{r} {rps:.2}")).collect();
             vec![
                 m.host.clone(),
                 m.region.clone(),
@@ -433,18 +379,7 @@ fn run_placement(
         .collect();
     println!(
         "{}",
-        table(
-            &[
-                "HOST",
-                "REGION",
-                "GPUS",
-                "QUANT",
-                "LOAD",
-                "SERVES (REQ/S)",
-                "$/H"
-            ],
-            rows
-        )
+        table(&["HOST", "REGION", "GPUS", "QUANT", "LOAD", "SERVES (REQ/S)", "$/H"], rows)
     );
     println!(
         "{} machines, {} per hour",
@@ -452,10 +387,7 @@ fn run_placement(
         money(Some(placement.usd_per_hour))
     );
     for u in &placement.unmet {
-        println!(
-            "unmet: {} {:.2} req/s: {}",
-            u.region, u.requests_per_s, u.reason
-        );
+        println!("unmet: {} {:.2} req/s: {}", u.region, u.requests_per_s, u.reason);
     }
     Ok(())
 }

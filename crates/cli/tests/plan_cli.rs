@@ -27,7 +27,17 @@ fn json(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn json_interface_for_a_config_only_directory() {
-    let v = json(&["plan", "testdata/configs/llama-3.1-8b", "--json", "--gpu", "h100-80gb-sxm", "--n-gpus", "1", "--quant", "bf16"]);
+    let v = json(&[
+        "plan",
+        "testdata/configs/llama-3.1-8b",
+        "--json",
+        "--gpu",
+        "h100-80gb-sxm",
+        "--n-gpus",
+        "1",
+        "--quant",
+        "bf16",
+    ]);
     let model = &v["model"];
     assert_eq!(model["params"].as_u64(), Some(8_030_261_248));
     assert_eq!(model["weights_bytes"].as_u64(), Some(2 * 8_030_261_248));
@@ -35,10 +45,25 @@ fn json_interface_for_a_config_only_directory() {
     let options = v["options"].as_array().unwrap();
     assert_eq!(options.len(), 1, "--gpu, --n-gpus and --quant restrict the options");
     let o = &options[0];
-    for key in ["gpu", "n_gpus", "quant", "fits", "why_not", "kv_budget_bytes", "kv_capacity_tokens", "max_concurrency", "decode_tokens_per_s", "usd_per_hour", "usd_per_million_tokens"] {
+    for key in [
+        "gpu",
+        "n_gpus",
+        "quant",
+        "fits",
+        "why_not",
+        "kv_budget_bytes",
+        "kv_capacity_tokens",
+        "max_concurrency",
+        "decode_tokens_per_s",
+        "usd_per_hour",
+        "usd_per_million_tokens",
+    ] {
         assert!(o.get(key).is_some(), "option lacks {key}: {o}");
     }
-    assert_eq!((o["gpu"].as_str(), o["n_gpus"].as_u64(), o["quant"].as_str(), o["fits"].as_bool()), (Some("h100-80gb-sxm"), Some(1), Some("bf16"), Some(true)));
+    assert_eq!(
+        (o["gpu"].as_str(), o["n_gpus"].as_u64(), o["quant"].as_str(), o["fits"].as_bool()),
+        (Some("h100-80gb-sxm"), Some(1), Some("bf16"), Some(true))
+    );
     let kv_gib = o["kv_budget_bytes"].as_f64().unwrap() / (1u64 << 30) as f64;
     assert!((kv_gib / 51.38 - 1.0).abs() < 0.05, "{kv_gib}");
     assert_eq!(&v["recommended"], o);
@@ -64,17 +89,53 @@ fn bad_input_is_a_clear_error() {
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     };
-    let missing = write("missing/config.json", r#"{"model_type": "llama", "hidden_size": 4096, "num_attention_heads": -8, "torch_dtype": "float7"}"#);
+    let missing = write(
+        "missing/config.json",
+        r#"{"model_type": "llama", "hidden_size": 4096, "num_attention_heads": -8, "torch_dtype": "float7"}"#,
+    );
     let empty_fleet = write("fleet.toml", "hosts = []\n");
-    let demand = write("demand.toml", "[[regions]]\nregion = \"ord\"\nrequests_per_s = 1\nprompt_tokens = 100\noutput_tokens = 100\n");
+    let demand = write(
+        "demand.toml",
+        "[[regions]]\nregion = \"ord\"\nrequests_per_s = 1\nprompt_tokens = 100\noutput_tokens = 100\n",
+    );
     let prices = write("prices.toml", "l40s = -1\n");
     let cases: Vec<(Vec<&str>, &[&str])> = vec![
-        (vec!["plan", &missing], &["num_hidden_layers: missing", "num_attention_heads: -8", "torch_dtype: unknown dtype", "vocab_size: missing"]),
-        (vec!["plan", "testdata/configs/llama-3.1-8b", "--fleet", &empty_fleet, "--demand", &demand], &["fleet.hosts: the fleet is empty"]),
-        (vec!["plan", "testdata/configs/llama-3.1-8b", "--quant", "int3"], &["--quant \"int3\""]),
-        (vec!["plan", "testdata/configs/llama-3.1-8b", "--context", "0"], &["context: must be at least 1"]),
-        (vec!["plan", "testdata/configs/llama-3.1-8b", "--gpu", "tpu"], &["unknown GPU kind \"tpu\""]),
-        (vec!["plan", "testdata/configs/llama-3.1-8b", "--prices", &prices], &["l40s", "not a price"]),
+        (
+            vec!["plan", &missing],
+            &[
+                "num_hidden_layers: missing",
+                "num_attention_heads: -8",
+                "torch_dtype: unknown dtype",
+                "vocab_size: missing",
+            ],
+        ),
+        (
+            vec![
+                "plan",
+                "testdata/configs/llama-3.1-8b",
+                "--fleet",
+                &empty_fleet,
+                "--demand",
+                &demand,
+            ],
+            &["fleet.hosts: the fleet is empty"],
+        ),
+        (
+            vec!["plan", "testdata/configs/llama-3.1-8b", "--quant", "int3"],
+            &["--quant \"int3\""],
+        ),
+        (
+            vec!["plan", "testdata/configs/llama-3.1-8b", "--context", "0"],
+            &["context: must be at least 1"],
+        ),
+        (
+            vec!["plan", "testdata/configs/llama-3.1-8b", "--gpu", "tpu"],
+            &["unknown GPU kind \"tpu\""],
+        ),
+        (
+            vec!["plan", "testdata/configs/llama-3.1-8b", "--prices", &prices],
+            &["l40s", "not a price"],
+        ),
         (vec!["plan", "no-such-model"], &["no-such-model", "store"]),
     ];
     for (args, needles) in cases {
@@ -92,12 +153,31 @@ fn bad_input_is_a_clear_error() {
 fn placement_from_fleet_and_demand_files() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = dir.path().join("fleet.toml");
-    std::fs::write(&fleet, "[[hosts]]\nname = \"ord-1\"\nregion = \"ord\"\ngpus = { l40s = 2, a10 = 4 }\n").unwrap();
+    std::fs::write(
+        &fleet,
+        "[[hosts]]\nname = \"ord-1\"\nregion = \"ord\"\ngpus = { l40s = 2, a10 = 4 }\n",
+    )
+    .unwrap();
     let demand = dir.path().join("demand.toml");
     std::fs::write(&demand, "rtt_limit_ms = 40\n[[regions]]\nregion = \"ord\"\nrequests_per_s = 0.5\nprompt_tokens = 1024\noutput_tokens = 256\n[[regions]]\nregion = \"syd\"\nrequests_per_s = 1\nprompt_tokens = 1024\noutput_tokens = 256\n").unwrap();
     let (fleet, demand) = (fleet.display().to_string(), demand.display().to_string());
-    let v = json(&["plan", "testdata/configs/llama-3.1-8b", "--json", "--prices", "fly-2024", "--quant", "bf16", "--fleet", &fleet, "--demand", &demand]);
+    let v = json(&[
+        "plan",
+        "testdata/configs/llama-3.1-8b",
+        "--json",
+        "--prices",
+        "fly-2024",
+        "--quant",
+        "bf16",
+        "--fleet",
+        &fleet,
+        "--demand",
+        &demand,
+    ]);
     assert_eq!(v["machines"][0]["host"].as_str(), Some("ord-1"), "{v}");
     assert_eq!(v["unmet"][0]["region"].as_str(), Some("syd"), "{v}");
-    assert!(v["unmet"][0]["reason"].as_str().unwrap().contains("no host within 40 ms of syd"), "{v}");
+    assert!(
+        v["unmet"][0]["reason"].as_str().unwrap().contains("no host within 40 ms of syd"),
+        "{v}"
+    );
 }

@@ -283,15 +283,8 @@ impl GpuSpec {
             if let Some(v) = value {
                 let ok = v.is_finite() && if must_be_positive { v > 0.0 } else { v >= 0.0 };
                 if !ok {
-                    let want = if must_be_positive {
-                        "above zero"
-                    } else {
-                        "zero or more"
-                    };
-                    problems.push(format!(
-                        "{}: {v} must be a finite number {want}",
-                        field(name)
-                    ));
+                    let want = if must_be_positive { "above zero" } else { "zero or more" };
+                    problems.push(format!("{}: {v} must be a finite number {want}", field(name)));
                 }
             }
         }
@@ -315,10 +308,7 @@ impl GpuSpec {
             ];
             for (name, present) in required {
                 if !present {
-                    problems.push(format!(
-                        "{}: required for a kind colo does not know",
-                        field(name)
-                    ));
+                    problems.push(format!("{}: required for a kind colo does not know", field(name)));
                 }
             }
         }
@@ -338,8 +328,7 @@ impl Catalogue {
     /// The kinds in `data/gpus.csv`, built into the binary.
     pub fn builtin() -> Catalogue {
         // The table is part of the source tree and checked by the tests below.
-        Catalogue::from_csv(BUILTIN_CSV)
-            .expect("data/gpus.csv is valid (checked by colo-core's tests)")
+        Catalogue::from_csv(BUILTIN_CSV).expect("data/gpus.csv is valid (checked by colo-core's tests)")
     }
 
     pub fn from_csv(text: &str) -> Result<Catalogue, CatalogueError> {
@@ -352,9 +341,7 @@ impl Catalogue {
                 column: "link".into(),
                 reason: format!("unknown link {link_text:?}"),
             })?;
-            let usd = |column: &str| -> Result<Option<Usd>, CsvError> {
-                Ok(row.opt_f64(column)?.and_then(|v| Usd::new(v).ok()))
-            };
+            let usd = |column: &str| -> Result<Option<Usd>, CsvError> { Ok(row.opt_f64(column)?.and_then(|v| Usd::new(v).ok())) };
             kinds.push(GpuKind {
                 kind: row.text("kind")?.to_string(),
                 name: row.text("name")?.to_string(),
@@ -384,32 +371,18 @@ impl Catalogue {
             .find(|k| k.kind == kind)
             .ok_or_else(|| CatalogueError::UnknownKind {
                 kind: kind.to_string(),
-                known: self
-                    .kinds
-                    .iter()
-                    .map(|k| k.kind.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: self.kinds.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>().join(", "),
             })
     }
 
     /// Applies colo.toml's `[gpus.<kind>]` tables: overrides for known kinds, new kinds added.
     /// Reports every problem in every table at once.
-    pub fn with_overrides(
-        mut self,
-        specs: &BTreeMap<String, GpuSpec>,
-    ) -> Result<Catalogue, CatalogueError> {
+    pub fn with_overrides(mut self, specs: &BTreeMap<String, GpuSpec>) -> Result<Catalogue, CatalogueError> {
         let mut problems = Vec::new();
         for (kind, spec) in specs {
             let is_new = self.kinds.iter().all(|k| &k.kind != kind);
-            if kind.is_empty()
-                || !kind
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                problems.push(format!(
-                    "gpus.{kind:?}: a kind is letters, digits, '-' and '_'"
-                ));
+            if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                problems.push(format!("gpus.{kind:?}: a kind is letters, digits, '-' and '_'"));
             }
             problems.extend(spec.validate(kind, is_new));
         }
@@ -456,11 +429,7 @@ fn apply(gpu: &mut GpuKind, spec: &GpuSpec) {
     gpu.fp8_tflops = spec.fp8_tflops.or(gpu.fp8_tflops);
     gpu.int8_tops = spec.int8_tops.or(gpu.int8_tops);
     gpu.tdp_w = spec.tdp_w.or(gpu.tdp_w);
-    gpu.link = spec
-        .link
-        .as_deref()
-        .and_then(Link::parse)
-        .unwrap_or(gpu.link);
+    gpu.link = spec.link.as_deref().and_then(Link::parse).unwrap_or(gpu.link);
     gpu.nvlink_gbs = spec.nvlink_gbs.or(gpu.nvlink_gbs);
     gpu.prices.own = usd(spec.usd_per_hour).or(gpu.prices.own);
     gpu.prices.fly_2024_before = usd(spec.fly_2024_before).or(gpu.prices.fly_2024_before);

@@ -31,8 +31,7 @@ impl Regions {
     /// The regions in `data/regions.csv`, built into the binary.
     pub fn builtin() -> Regions {
         // The table is part of the source tree and checked by the tests below.
-        Regions::from_csv(BUILTIN_CSV)
-            .expect("data/regions.csv is valid (checked by colo-core's tests)")
+        Regions::from_csv(BUILTIN_CSV).expect("data/regions.csv is valid (checked by colo-core's tests)")
     }
 
     pub fn from_csv(text: &str) -> Result<Regions, CsvError> {
@@ -100,10 +99,7 @@ mod tests {
         ];
         for (a, b, expected) in cases {
             let got = regions.rtt_ms(a, b).unwrap();
-            assert!(
-                (got - expected).abs() < 0.5,
-                "{a}-{b}: {got:.1} ms, expected {expected}"
-            );
+            assert!((got - expected).abs() < 0.5, "{a}-{b}: {got:.1} ms, expected {expected}");
             assert_eq!(regions.rtt_ms(a, b), regions.rtt_ms(b, a));
         }
         assert_eq!(regions.rtt_ms("ams", "xxx"), None);

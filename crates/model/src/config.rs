@@ -98,9 +98,7 @@ impl ModelFacts {
     /// Reads a config.json. Weights are counted at the config's `torch_dtype` (float32 where
     /// it names none, as transformers loads such a model).
     pub fn from_config(bytes: &[u8]) -> Result<ModelFacts, ConfigError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::Json {
-            reason: e.to_string(),
-        })?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::Json { reason: e.to_string() })?;
         let Value::Object(obj) = value else {
             return Err(ConfigError::Json {
                 reason: "the top level is not an object".into(),
@@ -129,18 +127,12 @@ impl ModelFacts {
                 facts.weights_bytes = facts.params.saturating_mul(dtype.size_bytes());
                 Ok(facts)
             }
-            _ => Err(ConfigError::Invalid {
-                problems: fields.problems,
-            }),
+            _ => Err(ConfigError::Invalid { problems: fields.problems }),
         }
     }
 
     /// Replaces the counted weights with the exact ones from safetensors headers.
-    pub fn with_tensors(
-        mut self,
-        headers: &[HeaderSummary],
-        source: FactsSource,
-    ) -> Result<ModelFacts, ConfigError> {
+    pub fn with_tensors(mut self, headers: &[HeaderSummary], source: FactsSource) -> Result<ModelFacts, ConfigError> {
         let params: u64 = headers.iter().map(|h| h.parameters).sum();
         if params == 0 {
             return Err(ConfigError::NoTensors);
@@ -167,9 +159,7 @@ impl ModelFacts {
     pub fn kv_bytes_per_token(&self, bytes_per_value: u64) -> u64 {
         match self.arch {
             Arch::Encoder => 0,
-            Arch::Decoder | Arch::EncoderDecoder => {
-                2 * self.layers * self.kv_heads * self.head_dim * bytes_per_value
-            }
+            Arch::Decoder | Arch::EncoderDecoder => 2 * self.layers * self.kv_heads * self.head_dim * bytes_per_value,
         }
     }
 
@@ -247,17 +237,11 @@ impl Fields<'_> {
                 Some(1)
             }
             Some(n) => {
-                self.problem(
-                    field,
-                    format!("{n} is past the {limit} any real model stays under"),
-                );
+                self.problem(field, format!("{n} is past the {limit} any real model stays under"));
                 Some(1)
             }
             None => {
-                self.problem(
-                    field,
-                    format!("{value} is not a whole number of at least 1"),
-                );
+                self.problem(field, format!("{value} is not a whole number of at least 1"));
                 Some(1)
             }
         }
@@ -305,7 +289,10 @@ impl Fields<'_> {
             _ => None,
         });
         parsed.unwrap_or_else(|| {
-            self.problem(field, format!("unknown dtype {value} (bfloat16, float16, float32, float8_e4m3fn, float8_e5m2)"));
+            self.problem(
+                field,
+                format!("unknown dtype {value} (bfloat16, float16, float32, float8_e4m3fn, float8_e5m2)"),
+            );
             Dtype::F32
         })
     }
@@ -355,10 +342,7 @@ fn decoder(f: &mut Fields, model_type: &str) -> Option<ModelFacts> {
         );
     }
     if head_dim == 0 {
-        f.problem(
-            "head_dim",
-            format!("hidden_size {hidden} / num_attention_heads {heads} is 0"),
-        );
+        f.problem("head_dim", format!("hidden_size {hidden} / num_attention_heads {heads} is 0"));
     }
     let (q, kv) = (heads * head_dim, kv_heads * head_dim);
     let mut attention = hidden * q + 2 * hidden * kv + q * hidden;
@@ -371,12 +355,7 @@ fn decoder(f: &mut Fields, model_type: &str) -> Option<ModelFacts> {
     if model_type == "qwen3" {
         attention += 2 * head_dim; // per-head RMS norms of q and k
     }
-    let mlp = 3 * hidden * intermediate
-        + if mlp_bias {
-            2 * intermediate + hidden
-        } else {
-            0
-        };
+    let mlp = 3 * hidden * intermediate + if mlp_bias { 2 * intermediate + hidden } else { 0 };
     let per_layer = attention + mlp + 2 * hidden;
     let embedding_params = vocab * hidden * if tied { 1 } else { 2 };
     Some(ModelFacts {
@@ -405,10 +384,7 @@ fn encoder(f: &mut Fields) -> Option<ModelFacts> {
     let max_position = f.count("max_position_embeddings");
     let type_vocab = f.opt_count("type_vocab_size").unwrap_or(2);
     if hidden % heads != 0 {
-        f.problem(
-            "num_attention_heads",
-            format!("{heads} does not divide hidden_size {hidden}"),
-        );
+        f.problem("num_attention_heads", format!("{heads} does not divide hidden_size {hidden}"));
     }
     let embeddings = (vocab + max_position + type_vocab) * hidden + 2 * hidden;
     let attention = 4 * (hidden * hidden + hidden) + 2 * hidden;
@@ -444,22 +420,15 @@ fn whisper(f: &mut Fields) -> Option<ModelFacts> {
     let source_positions = f.count("max_source_positions");
     let target_positions = f.count("max_target_positions");
     if d % dec_heads != 0 || d % enc_heads != 0 {
-        f.problem(
-            "decoder_attention_heads",
-            format!("heads must divide d_model {d}"),
-        );
+        f.problem("decoder_attention_heads", format!("heads must divide d_model {d}"));
     }
     // q, k, v, out projections; k has no bias.
     let attention = 4 * d * d + 3 * d;
     let mlp = |ffn: u64| 2 * d * ffn + ffn + d;
     let norm = 2 * d;
     let convs = (mels * d * 3 + d) + (d * d * 3 + d);
-    let encoder =
-        convs + source_positions * d + enc_layers * (attention + mlp(enc_ffn) + 2 * norm) + norm;
-    let decoder = vocab * d
-        + target_positions * d
-        + dec_layers * (2 * attention + mlp(dec_ffn) + 3 * norm)
-        + norm;
+    let encoder = convs + source_positions * d + enc_layers * (attention + mlp(enc_ffn) + 2 * norm) + norm;
+    let decoder = vocab * d + target_positions * d + dec_layers * (2 * attention + mlp(dec_ffn) + 3 * norm) + norm;
     Some(ModelFacts {
         params: encoder + decoder,
         embedding_params: vocab * d,

@@ -81,11 +81,7 @@ impl Settings {
 
     pub fn prefill_chunk_for(&self, gpu: &GpuKind) -> u64 {
         self.prefill_chunk
-            .unwrap_or(if gpu.usable_bytes() >= 70.0 * GIB {
-                8192
-            } else {
-                2048
-            })
+            .unwrap_or(if gpu.usable_bytes() >= 70.0 * GIB { 8192 } else { 2048 })
     }
 }
 
@@ -110,11 +106,7 @@ pub struct Memory {
 /// residual stream (full width on every card), the gate-and-up projection and the logits
 /// (split over the cards), at `ACTIVATION_BYTES_PER_ELEMENT` per element.
 pub fn activation_bytes(facts: &ModelFacts, chunk_tokens: u64, n_gpus: u32) -> f64 {
-    let logits = if facts.arch == Arch::Encoder {
-        0.0
-    } else {
-        facts.vocab as f64
-    };
+    let logits = if facts.arch == Arch::Encoder { 0.0 } else { facts.vocab as f64 };
     let split = (2.0 * facts.intermediate as f64 + logits) / f64::from(n_gpus.max(1));
     chunk_tokens as f64 * ACTIVATION_BYTES_PER_ELEMENT * (facts.hidden as f64 + split)
 }
@@ -130,13 +122,7 @@ pub fn kv_bytes_per_token_per_gpu(facts: &ModelFacts, kv: KvDtype, n_gpus: u32) 
 }
 
 /// The memory plan of `facts` in `quant` on `n_gpus` cards of `gpu`.
-pub fn memory(
-    facts: &ModelFacts,
-    quant: Quant,
-    gpu: &GpuKind,
-    n_gpus: u32,
-    settings: &Settings,
-) -> Memory {
+pub fn memory(facts: &ModelFacts, quant: Quant, gpu: &GpuKind, n_gpus: u32, settings: &Settings) -> Memory {
     let n = f64::from(n_gpus.max(1));
     let budget_per_gpu = gpu.usable_bytes() * settings.mem_util;
     let weights_per_gpu = quant.weights_bytes(facts) / n;

@@ -117,24 +117,13 @@ mod tests {
 
     #[test]
     fn weights_by_table() {
-        let facts = ModelFacts::from_config(include_bytes!(
-            "../../../testdata/configs/llama-3.1-70b/config.json"
-        ))
-        .unwrap();
+        let facts = ModelFacts::from_config(include_bytes!("../../../testdata/configs/llama-3.1-70b/config.json")).unwrap();
         const GB: f64 = 1e9;
         // 70.55 B parameters, 2.10 B of them embedding and head.
-        let cases = [
-            (Quant::Bf16, 141.1),
-            (Quant::Fp8, 72.7),
-            (Quant::Int8, 72.7),
-            (Quant::Int4, 39.8),
-        ];
+        let cases = [(Quant::Bf16, 141.1), (Quant::Fp8, 72.7), (Quant::Int8, 72.7), (Quant::Int4, 39.8)];
         for (quant, expected_gb) in cases {
             let got = quant.weights_bytes(&facts) / GB;
-            assert!(
-                (got - expected_gb).abs() < 0.1,
-                "{quant}: {got:.2} GB, expected {expected_gb}"
-            );
+            assert!((got - expected_gb).abs() < 0.1, "{quant}: {got:.2} GB, expected {expected_gb}");
         }
         for quant in Quant::ALL {
             assert_eq!(Quant::parse(quant.as_str()), Some(quant));

@@ -82,47 +82,32 @@ fn comm_seconds(facts: &ModelFacts, gpu: &GpuKind, n_gpus: u32, tokens: f64, rou
     let n = f64::from(n_gpus);
     let bytes = tokens * facts.hidden as f64 * 2.0 * 2.0 * (n - 1.0) / n;
     let all_reduces = 2.0 * facts.layers as f64;
-    all_reduces * (rounds * link.latency_us * 1e-6)
-        + all_reduces * bytes / (link.gbs_per_direction * 1e9)
+    all_reduces * (rounds * link.latency_us * 1e-6) + all_reduces * bytes / (link.gbs_per_direction * 1e9)
 }
 
 /// One decode step for `batch` sequences whose KV cache holds `context` tokens each.
-pub fn decode(
-    facts: &ModelFacts,
-    quant: Quant,
-    gpu: &GpuKind,
-    n_gpus: u32,
-    settings: &Settings,
-    batch: u64,
-    context: u64,
-) -> Decode {
+pub fn decode(facts: &ModelFacts, quant: Quant, gpu: &GpuKind, n_gpus: u32, settings: &Settings, batch: u64, context: u64) -> Decode {
     let n = f64::from(n_gpus.max(1));
     let bandwidth = gpu.bandwidth_gbs * 1e9 * settings.bandwidth_efficiency;
     let flops = peak_flops(gpu, quant) * settings.compute_efficiency;
     let ctx = context as f64;
     // Per card: its share of the weights, and its share of every sequence's KV cache.
     let weights_s = quant.weights_bytes(facts) / n / bandwidth;
-    let kv_s_per_seq =
-        kv_bytes_per_token_per_gpu(facts, settings.kv_dtype, n_gpus) * ctx / bandwidth;
+    let kv_s_per_seq = kv_bytes_per_token_per_gpu(facts, settings.kv_dtype, n_gpus) * ctx / bandwidth;
     let attention_flops = 4.0 * (facts.layers * facts.heads * facts.head_dim) as f64 * ctx;
     let compute_s_per_seq = (2.0 * matmul_params(facts) + attention_flops) / n / flops;
     let b = batch.max(1) as f64;
     let memory_s = weights_s + b * kv_s_per_seq;
     let compute_s = b * compute_s_per_seq;
     let comm_s = comm_seconds(facts, gpu, n_gpus, b, 1.0);
-    let ridge_batch =
-        (compute_s_per_seq > kv_s_per_seq).then(|| weights_s / (compute_s_per_seq - kv_s_per_seq));
+    let ridge_batch = (compute_s_per_seq > kv_s_per_seq).then(|| weights_s / (compute_s_per_seq - kv_s_per_seq));
     Decode {
         batch: batch.max(1),
         step_s: memory_s.max(compute_s) + comm_s,
         memory_s,
         compute_s,
         comm_s,
-        bound: if compute_s > memory_s {
-            Bound::Compute
-        } else {
-            Bound::Memory
-        },
+        bound: if compute_s > memory_s { Bound::Compute } else { Bound::Memory },
         ridge_batch,
     }
 }
@@ -148,9 +133,7 @@ pub fn prefill_seconds(
     // Causal attention: each token attends to prompt/2 earlier tokens on average, 4 flops each.
     let attention = 2.0 * (facts.layers * facts.heads * facts.head_dim) as f64 * prompt as f64;
     let compute_s = tokens * (2.0 * matmul_params(facts) + attention) / n / flops;
-    let weights_s = chunks * quant.weights_bytes(facts)
-        / n
-        / (gpu.bandwidth_gbs * 1e9 * settings.bandwidth_efficiency);
+    let weights_s = chunks * quant.weights_bytes(facts) / n / (gpu.bandwidth_gbs * 1e9 * settings.bandwidth_efficiency);
     compute_s.max(weights_s) + comm_seconds(facts, gpu, n_gpus, tokens, chunks)
 }
 

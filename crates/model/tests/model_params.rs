@@ -42,16 +42,9 @@ fn counted_parameters_match_published_within_one_percent() {
     assert!(rows.len() >= 11, "models.csv has {} rows", rows.len());
     let mut report = Vec::new();
     for row in &rows {
-        let path = repo()
-            .join("testdata/configs")
-            .join(&row.name)
-            .join("config.json");
+        let path = repo().join("testdata/configs").join(&row.name).join("config.json");
         if NOT_FROM_CONFIG.contains(&row.name.as_str()) {
-            assert!(
-                !path.exists(),
-                "{}: a fixture exists now; take it off NOT_FROM_CONFIG",
-                row.name
-            );
+            assert!(!path.exists(), "{}: a fixture exists now; take it off NOT_FROM_CONFIG", row.name);
             continue;
         }
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -69,12 +62,7 @@ fn counted_parameters_match_published_within_one_percent() {
             row.params_b
         );
         if let Some(kv) = row.kv_bytes_per_token_bf16 {
-            assert_eq!(
-                facts.kv_bytes_per_token(2),
-                kv,
-                "{}: KV bytes per token",
-                row.name
-            );
+            assert_eq!(facts.kv_bytes_per_token(2), kv, "{}: KV bytes per token", row.name);
         }
     }
     println!("{}", report.join("\n"));

@@ -102,8 +102,7 @@ impl Fleet {
     pub fn validate(&self, catalogue: &Catalogue, regions: &Regions) -> Vec<String> {
         let mut problems = Vec::new();
         if self.hosts.is_empty() {
-            problems
-                .push("fleet.hosts: the fleet is empty; add at least one [[hosts]] table".into());
+            problems.push("fleet.hosts: the fleet is empty; add at least one [[hosts]] table".into());
         }
         let mut names = BTreeSet::new();
         for (i, host) in self.hosts.iter().enumerate() {
@@ -150,15 +149,9 @@ impl Demand {
                 problems.push(format!("{at}.region: {:?} appears twice", d.region));
             }
             if !(d.requests_per_s.is_finite() && d.requests_per_s > 0.0) {
-                problems.push(format!(
-                    "{at}.requests_per_s: {} must be above zero",
-                    d.requests_per_s
-                ));
+                problems.push(format!("{at}.requests_per_s: {} must be above zero", d.requests_per_s));
             }
-            for (field, v) in [
-                ("prompt_tokens", d.prompt_tokens),
-                ("output_tokens", d.output_tokens),
-            ] {
+            for (field, v) in [("prompt_tokens", d.prompt_tokens), ("output_tokens", d.output_tokens)] {
                 if v == 0 {
                     problems.push(format!("{at}.{field}: must be at least 1"));
                 }
@@ -211,10 +204,7 @@ pub fn place(
         };
         let plan = plan(facts, catalogue, &request)?;
         let quant = plan.recommended.as_ref().map(|o| o.quant);
-        let fitting = plan
-            .options
-            .iter()
-            .filter(|o| o.fits && Some(o.quant) == quant);
+        let fitting = plan.options.iter().filter(|o| o.fits && Some(o.quant) == quant);
         let list = fitting.filter_map(|o: &PlanOption| {
             let usd_per_hour = o.usd_per_hour?;
             let capacity = o.tokens_per_s / d.output_tokens as f64 * request.target_utilisation;
@@ -232,13 +222,7 @@ pub fn place(
     let mut free: Vec<BTreeMap<String, u32>> = fleet.hosts.iter().map(|h| h.gpus.clone()).collect();
     let mut machines: Vec<(usize, PlacedMachine)> = Vec::new();
     let mut unmet = Vec::new();
-    let reach = |d: &RegionDemand| {
-        fleet
-            .hosts
-            .iter()
-            .filter(|h| rtt(&h.region, &d.region) <= rtt_limit)
-            .count()
-    };
+    let reach = |d: &RegionDemand| fleet.hosts.iter().filter(|h| rtt(&h.region, &d.region) <= rtt_limit).count();
     let mut order: Vec<&RegionDemand> = demand.regions.iter().collect();
     order.sort_by(|a, b| {
         reach(a)
@@ -249,18 +233,10 @@ pub fn place(
 
     for d in order {
         let shapes = &shapes[d.region.as_str()];
-        let capacity_of = |m: &PlacedMachine| {
-            shapes
-                .iter()
-                .find(|s| s.gpu == m.gpu && s.n_gpus == m.n_gpus)
-                .map(|s| s.capacity)
-        };
+        let capacity_of = |m: &PlacedMachine| shapes.iter().find(|s| s.gpu == m.gpu && s.n_gpus == m.n_gpus).map(|s| s.capacity);
         let mut left = d.requests_per_s;
         // Spare capacity of machines already placed within reach.
-        for (_, m) in machines
-            .iter_mut()
-            .filter(|(_, m)| rtt(&m.region, &d.region) <= rtt_limit)
-        {
+        for (_, m) in machines.iter_mut().filter(|(_, m)| rtt(&m.region, &d.region) <= rtt_limit) {
             let Some(capacity) = capacity_of(m) else {
                 continue;
             };
@@ -284,9 +260,7 @@ pub fn place(
                     }
                 }
             }
-            let covering = candidates
-                .iter()
-                .filter(|(_, s, _)| shapes[*s].capacity >= left);
+            let covering = candidates.iter().filter(|(_, s, _)| shapes[*s].capacity >= left);
             let cheapest = covering
                 .min_by(|a, b| {
                     shapes[a.1]
@@ -296,11 +270,9 @@ pub fn place(
                 })
                 .or_else(|| {
                     let per_rps = |s: usize| shapes[s].usd_per_hour / shapes[s].capacity;
-                    candidates.iter().min_by(|a, b| {
-                        per_rps(a.1)
-                            .total_cmp(&per_rps(b.1))
-                            .then(a.2.total_cmp(&b.2))
-                    })
+                    candidates
+                        .iter()
+                        .min_by(|a, b| per_rps(a.1).total_cmp(&per_rps(b.1)).then(a.2.total_cmp(&b.2)))
                 })
                 .copied();
             let Some((host_idx, shape_idx, _)) = cheapest else {
@@ -343,25 +315,11 @@ pub fn place(
 
 /// Why a region's remaining demand cannot be placed: no host in reach, nothing in reach that
 /// holds the model, or the GPUs in reach ran out.
-fn why_unmet(
-    d: &RegionDemand,
-    fleet: &Fleet,
-    shapes: &[Shape],
-    regions: &Regions,
-    rtt_limit: f64,
-    left: f64,
-) -> String {
+fn why_unmet(d: &RegionDemand, fleet: &Fleet, shapes: &[Shape], regions: &Regions, rtt_limit: f64, left: f64) -> String {
     let rtt = |a: &str| regions.rtt_ms(a, &d.region).unwrap_or(f64::INFINITY);
-    let in_reach: Vec<&Host> = fleet
-        .hosts
-        .iter()
-        .filter(|h| rtt(&h.region) <= rtt_limit)
-        .collect();
+    let in_reach: Vec<&Host> = fleet.hosts.iter().filter(|h| rtt(&h.region) <= rtt_limit).collect();
     if in_reach.is_empty() {
-        let nearest = fleet
-            .hosts
-            .iter()
-            .min_by(|a, b| rtt(&a.region).total_cmp(&rtt(&b.region)));
+        let nearest = fleet.hosts.iter().min_by(|a, b| rtt(&a.region).total_cmp(&rtt(&b.region)));
         return match nearest {
             Some(h) => format!(
                 "no host within {rtt_limit:.0} ms of {} (nearest: {} in {} at {:.0} ms)",
@@ -373,16 +331,10 @@ fn why_unmet(
             None => "the fleet has no hosts".into(),
         };
     }
-    let kinds: BTreeSet<&str> = in_reach
-        .iter()
-        .flat_map(|h| h.gpus.keys().map(String::as_str))
-        .collect();
+    let kinds: BTreeSet<&str> = in_reach.iter().flat_map(|h| h.gpus.keys().map(String::as_str)).collect();
     if !shapes.iter().any(|s| kinds.contains(s.gpu.as_str())) {
         let kinds: Vec<&str> = kinds.into_iter().collect();
-        return format!(
-            "no GPU kind within reach ({}) holds the model with a price",
-            kinds.join(", ")
-        );
+        return format!("no GPU kind within reach ({}) holds the model with a price", kinds.join(", "));
     }
     format!(
         "the free GPUs within {rtt_limit:.0} ms of {} ran out with {left:.2} requests/s left",

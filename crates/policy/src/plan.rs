@@ -82,9 +82,7 @@ impl PlanRequest {
             if value == 0 {
                 problems.push(format!("{field}: must be at least 1"));
             } else if value > 1 << 24 {
-                problems.push(format!(
-                    "{field}: {value} is past the 16M this planner handles"
-                ));
+                problems.push(format!("{field}: {value} is past the 16M this planner handles"));
             }
         }
         if self.prompt_tokens.saturating_add(self.output_tokens) > self.context {
@@ -109,16 +107,12 @@ impl PlanRequest {
         }
         if let Some(slo) = self.ttft_slo_ms {
             if !(slo.is_finite() && slo > 0.0) {
-                problems.push(format!(
-                    "ttft_slo_ms: {slo} must be a number of milliseconds above zero"
-                ));
+                problems.push(format!("ttft_slo_ms: {slo} must be a number of milliseconds above zero"));
             }
         }
         let u = self.target_utilisation;
         if !(u.is_finite() && u > 0.0 && u <= 1.0) {
-            problems.push(format!(
-                "target_utilisation: {u} must be above 0 and at most 1"
-            ));
+            problems.push(format!("target_utilisation: {u} must be above 0 and at most 1"));
         }
         if problems.is_empty() {
             Ok(())
@@ -199,11 +193,7 @@ pub struct Recommendation {
 }
 
 /// Plans `facts` under `request` over `catalogue`.
-pub fn plan(
-    facts: &ModelFacts,
-    catalogue: &Catalogue,
-    request: &PlanRequest,
-) -> Result<Plan, PlanError> {
+pub fn plan(facts: &ModelFacts, catalogue: &Catalogue, request: &PlanRequest) -> Result<Plan, PlanError> {
     request.validate(catalogue)?;
     let kinds: Vec<&GpuKind> = catalogue
         .kinds
@@ -223,11 +213,7 @@ pub fn plan(
             }
         }
     }
-    let priced_tokens = if facts.arch == Arch::Encoder {
-        "input"
-    } else {
-        "output"
-    };
+    let priced_tokens = if facts.arch == Arch::Encoder { "input" } else { "output" };
     let (recommended, why) = choose(&options, request, priced_tokens);
     Ok(Plan {
         model: ModelSummary {
@@ -265,10 +251,7 @@ pub fn recommend(
             .collect();
         if request.gpus.is_empty() {
             return Err(PlanError::NothingFits {
-                reasons: vec![format!(
-                    "none of the available kinds ({}) was asked for",
-                    available.join(", ")
-                )],
+                reasons: vec![format!("none of the available kinds ({}) was asked for", available.join(", "))],
             });
         }
     }
@@ -291,13 +274,7 @@ fn gib(bytes: f64) -> String {
 }
 
 /// Builds one row: memory first (nothing else matters if it does not fit), then speed, cost.
-fn option(
-    facts: &ModelFacts,
-    gpu: &GpuKind,
-    n_gpus: u32,
-    quant: Quant,
-    request: &PlanRequest,
-) -> PlanOption {
+fn option(facts: &ModelFacts, gpu: &GpuKind, n_gpus: u32, quant: Quant, request: &PlanRequest) -> PlanOption {
     let settings = &request.settings;
     let mem = estimate::memory(facts, quant, gpu, n_gpus, settings);
     let overhead = mem.activation_per_gpu + mem.runtime_per_gpu;
@@ -330,7 +307,10 @@ fn option(
     }
     // The SLO test needs the prefill time, so it runs after the speed figures.
     let slo_miss = request.ttft_slo_ms.filter(|slo| row.prefill_ms > *slo).map(|slo| {
-        format!("prefill of {} tokens takes {:.0} ms, over the {slo:.0} ms time-to-first-token target", request.prompt_tokens, row.prefill_ms)
+        format!(
+            "prefill of {} tokens takes {:.0} ms, over the {slo:.0} ms time-to-first-token target",
+            request.prompt_tokens, row.prefill_ms
+        )
     });
     row.why_not = why_not.or(slo_miss);
     row.fits = row.why_not.is_none();
@@ -351,16 +331,10 @@ fn why_not(
     max_concurrency: u64,
 ) -> Option<String> {
     if n_gpus > gpu.max_tensor_parallel() {
-        return Some(format!(
-            "{} does not split a model over {n_gpus} devices",
-            gpu.kind
-        ));
+        return Some(format!("{} does not split a model over {n_gpus} devices", gpu.kind));
     }
     if n_gpus > 1 && facts.heads % u64::from(n_gpus) != 0 {
-        return Some(format!(
-            "{} attention heads do not split over {n_gpus} cards",
-            facts.heads
-        ));
+        return Some(format!("{} attention heads do not split over {n_gpus} cards", facts.heads));
     }
     if request.context > facts.max_position {
         return Some(format!(
@@ -395,22 +369,13 @@ fn why_not(
 }
 
 /// Fills in speed and cost at the achievable batch.
-fn speed_and_cost(
-    facts: &ModelFacts,
-    gpu: &GpuKind,
-    n_gpus: u32,
-    quant: Quant,
-    request: &PlanRequest,
-    row: &mut PlanOption,
-) {
+fn speed_and_cost(facts: &ModelFacts, gpu: &GpuKind, n_gpus: u32, quant: Quant, request: &PlanRequest, row: &mut PlanOption) {
     let settings = &request.settings;
     let batch = row.max_concurrency.max(1);
     let (prompt, output) = (request.prompt_tokens, request.output_tokens);
     row.batch = batch;
-    row.prefill_ms =
-        speed::prefill_seconds(facts, quant, gpu, n_gpus, settings, 1, prompt) * 1000.0;
-    let batch_prefill_s =
-        speed::prefill_seconds(facts, quant, gpu, n_gpus, settings, batch, prompt);
+    row.prefill_ms = speed::prefill_seconds(facts, quant, gpu, n_gpus, settings, 1, prompt) * 1000.0;
+    let batch_prefill_s = speed::prefill_seconds(facts, quant, gpu, n_gpus, settings, batch, prompt);
     if facts.arch == Arch::Encoder {
         // An encoder's work is its prefill: the tokens it embeds are the tokens it is paid for.
         row.tokens_per_s = (batch * prompt) as f64 / batch_prefill_s;
@@ -423,8 +388,7 @@ fn speed_and_cost(
         let step = speed::decode(facts, quant, gpu, n_gpus, settings, batch, mean_context);
         row.decode_tokens_per_s = step.tokens_per_s();
         row.decode_tokens_per_s_per_sequence = step.tokens_per_s_per_sequence();
-        row.tokens_per_s =
-            (batch * output) as f64 / (batch_prefill_s + output as f64 * step.step_s);
+        row.tokens_per_s = (batch * output) as f64 / (batch_prefill_s + output as f64 * step.step_s);
         row.bound = Some(step.bound);
         row.ridge_batch = step.ridge_batch;
     }
@@ -438,16 +402,9 @@ fn speed_and_cost(
 
 /// Picks the recommended option: the least lossy weight format that fits anywhere, then the
 /// lowest cost per million tokens, then fewer cards.
-fn choose(
-    options: &[PlanOption],
-    request: &PlanRequest,
-    priced_tokens: &str,
-) -> (Option<usize>, String) {
+fn choose(options: &[PlanOption], request: &PlanRequest, priced_tokens: &str) -> (Option<usize>, String) {
     let priced = |o: &PlanOption| o.fits && o.usd_per_million_tokens.is_some();
-    let Some(quant) = Quant::ALL
-        .into_iter()
-        .find(|q| options.iter().any(|o| o.quant == *q && priced(o)))
-    else {
+    let Some(quant) = Quant::ALL.into_iter().find(|q| options.iter().any(|o| o.quant == *q && priced(o))) else {
         let why = if options.iter().any(|o| o.fits) {
             format!(
                 "nothing that fits has a price in the {} price book; pass --prices",
@@ -463,9 +420,7 @@ fn choose(
         .collect();
     ranked.sort_by(|&a, &b| {
         let cost = |i: usize| options[i].usd_per_million_tokens.unwrap_or(f64::MAX);
-        cost(a)
-            .total_cmp(&cost(b))
-            .then(options[a].n_gpus.cmp(&options[b].n_gpus))
+        cost(a).total_cmp(&cost(b)).then(options[a].n_gpus.cmp(&options[b].n_gpus))
     });
     let best = &options[ranked[0]];
     let money = |v: Option<f64>| format!("${:.3}", v.unwrap_or(0.0));
@@ -480,12 +435,7 @@ fn choose(
         quant,
     );
     if let Some(next) = ranked.get(1).map(|&i| &options[i]) {
-        why += &format!(
-            " (next: {} x{} at {})",
-            next.gpu,
-            next.n_gpus,
-            money(next.usd_per_million_tokens)
-        );
+        why += &format!(" (next: {} x{} at {})", next.gpu, next.n_gpus, money(next.usd_per_million_tokens));
     }
     if quant != request.quants[0] && request.quants.contains(&Quant::Bf16) {
         why += &format!("; nothing fits in {} with this request", request.quants[0]);

@@ -63,12 +63,11 @@ fn l40s_beats_a10_after_the_cut_and_some_flip_back_before() {
     let mut compared = Vec::new();
     let mut flips = Vec::new();
     for name in model_names() {
-        let path = repo()
-            .join("testdata/configs")
-            .join(&name)
-            .join("config.json");
+        let path = repo().join("testdata/configs").join(&name).join("config.json");
         let Ok(bytes) = std::fs::read(&path) else {
-            rows.push(format!("| {name} | - | - | - | - | - | - | not compared: no config.json (diffusion pipeline) | |"));
+            rows.push(format!(
+                "| {name} | - | - | - | - | - | - | not compared: no config.json (diffusion pipeline) | |"
+            ));
             continue;
         };
         let facts = ModelFacts::from_config(&bytes).unwrap();
@@ -87,10 +86,7 @@ fn l40s_beats_a10_after_the_cut_and_some_flip_back_before() {
             a10_before.usd_per_million_tokens, a10.usd_per_million_tokens,
             "the A10 price did not change"
         );
-        let cost = |o: &PlanOption| {
-            o.usd_per_million_tokens
-                .unwrap_or_else(|| panic!("{name}: {o:?} has no cost"))
-        };
+        let cost = |o: &PlanOption| o.usd_per_million_tokens.unwrap_or_else(|| panic!("{name}: {o:?} has no cost"));
         let winner = |l40s: f64| if l40s < cost(&a10) { "L40S" } else { "A10" };
         assert_eq!(
             winner(cost(&l40s_after)),
@@ -126,11 +122,10 @@ fn l40s_beats_a10_after_the_cut_and_some_flip_back_before() {
         "all-minilm-l6-v2",
     ];
     assert_eq!(compared, expected, "models that fit one A10");
-    assert_eq!(
-        flips,
-        Vec::<String>::new(),
-        "models cheaper on the A10 at the old L40S price"
-    );
+    assert_eq!(flips, Vec::<String>::new(), "models cheaper on the A10 at the old L40S price");
     let doc = std::fs::read_to_string(repo().join("docs/PLANNING.md")).unwrap_or_default();
-    assert!(doc.contains(&table), "docs/PLANNING.md does not carry the current table; paste it from this test's output:\n{table}");
+    assert!(
+        doc.contains(&table),
+        "docs/PLANNING.md does not carry the current table; paste it from this test's output:\n{table}"
+    );
 }

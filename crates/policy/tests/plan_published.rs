@@ -12,10 +12,7 @@ fn repo() -> PathBuf {
 }
 
 fn facts(name: &str) -> ModelFacts {
-    let path = repo()
-        .join("testdata/configs")
-        .join(name)
-        .join("config.json");
+    let path = repo().join("testdata/configs").join(name).join("config.json");
     ModelFacts::from_config(&std::fs::read(&path).unwrap()).unwrap()
 }
 
@@ -33,17 +30,9 @@ fn llama_8b_h100_kv_budget_matches_vllm_within_5_percent() {
     let row = &plan.options[0];
     let kv_gib = row.kv_budget_bytes as f64 / GIB;
     let weights_gib = row.weights_bytes_per_gpu as f64 / GIB;
-    println!(
-        "colo: weights {weights_gib:.2} GiB, KV budget {kv_gib:.2} GiB (vLLM: 14.99 and 51.38 GiB)"
-    );
-    assert!(
-        (weights_gib / 14.99 - 1.0).abs() < 0.01,
-        "weights {weights_gib:.2} GiB"
-    );
-    assert!(
-        (kv_gib / 51.38 - 1.0).abs() < 0.05,
-        "KV budget {kv_gib:.2} GiB vs 51.38 GiB"
-    );
+    println!("colo: weights {weights_gib:.2} GiB, KV budget {kv_gib:.2} GiB (vLLM: 14.99 and 51.38 GiB)");
+    assert!((weights_gib / 14.99 - 1.0).abs() < 0.01, "weights {weights_gib:.2} GiB");
+    assert!((kv_gib / 51.38 - 1.0).abs() < 0.05, "KV budget {kv_gib:.2} GiB vs 51.38 GiB");
 }
 
 #[test]
@@ -65,25 +54,10 @@ fn llama_70b_needs_several_cards_in_bf16_and_one_l40s_in_int4() {
     .unwrap();
     let mut lines = Vec::new();
     for gpu in &cat.kinds {
-        let single = bf16
-            .options
-            .iter()
-            .find(|o| o.gpu == gpu.kind && o.n_gpus == 1)
-            .unwrap();
+        let single = bf16.options.iter().find(|o| o.gpu == gpu.kind && o.n_gpus == 1).unwrap();
         assert!(!single.fits, "70B bf16 fits one {}?", gpu.kind);
-        assert!(
-            single
-                .why_not
-                .as_deref()
-                .unwrap_or_default()
-                .contains("exceed"),
-            "{single:?}"
-        );
-        let fewest = bf16
-            .options
-            .iter()
-            .filter(|o| o.gpu == gpu.kind && o.fits)
-            .min_by_key(|o| o.n_gpus);
+        assert!(single.why_not.as_deref().unwrap_or_default().contains("exceed"), "{single:?}");
+        let fewest = bf16.options.iter().filter(|o| o.gpu == gpu.kind && o.fits).min_by_key(|o| o.n_gpus);
         lines.push(match fewest {
             Some(o) => format!(
                 "{:<15} x{}  KV room {:>6.1} GiB = {:>7} tokens",
@@ -95,17 +69,8 @@ fn llama_70b_needs_several_cards_in_bf16_and_one_l40s_in_int4() {
             None => format!("{:<15} no fit with up to 8 cards", gpu.kind),
         });
     }
-    println!(
-        "Llama-3.1-70B in bf16, fewest cards per kind:\n{}",
-        lines.join("\n")
-    );
-    let fewest = |kind: &str| {
-        bf16.options
-            .iter()
-            .filter(|o| o.gpu == kind && o.fits)
-            .map(|o| o.n_gpus)
-            .min()
-    };
+    println!("Llama-3.1-70B in bf16, fewest cards per kind:\n{}", lines.join("\n"));
+    let fewest = |kind: &str| bf16.options.iter().filter(|o| o.gpu == kind && o.fits).map(|o| o.n_gpus).min();
     assert_eq!(fewest("h100-80gb-sxm"), Some(2));
     assert_eq!(
         fewest("h200-141gb-sxm"),

@@ -7,70 +7,14 @@ fn builtin_table_has_every_kind_with_datasheet_values() {
     let cat = Catalogue::builtin();
     let cases = [
         // kind, memory_gb, bandwidth, bf16, link, fly after, ref
-        (
-            "a10",
-            24.0,
-            600.0,
-            125.0,
-            Link::Pcie4,
-            Some(1.50),
-            Some(1.01),
-        ),
+        ("a10", 24.0, 600.0, 125.0, Link::Pcie4, Some(1.50), Some(1.01)),
         ("l4", 24.0, 300.0, 121.0, Link::Pcie4, None, Some(0.80)),
-        (
-            "l40s",
-            48.0,
-            864.0,
-            362.0,
-            Link::Pcie4,
-            Some(1.25),
-            Some(1.86),
-        ),
-        (
-            "a100-40gb-pcie",
-            40.0,
-            1555.0,
-            312.0,
-            Link::Pcie4,
-            Some(2.50),
-            Some(2.74),
-        ),
-        (
-            "a100-80gb-sxm",
-            80.0,
-            2039.0,
-            312.0,
-            Link::Nvlink3,
-            Some(3.50),
-            Some(3.43),
-        ),
-        (
-            "h100-80gb-sxm",
-            80.0,
-            3350.0,
-            989.0,
-            Link::Nvlink4,
-            None,
-            Some(6.88),
-        ),
-        (
-            "h100-80gb-pcie",
-            80.0,
-            2000.0,
-            756.0,
-            Link::Pcie5,
-            None,
-            Some(6.98),
-        ),
-        (
-            "h200-141gb-sxm",
-            141.0,
-            4800.0,
-            989.0,
-            Link::Nvlink4,
-            None,
-            Some(10.60),
-        ),
+        ("l40s", 48.0, 864.0, 362.0, Link::Pcie4, Some(1.25), Some(1.86)),
+        ("a100-40gb-pcie", 40.0, 1555.0, 312.0, Link::Pcie4, Some(2.50), Some(2.74)),
+        ("a100-80gb-sxm", 80.0, 2039.0, 312.0, Link::Nvlink3, Some(3.50), Some(3.43)),
+        ("h100-80gb-sxm", 80.0, 3350.0, 989.0, Link::Nvlink4, None, Some(6.88)),
+        ("h100-80gb-pcie", 80.0, 2000.0, 756.0, Link::Pcie5, None, Some(6.98)),
+        ("h200-141gb-sxm", 141.0, 4800.0, 989.0, Link::Nvlink4, None, Some(10.60)),
     ];
     assert_eq!(cat.kinds.len(), cases.len());
     for (kind, mem, bw, bf16, link, fly, reference) in cases {
@@ -80,29 +24,15 @@ fn builtin_table_has_every_kind_with_datasheet_values() {
             (mem, bw, bf16, link),
             "{kind}"
         );
-        assert_eq!(
-            gpu.price(&PriceBook::Fly2024).map(Usd::as_f64),
-            fly,
-            "{kind}"
-        );
-        assert_eq!(
-            gpu.price(&PriceBook::Ref).map(Usd::as_f64),
-            reference,
-            "{kind}"
-        );
+        assert_eq!(gpu.price(&PriceBook::Fly2024).map(Usd::as_f64), fly, "{kind}");
+        assert_eq!(gpu.price(&PriceBook::Ref).map(Usd::as_f64), reference, "{kind}");
     }
     assert_eq!(
-        cat.get("l40s")
-            .unwrap()
-            .price(&PriceBook::Fly2024Before)
-            .map(Usd::as_f64),
+        cat.get("l40s").unwrap().price(&PriceBook::Fly2024Before).map(Usd::as_f64),
         Some(2.50)
     );
     // The driver's own figure wins over the estimate where it is known.
-    assert_eq!(
-        cat.get("h100-80gb-sxm").unwrap().usable_bytes(),
-        81559.0 * 1024.0 * 1024.0
-    );
+    assert_eq!(cat.get("h100-80gb-sxm").unwrap().usable_bytes(), 81559.0 * 1024.0 * 1024.0);
     let a100 = cat.get("a100-80gb-sxm").unwrap().usable_bytes() / GIB;
     assert!((79.5..79.8).contains(&a100), "estimated from the marketed size: {a100}");
 }
@@ -119,11 +49,7 @@ fn interconnect_by_table() {
         ("l40s", 2, Some(("pcie", 25.0))),
     ];
     for (kind, n, expected) in cases {
-        let got = cat
-            .get(kind)
-            .unwrap()
-            .interconnect(n)
-            .map(|i| (i.via, i.gbs_per_direction));
+        let got = cat.get(kind).unwrap().interconnect(n).map(|i| (i.via, i.gbs_per_direction));
         assert_eq!(got, expected, "{kind} x{n}");
     }
 }
@@ -142,18 +68,8 @@ fn overrides_change_prices_and_add_kinds() {
     "#;
     let specs: BTreeMap<String, GpuSpec> = toml::from_str(toml_text).unwrap();
     let cat = Catalogue::builtin().with_overrides(&specs).unwrap();
-    assert_eq!(
-        cat.get("l40s")
-            .unwrap()
-            .price(&PriceBook::Own)
-            .map(Usd::as_f64),
-        Some(0.99)
-    );
-    assert_eq!(
-        cat.get("l40s").unwrap().bandwidth_gbs,
-        864.0,
-        "untouched fields stay"
-    );
+    assert_eq!(cat.get("l40s").unwrap().price(&PriceBook::Own).map(Usd::as_f64), Some(0.99));
+    assert_eq!(cat.get("l40s").unwrap().bandwidth_gbs, 864.0, "untouched fields stay");
     let cpu = cat.get("cpu").unwrap();
     assert!(cpu.is_cpu());
     assert_eq!(cpu.max_tensor_parallel(), 1);
@@ -165,38 +81,24 @@ fn bad_overrides_name_every_field() {
         ("[l40s]\nmemroy_gb = 1", &["memroy_gb"]),
         (
             "[new]\nmemory_gb = 8",
-            &[
-                "gpus.new.bandwidth_gbs",
-                "gpus.new.bf16_tflops",
-                "gpus.new.link",
-            ],
+            &["gpus.new.bandwidth_gbs", "gpus.new.bf16_tflops", "gpus.new.link"],
         ),
         (
             "[a10]\nbandwidth_gbs = -5\nlink = \"carrier-pigeon\"\nusd_per_hour = nan",
-            &[
-                "gpus.a10.bandwidth_gbs",
-                "gpus.a10.link",
-                "gpus.a10.usd_per_hour",
-            ],
+            &["gpus.a10.bandwidth_gbs", "gpus.a10.link", "gpus.a10.usd_per_hour"],
         ),
         ("[a10]\nusable_mib = 0", &["gpus.a10.usable_mib"]),
     ];
     for (text, fields) in cases {
         let message = match toml::from_str::<BTreeMap<String, GpuSpec>>(text) {
             Err(e) => e.to_string(),
-            Ok(specs) => Catalogue::builtin()
-                .with_overrides(&specs)
-                .unwrap_err()
-                .to_string(),
+            Ok(specs) => Catalogue::builtin().with_overrides(&specs).unwrap_err().to_string(),
         };
         for field in fields {
             assert!(message.contains(field), "{text:?}: {message} lacks {field}");
         }
     }
-    assert!(matches!(
-        Catalogue::builtin().get("tpu"),
-        Err(CatalogueError::UnknownKind { .. })
-    ));
+    assert!(matches!(Catalogue::builtin().get("tpu"), Err(CatalogueError::UnknownKind { .. })));
 }
 
 #[test]

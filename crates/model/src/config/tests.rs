@@ -20,17 +20,10 @@ fn with(base: &str, edits: &[(&str, Value)], removals: &[&str]) -> Vec<u8> {
 #[test]
 fn llama_shape_is_read() {
     let facts = ModelFacts::from_config(LLAMA_8B.as_bytes()).unwrap();
-    assert_eq!(
-        (facts.layers, facts.heads, facts.kv_heads, facts.head_dim),
-        (32, 32, 8, 128)
-    );
+    assert_eq!((facts.layers, facts.heads, facts.kv_heads, facts.head_dim), (32, 32, 8, 128));
     assert_eq!(facts.dtype, Dtype::BF16);
     assert_eq!(facts.weights_bytes, facts.params * 2);
-    assert_eq!(
-        facts.kv_bytes_per_token(2),
-        131072,
-        "models.csv kv_bytes_per_token_bf16"
-    );
+    assert_eq!(facts.kv_bytes_per_token(2), 131072, "models.csv kv_bytes_per_token_bf16");
     assert_eq!(facts.kv_bytes_per_sequence(2), 0);
 }
 
@@ -45,16 +38,8 @@ fn bad_configs_name_the_field() {
         ),
         (
             "missing several",
-            with(
-                LLAMA_8B,
-                &[],
-                &["hidden_size", "vocab_size", "intermediate_size"],
-            ),
-            &[
-                "hidden_size: missing",
-                "vocab_size: missing",
-                "intermediate_size: missing",
-            ],
+            with(LLAMA_8B, &[], &["hidden_size", "vocab_size", "intermediate_size"]),
+            &["hidden_size: missing", "vocab_size: missing", "intermediate_size: missing"],
         ),
         (
             "zero layers",
@@ -91,17 +76,9 @@ fn bad_configs_name_the_field() {
             with(LLAMA_8B, &[("num_key_value_heads", json!(5))], &[]),
             &["num_key_value_heads: 5 does not divide"],
         ),
-        (
-            "no model_type",
-            with(LLAMA_8B, &[], &["model_type"]),
-            &["model_type: missing"],
-        ),
+        ("no model_type", with(LLAMA_8B, &[], &["model_type"]), &["model_type: missing"]),
         ("not an object", b"[1, 2]".to_vec(), &["not a JSON object"]),
-        (
-            "not JSON",
-            b"{\"model_type\": ".to_vec(),
-            &["not a JSON object"],
-        ),
+        ("not JSON", b"{\"model_type\": ".to_vec(), &["not a JSON object"]),
         (
             "unknown family",
             with(LLAMA_8B, &[("model_type", json!("mamba"))], &[]),
@@ -122,19 +99,14 @@ fn tensors_replace_counted_weights() {
     let header = HeaderSummary {
         header_len: 100,
         tensors: 2,
-        bytes_by_dtype: [(Dtype::BF16, 1000), (Dtype::F32, 40)]
-            .into_iter()
-            .collect(),
+        bytes_by_dtype: [(Dtype::BF16, 1000), (Dtype::F32, 40)].into_iter().collect(),
         parameters: 510,
     };
     let exact = facts
         .clone()
         .with_tensors(&[header.clone(), header], FactsSource::Directory)
         .unwrap();
-    assert_eq!(
-        (exact.params, exact.weights_bytes, exact.dtype),
-        (1020, 2080, Dtype::BF16)
-    );
+    assert_eq!((exact.params, exact.weights_bytes, exact.dtype), (1020, 2080, Dtype::BF16));
     assert_eq!(exact.source, FactsSource::Directory);
     assert!(matches!(
         facts.with_tensors(&[], FactsSource::Manifest),

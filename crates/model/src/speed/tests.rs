@@ -4,10 +4,7 @@ use super::*;
 use colo_core::Catalogue;
 
 fn facts(name: &str) -> ModelFacts {
-    let path = format!(
-        "{}/../../testdata/configs/{name}/config.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../testdata/configs/{name}/config.json", env!("CARGO_MANIFEST_DIR"));
     ModelFacts::from_config(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -26,25 +23,10 @@ fn decode_bound_switches_at_the_ridge() {
         ("a10", 256, 32768, Bound::Memory),
     ];
     for (kind, batch, context, bound) in cases {
-        let step = decode(
-            &llama,
-            Quant::Bf16,
-            cat.get(kind).unwrap(),
-            1,
-            &settings,
-            batch,
-            context,
-        );
-        assert_eq!(
-            step.bound, bound,
-            "{kind} batch {batch} context {context}: {step:?}"
-        );
+        let step = decode(&llama, Quant::Bf16, cat.get(kind).unwrap(), 1, &settings, batch, context);
+        assert_eq!(step.bound, bound, "{kind} batch {batch} context {context}: {step:?}");
         if let Some(ridge) = step.ridge_batch {
-            assert_eq!(
-                step.bound == Bound::Compute,
-                batch as f64 > ridge,
-                "{kind}: {step:?}"
-            );
+            assert_eq!(step.bound == Bound::Compute, batch as f64 > ridge, "{kind}: {step:?}");
         }
     }
 }
@@ -83,8 +65,5 @@ fn prefill_scales_with_tokens_and_precision() {
     assert!((eight / one - 8.0).abs() < 0.5, "{eight} vs {one}");
     let fp8 = prefill_seconds(&llama, Quant::Fp8, h100, 1, &settings, 8, 2048);
     assert!(fp8 < 0.6 * eight, "fp8 tensor cores: {fp8} vs {eight}");
-    assert_eq!(
-        prefill_seconds(&llama, Quant::Bf16, h100, 1, &settings, 0, 2048),
-        0.0
-    );
+    assert_eq!(prefill_seconds(&llama, Quant::Bf16, h100, 1, &settings, 0, 2048), 0.0);
 }

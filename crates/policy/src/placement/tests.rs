@@ -4,10 +4,7 @@ use super::*;
 use colo_core::PriceBook;
 
 fn facts() -> ModelFacts {
-    let path = format!(
-        "{}/../../testdata/configs/llama-3.1-8b/config.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../testdata/configs/llama-3.1-8b/config.json", env!("CARGO_MANIFEST_DIR"));
     ModelFacts::from_config(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -36,11 +33,7 @@ fn template() -> PlanRequest {
     }
 }
 
-fn run(
-    hosts: Vec<Host>,
-    regions: Vec<RegionDemand>,
-    rtt: f64,
-) -> Result<Placement, PlacementError> {
+fn run(hosts: Vec<Host>, regions: Vec<RegionDemand>, rtt: f64) -> Result<Placement, PlacementError> {
     let fleet = Fleet { hosts };
     let demand = Demand {
         rtt_limit_ms: None,
@@ -59,11 +52,7 @@ fn run(
 
 /// Machines as "host:gpu xn" strings, sorted, for comparison.
 fn shape(p: &Placement) -> Vec<String> {
-    let mut out: Vec<String> = p
-        .machines
-        .iter()
-        .map(|m| format!("{}:{} x{}", m.host, m.gpu, m.n_gpus))
-        .collect();
+    let mut out: Vec<String> = p.machines.iter().map(|m| format!("{}:{} x{}", m.host, m.gpu, m.n_gpus)).collect();
     out.sort();
     out
 }
@@ -71,14 +60,7 @@ fn shape(p: &Placement) -> Vec<String> {
 #[test]
 fn placements_by_table() {
     let ord = || host("ord-1", "ord", &[("a10", 8), ("l40s", 2)]);
-    let cases: Vec<(
-        &str,
-        Vec<Host>,
-        Vec<RegionDemand>,
-        f64,
-        Vec<&str>,
-        Vec<(&str, &str)>,
-    )> = vec![
+    let cases: Vec<(&str, Vec<Host>, Vec<RegionDemand>, f64, Vec<&str>, Vec<(&str, &str)>)> = vec![
         (
             "small demand: one cheap machine",
             vec![ord()],
@@ -113,45 +95,24 @@ fn placements_by_table() {
         ),
         (
             "nothing in reach has a price (Fly sold no H100s)",
-            vec![
-                host("ams-1", "ams", &[("h100-80gb-sxm", 1)]),
-                host("ord-1", "ord", &[("a10", 1)]),
-            ],
+            vec![host("ams-1", "ams", &[("h100-80gb-sxm", 1)]), host("ord-1", "ord", &[("a10", 1)])],
             vec![want("fra", 0.1)],
             20.0,
             vec![],
-            vec![(
-                "fra",
-                "no GPU kind within reach (h100-80gb-sxm) holds the model with a price",
-            )],
+            vec![("fra", "no GPU kind within reach (h100-80gb-sxm) holds the model with a price")],
         ),
     ];
     for (what, hosts, regions, rtt, machines, unmet) in cases {
         let placement = run(hosts, regions, rtt).unwrap();
         assert_eq!(shape(&placement), machines, "{what}: {placement:#?}");
-        assert_eq!(
-            placement.unmet.len(),
-            unmet.len(),
-            "{what}: {:?}",
-            placement.unmet
-        );
+        assert_eq!(placement.unmet.len(), unmet.len(), "{what}: {:?}", placement.unmet);
         for (u, (region, reason)) in placement.unmet.iter().zip(unmet) {
             assert_eq!(u.region, region, "{what}");
-            assert!(
-                u.reason.contains(reason),
-                "{what}: {:?} lacks {reason:?}",
-                u.reason
-            );
+            assert!(u.reason.contains(reason), "{what}: {:?} lacks {reason:?}", u.reason);
         }
         let total: f64 = placement.machines.iter().map(|m| m.usd_per_hour).sum();
         assert!((placement.usd_per_hour - total).abs() < 1e-9);
-        assert!(
-            placement
-                .machines
-                .iter()
-                .all(|m| m.load > 0.0 && m.load <= 1.0 + 1e-9),
-            "{what}"
-        );
+        assert!(placement.machines.iter().all(|m| m.load > 0.0 && m.load <= 1.0 + 1e-9), "{what}");
     }
 }
 
@@ -211,17 +172,14 @@ fn bad_fleet_and_demand_name_fields() {
 
 #[test]
 fn fleet_toml_rejects_unknown_keys() {
-    let ok: Fleet =
-        toml::from_str("[[hosts]]\nname = \"a\"\nregion = \"ord\"\ngpus = { l40s = 2 }\n").unwrap();
+    let ok: Fleet = toml::from_str("[[hosts]]\nname = \"a\"\nregion = \"ord\"\ngpus = { l40s = 2 }\n").unwrap();
     assert_eq!(ok.hosts[0].gpus["l40s"], 2);
     let err = toml::from_str::<Fleet>("[[hosts]]\nname = \"a\"\nregoin = \"ord\"\n")
         .unwrap_err()
         .to_string();
     assert!(err.contains("regoin"), "{err}");
-    let err = toml::from_str::<Demand>(
-        "[[regions]]\nregion = \"ord\"\nrequests_per_s = 1\nprompt_tokens = 1\n",
-    )
-    .unwrap_err()
-    .to_string();
+    let err = toml::from_str::<Demand>("[[regions]]\nregion = \"ord\"\nrequests_per_s = 1\nprompt_tokens = 1\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("output_tokens"), "{err}");
 }

@@ -3,10 +3,7 @@
 use super::*;
 
 fn facts(name: &str) -> ModelFacts {
-    let path = format!(
-        "{}/../../testdata/configs/{name}/config.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../testdata/configs/{name}/config.json", env!("CARGO_MANIFEST_DIR"));
     ModelFacts::from_config(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -21,14 +18,7 @@ fn find<'a>(plan: &'a Plan, gpu: &str, n: u32, quant: Quant) -> &'a PlanOption {
 fn why_not_by_table() {
     let cat = Catalogue::builtin();
     let cases: Vec<(&str, PlanRequest, &str, u32, Quant, Option<&str>)> = vec![
-        (
-            "8b on an a10",
-            PlanRequest::default(),
-            "a10",
-            1,
-            Quant::Bf16,
-            None,
-        ),
+        ("8b on an a10", PlanRequest::default(), "a10", 1, Quant::Bf16, None),
         (
             "70b on one h100",
             PlanRequest::default(),
@@ -95,14 +85,8 @@ fn why_not_by_table() {
             None => assert!(row.fits, "{what}: {row:?}"),
             Some(needle) => {
                 let why = row.why_not.as_deref().unwrap_or_default();
-                assert!(
-                    !row.fits && why.contains(needle),
-                    "{what}: {why:?} lacks {needle:?}"
-                );
-                assert_eq!(
-                    row.usd_per_million_tokens, None,
-                    "{what}: no cost for what does not fit"
-                );
+                assert!(!row.fits && why.contains(needle), "{what}: {why:?} lacks {needle:?}");
+                assert_eq!(row.usd_per_million_tokens, None, "{what}: no cost for what does not fit");
             }
         }
     }
@@ -126,8 +110,7 @@ fn recommendation_prefers_least_lossy_then_cheapest() {
         .fold(f64::MAX, f64::min);
     assert_eq!(best.usd_per_million_tokens, Some(cheapest_bf16));
     assert!(
-        plan.why
-            .starts_with(&format!("{} x{} in bf16", best.gpu, best.n_gpus)),
+        plan.why.starts_with(&format!("{} x{} in bf16", best.gpu, best.n_gpus)),
         "{}",
         plan.why
     );
@@ -152,10 +135,7 @@ fn recommendation_prefers_least_lossy_then_cheapest() {
         },
     )
     .unwrap();
-    assert_eq!(
-        a10_only.recommended.as_ref().map(|o| o.n_gpus),
-        Some(rec.n_gpus)
-    );
+    assert_eq!(a10_only.recommended.as_ref().map(|o| o.n_gpus), Some(rec.n_gpus));
     // 405B in bf16 on A10s: nothing fits, and the error says why for the kind.
     let err = recommend(
         &facts("llama-3.1-405b"),
@@ -187,9 +167,7 @@ fn bad_requests_name_every_field() {
         },
         ..Default::default()
     };
-    let err = plan(&facts("llama-3.1-8b"), &cat, &request)
-        .unwrap_err()
-        .to_string();
+    let err = plan(&facts("llama-3.1-8b"), &cat, &request).unwrap_err().to_string();
     for field in [
         "context:",
         "concurrency:",
@@ -233,12 +211,7 @@ fn no_option_carries_a_nan() {
                 o.prefill_ms,
                 o.decode_tokens_per_s_per_sequence,
             ] {
-                assert!(
-                    v.is_finite() && v >= 0.0,
-                    "{model} {} x{}: {o:?}",
-                    o.gpu,
-                    o.n_gpus
-                );
+                assert!(v.is_finite() && v >= 0.0, "{model} {} x{}: {o:?}", o.gpu, o.n_gpus);
             }
             if let Some(c) = o.usd_per_million_tokens {
                 assert!(c.is_finite() && c > 0.0, "{model}: {o:?}");
