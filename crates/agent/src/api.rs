@@ -66,6 +66,8 @@ struct CreateMachine {
     model: String,
     /// Model revision; the latest when absent.
     revision: Option<String>,
+    /// GPU kind to lease (`l40s`); any free device when absent.
+    gpu: Option<String>,
 }
 
 async fn create(State(agent): State<Arc<Agent>>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
@@ -85,7 +87,7 @@ async fn create(State(agent): State<Arc<Agent>>, Path(app): Path<String>, body: 
             Err(e) => return AgentError::from(e).into_response(),
         },
     };
-    match agent.create_machine(&app, &model, &revision).await {
+    match agent.create_machine(&app, &model, &revision, request.gpu.as_deref()).await {
         Ok(machine) => (StatusCode::CREATED, Json(machine)).into_response(),
         Err(e) => e.into_response(),
     }

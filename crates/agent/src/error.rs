@@ -8,8 +8,8 @@ pub enum AgentError {
     NoSuchMachine(String),
     #[error("machine {0:?} is destroyed")]
     Destroyed(String),
-    #[error("host {host} has no free device: all {total} are leased to machines")]
-    NoFreeDevice { host: String, total: usize },
+    #[error("host {host} has no free device of kind {kind} ({total} devices in all)")]
+    NoFreeDevice { host: String, kind: String, total: usize },
     #[error("machine {id} did not reach {wanted} within {secs}s (it is {current})")]
     WaitTimeout {
         id: String,

@@ -47,6 +47,8 @@ pub struct Agent {
     store: Store,
     cache: HostCache,
     devices: Vec<Device>,
+    /// Names GPU kinds, so machines can ask for one.
+    catalogue: colo_core::Catalogue,
     /// Desired-state channels of the supervisors that run, by machine id.
     supervisors: Mutex<HashMap<String, watch::Sender<MachineState>>>,
     /// Serialises device leasing so two creates never take the same device.
@@ -70,6 +72,7 @@ impl Agent {
             store,
             cache,
             devices,
+            catalogue: colo_core::Catalogue::builtin(),
             supervisors: Mutex::new(HashMap::new()),
             lease_lock: Default::default(),
         })
@@ -117,8 +120,29 @@ impl Agent {
             .ok_or_else(|| AgentError::NoSuchMachine(id.to_string()))
     }
 
-    /// Creates a machine on a free device and starts it.
-    pub async fn create_machine(self: &Arc<Self>, app: &AppName, model: &AppName, revision: &str) -> Result<Machine, AgentError> {
+    /// Kinds (catalogue names) of this host's GPUs, without repeats.
+    pub fn gpu_kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.devices.iter().filter_map(|d| self.device_kind(d)).collect();
+        kinds.dedup();
+        kinds
+    }
+
+    /// The catalogue kind of a GPU device; `None` for CPU slots and unknown GPUs.
+    pub fn device_kind(&self, device: &Device) -> Option<String> {
+        match device {
+            Device::Gpu { name, memory_mib, .. } => self.catalogue.kind_of_device(name, *memory_mib).map(|k| k.kind.clone()),
+            Device::Cpu { .. } => None,
+        }
+    }
+
+    /// Creates a machine on a free device (of `gpu_kind`, when given) and starts it.
+    pub async fn create_machine(
+        self: &Arc<Self>,
+        app: &AppName,
+        model: &AppName,
+        revision: &str,
+        gpu_kind: Option<&str>,
+    ) -> Result<Machine, AgentError> {
         // The manifest must exist before a device is taken for it.
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
@@ -131,10 +155,12 @@ impl Agent {
         let device = self
             .devices
             .iter()
+            .filter(|d| gpu_kind.is_none() || self.device_kind(d).as_deref() == gpu_kind)
             .find(|d| !taken.contains(d))
             .cloned()
-            .ok_or(AgentError::NoFreeDevice {
+            .ok_or_else(|| AgentError::NoFreeDevice {
                 host: self.config.host.clone(),
+                kind: gpu_kind.unwrap_or("any").to_string(),
                 total: self.devices.len(),
             })?;
         let machine = Machine {

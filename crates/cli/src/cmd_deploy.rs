@@ -17,6 +17,10 @@ pub struct DeployArgs {
     /// Machines to keep running.
     #[arg(long, default_value_t = 1)]
     machines: u32,
+    /// GPU kind for the machines (see `colo plan`); by default the planner picks among the
+    /// host's GPUs, and a host without GPUs uses CPU slots.
+    #[arg(long)]
+    gpu: Option<String>,
     /// Return once the deploy is recorded, without waiting for machines to start.
     #[arg(long)]
     detach: bool,
@@ -56,7 +60,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let app: App = api
         .post(
             "/v1/apps",
-            &json!({"name": args.app, "model": args.model, "machines": args.machines}),
+            &json!({"name": args.app, "model": args.model, "machines": args.machines, "gpu": args.gpu}),
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
@@ -85,6 +89,10 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         app.revision,
         started.elapsed().as_secs_f64()
     );
+    match &app.gpu {
+        Some(gpu) => println!("gpu {} ({}): {}", gpu.kind, gpu.quant, gpu.why),
+        None => println!("no GPU chosen: machines run on any free device (CPU slots on a host without GPUs)"),
+    }
     println!("{}", machines_table(&machines));
     Ok(())
 }

@@ -46,6 +46,8 @@ struct DeployRequest {
     model: String,
     /// Machines to keep (default 1).
     machines: Option<u32>,
+    /// GPU kind (`l40s`); the planner chooses among the host's kinds when absent.
+    gpu: Option<String>,
 }
 
 async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
@@ -59,7 +61,10 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
             .into_response()
         }
     };
-    match control.deploy(&request.name, &request.model, request.machines.unwrap_or(1)).await {
+    match control
+        .deploy(&request.name, &request.model, request.machines.unwrap_or(1), request.gpu.as_deref())
+        .await
+    {
         Ok(app) => (StatusCode::CREATED, Json(app)).into_response(),
         Err(e) => e.into_response(),
     }

@@ -6,7 +6,9 @@ pub mod api;
 pub mod auth;
 
 use colo_agent::Agent;
-use colo_core::{App, AppName, MachineState};
+use colo_core::{App, AppName, Catalogue, GpuChoice, MachineState};
+use colo_model::{FactsSource, Manifest, ModelFacts};
+use colo_policy::{recommend, PlanRequest};
 use colo_state::StateStore;
 use colo_store::Store;
 use std::sync::Arc;
@@ -53,8 +55,10 @@ impl Control {
     }
 
     /// Records `app` serving the latest revision of `model` on `machines` machines, then
-    /// reconciles. Returns the app as recorded.
-    pub async fn deploy(&self, app: &str, model: &str, machines: u32) -> Result<App, ControlError> {
+    /// reconciles. The GPU kind is `gpu` when given, else the planner's recommendation among
+    /// the kinds this host has; a host without GPUs runs machines on CPU slots. Returns the app
+    /// as recorded.
+    pub async fn deploy(&self, app: &str, model: &str, machines: u32, gpu: Option<&str>) -> Result<App, ControlError> {
         let name = AppName::new(app).map_err(|e| ControlError::Invalid {
             field: "app",
             reason: e.to_string(),
@@ -70,16 +74,74 @@ impl Control {
             });
         }
         let manifest = self.store.manifest(model.as_str()).await?;
+        let gpu = self.choose_gpu(&manifest, gpu).await?;
         let app = App {
             name,
             model,
             revision: manifest.revision,
             machines,
             deployed_at_ms: now_ms(),
+            gpu,
         };
         self.state.put_app(&app).await?;
         self.reconcile(&app).await?;
         Ok(app)
+    }
+
+    /// The GPU kind for a deploy: checked against the host's GPUs when named, else the
+    /// planner's choice among them. `None` when the host has no GPU (CPU slots), or when the
+    /// planner cannot read the model and no kind was named (any free device).
+    async fn choose_gpu(&self, manifest: &Manifest, named: Option<&str>) -> Result<Option<GpuChoice>, ControlError> {
+        let invalid = |reason: String| ControlError::Invalid { field: "gpu", reason };
+        let catalogue = Catalogue::builtin();
+        let host_kinds = self.agent.gpu_kinds();
+        if let Some(kind) = named {
+            if catalogue.kinds.iter().all(|k| k.kind != kind) {
+                let known: Vec<&str> = catalogue.kinds.iter().map(|k| k.kind.as_str()).collect();
+                return Err(invalid(format!("{kind:?} is not a GPU kind colo knows ({})", known.join(", "))));
+            }
+            if !host_kinds.iter().any(|k| k == kind) {
+                let offered = if host_kinds.is_empty() {
+                    "no GPU, only CPU slots".to_string()
+                } else {
+                    host_kinds.join(", ")
+                };
+                return Err(invalid(format!("this host has no {kind} GPU (it has {offered})")));
+            }
+        }
+        if host_kinds.is_empty() {
+            return Ok(None);
+        }
+        let facts = match self.model_facts(manifest).await {
+            Ok(facts) => facts,
+            Err(reason) if named.is_none() => {
+                tracing::warn!(model = %manifest.name, %reason, "planner cannot read the model; any free device will do");
+                return Ok(None);
+            }
+            Err(reason) => return Err(invalid(format!("the planner cannot read the model: {reason}"))),
+        };
+        // One machine leases one whole GPU, so the planner considers single cards.
+        let request = PlanRequest {
+            gpus: named.map(|k| vec![k.to_string()]).unwrap_or_default(),
+            n_gpus: vec![1],
+            ..Default::default()
+        };
+        let choice = recommend(&facts, &catalogue, &request, &host_kinds).map_err(|e| invalid(e.to_string()))?;
+        Ok(Some(GpuChoice {
+            kind: choice.gpu,
+            quant: choice.quant.as_str().to_string(),
+            why: choice.why,
+        }))
+    }
+
+    /// The planner's facts for a pushed model: its config.json with the manifest's exact tensor sizes.
+    async fn model_facts(&self, manifest: &Manifest) -> Result<ModelFacts, String> {
+        let path = Store::file_path(&manifest.name, &manifest.revision, "config.json");
+        let config = self.store.objects().get(&path).await.map_err(|e| format!("{path}: {e}"))?;
+        let bytes = config.bytes().await.map_err(|e| format!("{path}: {e}"))?;
+        let headers: Vec<_> = manifest.files.iter().filter_map(|f| f.safetensors.clone()).collect();
+        let facts = ModelFacts::from_config(&bytes).map_err(|e| e.to_string())?;
+        facts.with_tensors(&headers, FactsSource::Manifest).map_err(|e| e.to_string())
     }
 
     /// Removes an app and destroys its machines.
@@ -107,7 +169,11 @@ impl Control {
             if machine.app != app.name || machine.state == MachineState::Destroyed {
                 continue;
             }
-            if machine.revision != app.revision || machine.model != app.model {
+            let wrong_kind = app
+                .gpu
+                .as_ref()
+                .is_some_and(|g| self.agent.device_kind(&machine.device).as_deref() != Some(g.kind.as_str()));
+            if machine.revision != app.revision || machine.model != app.model || wrong_kind {
                 self.agent.destroy(&machine.id).await?;
             } else {
                 live.push(machine);
@@ -124,9 +190,16 @@ impl Control {
             }
         }
         for _ in live.len()..want {
-            self.agent.create_machine(&app.name, &app.model, &app.revision).await?;
+            self.agent
+                .create_machine(&app.name, &app.model, &app.revision, app.gpu.as_ref().map(|g| g.kind.as_str()))
+                .await?;
         }
         Ok(())
+    }
+
+    /// The machines of the agent control drives (for tests and `colo ps`).
+    pub async fn agent_machines(&self) -> Vec<colo_core::Machine> {
+        self.agent.machines().await.unwrap_or_default()
     }
 
     pub async fn apps(&self) -> Result<Vec<App>, ControlError> {

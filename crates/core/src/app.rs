@@ -16,4 +16,18 @@ pub struct App {
     pub machines: u32,
     /// Milliseconds since the Unix epoch when the app was last deployed.
     pub deployed_at_ms: u64,
+    /// The GPU kind the planner chose (or the deploy named); `None`: any free device, which on
+    /// a host without GPUs is a CPU slot.
+    #[serde(default)]
+    pub gpu: Option<GpuChoice>,
+}
+
+/// A deploy's GPU choice and the planner's reason for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuChoice {
+    /// Catalogue kind (`l40s`).
+    pub kind: String,
+    /// Weight format the plan assumed (`bf16`, `fp8`, `int8`, `int4`).
+    pub quant: String,
+    pub why: String,
 }

@@ -325,6 +325,26 @@ pub struct Catalogue {
 // === impl Catalogue ===
 
 impl Catalogue {
+    /// The kind of a device as the driver names it ("NVIDIA H100 80GB HBM3"): an exact name
+    /// match first, else the kind whose model number appears in the name as a whole word and
+    /// whose memory is closest to the device's.
+    pub fn kind_of_device(&self, name: &str, memory_mib: u64) -> Option<&GpuKind> {
+        let lower = name.to_ascii_lowercase();
+        if let Some(kind) = self.kinds.iter().find(|k| k.name.eq_ignore_ascii_case(name)) {
+            return Some(kind);
+        }
+        let words: Vec<&str> = lower
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let model_of = |k: &GpuKind| k.kind.split('-').next().unwrap_or_default().to_string();
+        let memory_gb = memory_mib as f64 * 1024.0 * 1024.0 / 1e9;
+        self.kinds
+            .iter()
+            .filter(|k| words.contains(&model_of(k).as_str()))
+            .min_by(|a, b| (a.memory_gb - memory_gb).abs().total_cmp(&(b.memory_gb - memory_gb).abs()))
+    }
+
     /// The kinds in `data/gpus.csv`, built into the binary.
     pub fn builtin() -> Catalogue {
         // The table is part of the source tree and checked by the tests below.

@@ -182,6 +182,7 @@ mod tests {
                 revision: "r".into(),
                 machines: 1,
                 deployed_at_ms: 5,
+                gpu: None,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();

@@ -107,3 +107,21 @@ fn malformed_csv_is_an_error_with_line_and_column() {
     let err = Catalogue::from_csv(text).unwrap_err().to_string();
     assert!(err.contains("line 2") && err.contains("memory_gb"), "{err}");
 }
+
+#[test]
+fn devices_are_matched_to_kinds_by_driver_name() {
+    let catalogue = Catalogue::builtin();
+    let cases: &[(&str, u64, Option<&str>)] = &[
+        ("NVIDIA L40S", 46068, Some("l40s")),
+        ("NVIDIA A10", 23028, Some("a10")),
+        ("NVIDIA L4", 23034, Some("l4")),
+        ("NVIDIA H100 80GB HBM3", 81559, Some("h100-80gb-sxm")),
+        ("NVIDIA A100-SXM4-80GB", 81920, Some("a100-80gb-sxm")),
+        ("NVIDIA A100-PCIE-40GB", 40960, Some("a100-40gb-pcie")),
+        ("NVIDIA GeForce RTX 4090", 24564, None),
+    ];
+    for (name, mib, expected) in cases {
+        let got = catalogue.kind_of_device(name, *mib).map(|k| k.kind.as_str());
+        assert_eq!(got, *expected, "{name}");
+    }
+}

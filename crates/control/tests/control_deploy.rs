@@ -1,0 +1,102 @@
+//! Deploys pick their GPU kind with the planner among the host's GPUs, honour a named kind,
+//! and fall back to CPU slots on a host without GPUs. The host's devices are given to the agent
+//! as data, so these run anywhere; the engine command is a stand-in that never becomes healthy.
+
+use colo_agent::{Agent, AgentConfig, EngineCommand};
+use colo_control::Control;
+use colo_core::Device;
+use colo_state::{Embedded, StateStore};
+use colo_store::{no_progress, push_dir, HostCache, PushOptions, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn control_with(devices: Vec<Device>, root: &std::path::Path) -> Arc<Control> {
+    let model_dir = root.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let spec = colo_model::synth::SynthSpec {
+        layers: 2,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 300,
+        intermediate: 0,
+        context: 4096,
+        seed: 1,
+        dtype: "bf16".into(),
+        tie_embeddings: false,
+    };
+    for (name, bytes) in colo_model::synth::synth_llama(&spec).unwrap() {
+        std::fs::write(model_dir.join(name), bytes).unwrap();
+    }
+    let store = Store::open(root.join("store").to_str().unwrap()).unwrap();
+    push_dir(&store, &model_dir, "tiny", &PushOptions::default(), no_progress())
+        .await
+        .unwrap();
+    let state: Arc<dyn StateStore> = Arc::new(Embedded::open(&root.join("state.redb")).unwrap());
+    let config = AgentConfig {
+        host: "h1".into(),
+        region: "local".into(),
+        data_dir: root.to_path_buf(),
+        engine: EngineCommand {
+            program: "/bin/false".into(),
+            args: vec![],
+        },
+        start_timeout: Duration::from_secs(1),
+        health_interval: Duration::from_secs(1),
+    };
+    let agent = Agent::new(config, state.clone(), store.clone(), HostCache::new(root.join("cache")), devices);
+    Control::new(state, store, agent)
+}
+
+fn gpu(index: u32, name: &str, memory_mib: u64) -> Device {
+    Device::Gpu {
+        index,
+        name: name.into(),
+        memory_mib,
+    }
+}
+
+#[tokio::test]
+async fn the_planner_picks_among_the_hosts_gpus() {
+    let root = tempfile::tempdir().unwrap();
+    let devices = vec![gpu(0, "NVIDIA A10", 23028), gpu(1, "NVIDIA L40S", 46068), Device::Cpu { slot: 0 }];
+    let control = control_with(devices, root.path()).await;
+
+    let app = control.deploy("chat", "tiny", 1, None).await.unwrap();
+    let choice = app.gpu.expect("a GPU host gets a GPU choice");
+    assert!(["a10", "l40s"].contains(&choice.kind.as_str()), "{choice:?}");
+    assert!(!choice.why.is_empty());
+    let machines = control.agent_machines().await;
+    assert_eq!(machines.len(), 1);
+    assert!(
+        matches!(&machines[0].device, Device::Gpu { .. }),
+        "the machine leases a GPU: {:?}",
+        machines[0].device
+    );
+
+    // A named kind is honoured; one the host lacks is refused, naming what it has.
+    let app = control.deploy("pinned", "tiny", 1, Some("l40s")).await.unwrap();
+    assert_eq!(app.gpu.unwrap().kind, "l40s");
+    let err = control
+        .deploy("nope", "tiny", 1, Some("h100-80gb-sxm"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no h100-80gb-sxm GPU") && err.contains("a10") && err.contains("l40s"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_without_gpus_runs_on_cpu_slots() {
+    let root = tempfile::tempdir().unwrap();
+    let control = control_with(vec![Device::Cpu { slot: 0 }, Device::Cpu { slot: 1 }], root.path()).await;
+    let app = control.deploy("chat", "tiny", 2, None).await.unwrap();
+    assert_eq!(app.gpu, None);
+    let machines = control.agent_machines().await;
+    assert_eq!(machines.len(), 2);
+    assert!(machines.iter().all(|m| matches!(m.device, Device::Cpu { .. })));
+    let err = control.deploy("more", "tiny", 1, None).await.unwrap_err().to_string();
+    assert!(err.contains("no free device"), "{err}");
+}
