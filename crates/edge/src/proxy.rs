@@ -195,20 +195,15 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
     };
     let (endpoint, load) = edge.pick(&app).await.map_err(|e| (app.clone(), e))?;
 
+    let upstream_failed = |reason: String| EdgeError::Upstream {
+        machine: endpoint.machine_id.clone(),
+        addr: endpoint.addr.clone(),
+        reason,
+    };
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let uri: Uri = match format!("http://{}{}", endpoint.addr, path).parse() {
         Ok(uri) => uri,
-        Err(e) => {
-            let reason = format!("bad upstream address: {e}");
-            return Err((
-                app,
-                EdgeError::Upstream {
-                    machine: endpoint.machine_id,
-                    addr: endpoint.addr,
-                    reason,
-                },
-            ));
-        }
+        Err(e) => return Err((app, upstream_failed(format!("bad upstream address: {e}")))),
     };
     let mut upstream = hyper::Request::builder().method(parts.method).uri(uri);
     for (name, value) in parts.headers.iter() {
@@ -225,17 +220,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
     let started = std::time::Instant::now();
     let response = match edge.client.request(upstream).await {
         Ok(response) => response,
-        Err(e) => {
-            let reason = error_chain(&e);
-            return Err((
-                app,
-                EdgeError::Upstream {
-                    machine: endpoint.machine_id,
-                    addr: endpoint.addr,
-                    reason,
-                },
-            ));
-        }
+        Err(e) => return Err((app, upstream_failed(error_chain(&e)))),
     };
     edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
 

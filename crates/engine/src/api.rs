@@ -5,6 +5,7 @@ use crate::api_gen::{self, TextModel};
 use crate::batch::Batcher;
 use crate::error::error_body;
 use crate::metrics::{Metrics, StatusLabel};
+use crate::textgen::{json_object, kind};
 use crate::EngineError;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -91,19 +92,26 @@ async fn metrics(State(state): State<EngineState>) -> Response {
 }
 
 async fn generate(State(state): State<EngineState>, body: Bytes, chat: bool) -> Response {
-    let metrics = &state.inner.metrics;
-    metrics.in_flight.inc();
-    let response = match &state.inner.task {
-        Task::Generate(model) => match api_gen::handle(&state, model, &body, chat).await {
-            Ok(response) => response,
-            Err(err) => {
-                let mut response = err.into_response();
-                response.headers_mut().insert("colo-load", model.load_header());
-                response
-            }
-        },
-        Task::Embed(_) => EngineError::bad("model", "this model serves embeddings; use /v1/embeddings").into_response(),
+    let response = async {
+        match &state.inner.task {
+            Task::Generate(model) => match api_gen::handle(&state, model, &body, chat).await {
+                Ok(response) => response,
+                Err(err) => {
+                    let mut response = err.into_response();
+                    response.headers_mut().insert("colo-load", model.load_header());
+                    response
+                }
+            },
+            Task::Embed(_) => EngineError::bad("model", "this model serves embeddings; use /v1/embeddings").into_response(),
+        }
     };
+    counted(&state.inner.metrics, response).await
+}
+
+/// Counts a request as in flight while `response` is produced, then by its status.
+async fn counted(metrics: &Metrics, response: impl std::future::Future<Output = Response>) -> Response {
+    metrics.in_flight.inc();
+    let response = response.await;
     metrics.in_flight.dec();
     metrics
         .requests
@@ -129,18 +137,7 @@ struct EmbeddingsRequest {
 }
 
 fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| EngineError::BadRequest {
-        message: format!("request body is not valid JSON: {e}"),
-        param: None,
-        code: "invalid_json",
-    })?;
-    let Value::Object(fields) = value else {
-        return Err(EngineError::BadRequest {
-            message: "request body must be a JSON object".into(),
-            param: None,
-            code: "invalid_json",
-        });
-    };
+    let fields = json_object(body)?;
     let model = match fields.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -214,32 +211,14 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
     Ok(EmbeddingsRequest { model, inputs, encoding })
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 async fn embeddings(State(state): State<EngineState>, body: Bytes) -> Response {
-    let metrics = &state.inner.metrics;
-    metrics.in_flight.inc();
-    let response = match embed(&state, &body).await {
-        Ok(response) => response,
-        Err(err) => err.into_response(),
-    };
-    metrics.in_flight.dec();
-    metrics
-        .requests
-        .get_or_create(&StatusLabel {
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
+    counted(&state.inner.metrics, async {
+        match embed(&state, &body).await {
+            Ok(response) => response,
+            Err(err) => err.into_response(),
+        }
+    })
+    .await
 }
 
 async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError> {

@@ -29,7 +29,8 @@ pub struct GenParams {
     pub return_token_ids: bool,
 }
 
-fn kind(value: &Value) -> &'static str {
+/// How a JSON value is described in error messages.
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -138,20 +139,23 @@ fn messages(value: &Value) -> Result<Vec<Message>, EngineError> {
         .collect()
 }
 
-/// Parses a completions (`chat` false) or chat completions request body.
-pub fn parse(body: &[u8], chat: bool) -> Result<GenParams, EngineError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| EngineError::BadRequest {
-        message: format!("request body is not valid JSON: {e}"),
+/// A request body as a JSON object, or the 400 that says why it is not one.
+pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, EngineError> {
+    let invalid = |message: String| EngineError::BadRequest {
+        message,
         param: None,
         code: "invalid_json",
-    })?;
-    let Value::Object(fields) = value else {
-        return Err(EngineError::BadRequest {
-            message: "request body must be a JSON object".into(),
-            param: None,
-            code: "invalid_json",
-        });
     };
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(invalid("request body must be a JSON object".into())),
+        Err(e) => Err(invalid(format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+/// Parses a completions (`chat` false) or chat completions request body.
+pub fn parse(body: &[u8], chat: bool) -> Result<GenParams, EngineError> {
+    let fields = json_object(body)?;
     let model = match present(&fields, "model") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
