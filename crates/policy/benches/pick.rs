@@ -1,8 +1,8 @@
 //! Cost of the routing pick among 10, 1,000 and 10,000 started machines.
 //!
-//! Two shapes of fleet: machines spread over 30 regions (the edge's own region holds a 30th of
-//! them, the usual case), and every machine in the edge's region with none idle (the worst case:
-//! the pick reads every machine). Loads are busy but under the hard limit and engine reports are
+//! Shapes of fleet: machines spread over 30 regions (the edge's own region holds a 30th of them,
+//! the usual case), and every machine in the edge's region with none idle, where an exact pick
+//! reads every machine (`scan_limit = 0`) and the default one reads 512 from a rotating start. Loads are busy but under the hard limit and engine reports are
 //! fresh, so each machine costs the full load computation. The seed changes every iteration, so
 //! the tie-break start moves as it does in service.
 
@@ -47,15 +47,21 @@ fn fleet(n: usize, regions: u16, params: &RouteParams) -> (Vec<MachineLoad>, Vec
 }
 
 fn bench_pick(c: &mut Criterion) {
-    let params = RouteParams {
+    let sampled = RouteParams {
         soft_limit: 8,
         hard_limit: 16,
         ..RouteParams::default()
     };
+    let exact = RouteParams { scan_limit: 0, ..sampled };
     // RTT from the edge (region 0) to region r: 0, 7, 14, ... ms.
     let rtt: Vec<u32> = (0..u32::from(REGIONS)).map(|r| r * 7).collect();
     let mut group = c.benchmark_group("pick");
-    for (shape, regions) in [("spread_30_regions", REGIONS), ("one_region_busy", 1)] {
+    let shapes = [
+        ("spread_30_regions", REGIONS, exact),
+        ("one_region_busy_exact", 1, exact),
+        ("one_region_busy_scan512", 1, sampled),
+    ];
+    for (shape, regions, params) in shapes {
         for n in [10usize, 1_000, 10_000] {
             let (loads, spans) = fleet(n, regions, &params);
             let app = AppView {

@@ -10,7 +10,9 @@
 //!   and regions at equal RTT share a pool.
 //! - Within a pool, a machine under its soft limit beats one over it; then the least loaded wins;
 //!   then the closest by RTT; remaining ties go to the first machine after a rotating start
-//!   (derived from the caller's `seed`), so equal machines share a light load.
+//!   (derived from the caller's `seed`), so equal machines share a light load. In a pool larger
+//!   than `scan_limit` the pick weighs `scan_limit` machines from that start (and more only until
+//!   one has room): the least loaded of a moving sample, as power-of-d-choices balancers do.
 //! - `prefer` makes a region the nearest; `force` makes it the only one.
 //! - Prefix affinity: if the caller names the machine that served a prompt with the same prefix,
 //!   and it is in the chosen pool, healthy and under its hard limit, it wins unless its load
@@ -24,8 +26,9 @@
 //! this edge's requests of the moment it was made.
 //!
 //! The pick reads its inputs and returns a [`Decision`]; it reserves nothing and allocates
-//! nothing. Its cost is one pass over the machines of the regions it looks at (the nearest pool
-//! first, and it stops at an idle machine), plus a pass over the region spans per pool tried.
+//! nothing. Its cost is one pass over the machines of the pools it looks at (nearest first,
+//! stopping at an idle machine or after `scan_limit` machines once one has room), plus a pass
+//! over the region spans per pool tried.
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -109,9 +112,9 @@ pub struct AppView<'a, M> {
     pub starting: u32,
 }
 
-/// Per-app routing settings.
+/// Per-app routing settings; a key left out takes its default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RouteParams {
     /// Load (requests) at which a machine stops being preferred.
     pub soft_limit: u32,
@@ -125,6 +128,10 @@ pub struct RouteParams {
     pub local_rtt_ms: u32,
     /// How many more requests than the best machine the affine machine may have and still win.
     pub affinity_slack: u32,
+    /// In a pool of more machines than this, look at this many (from the rotating start) and
+    /// past them only until one has room: a sampled least-loaded that bounds the pick's cost.
+    /// 0 looks at every machine.
+    pub scan_limit: u32,
 }
 
 /// How one request steers the pick (the `colo-prefer-region` and `colo-force-region` headers).
@@ -184,6 +191,7 @@ pub fn pick<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params:
 }
 
 /// The load the pick weighs for one machine: see the module documentation.
+#[inline]
 pub fn effective_load(in_flight: u32, report: Option<LoadReport>, now_ms: u64, params: &RouteParams) -> u32 {
     let Some(report) = report else {
         return in_flight;
@@ -320,6 +328,7 @@ impl Default for RouteParams {
             report_stale_ms: 5_000,
             local_rtt_ms: 0,
             affinity_slack: 4,
+            scan_limit: 512,
         }
     }
 }
@@ -368,9 +377,10 @@ fn next_pool(spans: &[RegionSpan], req: &PickRequest<'_>, params: &RouteParams, 
     next
 }
 
-/// Orders machines within a pool: over-soft last, then load, then RTT. Lower is better.
+/// Orders machines within a pool: over-soft last, then load, then RTT. Lower is better, and
+/// never `u64::MAX` (the load is clamped below 2^31 - 1), which marks "no machine".
 fn rank(load: u32, rtt: u32, soft_limit: u32) -> u64 {
-    (u64::from(load >= soft_limit) << 63) | (u64::from(load) << 32) | u64::from(rtt)
+    (u64::from(load >= soft_limit) << 63) | (u64::from(load.min(0x7fff_fffe)) << 32) | u64::from(rtt)
 }
 
 fn load_of_rank(rank: u64) -> u32 {
@@ -384,11 +394,18 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The best (rank, index) so far; `u64::MAX` while there is none.
+type Best = (u64, usize);
+
 /// The best machine with room in `pool`, as (rank, index in `started`).
-fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params: &RouteParams, pool: &Pool) -> Option<(u64, usize)> {
+fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params: &RouteParams, pool: &Pool) -> Option<Best> {
     // Nothing beats an idle machine at the pool's smallest RTT, so the scan may stop there.
     let floor = rank(0, pool.min_rtt, params.soft_limit);
-    let mut best: Option<(u64, usize)> = None;
+    let mut best: Best = (u64::MAX, usize::MAX);
+    let mut budget = match params.scan_limit {
+        0 => usize::MAX,
+        limit => limit as usize,
+    };
     for span in app.spans {
         let Some((tier, rtt)) = place_of(span.region, req, params) else {
             continue;
@@ -399,28 +416,56 @@ fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params
         if tier != pool.tier || machines.is_empty() {
             continue;
         }
+        // Start at a seed-chosen machine and wrap around, so that ties go to a different
+        // machine from request to request.
         let turn = (mix(req.seed ^ (u64::from(span.region.0) << 48)) % machines.len() as u64) as usize;
-        let (tail, head) = machines.split_at(turn);
-        for (offset, part) in [(turn, head), (0, tail)] {
-            for (i, machine) in part.iter().enumerate() {
-                if !machine.healthy() {
-                    continue;
-                }
-                let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
-                if load >= params.hard_limit {
-                    continue;
-                }
-                let r = rank(load, rtt, params.soft_limit);
-                if best.is_none_or(|(b, _)| r < b) {
-                    best = Some((r, span.start as usize + offset + i));
-                    if r == floor {
-                        return best;
-                    }
-                }
-            }
+        let (wrapped, first) = machines.split_at(turn);
+        let base = span.start as usize;
+        if scan_slice(first, base + turn, rtt, floor, req.now_ms, params, &mut best, &mut budget)
+            || scan_slice(wrapped, base, rtt, floor, req.now_ms, params, &mut best, &mut budget)
+        {
+            break;
         }
     }
-    best
+    (best.0 != u64::MAX).then_some(best)
+}
+
+/// The hot loop: updates `best` from `machines` (which start at `base` in `started`) and says
+/// whether the scan is over: `floor`, the best rank possible, was reached, or the budget of
+/// machines to look at is spent and one with room was found.
+// The loop takes its inputs unbundled so that they stay in registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn scan_slice<M: MachineView>(
+    machines: &[M],
+    base: usize,
+    rtt: u32,
+    floor: u64,
+    now_ms: u64,
+    params: &RouteParams,
+    best: &mut Best,
+    budget: &mut usize,
+) -> bool {
+    let (soft, hard) = (params.soft_limit, params.hard_limit);
+    for (i, machine) in machines.iter().enumerate() {
+        let load = effective_load(machine.in_flight(), machine.report(), now_ms, params);
+        let r = if machine.healthy() && load < hard {
+            rank(load, rtt, soft)
+        } else {
+            u64::MAX
+        };
+        if r < best.0 {
+            *best = (r, base + i);
+            if r == floor {
+                return true;
+            }
+        }
+        *budget = budget.saturating_sub(1);
+        if *budget == 0 && best.0 != u64::MAX {
+            return true;
+        }
+    }
+    false
 }
 
 /// The affine machine if it is in the chosen pool, has room, and is not much busier than `best`.

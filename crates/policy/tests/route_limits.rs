@@ -1,6 +1,7 @@
 //! Property tests of the routing pick: it never sends a request to a machine at its hard limit,
 //! never holds one while a machine in scope has room, never leaves a nearer pool with room, and
-//! within a pool takes the best-ranked machine (or the affine one within the slack).
+//! within a pool takes the best-ranked machine (or the affine one within the slack) whenever the
+//! pool fits the scan limit.
 
 use colo_policy::{
     effective_load, group_by_region, pick, AppView, Decision, LoadReport, MachineLoad, PickRequest, RegionId, RouteParams, Steer,
@@ -43,15 +44,18 @@ fn machine() -> impl Strategy<Value = (u16, MachineLoad)> {
 }
 
 fn situation() -> impl Strategy<Value = Situation> {
-    let params =
-        (1u32..5, 0u32..5, 0u64..3_000, 0u64..5_000, 0u32..30, 0u32..4).prop_map(|(soft, extra, fresh, more, local, slack)| RouteParams {
+    let scan_limit = prop_oneof![Just(0u32), 1u32..8];
+    let params = (1u32..5, 0u32..5, 0u64..3_000, 0u64..5_000, 0u32..30, 0u32..4, scan_limit).prop_map(
+        |(soft, extra, fresh, more, local, slack, scan_limit)| RouteParams {
             soft_limit: soft,
             hard_limit: soft + extra,
             report_fresh_ms: fresh,
             report_stale_ms: fresh + more,
             local_rtt_ms: local,
             affinity_slack: slack,
-        });
+            scan_limit,
+        },
+    );
     let steer = (prop::option::of(0u16..6), prop::option::of(0u16..6)).prop_map(|(prefer, force)| Steer {
         prefer: prefer.map(RegionId),
         force: force.map(RegionId),
@@ -132,7 +136,11 @@ proptest! {
                     (load(j) >= s.params.soft_limit, load(j), rtt)
                 };
                 let best = roomy.iter().filter(|&&(_, t)| t == picked_tier).map(|&(j, _)| rank(j)).min().unwrap();
-                if Some(i) == s.affinity && rank(i) != best {
+                let pool_size = s.machines.iter().filter(|m| tier(&s, m.0) == Some(picked_tier)).count();
+                let exact = s.params.scan_limit == 0 || pool_size <= s.params.scan_limit as usize;
+                if !exact {
+                    // A sampled pick: only the limits and locality above hold.
+                } else if Some(i) == s.affinity && rank(i) != best {
                     prop_assert!(load(i) <= best.1 + s.params.affinity_slack, "affine machine much busier");
                 } else {
                     prop_assert_eq!(rank(i), best, "not the best-ranked machine of its pool");

@@ -54,6 +54,7 @@ fn params() -> RouteParams {
         report_stale_ms: 5_000,
         local_rtt_ms: 0,
         affinity_slack: 1,
+        scan_limit: 0,
     }
 }
 
@@ -214,6 +215,61 @@ fn ties_rotate_with_the_seed() {
 }
 
 #[test]
+fn scan_limit_samples_but_never_holds_with_room() {
+    let limited = |limit: u32| {
+        let mut p = params();
+        p.scan_limit = limit;
+        p
+    };
+    let pick_with = |machines: &[M], p: &RouteParams, seed: u64| {
+        let loads: Vec<MachineLoad> = machines.iter().map(|m| m.load).collect();
+        let spans = [RegionSpan {
+            region: RegionId(AMS),
+            start: 0,
+            end: loads.len() as u32,
+        }];
+        let app = AppView {
+            started: &loads,
+            spans: &spans,
+            stopped: &[],
+            held: 0,
+            starting: 0,
+        };
+        let req = PickRequest {
+            now_ms: NOW,
+            rtt_ms: &RTT,
+            steer: Steer::default(),
+            affinity: None,
+            seed,
+        };
+        match pick(&app, &req, p) {
+            Decision::Pick(i) => machines[i].name,
+            other => panic!("expected a pick, got {other:?}"),
+        }
+    };
+    let one_with_room = [m("a", AMS, 4), m("b", AMS, 5), m("c", AMS, 3), m("d", AMS, 4).sick()];
+    let graded = [m("a", AMS, 1), m("b", AMS, 2), m("c", AMS, 3)];
+    let mut sampled: Vec<&str> = Vec::new();
+    for seed in 0..32 {
+        assert_eq!(pick_with(&one_with_room, &limited(1), seed), "c", "seed {seed}");
+        assert_eq!(pick_with(&graded, &limited(0), seed), "a", "unlimited is exact, seed {seed}");
+        assert_eq!(
+            pick_with(&graded, &limited(3), seed),
+            "a",
+            "a limit the pool fits is exact, seed {seed}"
+        );
+        sampled.push(pick_with(&graded, &limited(1), seed));
+    }
+    sampled.sort();
+    sampled.dedup();
+    assert_eq!(
+        sampled,
+        vec!["a", "b", "c"],
+        "a limit of one takes the machine at the rotating start"
+    );
+}
+
+#[test]
 fn groups_spans_by_region() {
     let mut regions = vec![RegionId(2), RegionId(0), RegionId(2), RegionId(1)];
     let spans = group_by_region(&mut regions, |r| *r);
@@ -355,4 +411,6 @@ fn validate_lists_every_problem() {
     .expect("valid route params");
     assert_eq!(parsed.hard_limit, 8);
     assert!(toml::from_str::<RouteParams>("soft_limt = 4").is_err());
+    let partial: RouteParams = toml::from_str("hard_limit = 32").expect("defaults fill the rest");
+    assert_eq!((partial.soft_limit, partial.hard_limit), (8, 32));
 }
