@@ -332,7 +332,8 @@ fn spans_past_the_end_are_skipped() {
 
 #[test]
 fn load_header_by_table() {
-    let cases: Vec<(&str, Result<(u32, u32), LoadHeaderError>)> = vec![
+    type Expected = Result<(u32, u32), LoadHeaderError>;
+    let cases: Vec<(&str, Expected)> = vec![
         ("running=3;waiting=2;kv_used_bytes=10;kv_budget_bytes=99", Ok((3, 2))),
         (" waiting = 1 ; running = 0 ", Ok((0, 1))),
         ("running=1;waiting=1;", Ok((1, 1))),
