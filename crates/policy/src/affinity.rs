@@ -156,10 +156,9 @@ mod tests {
         let a2 = PrefixKey::of_bytes(b"You are a helpful assistant. Say bye", 28);
         let b = PrefixKey::of_bytes(b"Translate to French: cat", 28);
         assert_eq!(a, a2, "same first 28 bytes, same key");
-        /// (key, machine, at)
-        type Record = (PrefixKey, u32, u64);
-        // (what, records, lookup key, now, expected)
-        let cases: Vec<(&str, Vec<Record>, PrefixKey, u64, Option<u32>)> = vec![
+        /// (what, records as (key, machine, at), lookup key, now, expected)
+        type Case = (&'static str, Vec<(PrefixKey, u32, u64)>, PrefixKey, u64, Option<u32>);
+        let cases: Vec<Case> = vec![
             ("empty table", vec![], a, 0, None),
             ("recorded", vec![(a, 7, 100)], a, 150, Some(7)),
             ("other key", vec![(a, 7, 100)], b, 150, None),
