@@ -2,10 +2,21 @@
 //! where machines should go. No clock, no sockets, no files, no tokio: callers pass in the
 //! facts (and, where it matters, `now` and a seed) and carry out the result.
 
+pub mod affinity;
+pub mod hold;
 pub mod pick;
 pub mod placement;
 pub mod plan;
+pub mod route;
+pub mod scale;
 
+pub use affinity::{AffinityTable, PrefixKey};
+pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
 pub use pick::{pick_machine, Candidate};
 pub use placement::{place, Demand, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
 pub use plan::{plan, recommend, Plan, PlanError, PlanOption, PlanRequest, Recommendation};
+pub use route::{
+    choose_wake, effective_load, group_by_region, pick, starts_needed, AppView, Decision, LoadHeaderError, LoadReport, MachineLoad,
+    MachineView, PickRequest, RegionId, RegionSpan, RejectReason, RouteParams, Steer, StoppedMachine,
+};
+pub use scale::{MachineFacts, Phase, ScaleAction, ScaleConfig, ScaleEvent, Scaler};

@@ -1,0 +1,417 @@
+//! Table tests of the routing pick: situations and the decision each should get.
+
+use super::*;
+
+const AMS: u16 = 0;
+const FRA: u16 = 1;
+const LHR: u16 = 2;
+const IAD: u16 = 3;
+/// RTT from an edge in ams; region 7 is past the end of the row.
+const RTT: [u32; 4] = [0, 8, 8, 80];
+const NOW: u64 = 100_000;
+
+/// One started machine of a situation.
+#[derive(Clone, Copy)]
+struct M {
+    name: &'static str,
+    region: u16,
+    load: MachineLoad,
+}
+
+fn m(name: &'static str, region: u16, in_flight: u32) -> M {
+    M {
+        name,
+        region,
+        load: MachineLoad {
+            healthy: true,
+            in_flight,
+            report: None,
+        },
+    }
+}
+
+impl M {
+    fn sick(mut self) -> M {
+        self.load.healthy = false;
+        self
+    }
+    /// An engine report of `requests` running, received `age_ms` before `NOW`.
+    fn reported(mut self, requests: u32, age_ms: u64) -> M {
+        self.load.report = Some(LoadReport {
+            running: requests,
+            waiting: 0,
+            at_ms: NOW - age_ms,
+        });
+        self
+    }
+}
+
+fn params() -> RouteParams {
+    RouteParams {
+        soft_limit: 2,
+        hard_limit: 4,
+        report_fresh_ms: 1_000,
+        report_stale_ms: 5_000,
+        local_rtt_ms: 0,
+        affinity_slack: 1,
+        scan_limit: 0,
+    }
+}
+
+/// A situation beyond its machines: steering, affinity, the hold queue, stopped machines.
+#[derive(Clone, Default)]
+struct Extra {
+    steer: Steer,
+    affinity: Option<&'static str>,
+    stopped: Vec<StoppedMachine>,
+    held: u32,
+    starting: u32,
+    local_rtt_ms: Option<u32>,
+}
+
+fn run(machines: &[M], extra: &Extra, seed: u64) -> String {
+    let mut sorted = machines.to_vec();
+    let spans = group_by_region(&mut sorted, |m| RegionId(m.region));
+    let loads: Vec<MachineLoad> = sorted.iter().map(|m| m.load).collect();
+    let mut p = params();
+    if let Some(local) = extra.local_rtt_ms {
+        p.local_rtt_ms = local;
+    }
+    let app = AppView {
+        started: &loads,
+        spans: &spans,
+        stopped: &extra.stopped,
+        held: extra.held,
+        starting: extra.starting,
+    };
+    let req = PickRequest {
+        now_ms: NOW,
+        rtt_ms: &RTT,
+        steer: extra.steer,
+        affinity: extra.affinity.and_then(|name| sorted.iter().position(|m| m.name == name)),
+        seed,
+    };
+    match pick(&app, &req, &p) {
+        Decision::Pick(idx) => format!("pick {}", sorted[idx].name),
+        Decision::Hold { wake: Some(idx) } => format!("hold, wake {idx}"),
+        Decision::Hold { wake: None } => "hold".to_string(),
+        Decision::Reject(reason) => format!("reject: {reason}"),
+    }
+}
+
+fn stopped(region: u16, cached: bool) -> StoppedMachine {
+    StoppedMachine {
+        region: RegionId(region),
+        cached,
+    }
+}
+
+#[test]
+fn picks_by_table() {
+    let prefer = |r| Extra {
+        steer: Steer {
+            prefer: Some(RegionId(r)),
+            force: None,
+        },
+        ..Extra::default()
+    };
+    let force = |r| Extra {
+        steer: Steer {
+            prefer: None,
+            force: Some(RegionId(r)),
+        },
+        ..Extra::default()
+    };
+    let affine = |name| Extra {
+        affinity: Some(name),
+        ..Extra::default()
+    };
+    let local_band = Extra {
+        local_rtt_ms: Some(10),
+        ..Extra::default()
+    };
+    let none = Extra::default();
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<M>, Extra, &str)> = vec![
+        ("no machines at all", vec![], none.clone(), "reject: the app has no machines"),
+        ("least loaded local", vec![m("a", AMS, 1), m("b", AMS, 0)], none.clone(), "pick b"),
+        ("under soft before over soft", vec![m("a", AMS, 3), m("b", AMS, 1)], none.clone(), "pick b"),
+        ("local over soft beats remote idle", vec![m("a", AMS, 3), m("b", FRA, 0)], none.clone(), "pick a"),
+        ("spill when local at hard", vec![m("a", AMS, 4), m("b", FRA, 1)], none.clone(), "pick b"),
+        ("spill when local unhealthy", vec![m("a", AMS, 0).sick(), m("b", FRA, 3)], none.clone(), "pick b"),
+        ("spill to the next-closest", vec![m("a", AMS, 4), m("c", IAD, 0), m("b", FRA, 3)], none.clone(), "pick b"),
+        ("equal-RTT regions pool", vec![m("a", AMS, 4), m("b", FRA, 2), m("c", LHR, 1)], none.clone(), "pick c"),
+        ("local band pools near regions", vec![m("a", AMS, 3), m("b", FRA, 0)], local_band.clone(), "pick b"),
+        ("in a pool, RTT breaks load ties", vec![m("b", FRA, 1), m("a", AMS, 1)], local_band.clone(), "pick a"),
+        ("unknown region is farthest", vec![m("a", AMS, 4), m("x", 7, 0), m("c", IAD, 3)], none.clone(), "pick c"),
+        ("prefer region first", vec![m("a", AMS, 0), m("b", FRA, 1)], prefer(FRA), "pick b"),
+        ("preferred region full: nearest", vec![m("a", AMS, 2), m("b", FRA, 4), m("c", IAD, 0)], prefer(FRA), "pick a"),
+        ("force region", vec![m("a", AMS, 0), m("c", IAD, 3)], force(IAD), "pick c"),
+        ("forced region full: hold", vec![m("a", AMS, 0), m("c", IAD, 4)], force(IAD), "hold"),
+        ("forced region empty: reject", vec![m("a", AMS, 0)], force(IAD), "reject: the app has no machine in the forced region RegionId(3)"),
+        ("fresh report counts", vec![m("a", AMS, 0).reported(3, 500), m("b", AMS, 1)], none.clone(), "pick b"),
+        ("stale report ignored", vec![m("a", AMS, 0).reported(9, 6_000), m("b", AMS, 1)], none.clone(), "pick a"),
+        ("ageing report counts half", vec![m("a", AMS, 0).reported(4, 3_000), m("b", AMS, 1)], none.clone(), "pick b"),
+        ("ageing report nearly gone", vec![m("a", AMS, 0).reported(4, 4_500), m("b", AMS, 1)], none.clone(), "pick a"),
+        ("in flight above report wins", vec![m("a", AMS, 3).reported(1, 0), m("b", AMS, 2)], none.clone(), "pick b"),
+        ("report at hard excludes", vec![m("a", AMS, 0).reported(4, 0), m("b", FRA, 3)], none.clone(), "pick b"),
+        ("affinity within slack", vec![m("a", AMS, 0), m("b", AMS, 1)], affine("b"), "pick b"),
+        ("affinity over soft within slack", vec![m("a", AMS, 1), m("b", AMS, 2)], affine("b"), "pick b"),
+        ("affinity much busier", vec![m("a", AMS, 0), m("b", AMS, 2)], affine("b"), "pick a"),
+        ("affinity outside the pool", vec![m("a", AMS, 1), m("b", FRA, 0)], affine("b"), "pick a"),
+        ("affinity at hard", vec![m("a", AMS, 3), m("b", AMS, 4)], affine("b"), "pick a"),
+        ("affinity unhealthy", vec![m("a", AMS, 1), m("b", AMS, 0).sick()], affine("b"), "pick a"),
+        ("all full, nothing stopped: hold", vec![m("a", AMS, 4), m("b", FRA, 5)], none.clone(), "hold"),
+        ("all unhealthy: hold", vec![m("a", AMS, 0).sick()], none.clone(), "hold"),
+    ];
+    for (what, machines, extra, expected) in cases {
+        assert_eq!(run(&machines, &extra, 0), expected, "{what}");
+    }
+}
+
+#[test]
+fn holds_and_wakes_by_table() {
+    let full = vec![m("a", AMS, 4)];
+    let with = |stopped: Vec<StoppedMachine>, held, starting| Extra {
+        stopped,
+        held,
+        starting,
+        ..Extra::default()
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<M>, Extra, &str)> = vec![
+        ("cached far beats uncached near", full.clone(), with(vec![stopped(AMS, false), stopped(IAD, true)], 0, 0), "hold, wake 1"),
+        ("nearest among uncached", full.clone(), with(vec![stopped(IAD, false), stopped(FRA, false)], 0, 0), "hold, wake 1"),
+        ("first listed among equals", full.clone(), with(vec![stopped(FRA, true), stopped(FRA, true)], 0, 0), "hold, wake 0"),
+        ("no started machine: wake", vec![], with(vec![stopped(FRA, false)], 0, 0), "hold, wake 0"),
+        ("herd cap: starts cover the queue", full.clone(), with(vec![stopped(AMS, true)], 3, 2), "hold"),
+        ("herd cap: one more needed", full.clone(), with(vec![stopped(AMS, true)], 4, 2), "hold, wake 0"),
+        ("nothing started, one starting", vec![], with(vec![], 5, 1), "hold"),
+        ("nothing at all", vec![], with(vec![], 0, 0), "reject: the app has no machines"),
+        ("room left: no wake", vec![m("a", AMS, 3)], with(vec![stopped(AMS, true)], 9, 0), "pick a"),
+    ];
+    for (what, machines, extra, expected) in cases {
+        assert_eq!(run(&machines, &extra, 0), expected, "{what}");
+    }
+    // A forced region limits the wake to that region.
+    let forced = Extra {
+        steer: Steer {
+            prefer: None,
+            force: Some(RegionId(IAD)),
+        },
+        stopped: vec![stopped(AMS, true), stopped(IAD, false)],
+        ..Extra::default()
+    };
+    assert_eq!(run(&full, &forced, 0), "hold, wake 1");
+}
+
+#[test]
+fn ties_rotate_with_the_seed() {
+    let machines = vec![m("a", AMS, 1), m("b", AMS, 1), m("c", AMS, 1), m("d", AMS, 3)];
+    let mut seen: Vec<String> = (0..64).map(|seed| run(&machines, &Extra::default(), seed)).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, vec!["pick a", "pick b", "pick c"]);
+}
+
+#[test]
+fn scan_limit_samples_but_never_holds_with_room() {
+    let limited = |limit: u32| {
+        let mut p = params();
+        p.scan_limit = limit;
+        p
+    };
+    let pick_with = |machines: &[M], p: &RouteParams, seed: u64| {
+        let loads: Vec<MachineLoad> = machines.iter().map(|m| m.load).collect();
+        let spans = [RegionSpan {
+            region: RegionId(AMS),
+            start: 0,
+            end: loads.len() as u32,
+        }];
+        let app = AppView {
+            started: &loads,
+            spans: &spans,
+            stopped: &[],
+            held: 0,
+            starting: 0,
+        };
+        let req = PickRequest {
+            now_ms: NOW,
+            rtt_ms: &RTT,
+            steer: Steer::default(),
+            affinity: None,
+            seed,
+        };
+        match pick(&app, &req, p) {
+            Decision::Pick(i) => machines[i].name,
+            other => panic!("expected a pick, got {other:?}"),
+        }
+    };
+    let one_with_room = [m("a", AMS, 4), m("b", AMS, 5), m("c", AMS, 3), m("d", AMS, 4).sick()];
+    let graded = [m("a", AMS, 1), m("b", AMS, 2), m("c", AMS, 3)];
+    let mut sampled: Vec<&str> = Vec::new();
+    for seed in 0..32 {
+        assert_eq!(pick_with(&one_with_room, &limited(1), seed), "c", "seed {seed}");
+        assert_eq!(pick_with(&graded, &limited(0), seed), "a", "unlimited is exact, seed {seed}");
+        assert_eq!(
+            pick_with(&graded, &limited(3), seed),
+            "a",
+            "a limit the pool fits is exact, seed {seed}"
+        );
+        sampled.push(pick_with(&graded, &limited(1), seed));
+    }
+    sampled.sort();
+    sampled.dedup();
+    assert_eq!(
+        sampled,
+        vec!["a", "b", "c"],
+        "a limit of one takes the machine at the rotating start"
+    );
+}
+
+#[test]
+fn groups_spans_by_region() {
+    let mut regions = vec![RegionId(2), RegionId(0), RegionId(2), RegionId(1)];
+    let spans = group_by_region(&mut regions, |r| *r);
+    let expected = vec![
+        RegionSpan {
+            region: RegionId(0),
+            start: 0,
+            end: 1,
+        },
+        RegionSpan {
+            region: RegionId(1),
+            start: 1,
+            end: 2,
+        },
+        RegionSpan {
+            region: RegionId(2),
+            start: 2,
+            end: 4,
+        },
+    ];
+    assert_eq!(spans, expected);
+    assert!(group_by_region(&mut Vec::<RegionId>::new(), |r| *r).is_empty());
+}
+
+#[test]
+fn spans_past_the_end_are_skipped() {
+    let loads = [MachineLoad {
+        healthy: true,
+        in_flight: 0,
+        report: None,
+    }];
+    let spans = [
+        RegionSpan {
+            region: RegionId(AMS),
+            start: 0,
+            end: 5,
+        },
+        RegionSpan {
+            region: RegionId(FRA),
+            start: 0,
+            end: 1,
+        },
+    ];
+    let app = AppView {
+        started: &loads,
+        spans: &spans,
+        stopped: &[],
+        held: 0,
+        starting: 0,
+    };
+    let req = PickRequest {
+        now_ms: NOW,
+        rtt_ms: &RTT,
+        steer: Steer::default(),
+        affinity: Some(99),
+        seed: 3,
+    };
+    assert_eq!(pick(&app, &req, &params()), Decision::Pick(0));
+}
+
+#[test]
+fn load_header_by_table() {
+    type Expected = Result<(u32, u32), LoadHeaderError>;
+    let cases: Vec<(&str, Expected)> = vec![
+        ("running=3;waiting=2;kv_used_bytes=10;kv_budget_bytes=99", Ok((3, 2))),
+        (" waiting = 1 ; running = 0 ", Ok((0, 1))),
+        ("running=1;waiting=1;", Ok((1, 1))),
+        ("running=1", Err(LoadHeaderError::Missing { key: "waiting" })),
+        ("", Err(LoadHeaderError::Missing { key: "running" })),
+        (
+            "running=1;waiting",
+            Err(LoadHeaderError::NotKeyValue {
+                field: "waiting".to_string(),
+            }),
+        ),
+        (
+            "running=-1;waiting=0",
+            Err(LoadHeaderError::NotANumber {
+                key: "running".to_string(),
+                value: "-1".to_string(),
+            }),
+        ),
+        (
+            "unknown",
+            Err(LoadHeaderError::NotKeyValue {
+                field: "unknown".to_string(),
+            }),
+        ),
+    ];
+    for (header, expected) in cases {
+        let got = LoadReport::parse(header, 7).map(|r| {
+            assert_eq!(r.at_ms, 7);
+            (r.running, r.waiting)
+        });
+        assert_eq!(got, expected, "{header:?}");
+    }
+}
+
+#[test]
+fn effective_load_by_table() {
+    let report = |requests, at_ms| {
+        Some(LoadReport {
+            running: requests,
+            waiting: 0,
+            at_ms,
+        })
+    };
+    let cases: Vec<(&str, u32, Option<LoadReport>, u32)> = vec![
+        ("no report", 3, None, 3),
+        ("fresh report above", 1, report(8, NOW - 1_000), 8),
+        ("report from the future is fresh", 1, report(8, NOW + 50), 8),
+        ("three quarters stale", 0, report(8, NOW - 4_000), 2),
+        ("stale", 2, report(8, NOW - 5_000), 2),
+    ];
+    for (what, in_flight, report, expected) in cases {
+        assert_eq!(effective_load(in_flight, report, NOW, &params()), expected, "{what}");
+    }
+}
+
+#[test]
+fn validate_lists_every_problem() {
+    let bad = RouteParams {
+        soft_limit: 0,
+        hard_limit: 0,
+        report_fresh_ms: 10,
+        report_stale_ms: 5,
+        ..params()
+    };
+    assert_eq!(bad.validate().len(), 2);
+    let inverted = RouteParams {
+        soft_limit: 5,
+        hard_limit: 4,
+        ..params()
+    };
+    assert_eq!(inverted.validate().len(), 1);
+    assert!(RouteParams::default().validate().is_empty());
+    let parsed: RouteParams = toml::from_str(
+        "soft_limit = 4\nhard_limit = 8\nreport_fresh_ms = 1000\nreport_stale_ms = 5000\nlocal_rtt_ms = 5\naffinity_slack = 2\n",
+    )
+    .expect("valid route params");
+    assert_eq!(parsed.hard_limit, 8);
+    assert!(toml::from_str::<RouteParams>("soft_limt = 4").is_err());
+    let partial: RouteParams = toml::from_str("hard_limit = 32").expect("defaults fill the rest");
+    assert_eq!((partial.soft_limit, partial.hard_limit), (8, 32));
+}

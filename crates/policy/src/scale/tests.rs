@@ -1,0 +1,206 @@
+//! Table tests of the scaler: scenarios as steps of (time, event) and the actions and next
+//! deadline each step should leave.
+
+use super::*;
+
+fn config() -> ScaleConfig {
+    ScaleConfig {
+        soft_limit: 2,
+        idle_stop_ms: Some(1_000),
+        min_machines_running: 0,
+        start_timeout_ms: 5_000,
+        settle_ms: 100,
+    }
+}
+
+fn machine(id: &str, rtt_ms: u32, cached: bool, local: bool, phase: Phase) -> ScaleEvent {
+    ScaleEvent::MachineAdded(MachineFacts {
+        id: id.to_string(),
+        rtt_ms,
+        cached,
+        local,
+        phase,
+    })
+}
+
+fn stopped(id: &str, cached: bool) -> ScaleEvent {
+    machine(id, 0, cached, true, Phase::Stopped)
+}
+
+fn started(id: &str) -> ScaleEvent {
+    machine(id, 0, true, true, Phase::Started)
+}
+
+fn id(s: &str) -> String {
+    s.to_string()
+}
+
+fn show(actions: &[ScaleAction]) -> String {
+    actions
+        .iter()
+        .map(|a| match a {
+            ScaleAction::StartMachine(id) => format!("start {id}"),
+            ScaleAction::StopMachine(id) => format!("stop {id}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// (time, event, actions expected, next deadline expected after the step)
+type Step = (u64, ScaleEvent, &'static str, Option<u64>);
+
+fn run(what: &str, config: ScaleConfig, steps: Vec<Step>) {
+    let mut scaler = Scaler::new(config);
+    for (n, (now, event, expected, deadline)) in steps.into_iter().enumerate() {
+        let got = show(&scaler.handle(event.clone(), now));
+        assert_eq!(got, expected, "{what}, step {n} ({event:?} at {now})");
+        assert_eq!(scaler.next_deadline(), deadline, "{what}, deadline after step {n}");
+    }
+}
+
+#[test]
+fn scenarios_by_table() {
+    use ScaleEvent::*;
+    let with_min = |min| ScaleConfig {
+        min_machines_running: min,
+        ..config()
+    };
+    let never_stop = ScaleConfig {
+        idle_stop_ms: None,
+        ..config()
+    };
+    #[rustfmt::skip]
+    let scenarios: Vec<(&str, ScaleConfig, Vec<Step>)> = vec![
+        ("held requests wake cached machines first, one per soft limit", config(), vec![
+            (0, stopped("m1", false), "", None),
+            (0, stopped("m2", true), "", None),
+            (0, stopped("m3", true), "", None),
+            (1, RequestHeld, "start m2", Some(5_001)),
+            (2, RequestHeld, "", Some(5_001)),
+            (3, RequestHeld, "start m3", Some(5_001)),
+            (4, RequestHeld, "", Some(5_001)),
+            (5, RequestHeld, "start m1", Some(5_001)),
+            (6, RequestHeld, "", Some(5_001)),
+            (7, RequestHeld, "", Some(5_001)),
+        ]),
+        ("the nearest region breaks cache ties", config(), vec![
+            (0, machine("far", 80, true, false, Phase::Stopped), "", None),
+            (0, machine("near", 8, true, false, Phase::Stopped), "", None),
+            (0, machine("local", 0, false, true, Phase::Stopped), "", None),
+            (1, RequestHeld, "start near", Some(5_001)),
+        ]),
+        ("a settling machine absorbs the queue", config(), vec![
+            (0, stopped("m1", true), "", None),
+            (0, stopped("m2", true), "", None),
+            (0, RequestHeld, "start m1", Some(5_000)),
+            (0, RequestHeld, "", Some(5_000)),
+            (500, MachineStarted { id: id("m1") }, "", Some(600)),
+            (510, MachineBusy { id: id("m1") }, "", Some(600)),
+            (510, RequestReleased, "", Some(600)),
+            (520, RequestReleased, "", None),
+            (800, MachineIdle { id: id("m1"), since_ms: 800 }, "", Some(1_800)),
+            (1_800, Tick, "stop m1", None),
+        ]),
+        ("a queue left after settling wakes another", config(), vec![
+            (0, stopped("m1", true), "", None),
+            (0, stopped("m2", true), "", None),
+            (0, RequestHeld, "start m1", Some(5_000)),
+            (500, MachineStarted { id: id("m1") }, "", Some(600)),
+            (600, Tick, "start m2", Some(5_600)),
+        ]),
+        ("a failed start wakes another", config(), vec![
+            (0, stopped("m1", true), "", None),
+            (0, stopped("m2", false), "", None),
+            (0, RequestHeld, "start m1", Some(5_000)),
+            (10, MachineFailed { id: id("m1") }, "start m2", Some(5_010)),
+            (20, MachineStopped { id: id("m1") }, "", Some(5_010)),
+        ]),
+        ("a start that times out wakes another", config(), vec![
+            (0, stopped("m1", true), "", None),
+            (0, stopped("m2", true), "", None),
+            (0, RequestHeld, "start m1", Some(5_000)),
+            (5_000, Tick, "start m2", Some(10_000)),
+            (5_001, RequestReleased, "", None),
+        ]),
+        ("idle machines stop after the idle time", config(), vec![
+            (0, started("m1"), "", Some(1_000)),
+            (999, Tick, "", Some(1_000)),
+            (1_000, Tick, "stop m1", None),
+            (1_200, MachineStopped { id: id("m1") }, "", None),
+        ]),
+        ("a busy machine is not stopped", config(), vec![
+            (0, started("m1"), "", Some(1_000)),
+            (10, MachineBusy { id: id("m1") }, "", None),
+            (5_000, Tick, "", None),
+            (6_000, MachineIdle { id: id("m1"), since_ms: 5_900 }, "", Some(6_900)),
+            (6_900, Tick, "stop m1", None),
+        ]),
+        ("the minimum protects the most recently idle", with_min(1), vec![
+            (0, started("m1"), "", None),
+            (0, started("m2"), "", Some(1_000)),
+            (0, MachineIdle { id: id("m2"), since_ms: 0 }, "", Some(1_000)),
+            (0, MachineIdle { id: id("m1"), since_ms: 50 }, "", Some(1_000)),
+            (1_100, Tick, "stop m2", None),
+        ]),
+        ("the minimum is started when machines appear", with_min(2), vec![
+            (0, stopped("m1", false), "start m1", None),
+            (0, stopped("m2", true), "start m2", None),
+            (0, stopped("m3", true), "", None),
+            (0, machine("remote", 9, true, false, Phase::Stopped), "", None),
+            (900, MachineStopped { id: id("m1") }, "start m3", None),
+        ]),
+        ("no stops while requests are held", config(), vec![
+            (0, started("m1"), "", Some(1_000)),
+            (0, RequestHeld, "", Some(100)),
+            (2_000, Tick, "", None),
+            (2_001, RequestReleased, "stop m1", None),
+        ]),
+        ("remote machines are woken but never stopped", config(), vec![
+            (0, machine("r1", 20, true, false, Phase::Stopped), "", None),
+            (0, RequestHeld, "start r1", Some(5_000)),
+            (100, MachineStarted { id: id("r1") }, "", Some(200)),
+            (110, RequestReleased, "", None),
+            (9_000, Tick, "", None),
+        ]),
+        ("no autostop configured", never_stop, vec![
+            (0, started("m1"), "", None),
+            (99_000, Tick, "", None),
+        ]),
+        ("unknown machines are ignored", config(), vec![
+            (0, MachineStarted { id: id("ghost") }, "", None),
+            (0, MachineIdle { id: id("ghost"), since_ms: 0 }, "", None),
+            (0, MachineRemoved { id: id("ghost") }, "", None),
+            (0, RequestReleased, "", None),
+        ]),
+    ];
+    for (what, config, steps) in scenarios {
+        run(what, config, steps);
+    }
+}
+
+#[test]
+fn phases_follow_actions() {
+    let mut scaler = Scaler::new(config());
+    scaler.handle(stopped("m1", true), 0);
+    assert_eq!(scaler.handle(ScaleEvent::RequestHeld, 0), vec![ScaleAction::StartMachine(id("m1"))]);
+    assert_eq!(scaler.phase("m1"), Some(Phase::Starting));
+    assert_eq!(scaler.held(), 1);
+    scaler.handle(ScaleEvent::MachineStarted { id: id("m1") }, 10);
+    scaler.handle(ScaleEvent::RequestReleased, 10);
+    assert_eq!(scaler.handle(ScaleEvent::Tick, 1_010), vec![ScaleAction::StopMachine(id("m1"))]);
+    assert_eq!(scaler.phase("m1"), Some(Phase::Stopping));
+    assert_eq!(scaler.phase("nope"), None);
+}
+
+#[test]
+fn validate_lists_every_problem() {
+    let bad = ScaleConfig {
+        soft_limit: 0,
+        idle_stop_ms: Some(0),
+        min_machines_running: 0,
+        start_timeout_ms: 0,
+        settle_ms: 0,
+    };
+    assert_eq!(bad.validate().len(), 3);
+    assert!(ScaleConfig::default().validate().is_empty());
+}

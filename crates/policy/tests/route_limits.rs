@@ -1,0 +1,177 @@
+//! Property tests of the routing pick: it never sends a request to a machine at its hard limit,
+//! never holds one while a machine in scope has room, never leaves a nearer pool with room, and
+//! within a pool takes the best-ranked machine (or the affine one within the slack) whenever the
+//! pool fits the scan limit.
+
+use colo_policy::{
+    effective_load, group_by_region, pick, AppView, Decision, LoadReport, MachineLoad, PickRequest, RegionId, RouteParams, Steer,
+    StoppedMachine,
+};
+use proptest::prelude::*;
+
+const NOW: u64 = 50_000;
+
+#[derive(Clone, Debug)]
+struct Situation {
+    machines: Vec<(u16, MachineLoad)>,
+    rtt: Vec<u32>,
+    params: RouteParams,
+    steer: Steer,
+    affinity: Option<usize>,
+    stopped: Vec<StoppedMachine>,
+    held: u32,
+    starting: u32,
+    seed: u64,
+}
+
+fn machine() -> impl Strategy<Value = (u16, MachineLoad)> {
+    let report = prop::option::of((0u32..10, 0u32..4, 0u64..8_000).prop_map(|(running, waiting, age)| LoadReport {
+        running,
+        waiting,
+        at_ms: NOW - age,
+    }));
+    // Region 5 is past the end of the RTT row.
+    (0u16..6, prop::bool::weighted(0.85), 0u32..9, report).prop_map(|(region, healthy, in_flight, report)| {
+        (
+            region,
+            MachineLoad {
+                healthy,
+                in_flight,
+                report,
+            },
+        )
+    })
+}
+
+fn situation() -> impl Strategy<Value = Situation> {
+    let scan_limit = prop_oneof![Just(0u32), 1u32..8];
+    let params = (1u32..5, 0u32..5, 0u64..3_000, 0u64..5_000, 0u32..30, 0u32..4, scan_limit).prop_map(
+        |(soft, extra, fresh, more, local, slack, scan_limit)| RouteParams {
+            soft_limit: soft,
+            hard_limit: soft + extra,
+            report_fresh_ms: fresh,
+            report_stale_ms: fresh + more,
+            local_rtt_ms: local,
+            affinity_slack: slack,
+            scan_limit,
+        },
+    );
+    let steer = (prop::option::of(0u16..6), prop::option::of(0u16..6)).prop_map(|(prefer, force)| Steer {
+        prefer: prefer.map(RegionId),
+        force: force.map(RegionId),
+    });
+    let stopped = prop::collection::vec(
+        (0u16..6, any::<bool>()).prop_map(|(r, cached)| StoppedMachine {
+            region: RegionId(r),
+            cached,
+        }),
+        0..4,
+    );
+    (
+        prop::collection::vec(machine(), 0..40),
+        prop::collection::vec(0u32..100, 5),
+        params,
+        steer,
+        prop::option::of(0usize..45),
+        stopped,
+        (0u32..20, 0u32..4, any::<u64>()),
+    )
+        .prop_map(
+            |(machines, rtt, params, steer, affinity, stopped, (held, starting, seed))| Situation {
+                machines,
+                rtt,
+                params,
+                steer,
+                affinity,
+                stopped,
+                held,
+                starting,
+                seed,
+            },
+        )
+}
+
+/// The pool tier of a region as the rules define it, `None` when a forced region excludes it.
+fn tier(s: &Situation, region: u16) -> Option<u64> {
+    if s.steer.force.is_some_and(|f| f != RegionId(region)) {
+        return None;
+    }
+    let rtt = s.rtt.get(usize::from(region)).copied().unwrap_or(u32::MAX);
+    Some(if s.steer.prefer == Some(RegionId(region)) {
+        0
+    } else if rtt <= s.params.local_rtt_ms {
+        1
+    } else {
+        u64::from(rtt) + 1
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn picks_respect_limits_and_locality(mut s in situation()) {
+        let spans = group_by_region(&mut s.machines, |m| RegionId(m.0));
+        let loads: Vec<MachineLoad> = s.machines.iter().map(|m| m.1).collect();
+        let app = AppView { started: &loads, spans: &spans, stopped: &s.stopped, held: s.held, starting: s.starting };
+        let req = PickRequest { now_ms: NOW, rtt_ms: &s.rtt, steer: s.steer, affinity: s.affinity, seed: s.seed };
+        let decision = pick(&app, &req, &s.params);
+
+        let load = |i: usize| effective_load(loads[i].in_flight, loads[i].report, NOW, &s.params);
+        let has_room = |i: usize| loads[i].healthy && load(i) < s.params.hard_limit;
+        let roomy: Vec<(usize, u64)> = (0..loads.len())
+            .filter(|&i| has_room(i))
+            .filter_map(|i| tier(&s, s.machines[i].0).map(|t| (i, t)))
+            .collect();
+        match decision {
+            Decision::Pick(i) => {
+                prop_assert!(i < loads.len());
+                prop_assert!(has_room(i), "picked machine {i} without room: load {}", load(i));
+                let picked_tier = tier(&s, s.machines[i].0);
+                prop_assert!(picked_tier.is_some(), "picked outside the forced region");
+                let picked_tier = picked_tier.unwrap();
+                prop_assert!(roomy.iter().all(|&(_, t)| t >= picked_tier), "left a nearer pool with room");
+                let rank = |j: usize| {
+                    let rtt = s.rtt.get(usize::from(s.machines[j].0)).copied().unwrap_or(u32::MAX);
+                    (load(j) >= s.params.soft_limit, load(j), rtt)
+                };
+                let best = roomy.iter().filter(|&&(_, t)| t == picked_tier).map(|&(j, _)| rank(j)).min().unwrap();
+                let pool_size = s.machines.iter().filter(|m| tier(&s, m.0) == Some(picked_tier)).count();
+                let exact = s.params.scan_limit == 0 || pool_size <= s.params.scan_limit as usize;
+                if !exact {
+                    // A sampled pick: only the limits and locality above hold.
+                } else if Some(i) == s.affinity && rank(i) != best {
+                    prop_assert!(load(i) <= best.1 + s.params.affinity_slack, "affine machine much busier");
+                } else {
+                    prop_assert_eq!(rank(i), best, "not the best-ranked machine of its pool");
+                }
+            }
+            Decision::Hold { wake } => {
+                prop_assert!(roomy.is_empty(), "held while machines {:?} have room", roomy);
+                if let Some(w) = wake {
+                    prop_assert!(w < s.stopped.len());
+                    prop_assert!(tier(&s, s.stopped[w].region.0).is_some(), "woke outside the forced region");
+                    prop_assert!(s.held + 1 > s.starting * s.params.soft_limit, "woke past the herd cap");
+                }
+            }
+            Decision::Reject(_) => {
+                prop_assert!(roomy.is_empty());
+                prop_assert_eq!(s.starting, 0);
+                prop_assert!(s.machines.iter().all(|m| tier(&s, m.0).is_none()));
+                prop_assert!(s.stopped.iter().all(|m| tier(&s, m.region.0).is_none()));
+            }
+        }
+    }
+
+    #[test]
+    fn load_header_parse_never_panics(header in ".{0,80}", at in any::<u64>()) {
+        let _ = LoadReport::parse(&header, at);
+    }
+
+    #[test]
+    fn load_header_round_trips(running in any::<u32>(), waiting in any::<u32>(), kv in any::<u64>()) {
+        let header = format!("running={running};waiting={waiting};kv_used_bytes={kv};kv_budget_bytes={kv}");
+        let report = LoadReport::parse(&header, 1).expect("engine's own format");
+        prop_assert_eq!((report.running, report.waiting), (running, waiting));
+    }
+}
