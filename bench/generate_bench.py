@@ -38,6 +38,18 @@ def log(*a):
     print("[generate]", *a, file=sys.stderr, flush=True)
 
 
+def build_running():
+    """Whether a cargo or rustc process is running (it shares the CPUs with the engines)."""
+    import subprocess
+    for name in ("rustc", "cargo"):
+        try:
+            if subprocess.run(["pgrep", "-x", name], stdout=subprocess.DEVNULL).returncode == 0:
+                return True
+        except OSError:
+            return False
+    return False
+
+
 def prompt_ids(seed, length, vocab):
     rng = random.Random(seed)
     return [rng.randrange(FIRST_MERGE_ID, vocab) for _ in range(length)]
@@ -196,7 +208,9 @@ async def cmd_load(args):
     levels = [int(x) for x in args.streams.split(",") if x.strip()]
     out = {"label": args.label, "kind": args.kind, "max_tokens": args.max_tokens,
            "prompt_len": args.prompt_len, "levels": []}
-    conn = aiohttp.TCPConnector(limit=0)
+    # a fresh connection per request: no client reuses a keep-alive connection the server
+    # may already have closed, for either engine
+    conn = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=conn) as s:
         # warm-up: one short request (first-touch of weights, thread pools)
         rec = {}
@@ -209,6 +223,7 @@ async def cmd_load(args):
         for n in levels:
             reps = args.reps if n == 1 else 1
             recs = []
+            busy = build_running()
             t0 = time.perf_counter()
             deadline = t0 + args.level_timeout
 
@@ -238,11 +253,13 @@ async def cmd_load(args):
                     break
             res = summarize(recs, t0, n)
             res["timed_out"] = not finished
+            res["build_running"] = busy or build_running()
             out["levels"].append(res)
             log(f"{args.label}: {n:>3} streams: {res['agg_tok_s']} tok/s aggregate, "
                 f"{res['per_stream_tok_s']} tok/s per stream, TTFT {res['ttft_ms_median']} ms"
                 + (f", {res['errors']} errors ({res['first_error']})" if res["errors"] else "")
-                + (" [level time limit hit]" if not finished else ""))
+                + (" [level time limit hit]" if not finished else "")
+                + (" [a cargo/rustc build was running]" if res["build_running"] else ""))
             if not finished:
                 log(f"{args.label}: skipping higher levels after a time limit")
                 break
@@ -340,7 +357,9 @@ def cmd_report(args):
         for lv in r["levels"]:
             rows.append((r["label"], lv["streams"], fmt(lv["agg_tok_s"]), fmt(lv["per_stream_tok_s"]),
                          fmt(lv["ttft_ms_median"], 0),
-                         ("time limit" if lv.get("timed_out") else "") + (f" {lv['errors']} err" if lv["errors"] else "")))
+                         " ".join(x for x in ("time limit" if lv.get("timed_out") else "",
+                                              f"{lv['errors']} err" if lv["errors"] else "",
+                                              "build running" if lv.get("build_running") else "") if x)))
     head = ("engine", "streams", "agg tok/s", "per-stream tok/s", "TTFT ms (median)", "note")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what bench/generate needs into bench/.venv-gen (reused when already there):
-#   - numpy, gguf, safetensors, aiohttp (conversion and load client)
+#   - numpy, gguf, aiohttp (conversion and load client)
 #   - llama-cpp-python[server], compiled from its source distribution (it vendors llama.cpp),
 #     with a build directory kept at bench/.venv-gen/llama-build
 #   - llama.cpp's own `llama-server` (continuous batching, --parallel N), built as one more
@@ -19,9 +19,9 @@ jobs="${GEN_BUILD_JOBS:-2}"
 log() { echo "[generate-setup] $*" >&2; }
 
 [ -x "$py" ] || { log "creating $venv"; python3 -m venv "$venv"; }
-if ! "$py" -c 'import numpy, gguf, safetensors, aiohttp, scikit_build_core' 2>/dev/null; then
-    log "pip: numpy gguf safetensors aiohttp scikit-build-core cmake ninja"
-    "$pip" install --quiet numpy gguf safetensors aiohttp scikit-build-core cmake ninja >&2
+if ! "$py" -c 'import numpy, gguf, aiohttp, scikit_build_core' 2>/dev/null; then
+    log "pip: numpy gguf aiohttp scikit-build-core cmake ninja"
+    "$pip" install --quiet numpy gguf aiohttp scikit-build-core cmake ninja >&2
 fi
 
 # llama-cpp-python from source (kept, so its build directory can be reused for llama-server)

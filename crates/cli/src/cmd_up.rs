@@ -3,6 +3,7 @@
 use crate::client::{RunInfo, RUN_FILE};
 use crate::Common;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use colo_agent::{discover_devices, Agent, AgentConfig, EngineCommand};
 use colo_control::{auth, Control};
 use colo_edge::{Edge, EdgeConfig};
@@ -37,12 +38,25 @@ pub struct UpArgs {
     /// Seconds a request may wait for its app's machine to start.
     #[arg(long, default_value_t = 120)]
     hold_timeout: u64,
+    /// Requests in flight per machine above which the edge prefers other machines.
+    #[arg(long, default_value_t = 32)]
+    soft_limit: u32,
+    /// Requests in flight per machine at which the edge sends it no more (they wait or go elsewhere).
+    #[arg(long, default_value_t = 64)]
+    hard_limit: u32,
     /// Largest request body the edge accepts, in bytes.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     max_body: usize,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.soft_limit == 0 || args.hard_limit < args.soft_limit {
+        anyhow::bail!(
+            "--soft-limit must be at least 1 and --hard-limit at least --soft-limit (got {} and {})",
+            args.soft_limit,
+            args.hard_limit
+        );
+    }
     let data_dir = &args.common.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
@@ -95,6 +109,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         EdgeConfig {
             domain: args.domain.clone(),
             max_body: args.max_body,
+            region: args.region.clone(),
+            route: colo_policy::RouteParams {
+                soft_limit: args.soft_limit,
+                hard_limit: args.hard_limit,
+                ..Default::default()
+            },
             hold_timeout: Duration::from_secs(args.hold_timeout),
             ..EdgeConfig::default()
         },
@@ -119,7 +139,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let edge_server = {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(edge_listener, colo_edge::router(edge))
+            axum::serve(edge_listener.tap_io(no_delay), colo_edge::router(edge))
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
                 })
@@ -129,7 +149,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let api_server = {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(api_listener, api)
+            axum::serve(api_listener.tap_io(no_delay), api)
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
                 })
@@ -169,4 +189,10 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Sends small writes (one SSE event, one token) at once instead of waiting to coalesce them
+/// (Nagle), which with delayed ACKs stalls a stream by tens of milliseconds.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
 }

@@ -15,8 +15,10 @@ pub enum EdgeError {
     NoModel { domain: String },
     #[error("app {app:?} not found; apps: {}", if apps.is_empty() { "(none deployed)".to_string() } else { apps.join(", ") })]
     UnknownApp { app: String, apps: Vec<String> },
-    #[error("no machine of app {app:?} started within {secs}s")]
+    #[error("no machine of app {app:?} had room within {secs}s")]
     NoMachine { app: String, secs: u64 },
+    #[error("no machine in region {region:?} for this request; regions with machines: {}", regions.join(", "))]
+    NoRegion { region: String, regions: Vec<String> },
     #[error("machine {machine} at {addr} failed: {reason}")]
     Upstream { machine: String, addr: String, reason: String },
 }
@@ -27,7 +29,7 @@ impl EdgeError {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
             EdgeError::UnknownApp { .. } => StatusCode::NOT_FOUND,
-            EdgeError::NoMachine { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::NoMachine { .. } | EdgeError::NoRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -40,6 +42,7 @@ impl EdgeError {
             EdgeError::NoModel { .. } => "missing_model",
             EdgeError::UnknownApp { .. } => "model_not_found",
             EdgeError::NoMachine { .. } => "no_machine_available",
+            EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
         }
     }
@@ -48,7 +51,7 @@ impl EdgeError {
     pub fn source_label(&self) -> &'static str {
         match self {
             EdgeError::Upstream { .. } => "upstream",
-            EdgeError::NoMachine { .. } => "capacity",
+            EdgeError::NoMachine { .. } | EdgeError::NoRegion { .. } => "capacity",
             _ => "client",
         }
     }

@@ -23,6 +23,10 @@ pub struct EdgeConfig {
     pub hold_timeout: Duration,
     /// How long connecting to a machine may take before it counts as down.
     pub connect_timeout: Duration,
+    /// The edge's own region: machines here are preferred.
+    pub region: String,
+    /// Soft and hard limits per machine, load-report freshness, affinity slack.
+    pub route: colo_policy::RouteParams,
 }
 
 impl Default for EdgeConfig {
@@ -32,6 +36,12 @@ impl Default for EdgeConfig {
             max_body: 10 * 1024 * 1024,
             hold_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(1),
+            region: "local".into(),
+            route: colo_policy::RouteParams {
+                soft_limit: 32,
+                hard_limit: 64,
+                ..Default::default()
+            },
         }
     }
 }

@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
-use colo_policy::{pick_machine, Candidate};
+use colo_core::Regions;
+use colo_policy::{pick, AppView, Decision, LoadReport, MachineView, PickRequest, RegionId, RejectReason, Steer};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -20,14 +21,44 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
-/// What the edge tracks per machine between requests.
+/// What the edge tracks per machine between requests: its own in-flight count and the
+/// engine's last `colo-load` report.
 #[derive(Default)]
 struct Load {
     in_flight: AtomicU32,
-    last_picked: AtomicU64,
+    report_running: AtomicU32,
+    report_waiting: AtomicU32,
+    /// Edge clock (ms) of the last report; 0: none yet.
+    report_at_ms: AtomicU64,
 }
+
+/// A started machine as the policy sees it at the moment of a pick.
+struct View(Arc<Load>);
+
+impl MachineView for View {
+    fn healthy(&self) -> bool {
+        // The route table holds started machines only; the agent removes unhealthy ones.
+        true
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.0.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn report(&self) -> Option<LoadReport> {
+        let at_ms = self.0.report_at_ms.load(Ordering::Relaxed);
+        (at_ms > 0).then(|| LoadReport {
+            running: self.0.report_running.load(Ordering::Relaxed),
+            waiting: self.0.report_waiting.load(Ordering::Relaxed),
+            at_ms,
+        })
+    }
+}
+
+/// How often a held request looks again when nothing else wakes it.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub struct Edge {
     config: EdgeConfig,
@@ -36,6 +67,11 @@ pub struct Edge {
     loads: Mutex<HashMap<String, Arc<Load>>>,
     picks: AtomicU64,
     metrics: Metrics,
+    regions: Regions,
+    /// The edge's clock: milliseconds since it started (never 0 once running).
+    started: std::time::Instant,
+    /// Signalled whenever a request to any machine ends, so held requests look again.
+    released: Arc<Notify>,
 }
 
 /// The edge's whole HTTP surface: its own endpoints, and everything else proxied.
@@ -58,6 +94,52 @@ impl Edge {
             loads: Mutex::default(),
             picks: AtomicU64::new(0),
             metrics: Metrics::new(),
+            regions: Regions::builtin(),
+            started: std::time::Instant::now(),
+            released: Arc::new(Notify::new()),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// RTT in ms from this edge's region to each region of the table: measured tables are a
+    /// later addition; today the great-circle estimate, 0 within the region, and 1 s for codes
+    /// the region list does not know.
+    fn rtt_row(&self, table: &RouteTable) -> Vec<u32> {
+        let here = &self.config.region;
+        table
+            .regions
+            .iter()
+            .map(|code| {
+                if code == here {
+                    0
+                } else {
+                    self.regions.rtt_ms(here, code).map_or(1000, |ms| ms.round() as u32)
+                }
+            })
+            .collect()
+    }
+
+    /// Reads the steering headers: `colo-force-region` (only that region) and
+    /// `colo-prefer-region` (that region first).
+    fn steer(&self, headers: &HeaderMap, table: &RouteTable) -> Result<Steer, EdgeError> {
+        let region = |name: &str| -> Result<Option<RegionId>, EdgeError> {
+            let Some(value) = headers.get(name) else { return Ok(None) };
+            let code = value.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+            match table.region_id(&code) {
+                Some(id) => Ok(Some(id)),
+                None if name == "colo-force-region" => Err(EdgeError::NoRegion {
+                    region: code,
+                    regions: table.regions.clone(),
+                }),
+                None => Ok(None),
+            }
+        };
+        Ok(Steer {
+            prefer: region("colo-prefer-region")?,
+            force: region("colo-force-region")?,
         })
     }
 
@@ -83,12 +165,16 @@ impl Edge {
         (!app.is_empty() && !app.contains('.')).then(|| app.to_string())
     }
 
-    /// Picks a started machine of `app`, holding until one starts or the hold deadline passes.
-    async fn pick(&self, app: &str) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
+    /// Picks the machine for a request to `app` with the routing policy, holding the request
+    /// while no machine has room (none started yet, or all at their hard limit) until one does
+    /// or the hold deadline passes.
+    async fn pick(&self, app: &str, headers: &HeaderMap) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
         let mut routes = self.routes.clone();
         let deadline = tokio::time::Instant::now() + self.config.hold_timeout;
         let mut held = false;
         let result = loop {
+            // Registered before looking, so a release between the look and the wait is not lost.
+            let released = self.released.notified();
             let table = routes.borrow_and_update().clone();
             let Some(app_routes) = table.apps.get(app) else {
                 break Err(EdgeError::UnknownApp {
@@ -96,42 +182,72 @@ impl Edge {
                     apps: table.app_names().iter().map(|s| s.to_string()).collect(),
                 });
             };
-            let loads: Vec<Arc<Load>> = app_routes.machines.iter().map(|m| self.load_of(&m.machine_id)).collect();
-            let candidates: Vec<Candidate> = app_routes
-                .machines
-                .iter()
-                .zip(&loads)
-                .map(|(m, load)| Candidate {
-                    machine_id: &m.machine_id,
-                    in_flight: load.in_flight.load(Ordering::Relaxed),
-                    last_picked: load.last_picked.load(Ordering::Relaxed),
-                    healthy: true,
-                })
-                .collect();
-            if let Some(idx) = pick_machine(&candidates) {
-                let load = loads[idx].clone();
-                load.last_picked
-                    .store(self.picks.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
-                break Ok((app_routes.machines[idx].clone(), load));
+            let steer = match self.steer(headers, &table) {
+                Ok(steer) => steer,
+                Err(e) => break Err(e),
+            };
+            let views: Vec<View> = app_routes.machines.iter().map(|m| View(self.load_of(&m.machine_id))).collect();
+            let rtt_ms = self.rtt_row(&table);
+            let view = AppView {
+                started: &views,
+                spans: &app_routes.spans,
+                stopped: &[],
+                held: 0,
+                starting: app_routes.pending as u32,
+            };
+            let request = PickRequest {
+                now_ms: self.now_ms(),
+                rtt_ms: &rtt_ms,
+                steer,
+                affinity: None,
+                seed: self.picks.fetch_add(1, Ordering::Relaxed),
+            };
+            match pick(&view, &request, &self.config.route) {
+                Decision::Pick(idx) => break Ok((app_routes.machines[idx].clone(), views[idx].0.clone())),
+                Decision::Reject(RejectReason::NoMachineInRegion { region }) => {
+                    let code = table.regions.get(region.0 as usize).cloned().unwrap_or_default();
+                    break Err(EdgeError::NoRegion {
+                        region: code,
+                        regions: table.regions.clone(),
+                    });
+                }
+                Decision::Hold { .. } | Decision::Reject(RejectReason::NoMachines) => {}
             }
             if !held {
                 held = true;
                 self.metrics.held.inc();
             }
-            match tokio::time::timeout_at(deadline, routes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    break Err(EdgeError::NoMachine {
-                        app: app.to_string(),
-                        secs: self.config.hold_timeout.as_secs(),
-                    })
-                }
+            tokio::select! {
+                changed = routes.changed() => if changed.is_err() { break Err(self.no_machine(app)) },
+                _ = released => {}
+                // Engine reports age out without any event; look again now and then.
+                _ = tokio::time::sleep(RECHECK) => {}
+                _ = tokio::time::sleep_until(deadline) => break Err(self.no_machine(app)),
             }
         };
         if held {
             self.metrics.held.dec();
         }
         result
+    }
+
+    fn no_machine(&self, app: &str) -> EdgeError {
+        EdgeError::NoMachine {
+            app: app.to_string(),
+            secs: self.config.hold_timeout.as_secs(),
+        }
+    }
+
+    /// Keeps the engine's `colo-load` report of a response for later picks.
+    fn record_report(&self, load: &Load, headers: &HeaderMap) {
+        let Some(value) = headers.get("colo-load").and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        if let Ok(report) = LoadReport::parse(value, self.now_ms()) {
+            load.report_running.store(report.running, Ordering::Relaxed);
+            load.report_waiting.store(report.waiting, Ordering::Relaxed);
+            load.report_at_ms.store(report.at_ms, Ordering::Relaxed);
+        }
     }
 }
 
@@ -193,7 +309,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         Some(app) => app,
         None => app_from_body(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
     };
-    let (endpoint, load) = edge.pick(&app).await.map_err(|e| (app.clone(), e))?;
+    let (endpoint, load) = edge.pick(&app, &parts.headers).await.map_err(|e| (app.clone(), e))?;
 
     let upstream_failed = |reason: String| EdgeError::Upstream {
         machine: endpoint.machine_id.clone(),
@@ -216,13 +332,14 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         Err(e) => return Err((app, EdgeError::BodyRead(e.to_string()))),
     };
 
-    let guard = InFlight::new(load, edge.metrics.clone());
+    let guard = InFlight::new(load, edge);
     let started = std::time::Instant::now();
     let response = match edge.client.request(upstream).await {
         Ok(response) => response,
         Err(e) => return Err((app, upstream_failed(error_chain(&e)))),
     };
     edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+    edge.record_report(&guard.load, response.headers());
 
     let (mut parts, incoming) = response.into_parts();
     parts.headers.retain_hop_by_hop();
@@ -329,17 +446,23 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Counts a request as in flight to its machine until the response body is done or dropped.
+/// Counts a request as in flight to its machine until the response body is done or dropped,
+/// then wakes held requests: a machine at its hard limit may have room again.
 struct InFlight {
     load: Arc<Load>,
     metrics: Metrics,
+    released: Arc<Notify>,
 }
 
 impl InFlight {
-    fn new(load: Arc<Load>, metrics: Metrics) -> Self {
+    fn new(load: Arc<Load>, edge: &Edge) -> Self {
         load.in_flight.fetch_add(1, Ordering::Relaxed);
-        metrics.in_flight.inc();
-        Self { load, metrics }
+        edge.metrics.in_flight.inc();
+        Self {
+            load,
+            metrics: edge.metrics.clone(),
+            released: edge.released.clone(),
+        }
     }
 }
 
@@ -347,6 +470,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.in_flight.dec();
+        self.released.notify_waiters();
     }
 }
 

@@ -2,6 +2,7 @@
 //! state store whenever it changes, and published to request handlers through a watch channel.
 
 use colo_core::{App, Machine, MachineState};
+use colo_policy::{group_by_region, RegionId, RegionSpan};
 use colo_state::StateStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,12 +11,16 @@ use tokio::sync::watch;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RouteTable {
     pub apps: BTreeMap<String, AppRoutes>,
+    /// Region codes of every machine in the table; a region's index is its `RegionId`.
+    pub regions: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AppRoutes {
-    /// Started machines with an address, in id order.
+    /// Started machines with an address, grouped by region, in id order within one.
     pub machines: Vec<Endpoint>,
+    /// Where each region's machines lie in `machines`.
+    pub spans: Vec<RegionSpan>,
     /// Machines of the app that are not started yet but are meant to be.
     pub pending: usize,
 }
@@ -49,10 +54,45 @@ impl RouteTable {
                 _ => {}
             }
         }
-        for routes in table.apps.values_mut() {
-            routes.machines.sort_by(|a, b| a.machine_id.cmp(&b.machine_id));
-        }
+        table.index_regions();
         table
+    }
+
+    /// A table of one app with these started machines (tests and tools).
+    pub fn single(app: &str, machines: Vec<Endpoint>) -> Self {
+        let mut table = RouteTable::default();
+        table.apps.insert(
+            app.to_string(),
+            AppRoutes {
+                machines,
+                ..Default::default()
+            },
+        );
+        table.index_regions();
+        table
+    }
+
+    /// Numbers the regions of all machines and groups each app's machines by region.
+    fn index_regions(&mut self) {
+        let mut regions: Vec<String> = self
+            .apps
+            .values()
+            .flat_map(|r| r.machines.iter().map(|m| m.region.clone()))
+            .collect();
+        regions.sort();
+        regions.dedup();
+        let region_id = |code: &str| RegionId(regions.iter().position(|r| r == code).unwrap_or(0) as u16);
+        for routes in self.apps.values_mut() {
+            routes
+                .machines
+                .sort_by(|a, b| (&a.region, &a.machine_id).cmp(&(&b.region, &b.machine_id)));
+            routes.spans = group_by_region(&mut routes.machines, |m| region_id(&m.region));
+        }
+        self.regions = regions;
+    }
+
+    pub fn region_id(&self, code: &str) -> Option<RegionId> {
+        self.regions.iter().position(|r| r == code).map(|i| RegionId(i as u16))
     }
 
     pub fn app_names(&self) -> Vec<&str> {

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::routing::{get, post};
-use colo_edge::routes::{AppRoutes, Endpoint};
+use colo_edge::routes::Endpoint;
 use colo_edge::{router, Edge, EdgeConfig, RouteTable};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,17 +47,20 @@ async fn upstream(name: &'static str, delay: Duration) -> String {
 }
 
 fn table(app: &str, addrs: &[(&str, &str)]) -> Arc<RouteTable> {
-    let machines = addrs
+    table_in(app, &addrs.iter().map(|(id, addr)| (*id, *addr, "local")).collect::<Vec<_>>())
+}
+
+/// A table of machines in named regions: (id, address, region).
+fn table_in(app: &str, machines: &[(&str, &str, &str)]) -> Arc<RouteTable> {
+    let endpoints = machines
         .iter()
-        .map(|(id, addr)| Endpoint {
+        .map(|(id, addr, region)| Endpoint {
             machine_id: id.to_string(),
             addr: addr.to_string(),
-            region: "local".into(),
+            region: region.to_string(),
         })
         .collect();
-    let mut t = RouteTable::default();
-    t.apps.insert(app.to_string(), AppRoutes { machines, pending: 0 });
-    Arc::new(t)
+    Arc::new(RouteTable::single(app, endpoints))
 }
 
 async fn start_edge(config: EdgeConfig, initial: Arc<RouteTable>) -> (String, watch::Sender<Arc<RouteTable>>) {
@@ -208,6 +211,8 @@ async fn concurrent_requests_spread_over_machines() {
         let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
         tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().text().await.unwrap() })
     });
+    // Spawn all eight before awaiting any, so that they are in flight together.
+    let requests: Vec<_> = requests.collect();
     let mut on_a = 0;
     for r in requests {
         if r.await.unwrap().starts_with("a:") {
@@ -215,4 +220,93 @@ async fn concurrent_requests_spread_over_machines() {
         }
     }
     assert_eq!(on_a, 4, "least in-flight should split 8 concurrent requests 4/4");
+}
+
+#[tokio::test]
+async fn the_hard_limit_holds_requests_until_a_slot_frees() {
+    let up = upstream("a", Duration::from_millis(200)).await;
+    let route = colo_policy::RouteParams {
+        soft_limit: 1,
+        hard_limit: 1,
+        ..Default::default()
+    };
+    let (edge, _tx) = start_edge(
+        EdgeConfig {
+            route,
+            ..EdgeConfig::default()
+        },
+        table("app", &[("m1", &up)]),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
+            tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().status() })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(590),
+        "3 requests at a hard limit of 1 must run one after another, took {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "held requests were not released promptly: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn requests_stay_in_the_edge_region_until_it_is_full_and_follow_steering() {
+    let ams = upstream("ams", Duration::from_millis(300)).await;
+    let syd = upstream("syd", Duration::from_millis(300)).await;
+    let route = colo_policy::RouteParams {
+        soft_limit: 2,
+        hard_limit: 2,
+        ..Default::default()
+    };
+    let config = EdgeConfig {
+        region: "ams".into(),
+        route,
+        ..EdgeConfig::default()
+    };
+    let (edge, _tx) = start_edge(config, table_in("app", &[("m-ams", &ams, "ams"), ("m-syd", &syd, "syd")])).await;
+    let client = reqwest::Client::new();
+    let send = |headers: Vec<(&'static str, &'static str)>| {
+        let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
+        tokio::spawn(async move {
+            let mut request = client.post(url).body(embed_body("app"));
+            for (k, v) in headers {
+                request = request.header(k, v);
+            }
+            request.send().await.unwrap().text().await.unwrap()
+        })
+    };
+    // Two fit the local machine's hard limit; the next two spill to the far region.
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(send(vec![]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut served = Vec::new();
+    for a in answers {
+        served.push(a.await.unwrap().split(':').next().unwrap().to_string());
+    }
+    assert_eq!(served, ["ams", "ams", "syd", "syd"]);
+    // Steering: forced to Sydney although Amsterdam is idle; an unknown forced region is a 503.
+    assert!(send(vec![("colo-force-region", "syd")]).await.unwrap().starts_with("syd:"));
+    assert!(send(vec![("colo-prefer-region", "syd")]).await.unwrap().starts_with("syd:"));
+    let r = client
+        .post(format!("{edge}/v1/embeddings"))
+        .header("colo-force-region", "fra")
+        .body(embed_body("app"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("regions with machines: ams, syd"));
 }

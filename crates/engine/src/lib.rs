@@ -15,6 +15,7 @@ pub mod textgen;
 
 pub use error::EngineError;
 
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,7 +66,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), EngineError> {
         .await
         .map_err(|e| EngineError::Internal(format!("binding {}: {e}", opts.addr)))?;
     tracing::info!(addr = %opts.addr, "engine listening");
-    axum::serve(listener, app)
+    axum::serve(listener.tap_io(no_delay), app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))
@@ -123,4 +124,10 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Sends small writes (one SSE event, one token) at once instead of waiting to coalesce them
+/// (Nagle), which with delayed ACKs stalls a stream by tens of milliseconds.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
 }

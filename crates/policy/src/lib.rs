@@ -4,7 +4,6 @@
 
 pub mod affinity;
 pub mod hold;
-pub mod pick;
 pub mod placement;
 pub mod plan;
 pub mod route;
@@ -12,7 +11,6 @@ pub mod scale;
 
 pub use affinity::{AffinityTable, PrefixKey};
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
-pub use pick::{pick_machine, Candidate};
 pub use placement::{place, Demand, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
 pub use plan::{plan, recommend, Plan, PlanError, PlanOption, PlanRequest, Recommendation};
 pub use route::{
