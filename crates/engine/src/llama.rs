@@ -8,6 +8,7 @@ use crate::EngineError;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 
@@ -182,12 +183,42 @@ impl LlamaConfig {
     }
 }
 
+/// A linear layer's (inputs, outputs) weight kept as column blocks, one per core, multiplied
+/// in parallel. candle runs a decode-sized product (one row, or a few) on one core; split, each
+/// core streams its own share of the weights, and decoding is bound by memory bandwidth.
+struct Split {
+    parts: Vec<Tensor>,
+}
+
+// === impl Split ===
+
+impl Split {
+    fn new(w: &Tensor) -> candle_core::Result<Self> {
+        let outputs = w.dim(1)?;
+        let n = rayon::current_num_threads().clamp(1, 8).min(outputs);
+        let per = outputs.div_ceil(n);
+        let parts = (0..outputs)
+            .step_by(per)
+            .map(|start| w.narrow(1, start, per.min(outputs - start))?.contiguous())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { parts })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.parts.len() == 1 {
+            return x.matmul(&self.parts[0]);
+        }
+        let outs: Vec<Tensor> = self.parts.par_iter().map(|w| x.matmul(w)).collect::<candle_core::Result<_>>()?;
+        Tensor::cat(&outs, 1)
+    }
+}
+
 struct Layer {
-    qkv_w: Tensor,
+    qkv_w: Split,
     qkv_b: Option<Tensor>,
-    o_w: Tensor,
-    gate_up_w: Tensor,
-    down_w: Tensor,
+    o_w: Split,
+    gate_up_w: Split,
+    down_w: Split,
     attn_norm: Tensor,
     mlp_norm: Tensor,
 }
@@ -198,7 +229,7 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Tensor,
     /// (hidden, vocab), transposed once at load.
-    lm_head: Tensor,
+    lm_head: Split,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -270,21 +301,21 @@ impl Llama {
             let gate = weight_t(&l, "mlp.gate_proj.weight", c.intermediate, h)?;
             let up = weight_t(&l, "mlp.up_proj.weight", c.intermediate, h)?;
             layers.push(Layer {
-                qkv_w: Tensor::cat(&[&q, &k, &v], 1)?.contiguous()?,
+                qkv_w: Split::new(&Tensor::cat(&[&q, &k, &v], 1)?)?,
                 qkv_b,
-                o_w: weight_t(&l, "self_attn.o_proj.weight", h, q_dim)?,
-                gate_up_w: Tensor::cat(&[&gate, &up], 1)?.contiguous()?,
-                down_w: weight_t(&l, "mlp.down_proj.weight", h, c.intermediate)?,
+                o_w: Split::new(&weight_t(&l, "self_attn.o_proj.weight", h, q_dim)?)?,
+                gate_up_w: Split::new(&Tensor::cat(&[&gate, &up], 1)?)?,
+                down_w: Split::new(&weight_t(&l, "mlp.down_proj.weight", h, c.intermediate)?)?,
                 attn_norm: l.get(h, "input_layernorm.weight")?.to_dtype(DType::F32)?,
                 mlp_norm: l.get(h, "post_attention_layernorm.weight")?.to_dtype(DType::F32)?,
             });
         }
         let norm = m.get(h, "norm.weight")?.to_dtype(DType::F32)?;
-        let lm_head = if c.tie_embeddings || !vb.contains_tensor("lm_head.weight") {
+        let lm_head = Split::new(&if c.tie_embeddings || !vb.contains_tensor("lm_head.weight") {
             embed.t()?.contiguous()?
         } else {
             weight_t(&vb, "lm_head.weight", c.vocab, h)?
-        };
+        })?;
         let inv_freq = Tensor::new(config.inv_freq(), vb.device())?;
         let positions = Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
         let freqs = positions.unsqueeze(1)?.matmul(&inv_freq.unsqueeze(0)?)?;
@@ -320,7 +351,7 @@ impl Llama {
         let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
-            let mut qkv = normed.matmul(&layer.qkv_w)?;
+            let mut qkv = layer.qkv_w.forward(&normed)?;
             if let Some(b) = &layer.qkv_b {
                 qkv = qkv.broadcast_add(b)?;
             }
@@ -348,13 +379,13 @@ impl Llama {
                 outputs.push(self.attend(&q, &k_all, &v_all, past, n)?);
                 offset += n;
             }
-            let attn = Tensor::cat(&outputs, 0)?.matmul(&layer.o_w)?;
+            let attn = layer.o_w.forward(&Tensor::cat(&outputs, 0)?)?;
             x = (x + attn)?;
             let normed = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, c.rms_eps as f32)?;
-            let gate_up = normed.matmul(&layer.gate_up_w)?;
+            let gate_up = layer.gate_up_w.forward(&normed)?;
             let gate = gate_up.narrow(1, 0, c.intermediate)?;
             let up = gate_up.narrow(1, c.intermediate, c.intermediate)?;
-            let mlp = (candle_nn::ops::silu(&gate)? * up)?.matmul(&layer.down_w)?;
+            let mlp = layer.down_w.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
             x = (x + mlp)?;
         }
         for seq in seqs.iter_mut() {
@@ -369,7 +400,7 @@ impl Llama {
         }
         let last = x.index_select(&Tensor::from_vec(last, seqs.len(), &self.device)?, 0)?;
         let normed = candle_nn::ops::rms_norm(&last, &self.norm, c.rms_eps as f32)?;
-        normed.matmul(&self.lm_head)
+        self.lm_head.forward(&normed)
     }
 
     /// Causal attention of `n` new queries (heads, n, d) over `past + n` keys and values
