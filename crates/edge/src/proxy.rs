@@ -35,12 +35,13 @@ struct Load {
 }
 
 /// A started machine as the policy sees it at the moment of a pick.
-struct View(Arc<Load>);
+struct View(Arc<Load>, bool);
 
 impl MachineView for View {
     fn healthy(&self) -> bool {
-        // The route table holds started machines only; the agent removes unhealthy ones.
-        true
+        // The route table holds started machines only (the agent removes unhealthy ones); the
+        // flag marks a machine this request already failed to reach.
+        self.1
     }
 
     fn in_flight(&self) -> u32 {
@@ -56,6 +57,9 @@ impl MachineView for View {
         })
     }
 }
+
+/// Machines a request may fail to connect to before the edge gives up on it.
+const MAX_CONNECT_RETRIES: usize = 2;
 
 /// How often a held request looks again when nothing else wakes it.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -168,7 +172,10 @@ impl Edge {
     /// Picks the machine for a request to `app` with the routing policy, holding the request
     /// while no machine has room (none started yet, or all at their hard limit) until one does
     /// or the hold deadline passes.
-    async fn pick(&self, app: &str, headers: &HeaderMap) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
+    async fn pick(&self, app: &str, headers: &HeaderMap, failed: &[String]) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
+        // A retry after a failed connect does not wait: with no other machine free, the
+        // caller answers with the connect error at once.
+        let hold = failed.is_empty();
         let mut routes = self.routes.clone();
         let deadline = tokio::time::Instant::now() + self.config.hold_timeout;
         let mut held = false;
@@ -186,7 +193,11 @@ impl Edge {
                 Ok(steer) => steer,
                 Err(e) => break Err(e),
             };
-            let views: Vec<View> = app_routes.machines.iter().map(|m| View(self.load_of(&m.machine_id))).collect();
+            let views: Vec<View> = app_routes
+                .machines
+                .iter()
+                .map(|m| View(self.load_of(&m.machine_id), !failed.contains(&m.machine_id)))
+                .collect();
             let rtt_ms = self.rtt_row(&table);
             let view = AppView {
                 started: &views,
@@ -212,6 +223,9 @@ impl Edge {
                     });
                 }
                 Decision::Hold { .. } | Decision::Reject(RejectReason::NoMachines) => {}
+            }
+            if !hold {
+                break Err(self.no_machine(app));
             }
             if !held {
                 held = true;
@@ -309,34 +323,51 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         Some(app) => app,
         None => app_from_body(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
     };
-    let (endpoint, load) = edge.pick(&app, &parts.headers).await.map_err(|e| (app.clone(), e))?;
-
-    let upstream_failed = |reason: String| EdgeError::Upstream {
-        machine: endpoint.machine_id.clone(),
-        addr: endpoint.addr.clone(),
-        reason,
-    };
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri: Uri = match format!("http://{}{}", endpoint.addr, path).parse() {
-        Ok(uri) => uri,
-        Err(e) => return Err((app, upstream_failed(format!("bad upstream address: {e}")))),
-    };
-    let mut upstream = hyper::Request::builder().method(parts.method).uri(uri);
-    for (name, value) in parts.headers.iter() {
-        if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
-            upstream = upstream.header(name, value);
+    // A machine that refuses the connection never saw the request, so another may take it.
+    let mut failed: Vec<String> = Vec::new();
+    let mut last_error: Option<EdgeError> = None;
+    let (endpoint, guard, response, started) = loop {
+        let (endpoint, load) = match edge.pick(&app, &parts.headers, &failed).await {
+            Ok(picked) => picked,
+            Err(e) => return Err((app, last_error.unwrap_or(e))),
+        };
+        let upstream_failed = |reason: String| EdgeError::Upstream {
+            machine: endpoint.machine_id.clone(),
+            addr: endpoint.addr.clone(),
+            reason,
+        };
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: Uri = match format!("http://{}{}", endpoint.addr, path).parse() {
+            Ok(uri) => uri,
+            Err(e) => return Err((app, upstream_failed(format!("bad upstream address: {e}")))),
+        };
+        let mut upstream = hyper::Request::builder().method(parts.method.clone()).uri(uri);
+        for (name, value) in parts.headers.iter() {
+            if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
+                upstream = upstream.header(name, value);
+            }
         }
-    }
-    let upstream = match upstream.body(Full::new(body)) {
-        Ok(r) => r,
-        Err(e) => return Err((app, EdgeError::BodyRead(e.to_string()))),
-    };
-
-    let guard = InFlight::new(load, edge);
-    let started = std::time::Instant::now();
-    let response = match edge.client.request(upstream).await {
-        Ok(response) => response,
-        Err(e) => return Err((app, upstream_failed(error_chain(&e)))),
+        let upstream = match upstream.body(Full::new(body.clone())) {
+            Ok(r) => r,
+            Err(e) => return Err((app, EdgeError::BodyRead(e.to_string()))),
+        };
+        let guard = InFlight::new(load, edge);
+        let started = std::time::Instant::now();
+        match edge.client.request(upstream).await {
+            Ok(response) => break (endpoint, guard, response, started),
+            Err(e) if e.is_connect() && failed.len() < MAX_CONNECT_RETRIES => {
+                tracing::info!(app = %app, machine = %endpoint.machine_id, error = %error_chain(&e), "connect failed; trying another machine");
+                edge.metrics
+                    .errors
+                    .get_or_create(&ErrorLabels {
+                        source: "connect_retry".into(),
+                    })
+                    .inc();
+                failed.push(endpoint.machine_id.clone());
+                last_error = Some(upstream_failed(error_chain(&e)));
+            }
+            Err(e) => return Err((app, upstream_failed(error_chain(&e)))),
+        }
     };
     edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
     edge.record_report(&guard.load, response.headers());

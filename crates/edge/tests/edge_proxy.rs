@@ -310,3 +310,24 @@ async fn requests_stay_in_the_edge_region_until_it_is_full_and_follow_steering()
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("regions with machines: ams, syd"));
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_another_machine() {
+    let alive = upstream("alive", Duration::ZERO).await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m-alive", &alive), ("m-dead", &dead)])).await;
+    let client = reqwest::Client::new();
+    for _ in 0..10 {
+        let r = client
+            .post(format!("{edge}/v1/embeddings"))
+            .body(embed_body("app"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "every request reaches the live machine");
+        assert_eq!(r.headers()["colo-machine"], "m-alive");
+    }
+}
