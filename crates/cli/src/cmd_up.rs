@@ -157,7 +157,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         })
     };
     eprintln!(
-        "colo is up\n  edge   http://{edge_addr}   (OpenAI API: /v1/models, /v1/embeddings)\n  api    http://{api_addr}\n  store  {store_url}\n  data   {}\n  devices {}",
+        "colo is up\n  edge   http://{edge_addr}   (OpenAI API: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions)\n  api    http://{api_addr}\n  store  {store_url}\n  data   {}\n  devices {}",
         data_dir.display(),
         agent.devices().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
     );
