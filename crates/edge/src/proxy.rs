@@ -377,9 +377,17 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
     if let Ok(value) = HeaderValue::from_str(&endpoint.machine_id) {
         parts.headers.insert(HeaderName::from_static("colo-machine"), value);
     }
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let sse_machine = is_sse.then(|| endpoint.machine_id.clone());
     let body = Body::new(Tracked {
         inner: incoming,
         _guard: guard,
+        sse_machine,
+        done: false,
     });
     Ok((app, Response::from_parts(parts, body)))
 }
@@ -510,21 +518,45 @@ impl Drop for InFlight {
 struct Tracked<B> {
     inner: B,
     _guard: InFlight,
+    /// For server-sent events: the machine that the error event names if the stream breaks.
+    sse_machine: Option<String>,
+    /// Set once the stream has ended, cleanly or with an error event.
+    done: bool,
 }
 
 impl<B> hyper::body::Body for Tracked<B>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            // A stream whose machine died mid-way ends with an error event the client can see,
+            // never with a silent cut that looks like a finished answer.
+            Poll::Ready(Some(Err(e))) if self.sse_machine.is_some() => {
+                self.done = true;
+                let machine = self.sse_machine.take().unwrap_or_default();
+                let message = format!("machine {machine} failed mid-stream: {e}");
+                let body =
+                    serde_json::json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": "upstream_failed"}});
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(format!("data: {body}\n\n"))))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {

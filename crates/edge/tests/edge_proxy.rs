@@ -331,3 +331,38 @@ async fn a_refused_connection_is_retried_on_another_machine() {
         assert_eq!(r.headers()["colo-machine"], "m-alive");
     }
 }
+
+#[tokio::test]
+async fn an_upstream_dying_mid_stream_ends_with_an_error_event() {
+    let app = axum::Router::new().route(
+        "/v1/completions",
+        post(|| async {
+            let stream = futures::stream::unfold(0, |i| async move {
+                match i {
+                    0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from("data: {\"text\":\"a\"}\n\n")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Some((Err(std::io::Error::other("engine killed")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            ([("content-type", "text/event-stream")], Body::from_stream(stream))
+        }),
+    );
+    let up = serve(app).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m-dying", &up)])).await;
+    let body = reqwest::Client::new()
+        .post(format!("{edge}/v1/completions"))
+        .body(r#"{"model":"app","prompt":"x","stream":true}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .expect("the client gets a complete body, ending in an error event");
+    let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 2, "{body}");
+    assert!(events[1].starts_with("data: {\"error\""), "{body}");
+    assert!(events[1].contains("m-dying"), "{body}");
+}
