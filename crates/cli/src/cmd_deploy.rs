@@ -21,6 +21,12 @@ pub struct DeployArgs {
     /// host's GPUs, and a host without GPUs uses CPU slots.
     #[arg(long)]
     gpu: Option<String>,
+    /// Requests in flight per machine past which the edge prefers other machines (default: the edge's).
+    #[arg(long)]
+    soft_limit: Option<u32>,
+    /// Requests in flight per machine at which the edge sends it no more (default: the edge's).
+    #[arg(long)]
+    hard_limit: Option<u32>,
     /// Return once the deploy is recorded, without waiting for machines to start.
     #[arg(long)]
     detach: bool,
@@ -60,7 +66,8 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let app: App = api
         .post(
             "/v1/apps",
-            &json!({"name": args.app, "model": args.model, "machines": args.machines, "gpu": args.gpu}),
+            &json!({"name": args.app, "model": args.model, "machines": args.machines, "gpu": args.gpu,
+                "soft_limit": args.soft_limit, "hard_limit": args.hard_limit}),
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;

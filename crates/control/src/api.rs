@@ -48,6 +48,10 @@ struct DeployRequest {
     machines: Option<u32>,
     /// GPU kind (`l40s`); the planner chooses among the host's kinds when absent.
     gpu: Option<String>,
+    /// Requests in flight per machine past which edges prefer other machines.
+    soft_limit: Option<u32>,
+    /// Requests in flight per machine at which edges send it no more.
+    hard_limit: Option<u32>,
 }
 
 async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
@@ -62,7 +66,13 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
         }
     };
     match control
-        .deploy(&request.name, &request.model, request.machines.unwrap_or(1), request.gpu.as_deref())
+        .deploy_with(
+            &request.name,
+            &request.model,
+            request.machines.unwrap_or(1),
+            request.gpu.as_deref(),
+            (request.soft_limit, request.hard_limit),
+        )
         .await
     {
         Ok(app) => (StatusCode::CREATED, Json(app)).into_response(),

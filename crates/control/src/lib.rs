@@ -59,6 +59,22 @@ impl Control {
     /// the kinds this host has; a host without GPUs runs machines on CPU slots. Returns the app
     /// as recorded.
     pub async fn deploy(&self, app: &str, model: &str, machines: u32, gpu: Option<&str>) -> Result<App, ControlError> {
+        self.deploy_with(app, model, machines, gpu, (None, None)).await
+    }
+
+    /// `deploy`, with the app's own soft and hard limits per machine (requests in flight).
+    pub async fn deploy_with(
+        &self,
+        app: &str,
+        model: &str,
+        machines: u32,
+        gpu: Option<&str>,
+        (soft_limit, hard_limit): (Option<u32>, Option<u32>),
+    ) -> Result<App, ControlError> {
+        if soft_limit == Some(0) || hard_limit == Some(0) || matches!((soft_limit, hard_limit), (Some(s), Some(h)) if h < s) {
+            let reason = format!("soft limit {soft_limit:?} and hard limit {hard_limit:?}: both at least 1, hard at least soft");
+            return Err(ControlError::Invalid { field: "limits", reason });
+        }
         let name = AppName::new(app).map_err(|e| ControlError::Invalid {
             field: "app",
             reason: e.to_string(),
@@ -82,6 +98,8 @@ impl Control {
             machines,
             deployed_at_ms: now_ms(),
             gpu,
+            soft_limit,
+            hard_limit,
         };
         self.state.put_app(&app).await?;
         self.reconcile(&app).await?;

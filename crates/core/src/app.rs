@@ -20,6 +20,13 @@ pub struct App {
     /// a host without GPUs is a CPU slot.
     #[serde(default)]
     pub gpu: Option<GpuChoice>,
+    /// Requests in flight per machine past which edges prefer other machines; `None`: the
+    /// edge's default.
+    #[serde(default)]
+    pub soft_limit: Option<u32>,
+    /// Requests in flight per machine at which edges send it no more; `None`: the edge's default.
+    #[serde(default)]
+    pub hard_limit: Option<u32>,
 }
 
 /// A deploy's GPU choice and the planner's reason for it.

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use colo_core::Regions;
-use colo_policy::{pick, AppView, Decision, LoadReport, MachineView, PickRequest, RegionId, RejectReason, Steer};
+use colo_policy::{pick, AppView, Decision, LoadReport, MachineView, PickRequest, RegionId, RejectReason, RouteParams, Steer};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -213,7 +213,13 @@ impl Edge {
                 affinity: None,
                 seed: self.picks.fetch_add(1, Ordering::Relaxed),
             };
-            match pick(&view, &request, &self.config.route) {
+            let (soft, hard) = app_routes.limits;
+            let params = RouteParams {
+                soft_limit: soft.unwrap_or(self.config.route.soft_limit),
+                hard_limit: hard.unwrap_or(self.config.route.hard_limit),
+                ..self.config.route.clone()
+            };
+            match pick(&view, &request, &params) {
                 Decision::Pick(idx) => break Ok((app_routes.machines[idx].clone(), views[idx].0.clone())),
                 Decision::Reject(RejectReason::NoMachineInRegion { region }) => {
                     let code = table.regions.get(region.0 as usize).cloned().unwrap_or_default();

@@ -23,6 +23,8 @@ pub struct AppRoutes {
     pub spans: Vec<RegionSpan>,
     /// Machines of the app that are not started yet but are meant to be.
     pub pending: usize,
+    /// The app's own soft and hard limits, where its deploy set them.
+    pub limits: (Option<u32>, Option<u32>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,7 +40,13 @@ impl RouteTable {
     pub fn build(apps: &[App], machines: &[Machine]) -> Self {
         let mut table = RouteTable::default();
         for app in apps {
-            table.apps.insert(app.name.to_string(), AppRoutes::default());
+            table.apps.insert(
+                app.name.to_string(),
+                AppRoutes {
+                    limits: (app.soft_limit, app.hard_limit),
+                    ..Default::default()
+                },
+            );
         }
         for machine in machines {
             let Some(routes) = table.apps.get_mut(machine.app.as_str()) else {

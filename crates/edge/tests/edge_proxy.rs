@@ -366,3 +366,34 @@ async fn an_upstream_dying_mid_stream_ends_with_an_error_event() {
     assert!(events[1].starts_with("data: {\"error\""), "{body}");
     assert!(events[1].contains("m-dying"), "{body}");
 }
+
+#[tokio::test]
+async fn an_apps_own_limits_override_the_edges() {
+    let up = upstream("a", Duration::from_millis(200)).await;
+    let mut table = RouteTable::single(
+        "app",
+        vec![Endpoint {
+            machine_id: "m1".into(),
+            addr: up,
+            region: "local".into(),
+        }],
+    );
+    table.apps.get_mut("app").unwrap().limits = (Some(1), Some(1));
+    let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
+            tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().status() })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(590),
+        "the app's hard limit of 1 must serialise its requests, took {took:?}"
+    );
+}

@@ -183,6 +183,8 @@ mod tests {
                 machines: 1,
                 deployed_at_ms: 5,
                 gpu: None,
+                soft_limit: None,
+                hard_limit: None,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();
