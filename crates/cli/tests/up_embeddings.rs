@@ -177,7 +177,11 @@ fn bad_requests_and_bad_models_get_clear_errors() {
     let out = colo.cli(&["deploy", "other", "--model", "minilm", "--gpu", "tpu9"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a GPU kind colo knows"));
     let out = colo.cli(&["deploy", "other", "--model", "minilm", "--soft-limit", "4", "--hard-limit", "2"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("hard at least soft"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hard at least soft"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = colo.cli(&["deploy", "Bad_Name", "--model", "minilm"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("app: name \"Bad_Name\""));

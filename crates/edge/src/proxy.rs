@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use colo_core::Regions;
-use colo_policy::{pick, AppView, Decision, LoadReport, MachineView, PickRequest, RegionId, RejectReason, RouteParams, Steer};
+use colo_policy::{
+    pick, AffinityTable, AppView, Decision, LoadReport, MachineView, PickRequest, PrefixKey, RegionId, RejectReason, RouteParams, Steer,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -58,6 +60,10 @@ impl MachineView for View {
     }
 }
 
+/// Prompt prefixes the edge remembers, and for how long.
+const AFFINITY_ENTRIES: usize = 16 * 1024;
+const AFFINITY_TTL_MS: u64 = 10 * 60 * 1000;
+
 /// Machines a request may fail to connect to before the edge gives up on it.
 const MAX_CONNECT_RETRIES: usize = 2;
 
@@ -76,6 +82,8 @@ pub struct Edge {
     started: std::time::Instant,
     /// Signalled whenever a request to any machine ends, so held requests look again.
     released: Arc<Notify>,
+    /// Prompt prefix -> the machine that served it last (by `machine_key`).
+    affinity: Mutex<AffinityTable<u64>>,
 }
 
 /// The edge's whole HTTP surface: its own endpoints, and everything else proxied.
@@ -101,6 +109,7 @@ impl Edge {
             regions: Regions::builtin(),
             started: std::time::Instant::now(),
             released: Arc::new(Notify::new()),
+            affinity: Mutex::new(AffinityTable::new(AFFINITY_ENTRIES, AFFINITY_TTL_MS)),
         })
     }
 
@@ -172,7 +181,13 @@ impl Edge {
     /// Picks the machine for a request to `app` with the routing policy, holding the request
     /// while no machine has room (none started yet, or all at their hard limit) until one does
     /// or the hold deadline passes.
-    async fn pick(&self, app: &str, headers: &HeaderMap, failed: &[String]) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
+    async fn pick(
+        &self,
+        app: &str,
+        headers: &HeaderMap,
+        failed: &[String],
+        prefix: Option<PrefixKey>,
+    ) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
         // A retry after a failed connect does not wait: with no other machine free, the
         // caller answers with the connect error at once.
         let hold = failed.is_empty();
@@ -206,11 +221,16 @@ impl Edge {
                 held: 0,
                 starting: app_routes.pending as u32,
             };
+            // The machine that last served a prompt starting like this one, if it is still here.
+            let affinity = prefix.and_then(|key| {
+                let served = self.affinity.lock().unwrap_or_else(|p| p.into_inner()).get(key, self.now_ms())?;
+                app_routes.machines.iter().position(|m| machine_key(&m.machine_id) == served)
+            });
             let request = PickRequest {
                 now_ms: self.now_ms(),
                 rtt_ms: &rtt_ms,
                 steer,
-                affinity: None,
+                affinity,
                 seed: self.picks.fetch_add(1, Ordering::Relaxed),
             };
             let (soft, hard) = app_routes.limits;
@@ -330,10 +350,11 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         None => app_from_body(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
     };
     // A machine that refuses the connection never saw the request, so another may take it.
+    let prefix = parts.uri.path().ends_with("completions").then(|| prefix_of(&app, &body)).flatten();
     let mut failed: Vec<String> = Vec::new();
     let mut last_error: Option<EdgeError> = None;
     let (endpoint, guard, response, started) = loop {
-        let (endpoint, load) = match edge.pick(&app, &parts.headers, &failed).await {
+        let (endpoint, load) = match edge.pick(&app, &parts.headers, &failed, prefix).await {
             Ok(picked) => picked,
             Err(e) => return Err((app, last_error.unwrap_or(e))),
         };
@@ -376,6 +397,12 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         }
     };
     edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+    if let Some(key) = prefix {
+        edge.affinity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(key, machine_key(&endpoint.machine_id), edge.now_ms());
+    }
     edge.record_report(&guard.load, response.headers());
 
     let (mut parts, incoming) = response.into_parts();
@@ -440,6 +467,35 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<
         return Err(too_large(seen));
     }
     Ok(collected.freeze())
+}
+
+/// Bytes of a prompt that decide prefix affinity: two prompts that agree this far are sent to
+/// the machine whose KV cache may already hold their start.
+const PREFIX_BYTES: usize = 512;
+
+/// The affinity key of a completions or chat request: its app and the start of its prompt (the
+/// text, the token ids, or the messages as sent).
+fn prefix_of(app: &str, body: &[u8]) -> Option<PrefixKey> {
+    #[derive(serde::Deserialize)]
+    struct Prompted {
+        prompt: Option<serde_json::Value>,
+        messages: Option<serde_json::Value>,
+    }
+    let prompted: Prompted = serde_json::from_slice(body).ok()?;
+    let mut bytes = app.as_bytes().to_vec();
+    bytes.push(0);
+    match (prompted.prompt, prompted.messages) {
+        (Some(serde_json::Value::String(text)), _) => bytes.extend_from_slice(text.as_bytes()),
+        (_, Some(messages)) => bytes.extend_from_slice(messages.to_string().as_bytes()),
+        (Some(other), _) => bytes.extend_from_slice(other.to_string().as_bytes()),
+        (None, None) => return None,
+    }
+    Some(PrefixKey::of_bytes(&bytes, app.len() + 1 + PREFIX_BYTES))
+}
+
+/// A stable handle for a machine in the affinity table, whatever its place in the route table.
+fn machine_key(machine_id: &str) -> u64 {
+    PrefixKey::of_bytes(machine_id.as_bytes(), usize::MAX).0
 }
 
 fn app_from_body(body: &[u8], domain: &str) -> Result<String, EdgeError> {

@@ -28,6 +28,13 @@ async fn upstream(name: &'static str, delay: Duration) -> String {
             }),
         )
         .route(
+            "/v1/completions",
+            post(move |body: String| async move {
+                tokio::time::sleep(delay).await;
+                format!("{name}:{}", body.len())
+            }),
+        )
+        .route(
             "/stream",
             get(|| async {
                 let stream = futures::stream::unfold(0, |i| async move {
@@ -396,4 +403,28 @@ async fn an_apps_own_limits_override_the_edges() {
         took >= Duration::from_millis(590),
         "the app's hard limit of 1 must serialise its requests, took {took:?}"
     );
+}
+
+#[tokio::test]
+async fn prompts_with_a_shared_prefix_go_to_the_same_machine() {
+    let a = upstream("a", Duration::ZERO).await;
+    let b = upstream("b", Duration::ZERO).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("ma", &a), ("mb", &b)])).await;
+    let client = reqwest::Client::new();
+    let system = "You are a careful assistant. ".repeat(30);
+    let mut served = std::collections::HashSet::new();
+    for i in 0..8 {
+        let body = serde_json::json!({"model": "app", "prompt": format!("{system} question {i}")}).to_string();
+        let r = client.post(format!("{edge}/v1/completions")).body(body).send().await.unwrap();
+        served.insert(r.headers()["colo-machine"].to_str().unwrap().to_string());
+    }
+    assert_eq!(served.len(), 1, "one long shared prefix, one machine: {served:?}");
+    // Without a shared prefix, idle machines share the work.
+    let mut spread = std::collections::HashSet::new();
+    for i in 0..16 {
+        let body = serde_json::json!({"model": "app", "prompt": format!("short {i}")}).to_string();
+        let r = client.post(format!("{edge}/v1/completions")).body(body).send().await.unwrap();
+        spread.insert(r.headers()["colo-machine"].to_str().unwrap().to_string());
+    }
+    assert_eq!(spread.len(), 2, "different prompts should reach both machines");
 }
