@@ -195,3 +195,86 @@ fn machines_table(machines: &[Machine]) -> String {
         rows,
     )
 }
+
+#[derive(clap::Subcommand)]
+pub enum KeysCommand {
+    /// Make an API key for an app (shown once). An app with keys answers only requests that
+    /// carry one of them (Authorization: Bearer <key>).
+    Create(KeyCreateArgs),
+    /// List an app's keys (ids and limits; keys themselves are not stored).
+    Ls(KeyAppArgs),
+    /// Remove a key.
+    Revoke(KeyRevokeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct KeyCreateArgs {
+    app: String,
+    /// Requests per second the key may make.
+    #[arg(long)]
+    rps: Option<u32>,
+    /// LLM tokens per minute the key may use (prompt estimate plus max_tokens).
+    #[arg(long)]
+    tokens_per_minute: Option<u32>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct KeyAppArgs {
+    app: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct KeyRevokeArgs {
+    app: String,
+    /// The key's id (`colo keys ls`).
+    id: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create(args) => {
+            let api = Api::connect(&args.common.data_dir)?;
+            let body = json!({"rps": args.rps, "tokens_per_minute": args.tokens_per_minute});
+            let created: serde_json::Value = api.post(&format!("/v1/apps/{}/keys", args.app), &body).await?;
+            if args.common.json {
+                return print_json(&created);
+            }
+            println!("{}", created["key"].as_str().unwrap_or_default());
+            eprintln!(
+                "key {} for {}: keep it now, colo stores only its digest",
+                created["record"]["id"].as_str().unwrap_or_default(),
+                args.app
+            );
+            Ok(())
+        }
+        KeysCommand::Ls(args) => {
+            let api = Api::connect(&args.common.data_dir)?;
+            let keys: Vec<colo_core::ApiKey> = api.get(&format!("/v1/apps/{}/keys", args.app)).await?;
+            if args.common.json {
+                return print_json(&keys);
+            }
+            let limit = |v: Option<u32>| v.map_or("-".to_string(), |n| n.to_string());
+            let rows = keys
+                .iter()
+                .map(|k| vec![k.id.clone(), limit(k.rps), limit(k.tokens_per_minute)])
+                .collect();
+            println!("{}", table(&["KEY", "RPS", "TOKENS/MIN"], rows));
+            Ok(())
+        }
+        KeysCommand::Revoke(args) => {
+            let api = Api::connect(&args.common.data_dir)?;
+            api.delete(&format!("/v1/apps/{}/keys/{}", args.app, args.id)).await?;
+            if args.common.json {
+                return print_json(&json!({"revoked": args.id}));
+            }
+            println!("revoked {}", args.id);
+            Ok(())
+        }
+    }
+}

@@ -43,6 +43,9 @@ enum Command {
     Ps(cmd_deploy::PsArgs),
     /// List apps: model, revision, machines started of wanted.
     Apps(cmd_deploy::AppsArgs),
+    /// Create, list and revoke an app's API keys.
+    #[command(subcommand)]
+    Keys(cmd_deploy::KeysCommand),
     /// Which GPU, how many, at what cost per million tokens; with --fleet/--demand, where.
     Plan(cmd_plan::PlanArgs),
     /// Run colo's built-in inference engine (the agent starts one per machine).
@@ -106,6 +109,7 @@ fn main() -> std::process::ExitCode {
             Command::Destroy(args) => cmd_deploy::destroy(args).await,
             Command::Ps(args) => cmd_deploy::ps(args).await,
             Command::Apps(args) => cmd_deploy::apps(args).await,
+            Command::Keys(cmd) => cmd_deploy::keys(cmd).await,
             Command::Plan(args) => cmd_plan::run(args).await,
             Command::Engine(EngineCommand::Serve(args)) => engine_serve(args).await,
         }

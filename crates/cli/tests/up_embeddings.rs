@@ -89,6 +89,31 @@ fn serves_minilm_through_the_edge_matching_sentence_transformers() {
     assert_eq!(result["missing"]["status"], 404);
     println!("openai {} client: {} embeddings match", result["openai_version"], 3);
 
+    // With a key, the app answers only requests that carry it.
+    let key = colo.ok(&["keys", "create", "minilm", "--rps", "100"]).trim().to_string();
+    let status = |bearer: Option<&str>| {
+        let mut request = client.post(&url).json(&json!({"model": "minilm", "input": "x"}));
+        if let Some(b) = bearer {
+            request = request.bearer_auth(b);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    // Edges learn of the key through the state watch; give it a moment.
+    let settle = |want: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while status(None) != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    settle(401);
+    assert_eq!(status(None), 401);
+    assert_eq!(status(Some("colo-wrong")), 404);
+    assert_eq!(status(Some(&key)), 200);
+    let keys: Value = serde_json::from_str(&colo.ok(&["keys", "ls", "minilm", "--json"])).unwrap();
+    colo.ok(&["keys", "revoke", "minilm", keys[0]["id"].as_str().unwrap()]);
+    settle(200);
+    assert_eq!(status(None), 200, "an app without keys is open again");
+
     // ps and apps report the machine, with its hydration.
     let machines = colo.machines();
     assert_eq!(machines.len(), 1);

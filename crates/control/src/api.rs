@@ -34,6 +34,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/apps", get(list).post(deploy))
         .route("/v1/apps/{app}", get(show).delete(destroy))
         .route("/v1/machines", get(machines))
+        .route("/v1/apps/{app}/keys", get(list_keys).post(create_key))
+        .route("/v1/apps/{app}/keys/{id}", axum::routing::delete(revoke_key))
         .with_state(control)
 }
 
@@ -97,4 +99,41 @@ async fn destroy(State(control): State<Arc<Control>>, Path(app): Path<String>) -
 
 async fn machines(State(control): State<Arc<Control>>) -> Response {
     control.state.machines().await.map(Json).map_err(ControlError::from).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    /// Requests per second allowed.
+    rps: Option<u32>,
+    /// LLM tokens per minute allowed.
+    tokens_per_minute: Option<u32>,
+}
+
+async fn create_key(State(control): State<Arc<Control>>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
+    let request: KeyRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+        Ok(r) => r,
+        Err(e) => {
+            return ControlError::Invalid {
+                field: "body",
+                reason: e.to_string(),
+            }
+            .into_response()
+        }
+    };
+    match control.create_key(&app, request.rps, request.tokens_per_minute).await {
+        Ok((record, key)) => (StatusCode::CREATED, Json(json!({"key": key, "record": record}))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_keys(State(control): State<Arc<Control>>, Path(app): Path<String>) -> Response {
+    control.app(&app).await.map(|a| Json(a.keys)).into_response()
+}
+
+async fn revoke_key(State(control): State<Arc<Control>>, Path((app, id)): Path<(String, String)>) -> Response {
+    match control.revoke_key(&app, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -6,7 +6,7 @@ pub mod api;
 pub mod auth;
 
 use colo_agent::Agent;
-use colo_core::{App, AppName, Catalogue, GpuChoice, MachineState};
+use colo_core::{ApiKey, App, AppName, Catalogue, GpuChoice, MachineState};
 use colo_model::{FactsSource, Manifest, ModelFacts};
 use colo_policy::{recommend, PlanRequest};
 use colo_state::StateStore;
@@ -100,6 +100,15 @@ impl Control {
             gpu,
             soft_limit,
             hard_limit,
+            keys: Vec::new(),
+        };
+        // A redeploy keeps the app's keys.
+        let app = match self.state.app(&app.name).await? {
+            Some(previous) => App {
+                keys: previous.keys,
+                ..app
+            },
+            None => app,
         };
         self.state.put_app(&app).await?;
         self.reconcile(&app).await?;
@@ -160,6 +169,43 @@ impl Control {
         let headers: Vec<_> = manifest.files.iter().filter_map(|f| f.safetensors.clone()).collect();
         let facts = ModelFacts::from_config(&bytes).map_err(|e| e.to_string())?;
         facts.with_tensors(&headers, FactsSource::Manifest).map_err(|e| e.to_string())
+    }
+
+    /// Makes a new API key for `app`; returns its record and the key itself (shown only now).
+    pub async fn create_key(&self, app: &str, rps: Option<u32>, tokens_per_minute: Option<u32>) -> Result<(ApiKey, String), ControlError> {
+        if rps == Some(0) || tokens_per_minute == Some(0) {
+            return Err(ControlError::Invalid {
+                field: "limits",
+                reason: "rps and tokens_per_minute must be at least 1 when given".into(),
+            });
+        }
+        let mut record = self.app(app).await?;
+        let secret: String = (0..24).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let key = format!("colo-{secret}");
+        let api_key = ApiKey {
+            id: format!("k-{}", &secret[..8]),
+            hash: blake3::hash(key.as_bytes()).to_hex().to_string(),
+            rps,
+            tokens_per_minute,
+        };
+        record.keys.push(api_key.clone());
+        self.state.put_app(&record).await?;
+        Ok((api_key, key))
+    }
+
+    /// Removes one of `app`'s keys.
+    pub async fn revoke_key(&self, app: &str, id: &str) -> Result<(), ControlError> {
+        let mut record = self.app(app).await?;
+        let before = record.keys.len();
+        record.keys.retain(|k| k.id != id);
+        if record.keys.len() == before {
+            return Err(ControlError::Invalid {
+                field: "key",
+                reason: format!("app {app:?} has no key {id:?}"),
+            });
+        }
+        self.state.put_app(&record).await?;
+        Ok(())
     }
 
     /// Removes an app and destroys its machines.

@@ -27,6 +27,22 @@ pub struct App {
     /// Requests in flight per machine at which edges send it no more; `None`: the edge's default.
     #[serde(default)]
     pub hard_limit: Option<u32>,
+    /// API keys that may call the app; none: the app is open to anyone who reaches the edge.
+    #[serde(default)]
+    pub keys: Vec<ApiKey>,
+}
+
+/// One API key of an app. Only the key's BLAKE3 digest is stored; the key itself is shown once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Short name for listing and revoking (`k-1a2b3c4d`).
+    pub id: String,
+    /// Hex BLAKE3 digest of the key.
+    pub hash: String,
+    /// Requests per second allowed (a bucket of one second's worth); `None`: unlimited.
+    pub rps: Option<u32>,
+    /// LLM tokens per minute allowed (prompt estimate plus max_tokens); `None`: unlimited.
+    pub tokens_per_minute: Option<u32>,
 }
 
 /// A deploy's GPU choice and the planner's reason for it.

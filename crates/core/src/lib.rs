@@ -9,7 +9,7 @@ pub mod money;
 pub mod name;
 pub mod region;
 
-pub use app::{App, GpuChoice};
+pub use app::{ApiKey, App, GpuChoice};
 pub use csv::CsvError;
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use machine::{Device, HydrationReport, Machine, MachineState};

@@ -17,6 +17,16 @@ pub enum EdgeError {
     UnknownApp { app: String, apps: Vec<String> },
     #[error("no machine of app {app:?} had room within {secs}s")]
     NoMachine { app: String, secs: u64 },
+    #[error("app {app:?} requires an API key: send Authorization: Bearer <key>")]
+    Unauthorized { app: String },
+    #[error("app {app:?} not found")]
+    NotFound { app: String },
+    #[error("rate limit of {limit} {what} reached for this key; retry in {retry_after_s}s")]
+    RateLimited {
+        what: &'static str,
+        limit: u32,
+        retry_after_s: u64,
+    },
     #[error("no machine in region {region:?} for this request; regions with machines: {}", regions.join(", "))]
     NoRegion { region: String, regions: Vec<String> },
     #[error("machine {machine} at {addr} failed: {reason}")]
@@ -28,7 +38,9 @@ impl EdgeError {
         match self {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
-            EdgeError::UnknownApp { .. } => StatusCode::NOT_FOUND,
+            EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => StatusCode::NOT_FOUND,
+            EdgeError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::NoMachine { .. } | EdgeError::NoRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -40,7 +52,9 @@ impl EdgeError {
             EdgeError::BodyRead(_) => "body_read_failed",
             EdgeError::BadJson { .. } => "invalid_json",
             EdgeError::NoModel { .. } => "missing_model",
-            EdgeError::UnknownApp { .. } => "model_not_found",
+            EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => "model_not_found",
+            EdgeError::Unauthorized { .. } => "invalid_api_key",
+            EdgeError::RateLimited { .. } => "rate_limit_exceeded",
             EdgeError::NoMachine { .. } => "no_machine_available",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
@@ -69,6 +83,11 @@ impl IntoResponse for EdgeError {
         let mut response = (status, [("content-type", "application/json")], body.to_string()).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
+        }
+        if let EdgeError::RateLimited { retry_after_s, .. } = &self {
+            if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                response.headers_mut().insert("retry-after", value);
+            }
         }
         response
     }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use colo_core::Regions;
 use colo_policy::{
     pick, AffinityTable, AppView, Decision, LoadReport, MachineView, PickRequest, PrefixKey, RegionId, RejectReason, RouteParams, Steer,
+    TokenBucket,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -34,6 +35,12 @@ struct Load {
     report_waiting: AtomicU32,
     /// Edge clock (ms) of the last report; 0: none yet.
     report_at_ms: AtomicU64,
+}
+
+/// One API key's rate limits.
+struct KeyBuckets {
+    rps: Option<TokenBucket>,
+    tokens: Option<TokenBucket>,
 }
 
 /// A started machine as the policy sees it at the moment of a pick.
@@ -82,6 +89,8 @@ pub struct Edge {
     started: std::time::Instant,
     /// Signalled whenever a request to any machine ends, so held requests look again.
     released: Arc<Notify>,
+    /// Rate-limit buckets per API key (by the key's digest).
+    buckets: Mutex<HashMap<String, KeyBuckets>>,
     /// Prompt prefix -> the machine that served it last (by `machine_key`).
     affinity: Mutex<AffinityTable<u64>>,
 }
@@ -110,6 +119,7 @@ impl Edge {
             started: std::time::Instant::now(),
             released: Arc::new(Notify::new()),
             affinity: Mutex::new(AffinityTable::new(AFFINITY_ENTRIES, AFFINITY_TTL_MS)),
+            buckets: Mutex::default(),
         })
     }
 
@@ -278,6 +288,54 @@ impl Edge {
         }
     }
 
+    /// Checks the bearer key of a request to an app that has keys, and charges the key's rate
+    /// limits: one request, and for LLM calls the tokens the request may use (a prompt estimate
+    /// of a token per 4 bytes plus `max_tokens`, 256 when unset). A key of another app gets the
+    /// same 404 as an app that does not exist, so keys do not reveal other apps' names.
+    fn authorize(&self, app: &str, headers: &HeaderMap, body: &[u8], is_llm: bool) -> Result<(), EdgeError> {
+        let table = self.routes.borrow().clone();
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(routes) = table.apps.get(app) else {
+            return match presented {
+                Some(_) => Err(EdgeError::NotFound { app: app.to_string() }),
+                None => Ok(()), // the pick answers with the list of apps
+            };
+        };
+        if routes.keys.is_empty() {
+            return Ok(());
+        }
+        let Some(presented) = presented else {
+            return Err(EdgeError::Unauthorized { app: app.to_string() });
+        };
+        let hash = blake3::hash(presented.trim().as_bytes()).to_hex().to_string();
+        let Some(key) = routes.keys.iter().find(|k| k.hash == hash) else {
+            return Err(EdgeError::NotFound { app: app.to_string() });
+        };
+        let now = self.now_ms();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = buckets.entry(hash).or_insert_with(|| KeyBuckets {
+            rps: key.rps.map(|rps| TokenBucket::new(rps, f64::from(rps), now)),
+            tokens: key.tokens_per_minute.map(|tpm| TokenBucket::new(tpm, f64::from(tpm) / 60.0, now)),
+        });
+        let limited = |what, limit: u32, wait_ms: u64| EdgeError::RateLimited {
+            what,
+            limit,
+            retry_after_s: wait_ms.div_ceil(1000).max(1),
+        };
+        if let (Some(bucket), Some(limit)) = (&mut entry.rps, key.rps) {
+            bucket.take(1, now).map_err(|wait| limited("requests per second", limit, wait))?;
+        }
+        if let (true, Some(bucket), Some(limit)) = (is_llm, &mut entry.tokens, key.tokens_per_minute) {
+            bucket
+                .take(llm_cost(body), now)
+                .map_err(|wait| limited("tokens per minute", limit, wait))?;
+        }
+        Ok(())
+    }
+
     /// Keeps the engine's `colo-load` report of a response for later picks.
     fn record_report(&self, load: &Load, headers: &HeaderMap) {
         let Some(value) = headers.get("colo-load").and_then(|v| v.to_str().ok()) else {
@@ -350,7 +408,11 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         None => app_from_body(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
     };
     // A machine that refuses the connection never saw the request, so another may take it.
-    let prefix = parts.uri.path().ends_with("completions").then(|| prefix_of(&app, &body)).flatten();
+    let is_llm = parts.uri.path().ends_with("completions");
+    if let Err(e) = edge.authorize(&app, &parts.headers, &body, is_llm) {
+        return Err((app, e));
+    }
+    let prefix = is_llm.then(|| prefix_of(&app, &body)).flatten();
     let mut failed: Vec<String> = Vec::new();
     let mut last_error: Option<EdgeError> = None;
     let (endpoint, guard, response, started) = loop {
@@ -491,6 +553,20 @@ fn prefix_of(app: &str, body: &[u8]) -> Option<PrefixKey> {
         (None, None) => return None,
     }
     Some(PrefixKey::of_bytes(&bytes, app.len() + 1 + PREFIX_BYTES))
+}
+
+/// Tokens an LLM request may use, for the per-minute budget: about one per 4 bytes of body,
+/// plus its `max_tokens` (or `max_completion_tokens`), 256 when neither is set.
+fn llm_cost(body: &[u8]) -> u32 {
+    let max_tokens = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("max_tokens")
+                .or_else(|| v.get("max_completion_tokens"))
+                .and_then(|m| m.as_u64())
+        })
+        .unwrap_or(256);
+    (body.len() as u64 / 4 + max_tokens).min(u64::from(u32::MAX)) as u32
 }
 
 /// A stable handle for a machine in the affinity table, whatever its place in the route table.

@@ -25,6 +25,8 @@ pub struct AppRoutes {
     pub pending: usize,
     /// The app's own soft and hard limits, where its deploy set them.
     pub limits: (Option<u32>, Option<u32>),
+    /// API keys that may call the app; empty: open.
+    pub keys: Vec<colo_core::ApiKey>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +46,7 @@ impl RouteTable {
                 app.name.to_string(),
                 AppRoutes {
                     limits: (app.soft_limit, app.hard_limit),
+                    keys: app.keys.clone(),
                     ..Default::default()
                 },
             );

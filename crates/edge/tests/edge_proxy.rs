@@ -428,3 +428,70 @@ async fn prompts_with_a_shared_prefix_go_to_the_same_machine() {
     }
     assert_eq!(spread.len(), 2, "different prompts should reach both machines");
 }
+
+fn key(id: &str, secret: &str, rps: Option<u32>, tokens_per_minute: Option<u32>) -> colo_core::ApiKey {
+    colo_core::ApiKey {
+        id: id.into(),
+        hash: blake3::hash(secret.as_bytes()).to_hex().to_string(),
+        rps,
+        tokens_per_minute,
+    }
+}
+
+#[tokio::test]
+async fn api_keys_guard_apps_and_rate_limit_them() {
+    let up = upstream("a", Duration::ZERO).await;
+    let endpoint = |id: &str| Endpoint {
+        machine_id: id.into(),
+        addr: up.clone(),
+        region: "local".into(),
+    };
+    let mut table = RouteTable::single("alpha", vec![endpoint("m1")]);
+    table.apps.insert("beta".into(), table.apps["alpha"].clone());
+    table.apps.insert("gamma".into(), table.apps["alpha"].clone());
+    table.apps.get_mut("alpha").unwrap().keys = vec![key("k-a", "secret-a", Some(2), None)];
+    table.apps.get_mut("beta").unwrap().keys = vec![key("k-b", "secret-b", None, None)];
+    table.apps.get_mut("gamma").unwrap().keys = vec![key("k-g", "secret-g", None, Some(300))];
+    let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
+    let client = reqwest::Client::new();
+    let send = |path: &str, app: &str, bearer: Option<&str>, extra: &str| {
+        let mut request = client
+            .post(format!("{edge}{path}"))
+            .body(format!(r#"{{"model":"{app}","input":"x"{extra}}}"#));
+        if let Some(b) = bearer {
+            request = request.bearer_auth(b);
+        }
+        request.send()
+    };
+
+    let r = send("/v1/embeddings", "alpha", None, "").await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Another app's key, or any key for an unknown app: 404 that names no other app.
+    for (app, bearer) in [("alpha", "secret-b"), ("nope", "secret-a")] {
+        let r = send("/v1/embeddings", app, Some(bearer), "").await.unwrap();
+        assert_eq!(r.status(), 404);
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("beta") && !text.contains("gamma"), "{text}");
+    }
+    // Two requests per second for alpha's key; the third waits.
+    for _ in 0..2 {
+        assert_eq!(send("/v1/embeddings", "alpha", Some("secret-a"), "").await.unwrap().status(), 200);
+    }
+    let r = send("/v1/embeddings", "alpha", Some("secret-a"), "").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(send("/v1/embeddings", "beta", Some("secret-b"), "").await.unwrap().status(), 200);
+    // 300 tokens a minute: one request that may use 200 fits, the next does not.
+    assert_eq!(
+        send("/v1/completions", "gamma", Some("secret-g"), r#","max_tokens":200"#)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = send("/v1/completions", "gamma", Some("secret-g"), r#","max_tokens":200"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.text().await.unwrap().contains("tokens per minute"));
+}

@@ -185,6 +185,7 @@ mod tests {
                 gpu: None,
                 soft_limit: None,
                 hard_limit: None,
+                keys: Vec::new(),
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();
