@@ -106,8 +106,14 @@ impl RouteTable {
         self.regions.iter().position(|r| r == code).map(|i| RegionId(i as u16))
     }
 
+    /// Names of the apps anyone may call (those without API keys): what an error or the model
+    /// list may show without revealing keyed tenants.
     pub fn app_names(&self) -> Vec<&str> {
-        self.apps.keys().map(String::as_str).collect()
+        self.apps
+            .iter()
+            .filter(|(_, routes)| routes.keys.is_empty())
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 }
 

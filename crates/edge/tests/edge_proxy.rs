@@ -495,3 +495,32 @@ async fn api_keys_guard_apps_and_rate_limit_them() {
     assert_eq!(r.status(), 429);
     assert!(r.text().await.unwrap().contains("tokens per minute"));
 }
+
+#[tokio::test]
+async fn apps_with_keys_are_not_listed_to_strangers() {
+    let up = upstream("a", Duration::ZERO).await;
+    let mut table = RouteTable::single(
+        "open",
+        vec![Endpoint {
+            machine_id: "m1".into(),
+            addr: up,
+            region: "local".into(),
+        }],
+    );
+    table.apps.insert("secret".into(), table.apps["open"].clone());
+    table.apps.get_mut("secret").unwrap().keys = vec![key("k-s", "s3cret", None, None)];
+    let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
+    let client = reqwest::Client::new();
+    let text = client
+        .post(format!("{edge}/v1/embeddings"))
+        .body(embed_body("nope"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("apps: open") && !text.contains("secret"), "{text}");
+    let models = client.get(format!("{edge}/v1/models")).send().await.unwrap().text().await.unwrap();
+    assert!(models.contains("open") && !models.contains("secret"), "{models}");
+}
