@@ -27,6 +27,12 @@ pub struct DeployArgs {
     /// Requests in flight per machine at which the edge sends it no more (default: the edge's).
     #[arg(long)]
     hard_limit: Option<u32>,
+    /// Stop a machine after this many idle seconds; the next request wakes it again.
+    #[arg(long)]
+    autostop: Option<u64>,
+    /// Machines kept started even when idle (with --autostop).
+    #[arg(long, default_value_t = 0)]
+    min_running: u32,
     /// Return once the deploy is recorded, without waiting for machines to start.
     #[arg(long)]
     detach: bool,
@@ -67,7 +73,8 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         .post(
             "/v1/apps",
             &json!({"name": args.app, "model": args.model, "machines": args.machines, "gpu": args.gpu,
-                "soft_limit": args.soft_limit, "hard_limit": args.hard_limit}),
+                "soft_limit": args.soft_limit, "hard_limit": args.hard_limit,
+                "autostop_secs": args.autostop, "min_running": args.min_running}),
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;

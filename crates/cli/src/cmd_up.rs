@@ -120,6 +120,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
         routes,
     );
+    let edge = edge.with_machines(Arc::new(AgentMachines(agent.clone())));
+    edge.spawn_autostop();
     let api = colo_control::api::router(control.clone())
         .merge(colo_agent::api::router(agent.clone()))
         .layer(axum::middleware::from_fn_with_state(Arc::new(token), auth::require_token));
@@ -195,4 +197,27 @@ async fn shutdown_signal() {
 /// (Nagle), which with delayed ACKs stalls a stream by tens of milliseconds.
 fn no_delay(stream: &mut tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
+}
+
+/// The edge's handle on this process's agent: wake and stop machines without waiting.
+struct AgentMachines(Arc<Agent>);
+
+impl colo_edge::Machines for AgentMachines {
+    fn start(&self, machine_id: &str) {
+        let (agent, id) = (self.0.clone(), machine_id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = agent.start(&id).await {
+                tracing::warn!(machine = %id, error = %e, "waking a machine");
+            }
+        });
+    }
+
+    fn stop(&self, machine_id: &str) {
+        let (agent, id) = (self.0.clone(), machine_id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = agent.stop(&id).await {
+                tracing::warn!(machine = %id, error = %e, "stopping an idle machine");
+            }
+        });
+    }
 }

@@ -104,3 +104,45 @@ fn a_restarted_colo_finds_its_machines_again() {
     );
     colo.stop();
 }
+
+#[test]
+fn idle_machines_stop_and_the_next_request_wakes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let colo = Colo::up(dir.path());
+    let model = common::minilm_dir();
+    colo.ok(&["model", "push", model.to_str().unwrap(), "--name", "minilm"]);
+    colo.ok(&["deploy", "minilm", "--model", "minilm", "--autostop", "1"]);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    assert_eq!(embed(&client, &colo.edge), Ok(200));
+
+    // Idle for a second: the edge stops it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let machines = colo.machines();
+        if machines[0]["state"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the idle machine was not stopped: {machines:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A burst against the stopped app wakes it once and every request is answered.
+    let started = Instant::now();
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, edge) = (client.clone(), colo.edge.clone());
+            std::thread::spawn(move || embed(&client, &edge))
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join().unwrap(), Ok(200));
+    }
+    println!("16 requests against a stopped machine answered in {:?}", started.elapsed());
+    let machines = colo.machines();
+    assert_eq!(machines.len(), 1, "woken, not duplicated: {machines:?}");
+    assert_eq!(machines[0]["state"], "started");
+    colo.stop();
+}

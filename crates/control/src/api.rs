@@ -54,6 +54,10 @@ struct DeployRequest {
     soft_limit: Option<u32>,
     /// Requests in flight per machine at which edges send it no more.
     hard_limit: Option<u32>,
+    /// Idle seconds after which edges stop a machine.
+    autostop_secs: Option<u64>,
+    /// Machines kept started even when idle.
+    min_running: Option<u32>,
 }
 
 async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
@@ -72,8 +76,13 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
             &request.name,
             &request.model,
             request.machines.unwrap_or(1),
-            request.gpu.as_deref(),
-            (request.soft_limit, request.hard_limit),
+            &crate::DeployOptions {
+                gpu: request.gpu.clone(),
+                soft_limit: request.soft_limit,
+                hard_limit: request.hard_limit,
+                autostop_secs: request.autostop_secs,
+                min_running: request.min_running.unwrap_or(0),
+            },
         )
         .await
     {

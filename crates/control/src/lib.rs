@@ -27,6 +27,21 @@ pub enum ControlError {
     Agent(#[from] colo_agent::AgentError),
 }
 
+/// What a deploy may set besides the model and machine count.
+#[derive(Clone, Debug, Default)]
+pub struct DeployOptions {
+    /// GPU kind (`l40s`); the planner chooses among the host's kinds when absent.
+    pub gpu: Option<String>,
+    /// Requests in flight per machine past which edges prefer other machines.
+    pub soft_limit: Option<u32>,
+    /// Requests in flight per machine at which edges send it no more.
+    pub hard_limit: Option<u32>,
+    /// Idle seconds after which edges stop a machine (woken again by the next request).
+    pub autostop_secs: Option<u64>,
+    /// Machines kept started even when idle.
+    pub min_running: u32,
+}
+
 /// Machines per app at most, to keep a typo from leasing a whole fleet.
 pub const MAX_MACHINES_PER_APP: u32 = 64;
 
@@ -59,18 +74,29 @@ impl Control {
     /// the kinds this host has; a host without GPUs runs machines on CPU slots. Returns the app
     /// as recorded.
     pub async fn deploy(&self, app: &str, model: &str, machines: u32, gpu: Option<&str>) -> Result<App, ControlError> {
-        self.deploy_with(app, model, machines, gpu, (None, None)).await
+        let options = DeployOptions {
+            gpu: gpu.map(String::from),
+            ..Default::default()
+        };
+        self.deploy_with(app, model, machines, &options).await
     }
 
-    /// `deploy`, with the app's own soft and hard limits per machine (requests in flight).
-    pub async fn deploy_with(
-        &self,
-        app: &str,
-        model: &str,
-        machines: u32,
-        gpu: Option<&str>,
-        (soft_limit, hard_limit): (Option<u32>, Option<u32>),
-    ) -> Result<App, ControlError> {
+    /// `deploy`, with the app's own routing limits and autostop.
+    pub async fn deploy_with(&self, app: &str, model: &str, machines: u32, options: &DeployOptions) -> Result<App, ControlError> {
+        let (gpu, soft_limit, hard_limit) = (options.gpu.as_deref(), options.soft_limit, options.hard_limit);
+        if options.autostop_secs == Some(0) {
+            return Err(ControlError::Invalid {
+                field: "autostop",
+                reason: "must be at least 1 second when given".into(),
+            });
+        }
+        if options.min_running > machines {
+            let reason = format!("{} is more than the app's {machines} machines", options.min_running);
+            return Err(ControlError::Invalid {
+                field: "min_running",
+                reason,
+            });
+        }
         if soft_limit == Some(0) || hard_limit == Some(0) || matches!((soft_limit, hard_limit), (Some(s), Some(h)) if h < s) {
             let reason = format!("soft limit {soft_limit:?} and hard limit {hard_limit:?}: both at least 1, hard at least soft");
             return Err(ControlError::Invalid { field: "limits", reason });
@@ -101,6 +127,8 @@ impl Control {
             soft_limit,
             hard_limit,
             keys: Vec::new(),
+            autostop_secs: options.autostop_secs,
+            min_running: options.min_running,
         };
         // A redeploy keeps the app's keys.
         let app = match self.state.app(&app.name).await? {

@@ -27,6 +27,13 @@ pub struct App {
     /// Requests in flight per machine at which edges send it no more; `None`: the edge's default.
     #[serde(default)]
     pub hard_limit: Option<u32>,
+    /// Seconds a machine may sit idle (nothing in flight) before the edge stops it; `None`:
+    /// machines run until told otherwise.
+    #[serde(default)]
+    pub autostop_secs: Option<u64>,
+    /// Machines kept started even when idle.
+    #[serde(default)]
+    pub min_running: u32,
     /// API keys that may call the app; none: the app is open to anyone who reaches the edge.
     #[serde(default)]
     pub keys: Vec<ApiKey>,

@@ -12,8 +12,8 @@ use axum::Router;
 use bytes::Bytes;
 use colo_core::Regions;
 use colo_policy::{
-    pick, AffinityTable, AppView, Decision, LoadReport, MachineView, PickRequest, PrefixKey, RegionId, RejectReason, RouteParams, Steer,
-    TokenBucket,
+    idle_to_stop, pick, AffinityTable, AppView, Decision, Idle, LoadReport, MachineView, PickRequest, PrefixKey, RegionId, RejectReason,
+    RouteParams, Steer, TokenBucket,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -35,12 +35,21 @@ struct Load {
     report_waiting: AtomicU32,
     /// Edge clock (ms) of the last report; 0: none yet.
     report_at_ms: AtomicU64,
+    /// Edge clock (ms) when the machine last had a request in flight, or was first seen.
+    last_active_ms: AtomicU64,
 }
 
 /// One API key's rate limits.
 struct KeyBuckets {
     rps: Option<TokenBucket>,
     tokens: Option<TokenBucket>,
+}
+
+/// What the edge may ask of the agents: wake a stopped machine for waiting requests, stop an
+/// idle one. Calls return at once; the outcome reaches the edge through the route table.
+pub trait Machines: Send + Sync {
+    fn start(&self, machine_id: &str);
+    fn stop(&self, machine_id: &str);
 }
 
 /// A started machine as the policy sees it at the moment of a pick.
@@ -67,6 +76,9 @@ impl MachineView for View {
     }
 }
 
+/// How often the edge looks for idle machines to stop.
+const AUTOSTOP_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Prompt prefixes the edge remembers, and for how long.
 const AFFINITY_ENTRIES: usize = 16 * 1024;
 const AFFINITY_TTL_MS: u64 = 10 * 60 * 1000;
@@ -89,6 +101,8 @@ pub struct Edge {
     started: std::time::Instant,
     /// Signalled whenever a request to any machine ends, so held requests look again.
     released: Arc<Notify>,
+    /// Wakes and stops machines, where the process has agents to ask.
+    machines: std::sync::OnceLock<Arc<dyn Machines>>,
     /// Rate-limit buckets per API key (by the key's digest).
     buckets: Mutex<HashMap<String, KeyBuckets>>,
     /// Prompt prefix -> the machine that served it last (by `machine_key`).
@@ -120,6 +134,7 @@ impl Edge {
             released: Arc::new(Notify::new()),
             affinity: Mutex::new(AffinityTable::new(AFFINITY_ENTRIES, AFFINITY_TTL_MS)),
             buckets: Mutex::default(),
+            machines: std::sync::OnceLock::new(),
         })
     }
 
@@ -168,7 +183,66 @@ impl Edge {
 
     fn load_of(&self, machine_id: &str) -> Arc<Load> {
         let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        loads.entry(machine_id.to_string()).or_default().clone()
+        let now = self.now_ms();
+        loads
+            .entry(machine_id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Load {
+                    last_active_ms: AtomicU64::new(now),
+                    ..Load::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Lets the edge wake and stop machines (wake on demand, autostop).
+    pub fn with_machines(self: Arc<Self>, machines: Arc<dyn Machines>) -> Arc<Self> {
+        let _ = self.machines.set(machines);
+        self
+    }
+
+    /// Stops machines that sat idle past their app's autostop time, keeping `min_running`,
+    /// as the policy decides; runs until the edge is dropped.
+    pub fn spawn_autostop(self: &Arc<Self>) {
+        let edge = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(AUTOSTOP_CHECK).await;
+                let Some(edge) = edge.upgrade() else { return };
+                edge.autostop_once();
+            }
+        });
+    }
+
+    fn autostop_once(&self) {
+        let Some(machines) = self.machines.get() else { return };
+        let table = self.routes.borrow().clone();
+        let now = self.now_ms();
+        let wall_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for routes in table.apps.values() {
+            let (Some(after_s), min_running) = routes.autostop else { continue };
+            let facts: Vec<Idle> = routes
+                .machines
+                .iter()
+                .map(|m| {
+                    let load = self.load_of(&m.machine_id);
+                    let in_flight = load.in_flight.load(Ordering::Relaxed);
+                    // A machine that just started (or woke) has been idle no longer than it has run.
+                    let since_busy = now.saturating_sub(load.last_active_ms.load(Ordering::Relaxed));
+                    let since_start = wall_now.saturating_sub(m.since_ms);
+                    Idle {
+                        in_flight,
+                        idle_ms: since_busy.min(since_start),
+                    }
+                })
+                .collect();
+            for idx in idle_to_stop(&facts, after_s * 1000, min_running) {
+                tracing::info!(machine = %routes.machines[idx].machine_id, idle_s = facts[idx].idle_ms / 1000, "autostop");
+                machines.stop(&routes.machines[idx].machine_id);
+            }
+        }
     }
 
     /// The app named by a Host of `<app>.<domain>`, if the request has one.
@@ -262,6 +336,14 @@ impl Edge {
             }
             if !hold {
                 break Err(self.no_machine(app));
+            }
+            // Wake a stopped machine, one start at a time per app: further ones only if the load
+            // still waits once it is up (the herd cap).
+            if app_routes.pending == 0 {
+                if let (Some(machines), Some(id)) = (self.machines.get(), app_routes.stopped.first()) {
+                    tracing::info!(app, machine = %id, "waking a stopped machine for waiting requests");
+                    machines.start(id);
+                }
             }
             if !held {
                 held = true;
@@ -629,16 +711,20 @@ struct InFlight {
     load: Arc<Load>,
     metrics: Metrics,
     released: Arc<Notify>,
+    /// The edge's clock origin, to stamp when the machine was last busy.
+    clock: std::time::Instant,
 }
 
 impl InFlight {
     fn new(load: Arc<Load>, edge: &Edge) -> Self {
         load.in_flight.fetch_add(1, Ordering::Relaxed);
+        load.last_active_ms.store(edge.now_ms(), Ordering::Relaxed);
         edge.metrics.in_flight.inc();
         Self {
             load,
             metrics: edge.metrics.clone(),
             released: edge.released.clone(),
+            clock: edge.started,
         }
     }
 }
@@ -646,6 +732,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load
+            .last_active_ms
+            .store(self.clock.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
         self.metrics.in_flight.dec();
         self.released.notify_waiters();
     }

@@ -27,6 +27,10 @@ pub struct AppRoutes {
     pub limits: (Option<u32>, Option<u32>),
     /// API keys that may call the app; empty: open.
     pub keys: Vec<colo_core::ApiKey>,
+    /// Stopped machines the edge may wake when requests wait.
+    pub stopped: Vec<String>,
+    /// Idle seconds after which the edge stops a machine, and the machines it keeps started.
+    pub autostop: (Option<u64>, u32),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +38,8 @@ pub struct Endpoint {
     pub machine_id: String,
     pub addr: String,
     pub region: String,
+    /// Wall-clock ms of the machine's last state change (when it started); 0: unknown.
+    pub since_ms: u64,
 }
 
 // === impl RouteTable ===
@@ -47,6 +53,7 @@ impl RouteTable {
                 AppRoutes {
                     limits: (app.soft_limit, app.hard_limit),
                     keys: app.keys.clone(),
+                    autostop: (app.autostop_secs, app.min_running),
                     ..Default::default()
                 },
             );
@@ -60,8 +67,10 @@ impl RouteTable {
                     machine_id: machine.id.clone(),
                     addr: addr.clone(),
                     region: machine.region.clone(),
+                    since_ms: machine.updated_at_ms,
                 }),
                 _ if machine.desired == MachineState::Started && machine.state != MachineState::Failed => routes.pending += 1,
+                (MachineState::Stopped, _) => routes.stopped.push(machine.id.clone()),
                 _ => {}
             }
         }

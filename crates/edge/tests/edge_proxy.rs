@@ -65,6 +65,7 @@ fn table_in(app: &str, machines: &[(&str, &str, &str)]) -> Arc<RouteTable> {
             machine_id: id.to_string(),
             addr: addr.to_string(),
             region: region.to_string(),
+            since_ms: 0,
         })
         .collect();
     Arc::new(RouteTable::single(app, endpoints))
@@ -383,6 +384,7 @@ async fn an_apps_own_limits_override_the_edges() {
             machine_id: "m1".into(),
             addr: up,
             region: "local".into(),
+            since_ms: 0,
         }],
     );
     table.apps.get_mut("app").unwrap().limits = (Some(1), Some(1));
@@ -445,6 +447,7 @@ async fn api_keys_guard_apps_and_rate_limit_them() {
         machine_id: id.into(),
         addr: up.clone(),
         region: "local".into(),
+        since_ms: 0,
     };
     let mut table = RouteTable::single("alpha", vec![endpoint("m1")]);
     table.apps.insert("beta".into(), table.apps["alpha"].clone());
@@ -505,6 +508,7 @@ async fn apps_with_keys_are_not_listed_to_strangers() {
             machine_id: "m1".into(),
             addr: up,
             region: "local".into(),
+            since_ms: 0,
         }],
     );
     table.apps.insert("secret".into(), table.apps["open"].clone());

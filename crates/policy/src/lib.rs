@@ -3,6 +3,7 @@
 //! facts (and, where it matters, `now` and a seed) and carry out the result.
 
 pub mod affinity;
+pub mod autostop;
 pub mod bucket;
 pub mod hold;
 pub mod placement;
@@ -11,6 +12,7 @@ pub mod route;
 pub mod scale;
 
 pub use affinity::{AffinityTable, PrefixKey};
+pub use autostop::{idle_to_stop, Idle};
 pub use bucket::TokenBucket;
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
 pub use placement::{place, Demand, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};

@@ -186,6 +186,8 @@ mod tests {
                 soft_limit: None,
                 hard_limit: None,
                 keys: Vec::new(),
+                autostop_secs: None,
+                min_running: 0,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();
