@@ -60,16 +60,18 @@ struct DeployRequest {
     min_running: Option<u32>,
 }
 
+/// A JSON request body, or the 400 that names what is wrong with it.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(body).map_err(|e| ControlError::Invalid {
+        field: "body",
+        reason: e.to_string(),
+    })
+}
+
 async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
-    let request: DeployRequest = match serde_json::from_slice(&body) {
+    let request: DeployRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return ControlError::Invalid {
-                field: "body",
-                reason: e.to_string(),
-            }
-            .into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     match control
         .deploy_with(
@@ -120,15 +122,9 @@ struct KeyRequest {
 }
 
 async fn create_key(State(control): State<Arc<Control>>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
-    let request: KeyRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+    let request: KeyRequest = match parse_body(if body.is_empty() { b"{}" } else { &body }) {
         Ok(r) => r,
-        Err(e) => {
-            return ControlError::Invalid {
-                field: "body",
-                reason: e.to_string(),
-            }
-            .into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     match control.create_key(&app, request.rps, request.tokens_per_minute).await {
         Ok((record, key)) => (StatusCode::CREATED, Json(json!({"key": key, "record": record}))).into_response(),

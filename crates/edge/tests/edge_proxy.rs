@@ -230,6 +230,22 @@ async fn concurrent_requests_spread_over_machines() {
     assert_eq!(on_a, 4, "least in-flight should split 8 concurrent requests 4/4");
 }
 
+/// Sends three requests to `app` at once; all must succeed. Returns how long they took.
+async fn three_at_once(edge: &str) -> Duration {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
+            tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().status() })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    started.elapsed()
+}
+
 #[tokio::test]
 async fn the_hard_limit_holds_requests_until_a_slot_frees() {
     let up = upstream("a", Duration::from_millis(200)).await;
@@ -246,18 +262,7 @@ async fn the_hard_limit_holds_requests_until_a_slot_frees() {
         table("app", &[("m1", &up)]),
     )
     .await;
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    let requests: Vec<_> = (0..3)
-        .map(|_| {
-            let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
-            tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().status() })
-        })
-        .collect();
-    for r in requests {
-        assert_eq!(r.await.unwrap(), 200);
-    }
-    let took = started.elapsed();
+    let took = three_at_once(&edge).await;
     assert!(
         took >= Duration::from_millis(590),
         "3 requests at a hard limit of 1 must run one after another, took {took:?}"
@@ -389,18 +394,7 @@ async fn an_apps_own_limits_override_the_edges() {
     );
     table.apps.get_mut("app").unwrap().limits = (Some(1), Some(1));
     let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    let requests: Vec<_> = (0..3)
-        .map(|_| {
-            let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
-            tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await.unwrap().status() })
-        })
-        .collect();
-    for r in requests {
-        assert_eq!(r.await.unwrap(), 200);
-    }
-    let took = started.elapsed();
+    let took = three_at_once(&edge).await;
     assert!(
         took >= Duration::from_millis(590),
         "the app's hard limit of 1 must serialise its requests, took {took:?}"
