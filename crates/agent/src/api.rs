@@ -33,7 +33,10 @@ impl IntoResponse for AgentError {
     }
 }
 
-pub fn router(agent: Arc<Agent>) -> Router {
+/// The agents of the hosts this process runs (one for `colo up`, several with a fleet file).
+type Hosts = Arc<Vec<Arc<Agent>>>;
+
+pub fn router(agents: Vec<Arc<Agent>>) -> Router {
     Router::new()
         .route("/v1/apps/{app}/machines", get(list).post(create))
         .route("/v1/apps/{app}/machines/{id}", get(show).delete(destroy))
@@ -41,22 +44,39 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/apps/{app}/machines/{id}/stop", post(stop))
         .route("/v1/apps/{app}/machines/{id}/wait", get(wait))
         .route("/v1/host", get(host))
-        .with_state(agent)
+        .route("/v1/hosts", get(hosts))
+        .with_state(Arc::new(agents))
 }
 
 fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
 }
 
-async fn host(State(agent): State<Arc<Agent>>) -> Response {
-    Json(json!({"host": agent.config.host, "region": agent.config.region, "devices": agent.devices})).into_response()
+fn describe(agent: &Agent) -> serde_json::Value {
+    json!({"host": agent.config.host, "region": agent.config.region, "devices": agent.devices})
 }
 
-async fn list(State(agent): State<Arc<Agent>>, Path(app): Path<String>) -> Response {
-    match agent.machines().await {
-        Ok(machines) => Json(machines.into_iter().filter(|m| m.app.as_str() == app).collect::<Vec<_>>()).into_response(),
-        Err(e) => e.into_response(),
+/// The first host (the only one under `colo up` without a fleet file).
+async fn host(State(hosts): State<Hosts>) -> Response {
+    match hosts.first() {
+        Some(agent) => Json(describe(agent)).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": "this process runs no host"}))).into_response(),
     }
+}
+
+async fn hosts(State(hosts): State<Hosts>) -> Response {
+    Json(hosts.iter().map(|a| describe(a)).collect::<Vec<_>>()).into_response()
+}
+
+async fn list(State(hosts): State<Hosts>, Path(app): Path<String>) -> Response {
+    let mut all = Vec::new();
+    for agent in hosts.iter() {
+        match agent.machines().await {
+            Ok(machines) => all.extend(machines.into_iter().filter(|m| m.app.as_str() == app)),
+            Err(e) => return e.into_response(),
+        }
+    }
+    Json(all).into_response()
 }
 
 #[derive(Deserialize)]
@@ -68,9 +88,11 @@ struct CreateMachine {
     revision: Option<String>,
     /// GPU kind to lease (`l40s`); any free device when absent.
     gpu: Option<String>,
+    /// Region of the host to run on; the first host with a free device when absent.
+    region: Option<String>,
 }
 
-async fn create(State(agent): State<Arc<Agent>>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
+async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
     let request: CreateMachine = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("body: {e}")),
@@ -80,53 +102,78 @@ async fn create(State(agent): State<Arc<Agent>>, Path(app): Path<String>, body: 
         (Err(e), _) => return bad_request(format!("app: {e}")),
         (_, Err(e)) => return bad_request(format!("model: {e}")),
     };
+    let candidates: Vec<&Arc<Agent>> = hosts
+        .iter()
+        .filter(|a| request.region.as_ref().is_none_or(|r| *r == a.config.region))
+        .collect();
+    let Some(first) = candidates.first() else {
+        return bad_request(format!("region: no host in region {:?}", request.region.unwrap_or_default()));
+    };
     let revision = match request.revision {
         Some(revision) => revision,
-        None => match agent.store.manifest(model.as_str()).await {
+        None => match first.store.manifest(model.as_str()).await {
             Ok(manifest) => manifest.revision,
             Err(e) => return AgentError::from(e).into_response(),
         },
     };
-    match agent.create_machine(&app, &model, &revision, request.gpu.as_deref()).await {
-        Ok(machine) => (StatusCode::CREATED, Json(machine)).into_response(),
+    let spec = crate::MachineSpec {
+        app,
+        model,
+        revision,
+        gpu_kind: request.gpu,
+        engine_cmd: None,
+    };
+    let mut last = None;
+    for agent in candidates {
+        match agent.create_machine(&spec).await {
+            Ok(machine) => return (StatusCode::CREATED, Json(machine)).into_response(),
+            Err(e @ AgentError::NoFreeDevice { .. }) => last = Some(e),
+            Err(e) => return e.into_response(),
+        }
+    }
+    last.map(|e| e.into_response()).unwrap_or_else(|| bad_request("no host".into()))
+}
+
+/// The agent of the host that runs machine `id`, which must belong to the app in the path.
+async fn owned(hosts: &Hosts, app: &str, id: &str) -> Result<Arc<Agent>, AgentError> {
+    for agent in hosts.iter() {
+        match agent.machine(id).await {
+            Ok(machine) if machine.app.as_str() == app => return Ok(agent.clone()),
+            Ok(_) | Err(AgentError::NoSuchMachine(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(AgentError::NoSuchMachine(id.to_string()))
+}
+
+async fn show(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
+    match owned(&hosts, &app, &id).await {
+        Ok(agent) => agent.machine(&id).await.map(Json).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-/// Looks a machine up and checks that it belongs to the app in the path.
-async fn owned(agent: &Agent, app: &str, id: &str) -> Result<(), AgentError> {
-    let machine = agent.machine(id).await?;
-    if machine.app.as_str() != app {
-        return Err(AgentError::NoSuchMachine(id.to_string()));
-    }
-    Ok(())
-}
-
-async fn show(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
-    match owned(&agent, &app, &id).await {
-        Ok(()) => agent.machine(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn start(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
-    if let Err(e) = owned(&agent, &app, &id).await {
-        return e.into_response();
-    }
+async fn start(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
+    let agent = match owned(&hosts, &app, &id).await {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
     agent.start(&id).await.map(Json).into_response()
 }
 
-async fn stop(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
-    if let Err(e) = owned(&agent, &app, &id).await {
-        return e.into_response();
-    }
+async fn stop(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
+    let agent = match owned(&hosts, &app, &id).await {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
     agent.stop(&id).await.map(Json).into_response()
 }
 
-async fn destroy(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>) -> Response {
-    if let Err(e) = owned(&agent, &app, &id).await {
-        return e.into_response();
-    }
+async fn destroy(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
+    let agent = match owned(&hosts, &app, &id).await {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
     agent.destroy(&id).await.map(Json).into_response()
 }
 
@@ -137,10 +184,11 @@ struct WaitQuery {
     timeout: Option<f64>,
 }
 
-async fn wait(State(agent): State<Arc<Agent>>, Path((app, id)): Path<(String, String)>, Query(query): Query<WaitQuery>) -> Response {
-    if let Err(e) = owned(&agent, &app, &id).await {
-        return e.into_response();
-    }
+async fn wait(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>, Query(query): Query<WaitQuery>) -> Response {
+    let agent = match owned(&hosts, &app, &id).await {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
     let wanted = query.state.as_deref().unwrap_or("started");
     let Some(state) = MachineState::parse(wanted) else {
         return bad_request(format!("state: {wanted:?} is not a machine state"));

@@ -26,6 +26,18 @@ pub struct EngineCommand {
     pub args: Vec<String>,
 }
 
+/// What a new machine runs.
+#[derive(Clone, Debug)]
+pub struct MachineSpec {
+    pub app: AppName,
+    pub model: AppName,
+    pub revision: String,
+    /// Catalogue GPU kind to lease; `None`: any free device.
+    pub gpu_kind: Option<String>,
+    /// The app's own engine command (`{port}`, `{model_dir}` filled in); `None`: colo's engine.
+    pub engine_cmd: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// This host's name, recorded on its machines.
@@ -120,6 +132,21 @@ impl Agent {
             .ok_or_else(|| AgentError::NoSuchMachine(id.to_string()))
     }
 
+    pub fn host(&self) -> &str {
+        &self.config.host
+    }
+
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    /// Devices no machine holds (destroyed machines hold none).
+    pub async fn free_devices(&self) -> Result<usize, AgentError> {
+        let machines = self.machines().await?;
+        let taken = machines.iter().filter(|m| m.state != MachineState::Destroyed).count();
+        Ok(self.devices.len().saturating_sub(taken))
+    }
+
     /// Kinds (catalogue names) of this host's GPUs, without repeats.
     pub fn gpu_kinds(&self) -> Vec<String> {
         let mut kinds: Vec<String> = self.devices.iter().filter_map(|d| self.device_kind(d)).collect();
@@ -135,14 +162,9 @@ impl Agent {
         }
     }
 
-    /// Creates a machine on a free device (of `gpu_kind`, when given) and starts it.
-    pub async fn create_machine(
-        self: &Arc<Self>,
-        app: &AppName,
-        model: &AppName,
-        revision: &str,
-        gpu_kind: Option<&str>,
-    ) -> Result<Machine, AgentError> {
+    /// Creates a machine on a free device (of the spec's GPU kind, when given) and starts it.
+    pub async fn create_machine(self: &Arc<Self>, spec: &MachineSpec) -> Result<Machine, AgentError> {
+        let (app, model, revision, gpu_kind) = (&spec.app, &spec.model, spec.revision.as_str(), spec.gpu_kind.as_deref());
         // The manifest must exist before a device is taken for it.
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
@@ -178,6 +200,8 @@ impl Agent {
             restarts: 0,
             last_error: None,
             hydration: None,
+            healthy: true,
+            engine_cmd: spec.engine_cmd.clone(),
             updated_at_ms: now_ms(),
         };
         self.state.put_machine(&machine).await?;

@@ -54,9 +54,10 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
             }
         };
         start_failures = 0;
+        machine.healthy = true;
         record(&agent, &mut machine, MachineState::Started, &desired).await;
         let ran_since = tokio::time::Instant::now();
-        match watch_engine(&agent, &machine, child, &mut desired).await {
+        match watch_engine(&agent, &mut machine, child, &mut desired).await {
             Outcome::Told => {
                 record(&agent, &mut machine, MachineState::Stopping, &desired).await;
                 machine.pid = None;
@@ -140,20 +141,33 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
 
-    let engine = &agent.config.engine;
-    let mut command = Command::new(&engine.program);
-    command
-        .args(&engine.args)
-        .arg("--model-dir")
-        .arg(&dir)
-        .arg("--port")
-        .arg(port.to_string())
-        .arg("--name")
-        .arg(machine.app.as_str())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .kill_on_drop(true);
+    let mut command = match &machine.engine_cmd {
+        // The app's own engine: a shell command with the port and model directory filled in;
+        // `exec` makes the engine the process the agent watches and signals.
+        Some(template) => {
+            let line = template
+                .replace("{port}", &port.to_string())
+                .replace("{model_dir}", &dir.display().to_string())
+                .replace("{name}", machine.app.as_str());
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(format!("exec {line}"));
+            command
+        }
+        None => {
+            let engine = &agent.config.engine;
+            let mut command = Command::new(&engine.program);
+            command
+                .args(&engine.args)
+                .arg("--model-dir")
+                .arg(&dir)
+                .arg("--port")
+                .arg(port.to_string())
+                .arg("--name")
+                .arg(machine.app.as_str());
+            command
+        }
+    };
+    command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the engine if the
     // agent dies, so no engine outlives the process that supervises it.
     unsafe {
@@ -162,7 +176,7 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| format!("spawning {}: {e}", engine.program.display()))?;
+    let mut child = command.spawn().map_err(|e| format!("spawning the engine: {e}"))?;
     machine.pid = child.id();
     machine.addr = Some(format!("127.0.0.1:{port}"));
 
@@ -176,7 +190,7 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("engine exited during start with {status}; see {}", log_path.display()));
         }
-        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client.get(&health).send().await.is_ok_and(|r| answers(machine, r.status())) {
             return Ok(Some(child));
         }
         if tokio::time::Instant::now() > deadline {
@@ -194,10 +208,26 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
     }
 }
 
-/// Watches a started engine until it crashes, fails its health checks, or is told to stop.
-async fn watch_engine(agent: &Agent, machine: &Machine, mut child: Child, desired: &mut watch::Receiver<MachineState>) -> Outcome {
+/// Whether a health check's status counts as healthy: colo's engine answers 200; an engine the
+/// app brings may have no `/health`, so any answer short of a server error will do.
+fn answers(machine: &Machine, status: reqwest::StatusCode) -> bool {
+    match machine.engine_cmd {
+        Some(_) => !status.is_server_error(),
+        None => status.is_success(),
+    }
+}
+
+/// Watches a started engine until it crashes, fails its health checks, or is told to stop. The
+/// first failed check marks the machine unhealthy (edges stop routing to it); a passing one
+/// marks it healthy again.
+async fn watch_engine(agent: &Agent, machine: &mut Machine, mut child: Child, desired: &mut watch::Receiver<MachineState>) -> Outcome {
     let health = format!("http://{}/health", machine.addr.as_deref().unwrap_or_default());
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok();
+    // A check may take no longer than the interval, so a hung engine is seen within about one.
+    let check_timeout = agent
+        .config
+        .health_interval
+        .clamp(Duration::from_millis(50), Duration::from_secs(2));
+    let client = reqwest::Client::builder().timeout(check_timeout).build().ok();
     let mut failures = 0;
     loop {
         tokio::select! {
@@ -213,10 +243,15 @@ async fn watch_engine(agent: &Agent, machine: &Machine, mut child: Child, desire
             }
             _ = tokio::time::sleep(agent.config.health_interval) => {
                 let ok = match &client {
-                    Some(client) => client.get(&health).send().await.is_ok_and(|r| r.status().is_success()),
+                    Some(client) => client.get(&health).send().await.is_ok_and(|r| answers(machine, r.status())),
                     None => true,
                 };
                 failures = if ok { 0 } else { failures + 1 };
+                if ok != machine.healthy {
+                    tracing::info!(machine = %machine.id, healthy = ok, "health changed");
+                    machine.healthy = ok;
+                    record(agent, machine, MachineState::Started, desired).await;
+                }
                 if failures >= MAX_HEALTH_FAILURES {
                     let _ = child.kill().await;
                     return Outcome::Crashed(format!("{failures} health checks failed in a row"));

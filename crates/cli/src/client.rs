@@ -11,7 +11,11 @@ pub const RUN_FILE: &str = "colo.json";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunInfo {
     pub api: String,
+    /// The first edge (the only one without a fleet file).
     pub edge: String,
+    /// Every edge, by region code.
+    #[serde(default)]
+    pub edges: std::collections::BTreeMap<String, String>,
     pub store: String,
     pub pid: u32,
 }

@@ -30,9 +30,17 @@ pub struct DeployArgs {
     /// Stop a machine after this many idle seconds; the next request wakes it again.
     #[arg(long)]
     autostop: Option<u64>,
-    /// Machines kept started even when idle (with --autostop).
+    /// Machines kept started in each region even when idle (with --autostop).
     #[arg(long, default_value_t = 0)]
     min_running: u32,
+    /// Machines in one region, as CODE=COUNT (repeat for more regions); replaces --machines.
+    #[arg(long = "region", value_name = "CODE=COUNT", value_parser = parse_region_count)]
+    regions: Vec<(String, u32)>,
+    /// Run this command as each machine's engine instead of colo's (bring your own vLLM,
+    /// llama.cpp or any HTTP server); {port} is where it must listen, {model_dir} holds the
+    /// model's files.
+    #[arg(long)]
+    engine_cmd: Option<String>,
     /// Return once the deploy is recorded, without waiting for machines to start.
     #[arg(long)]
     detach: bool,
@@ -66,6 +74,16 @@ pub struct AppsArgs {
     common: Common,
 }
 
+fn parse_region_count(value: &str) -> Result<(String, u32), String> {
+    let (code, count) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not CODE=COUNT (for example ord=2)"))?;
+    let count = count
+        .parse::<u32>()
+        .map_err(|_| format!("{value:?}: the count {count:?} is not a whole number"))?;
+    Ok((code.trim().to_ascii_lowercase(), count))
+}
+
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.common.data_dir)?;
     let started = std::time::Instant::now();
@@ -74,7 +92,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             "/v1/apps",
             &json!({"name": args.app, "model": args.model, "machines": args.machines, "gpu": args.gpu,
                 "soft_limit": args.soft_limit, "hard_limit": args.hard_limit,
-                "autostop_secs": args.autostop, "min_running": args.min_running}),
+                "autostop_secs": args.autostop, "min_running": args.min_running,
+                "regions": args.regions.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "engine_cmd": args.engine_cmd}),
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
@@ -177,8 +197,12 @@ fn machines_table(machines: &[Machine]) -> String {
             vec![
                 m.id.clone(),
                 m.app.to_string(),
-                m.state.to_string(),
+                match (m.state, m.healthy) {
+                    (MachineState::Started, false) => "started (unhealthy)".to_string(),
+                    (state, _) => state.to_string(),
+                },
                 m.device.to_string(),
+                m.host.clone(),
                 m.region.clone(),
                 m.addr.clone().unwrap_or_else(|| "-".into()),
                 m.restarts.to_string(),
@@ -193,6 +217,7 @@ fn machines_table(machines: &[Machine]) -> String {
             "APP",
             "STATE",
             "DEVICE",
+            "HOST",
             "REGION",
             "ADDRESS",
             "RESTARTS",

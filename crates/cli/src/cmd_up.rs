@@ -47,6 +47,80 @@ pub struct UpArgs {
     /// Largest request body the edge accepts, in bytes.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     max_body: usize,
+    /// Requests an edge holds per app while machines start; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 4096)]
+    max_held: u32,
+    /// A held streaming request gets an SSE comment after this many ms, and again every as
+    /// many, until its machine answers (0: never).
+    #[arg(long, default_value_t = 5000)]
+    sse_keepalive_ms: u64,
+    /// On SIGTERM, seconds in-flight requests get to finish before machines are stopped.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+    /// Seconds between health checks of each started engine.
+    #[arg(long, default_value_t = 2.0)]
+    health_interval: f64,
+    /// Several hosts and regions on this one machine: a fleet.toml with [[hosts]] (name,
+    /// region, cpu_slots), optional [[edges]] (region, addr) and inter_region_delay_ms.
+    #[arg(long)]
+    fleet: Option<std::path::PathBuf>,
+}
+
+/// One host this process runs an agent for.
+struct HostPlan {
+    name: String,
+    region: String,
+    /// Machine logs go under it, the host cache in `cache/` beside them.
+    dir: std::path::PathBuf,
+    devices: Vec<colo_core::Device>,
+}
+
+/// The hosts and edges of a run: one of each, or a fleet file's.
+fn layout(args: &UpArgs, data_dir: &std::path::Path) -> anyhow::Result<(Vec<HostPlan>, Vec<(String, SocketAddr)>, Duration)> {
+    let Some(path) = &args.fleet else {
+        let name = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let host = HostPlan {
+            name,
+            region: args.region.clone(),
+            dir: data_dir.to_path_buf(),
+            devices: discover_devices(args.cpu_slots),
+        };
+        return Ok((vec![host], vec![(args.region.clone(), args.edge_addr)], Duration::ZERO));
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let fleet: colo_policy::Fleet = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let problems = fleet.validate_hosts(&colo_core::Catalogue::builtin(), &colo_core::Regions::builtin());
+    if !problems.is_empty() {
+        anyhow::bail!("{}: {}", path.display(), problems.join("; "));
+    }
+    let hosts = fleet
+        .hosts
+        .iter()
+        .map(|h| HostPlan {
+            name: h.name.clone(),
+            region: h.region.clone(),
+            dir: data_dir.join("hosts").join(&h.name),
+            devices: (0..h.cpu_slots.unwrap_or(2)).map(|slot| colo_core::Device::Cpu { slot }).collect(),
+        })
+        .collect::<Vec<_>>();
+    let mut edges = Vec::new();
+    let any_port = SocketAddr::new(args.edge_addr.ip(), 0);
+    if fleet.edges.is_empty() {
+        let mut regions: Vec<&str> = hosts.iter().map(|h| h.region.as_str()).collect();
+        regions.dedup();
+        for (i, region) in regions.into_iter().enumerate() {
+            edges.push((region.to_string(), if i == 0 { args.edge_addr } else { any_port }));
+        }
+    } else {
+        for edge in &fleet.edges {
+            // validate_hosts checked that addresses parse.
+            let addr = edge.addr.as_deref().map_or(Ok(any_port), str::parse)?;
+            edges.push((edge.region.clone(), addr));
+        }
+    }
+    Ok((hosts, edges, Duration::from_millis(fleet.inter_region_delay_ms)))
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -65,39 +139,54 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let state: Arc<dyn StateStore> = Arc::new(Embedded::open(&data_dir.join("state.redb"))?);
     let token = auth::load_or_create_token(&data_dir).context("creating the API token")?;
 
-    let devices = discover_devices(args.cpu_slots);
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    let agent = Agent::new(
-        AgentConfig {
-            host,
-            region: args.region.clone(),
-            data_dir: data_dir.clone(),
-            engine: EngineCommand {
-                program: std::env::current_exe().context("finding the colo binary")?,
-                args: vec!["engine".into(), "serve".into()],
-            },
-            start_timeout: Duration::from_secs(300),
-            health_interval: Duration::from_secs(2),
-        },
-        state.clone(),
-        store.clone(),
-        HostCache::new(data_dir.join("cache")),
-        devices,
-    );
-    let control = Control::new(state.clone(), store.clone(), agent.clone());
+    let (hosts, edge_plans, inter_region_delay) = layout(&args, &data_dir)?;
+    if !(0.05..=60.0).contains(&args.health_interval) {
+        anyhow::bail!(
+            "--health-interval must be between 0.05 and 60 seconds (got {})",
+            args.health_interval
+        );
+    }
+    let program = std::env::current_exe().context("finding the colo binary")?;
+    let agents: Vec<Arc<Agent>> = hosts
+        .into_iter()
+        .map(|host| {
+            let cache = HostCache::new(host.dir.join("cache"));
+            Agent::new(
+                AgentConfig {
+                    host: host.name,
+                    region: host.region,
+                    data_dir: host.dir,
+                    engine: EngineCommand {
+                        program: program.clone(),
+                        args: vec!["engine".into(), "serve".into()],
+                    },
+                    start_timeout: Duration::from_secs(300),
+                    health_interval: Duration::from_secs_f64(args.health_interval),
+                },
+                state.clone(),
+                store.clone(),
+                cache,
+                host.devices,
+            )
+        })
+        .collect();
+    let control = Control::new(state.clone(), store.clone(), agents.clone());
 
-    let edge_listener = tokio::net::TcpListener::bind(args.edge_addr)
-        .await
-        .with_context(|| format!("binding the edge to {}", args.edge_addr))?;
+    let mut edge_listeners = Vec::new();
+    for (region, addr) in &edge_plans {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {region} edge to {addr}"))?;
+        edge_listeners.push((region.clone(), listener));
+    }
     let api_listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("binding the API to {}", args.api_addr))?;
-    let edge_addr = edge_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
 
-    agent.recover().await?;
+    for agent in &agents {
+        agent.recover().await?;
+    }
     for app in control.apps().await? {
         if let Err(e) = control.reconcile(&app).await {
             tracing::warn!(app = %app.name, error = %e, "reconciling at start");
@@ -105,30 +194,46 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let routes = colo_edge::follow_state(state.clone()).await;
-    let edge = Edge::new(
-        EdgeConfig {
-            domain: args.domain.clone(),
-            max_body: args.max_body,
-            region: args.region.clone(),
-            route: colo_policy::RouteParams {
-                soft_limit: args.soft_limit,
-                hard_limit: args.hard_limit,
-                ..Default::default()
+    let mut edges = Vec::new();
+    for (region, listener) in edge_listeners {
+        let edge = Edge::new(
+            EdgeConfig {
+                domain: args.domain.clone(),
+                max_body: args.max_body,
+                region: region.clone(),
+                route: colo_policy::RouteParams {
+                    soft_limit: args.soft_limit,
+                    hard_limit: args.hard_limit,
+                    ..Default::default()
+                },
+                hold_timeout: Duration::from_secs(args.hold_timeout),
+                max_held: args.max_held,
+                sse_keepalive: Duration::from_millis(args.sse_keepalive_ms),
+                inter_region_delay,
+                ..EdgeConfig::default()
             },
-            hold_timeout: Duration::from_secs(args.hold_timeout),
-            ..EdgeConfig::default()
-        },
-        routes,
-    );
-    let edge = edge.with_machines(Arc::new(AgentMachines(agent.clone())));
-    edge.spawn_autostop();
+            routes.clone(),
+        );
+        let edge = edge.with_machines(Arc::new(AgentMachines(agents.clone())));
+        // One edge stops idle machines; each edge would otherwise stop the same ones.
+        if edges.is_empty() {
+            edge.spawn_autostop();
+        }
+        edge.spawn_rtt_probe();
+        edges.push((region, listener, edge));
+    }
     let api = colo_control::api::router(control.clone())
-        .merge(colo_agent::api::router(agent.clone()))
+        .merge(colo_agent::api::router(agents.clone()))
         .layer(axum::middleware::from_fn_with_state(Arc::new(token), auth::require_token));
 
+    let edge_urls: Vec<(String, String)> = edges
+        .iter()
+        .map(|(region, listener, _)| Ok((region.clone(), format!("http://{}", listener.local_addr()?))))
+        .collect::<std::io::Result<_>>()?;
     let run_info = RunInfo {
         api: format!("http://{api_addr}"),
-        edge: format!("http://{edge_addr}"),
+        edge: edge_urls[0].1.clone(),
+        edges: edge_urls.iter().cloned().collect(),
         store: store_url.clone(),
         pid: std::process::id(),
     };
@@ -138,16 +243,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::rename(&tmp, &run_path)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let edge_server = {
+    let mut edge_servers = Vec::new();
+    for (_, listener, edge) in edges {
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(edge_listener.tap_io(no_delay), colo_edge::router(edge))
+        edge_servers.push(tokio::spawn(async move {
+            axum::serve(listener.tap_io(no_delay), colo_edge::router(edge))
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
                 })
                 .await
-        })
-    };
+        }));
+    }
     let api_server = {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -158,23 +264,44 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .await
         })
     };
+    let edge_lines: Vec<String> = edge_urls
+        .iter()
+        .map(|(region, url)| format!("  edge   {url}   region {region}"))
+        .collect();
+    let devices: Vec<String> = agents
+        .iter()
+        .map(|a| {
+            let list = a.devices().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+            format!("{} ({}): {list}", a.host(), a.region())
+        })
+        .collect();
     eprintln!(
-        "colo is up\n  edge   http://{edge_addr}   (OpenAI API: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions)\n  api    http://{api_addr}\n  store  {store_url}\n  data   {}\n  devices {}",
+        "colo is up\n{}   (OpenAI API: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions)\n  api    http://{api_addr}\n  store  {store_url}\n  data   {}\n  hosts  {}",
+        edge_lines.join("\n"),
         data_dir.display(),
-        agent.devices().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        devices.join("; ")
     );
 
     shutdown_signal().await;
-    eprintln!("colo: stopping machines");
-    agent.shutdown().await;
+    // Drain: the edges stop accepting and in-flight requests get up to the drain timeout to
+    // finish on machines that still run; only then are the machines stopped.
+    eprintln!("colo: draining (up to {}s)", args.drain_timeout);
     let _ = stop_tx.send(true);
     let _ = std::fs::remove_file(&run_path);
-    // In-flight requests get a moment to finish; the servers do not hold shutdown hostage.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = edge_server.await;
-        let _ = api_server.await;
+    let drained = tokio::time::timeout(Duration::from_secs(args.drain_timeout), async {
+        for server in edge_servers {
+            let _ = server.await;
+        }
     })
     .await;
+    if drained.is_err() {
+        eprintln!("colo: drain timeout passed with requests still in flight");
+    }
+    eprintln!("colo: stopping machines");
+    for agent in &agents {
+        agent.shutdown().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), api_server).await;
     Ok(())
 }
 
@@ -199,25 +326,33 @@ fn no_delay(stream: &mut tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
-/// The edge's handle on this process's agent: wake and stop machines without waiting.
-struct AgentMachines(Arc<Agent>);
+/// The edges' handle on this process's agents: wake and stop machines without waiting.
+struct AgentMachines(Vec<Arc<Agent>>);
 
-impl colo_edge::Machines for AgentMachines {
-    fn start(&self, machine_id: &str) {
-        let (agent, id) = (self.0.clone(), machine_id.to_string());
+impl AgentMachines {
+    fn act(&self, machine_id: &str, start: bool) {
+        let (agents, id) = (self.0.clone(), machine_id.to_string());
         tokio::spawn(async move {
-            if let Err(e) = agent.start(&id).await {
-                tracing::warn!(machine = %id, error = %e, "waking a machine");
+            for agent in agents {
+                if agent.machine(&id).await.is_err() {
+                    continue;
+                }
+                let done = if start { agent.start(&id).await } else { agent.stop(&id).await };
+                if let Err(e) = done {
+                    tracing::warn!(machine = %id, error = %e, start, "waking or stopping a machine");
+                }
+                return;
             }
         });
     }
+}
+
+impl colo_edge::Machines for AgentMachines {
+    fn start(&self, machine_id: &str) {
+        self.act(machine_id, true);
+    }
 
     fn stop(&self, machine_id: &str) {
-        let (agent, id) = (self.0.clone(), machine_id.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = agent.stop(&id).await {
-                tracing::warn!(machine = %id, error = %e, "stopping an idle machine");
-            }
-        });
+        self.act(machine_id, false);
     }
 }

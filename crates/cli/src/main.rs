@@ -87,8 +87,22 @@ struct EngineServeArgs {
     max_waiting: usize,
 }
 
+/// Raises the open-file limit to the hard limit: an edge holds two sockets per request in
+/// flight, and the usual soft limit of 1024 would cap it at a few hundred streams.
+fn raise_open_files() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    raise_open_files();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COLO_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

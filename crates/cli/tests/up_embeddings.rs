@@ -195,7 +195,7 @@ fn bad_requests_and_bad_models_get_clear_errors() {
     let out = colo.cli(&["deploy", "other", "--model", "minilm", "--gpu", "a10"]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("this host has no a10 GPU"),
+        String::from_utf8_lossy(&out.stderr).contains("no host has a GPU of kind a10"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -58,6 +58,11 @@ struct DeployRequest {
     autostop_secs: Option<u64>,
     /// Machines kept started even when idle.
     min_running: Option<u32>,
+    /// Machines per region code (`{"ord": 2, "ams": 1}`); replaces `machines` when given.
+    #[serde(default)]
+    regions: std::collections::BTreeMap<String, u32>,
+    /// The app's own engine command, with `{port}` (and optionally `{model_dir}`).
+    engine_cmd: Option<String>,
 }
 
 /// A JSON request body, or the 400 that names what is wrong with it.
@@ -84,6 +89,8 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
                 hard_limit: request.hard_limit,
                 autostop_secs: request.autostop_secs,
                 min_running: request.min_running.unwrap_or(0),
+                regions: request.regions.clone(),
+                engine_cmd: request.engine_cmd.clone(),
             },
         )
         .await

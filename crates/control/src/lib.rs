@@ -5,12 +5,13 @@
 pub mod api;
 pub mod auth;
 
-use colo_agent::Agent;
-use colo_core::{ApiKey, App, AppName, Catalogue, GpuChoice, MachineState};
+use colo_agent::{Agent, MachineSpec};
+use colo_core::{ApiKey, App, AppName, Catalogue, GpuChoice, Machine, MachineState};
 use colo_model::{FactsSource, Manifest, ModelFacts};
 use colo_policy::{recommend, PlanRequest};
 use colo_state::StateStore;
 use colo_store::Store;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +39,12 @@ pub struct DeployOptions {
     pub hard_limit: Option<u32>,
     /// Idle seconds after which edges stop a machine (woken again by the next request).
     pub autostop_secs: Option<u64>,
-    /// Machines kept started even when idle.
+    /// Machines kept started in each region even when idle.
     pub min_running: u32,
+    /// Machines wanted per region code; empty: spread over every host.
+    pub regions: BTreeMap<String, u32>,
+    /// The app's own engine command (`{port}`, `{model_dir}`), instead of colo's engine.
+    pub engine_cmd: Option<String>,
 }
 
 /// Machines per app at most, to keep a typo from leasing a whole fleet.
@@ -48,7 +53,8 @@ pub const MAX_MACHINES_PER_APP: u32 = 64;
 pub struct Control {
     state: Arc<dyn StateStore>,
     store: Store,
-    agent: Arc<Agent>,
+    /// Every host's agent, in the order hosts were declared.
+    agents: Vec<Arc<Agent>>,
 }
 
 fn now_ms() -> u64 {
@@ -61,8 +67,31 @@ fn now_ms() -> u64 {
 // === impl Control ===
 
 impl Control {
-    pub fn new(state: Arc<dyn StateStore>, store: Store, agent: Arc<Agent>) -> Arc<Self> {
-        Arc::new(Self { state, store, agent })
+    pub fn new(state: Arc<dyn StateStore>, store: Store, agents: Vec<Arc<Agent>>) -> Arc<Self> {
+        Arc::new(Self { state, store, agents })
+    }
+
+    /// The agent of the host that runs `machine`.
+    fn agent_of(&self, machine: &Machine) -> Result<&Arc<Agent>, ControlError> {
+        self.agents
+            .iter()
+            .find(|a| a.host() == machine.host)
+            .ok_or_else(|| ControlError::Invalid {
+                field: "host",
+                reason: format!(
+                    "machine {} runs on host {:?}, which control does not drive",
+                    machine.id, machine.host
+                ),
+            })
+    }
+
+    /// Every machine on the hosts control drives.
+    async fn all_machines(&self) -> Result<Vec<Machine>, ControlError> {
+        let mut all = Vec::new();
+        for agent in &self.agents {
+            all.extend(agent.machines().await?);
+        }
+        Ok(all)
     }
 
     pub fn store(&self) -> &Store {
@@ -90,13 +119,6 @@ impl Control {
                 reason: "must be at least 1 second when given".into(),
             });
         }
-        if options.min_running > machines {
-            let reason = format!("{} is more than the app's {machines} machines", options.min_running);
-            return Err(ControlError::Invalid {
-                field: "min_running",
-                reason,
-            });
-        }
         if soft_limit == Some(0) || hard_limit == Some(0) || matches!((soft_limit, hard_limit), (Some(s), Some(h)) if h < s) {
             let reason = format!("soft limit {soft_limit:?} and hard limit {hard_limit:?}: both at least 1, hard at least soft");
             return Err(ControlError::Invalid { field: "limits", reason });
@@ -115,6 +137,41 @@ impl Control {
                 reason: format!("{machines} is outside 1 to {MAX_MACHINES_PER_APP}"),
             });
         }
+        let known: Vec<&str> = self.agents.iter().map(|a| a.region()).collect();
+        for (region, count) in &options.regions {
+            if !known.contains(&region.as_str()) {
+                let reason = format!("no host in region {region:?} (hosts are in: {})", known.join(", "));
+                return Err(ControlError::Invalid { field: "regions", reason });
+            }
+            if *count == 0 {
+                let reason = format!("{region}=0: a listed region needs at least one machine");
+                return Err(ControlError::Invalid { field: "regions", reason });
+            }
+        }
+        let machines = match options.regions.values().sum::<u32>() {
+            0 => machines,
+            total if total <= MAX_MACHINES_PER_APP => total,
+            total => {
+                let reason = format!("{total} machines in all is more than {MAX_MACHINES_PER_APP}");
+                return Err(ControlError::Invalid { field: "regions", reason });
+            }
+        };
+        // The minimum holds per region, so it may not exceed the smallest region's count.
+        let smallest = options.regions.values().copied().min().unwrap_or(machines);
+        if options.min_running > smallest {
+            let reason = format!("{} is more than the {smallest} machines the app has in a region", options.min_running);
+            return Err(ControlError::Invalid {
+                field: "min_running",
+                reason,
+            });
+        }
+        if options.engine_cmd.as_deref().is_some_and(|c| !c.contains("{port}")) {
+            let reason = "the command must contain {port}, where the engine is told to listen".to_string();
+            return Err(ControlError::Invalid {
+                field: "engine_cmd",
+                reason,
+            });
+        }
         let manifest = self.store.manifest(model.as_str()).await?;
         let gpu = self.choose_gpu(&manifest, gpu).await?;
         let app = App {
@@ -129,6 +186,8 @@ impl Control {
             keys: Vec::new(),
             autostop_secs: options.autostop_secs,
             min_running: options.min_running,
+            regions: options.regions.clone(),
+            engine_cmd: options.engine_cmd.clone(),
         };
         // A redeploy keeps the app's keys.
         let app = match self.state.app(&app.name).await? {
@@ -149,7 +208,9 @@ impl Control {
     async fn choose_gpu(&self, manifest: &Manifest, named: Option<&str>) -> Result<Option<GpuChoice>, ControlError> {
         let invalid = |reason: String| ControlError::Invalid { field: "gpu", reason };
         let catalogue = Catalogue::builtin();
-        let host_kinds = self.agent.gpu_kinds();
+        let mut host_kinds: Vec<String> = self.agents.iter().flat_map(|a| a.gpu_kinds()).collect();
+        host_kinds.sort();
+        host_kinds.dedup();
         if let Some(kind) = named {
             if catalogue.kinds.iter().all(|k| k.kind != kind) {
                 let known: Vec<&str> = catalogue.kinds.iter().map(|k| k.kind.as_str()).collect();
@@ -161,7 +222,7 @@ impl Control {
                 } else {
                     host_kinds.join(", ")
                 };
-                return Err(invalid(format!("this host has no {kind} GPU (it has {offered})")));
+                return Err(invalid(format!("no host has a GPU of kind {kind} (they have {offered})")));
             }
         }
         if host_kinds.is_empty() {
@@ -245,53 +306,113 @@ impl Control {
         if !self.state.delete_app(&name).await? {
             return Err(ControlError::NoSuchApp(app.to_string()));
         }
-        for machine in self.agent.machines().await? {
+        for machine in self.all_machines().await? {
             if machine.app == name && machine.state != MachineState::Destroyed {
-                self.agent.destroy(&machine.id).await?;
+                self.agent_of(&machine)?.destroy(&machine.id).await?;
             }
         }
         Ok(())
     }
 
-    /// Brings the app's machines in line with its record: machines of another revision are
-    /// destroyed, missing ones created, surplus ones destroyed, stopped ones started.
+    /// Brings the app's machines in line with its record: machines of another revision, model,
+    /// engine or GPU kind are destroyed, missing ones created, surplus ones destroyed, stopped
+    /// ones started. With per-region counts each region is reconciled on its own; without, the
+    /// machines are spread over the hosts, each new one going to the host with the fewest of
+    /// the app's machines (then the most free devices).
     pub async fn reconcile(&self, app: &App) -> Result<(), ControlError> {
         let mut live = Vec::new();
-        for machine in self.agent.machines().await? {
+        for machine in self.all_machines().await? {
             if machine.app != app.name || machine.state == MachineState::Destroyed {
                 continue;
             }
+            let agent = self.agent_of(&machine)?;
             let wrong_kind = app
                 .gpu
                 .as_ref()
-                .is_some_and(|g| self.agent.device_kind(&machine.device).as_deref() != Some(g.kind.as_str()));
-            if machine.revision != app.revision || machine.model != app.model || wrong_kind {
-                self.agent.destroy(&machine.id).await?;
+                .is_some_and(|g| agent.device_kind(&machine.device).as_deref() != Some(g.kind.as_str()));
+            if machine.revision != app.revision || machine.model != app.model || machine.engine_cmd != app.engine_cmd || wrong_kind {
+                agent.destroy(&machine.id).await?;
             } else {
                 live.push(machine);
             }
         }
         live.sort_by_key(|m| (m.state != MachineState::Started, m.id.clone()));
-        let want = app.machines as usize;
-        for surplus in live.iter().skip(want) {
-            self.agent.destroy(&surplus.id).await?;
+        let wanted: Vec<(Option<&str>, usize)> = if app.regions.is_empty() {
+            vec![(None, app.machines as usize)]
+        } else {
+            app.regions.iter().map(|(r, n)| (Some(r.as_str()), *n as usize)).collect()
+        };
+        // Machines in regions the app no longer lists go.
+        let (mut kept, gone): (Vec<Machine>, Vec<Machine>) = live
+            .into_iter()
+            .partition(|m| wanted.iter().any(|(r, _)| r.is_none_or(|r| r == m.region)));
+        for machine in gone {
+            self.agent_of(&machine)?.destroy(&machine.id).await?;
         }
-        for machine in live.iter().take(want) {
-            if machine.desired != MachineState::Started || machine.state == MachineState::Failed {
-                self.agent.start(&machine.id).await?;
+        for (region, want) in wanted {
+            let (mine, rest): (Vec<Machine>, Vec<Machine>) = kept.into_iter().partition(|m| region.is_none_or(|r| r == m.region));
+            kept = rest;
+            for surplus in mine.iter().skip(want) {
+                self.agent_of(surplus)?.destroy(&surplus.id).await?;
             }
-        }
-        for _ in live.len()..want {
-            self.agent
-                .create_machine(&app.name, &app.model, &app.revision, app.gpu.as_ref().map(|g| g.kind.as_str()))
-                .await?;
+            for machine in mine.iter().take(want) {
+                if machine.desired != MachineState::Started || machine.state == MachineState::Failed {
+                    self.agent_of(machine)?.start(&machine.id).await?;
+                }
+            }
+            for _ in mine.len()..want {
+                self.create_in(app, region).await?;
+            }
         }
         Ok(())
     }
 
-    /// The machines of the agent control drives (for tests and `colo ps`).
+    /// Creates one machine of `app` in `region` (anywhere when `None`), on the host with the
+    /// fewest of the app's machines, then the most free devices; the next host is tried when
+    /// one has no device of the app's kind free.
+    async fn create_in(&self, app: &App, region: Option<&str>) -> Result<Machine, ControlError> {
+        let machines = self.all_machines().await?;
+        let mut hosts = Vec::new();
+        for agent in self.agents.iter().filter(|a| region.is_none_or(|r| r == a.region())) {
+            let of_app = machines
+                .iter()
+                .filter(|m| m.host == agent.host() && m.app == app.name && m.state != MachineState::Destroyed)
+                .count();
+            hosts.push((
+                of_app,
+                std::cmp::Reverse(agent.free_devices().await?),
+                agent.host().to_string(),
+                agent,
+            ));
+        }
+        hosts.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        let spec = MachineSpec {
+            app: app.name.clone(),
+            model: app.model.clone(),
+            revision: app.revision.clone(),
+            gpu_kind: app.gpu.as_ref().map(|g| g.kind.clone()),
+            engine_cmd: app.engine_cmd.clone(),
+        };
+        let mut last = None;
+        for (_, _, _, agent) in hosts {
+            match agent.create_machine(&spec).await {
+                Ok(machine) => return Ok(machine),
+                Err(e @ colo_agent::AgentError::NoFreeDevice { .. }) => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(match last {
+            Some(e) => e.into(),
+            None => ControlError::Invalid {
+                field: "regions",
+                reason: format!("no host in region {:?}", region.unwrap_or("any")),
+            },
+        })
+    }
+
+    /// The machines of the hosts control drives (for tests and `colo ps`).
     pub async fn agent_machines(&self) -> Vec<colo_core::Machine> {
-        self.agent.machines().await.unwrap_or_default()
+        self.all_machines().await.unwrap_or_default()
     }
 
     pub async fn apps(&self) -> Result<Vec<App>, ControlError> {

@@ -45,7 +45,7 @@ async fn control_with(devices: Vec<Device>, root: &std::path::Path) -> Arc<Contr
         health_interval: Duration::from_secs(1),
     };
     let agent = Agent::new(config, state.clone(), store.clone(), HostCache::new(root.join("cache")), devices);
-    Control::new(state, store, agent)
+    Control::new(state, store, vec![agent])
 }
 
 fn gpu(index: u32, name: &str, memory_mib: u64) -> Device {

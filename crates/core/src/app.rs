@@ -37,6 +37,13 @@ pub struct App {
     /// API keys that may call the app; none: the app is open to anyone who reaches the edge.
     #[serde(default)]
     pub keys: Vec<ApiKey>,
+    /// Machines wanted per region code; empty: `machines` spread over every host.
+    #[serde(default)]
+    pub regions: std::collections::BTreeMap<String, u32>,
+    /// A command that runs the app's own engine instead of colo's, with `{port}` and
+    /// `{model_dir}` filled in (bring your own vLLM, llama.cpp or any HTTP server).
+    #[serde(default)]
+    pub engine_cmd: Option<String>,
 }
 
 /// One API key of an app. Only the key's BLAKE3 digest is stored; the key itself is shown once.

@@ -104,6 +104,10 @@ impl HydrationReport {
     }
 }
 
+fn healthy_by_default() -> bool {
+    true
+}
+
 /// One machine as the agent records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
@@ -127,6 +131,13 @@ pub struct Machine {
     pub restarts: u32,
     pub last_error: Option<String>,
     pub hydration: Option<HydrationReport>,
+    /// False from the first failed health check of a started engine until one passes again:
+    /// edges route nothing to it meanwhile.
+    #[serde(default = "healthy_by_default")]
+    pub healthy: bool,
+    /// The engine command of the app's deploy, when it brings its own engine.
+    #[serde(default)]
+    pub engine_cmd: Option<String>,
     /// Milliseconds since the Unix epoch of the last state change.
     pub updated_at_ms: u64,
 }

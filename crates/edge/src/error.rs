@@ -17,6 +17,8 @@ pub enum EdgeError {
     UnknownApp { app: String, apps: Vec<String> },
     #[error("no machine of app {app:?} had room within {secs}s")]
     NoMachine { app: String, secs: u64 },
+    #[error("app {app:?} already has {limit} requests waiting for a machine; try again shortly")]
+    QueueFull { app: String, limit: u32 },
     #[error("app {app:?} requires an API key: send Authorization: Bearer <key>")]
     Unauthorized { app: String },
     #[error("app {app:?} not found")]
@@ -41,7 +43,7 @@ impl EdgeError {
             EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => StatusCode::NOT_FOUND,
             EdgeError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EdgeError::NoMachine { .. } | EdgeError::NoRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -56,6 +58,7 @@ impl EdgeError {
             EdgeError::Unauthorized { .. } => "invalid_api_key",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",
             EdgeError::NoMachine { .. } => "no_machine_available",
+            EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
         }
@@ -65,7 +68,7 @@ impl EdgeError {
     pub fn source_label(&self) -> &'static str {
         match self {
             EdgeError::Upstream { .. } => "upstream",
-            EdgeError::NoMachine { .. } | EdgeError::NoRegion { .. } => "capacity",
+            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } => "capacity",
             _ => "client",
         }
     }

@@ -27,6 +27,13 @@ pub struct EdgeConfig {
     pub region: String,
     /// Soft and hard limits per machine, load-report freshness, affinity slack.
     pub route: colo_policy::RouteParams,
+    /// Requests held per app at most; more get 503 with Retry-After at once.
+    pub max_held: u32,
+    /// A streaming request held this long gets its stream with an SSE comment now and every
+    /// interval after, until a machine answers; zero: streaming requests wait like others.
+    pub sse_keepalive: Duration,
+    /// Added on the way to machines of other regions: a fleet file's simulated distance.
+    pub inter_region_delay: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -42,6 +49,9 @@ impl Default for EdgeConfig {
                 hard_limit: 64,
                 ..Default::default()
             },
+            max_held: 4096,
+            sse_keepalive: Duration::from_secs(5),
+            inter_region_delay: Duration::ZERO,
         }
     }
 }

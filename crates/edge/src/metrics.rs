@@ -2,7 +2,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -11,6 +11,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub app: String,
+    /// Region of the machine that answered; `-` when none did.
+    pub region: String,
     pub status: u16,
 }
 
@@ -19,44 +21,103 @@ pub struct ErrorLabels {
     pub source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    pub app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabel {
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// `connect` (never sent) or `after_send` (an idempotent request sent again).
+    pub kind: String,
+}
+
+/// Latency buckets from 1 ms to about 65 s.
+#[derive(Clone)]
+pub struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.001, 2.0, 17))
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RequestLabels, Histogram, LatencyBuckets>,
     pub errors: Family<ErrorLabels, Counter>,
     pub in_flight: Gauge,
     pub held: Gauge,
+    pub queue_depth: Family<AppLabel, Gauge>,
+    pub wakes: Family<AppLabel, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub replays: Counter,
+    pub rtt_ms: Family<RegionLabel, Gauge>,
     pub upstream_seconds: Histogram,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("colo_edge");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let errors = Family::<ErrorLabels, Counter>::default();
-        let in_flight = Gauge::default();
-        let held = Gauge::default();
-        let upstream_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("requests", "Requests answered, by app and status", requests.clone());
+        let metrics = Self {
+            registry: Arc::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(LatencyBuckets),
+            errors: Family::default(),
+            in_flight: Gauge::default(),
+            held: Gauge::default(),
+            queue_depth: Family::default(),
+            wakes: Family::default(),
+            retries: Family::default(),
+            replays: Counter::default(),
+            rtt_ms: Family::default(),
+            upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by app, machine region and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time from a request's arrival to its response head, by app, machine region and status",
+            metrics.request_seconds.clone(),
+        );
         registry.register(
             "errors",
             "Requests the edge answered with an error, by where it came from",
-            errors.clone(),
+            metrics.errors.clone(),
         );
-        registry.register("in_flight", "Requests being proxied", in_flight.clone());
-        registry.register("held", "Requests waiting for a machine to start", held.clone());
+        registry.register("in_flight", "Requests being proxied", metrics.in_flight.clone());
+        registry.register("held", "Requests waiting for a machine with room", metrics.held.clone());
+        registry.register("queue_depth", "Requests held, by app", metrics.queue_depth.clone());
+        registry.register("wakes", "Stopped machines this edge asked to start, by app", metrics.wakes.clone());
+        registry.register(
+            "retries",
+            "Requests sent again to another machine, by kind",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "replays",
+            "Requests resent because of a colo-replay answer",
+            metrics.replays.clone(),
+        );
+        registry.register("rtt_ms", "Measured RTT to each remote region", metrics.rtt_ms.clone());
         registry.register(
             "upstream_seconds",
             "Time to the machine's response headers",
-            upstream_seconds.clone(),
+            metrics.upstream_seconds.clone(),
         );
         Self {
             registry: Arc::new(registry),
-            requests,
-            errors,
-            in_flight,
-            held,
-            upstream_seconds,
+            ..metrics
         }
     }
 

@@ -1,7 +1,7 @@
 //! The request path: find the app, pick a machine (holding the request while one starts),
 //! proxy to it, and stream the response back as it arrives.
 
-use crate::metrics::{ErrorLabels, Metrics, RequestLabels};
+use crate::metrics::{AppLabel, ErrorLabels, Metrics, RegionLabel, RequestLabels};
 use crate::routes::RouteTable;
 use crate::{EdgeConfig, EdgeError};
 use axum::body::Body;
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use colo_core::Regions;
 use colo_policy::{
     idle_to_stop, pick, AffinityTable, AppView, Decision, Idle, LoadReport, MachineView, PickRequest, PrefixKey, RegionId, RejectReason,
-    RouteParams, Steer, TokenBucket,
+    RouteParams, Steer, StoppedMachine, TokenBucket,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -89,6 +89,15 @@ const MAX_CONNECT_RETRIES: usize = 2;
 /// How often a held request looks again when nothing else wakes it.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// A start this edge asked for counts against the herd cap for this long at most.
+const WAKE_TIMEOUT_MS: u64 = 120_000;
+
+/// How often the edge times each remote region's machines.
+const RTT_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Times one request may be resent because of `colo-replay` answers.
+const MAX_REPLAYS: usize = 10;
+
 pub struct Edge {
     config: EdgeConfig,
     routes: watch::Receiver<Arc<RouteTable>>,
@@ -107,6 +116,24 @@ pub struct Edge {
     buckets: Mutex<HashMap<String, KeyBuckets>>,
     /// Prompt prefix -> the machine that served it last (by `machine_key`).
     affinity: Mutex<AffinityTable<u64>>,
+    /// Requests held per app, waiting for room.
+    held: Mutex<HashMap<String, u32>>,
+    /// Per app, stopped machines this edge asked to start, with when (edge clock, ms); a start
+    /// counts against the herd cap until the route table shows it or `WAKE_TIMEOUT_MS` passes.
+    asked: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// Measured RTT (ms, smoothed) to each region, from timed health checks of its machines.
+    rtt: Mutex<HashMap<String, f64>>,
+}
+
+/// How a request may be routed beyond the policy's defaults.
+#[derive(Default)]
+struct Routing {
+    /// Machines this request already failed on (connect errors, replays `elsewhere`).
+    failed: Vec<String>,
+    /// Only this machine (a `colo-replay: instance=` answer).
+    only: Option<String>,
+    /// Only this region (a `colo-replay: region=` answer), as `colo-force-region` does.
+    region: Option<String>,
 }
 
 /// The edge's whole HTTP surface: its own endpoints, and everything else proxied.
@@ -135,6 +162,9 @@ impl Edge {
             affinity: Mutex::new(AffinityTable::new(AFFINITY_ENTRIES, AFFINITY_TTL_MS)),
             buckets: Mutex::default(),
             machines: std::sync::OnceLock::new(),
+            held: Mutex::default(),
+            asked: Mutex::default(),
+            rtt: Mutex::default(),
         })
     }
 
@@ -142,22 +172,94 @@ impl Edge {
         self.started.elapsed().as_millis() as u64 + 1
     }
 
-    /// RTT in ms from this edge's region to each region of the table: measured tables are a
-    /// later addition; today the great-circle estimate, 0 within the region, and 1 s for codes
-    /// the region list does not know.
+    /// RTT in ms from this edge's region to each region of the table: 0 within the region,
+    /// else the measured RTT where the edge has timed that region's machines, else the
+    /// great-circle estimate, and 1 s for codes the region list does not know.
     fn rtt_row(&self, table: &RouteTable) -> Vec<u32> {
         let here = &self.config.region;
+        let measured = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
         table
             .regions
             .iter()
             .map(|code| {
                 if code == here {
                     0
+                } else if let Some(ms) = measured.get(code) {
+                    ms.round().max(1.0) as u32
                 } else {
                     self.regions.rtt_ms(here, code).map_or(1000, |ms| ms.round() as u32)
                 }
             })
             .collect()
+    }
+
+    /// The RTT table as this edge uses it: (region, ms, measured or estimated).
+    pub fn rtt_table(&self) -> Vec<(String, u32, bool)> {
+        let table = self.routes.borrow().clone();
+        let row = self.rtt_row(&table);
+        let measured = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
+        table
+            .regions
+            .iter()
+            .zip(row)
+            .map(|(code, ms)| (code.clone(), ms, code == &self.config.region || measured.contains_key(code)))
+            .collect()
+    }
+
+    /// Extra delay this edge adds on the way to a machine in `region` (a fleet file's
+    /// simulated distance between regions on one host).
+    fn link_delay(&self, region: &str) -> Option<std::time::Duration> {
+        (region != self.config.region && !self.config.inter_region_delay.is_zero()).then_some(self.config.inter_region_delay)
+    }
+
+    /// Times a health check of one machine per region every `RTT_PROBE` and keeps a smoothed
+    /// RTT per region for picks; runs until the edge is dropped.
+    pub fn spawn_rtt_probe(self: &Arc<Self>) {
+        let edge = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(strong) = edge.upgrade() else { return };
+                strong.probe_once().await;
+                drop(strong);
+                tokio::time::sleep(RTT_PROBE).await;
+            }
+        });
+    }
+
+    async fn probe_once(&self) {
+        let table = self.routes.borrow().clone();
+        let mut targets: HashMap<String, String> = HashMap::new();
+        for routes in table.apps.values() {
+            for m in &routes.machines {
+                if m.region != self.config.region {
+                    targets.entry(m.region.clone()).or_insert_with(|| m.addr.clone());
+                }
+            }
+        }
+        for (region, addr) in targets {
+            let Ok(uri) = format!("http://{addr}/health").parse::<Uri>() else {
+                continue;
+            };
+            let Ok(request) = hyper::Request::get(uri).body(Full::new(Bytes::new())) else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            if let Some(delay) = self.link_delay(&region) {
+                tokio::time::sleep(delay).await;
+            }
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(2), self.client.request(request)).await;
+            if !matches!(answered, Ok(Ok(_))) {
+                continue;
+            }
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let mut rtt = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
+            let smoothed = rtt.get(&region).map_or(ms, |old| old * 0.7 + ms * 0.3);
+            rtt.insert(region.clone(), smoothed);
+            self.metrics
+                .rtt_ms
+                .get_or_create(&RegionLabel { region })
+                .set(smoothed.round() as i64);
+        }
     }
 
     /// Reads the steering headers: `colo-force-region` (only that region) and
@@ -215,7 +317,7 @@ impl Edge {
     }
 
     fn autostop_once(&self) {
-        let Some(machines) = self.machines.get() else { return };
+        let Some(machines_api) = self.machines.get() else { return };
         let table = self.routes.borrow().clone();
         let now = self.now_ms();
         let wall_now = std::time::SystemTime::now()
@@ -223,24 +325,27 @@ impl Edge {
             .map_or(0, |d| d.as_millis() as u64);
         for routes in table.apps.values() {
             let (Some(after_s), min_running) = routes.autostop else { continue };
-            let facts: Vec<Idle> = routes
-                .machines
-                .iter()
-                .map(|m| {
-                    let load = self.load_of(&m.machine_id);
-                    let in_flight = load.in_flight.load(Ordering::Relaxed);
-                    // A machine that just started (or woke) has been idle no longer than it has run.
-                    let since_busy = now.saturating_sub(load.last_active_ms.load(Ordering::Relaxed));
-                    let since_start = wall_now.saturating_sub(m.since_ms);
-                    Idle {
-                        in_flight,
-                        idle_ms: since_busy.min(since_start),
-                    }
-                })
-                .collect();
-            for idx in idle_to_stop(&facts, after_s * 1000, min_running) {
-                tracing::info!(machine = %routes.machines[idx].machine_id, idle_s = facts[idx].idle_ms / 1000, "autostop");
-                machines.stop(&routes.machines[idx].machine_id);
+            // `min_running` holds in each region: every region keeps its own warm machines.
+            for span in &routes.spans {
+                let machines = &routes.machines[span.start as usize..span.end as usize];
+                let facts: Vec<Idle> = machines
+                    .iter()
+                    .map(|m| {
+                        let load = self.load_of(&m.machine_id);
+                        let in_flight = load.in_flight.load(Ordering::Relaxed);
+                        // A machine that just started (or woke) has been idle no longer than it has run.
+                        let since_busy = now.saturating_sub(load.last_active_ms.load(Ordering::Relaxed));
+                        let since_start = wall_now.saturating_sub(m.since_ms);
+                        Idle {
+                            in_flight,
+                            idle_ms: since_busy.min(since_start),
+                        }
+                    })
+                    .collect();
+                for idx in idle_to_stop(&facts, after_s * 1000, min_running) {
+                    tracing::info!(machine = %machines[idx].machine_id, region = %machines[idx].region, idle_s = facts[idx].idle_ms / 1000, "autostop");
+                    machines_api.stop(&machines[idx].machine_id);
+                }
             }
         }
     }
@@ -264,47 +369,47 @@ impl Edge {
 
     /// Picks the machine for a request to `app` with the routing policy, holding the request
     /// while no machine has room (none started yet, or all at their hard limit) until one does
-    /// or the hold deadline passes.
+    /// or the hold deadline passes. A held request may wake a stopped machine: the policy says
+    /// which and whether the held load needs another start (the herd cap).
     async fn pick(
         &self,
         app: &str,
         headers: &HeaderMap,
-        failed: &[String],
+        routing: &Routing,
         prefix: Option<PrefixKey>,
     ) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
         // A retry after a failed connect does not wait: with no other machine free, the
         // caller answers with the connect error at once.
-        let hold = failed.is_empty();
+        let hold = routing.failed.is_empty();
         let mut routes = self.routes.clone();
         let deadline = tokio::time::Instant::now() + self.config.hold_timeout;
-        let mut held = false;
-        let result = loop {
+        let mut held: Option<Held<'_>> = None;
+        loop {
             // Registered before looking, so a release between the look and the wait is not lost.
             let released = self.released.notified();
             let table = routes.borrow_and_update().clone();
             let Some(app_routes) = table.apps.get(app) else {
-                break Err(EdgeError::UnknownApp {
+                return Err(EdgeError::UnknownApp {
                     app: app.to_string(),
                     apps: table.app_names().iter().map(|s| s.to_string()).collect(),
                 });
             };
-            let steer = match self.steer(headers, &table) {
-                Ok(steer) => steer,
-                Err(e) => break Err(e),
-            };
+            let mut steer = self.steer(headers, &table)?;
+            if let Some(code) = &routing.region {
+                steer.force = Some(table.region_id(code).ok_or_else(|| EdgeError::NoRegion {
+                    region: code.clone(),
+                    regions: table.regions.clone(),
+                })?);
+            }
             let views: Vec<View> = app_routes
                 .machines
                 .iter()
-                .map(|m| View(self.load_of(&m.machine_id), !failed.contains(&m.machine_id)))
+                .map(|m| {
+                    let allowed = !routing.failed.contains(&m.machine_id) && routing.only.as_ref().is_none_or(|only| *only == m.machine_id);
+                    View(self.load_of(&m.machine_id), allowed)
+                })
                 .collect();
             let rtt_ms = self.rtt_row(&table);
-            let view = AppView {
-                started: &views,
-                spans: &app_routes.spans,
-                stopped: &[],
-                held: 0,
-                starting: app_routes.pending as u32,
-            };
             // The machine that last served a prompt starting like this one, if it is still here.
             let affinity = prefix.and_then(|key| {
                 let served = self.affinity.lock().unwrap_or_else(|p| p.into_inner()).get(key, self.now_ms())?;
@@ -323,44 +428,90 @@ impl Edge {
                 hard_limit: hard.unwrap_or(self.config.route.hard_limit),
                 ..self.config.route.clone()
             };
+            let mut view = AppView {
+                started: &views,
+                spans: &app_routes.spans,
+                stopped: &[],
+                held: 0,
+                starting: app_routes.pending as u32,
+            };
             match pick(&view, &request, &params) {
-                Decision::Pick(idx) => break Ok((app_routes.machines[idx].clone(), views[idx].0.clone())),
-                Decision::Reject(RejectReason::NoMachineInRegion { region }) => {
+                Decision::Pick(idx) => return Ok((app_routes.machines[idx].clone(), views[idx].0.clone())),
+                Decision::Reject(RejectReason::NoMachineInRegion { region }) if app_routes.stopped.is_empty() => {
                     let code = table.regions.get(region.0 as usize).cloned().unwrap_or_default();
-                    break Err(EdgeError::NoRegion {
+                    return Err(EdgeError::NoRegion {
                         region: code,
                         regions: table.regions.clone(),
                     });
                 }
-                Decision::Hold { .. } | Decision::Reject(RejectReason::NoMachines) => {}
+                _ => {}
             }
-            if !hold {
-                break Err(self.no_machine(app));
+            if !hold || routing.only.is_some() {
+                return Err(self.no_machine(app));
             }
-            // Wake a stopped machine, one start at a time per app: further ones only if the load
-            // still waits once it is up (the herd cap).
-            if app_routes.pending == 0 {
-                if let (Some(machines), Some(id)) = (self.machines.get(), app_routes.stopped.first()) {
-                    tracing::info!(app, machine = %id, "waking a stopped machine for waiting requests");
+            if held.is_none() {
+                held = Some(self.hold(app)?);
+            }
+            // No room: the policy decides, with the stopped machines and the held load in view,
+            // whether to wake one. Decided under one lock so that concurrent requests never
+            // count the same start twice.
+            if let Some(machines) = self.machines.get() {
+                let now = self.now_ms();
+                let mut all_asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+                let asked = all_asked.entry(app.to_string()).or_default();
+                // A start counts until the table shows the machine moving (no longer stopped);
+                // one that is stopped again later may be woken again.
+                asked.retain(|id, at| now.saturating_sub(*at) < WAKE_TIMEOUT_MS && app_routes.stopped.iter().any(|m| m.machine_id == *id));
+                let (waking, sleeping): (Vec<_>, Vec<_>) = app_routes.stopped.iter().partition(|m| asked.contains_key(&m.machine_id));
+                let stopped: Vec<StoppedMachine> = sleeping
+                    .iter()
+                    .map(|m| StoppedMachine {
+                        region: table.region_id(&m.region).unwrap_or(RegionId(u16::MAX)),
+                        cached: m.cached,
+                    })
+                    .collect();
+                view.stopped = &stopped;
+                view.held = self.held_count(app).saturating_sub(1);
+                view.starting = (app_routes.pending + waking.len()) as u32;
+                if let Decision::Hold { wake: Some(idx) } = pick(&view, &request, &params) {
+                    let id = &sleeping[idx].machine_id;
+                    tracing::info!(app, machine = %id, held = view.held + 1, "waking a stopped machine for held requests");
+                    asked.insert(id.clone(), now);
+                    self.metrics.wakes.get_or_create(&AppLabel { app: app.to_string() }).inc();
                     machines.start(id);
                 }
             }
-            if !held {
-                held = true;
-                self.metrics.held.inc();
-            }
             tokio::select! {
-                changed = routes.changed() => if changed.is_err() { break Err(self.no_machine(app)) },
+                changed = routes.changed() => if changed.is_err() { return Err(self.no_machine(app)) },
                 _ = released => {}
                 // Engine reports age out without any event; look again now and then.
                 _ = tokio::time::sleep(RECHECK) => {}
-                _ = tokio::time::sleep_until(deadline) => break Err(self.no_machine(app)),
+                _ = tokio::time::sleep_until(deadline) => return Err(self.no_machine(app)),
             }
-        };
-        if held {
-            self.metrics.held.dec();
         }
-        result
+    }
+
+    /// Joins `app`'s hold queue, or refuses when it is full.
+    fn hold(&self, app: &str) -> Result<Held<'_>, EdgeError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(app.to_string()).or_default();
+        if *count >= self.config.max_held {
+            return Err(EdgeError::QueueFull {
+                app: app.to_string(),
+                limit: self.config.max_held,
+            });
+        }
+        *count += 1;
+        self.metrics.held.inc();
+        self.metrics.queue_depth.get_or_create(&AppLabel { app: app.to_string() }).inc();
+        Ok(Held {
+            edge: self,
+            app: app.to_string(),
+        })
+    }
+
+    fn held_count(&self, app: &str) -> u32 {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).get(app).copied().unwrap_or(0)
     }
 
     fn no_machine(&self, app: &str) -> EdgeError {
@@ -438,9 +589,11 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
             (&Method::GET, "/health") => return (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
             (&Method::GET, "/metrics") => return ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
             (&Method::GET, "/v1/models") => return list_models(&edge),
+            (&Method::GET, "/colo/rtt") => return rtt_table(&edge),
             _ => {}
         }
     }
+    let started = std::time::Instant::now();
     let (app, response) = match proxy(&edge, host_app, request).await {
         Ok((app, response)) => (app, response),
         Err((app, err)) => {
@@ -456,14 +609,33 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
             (app, err.into_response())
         }
     };
+    let region = response
+        .headers()
+        .get("colo-region")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let labels = RequestLabels {
+        app,
+        region,
+        status: response.status().as_u16(),
+    };
     edge.metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            app,
-            status: response.status().as_u16(),
-        })
-        .inc();
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    edge.metrics.requests.get_or_create(&labels).inc();
     response
+}
+
+/// The RTT this edge uses for each region, and whether it was measured or estimated.
+fn rtt_table(edge: &Edge) -> Response {
+    let rows: Vec<_> = edge
+        .rtt_table()
+        .into_iter()
+        .map(|(region, ms, measured)| serde_json::json!({"region": region, "rtt_ms": ms, "measured": measured}))
+        .collect();
+    axum::Json(serde_json::json!({"edge_region": edge.config.region, "regions": rows})).into_response()
 }
 
 /// The apps, in the shape of OpenAI's model list, so clients can discover them.
@@ -479,6 +651,23 @@ fn list_models(edge: &Edge) -> Response {
 
 type ProxyResult = Result<(String, Response), (String, EdgeError)>;
 
+/// A request as the edge keeps it while it may be sent more than once (retries, replays).
+struct Outgoing {
+    app: String,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    prefix: Option<PrefixKey>,
+}
+
+/// What came back from a machine: the response head and body, still counted in flight.
+struct Answered {
+    endpoint: crate::routes::Endpoint,
+    guard: InFlight,
+    response: hyper::Response<hyper::body::Incoming>,
+}
+
 async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> ProxyResult {
     let (parts, body) = request.into_parts();
     let unknown = || "-".to_string();
@@ -489,70 +678,253 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         Some(app) => app,
         None => app_from_body(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
     };
-    // A machine that refuses the connection never saw the request, so another may take it.
     let is_llm = parts.uri.path().ends_with("completions");
     if let Err(e) = edge.authorize(&app, &parts.headers, &body, is_llm) {
         return Err((app, e));
     }
-    let prefix = is_llm.then(|| prefix_of(&app, &body)).flatten();
-    let mut failed: Vec<String> = Vec::new();
+    let streaming = is_llm && wants_stream(&body);
+    let outgoing = Outgoing {
+        prefix: is_llm.then(|| prefix_of(&app, &body)).flatten(),
+        app: app.clone(),
+        method: parts.method,
+        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
+        headers: parts.headers,
+        body,
+    };
+    if !streaming || edge.config.sse_keepalive.is_zero() {
+        return match send(edge.clone(), Arc::new(outgoing)).await {
+            Ok(answered) => Ok((app, respond(answered))),
+            Err(e) => Err((app, e)),
+        };
+    }
+    // A streaming client that has to wait for a machine gets its stream at once, with SSE
+    // comments as keep-alives until the machine answers.
+    let mut sending = AbortOnDrop(tokio::spawn(send(edge.clone(), Arc::new(outgoing))));
+    tokio::select! {
+        joined = &mut sending.0 => match joined {
+            Ok(Ok(answered)) => Ok((app, respond(answered))),
+            Ok(Err(e)) => Err((app, e)),
+            Err(e) => Err((app, EdgeError::BodyRead(format!("request task failed: {e}")))),
+        },
+        _ = tokio::time::sleep(edge.config.sse_keepalive) => Ok((app, held_stream(edge.clone(), sending))),
+    }
+}
+
+/// Whether an LLM request asks for server-sent events.
+fn wants_stream(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Streamed {
+        #[serde(default)]
+        stream: bool,
+    }
+    serde_json::from_slice::<Streamed>(body).is_ok_and(|s| s.stream)
+}
+
+/// A spawned request that is cancelled when the client goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<Answered, EdgeError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The response of a streaming request still waiting for a machine: `: waiting` comments every
+/// keep-alive interval, then the machine's events as they come, or one error event if it
+/// never answers.
+fn held_stream(edge: Arc<Edge>, mut sending: AbortOnDrop) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(edge.config.sse_keepalive);
+        let held_since = std::time::Instant::now() - edge.config.sse_keepalive;
+        let answered = loop {
+            tokio::select! {
+                joined = &mut sending.0 => break joined.map_err(|e| EdgeError::BodyRead(format!("request task failed: {e}"))).and_then(|r| r),
+                _ = ticks.tick() => {
+                    let comment = format!(": waiting for a machine ({:.1}s)\n\n", held_since.elapsed().as_secs_f64());
+                    if tx.send(Ok(Bytes::from(comment))).await.is_err() {
+                        return; // the client left; dropping `sending` cancels the request
+                    }
+                }
+            }
+        };
+        match answered {
+            Ok(answered) if answered.response.status().is_success() => {
+                let mut body = respond(answered).into_body();
+                while let Some(frame) = body.frame().await {
+                    let Ok(Some(data)) = frame.map(|f| f.into_data().ok()) else { break };
+                    if tx.send(Ok(data)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(answered) => {
+                let status = answered.response.status();
+                let bytes = answered
+                    .response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let message = format!("the machine answered {status}: {}", String::from_utf8_lossy(&bytes));
+                let _ = tx.send(Ok(error_event(&message, "upstream_error"))).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Ok(error_event(&e.to_string(), "unavailable_error"))).await;
+            }
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn error_event(message: &str, kind: &str) -> Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// Methods whose requests may be sent twice: a failure after sending is retried only for these.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Picks a machine and sends the request, until a machine answers: a refused or failed
+/// connect goes to another machine (the request was not sent); a failure after sending goes to
+/// another machine only for idempotent methods; a `colo-replay` answer resends the request
+/// where it says, at most `MAX_REPLAYS` times.
+async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError> {
+    let mut routing = Routing::default();
     let mut last_error: Option<EdgeError> = None;
-    let (endpoint, guard, response, started) = loop {
-        let (endpoint, load) = match edge.pick(&app, &parts.headers, &failed, prefix).await {
+    let mut replays = 0;
+    loop {
+        let (endpoint, load) = match edge.pick(&out.app, &out.headers, &routing, out.prefix).await {
             Ok(picked) => picked,
-            Err(e) => return Err((app, last_error.unwrap_or(e))),
+            Err(e) => return Err(last_error.unwrap_or(e)),
         };
         let upstream_failed = |reason: String| EdgeError::Upstream {
             machine: endpoint.machine_id.clone(),
             addr: endpoint.addr.clone(),
             reason,
         };
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri: Uri = match format!("http://{}{}", endpoint.addr, path).parse() {
-            Ok(uri) => uri,
-            Err(e) => return Err((app, upstream_failed(format!("bad upstream address: {e}")))),
-        };
-        let mut upstream = hyper::Request::builder().method(parts.method.clone()).uri(uri);
-        for (name, value) in parts.headers.iter() {
+        let uri: Uri = format!("http://{}{}", endpoint.addr, out.path)
+            .parse()
+            .map_err(|e| upstream_failed(format!("bad upstream address: {e}")))?;
+        let mut upstream = hyper::Request::builder().method(out.method.clone()).uri(uri);
+        for (name, value) in out.headers.iter() {
             if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
                 upstream = upstream.header(name, value);
             }
         }
-        let upstream = match upstream.body(Full::new(body.clone())) {
-            Ok(r) => r,
-            Err(e) => return Err((app, EdgeError::BodyRead(e.to_string()))),
-        };
-        let guard = InFlight::new(load, edge);
-        let started = std::time::Instant::now();
-        match edge.client.request(upstream).await {
-            Ok(response) => break (endpoint, guard, response, started),
-            Err(e) if e.is_connect() && failed.len() < MAX_CONNECT_RETRIES => {
-                tracing::info!(app = %app, machine = %endpoint.machine_id, error = %error_chain(&e), "connect failed; trying another machine");
-                edge.metrics
-                    .errors
-                    .get_or_create(&ErrorLabels {
-                        source: "connect_retry".into(),
-                    })
-                    .inc();
-                failed.push(endpoint.machine_id.clone());
-                last_error = Some(upstream_failed(error_chain(&e)));
-            }
-            Err(e) => return Err((app, upstream_failed(error_chain(&e)))),
+        let upstream = upstream
+            .body(Full::new(out.body.clone()))
+            .map_err(|e| EdgeError::BodyRead(e.to_string()))?;
+        let guard = InFlight::new(load, &edge);
+        if let Some(delay) = edge.link_delay(&endpoint.region) {
+            tokio::time::sleep(delay).await;
         }
-    };
-    edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
-    if let Some(key) = prefix {
-        edge.affinity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(key, machine_key(&endpoint.machine_id), edge.now_ms());
+        let started = std::time::Instant::now();
+        let response = match edge.client.request(upstream).await {
+            Ok(response) => response,
+            Err(e) if routing.failed.len() < MAX_CONNECT_RETRIES && (e.is_connect() || idempotent(&out.method)) => {
+                let kind = if e.is_connect() { "connect" } else { "after_send" };
+                tracing::info!(app = %out.app, machine = %endpoint.machine_id, error = %error_chain(&e), kind, "request failed; trying another machine");
+                edge.metrics
+                    .retries
+                    .get_or_create(&crate::metrics::RetryLabels { kind: kind.into() })
+                    .inc();
+                routing.failed.push(endpoint.machine_id.clone());
+                last_error = Some(upstream_failed(error_chain(&e)));
+                continue;
+            }
+            Err(e) => return Err(upstream_failed(error_chain(&e))),
+        };
+        edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+        edge.record_report(&guard.load, response.headers());
+        let Some(replay) = response
+            .headers()
+            .get("colo-replay")
+            .and_then(|v| v.to_str().ok())
+            .map(Replay::parse)
+        else {
+            if let Some(key) = out.prefix {
+                edge.affinity
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(key, machine_key(&endpoint.machine_id), edge.now_ms());
+            }
+            return Ok(Answered { endpoint, guard, response });
+        };
+        let replay = replay.map_err(|reason| upstream_failed(format!("bad colo-replay header: {reason}")))?;
+        replays += 1;
+        if replays > MAX_REPLAYS {
+            return Err(upstream_failed(format!(
+                "asked to replay the request more than {MAX_REPLAYS} times"
+            )));
+        }
+        edge.metrics.replays.inc();
+        tracing::debug!(app = %out.app, machine = %endpoint.machine_id, ?replay, "replaying");
+        routing = Routing {
+            failed: if replay.elsewhere {
+                vec![endpoint.machine_id.clone()]
+            } else {
+                Vec::new()
+            },
+            only: replay.instance,
+            region: replay.region,
+        };
     }
-    edge.record_report(&guard.load, response.headers());
+}
 
+/// Where a `colo-replay` answer sends the request: `region=<code>`, `instance=<machine id>`,
+/// and/or `elsewhere` (any machine but this one), separated by `;`.
+#[derive(Debug, Default, PartialEq)]
+struct Replay {
+    region: Option<String>,
+    instance: Option<String>,
+    elsewhere: bool,
+}
+
+impl Replay {
+    fn parse(value: &str) -> Result<Replay, String> {
+        let mut replay = Replay::default();
+        for field in value.split(';').map(str::trim).filter(|f| !f.is_empty()) {
+            match field.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                Some(("region", code)) if !code.is_empty() => replay.region = Some(code.to_ascii_lowercase()),
+                Some(("instance", id)) if !id.is_empty() => replay.instance = Some(id.to_string()),
+                Some(("elsewhere", v)) => replay.elsewhere = v == "true",
+                None if field == "elsewhere" => replay.elsewhere = true,
+                _ => return Err(format!("{field:?} is not region=<code>, instance=<id> or elsewhere")),
+            }
+        }
+        if replay == Replay::default() {
+            return Err("names no region, instance or elsewhere".into());
+        }
+        Ok(replay)
+    }
+}
+
+/// The client's response: the machine's head (hop-by-hop headers dropped, the machine and its
+/// region added) and its body passed through as it arrives.
+fn respond(answered: Answered) -> Response {
+    let Answered { endpoint, guard, response } = answered;
     let (mut parts, incoming) = response.into_parts();
     parts.headers.retain_hop_by_hop();
     if let Ok(value) = HeaderValue::from_str(&endpoint.machine_id) {
         parts.headers.insert(HeaderName::from_static("colo-machine"), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&endpoint.region) {
+        parts.headers.insert(HeaderName::from_static("colo-region"), value);
     }
     let is_sse = parts
         .headers
@@ -566,7 +938,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         sse_machine,
         done: false,
     });
-    Ok((app, Response::from_parts(parts, body)))
+    Response::from_parts(parts, body)
 }
 
 /// Bodies over the limit are still read, up to this many bytes, before the 413 goes out:
@@ -703,6 +1075,31 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+/// A request's place in its app's hold queue, given up when dropped (picked, timed out, or the
+/// client left).
+struct Held<'a> {
+    edge: &'a Edge,
+    app: String,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.edge.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.app) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.app);
+            }
+        }
+        self.edge.metrics.held.dec();
+        self.edge
+            .metrics
+            .queue_depth
+            .get_or_create(&AppLabel { app: self.app.clone() })
+            .dec();
+    }
 }
 
 /// Counts a request as in flight to its machine until the response body is done or dropped,

@@ -28,9 +28,19 @@ pub struct AppRoutes {
     /// API keys that may call the app; empty: open.
     pub keys: Vec<colo_core::ApiKey>,
     /// Stopped machines the edge may wake when requests wait.
-    pub stopped: Vec<String>,
+    pub stopped: Vec<Sleeper>,
     /// Idle seconds after which the edge stops a machine, and the machines it keeps started.
     pub autostop: (Option<u64>, u32),
+}
+
+/// A stopped machine, with what the wake choice weighs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sleeper {
+    pub machine_id: String,
+    pub region: String,
+    /// Whether its host has run the app's model revision before, so the weights are in its
+    /// cache (unless evicted since).
+    pub cached: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -58,11 +68,18 @@ impl RouteTable {
                 },
             );
         }
+        // Hosts that have run a revision hold its weights.
+        let warm: std::collections::HashSet<(&str, &str)> = machines
+            .iter()
+            .filter(|m| m.hydration.is_some() || matches!(m.state, MachineState::Started | MachineState::Stopping | MachineState::Stopped))
+            .map(|m| (m.host.as_str(), m.revision.as_str()))
+            .collect();
         for machine in machines {
             let Some(routes) = table.apps.get_mut(machine.app.as_str()) else {
                 continue;
             };
             match (machine.state, &machine.addr) {
+                (MachineState::Started, Some(_)) if !machine.healthy => {}
                 (MachineState::Started, Some(addr)) => routes.machines.push(Endpoint {
                     machine_id: machine.id.clone(),
                     addr: addr.clone(),
@@ -70,7 +87,11 @@ impl RouteTable {
                     since_ms: machine.updated_at_ms,
                 }),
                 _ if machine.desired == MachineState::Started && machine.state != MachineState::Failed => routes.pending += 1,
-                (MachineState::Stopped, _) => routes.stopped.push(machine.id.clone()),
+                (MachineState::Stopped, _) => routes.stopped.push(Sleeper {
+                    machine_id: machine.id.clone(),
+                    region: machine.region.clone(),
+                    cached: warm.contains(&(machine.host.as_str(), machine.revision.as_str())),
+                }),
                 _ => {}
             }
         }
@@ -92,12 +113,18 @@ impl RouteTable {
         table
     }
 
-    /// Numbers the regions of all machines and groups each app's machines by region.
+    /// Numbers the regions of all machines (started or stopped) and groups each app's started
+    /// machines by region.
     fn index_regions(&mut self) {
         let mut regions: Vec<String> = self
             .apps
             .values()
-            .flat_map(|r| r.machines.iter().map(|m| m.region.clone()))
+            .flat_map(|r| {
+                r.machines
+                    .iter()
+                    .map(|m| m.region.clone())
+                    .chain(r.stopped.iter().map(|m| m.region.clone()))
+            })
             .collect();
         regions.sort();
         regions.dedup();

@@ -522,3 +522,172 @@ async fn apps_with_keys_are_not_listed_to_strangers() {
     let models = client.get(format!("{edge}/v1/models")).send().await.unwrap().text().await.unwrap();
     assert!(models.contains("open") && !models.contains("secret"), "{models}");
 }
+
+/// An upstream that accepts connections, reads the request and hangs up without answering:
+/// the request was sent, so only an idempotent one may go elsewhere.
+async fn hangs_up() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                drop(socket);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_failure_after_sending_is_retried_only_for_idempotent_methods() {
+    let alive = upstream("alive", Duration::ZERO).await;
+    let hangs = hangs_up().await;
+    // Affinity off and one machine each: the rotating tie-break sends some requests to the
+    // machine that hangs up first.
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m-alive", &alive), ("m-hangs", &hangs)])).await;
+    let client = reqwest::Client::new();
+    let (mut get_ok, mut post_failed) = (0, 0);
+    for _ in 0..10 {
+        let r = client
+            .get(format!("{edge}/stream"))
+            .header("host", "app.localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a GET is resent to the live machine");
+        assert_eq!(r.headers()["colo-machine"], "m-alive");
+        get_ok += 1;
+        let r = client
+            .post(format!("{edge}/v1/embeddings"))
+            .body(embed_body("app"))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => assert_eq!(r.headers()["colo-machine"], "m-alive"),
+            502 => {
+                post_failed += 1;
+                let body = r.text().await.unwrap();
+                assert!(body.contains("m-hangs"), "the 502 names the machine: {body}");
+            }
+            other => panic!("POST answered {other}"),
+        }
+    }
+    assert_eq!(get_ok, 10);
+    assert!(post_failed > 0, "some POSTs reached the machine that hangs up and were not resent");
+}
+
+/// An upstream that answers every request with `colo-replay: <value>` and counts them.
+async fn replays(value: &'static str, hits: Arc<std::sync::atomic::AtomicUsize>) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ([("colo-replay", value)], "replay me")
+        }
+    });
+    serve(app).await
+}
+
+#[tokio::test]
+async fn colo_replay_resends_the_request_where_it_says_at_most_ten_times() {
+    let target = upstream("target", Duration::ZERO).await;
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let to_target = replays("instance=m-target", hits.clone()).await;
+    let to_region = replays("region=ams", hits.clone()).await;
+    let machines = [("m-first", to_target.as_str(), "ord"), ("m-target", target.as_str(), "ord")];
+    let config = EdgeConfig {
+        region: "ord".into(),
+        ..EdgeConfig::default()
+    };
+    let (edge, tx) = start_edge(config.clone(), table_in("app", &machines)).await;
+    let client = reqwest::Client::new();
+    let body = r#"{"model":"app","input":"a body the replay must carry"}"#;
+    for _ in 0..4 {
+        let r = client.post(format!("{edge}/v1/embeddings")).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["colo-machine"], "m-target");
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!("target:{}", body.len()),
+            "the body was resent whole"
+        );
+    }
+
+    // region=ams: the request goes to ams even though the edge is in ord.
+    tx.send(table_in(
+        "app",
+        &[("m-ord", to_region.as_str(), "ord"), ("m-ams", target.as_str(), "ams")],
+    ))
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = client
+        .post(format!("{edge}/v1/embeddings"))
+        .header("colo-prefer-region", "ord")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["colo-region"], "ams");
+
+    // A machine that always replays to itself is given up on after ten resends.
+    let looping_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let looping = replays("instance=m-loop", looping_hits.clone()).await;
+    tx.send(table_in("app", &[("m-loop", looping.as_str(), "ord")])).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = client.post(format!("{edge}/v1/embeddings")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("more than 10 times"));
+    assert_eq!(
+        looping_hits.load(std::sync::atomic::Ordering::SeqCst),
+        11,
+        "the first send and ten replays"
+    );
+
+    // A malformed header is an upstream error, not a loop or a panic.
+    let bad = replays("somewhere=else", Arc::default()).await;
+    tx.send(table_in("app", &[("m-bad", bad.as_str(), "ord")])).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = client.post(format!("{edge}/v1/embeddings")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("bad colo-replay header"));
+}
+
+#[tokio::test]
+async fn a_full_hold_queue_answers_503_at_once() {
+    let config = EdgeConfig {
+        hold_timeout: Duration::from_secs(10),
+        max_held: 2,
+        ..EdgeConfig::default()
+    };
+    let (edge, _tx) = start_edge(config, table("app", &[])).await;
+    let client = reqwest::Client::new();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{edge}/v1/embeddings"));
+            tokio::spawn(async move { client.post(url).body(embed_body("app")).send().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let r = client
+        .post(format!("{edge}/v1/embeddings"))
+        .body(embed_body("app"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the third request was not turned away at once"
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.text().await.unwrap().contains("already has 2 requests waiting"));
+    for w in waiting {
+        w.abort();
+    }
+}

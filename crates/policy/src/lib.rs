@@ -15,7 +15,7 @@ pub use affinity::{AffinityTable, PrefixKey};
 pub use autostop::{idle_to_stop, Idle};
 pub use bucket::TokenBucket;
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
-pub use placement::{place, Demand, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
+pub use placement::{place, Demand, EdgeSpec, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
 pub use plan::{plan, recommend, Plan, PlanError, PlanOption, PlanRequest, Recommendation};
 pub use route::{
     choose_wake, effective_load, group_by_region, pick, starts_needed, AppView, Decision, LoadHeaderError, LoadReport, MachineLoad,

@@ -27,6 +27,23 @@ pub struct Fleet {
     /// Every host that may take machines.
     #[serde(default)]
     pub hosts: Vec<Host>,
+    /// Edges `colo up --fleet` runs, one per entry; none: one per region of the hosts.
+    #[serde(default)]
+    pub edges: Vec<EdgeSpec>,
+    /// Latency `colo up --fleet` adds to each request an edge sends to another region (one
+    /// host standing in for several cities).
+    #[serde(default)]
+    pub inter_region_delay_ms: u64,
+}
+
+/// An edge of a fleet run on one host.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    /// Region code the edge serves.
+    pub region: String,
+    /// `ip:port` it listens on; a free port when absent.
+    pub addr: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -39,6 +56,8 @@ pub struct Host {
     /// Free GPUs by kind, e.g. `{ l40s = 4 }`.
     #[serde(default)]
     pub gpus: BTreeMap<String, u32>,
+    /// CPU slots the host offers under `colo up --fleet` (default 2).
+    pub cpu_slots: Option<u32>,
 }
 
 /// demand.toml: the traffic each region sends.
@@ -98,14 +117,46 @@ pub struct Placement {
 // === impl Fleet, Demand ===
 
 impl Fleet {
-    /// Every problem, each naming its field (`hosts[2].region`).
+    /// Every problem for placement, each naming its field (`hosts[2].region`): those of
+    /// [`Fleet::validate_hosts`], and a fleet with no free GPU.
     pub fn validate(&self, catalogue: &Catalogue, regions: &Regions) -> Vec<String> {
+        let mut problems = self.validate_hosts(catalogue, regions);
+        if !self.hosts.is_empty() && self.hosts.iter().all(|h| h.gpus.values().all(|n| *n == 0)) {
+            problems.push("fleet.hosts: no host has a free GPU".into());
+        }
+        problems
+    }
+
+    /// Every problem with the hosts and edges themselves (what `colo up --fleet` needs).
+    pub fn validate_hosts(&self, catalogue: &Catalogue, regions: &Regions) -> Vec<String> {
         let mut problems = Vec::new();
         if self.hosts.is_empty() {
             problems.push("fleet.hosts: the fleet is empty; add at least one [[hosts]] table".into());
         }
         let mut names = BTreeSet::new();
+        for (i, edge) in self.edges.iter().enumerate() {
+            if !self.hosts.iter().any(|h| h.region == edge.region) && regions.get(&edge.region).is_none() {
+                problems.push(format!("fleet.edges[{i}].region: unknown region {:?}", edge.region));
+            }
+            if let Some(addr) = &edge.addr {
+                if addr.parse::<std::net::SocketAddr>().is_err() {
+                    problems.push(format!("fleet.edges[{i}].addr: {addr:?} is not ip:port"));
+                }
+            }
+        }
+        if self.inter_region_delay_ms > 10_000 {
+            problems.push(format!(
+                "fleet.inter_region_delay_ms: {} is above 10000",
+                self.inter_region_delay_ms
+            ));
+        }
         for (i, host) in self.hosts.iter().enumerate() {
+            if host.cpu_slots.is_some_and(|n| !(1..=64).contains(&n)) {
+                problems.push(format!(
+                    "fleet.hosts[{i}].cpu_slots: {} is outside 1 to 64",
+                    host.cpu_slots.unwrap_or(0)
+                ));
+            }
             let at = format!("fleet.hosts[{i}]");
             if host.name.trim().is_empty() {
                 problems.push(format!("{at}.name: empty"));
@@ -120,9 +171,6 @@ impl Fleet {
                     problems.push(format!("{at}.gpus.{kind}: unknown GPU kind"));
                 }
             }
-        }
-        if !self.hosts.is_empty() && self.hosts.iter().all(|h| h.gpus.values().all(|n| *n == 0)) {
-            problems.push("fleet.hosts: no host has a free GPU".into());
         }
         problems
     }

@@ -165,6 +165,8 @@ mod tests {
             restarts: 0,
             last_error: None,
             hydration: None,
+            healthy: true,
+            engine_cmd: None,
             updated_at_ms: 0,
         }
     }
@@ -188,6 +190,8 @@ mod tests {
                 keys: Vec::new(),
                 autostop_secs: None,
                 min_running: 0,
+                regions: Default::default(),
+                engine_cmd: None,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();

@@ -65,11 +65,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub struct Colo {
     pub data_dir: PathBuf,
     pub edge: String,
+    /// Every edge by region (one, `local`, without a fleet file).
+    pub edges: std::collections::BTreeMap<String, String>,
     child: Child,
 }
 
 impl Colo {
     pub fn up(data_dir: &Path) -> Self {
+        Self::up_with(data_dir, &[])
+    }
+
+    /// `colo up` with more flags (`--fleet`, limits, intervals).
+    pub fn up_with(data_dir: &Path, extra: &[&str]) -> Self {
         let _ = std::fs::remove_file(data_dir.join("colo.json"));
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -80,16 +87,18 @@ impl Colo {
         let child = Command::new(env!("CARGO_BIN_EXE_colo"))
             .args(["up", "--edge-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("starting colo up");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let edge = loop {
+        let (edge, edges) = loop {
             if let Ok(bytes) = std::fs::read(data_dir.join("colo.json")) {
                 let info: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                break info["edge"].as_str().unwrap().to_string();
+                let edges = serde_json::from_value(info["edges"].clone()).unwrap();
+                break (info["edge"].as_str().unwrap().to_string(), edges);
             }
             assert!(
                 Instant::now() < deadline,
@@ -101,6 +110,7 @@ impl Colo {
         let colo = Self {
             data_dir: data_dir.to_path_buf(),
             edge,
+            edges,
             child,
         };
         let health = reqwest::blocking::get(format!("{}/health", colo.edge)).expect("edge health");
@@ -138,6 +148,41 @@ impl Colo {
 
     pub fn machines(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["ps", "--json"])).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the colo process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    /// Pushes a tiny synthesized model as `name` (for apps that bring their own engine).
+    pub fn push_tiny(&self, name: &str) {
+        let dir = self.data_dir.join(format!("synth-{name}"));
+        self.ok(&["model", "synth", dir.to_str().unwrap()]);
+        self.ok(&["model", "push", dir.to_str().unwrap(), "--name", name]);
+    }
+
+    /// Waits until `check` holds for the machines of `colo ps --json`; panics after `secs`.
+    pub fn wait_machines(&self, secs: u64, what: &str, check: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let machines = self.machines();
+            if check(&machines) {
+                return machines;
+            }
+            assert!(Instant::now() < deadline, "{what} within {secs}s; machines: {machines:#?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops colo with SIGTERM and waits for it to exit.

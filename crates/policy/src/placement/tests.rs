@@ -13,6 +13,7 @@ fn host(name: &str, region: &str, gpus: &[(&str, u32)]) -> Host {
         name: name.into(),
         region: region.into(),
         gpus: gpus.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+        cpu_slots: None,
     }
 }
 
@@ -34,7 +35,11 @@ fn template() -> PlanRequest {
 }
 
 fn run(hosts: Vec<Host>, regions: Vec<RegionDemand>, rtt: f64) -> Result<Placement, PlacementError> {
-    let fleet = Fleet { hosts };
+    let fleet = Fleet {
+        hosts,
+        edges: Vec::new(),
+        inter_region_delay_ms: 0,
+    };
     let demand = Demand {
         rtt_limit_ms: None,
         regions,
