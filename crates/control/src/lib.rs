@@ -159,7 +159,10 @@ impl Control {
         // The minimum holds per region, so it may not exceed the smallest region's count.
         let smallest = options.regions.values().copied().min().unwrap_or(machines);
         if options.min_running > smallest {
-            let reason = format!("{} is more than the {smallest} machines the app has in a region", options.min_running);
+            let reason = format!(
+                "{} is more than the {smallest} machines the app has in a region",
+                options.min_running
+            );
             return Err(ControlError::Invalid {
                 field: "min_running",
                 reason,

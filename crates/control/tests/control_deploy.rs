@@ -83,7 +83,7 @@ async fn the_planner_picks_among_the_hosts_gpus() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("no h100-80gb-sxm GPU") && err.contains("a10") && err.contains("l40s"),
+        err.contains("no host has a GPU of kind h100-80gb-sxm") && err.contains("a10") && err.contains("l40s"),
         "{err}"
     );
 }
