@@ -1,7 +1,7 @@
 //! `colo up`: control, one agent and one edge in a single process.
 
 use crate::client::{RunInfo, RUN_FILE};
-use crate::Common;
+use crate::{edge_workers, Common};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use colo_agent::{discover_devices, Agent, AgentConfig, EngineCommand};
@@ -57,6 +57,9 @@ pub struct UpArgs {
     /// On SIGTERM, seconds in-flight requests get to finish before machines are stopped.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Threads serving each edge, each with its own runtime and socket (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    edge_workers: usize,
     /// Seconds between health checks of each started engine.
     #[arg(long, default_value_t = 2.0)]
     health_interval: f64,
@@ -172,12 +175,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .collect();
     let control = Control::new(state.clone(), store.clone(), agents.clone());
 
+    let workers = match args.edge_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let mut edge_listeners = Vec::new();
     for (region, addr) in &edge_plans {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the {region} edge to {addr}"))?;
-        edge_listeners.push((region.clone(), listener));
+        let sockets = edge_workers::bind(*addr, workers).with_context(|| format!("binding the {region} edge to {addr}"))?;
+        edge_listeners.push((region.clone(), sockets));
     }
     let api_listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
@@ -228,8 +233,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let edge_urls: Vec<(String, String)> = edges
         .iter()
-        .map(|(region, listener, _)| Ok((region.clone(), format!("http://{}", listener.local_addr()?))))
-        .collect::<std::io::Result<_>>()?;
+        .map(|(region, sockets, _)| (region.clone(), format!("http://{}", sockets.addr)))
+        .collect();
     let run_info = RunInfo {
         api: format!("http://{api_addr}"),
         edge: edge_urls[0].1.clone(),
@@ -244,20 +249,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut edge_servers = Vec::new();
-    for (_, listener, edge) in edges {
-        let mut stop = stop_rx.clone();
-        edge_servers.push(tokio::spawn(async move {
-            axum::serve(listener.tap_io(no_delay), colo_edge::router(edge))
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        }));
+    for (_, sockets, edge) in edges {
+        edge_servers.push(edge_workers::serve(
+            sockets,
+            edge,
+            stop_rx.clone(),
+            Duration::from_secs(args.drain_timeout),
+        )?);
     }
     let api_server = {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(api_listener.tap_io(no_delay), api)
+            axum::serve(api_listener.tap_io(edge_workers::no_delay), api)
                 .with_graceful_shutdown(async move {
                     let _ = stop.changed().await;
                 })
@@ -286,16 +289,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Drain: the edges stop accepting and in-flight requests get up to the drain timeout to
     // finish on machines that still run; only then are the machines stopped.
     eprintln!("colo: draining (up to {}s)", args.drain_timeout);
+    let drain_started = std::time::Instant::now();
     let _ = stop_tx.send(true);
     let _ = std::fs::remove_file(&run_path);
     let drained = tokio::time::timeout(Duration::from_secs(args.drain_timeout), async {
-        for server in edge_servers {
-            let _ = server.await;
+        for mut server in edge_servers {
+            // Closes when the edge's last worker has finished.
+            let _ = server.recv().await;
         }
     })
     .await;
-    if drained.is_err() {
-        eprintln!("colo: drain timeout passed with requests still in flight");
+    match drained {
+        Ok(()) => eprintln!("colo: drained in {:.2}s", drain_started.elapsed().as_secs_f64()),
+        Err(_) => eprintln!("colo: drain timeout passed with requests still in flight"),
     }
     eprintln!("colo: stopping machines");
     for agent in &agents {
@@ -318,12 +324,6 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-/// Sends small writes (one SSE event, one token) at once instead of waiting to coalesce them
-/// (Nagle), which with delayed ACKs stalls a stream by tens of milliseconds.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    let _ = stream.set_nodelay(true);
 }
 
 /// The edges' handle on this process's agents: wake and stop machines without waiting.

@@ -5,6 +5,7 @@ mod cmd_deploy;
 mod cmd_model;
 mod cmd_plan;
 mod cmd_up;
+mod edge_workers;
 mod output;
 
 use clap::{Parser, Subcommand};

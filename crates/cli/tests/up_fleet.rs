@@ -303,11 +303,15 @@ fn stopped_machines_wake_for_a_burst_held_streams_get_keepalives_and_sigterm_dra
         (response.status().as_u16(), response.text().unwrap_or_default())
     });
     std::thread::sleep(Duration::from_millis(600));
-    let edge = colo.edge.clone();
+    let (edge, log) = (colo.edge.clone(), colo.data_dir.join("up.log"));
     colo.stop();
     let (status, text) = in_flight.join().unwrap();
     assert_eq!(status, 200);
-    assert!(text.ends_with("data: [DONE]\n\n"), "the drained stream was cut: {text:?}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "the drained stream was cut: {text:?}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
     assert!(
         reqwest::blocking::get(format!("{edge}/health")).is_err(),
         "the edge still accepts after SIGTERM"

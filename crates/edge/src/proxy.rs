@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::{watch, Notify};
 
+type Upstream = Client<HttpConnector, Full<Bytes>>;
+
 /// What the edge tracks per machine between requests: its own in-flight count and the
 /// engine's last `colo-load` report.
 #[derive(Default)]
@@ -37,6 +39,21 @@ struct Load {
     report_at_ms: AtomicU64,
     /// Edge clock (ms) when the machine last had a request in flight, or was first seen.
     last_active_ms: AtomicU64,
+    /// Wall-clock ms when autostop asked for the machine to stop; 0: never. A machine asked to
+    /// stop gets no new requests until its record changes after that moment (it restarted).
+    stop_asked_ms: AtomicU64,
+}
+
+impl Load {
+    fn stopping(&self, endpoint: &crate::routes::Endpoint) -> bool {
+        self.stop_asked_ms.load(Ordering::SeqCst) > endpoint.since_ms
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One API key's rate limits.
@@ -101,7 +118,8 @@ const MAX_REPLAYS: usize = 10;
 pub struct Edge {
     config: EdgeConfig,
     routes: watch::Receiver<Arc<RouteTable>>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Distinguishes this edge's connection pools from other edges' in the same thread.
+    id: usize,
     loads: Mutex<HashMap<String, Arc<Load>>>,
     picks: AtomicU64,
     metrics: Metrics,
@@ -145,14 +163,11 @@ pub fn router(edge: Arc<Edge>) -> Router {
 
 impl Edge {
     pub fn new(config: EdgeConfig, routes: watch::Receiver<Arc<RouteTable>>) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         Arc::new(Self {
             config,
             routes,
-            client,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             loads: Mutex::default(),
             picks: AtomicU64::new(0),
             metrics: Metrics::new(),
@@ -165,6 +180,32 @@ impl Edge {
             held: Mutex::default(),
             asked: Mutex::default(),
             rtt: Mutex::default(),
+        })
+    }
+
+    /// Requests this edge holds or is proxying (bodies still streaming included): what a
+    /// drain waits for.
+    pub fn busy(&self) -> i64 {
+        self.metrics.in_flight.get() + self.metrics.held.get()
+    }
+
+    /// This thread's connection pool to the machines. Each thread of an edge keeps its own,
+    /// so a request and the connection that carries it are driven by the same thread.
+    fn client(&self) -> Upstream {
+        thread_local! {
+            static CLIENTS: std::cell::RefCell<Vec<(usize, Upstream)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
+                return client.clone();
+            }
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(self.config.connect_timeout));
+            connector.set_nodelay(true);
+            let client = Client::builder(TokioExecutor::new()).build(connector);
+            clients.push((self.id, client.clone()));
+            client
         })
     }
 
@@ -247,7 +288,7 @@ impl Edge {
             if let Some(delay) = self.link_delay(&region) {
                 tokio::time::sleep(delay).await;
             }
-            let answered = tokio::time::timeout(std::time::Duration::from_secs(2), self.client.request(request)).await;
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(2), self.client().request(request)).await;
             if !matches!(answered, Ok(Ok(_))) {
                 continue;
             }
@@ -320,9 +361,7 @@ impl Edge {
         let Some(machines_api) = self.machines.get() else { return };
         let table = self.routes.borrow().clone();
         let now = self.now_ms();
-        let wall_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let wall_now = wall_ms();
         for routes in table.apps.values() {
             let (Some(after_s), min_running) = routes.autostop else { continue };
             // `min_running` holds in each region: every region keeps its own warm machines.
@@ -343,6 +382,14 @@ impl Edge {
                     })
                     .collect();
                 for idx in idle_to_stop(&facts, after_s * 1000, min_running) {
+                    // Flag first, then look: a request that took the machine meanwhile either
+                    // sees the flag (and goes elsewhere) or is seen here (and the stop is off).
+                    let load = self.load_of(&machines[idx].machine_id);
+                    load.stop_asked_ms.store(wall_now.max(1), Ordering::SeqCst);
+                    if load.in_flight.load(Ordering::SeqCst) > 0 {
+                        load.stop_asked_ms.store(0, Ordering::SeqCst);
+                        continue;
+                    }
                     tracing::info!(machine = %machines[idx].machine_id, region = %machines[idx].region, idle_s = facts[idx].idle_ms / 1000, "autostop");
                     machines_api.stop(&machines[idx].machine_id);
                 }
@@ -406,7 +453,9 @@ impl Edge {
                 .iter()
                 .map(|m| {
                     let allowed = !routing.failed.contains(&m.machine_id) && routing.only.as_ref().is_none_or(|only| *only == m.machine_id);
-                    View(self.load_of(&m.machine_id), allowed)
+                    let load = self.load_of(&m.machine_id);
+                    let allowed = allowed && !load.stopping(m);
+                    View(load, allowed)
                 })
                 .collect();
             let rtt_ms = self.rtt_row(&table);
@@ -830,11 +879,16 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             .body(Full::new(out.body.clone()))
             .map_err(|e| EdgeError::BodyRead(e.to_string()))?;
         let guard = InFlight::new(load, &edge);
+        if guard.load.stopping(&endpoint) {
+            // Autostop took the machine between the pick and now: pick again.
+            drop(guard);
+            continue;
+        }
         if let Some(delay) = edge.link_delay(&endpoint.region) {
             tokio::time::sleep(delay).await;
         }
         let started = std::time::Instant::now();
-        let response = match edge.client.request(upstream).await {
+        let response = match edge.client().request(upstream).await {
             Ok(response) => response,
             Err(e) if routing.failed.len() < MAX_CONNECT_RETRIES && (e.is_connect() || idempotent(&out.method)) => {
                 let kind = if e.is_connect() { "connect" } else { "after_send" };
@@ -1114,7 +1168,7 @@ struct InFlight {
 
 impl InFlight {
     fn new(load: Arc<Load>, edge: &Edge) -> Self {
-        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        load.in_flight.fetch_add(1, Ordering::SeqCst);
         load.last_active_ms.store(edge.now_ms(), Ordering::Relaxed);
         edge.metrics.in_flight.inc();
         Self {

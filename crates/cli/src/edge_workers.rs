@@ -1,0 +1,92 @@
+//! Serving one edge from several threads, each with its own single-threaded runtime and its own
+//! listening socket on the same address (SO_REUSEPORT, so the kernel spreads connections): a
+//! request is read, proxied and answered on one thread, with no hand-offs between threads.
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use colo_edge::Edge;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Sockets of one edge, all bound to one address.
+pub struct EdgeSockets {
+    listeners: Vec<std::net::TcpListener>,
+    pub addr: SocketAddr,
+}
+
+/// Binds `workers` sockets to `addr` (a free port, when `addr` has port 0, shared by all).
+pub fn bind(addr: SocketAddr, workers: usize) -> anyhow::Result<EdgeSockets> {
+    let mut listeners = Vec::new();
+    let mut bound = addr;
+    for _ in 0..workers.max(1) {
+        let socket = if bound.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bound).with_context(|| format!("binding {bound}"))?;
+        let listener = socket.listen(4096)?;
+        bound = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(EdgeSockets { listeners, addr: bound })
+}
+
+/// Serves `edge` on each socket from its own thread until `stop` turns true and the requests in
+/// flight are done, or `drain` has passed since. The returned receiver closes when every
+/// thread has finished.
+pub fn serve(
+    sockets: EdgeSockets,
+    edge: Arc<Edge>,
+    stop: watch::Receiver<bool>,
+    drain: std::time::Duration,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    for (i, std_listener) in sockets.listeners.into_iter().enumerate() {
+        let (edge, mut stop, done) = (edge.clone(), stop.clone(), done_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("colo-edge-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::error!(error = %e, "starting an edge worker"),
+                };
+                runtime.block_on(async move {
+                    let listener = match std_listener
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+                    {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!(error = %e, "edge worker socket"),
+                    };
+                    let served = axum::serve(listener.tap_io(no_delay), colo_edge::router(edge.clone()))
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "edge worker");
+                    }
+                    // The server stops accepting at once; requests it handed on (streaming
+                    // bodies, held requests) live in this runtime's tasks, which must keep
+                    // running until they are done.
+                    let deadline = tokio::time::Instant::now() + drain;
+                    while edge.busy() > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    drop(done);
+                });
+            })
+            .context("starting an edge worker thread")?;
+    }
+    Ok(done_rx)
+}
+
+/// Sends small writes (one SSE event, one token) at once instead of waiting to coalesce them
+/// (Nagle), which with delayed ACKs stalls a stream by tens of milliseconds.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+}
