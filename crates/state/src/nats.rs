@@ -10,7 +10,7 @@ mod bucket;
 
 use crate::key::escape_key;
 use crate::{StateError, StateStore};
-use async_nats::jetstream::{self, kv, stream::StorageType};
+use async_nats::jetstream::{self, stream, stream::DiscardPolicy, stream::StorageType};
 use async_nats::{connection::State, ConnectOptions, Event, HeaderMap};
 use async_trait::async_trait;
 use bucket::{Bucket, Link};
@@ -39,6 +39,9 @@ pub struct NatsOptions {
     pub client_name: Option<String>,
     /// Replicas of buckets this client creates (1 on a single server, 3 on a cluster).
     pub replicas: usize,
+    /// Wait between reconnect attempts after the first, which is immediate. Bounds how long a
+    /// client stays on its last known state after the server is back.
+    pub reconnect_delay: Duration,
 }
 
 impl Default for NatsOptions {
@@ -49,6 +52,7 @@ impl Default for NatsOptions {
             connect_timeout: Duration::from_secs(10),
             client_name: None,
             replicas: 1,
+            reconnect_delay: Duration::from_millis(500),
         }
     }
 }
@@ -99,11 +103,13 @@ impl Nats {
         });
         let link_tx = Arc::new(link_tx);
         let events = link_tx.clone();
+        let reconnect_delay = options.reconnect_delay;
         let mut connect = ConnectOptions::new()
             .connection_timeout(options.connect_timeout)
             .max_reconnects(None)
-            // Come back within a second of the server's return rather than the default minutes-long backoff.
-            .reconnect_delay_callback(|attempts| Duration::from_millis((50 * attempts as u64).min(1000)))
+            // A fixed, short wait rather than async-nats's default backoff (up to 4 s), so that
+            // copies converge soon after the server is back.
+            .reconnect_delay_callback(move |attempts| if attempts <= 1 { Duration::ZERO } else { reconnect_delay })
             .event_callback(move |event| {
                 let events = events.clone();
                 async move { track(&events, &event) }
@@ -313,23 +319,32 @@ fn track(link: &watch::Sender<Link>, event: &Event) {
     };
 }
 
-/// Opens bucket `name`, creating it (one value per key, on disk) if it is missing.
+/// Opens bucket `name`, creating it (one value per key, on disk) if it is missing. The stream is
+/// laid out as every KV client expects (`KV_<name>` over `$KV.<name>.>`), so the `nats` CLI can
+/// inspect it; it is created here rather than through async-nats's KV helper because that helper
+/// first reads account fields that servers before 2.10 do not send.
 async fn ensure_bucket(js: &jetstream::Context, name: &str, replicas: usize) -> Result<(), String> {
-    if js.get_key_value(name).await.is_ok() {
+    let stream = format!("KV_{name}");
+    if js.get_stream(&stream).await.is_ok() {
         return Ok(());
     }
-    let config = kv::Config {
-        bucket: name.to_string(),
-        description: "colo state".into(),
-        history: 1,
+    let config = stream::Config {
+        name: stream.clone(),
+        description: Some("colo state".into()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
         storage: StorageType::File,
         num_replicas: replicas.max(1),
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
+    match js.create_stream(config).await {
         Ok(_) => Ok(()),
         // Another client may have created it meanwhile.
-        Err(e) => js.get_key_value(name).await.map(|_| ()).map_err(|_| e.to_string()),
+        Err(e) => js.get_stream(&stream).await.map(|_| ()).map_err(|_| e.to_string()),
     }
 }
 

@@ -6,7 +6,7 @@
 //! copy whole: keys deleted during the outage disappear even if their delete markers were since
 //! purged, and a server that lost its store is not mistaken for one that kept it.
 
-use async_nats::jetstream::{self, consumer, kv::Operation};
+use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -202,16 +202,23 @@ impl<T: DeserializeOwned + Clone + Send + 'static> Bucket<T> {
     }
 }
 
+/// What a KV entry does to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation {
+    Put,
+    /// `DEL` or `PURGE` (from any KV client), or a server's marker for an entry removed by limits.
+    Remove,
+}
+
 fn operation(message: &jetstream::Message) -> Operation {
     let Some(headers) = message.headers.as_ref() else {
         return Operation::Put;
     };
     match headers.get("KV-Operation").map(|v| v.as_str()) {
-        Some("DEL") => Operation::Delete,
-        Some("PURGE") => Operation::Purge,
+        Some("DEL" | "PURGE") => Operation::Remove,
         Some(_) => Operation::Put,
         // Servers from 2.11 mark entries removed by limits with a reason instead.
-        None if headers.get("Nats-Marker-Reason").is_some() => Operation::Purge,
+        None if headers.get("Nats-Marker-Reason").is_some() => Operation::Remove,
         None => Operation::Put,
     }
 }
