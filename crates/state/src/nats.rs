@@ -10,6 +10,7 @@ mod bucket;
 
 use crate::key::escape_key;
 use crate::{StateError, StateStore};
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream, stream::DiscardPolicy, stream::StorageType};
 use async_nats::{connection::State, ConnectOptions, Event, HeaderMap};
 use async_trait::async_trait;
@@ -277,13 +278,16 @@ impl Nats {
                     self.js.publish_with_headers(subject, headers, Bytes::new()).await
                 }
             };
-            ack.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())
+            ack?.await
         };
+        // JetStream's own ack timeout is the same; the outer one also bounds the send itself.
+        let no_ack = || self.unreachable(format!("no acknowledgement within {} ms", self.write_timeout.as_millis()));
         let ack = match timeout(self.write_timeout, send).await {
             Ok(Ok(ack)) => ack,
-            Ok(Err(reason)) if !self.connected() => return Err(self.unreachable(reason)),
-            Ok(Err(reason)) => return Err(failed(reason)),
-            Err(_) => return Err(self.unreachable(format!("no acknowledgement within {} ms", self.write_timeout.as_millis()))),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::TimedOut => return Err(no_ack()),
+            Ok(Err(e)) if !self.connected() => return Err(self.unreachable(e.to_string())),
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => return Err(no_ack()),
         };
         // The write is durable now. If the copy lags (a resync in progress), readers see it once
         // the copy catches up; the write still succeeded.

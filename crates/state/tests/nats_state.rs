@@ -89,6 +89,14 @@ impl Server {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the connection stays open but nothing answers.
+    fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("server running").id().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// SIGKILL: no goodbye to the clients, no flush.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -100,6 +108,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process still dies of SIGKILL; the SIGCONT only keeps its state tidy.
+            self.freeze(false);
+        }
         self.kill();
     }
 }
@@ -486,4 +498,43 @@ async fn ten_thousand_machines_reach_another_client() {
         ms(at_b),
         ms(snapshot)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_frozen_server_fail_within_the_timeout() {
+    let Some(binary) = binary_or_skip("writes_to_a_frozen_server_fail_within_the_timeout") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&binary, dir.path());
+    let a = connect(&server.url()).await;
+    a.put_machine(&machine("m-1", 1)).await.unwrap();
+
+    // A hung server keeps its TCP connection: the client still thinks it is connected, so only
+    // the write timeout (1 s here) stands between a write and a hang.
+    server.freeze(true);
+    let started = Instant::now();
+    let err = a.put_machine(&machine("m-2", 2)).await.unwrap_err();
+    let took = started.elapsed();
+    println!("a write to a frozen NATS failed after {:.0} ms: {err}", ms(took));
+    assert!(matches!(err, StateError::NatsUnreachable { .. }), "{err:?}");
+    assert!(took < Duration::from_millis(2_500), "the write took {took:?} to fail");
+    assert_eq!(
+        a.machines().await.unwrap(),
+        vec![machine("m-1", 1)],
+        "reads answer while the server is frozen"
+    );
+
+    server.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match a.put_machine(&machine("m-3", 3)).await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "writes did not work again within 10 s of SIGCONT: {e}");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    wait_until(&a, Duration::from_secs(5), "the write after the thaw", Expect::MachineAt("m-3", 3)).await;
 }
