@@ -538,3 +538,18 @@ async fn writes_to_a_frozen_server_fail_within_the_timeout() {
     }
     wait_until(&a, Duration::from_secs(5), "the write after the thaw", Expect::MachineAt("m-3", 3)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_no_server_fails_fast_and_names_nats() {
+    // No server needed: nothing listens on this port.
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let err = match Nats::connect(&url, options()).await {
+        Ok(_) => panic!("connected to {url}, where nothing listens"),
+        Err(e) => e,
+    };
+    println!("connect to nothing failed after {:.1} ms: {err}", ms(started.elapsed()));
+    assert!(matches!(err, StateError::NatsUnreachable { .. }), "{err:?}");
+    assert!(err.to_string().contains(&url), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(11), "bounded by connect_timeout");
+}
