@@ -212,15 +212,30 @@ impl Nats {
             })
     }
 
-    /// Messages published on `subject` (wildcards `*` and `>` allowed) from now on. The
-    /// subscription survives reconnects; messages sent while disconnected are not delivered.
+    /// Messages published on `subject` (wildcards `*` and `>` allowed) from when this returns:
+    /// it returns once the server has the subscription (on this server; a cluster spreads
+    /// interest to its other servers shortly after). The subscription survives reconnects;
+    /// messages sent while disconnected are not delivered.
     pub async fn subscribe(&self, subject: &str) -> Result<BoxStream<'static, Published>, StateError> {
         self.ensure_connected()?;
-        let subscriber = self.client.subscribe(subject.to_string()).await.map_err(|e| StateError::Nats {
+        let failed = |reason: String| StateError::Nats {
             url: self.url.clone(),
             op: format!("subscribing to {subject}"),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let subscriber = self
+            .client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        // The server handles one connection's operations in order, so once a message sent to
+        // ourselves after the subscription comes back, the subscription is in place.
+        let probe = self.client.new_inbox();
+        let mut echo = self.client.subscribe(probe.clone()).await.map_err(|e| failed(e.to_string()))?;
+        self.client.publish(probe, Bytes::new()).await.map_err(|e| failed(e.to_string()))?;
+        if !matches!(timeout(self.write_timeout, echo.next()).await, Ok(Some(_))) {
+            return Err(self.unreachable(format!("subscription not confirmed within {} ms", self.write_timeout.as_millis())));
+        }
         Ok(subscriber
             .map(|m| Published {
                 subject: m.subject.to_string(),

@@ -302,7 +302,6 @@ async fn apps_machines_and_hosts_round_trip() {
 
     // Plain subjects, for load reports.
     let mut reports = b.subscribe("colo.load.>").await.unwrap();
-    b.flush().await.unwrap();
     a.publish("colo.load.fra.m-1", "inflight=3".into()).await.unwrap();
     let got = timeout(Duration::from_secs(2), reports.next())
         .await
