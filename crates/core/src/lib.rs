@@ -1,9 +1,10 @@
-//! Shared vocabulary of colo: names, machine lifecycle, apps and devices, the GPU catalogue,
-//! regions and money. No I/O lives here.
+//! Shared vocabulary of colo: names, machine lifecycle, apps, hosts and devices, the GPU
+//! catalogue, regions and money. No I/O lives here.
 
 pub mod app;
 mod csv;
 pub mod gpu;
+pub mod host;
 pub mod machine;
 pub mod money;
 pub mod name;
@@ -12,6 +13,7 @@ pub mod region;
 pub use app::{ApiKey, App, GpuChoice};
 pub use csv::CsvError;
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
+pub use host::HostRecord;
 pub use machine::{Device, HydrationReport, Machine, MachineState};
 pub use money::{MoneyError, Usd};
 pub use name::{AppName, NameError};

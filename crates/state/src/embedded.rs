@@ -2,7 +2,7 @@
 
 use crate::{StateError, StateStore};
 use async_trait::async_trait;
-use colo_core::{App, AppName, Machine};
+use colo_core::{App, AppName, HostRecord, Machine};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 
 pub struct Embedded {
     db: Database,
@@ -23,6 +24,7 @@ pub struct Embedded {
 struct Cache {
     apps: BTreeMap<String, App>,
     machines: BTreeMap<String, Machine>,
+    hosts: BTreeMap<String, HostRecord>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> StateError {
@@ -45,11 +47,13 @@ impl Embedded {
         let txn = db.begin_write().map_err(store_err)?;
         txn.open_table(APPS).map_err(store_err)?;
         txn.open_table(MACHINES).map_err(store_err)?;
+        txn.open_table(HOSTS).map_err(store_err)?;
         txn.commit().map_err(store_err)?;
 
         let cache = Cache {
             apps: load(&db, APPS)?,
             machines: load(&db, MACHINES)?,
+            hosts: load(&db, HOSTS)?,
         };
         let (version, _) = watch::channel(0);
         Ok(Self {
@@ -99,7 +103,7 @@ fn load<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>)
 }
 
 fn encode(value: &impl Serialize) -> Vec<u8> {
-    // Apps and machines are plain data: serialisation cannot fail.
+    // Apps, machines and hosts are plain data: serialisation cannot fail.
     serde_json::to_vec(value).expect("state records serialise")
 }
 
@@ -139,6 +143,21 @@ impl StateStore for Embedded {
         self.write(MACHINES, id, None)
     }
 
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StateError> {
+        Ok(self.cache().hosts.values().cloned().collect())
+    }
+
+    async fn put_host(&self, host: &HostRecord) -> Result<(), StateError> {
+        self.cache().hosts.insert(host.name.clone(), host.clone());
+        self.write(HOSTS, &host.name, Some(&encode(host)))
+    }
+
+    async fn delete_host(&self, name: &str) -> Result<bool, StateError> {
+        let existed = self.cache().hosts.remove(name).is_some();
+        self.write(HOSTS, name, None)?;
+        Ok(existed)
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }
@@ -171,6 +190,19 @@ mod tests {
         }
     }
 
+    fn host(name: &str) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            region: "local".into(),
+            addr: "http://127.0.0.1:1".into(),
+            devices: vec![Device::Cpu { slot: 0 }],
+            cached_models: vec!["m@r".into()],
+            heartbeat_ms: 1,
+            lease_ms: 10,
+            lost: false,
+        }
+    }
+
     #[tokio::test]
     async fn survives_reopen_and_signals_changes() {
         let dir = tempfile::tempdir().unwrap();
@@ -197,13 +229,18 @@ mod tests {
             state.put_machine(&machine("m1")).await.unwrap();
             state.put_machine(&machine("m2")).await.unwrap();
             state.delete_machine("m2").await.unwrap();
+            state.put_host(&host("h1")).await.unwrap();
+            state.put_host(&host("h2")).await.unwrap();
+            assert!(state.delete_host("h2").await.unwrap());
+            assert!(!state.delete_host("h2").await.unwrap());
             assert!(changes.has_changed().unwrap());
-            assert_eq!(*changes.borrow_and_update(), 4);
+            assert_eq!(*changes.borrow_and_update(), 8);
             assert!(Embedded::open(&path).is_err(), "a second open of the same file must be refused");
         }
         let state = Embedded::open(&path).unwrap();
         assert_eq!(state.apps().await.unwrap().len(), 1);
         let machines = state.machines().await.unwrap();
         assert_eq!(machines, vec![machine("m1")]);
+        assert_eq!(state.hosts().await.unwrap(), vec![host("h1")]);
     }
 }
