@@ -166,6 +166,7 @@ mod tests {
             last_error: None,
             hydration: None,
             updated_at_ms: 0,
+            cold_start: None,
         }
     }
 
