@@ -14,6 +14,23 @@ use std::time::SystemTime;
 /// Name of the marker written into a model directory once every file is present and verified.
 /// Its modification time is the model's last use.
 const COMPLETE_MARKER: &str = ".colo-manifest.json";
+/// Holds the kernel's boot id of the pull that wrote the directory's files. Files are not
+/// flushed to disk before they take their real names (a flush per file costs more than the
+/// pull); within one boot the page cache is the truth, and a power cut changes the boot id, so
+/// files from an earlier boot are re-verified chunk by chunk before they are trusted again.
+pub(crate) const BOOT_STAMP: &str = ".colo-boot";
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`); a constant where there is none.
+pub(crate) fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "no-boot-id".into())
+}
+
+/// Whether the files in `dir` were written since the host last booted.
+pub(crate) fn written_this_boot(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(BOOT_STAMP)).is_ok_and(|s| s.trim() == boot_id())
+}
 
 /// A model revision in the cache: (name, revision).
 pub(crate) type Key = (String, String);
@@ -105,10 +122,11 @@ impl HostCache {
         self.root.join("models").join(name).join(revision)
     }
 
-    /// The model directory if every file of `manifest` is present and verified.
+    /// The model directory if every file of `manifest` is present and verified (in this boot;
+    /// see [`BOOT_STAMP`]).
     pub fn complete_dir(&self, manifest: &Manifest) -> Option<PathBuf> {
         let dir = self.model_dir(&manifest.name, &manifest.revision);
-        dir.join(COMPLETE_MARKER).is_file().then_some(dir)
+        (dir.join(COMPLETE_MARKER).is_file() && written_this_boot(&dir)).then_some(dir)
     }
 
     /// The manifest of a complete cached revision, read from its marker.
@@ -116,7 +134,11 @@ impl HostCache {
         if !valid_component(name) || !valid_component(revision) {
             return None;
         }
-        let bytes = std::fs::read(self.model_dir(name, revision).join(COMPLETE_MARKER)).ok()?;
+        let dir = self.model_dir(name, revision);
+        if !written_this_boot(&dir) {
+            return None;
+        }
+        let bytes = std::fs::read(dir.join(COMPLETE_MARKER)).ok()?;
         Manifest::from_json(&bytes).ok()
     }
 
@@ -167,7 +189,7 @@ impl HostCache {
                 let name = file_name(&name_dir);
                 let revision = file_name(&rev_dir);
                 let marker = rev_dir.join(COMPLETE_MARKER);
-                let complete = marker.is_file();
+                let complete = marker.is_file() && written_this_boot(&rev_dir);
                 let used_at = std::fs::metadata(if complete { &marker } else { &rev_dir })
                     .and_then(|m| m.modified())
                     .ok()
