@@ -1,5 +1,7 @@
 //! The agent's REST API, shaped like the Fly Machines API:
-//! `/v1/apps/{app}/machines[/{id}[/start|/stop|/wait]]`.
+//! `/v1/apps/{app}/machines[/{id}[/start|/stop|/wait]]`; the host cache (`/v1/cache`,
+//! `/v1/cache/prefetch`, `/v1/cache/evict`, and the peer routes under `/v1/cache/models`);
+//! and `/metrics`.
 
 use crate::{Agent, AgentError};
 use axum::extract::{Path, Query, State};
@@ -21,7 +23,14 @@ impl AgentError {
             AgentError::NoFreeDevice { .. } => StatusCode::INSUFFICIENT_STORAGE,
             AgentError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             AgentError::WaitFailed { .. } => StatusCode::CONFLICT,
-            AgentError::Store(colo_store::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
+            AgentError::Store(colo_store::StoreError::NotFound { .. } | colo_store::StoreError::NotCached { .. }) => StatusCode::NOT_FOUND,
+            AgentError::Store(colo_store::StoreError::InUse { .. }) => StatusCode::CONFLICT,
+            AgentError::Store(colo_store::StoreError::CacheFull { .. } | colo_store::StoreError::CacheTooSmall { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            AgentError::Store(colo_store::StoreError::Shared(inner)) if matches!(**inner, colo_store::StoreError::CacheFull { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             AgentError::State(_) | AgentError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -41,7 +50,87 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/apps/{app}/machines/{id}/stop", post(stop))
         .route("/v1/apps/{app}/machines/{id}/wait", get(wait))
         .route("/v1/host", get(host))
-        .with_state(agent)
+        .route("/v1/cache", get(cache_list))
+        .route("/v1/cache/prefetch", post(cache_prefetch))
+        .route("/v1/cache/evict", post(cache_evict))
+        .route("/metrics", get(metrics))
+        .with_state(agent.clone())
+        .merge(colo_store::peer_router(agent.cache().clone()))
+}
+
+/// What `GET /v1/cache` answers.
+#[derive(serde::Serialize, Deserialize)]
+pub struct CacheListing {
+    pub host: String,
+    pub region: String,
+    /// Bytes the cache may hold; `None` when unlimited.
+    pub capacity: Option<u64>,
+    pub used: u64,
+    /// Least recently used first.
+    pub entries: Vec<colo_store::CacheEntry>,
+}
+
+async fn cache_list(State(agent): State<Arc<Agent>>) -> Response {
+    let cache = agent.cache().clone();
+    match tokio::task::spawn_blocking(move || cache.entries()).await {
+        Ok(Ok(entries)) => Json(CacheListing {
+            host: agent.host().to_string(),
+            region: agent.region().to_string(),
+            capacity: agent.cache().capacity(),
+            used: entries.iter().map(|e| e.bytes).sum(),
+            entries,
+        })
+        .into_response(),
+        Ok(Err(e)) => AgentError::from(e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheModel {
+    /// Model name in the store.
+    model: String,
+    /// One revision; the latest (prefetch) or every cached one (evict) when absent.
+    revision: Option<String>,
+}
+
+async fn cache_prefetch(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Response {
+    let request: CacheModel = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("body: {e}")),
+    };
+    match agent.prefetch(&request.model, request.revision.as_deref()).await {
+        Ok(report) => {
+            Json(json!({"host": agent.host(), "region": agent.region(), "model": request.model, "report": report})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cache_evict(State(agent): State<Arc<Agent>>, body: axum::body::Bytes) -> Response {
+    let request: CacheModel = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("body: {e}")),
+    };
+    let cache = agent.cache().clone();
+    let result = tokio::task::spawn_blocking(move || cache.evict(&request.model, request.revision.as_deref())).await;
+    match result {
+        Ok(Ok(evicted)) => Json(json!({"host": agent.host(), "evicted": evicted})).into_response(),
+        Ok(Err(e)) => AgentError::from(e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
+    }
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::encode(&agent).await,
+    )
+        .into_response()
 }
 
 fn bad_request(message: String) -> Response {

@@ -5,8 +5,10 @@
 pub mod api;
 mod devices;
 mod error;
+mod metrics;
 mod supervisor;
 
+pub use colo_store::CacheEntry;
 pub use devices::discover_devices;
 pub use error::AgentError;
 

@@ -47,6 +47,10 @@ pub struct UpArgs {
     /// Largest request body the edge accepts, in bytes.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     max_body: usize,
+    /// GB (10^9 bytes) the host's model cache may hold; unused models are evicted to make room.
+    /// Unlimited when absent.
+    #[arg(long)]
+    cache_gb: Option<f64>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -83,7 +87,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
         state.clone(),
         store.clone(),
-        HostCache::new(data_dir.join("cache")),
+        HostCache::with_capacity(data_dir.join("cache"), args.cache_gb.map(|gb| (gb * 1e9) as u64)),
         devices,
     );
     let control = Control::new(state.clone(), store.clone(), agent.clone());
