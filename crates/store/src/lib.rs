@@ -1,6 +1,7 @@
 //! Model storage: the object store that holds pushed models, pushing a model directory into
 //! it, hydrating the host cache from peers and the store with verified, resumable, parallel
-//! ranged reads, the cache's capacity and eviction, and serving the cache to peers.
+//! ranged reads, the cache's capacity and eviction, and serving the cache to peers and,
+//! read-only, over S3.
 
 mod cache;
 mod error;
@@ -8,6 +9,7 @@ mod hydrate;
 mod peer;
 mod pull;
 mod push;
+mod s3;
 mod store;
 
 pub use cache::{CacheEntry, HostCache, PinGuard};
@@ -16,6 +18,7 @@ pub use hydrate::{hydrate, HydrateOptions};
 pub use peer::{peer_router, PeerFile, PeerModel, PEER_PREFIX};
 pub use pull::Pull;
 pub use push::{push_dir, PushOptions, PushReport};
+pub use s3::{serve_s3, S3Config};
 pub use store::Store;
 
 /// Called with a number of bytes each time a push or pull makes progress.

@@ -105,7 +105,27 @@ pub(crate) async fn serve_file(path: std::path::PathBuf, size: u64, range: Optio
         Ok(file) => Arc::new(file),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}\n", path.display())).into_response(),
     };
-    let blocks = futures::stream::unfold(start, move |at| {
+    let blocks = read_blocks(file, start, end);
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+    }
+    response
+        .body(Body::from_stream(blocks))
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("building a response: {e}\n")).into_response())
+}
+
+/// Bytes `[start, end)` of `file` as a stream of blocks read off the async threads.
+pub(crate) fn read_blocks(
+    file: Arc<std::fs::File>,
+    start: u64,
+    end: u64,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + 'static {
+    futures::stream::unfold(start, move |at| {
         let file = file.clone();
         async move {
             if at >= end {
@@ -120,18 +140,7 @@ pub(crate) async fn serve_file(path: std::path::PathBuf, size: u64, range: Optio
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             Some((read, at + len))
         }
-    });
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_LENGTH, end - start)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::ACCEPT_RANGES, "bytes");
-    if status == StatusCode::PARTIAL_CONTENT {
-        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
-    }
-    response
-        .body(Body::from_stream(blocks))
-        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("building a response: {e}\n")).into_response())
+    })
 }
 
 /// Parses one HTTP byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`) of a `size`-byte file

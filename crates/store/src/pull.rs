@@ -117,13 +117,14 @@ impl Pull {
             return Err(StoreError::Internal(format!("{file} is not a file of this model")));
         };
         let mut done = self.flight.done.subscribe();
-        tokio::select! {
-            ready = prefix.wait_for(|n| *n >= bytes) => {
-                ready.map_err(|_| StoreError::Internal("the pull task ended".into()))?;
-            }
-            _ = done.wait_for(Option::is_some) => {
-                self.finish().await?;
-            }
+        // The watch guards must not live across an await (they are not Send): decide first.
+        let pull_ended = tokio::select! {
+            ready = prefix.wait_for(|n| *n >= bytes) => ready.is_err(),
+            _ = done.wait_for(Option::is_some) => true,
+        };
+        if pull_ended {
+            // Fails if the pull failed; otherwise every byte is there.
+            self.finish().await?;
         }
         let final_path = self.dir.join(file);
         let partial = crate::hydrate::partial_path(&final_path);
