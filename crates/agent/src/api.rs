@@ -1,5 +1,7 @@
 //! The agent's REST API, shaped like the Fly Machines API:
-//! `/v1/apps/{app}/machines[/{id}[/start|/stop|/wait]]`.
+//! `/v1/apps/{app}/machines[/{id}[/start|/stop|/wait]]`; the host cache (`/v1/cache`,
+//! `/v1/cache/prefetch`, `/v1/cache/evict`, and the peer routes under `/v1/cache/models`);
+//! and `/metrics`.
 
 use crate::{Agent, AgentError};
 use axum::extract::{Path, Query, State};
@@ -21,7 +23,14 @@ impl AgentError {
             AgentError::NoFreeDevice { .. } => StatusCode::INSUFFICIENT_STORAGE,
             AgentError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             AgentError::WaitFailed { .. } => StatusCode::CONFLICT,
-            AgentError::Store(colo_store::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
+            AgentError::Store(colo_store::StoreError::NotFound { .. } | colo_store::StoreError::NotCached { .. }) => StatusCode::NOT_FOUND,
+            AgentError::Store(colo_store::StoreError::InUse { .. }) => StatusCode::CONFLICT,
+            AgentError::Store(colo_store::StoreError::CacheFull { .. } | colo_store::StoreError::CacheTooSmall { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            AgentError::Store(colo_store::StoreError::Shared(inner)) if matches!(**inner, colo_store::StoreError::CacheFull { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             AgentError::State(_) | AgentError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -37,7 +46,7 @@ impl IntoResponse for AgentError {
 type Hosts = Arc<Vec<Arc<Agent>>>;
 
 pub fn router(agents: Vec<Arc<Agent>>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/v1/apps/{app}/machines", get(list).post(create))
         .route("/v1/apps/{app}/machines/{id}", get(show).delete(destroy))
         .route("/v1/apps/{app}/machines/{id}/start", post(start))
@@ -45,7 +54,137 @@ pub fn router(agents: Vec<Arc<Agent>>) -> Router {
         .route("/v1/apps/{app}/machines/{id}/wait", get(wait))
         .route("/v1/host", get(host))
         .route("/v1/hosts", get(hosts))
-        .with_state(Arc::new(agents))
+        .route("/v1/cache", get(cache_list))
+        .route("/v1/cache/prefetch", post(cache_prefetch))
+        .route("/v1/cache/evict", post(cache_evict))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(agents.clone()));
+    // Each host serves its cache to peers under `/v1/hosts/<name>`; the first also at the
+    // root, where a one-host process (and every `colo agent`) serves it.
+    for (i, agent) in agents.iter().enumerate() {
+        let peers = colo_store::peer_router(agent.cache().clone());
+        router = router.nest(&format!("/v1/hosts/{}", agent.host()), peers.clone());
+        if i == 0 {
+            router = router.merge(peers);
+        }
+    }
+    router
+}
+
+/// What `GET /v1/cache` answers, one per host.
+#[derive(serde::Serialize, Deserialize)]
+pub struct CacheListing {
+    pub host: String,
+    pub region: String,
+    /// Bytes the cache may hold; `None` when unlimited.
+    pub capacity: Option<u64>,
+    pub used: u64,
+    /// Least recently used first.
+    pub entries: Vec<colo_store::CacheEntry>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response()
+}
+
+async fn cache_list(State(hosts): State<Hosts>) -> Response {
+    let mut listings = Vec::new();
+    for agent in hosts.iter() {
+        let cache = agent.cache().clone();
+        match tokio::task::spawn_blocking(move || cache.entries()).await {
+            Ok(Ok(entries)) => listings.push(CacheListing {
+                host: agent.host().to_string(),
+                region: agent.region().to_string(),
+                capacity: agent.cache().capacity(),
+                used: entries.iter().map(|e| e.bytes).sum(),
+                entries,
+            }),
+            Ok(Err(e)) => return AgentError::from(e).into_response(),
+            Err(e) => return internal(e),
+        }
+    }
+    Json(listings).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheModel {
+    /// Model name in the store.
+    model: String,
+    /// One revision; the latest (prefetch) or every cached one (evict) when absent.
+    revision: Option<String>,
+    /// Only the hosts of this region; every host when absent.
+    region: Option<String>,
+}
+
+/// The hosts a cache request is for, or the 400 naming the region none is in.
+fn hosts_in<'a>(hosts: &'a Hosts, region: Option<&str>) -> Result<Vec<&'a Arc<Agent>>, Response> {
+    let chosen: Vec<&Arc<Agent>> = hosts.iter().filter(|a| region.is_none_or(|r| r == a.region())).collect();
+    if chosen.is_empty() {
+        let regions: Vec<&str> = hosts.iter().map(|a| a.region()).collect();
+        return Err(bad_request(format!(
+            "region: no host in region {:?} (hosts are in: {})",
+            region.unwrap_or_default(),
+            regions.join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
+/// Warms every chosen host's cache at once; answers one report per host.
+async fn cache_prefetch(State(hosts): State<Hosts>, body: axum::body::Bytes) -> Response {
+    let request: CacheModel = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("body: {e}")),
+    };
+    let chosen = match hosts_in(&hosts, request.region.as_deref()) {
+        Ok(chosen) => chosen,
+        Err(response) => return response,
+    };
+    let pulls = chosen
+        .iter()
+        .map(|agent| agent.prefetch(&request.model, request.revision.as_deref()));
+    let mut answers = Vec::new();
+    for (agent, result) in chosen.iter().zip(futures::future::join_all(pulls).await) {
+        match result {
+            Ok(report) => answers.push(json!({"host": agent.host(), "region": agent.region(), "model": request.model, "report": report})),
+            Err(e) => return e.into_response(),
+        }
+    }
+    Json(answers).into_response()
+}
+
+async fn cache_evict(State(hosts): State<Hosts>, body: axum::body::Bytes) -> Response {
+    let request: CacheModel = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("body: {e}")),
+    };
+    let chosen = match hosts_in(&hosts, request.region.as_deref()) {
+        Ok(chosen) => chosen,
+        Err(response) => return response,
+    };
+    let mut answers = Vec::new();
+    for agent in chosen {
+        let (cache, model, revision) = (agent.cache().clone(), request.model.clone(), request.revision.clone());
+        match tokio::task::spawn_blocking(move || cache.evict(&model, revision.as_deref())).await {
+            Ok(Ok(evicted)) => answers.push(json!({"host": agent.host(), "evicted": evicted})),
+            Ok(Err(e)) => return AgentError::from(e).into_response(),
+            Err(e) => return internal(e),
+        }
+    }
+    Json(answers).into_response()
+}
+
+async fn metrics(State(hosts): State<Hosts>) -> Response {
+    let text = crate::metrics::encode(&hosts).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn bad_request(message: String) -> Response {

@@ -5,8 +5,10 @@
 pub mod api;
 mod devices;
 mod error;
+mod metrics;
 mod supervisor;
 
+pub use colo_store::CacheEntry;
 pub use devices::discover_devices;
 pub use error::AgentError;
 
@@ -65,6 +67,20 @@ pub struct Agent {
     supervisors: Mutex<HashMap<String, watch::Sender<MachineState>>>,
     /// Serialises device leasing so two creates never take the same device.
     lease_lock: tokio::sync::Mutex<()>,
+    /// Where and how this host pulls models from its region's peers.
+    peers: Mutex<PeerConfig>,
+    /// When each pending start was asked for (ms since the epoch), by machine id: the start
+    /// of the machine's cold-start clock.
+    start_requested: Mutex<HashMap<String, u64>>,
+}
+
+/// The peers of this host's region that it reads cached models from.
+#[derive(Clone, Debug, Default)]
+pub struct PeerConfig {
+    /// Base URLs of the peers' APIs (`http://10.0.0.2:7070`).
+    pub urls: Vec<String>,
+    /// Bearer token their APIs ask for.
+    pub token: Option<String>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -87,9 +103,58 @@ impl Agent {
             catalogue: colo_core::Catalogue::builtin(),
             supervisors: Mutex::new(HashMap::new()),
             lease_lock: Default::default(),
+            peers: Mutex::default(),
+            start_requested: Mutex::default(),
         })
     }
 
+    /// Sets the peers this host reads cached models from before the origin.
+    pub fn set_peers(&self, peers: PeerConfig) {
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    pub fn cache(&self) -> &HostCache {
+        &self.cache
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn host(&self) -> &str {
+        &self.config.host
+    }
+
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    /// How this host pulls: tuned concurrency and range size, its peers first.
+    pub fn hydrate_options(&self) -> colo_store::HydrateOptions {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        colo_store::HydrateOptions {
+            peers: peers.urls,
+            peer_token: peers.token,
+            ..Default::default()
+        }
+    }
+
+    /// Pulls a model revision (the latest when `None`) into this host's cache ahead of traffic.
+    pub async fn prefetch(&self, model: &str, revision: Option<&str>) -> Result<colo_core::HydrationReport, AgentError> {
+        let manifest = match revision {
+            Some(revision) => self.store.manifest_at(model, revision).await?,
+            None => self.store.manifest(model).await?,
+        };
+        let pull = self
+            .cache
+            .pull(&self.store, &manifest, &self.hydrate_options(), colo_store::no_progress());
+        Ok(pull.finish().await?)
+    }
+
+    /// Takes the time a start of `id` was asked for, if one was recorded.
+    pub(crate) fn take_start_request(&self, id: &str) -> Option<u64> {
+        self.start_requested.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
     pub fn devices(&self) -> &[Device] {
         &self.devices
     }
@@ -130,14 +195,6 @@ impl Agent {
             .into_iter()
             .find(|m| m.id == id)
             .ok_or_else(|| AgentError::NoSuchMachine(id.to_string()))
-    }
-
-    pub fn host(&self) -> &str {
-        &self.config.host
-    }
-
-    pub fn region(&self) -> &str {
-        &self.config.region
     }
 
     /// Devices no machine holds (destroyed machines hold none).
@@ -203,7 +260,12 @@ impl Agent {
             healthy: true,
             engine_cmd: spec.engine_cmd.clone(),
             updated_at_ms: now_ms(),
+            cold_start: None,
         };
+        self.start_requested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(machine.id.clone(), machine.updated_at_ms);
         self.state.put_machine(&machine).await?;
         self.spawn_supervisor(machine.clone());
         Ok(machine)
@@ -228,6 +290,13 @@ impl Agent {
             return Err(AgentError::Destroyed(id.to_string()));
         }
         machine.desired = desired;
+        if desired == MachineState::Started && machine.state != MachineState::Started {
+            self.start_requested
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.to_string())
+                .or_insert_with(now_ms);
+        }
         let running = {
             let supervisors = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
             match supervisors.get(id) {

@@ -3,8 +3,8 @@
 //! store as it happens, which is how edges learn where to route.
 
 use crate::{now_ms, Agent};
-use colo_core::{Machine, MachineState};
-use colo_store::{hydrate, no_progress, HydrateOptions};
+use colo_core::{ColdStart, HydrationReport, Machine, MachineState};
+use colo_store::no_progress;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,11 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
             other => return record(&agent, &mut machine, other, &desired).await,
         }
         record(&agent, &mut machine, MachineState::Starting, &desired).await;
-        let child = match start(&agent, &mut machine, &mut desired).await {
+        // A restart after a crash has no request behind it: its clock starts now.
+        let requested_at_ms = agent.take_start_request(&machine.id).unwrap_or_else(now_ms);
+        // The model stays pinned in the host cache for as long as this engine may run.
+        let _pin = agent.cache.pin(machine.model.as_str(), &machine.revision);
+        let child = match start(&agent, &mut machine, &mut desired, requested_at_ms).await {
             Ok(Some(child)) => child,
             Ok(None) => continue,
             Err(reason) => {
@@ -104,31 +108,50 @@ async fn sleep_or_told(desired: &mut watch::Receiver<MachineState>, duration: Du
     }
 }
 
-/// Hydrates the model, spawns the engine and waits for its health check. `Ok(None)` means
-/// the desired state changed meanwhile.
-async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::Receiver<MachineState>) -> Result<Option<Child>, String> {
+/// Hydrates the model, spawns the engine and waits for its health check, timing each phase
+/// into `machine.cold_start`. `Ok(None)` means the desired state changed meanwhile.
+async fn start(
+    agent: &Arc<Agent>,
+    machine: &mut Machine,
+    desired: &mut watch::Receiver<MachineState>,
+    requested_at_ms: u64,
+) -> Result<Option<Child>, String> {
+    let hydrate_began = tokio::time::Instant::now();
+    let queued_ms = now_ms().saturating_sub(requested_at_ms);
     let manifest = agent
         .store
         .manifest_at(machine.model.as_str(), &machine.revision)
         .await
         .map_err(|e| e.to_string())?;
-    let dir = match agent.cache.complete_dir(&manifest) {
-        Some(dir) => dir,
+    let (dir, report) = match agent.cache.complete_dir(&manifest) {
+        Some(dir) => {
+            let total = manifest.total_bytes();
+            let report = HydrationReport {
+                bytes_total: total,
+                bytes_reused: total,
+                bytes_from_cache: total,
+                ..Default::default()
+            };
+            (dir, report)
+        }
         None => {
-            let report = hydrate(&agent.store, &manifest, &agent.cache, &HydrateOptions::default(), no_progress())
-                .await
-                .map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+            // One pull per model on this host: machines starting together share it.
+            let pull = agent.cache.pull(&agent.store, &manifest, &agent.hydrate_options(), no_progress());
+            let report = pull.finish().await.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
             tracing::info!(
                 machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
-                secs = report.seconds, gb_per_s = report.gb_per_s(), "hydrated"
+                from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
+                secs = report.seconds, gb_per_s = report.gb_per_s(), joined = pull.joined(), "hydrated"
             );
-            machine.hydration = Some(report);
-            agent
+            machine.hydration = Some(report.clone());
+            let dir = agent
                 .cache
                 .complete_dir(&manifest)
-                .ok_or("hydration finished but the model is not complete")?
+                .ok_or("hydration finished but the model is not complete")?;
+            (dir, report)
         }
     };
+    let hydrate_ms = hydrate_began.elapsed().as_millis() as u64;
 
     let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
     let log_dir = agent.config.data_dir.join("machines").join(&machine.id);
@@ -176,6 +199,7 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
             Ok(())
         });
     }
+    let spawned = tokio::time::Instant::now();
     let mut child = command.spawn().map_err(|e| format!("spawning the engine: {e}"))?;
     machine.pid = child.id();
     machine.addr = Some(format!("127.0.0.1:{port}"));
@@ -191,6 +215,16 @@ async fn start(agent: &Arc<Agent>, machine: &mut Machine, desired: &mut watch::R
             return Err(format!("engine exited during start with {status}; see {}", log_path.display()));
         }
         if client.get(&health).send().await.is_ok_and(|r| answers(machine, r.status())) {
+            machine.cold_start = Some(ColdStart {
+                requested_at_ms,
+                queued_ms,
+                hydrate_ms,
+                bytes_from_cache: report.bytes_from_cache,
+                bytes_from_peer: report.bytes_from_peer,
+                bytes_from_origin: report.bytes_from_origin,
+                engine_load_ms: spawned.elapsed().as_millis() as u64,
+                first_response_ms: now_ms().saturating_sub(requested_at_ms),
+            });
             return Ok(Some(child));
         }
         if tokio::time::Instant::now() > deadline {

@@ -194,6 +194,10 @@ fn machines_table(machines: &[Machine]) -> String {
                 Some(_) => "cached".to_string(),
                 None => "-".to_string(),
             };
+            let cold_start = match &m.cold_start {
+                Some(c) => format!("{} ms ({})", c.first_response_ms, c.source()),
+                None => "-".to_string(),
+            };
             vec![
                 m.id.clone(),
                 m.app.to_string(),
@@ -207,6 +211,7 @@ fn machines_table(machines: &[Machine]) -> String {
                 m.addr.clone().unwrap_or_else(|| "-".into()),
                 m.restarts.to_string(),
                 hydration,
+                cold_start,
                 age(m.updated_at_ms),
             ]
         })
@@ -222,6 +227,7 @@ fn machines_table(machines: &[Machine]) -> String {
             "ADDRESS",
             "RESTARTS",
             "HYDRATION",
+            "COLD START",
             "UPDATED",
         ],
         rows,

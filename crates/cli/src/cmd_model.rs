@@ -1,4 +1,4 @@
-//! `colo model push | inspect | ls`.
+//! `colo model push | pull | inspect | ls | synth`.
 
 use crate::client::RunInfo;
 use crate::output::{bytes, print_json, table};
@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub enum ModelCommand {
     /// Upload a Hugging Face style model directory to the store.
     Push(PushArgs),
+    /// Pull a pushed model into a host cache (verified, resumable, from peers first).
+    Pull(PullArgs),
     /// Show a pushed model's files, chunks and tensors.
     Inspect(InspectArgs),
     /// List the models in the store.
@@ -95,6 +97,35 @@ pub struct PushArgs {
 }
 
 #[derive(clap::Args)]
+pub struct PullArgs {
+    /// Model name in the store.
+    name: String,
+    /// Revision to pull; the latest when absent.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Host cache directory. Default: <data dir>/cache.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Ranged reads in flight at once (default: tuned from measured throughput).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// MiB per ranged read, rounded to whole chunks (default: tuned).
+    #[arg(long)]
+    range_mib: Option<u64>,
+    /// A peer host's API base URL to read cached files from first (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Flush each file to disk before it takes its real name (slower; files from an earlier
+    /// boot are re-verified before use either way).
+    #[arg(long)]
+    fsync: bool,
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
 pub struct InspectArgs {
     /// Model name in the store.
     name: String,
@@ -115,6 +146,7 @@ pub struct LsArgs {
 pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Push(args) => push(args).await,
+        ModelCommand::Pull(args) => pull(args).await,
         ModelCommand::Inspect(args) => inspect(args).await,
         ModelCommand::Ls(args) => ls(args).await,
         ModelCommand::Synth(args) => synth(args),
@@ -198,6 +230,62 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
         bytes(report.bytes_uploaded),
         report.seconds,
         store.url()
+    );
+    Ok(())
+}
+
+async fn pull(args: PullArgs) -> anyhow::Result<()> {
+    if args.concurrency == Some(0) || args.range_mib == Some(0) {
+        anyhow::bail!("--concurrency and --range-mib must be at least 1");
+    }
+    let store = args.store.open(&args.common)?;
+    let manifest = match &args.revision {
+        Some(revision) => store.manifest_at(&args.name, revision).await?,
+        None => store.manifest(&args.name).await?,
+    };
+    let cache = colo_store::HostCache::new(args.cache_dir.clone().unwrap_or_else(|| args.common.data_dir.join("cache")));
+    let bar = if std::io::stderr().is_terminal() && !args.common.json {
+        let bar = ProgressBar::new(manifest.total_bytes());
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template"));
+        bar.set_message(format!("pulling {}", args.name));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let progress = {
+        let bar = bar.clone();
+        Arc::new(move |n| bar.inc(n))
+    };
+    let opts = colo_store::HydrateOptions {
+        concurrency: args.concurrency,
+        range_bytes: args.range_mib.map(|m| m * 1024 * 1024),
+        peers: args.peers.clone(),
+        durable: args.fsync,
+        ..Default::default()
+    };
+    let report = cache.pull(&store, &manifest, &opts, progress).finish().await?;
+    bar.finish_and_clear();
+    let dir = cache.model_dir(&manifest.name, &manifest.revision);
+    if args.common.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["gb_per_s"] = serde_json::json!(report.gb_per_s());
+        value["dir"] = serde_json::json!(dir);
+        value["revision"] = serde_json::json!(manifest.revision);
+        return print_json(&value);
+    }
+    println!(
+        "pulled {} revision {} into {}: {} fetched ({} from peers, {} from the store, {} already cached) in {:.2}s, {:.2} GB/s ({} in flight, {} ranges)",
+        manifest.name,
+        manifest.revision,
+        dir.display(),
+        bytes(report.bytes_fetched),
+        bytes(report.bytes_from_peer),
+        bytes(report.bytes_from_origin),
+        bytes(report.bytes_from_cache),
+        report.seconds,
+        report.gb_per_s(),
+        report.concurrency,
+        bytes(report.range_bytes),
     );
     Ok(())
 }

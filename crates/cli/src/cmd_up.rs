@@ -67,6 +67,10 @@ pub struct UpArgs {
     /// region, cpu_slots), optional [[edges]] (region, addr) and inter_region_delay_ms.
     #[arg(long)]
     fleet: Option<std::path::PathBuf>,
+    /// GB (10^9 bytes) each host's model cache may hold; unused models are evicted to make room.
+    /// Unlimited when absent.
+    #[arg(long)]
+    cache_gb: Option<f64>,
 }
 
 /// One host this process runs an agent for.
@@ -153,7 +157,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let agents: Vec<Arc<Agent>> = hosts
         .into_iter()
         .map(|host| {
-            let cache = HostCache::new(host.dir.join("cache"));
+            let cache = HostCache::with_capacity(host.dir.join("cache"), args.cache_gb.map(|gb| (gb * 1e9) as u64));
             Agent::new(
                 AgentConfig {
                     host: host.name,

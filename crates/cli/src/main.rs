@@ -1,6 +1,7 @@
 //! The `colo` command. Each subcommand parses its flags and calls library code.
 
 mod client;
+mod cmd_cache;
 mod cmd_deploy;
 mod cmd_model;
 mod cmd_plan;
@@ -47,6 +48,9 @@ enum Command {
     /// Create, list and revoke an app's API keys.
     #[command(subcommand)]
     Keys(cmd_deploy::KeysCommand),
+    /// What each host's model cache holds; evict from it or warm it ahead of traffic.
+    #[command(subcommand)]
+    Cache(cmd_cache::CacheCommand),
     /// Which GPU, how many, at what cost per million tokens; with --fleet/--demand, where.
     Plan(cmd_plan::PlanArgs),
     /// Run colo's built-in inference engine (the agent starts one per machine).
@@ -125,6 +129,7 @@ fn main() -> std::process::ExitCode {
             Command::Ps(args) => cmd_deploy::ps(args).await,
             Command::Apps(args) => cmd_deploy::apps(args).await,
             Command::Keys(cmd) => cmd_deploy::keys(cmd).await,
+            Command::Cache(cmd) => cmd_cache::run(cmd).await,
             Command::Plan(args) => cmd_plan::run(args).await,
             Command::Engine(EngineCommand::Serve(args)) => engine_serve(args).await,
         }

@@ -14,7 +14,7 @@ pub use app::{ApiKey, App, GpuChoice};
 pub use csv::CsvError;
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use host::HostRecord;
-pub use machine::{Device, HydrationReport, Machine, MachineState};
+pub use machine::{ColdStart, Device, HydrationReport, Machine, MachineState};
 pub use money::{MoneyError, Usd};
 pub use name::{AppName, NameError};
 pub use region::{Region, Regions};

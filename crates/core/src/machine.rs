@@ -92,6 +92,21 @@ pub struct HydrationReport {
     pub bytes_reused: u64,
     /// Wall-clock seconds of the pull.
     pub seconds: f64,
+    /// Bytes found already verified in the host cache.
+    #[serde(default)]
+    pub bytes_from_cache: u64,
+    /// Bytes read from peer hosts in the same region.
+    #[serde(default)]
+    pub bytes_from_peer: u64,
+    /// Bytes read from the origin store: the egress an operator pays for.
+    #[serde(default)]
+    pub bytes_from_origin: u64,
+    /// Ranged reads in flight at the end of the pull (as tuned or as told).
+    #[serde(default)]
+    pub concurrency: u32,
+    /// Bytes per ranged read at the end of the pull (as tuned or as told).
+    #[serde(default)]
+    pub range_bytes: u64,
 }
 
 impl HydrationReport {
@@ -140,6 +155,48 @@ pub struct Machine {
     pub engine_cmd: Option<String>,
     /// Milliseconds since the Unix epoch of the last state change.
     pub updated_at_ms: u64,
+    /// How the last start went, phase by phase; absent before the first start.
+    #[serde(default)]
+    pub cold_start: Option<ColdStart>,
+}
+
+/// The phases of one machine start, in milliseconds. The agent fills in what it sees; the
+/// edge, which sees the request that woke the machine, may add `first_response_ms`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ColdStart {
+    /// Milliseconds since the Unix epoch when the start was asked for.
+    pub requested_at_ms: u64,
+    /// From the request to the supervisor taking it up.
+    pub queued_ms: u64,
+    /// Making the model's files present in the host cache (zero when they already were).
+    pub hydrate_ms: u64,
+    /// Bytes the hydration found in the host cache.
+    #[serde(default)]
+    pub bytes_from_cache: u64,
+    /// Bytes the hydration read from peers.
+    #[serde(default)]
+    pub bytes_from_peer: u64,
+    /// Bytes the hydration read from the origin store.
+    #[serde(default)]
+    pub bytes_from_origin: u64,
+    /// From spawning the engine to its first passing health check.
+    pub engine_load_ms: u64,
+    /// From the request to the engine's first answer (its first passing health check, or
+    /// the first proxied response when the edge records it).
+    pub first_response_ms: u64,
+}
+
+impl ColdStart {
+    /// Where most of the hydrated bytes came from: `cache`, `peer` or `origin`.
+    pub fn source(&self) -> &'static str {
+        if self.bytes_from_origin > 0 && self.bytes_from_origin >= self.bytes_from_peer {
+            "origin"
+        } else if self.bytes_from_peer > 0 {
+            "peer"
+        } else {
+            "cache"
+        }
+    }
 }
 
 #[cfg(test)]

@@ -187,6 +187,7 @@ mod tests {
             healthy: true,
             engine_cmd: None,
             updated_at_ms: 0,
+            cold_start: None,
         }
     }
 

@@ -27,8 +27,35 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
-    #[error("{file}: chunk {chunk} came back with {got} bytes, expected {expected}")]
-    ShortRead { file: String, chunk: u64, got: u64, expected: u64 },
+    #[error("{file}: the range at byte {start} came back with {got} bytes, expected {expected}")]
+    ShortRead { file: String, start: u64, got: u64, expected: u64 },
+    #[error("host cache cannot take model {model} ({}): it holds at most {}", crate::fmt_bytes(*bytes), crate::fmt_bytes(*capacity))]
+    CacheTooSmall { model: String, bytes: u64, capacity: u64 },
+    #[error(
+        "host cache is full of models in use: model {model} needs {} more, the cache holds {} of {} and what is in use cannot be evicted ({in_use}); stop machines that use those models or raise the cache capacity",
+        crate::fmt_bytes(*needed), crate::fmt_bytes(*used), crate::fmt_bytes(*capacity)
+    )]
+    CacheFull {
+        model: String,
+        needed: u64,
+        capacity: u64,
+        used: u64,
+        in_use: String,
+    },
+    #[error("model {name}{} is not in the host cache", revision.as_ref().map(|r| format!("@{r}")).unwrap_or_default())]
+    NotCached { name: String, revision: Option<String> },
+    #[error("model {name}@{revision} is in use ({pins} machines{}); stop them first", if *pulling { ", and a pull is running" } else { "" })]
+    InUse {
+        name: String,
+        revision: String,
+        pins: usize,
+        pulling: bool,
+    },
+    /// A failure of a pull that several callers share.
+    #[error("{0}")]
+    Shared(std::sync::Arc<StoreError>),
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl StoreError {

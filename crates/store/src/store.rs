@@ -8,6 +8,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The model store. Layout under its root:
@@ -17,6 +18,9 @@ use std::sync::Arc;
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
+    /// Bytes that pulls read from this store (ranged reads of model files): the egress an
+    /// operator pays for when the store is remote.
+    bytes_read: Arc<AtomicU64>,
 }
 
 // === impl Store ===
@@ -63,7 +67,20 @@ impl Store {
         Ok(Self {
             inner,
             url: url.to_string(),
+            bytes_read: Arc::default(),
         })
+    }
+
+    /// Bytes that pulls have read from this store through this handle and its clones.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Reads `range` of a model file, counting the bytes as egress.
+    pub(crate) async fn read_range(&self, path: &ObjectPath, range: std::ops::Range<u64>) -> Result<bytes::Bytes, StoreError> {
+        let bytes = self.inner.get_range(path, range).await.map_err(|e| StoreError::object(path, e))?;
+        self.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
     }
 
     pub fn url(&self) -> &str {

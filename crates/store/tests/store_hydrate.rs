@@ -104,7 +104,20 @@ async fn an_interrupted_pull_fetches_only_what_is_missing() {
     };
     let pull = {
         let (store, manifest, cache) = (store.clone(), manifest.clone(), cache.clone());
-        tokio::spawn(async move { hydrate(&store, &manifest, &cache, &HydrateOptions { concurrency: 1 }, progress).await })
+        tokio::spawn(async move {
+            hydrate(
+                &store,
+                &manifest,
+                &cache,
+                &HydrateOptions {
+                    concurrency: Some(1),
+                    range_bytes: Some(CHUNK),
+                    ..Default::default()
+                },
+                progress,
+            )
+            .await
+        })
     };
     half_rx.await.unwrap();
     pull.abort();

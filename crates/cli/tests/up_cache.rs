@@ -1,0 +1,83 @@
+//! The host cache through a real `colo up`: a machine's start records its cold-start phases
+//! (in `colo ps --json` and the agent's /metrics), the model it uses is pinned (eviction is
+//! refused), and `colo cache ls|evict|prefetch` list, empty and warm the cache.
+
+mod common;
+
+use common::Colo;
+
+fn api_get(colo: &Colo, path: &str) -> String {
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(colo.data_dir.join("colo.json")).unwrap()).unwrap();
+    let token = std::fs::read_to_string(colo.data_dir.join("api-token")).unwrap();
+    let response = reqwest::blocking::Client::new()
+        .get(format!("{}{path}", info["api"].as_str().unwrap()))
+        .bearer_auth(token.trim())
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.text().unwrap()
+}
+
+#[test]
+fn cold_starts_are_recorded_and_the_cache_is_managed_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let colo = Colo::up(dir.path());
+    colo.deploy_minilm();
+
+    // The first start read everything from the origin store and timed each phase.
+    let machine = colo.machines().remove(0);
+    let cold = &machine["cold_start"];
+    let total = machine["hydration"]["bytes_total"].as_u64().unwrap();
+    assert!(total > 1_000_000, "{machine}");
+    assert_eq!(cold["bytes_from_origin"].as_u64(), Some(total), "{cold}");
+    assert_eq!(cold["bytes_from_peer"].as_u64(), Some(0));
+    let first = cold["first_response_ms"].as_u64().unwrap();
+    let parts = ["queued_ms", "hydrate_ms", "engine_load_ms"].map(|k| cold[k].as_u64().unwrap());
+    assert!(
+        first > 0 && parts.iter().sum::<u64>() <= first + 5,
+        "phases add up within the total: {cold}"
+    );
+
+    let metrics = api_get(&colo, "/metrics");
+    assert!(metrics.contains("colo_agent_cold_start_milliseconds{"), "{metrics}");
+    assert!(metrics.contains(r#"phase="first_response""#), "{metrics}");
+    assert!(metrics.contains(&format!(r#"source="origin"}} {total}"#)), "{metrics}");
+
+    // The model is in the cache, complete and in use by the machine: eviction is refused.
+    let listing: serde_json::Value = serde_json::from_str(&colo.ok(&["cache", "ls", "--json"])).unwrap();
+    let entry = &listing[0]["entries"][0];
+    assert_eq!(entry["name"], "minilm");
+    assert_eq!(entry["complete"], true);
+    assert_eq!(entry["pins"], 1);
+    let table = colo.ok(&["cache", "ls"]);
+    assert!(table.contains("minilm") && table.contains("complete"), "{table}");
+    let refused = colo.cli(&["cache", "evict", "minilm"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("in use"), "{stderr}");
+    let wrong_region = colo.cli(&["cache", "prefetch", "minilm", "--region", "nowhere"]);
+    let stderr = String::from_utf8_lossy(&wrong_region.stderr);
+    assert!(
+        !wrong_region.status.success() && stderr.contains("no host in region \"nowhere\""),
+        "{stderr}"
+    );
+
+    // Once no machine uses it, it can be evicted, and a prefetch brings it back.
+    colo.ok(&["destroy", "minilm"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = colo.cli(&["cache", "evict", "minilm", "--json"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listing: serde_json::Value = serde_json::from_str(&colo.ok(&["cache", "ls", "--json"])).unwrap();
+    assert_eq!(listing[0]["entries"].as_array().unwrap().len(), 0, "{listing}");
+    let warmed: serde_json::Value =
+        serde_json::from_str(&colo.ok(&["cache", "prefetch", "minilm", "--region", "local", "--json"])).unwrap();
+    assert_eq!(warmed[0]["report"]["bytes_from_origin"].as_u64(), Some(total), "{warmed}");
+    let listing: serde_json::Value = serde_json::from_str(&colo.ok(&["cache", "ls", "--json"])).unwrap();
+    assert_eq!(listing[0]["entries"][0]["complete"], true, "{listing}");
+    colo.stop();
+}

@@ -1,0 +1,331 @@
+//! Hydration: making a model's files present in the host cache.
+//!
+//! Chunks are read with many ranged GETs at once (each range a whole number of chunks), from
+//! peers of the region when they have the file and from the origin store otherwise. Every
+//! chunk is checked against the manifest's BLAKE3 digest before it is written in place into a
+//! preallocated `.colo-partial` file and its index appended to a `.colo-chunks` record, so a
+//! killed pull resumes with only the missing chunks. Each file's first chunk (its safetensors
+//! header) is fetched before any other chunk, then files front to back, and each file's
+//! verified prefix is published on a watch channel, so a loader can start early. A file takes
+//! its real name once all its chunks are verified; the model's completion marker comes last.
+//! Concurrency and range size are tuned from measured throughput unless given.
+
+mod job;
+mod source;
+mod tune;
+
+pub(crate) use job::write_atomic;
+
+/// Where a file's bytes live until all of them are verified.
+pub(crate) fn partial_path(final_path: &std::path::Path) -> std::path::PathBuf {
+    job::with_suffix(final_path, ".colo-partial")
+}
+
+use crate::{HostCache, Progress, Store, StoreError};
+use colo_core::HydrationReport;
+use colo_model::Manifest;
+use futures::stream::{FuturesUnordered, StreamExt};
+use job::FileJob;
+use source::{From, Sources};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tune::Tuner;
+
+#[derive(Clone, Debug)]
+pub struct HydrateOptions {
+    /// Ranged reads in flight at once; tuned from measured throughput when `None`.
+    pub concurrency: Option<usize>,
+    /// Bytes per ranged read, rounded to whole chunks; tuned when `None`.
+    pub range_bytes: Option<u64>,
+    /// Base URLs (`http://host:port`) of peer hosts in the same region to read from first.
+    pub peers: Vec<String>,
+    /// Bearer token for the peers' cache API, when they ask for one.
+    pub peer_token: Option<String>,
+    /// Flush each file to disk before it takes its real name. Off by default: files from an
+    /// earlier boot are re-verified before use anyway (see the cache's boot stamp), and a flush
+    /// per file bounds the pull at the disk's write speed instead of the page cache's.
+    pub durable: bool,
+}
+
+impl Default for HydrateOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: None,
+            range_bytes: None,
+            peers: Vec::new(),
+            peer_token: None,
+            durable: false,
+        }
+    }
+}
+
+/// Per-file watch channels of verified-prefix bytes, by file path.
+pub(crate) type FilePrefixes = HashMap<String, watch::Sender<u64>>;
+
+pub(crate) fn file_prefixes(manifest: &Manifest) -> FilePrefixes {
+    manifest.files.iter().map(|f| (f.path.clone(), watch::channel(0).0)).collect()
+}
+
+/// Pulls `manifest`'s model into `cache`, reading from `opts.peers` first and `store` for the
+/// rest. Returns what came from where. This is one pull with no sharing: use
+/// [`HostCache::pull`] to share one download between callers and keep the cache's capacity.
+pub async fn hydrate(
+    store: &Store,
+    manifest: &Manifest,
+    cache: &HostCache,
+    opts: &HydrateOptions,
+    progress: Progress,
+) -> Result<HydrationReport, StoreError> {
+    run(store, manifest, cache, opts, progress, &file_prefixes(manifest)).await
+}
+
+/// Bytes a finished range moved, by source.
+#[derive(Default)]
+struct Moved {
+    peer: u64,
+    origin: u64,
+}
+
+pub(crate) async fn run(
+    store: &Store,
+    manifest: &Manifest,
+    cache: &HostCache,
+    opts: &HydrateOptions,
+    progress: Progress,
+    prefixes: &FilePrefixes,
+) -> Result<HydrationReport, StoreError> {
+    let started = Instant::now();
+    let total = manifest.total_bytes();
+    let chunk_size = manifest.chunk_size;
+    let prefix_of = |path: &str| prefixes.get(path).cloned().unwrap_or_else(|| watch::channel(0).0);
+    if cache.complete_dir(manifest).is_some() {
+        for file in &manifest.files {
+            prefix_of(&file.path).send_replace(file.size);
+        }
+        progress(total);
+        return Ok(HydrationReport {
+            bytes_total: total,
+            bytes_reused: total,
+            bytes_from_cache: total,
+            ..Default::default()
+        });
+    }
+    let dir = cache.model_dir(&manifest.name, &manifest.revision);
+    {
+        let (dir, manifest) = (dir.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || distrust_earlier_boot(&dir, &manifest))
+            .await
+            .map_err(|e| StoreError::Internal(format!("checking the boot stamp: {e}")))??;
+    }
+
+    // Plan: which chunks of which files still need fetching. Every file's first chunk goes
+    // first (a loader reads the safetensors header before anything else), then the rest.
+    let mut jobs: Vec<Arc<FileJob>> = Vec::new();
+    let mut heads = VecDeque::new();
+    let mut rest = VecDeque::new();
+    let mut from_cache = 0;
+    for entry in &manifest.files {
+        let final_path = dir.join(&entry.path);
+        let prefix = prefix_of(&entry.path);
+        if std::fs::metadata(&final_path).map(|m| m.len() == entry.size).unwrap_or(false) {
+            prefix.send_replace(entry.size);
+            from_cache += entry.size;
+            continue;
+        }
+        let opened = {
+            let (entry, final_path) = (entry.clone(), final_path.clone());
+            tokio::task::spawn_blocking(move || FileJob::open(&entry, final_path, chunk_size, prefix))
+                .await
+                .map_err(|e| StoreError::Internal(format!("opening a partial file: {e}")))??
+        };
+        let job = Arc::new(opened.job);
+        let missing_bytes: u64 = opened.missing.iter().map(|&i| range_len(&job, i)).sum();
+        from_cache += entry.size - missing_bytes;
+        if opened.missing.is_empty() {
+            job.publish(opts.durable)?;
+            continue;
+        }
+        let idx = jobs.len();
+        for (k, chunk) in opened.missing.into_iter().enumerate() {
+            if k == 0 {
+                heads.push_back((idx, chunk));
+            } else {
+                rest.push_back((idx, chunk));
+            }
+        }
+        jobs.push(job);
+    }
+    progress(from_cache);
+    let mut queue = heads;
+    queue.extend(rest);
+
+    let sources = Arc::new(Sources::discover(store, manifest, &opts.peers, opts.peer_token.clone()).await);
+    let range_chunks = opts.range_bytes.map(|b| (b / chunk_size).max(1));
+    let mut tuner = Tuner::new(opts.concurrency, range_chunks, started.elapsed());
+    let mut in_flight = FuturesUnordered::new();
+    let mut moved = Moved::default();
+    loop {
+        while in_flight.len() < tuner.concurrency() {
+            let Some((job_idx, first)) = queue.pop_front() else { break };
+            let mut n = 1;
+            while n < tuner.range_chunks() && queue.front() == Some(&(job_idx, first + n)) {
+                queue.pop_front();
+                n += 1;
+            }
+            let (job, sources, durable) = (jobs[job_idx].clone(), sources.clone(), opts.durable);
+            in_flight.push(async move { fetch_range(&sources, job, first, n, durable).await });
+        }
+        let Some(done) = in_flight.next().await else { break };
+        let done = done?;
+        let n = done.peer + done.origin;
+        tuner.record(n, started.elapsed());
+        progress(n);
+        moved.peer += done.peer;
+        moved.origin += done.origin;
+    }
+
+    write_atomic(&cache.marker_path(manifest), &manifest.to_json())?;
+    let fetched = moved.peer + moved.origin;
+    Ok(HydrationReport {
+        bytes_total: total,
+        bytes_fetched: fetched,
+        bytes_reused: from_cache,
+        seconds: started.elapsed().as_secs_f64(),
+        bytes_from_cache: from_cache,
+        bytes_from_peer: moved.peer,
+        bytes_from_origin: moved.origin,
+        concurrency: tuner.concurrency() as u32,
+        range_bytes: tuner.range_chunks() * chunk_size,
+    })
+}
+
+/// Files that an earlier boot wrote may have lost unflushed bytes in a power cut. Each goes
+/// back to its partial name with a record naming all its chunks, so opening it re-hashes every
+/// chunk and refetches only those that no longer match. Then the directory is stamped with
+/// this boot. A pull killed halfway through this redoes it, because the stamp comes last.
+fn distrust_earlier_boot(dir: &std::path::Path, manifest: &Manifest) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir.display(), e))?;
+    if crate::cache::written_this_boot(dir) {
+        return Ok(());
+    }
+    let marker = dir.join(".colo-manifest.json");
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(|e| StoreError::io(marker.display(), e))?;
+    }
+    for entry in &manifest.files {
+        let final_path = dir.join(&entry.path);
+        if !final_path.is_file() {
+            continue;
+        }
+        let record: Vec<u8> = (0..entry.chunks.len() as u64).flat_map(|i| i.to_le_bytes()).collect();
+        let record_path = job::with_suffix(&final_path, ".colo-chunks");
+        std::fs::write(&record_path, record).map_err(|e| StoreError::io(record_path.display(), e))?;
+        let partial = partial_path(&final_path);
+        std::fs::rename(&final_path, &partial).map_err(|e| StoreError::io(partial.display(), e))?;
+    }
+    write_atomic(&dir.join(crate::cache::BOOT_STAMP), crate::cache::boot_id().as_bytes())
+}
+
+fn range_len(job: &FileJob, idx: u64) -> u64 {
+    let (start, end) = job.chunk_range(idx);
+    end - start
+}
+
+/// Fetches chunks `first .. first + n` of one file as one ranged read, verifies and writes
+/// each chunk. Chunks a peer got wrong are read again from the origin; a chunk the origin
+/// gets wrong twice fails the pull with a digest error and is never written.
+async fn fetch_range(sources: &Sources, job: Arc<FileJob>, first: u64, n: u64, durable: bool) -> Result<Moved, StoreError> {
+    let file = job.entry.path.clone();
+    let (start, _) = job.chunk_range(first);
+    let (_, end) = job.chunk_range(first + n - 1);
+    let mut moved = Moved::default();
+    let from = sources.pick(&file);
+    let bytes = match from {
+        From::Peer(peer) => match sources.peer(peer, &file, start, end).await {
+            Ok(bytes) => Some(bytes),
+            Err(why) => {
+                sources.mark_down(peer, &why);
+                None
+            }
+        },
+        From::Origin => None,
+    };
+    let (bytes, source) = match bytes {
+        Some(bytes) => (bytes, from),
+        None => (sources.origin(&file, start, end).await?, From::Origin),
+    };
+    if source == From::Origin {
+        moved.origin += bytes.len() as u64;
+    }
+    let bad = verify_and_write(job.clone(), first, n, start, bytes, durable).await?;
+    if let From::Peer(peer) = source {
+        let bad_bytes: u64 = bad.iter().map(|&i| range_len(&job, i)).sum();
+        moved.peer += (end - start) - bad_bytes;
+        if !bad.is_empty() {
+            sources.mark_down(peer, "sent a chunk whose digest does not match the manifest");
+        }
+    }
+    // Each chunk that failed is read once more from the origin, alone.
+    for idx in bad {
+        let (c_start, c_end) = job.chunk_range(idx);
+        let bytes = sources.origin(&file, c_start, c_end).await?;
+        moved.origin += bytes.len() as u64;
+        let still_bad = verify_and_write(job.clone(), idx, 1, c_start, bytes, durable).await?;
+        if !still_bad.is_empty() {
+            let bytes = sources.origin(&file, c_start, c_end).await?;
+            let job2 = job.clone();
+            let actual = tokio::task::spawn_blocking(move || job2.check(idx, &bytes))
+                .await
+                .map_err(|e| StoreError::Internal(format!("verifying a chunk: {e}")))?;
+            match actual {
+                Ok(()) => {
+                    return Err(StoreError::Internal(format!(
+                        "{file}: chunk {idx} matched on a third read after two mismatches; refusing a flaky origin"
+                    )))
+                }
+                Err(actual) => {
+                    return Err(StoreError::Digest {
+                        file,
+                        chunk: idx,
+                        start: c_start,
+                        end: c_end,
+                        expected: job.entry.chunks[idx as usize].clone(),
+                        actual,
+                    })
+                }
+            }
+        }
+    }
+    Ok(moved)
+}
+
+/// Hashes and writes each chunk of a range off the async threads. Returns the chunks whose
+/// digest did not match (they are not written).
+async fn verify_and_write(
+    job: Arc<FileJob>,
+    first: u64,
+    n: u64,
+    start: u64,
+    bytes: bytes::Bytes,
+    durable: bool,
+) -> Result<Vec<u64>, StoreError> {
+    tokio::task::spawn_blocking(move || {
+        let mut bad = Vec::new();
+        for idx in first..first + n {
+            let (c_start, c_end) = job.chunk_range(idx);
+            let slice = &bytes[(c_start - start) as usize..(c_end - start) as usize];
+            if job.check(idx, slice).is_err() {
+                bad.push(idx);
+                continue;
+            }
+            if job.write_verified(idx, slice)? {
+                job.publish(durable)?;
+            }
+        }
+        Ok(bad)
+    })
+    .await
+    .map_err(|e| StoreError::Internal(format!("writing a chunk: {e}")))?
+}

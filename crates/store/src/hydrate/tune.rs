@@ -1,0 +1,195 @@
+//! Choosing a pull's concurrency and range size from the throughput it measures.
+//!
+//! The tuner climbs one knob at a time: it doubles the ranged reads in flight while each step
+//! buys at least `GAIN` more throughput, then does the same with the chunks per range, and
+//! settles on the best it saw. Time is an argument, so tests drive it with a table.
+
+use std::time::Duration;
+
+/// A step must raise throughput by this factor to be kept.
+const GAIN: f64 = 1.08;
+/// Concurrency the tuner starts from and its bounds.
+const START_CONCURRENCY: usize = 8;
+const MAX_CONCURRENCY: usize = 64;
+/// Chunks per ranged read at most (with 4 MiB chunks: 16 MiB ranges).
+const MAX_RANGE_CHUNKS: u64 = 4;
+/// A measurement window closes after this many completed ranges and at least `WINDOW_MIN`.
+const WINDOW_RANGES: u32 = 12;
+const WINDOW_MIN: Duration = Duration::from_millis(60);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Knob {
+    Concurrency,
+    RangeChunks,
+    Settled,
+}
+
+#[derive(Debug)]
+pub(crate) struct Tuner {
+    concurrency: usize,
+    range_chunks: u64,
+    knob: Knob,
+    /// Whether the range size was given (and so is never tuned).
+    range_fixed: bool,
+    /// Best (throughput, concurrency, range chunks) seen.
+    best: Option<(f64, usize, u64)>,
+    window_start: Duration,
+    window_bytes: u64,
+    window_ranges: u32,
+    /// The first window after a change still carries ranges started under the old setting;
+    /// it is thrown away.
+    warming: bool,
+}
+
+// === impl Tuner ===
+
+impl Tuner {
+    /// A tuner for the knobs not given; given ones stay fixed.
+    pub(crate) fn new(concurrency: Option<usize>, range_chunks: Option<u64>, now: Duration) -> Self {
+        let knob = match (concurrency, range_chunks) {
+            (None, _) => Knob::Concurrency,
+            (Some(_), None) => Knob::RangeChunks,
+            (Some(_), Some(_)) => Knob::Settled,
+        };
+        Self {
+            concurrency: concurrency.unwrap_or(START_CONCURRENCY).max(1),
+            range_chunks: range_chunks.unwrap_or(1).max(1),
+            knob,
+            range_fixed: range_chunks.is_some(),
+            best: None,
+            window_start: now,
+            window_bytes: 0,
+            window_ranges: 0,
+            warming: true,
+        }
+    }
+
+    pub(crate) fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    pub(crate) fn range_chunks(&self) -> u64 {
+        self.range_chunks
+    }
+
+    /// Records one completed range of `bytes` at `now` (time since the pull began).
+    pub(crate) fn record(&mut self, bytes: u64, now: Duration) {
+        if self.knob == Knob::Settled {
+            return;
+        }
+        self.window_bytes += bytes;
+        self.window_ranges += 1;
+        let elapsed = now.saturating_sub(self.window_start);
+        if self.window_ranges < WINDOW_RANGES || elapsed < WINDOW_MIN {
+            return;
+        }
+        let throughput = self.window_bytes as f64 / elapsed.as_secs_f64();
+        self.window_start = now;
+        self.window_bytes = 0;
+        self.window_ranges = 0;
+        if std::mem::take(&mut self.warming) {
+            return;
+        }
+        self.step(throughput);
+    }
+
+    fn step(&mut self, throughput: f64) {
+        let improved = match self.best {
+            None => true,
+            Some((best, ..)) => throughput >= best * GAIN,
+        };
+        if improved {
+            self.best = Some((throughput, self.concurrency, self.range_chunks));
+        }
+        match self.knob {
+            Knob::Concurrency if improved && self.concurrency < MAX_CONCURRENCY => {
+                self.concurrency = (self.concurrency * 2).min(MAX_CONCURRENCY);
+            }
+            Knob::Concurrency => {
+                self.take_best();
+                self.knob = if self.range_fixed { Knob::Settled } else { Knob::RangeChunks };
+                if self.knob == Knob::RangeChunks {
+                    self.range_chunks = (self.range_chunks * 2).min(MAX_RANGE_CHUNKS);
+                }
+            }
+            Knob::RangeChunks if improved && self.range_chunks < MAX_RANGE_CHUNKS => {
+                self.range_chunks *= 2;
+            }
+            Knob::RangeChunks => {
+                self.take_best();
+                self.knob = Knob::Settled;
+            }
+            Knob::Settled => {}
+        }
+        self.warming = true;
+    }
+
+    fn take_best(&mut self) {
+        if let Some((_, concurrency, range_chunks)) = self.best {
+            self.concurrency = concurrency;
+            self.range_chunks = range_chunks;
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn settled(&self) -> bool {
+        self.knob == Knob::Settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a tuner against a model of throughput (bytes/s) as a function of the knobs and
+    /// returns where it settles.
+    fn settle(model: impl Fn(usize, u64) -> f64, conc: Option<usize>, range: Option<u64>) -> (usize, u64) {
+        let mut now = Duration::ZERO;
+        let mut tuner = Tuner::new(conc, range, now);
+        for _ in 0..10_000 {
+            if tuner.settled() {
+                break;
+            }
+            let bytes = 4 << 20;
+            let rate = model(tuner.concurrency(), tuner.range_chunks());
+            now += Duration::from_secs_f64(bytes as f64 / rate);
+            tuner.record(bytes, now);
+        }
+        assert!(tuner.settled(), "the tuner never settled");
+        (tuner.concurrency(), tuner.range_chunks())
+    }
+
+    #[test]
+    fn settles_at_the_knee() {
+        // (knee of concurrency, gain of larger ranges, fixed knobs) -> where it settles
+        let cases: &[(usize, bool, Option<usize>, Option<u64>, (usize, u64))] = &[
+            // Throughput grows until 16 in flight, ranges do not matter: stay at 16, 1 chunk.
+            (16, false, None, None, (16, 1)),
+            // A link that saturates early: no point going past 8.
+            (8, false, None, None, (8, 1)),
+            // Far-away store: everything helps up to the maximum.
+            (1024, true, None, None, (64, 4)),
+            // Fixed knobs are never moved.
+            (1024, true, Some(3), Some(2), (3, 2)),
+            (1024, true, Some(4), None, (4, 4)),
+        ];
+        for &(knee, ranges_help, conc, range, expected) in cases {
+            let model = |c: usize, r: u64| {
+                let base = c.min(knee) as f64 * 100e6;
+                if ranges_help {
+                    base * (1.0 + 0.3 * r as f64)
+                } else {
+                    base
+                }
+            };
+            assert_eq!(settle(model, conc, range), expected, "knee {knee}, ranges help {ranges_help}");
+        }
+    }
+
+    #[test]
+    fn noise_below_the_gain_does_not_climb() {
+        // 3% better per doubling is noise: stay where it started.
+        let model = |c: usize, _r: u64| 1e9 * (1.0 + 0.03 * (c as f64).log2());
+        assert_eq!(settle(model, None, None), (START_CONCURRENCY, 1));
+    }
+}
