@@ -193,6 +193,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the API to {}", args.api_addr))?;
     let api_addr = api_listener.local_addr()?;
 
+    // Hosts of one region pull from each other's caches before the store; with a fleet file
+    // they all answer on this process's API, each under /v1/hosts/<name>.
+    for agent in &agents {
+        let urls = agents
+            .iter()
+            .filter(|peer| peer.region() == agent.region() && peer.host() != agent.host())
+            .map(|peer| format!("http://{api_addr}/v1/hosts/{}", peer.host()))
+            .collect();
+        agent.set_peers(colo_agent::PeerConfig {
+            urls,
+            token: Some(token.clone()),
+        });
+    }
     for agent in &agents {
         agent.recover().await?;
     }

@@ -83,6 +83,11 @@ region = "ord"
 cpu_slots = 2
 
 [[hosts]]
+name = "ord-2"
+region = "ord"
+cpu_slots = 1
+
+[[hosts]]
 name = "ams-1"
 region = "ams"
 cpu_slots = 2
@@ -125,6 +130,16 @@ region = "ams"
         "--hard-limit",
         "2",
     ]);
+
+    // ord-2 has no machine of the app yet: prefetching for the region fills its cache from
+    // its neighbour ord-1, not from the store.
+    let warmed: serde_json::Value = serde_json::from_str(&colo.ok(&["cache", "prefetch", "tiny", "--region", "ord", "--json"])).unwrap();
+    let warmed = warmed.as_array().unwrap();
+    assert_eq!(warmed.len(), 2, "both ord hosts: {warmed:?}");
+    let ord2 = warmed.iter().find(|w| w["host"] == "ord-2").unwrap();
+    let total = ord2["report"]["bytes_total"].as_u64().unwrap();
+    assert_eq!(ord2["report"]["bytes_from_peer"].as_u64(), Some(total), "{ord2}");
+    assert_eq!(ord2["report"]["bytes_from_origin"].as_u64(), Some(0), "{ord2}");
 
     // One at a time, each edge keeps its callers in its own region.
     let client = reqwest::blocking::Client::new();
@@ -232,11 +247,23 @@ fn stopped_machines_wake_for_a_burst_held_streams_get_keepalives_and_sigterm_dra
     let all_stopped = |ms: &[serde_json::Value]| ms.iter().filter(|m| m["app"] == "nap" && m["state"] == "stopped").count() == 4;
     colo.wait_machines(30, "every nap machine autostopped", all_stopped);
 
-    // One request against stopped machines is answered once one of them starts.
+    // One request against stopped machines is answered once one of them starts, and says
+    // what the wait was made of.
     let client = reqwest::blocking::Client::new();
     let started = Instant::now();
-    assert_eq!(call(&client, &colo.edge, "nap").0, 200);
-    println!("a request to a stopped app answered in {:?}", started.elapsed());
+    let woke = client
+        .post(format!("{}/v1/embeddings", colo.edge))
+        .body(r#"{"model":"nap","input":"x"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(woke.status(), 200);
+    let cold = woke.headers().get("colo-cold-start").map(|v| v.to_str().unwrap().to_string());
+    println!(
+        "a request to a stopped app answered in {:?}; colo-cold-start: {cold:?}",
+        started.elapsed()
+    );
+    let cold = cold.expect("the request that woke a machine carries colo-cold-start");
+    assert!(cold.contains("engine_load=") && cold.ends_with("weights=cache"), "{cold}");
     colo.wait_machines(30, "every nap machine autostopped again", all_stopped);
 
     // A thousand at once need ceil(1000 / 500) = 2 machines at most; all are answered.

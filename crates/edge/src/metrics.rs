@@ -32,6 +32,12 @@ pub struct RegionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// `queued`, `hydrate`, `engine_load` or `first_response`.
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     /// `connect` (never sent) or `after_send` (an idempotent request sent again).
     pub kind: String,
@@ -60,6 +66,7 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     pub replays: Counter,
     pub rtt_ms: Family<RegionLabel, Gauge>,
+    pub cold_start_seconds: Family<PhaseLabel, Histogram, LatencyBuckets>,
     pub upstream_seconds: Histogram,
 }
 
@@ -78,6 +85,7 @@ impl Metrics {
             retries: Family::default(),
             replays: Counter::default(),
             rtt_ms: Family::default(),
+            cold_start_seconds: Family::new_with_constructor(LatencyBuckets),
             upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         };
         registry.register(
@@ -110,6 +118,11 @@ impl Metrics {
             metrics.replays.clone(),
         );
         registry.register("rtt_ms", "Measured RTT to each remote region", metrics.rtt_ms.clone());
+        registry.register(
+            "cold_start_seconds",
+            "Phases of the machine starts that requests at this edge waited for",
+            metrics.cold_start_seconds.clone(),
+        );
         registry.register(
             "upstream_seconds",
             "Time to the machine's response headers",

@@ -141,6 +141,8 @@ pub struct Edge {
     asked: Mutex<HashMap<String, HashMap<String, u64>>>,
     /// Measured RTT (ms, smoothed) to each region, from timed health checks of its machines.
     rtt: Mutex<HashMap<String, f64>>,
+    /// The start (by its request time) last counted in the cold-start metrics, per machine.
+    cold_starts_seen: Mutex<HashMap<String, u64>>,
 }
 
 /// How a request may be routed beyond the policy's defaults.
@@ -180,7 +182,25 @@ impl Edge {
             held: Mutex::default(),
             asked: Mutex::default(),
             rtt: Mutex::default(),
+            cold_starts_seen: Mutex::default(),
         })
+    }
+
+    /// Counts one machine start's phases in the cold-start histograms, once per start.
+    fn observe_cold_start(&self, machine_id: &str, cold: &colo_core::ColdStart) {
+        let mut seen = self.cold_starts_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.insert(machine_id.to_string(), cold.requested_at_ms) == Some(cold.requested_at_ms) {
+            return;
+        }
+        for (phase, ms) in [
+            ("queued", cold.queued_ms),
+            ("hydrate", cold.hydrate_ms),
+            ("engine_load", cold.engine_load_ms),
+            ("first_response", cold.first_response_ms),
+        ] {
+            let labels = crate::metrics::PhaseLabel { phase: phase.into() };
+            self.metrics.cold_start_seconds.get_or_create(&labels).observe(ms as f64 / 1000.0);
+        }
     }
 
     /// Requests this edge holds or is proxying (bodies still streaming included): what a
@@ -702,6 +722,9 @@ type ProxyResult = Result<(String, Response), (String, EdgeError)>;
 
 /// A request as the edge keeps it while it may be sent more than once (retries, replays).
 struct Outgoing {
+    /// Wall-clock ms when the request arrived: a machine whose start was asked for after this
+    /// woke for it.
+    arrived_ms: u64,
     app: String,
     method: Method,
     path: String,
@@ -712,6 +735,8 @@ struct Outgoing {
 
 /// What came back from a machine: the response head and body, still counted in flight.
 struct Answered {
+    /// The machine's cold start, when it started for this request.
+    woke: Option<colo_core::ColdStart>,
     endpoint: crate::routes::Endpoint,
     guard: InFlight,
     response: hyper::Response<hyper::body::Incoming>,
@@ -733,6 +758,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
     }
     let streaming = is_llm && wants_stream(&body);
     let outgoing = Outgoing {
+        arrived_ms: wall_ms(),
         prefix: is_llm.then(|| prefix_of(&app, &body)).flatten(),
         app: app.clone(),
         method: parts.method,
@@ -917,7 +943,16 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
                     .unwrap_or_else(|p| p.into_inner())
                     .record(key, machine_key(&endpoint.machine_id), edge.now_ms());
             }
-            return Ok(Answered { endpoint, guard, response });
+            let woke = endpoint.cold_start.clone().filter(|c| c.requested_at_ms >= out.arrived_ms);
+            if let Some(cold) = &woke {
+                edge.observe_cold_start(&endpoint.machine_id, cold);
+            }
+            return Ok(Answered {
+                woke,
+                endpoint,
+                guard,
+                response,
+            });
         };
         let replay = replay.map_err(|reason| upstream_failed(format!("bad colo-replay header: {reason}")))?;
         replays += 1;
@@ -971,9 +1006,29 @@ impl Replay {
 /// The client's response: the machine's head (hop-by-hop headers dropped, the machine and its
 /// region added) and its body passed through as it arrives.
 fn respond(answered: Answered) -> Response {
-    let Answered { endpoint, guard, response } = answered;
+    let Answered {
+        woke,
+        endpoint,
+        guard,
+        response,
+    } = answered;
     let (mut parts, incoming) = response.into_parts();
     parts.headers.retain_hop_by_hop();
+    if let Some(cold) = woke {
+        // The request that woke a machine says what the wait was made of.
+        let source = match (cold.bytes_from_origin, cold.bytes_from_peer) {
+            (0, 0) => "cache",
+            (0, _) => "peer",
+            _ => "origin",
+        };
+        let value = format!(
+            "queued={};hydrate={};engine_load={};first_response={};weights={source}",
+            cold.queued_ms, cold.hydrate_ms, cold.engine_load_ms, cold.first_response_ms
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            parts.headers.insert(HeaderName::from_static("colo-cold-start"), value);
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&endpoint.machine_id) {
         parts.headers.insert(HeaderName::from_static("colo-machine"), value);
     }

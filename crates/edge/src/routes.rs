@@ -50,6 +50,8 @@ pub struct Endpoint {
     pub region: String,
     /// Wall-clock ms of the machine's last state change (when it started); 0: unknown.
     pub since_ms: u64,
+    /// The phases of the machine's last start, as its agent recorded them.
+    pub cold_start: Option<colo_core::ColdStart>,
 }
 
 // === impl RouteTable ===
@@ -85,6 +87,7 @@ impl RouteTable {
                     addr: addr.clone(),
                     region: machine.region.clone(),
                     since_ms: machine.updated_at_ms,
+                    cold_start: machine.cold_start.clone(),
                 }),
                 _ if machine.desired == MachineState::Started && machine.state != MachineState::Failed => routes.pending += 1,
                 (MachineState::Stopped, _) => routes.stopped.push(Sleeper {

@@ -66,6 +66,7 @@ fn table_in(app: &str, machines: &[(&str, &str, &str)]) -> Arc<RouteTable> {
             addr: addr.to_string(),
             region: region.to_string(),
             since_ms: 0,
+            cold_start: None,
         })
         .collect();
     Arc::new(RouteTable::single(app, endpoints))
@@ -390,6 +391,7 @@ async fn an_apps_own_limits_override_the_edges() {
             addr: up,
             region: "local".into(),
             since_ms: 0,
+            cold_start: None,
         }],
     );
     table.apps.get_mut("app").unwrap().limits = (Some(1), Some(1));
@@ -442,6 +444,7 @@ async fn api_keys_guard_apps_and_rate_limit_them() {
         addr: up.clone(),
         region: "local".into(),
         since_ms: 0,
+        cold_start: None,
     };
     let mut table = RouteTable::single("alpha", vec![endpoint("m1")]);
     table.apps.insert("beta".into(), table.apps["alpha"].clone());
@@ -503,6 +506,7 @@ async fn apps_with_keys_are_not_listed_to_strangers() {
             addr: up,
             region: "local".into(),
             since_ms: 0,
+            cold_start: None,
         }],
     );
     table.apps.insert("secret".into(), table.apps["open"].clone());
