@@ -229,6 +229,8 @@ struct CreateMachine {
     gpu: Option<String>,
     /// Region of the host to run on; the first host with a free device when absent.
     region: Option<String>,
+    /// The app's own engine command (`{port}`, `{model_dir}`); colo's engine when absent.
+    engine_cmd: Option<String>,
 }
 
 async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
@@ -260,7 +262,7 @@ async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum:
         model,
         revision,
         gpu_kind: request.gpu,
-        engine_cmd: None,
+        engine_cmd: request.engine_cmd,
     };
     let mut last = None;
     for agent in candidates {

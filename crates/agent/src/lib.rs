@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub engine: EngineCommand,
     /// The longest an engine may take from spawn to a passing health check.
     pub start_timeout: Duration,
+    /// Time between a machine being told to stop (edges route nothing more to it) and its
+    /// engine being signalled, for requests in flight to finish.
+    pub stop_grace: Duration,
     /// Time between health checks of a started engine.
     pub health_interval: Duration,
 }
@@ -65,6 +68,8 @@ pub struct Agent {
     catalogue: colo_core::Catalogue,
     /// Desired-state channels of the supervisors that run, by machine id.
     supervisors: Mutex<HashMap<String, watch::Sender<MachineState>>>,
+    /// Machine records the state store refused, by id, to write again.
+    unsaved: Mutex<HashMap<String, Machine>>,
     /// Serialises device leasing so two creates never take the same device.
     lease_lock: tokio::sync::Mutex<()>,
     /// Where and how this host pulls models from its region's peers.
@@ -103,6 +108,7 @@ impl Agent {
             catalogue: colo_core::Catalogue::builtin(),
             supervisors: Mutex::new(HashMap::new()),
             lease_lock: Default::default(),
+            unsaved: Mutex::default(),
             peers: Mutex::default(),
             start_requested: Mutex::default(),
         })
@@ -123,6 +129,61 @@ impl Agent {
 
     pub fn host(&self) -> &str {
         &self.config.host
+    }
+
+    /// Records a machine's state; a record the state store refused (it is unreachable) is kept
+    /// and written again by the next heartbeat, so an outage never leaves a stale record.
+    pub(crate) async fn save_machine(&self, machine: &Machine) -> Result<(), AgentError> {
+        let result = self.state.put_machine(machine).await;
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(()) => unsaved.remove(&machine.id),
+            Err(_) => unsaved.insert(machine.id.clone(), machine.clone()),
+        };
+        Ok(result?)
+    }
+
+    /// Registers this host in the shared state and renews the record every third of `lease`,
+    /// writing again any machine record an outage kept from the store. `addr` is the base URL
+    /// of this agent's API. Runs until the agent is dropped.
+    pub fn spawn_heartbeat(self: &Arc<Self>, addr: String, lease: Duration) {
+        let agent = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(agent) = agent.upgrade() else { return };
+                let cache = agent.cache.clone();
+                let cached_models = tokio::task::spawn_blocking(move || cache.entries())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| e.complete)
+                    .map(|e| format!("{}@{}", e.name, e.revision))
+                    .collect();
+                let record = colo_core::HostRecord {
+                    name: agent.config.host.clone(),
+                    region: agent.config.region.clone(),
+                    addr: addr.clone(),
+                    devices: agent.devices.clone(),
+                    cached_models,
+                    heartbeat_ms: now_ms(),
+                    lease_ms: lease.as_millis() as u64,
+                    lost: false,
+                };
+                if let Err(e) = agent.state.put_host(&record).await {
+                    tracing::warn!(error = %e, "heartbeat");
+                } else {
+                    let unsaved: Vec<Machine> = agent.unsaved.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                    for machine in unsaved {
+                        // The newest record of a machine wins: one saved since is not overwritten.
+                        let _ = agent.save_machine(&machine).await;
+                    }
+                }
+                drop(agent);
+                tokio::time::sleep(lease / 3).await;
+            }
+        });
     }
 
     pub fn region(&self) -> &str {

@@ -95,7 +95,7 @@ async fn record(agent: &Agent, machine: &mut Machine, state: MachineState, desir
     }
     machine.state = state;
     machine.updated_at_ms = now_ms();
-    if let Err(e) = agent.state.put_machine(machine).await {
+    if let Err(e) = agent.save_machine(machine).await {
         tracing::error!(machine = %machine.id, error = %e, "recording machine state");
     }
 }
@@ -270,7 +270,17 @@ async fn watch_engine(agent: &Agent, machine: &mut Machine, mut child: Child, de
                 return Outcome::Crashed(format!("engine exited with {status}"));
             }
             changed = desired.changed() => {
-                if changed.is_err() || *desired.borrow() != MachineState::Started {
+                let want = *desired.borrow();
+                if changed.is_err() || want == MachineState::Stopping {
+                    stop_child(&mut child).await;
+                    return Outcome::Told;
+                }
+                if want != MachineState::Started {
+                    // Edges stopped routing here when the desired state changed; requests
+                    // already in flight get the grace period to finish before the engine stops.
+                    if sleep_or_told(desired, agent.config.stop_grace).await && *desired.borrow() == MachineState::Started {
+                        continue;
+                    }
                     stop_child(&mut child).await;
                     return Outcome::Told;
                 }

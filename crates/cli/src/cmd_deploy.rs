@@ -316,3 +316,50 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a deploy token for one app (shown once): it may deploy, inspect and destroy that
+    /// app through control, and nothing else.
+    Create(TokenAppArgs),
+    /// Replace the cluster token in the data dir; daemons reading the file use the new one at
+    /// their next request (copy it to hosts whose daemons read their own copy).
+    Rotate(TokenRotateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TokenAppArgs {
+    app: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct TokenRotateArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create(args) => {
+            let api = Api::connect(&args.common.data_dir)?;
+            let created: serde_json::Value = api.post(&format!("/v1/apps/{}/deploy-tokens", args.app), &json!({})).await?;
+            if args.common.json {
+                return print_json(&created);
+            }
+            println!("{}", created["token"].as_str().unwrap_or_default());
+            eprintln!("deploy token for {}: keep it now, colo stores only its digest", args.app);
+            Ok(())
+        }
+        TokenCommand::Rotate(args) => {
+            colo_control::auth::rotate_token(&args.common.data_dir)
+                .with_context(|| format!("rotating the token in {}", args.common.data_dir.display()))?;
+            if args.common.json {
+                return print_json(&json!({"rotated": args.common.data_dir.join(colo_control::auth::TOKEN_FILE)}));
+            }
+            println!("rotated {}", args.common.data_dir.join(colo_control::auth::TOKEN_FILE).display());
+            Ok(())
+        }
+    }
+}

@@ -168,6 +168,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                         args: vec!["engine".into(), "serve".into()],
                     },
                     start_timeout: Duration::from_secs(300),
+                    stop_grace: Duration::from_secs(2),
                     health_interval: Duration::from_secs_f64(args.health_interval),
                 },
                 state.clone(),
@@ -237,16 +238,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             routes.clone(),
         );
         let edge = edge.with_machines(Arc::new(AgentMachines(agents.clone())));
-        // One edge stops idle machines; each edge would otherwise stop the same ones.
-        if edges.is_empty() {
-            edge.spawn_autostop();
-        }
+        // Each edge stops the idle machines of its own region.
+        edge.spawn_autostop();
         edge.spawn_rtt_probe();
         edges.push((region, listener, edge));
     }
     let api = colo_control::api::router(control.clone())
         .merge(colo_agent::api::router(agents.clone()))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(token), auth::require_token));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth::Access {
+                token: auth::TokenFile::open(&data_dir.join(auth::TOKEN_FILE))?,
+                state: state.clone(),
+            }),
+            auth::require_access,
+        ));
 
     let edge_urls: Vec<(String, String)> = edges
         .iter()
@@ -302,7 +307,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         devices.join("; ")
     );
 
-    shutdown_signal().await;
+    crate::cmd_daemon::shutdown_signal().await;
     // Drain: the edges stop accepting and in-flight requests get up to the drain timeout to
     // finish on machines that still run; only then are the machines stopped.
     eprintln!("colo: draining (up to {}s)", args.drain_timeout);
@@ -326,21 +331,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), api_server).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// The edges' handle on this process's agents: wake and stop machines without waiting.

@@ -2,6 +2,7 @@
 
 mod client;
 mod cmd_cache;
+mod cmd_daemon;
 mod cmd_deploy;
 mod cmd_model;
 mod cmd_plan;
@@ -34,6 +35,15 @@ pub struct Common {
 enum Command {
     /// Run control, an agent and an edge in this process, in the foreground until SIGTERM.
     Up(cmd_up::UpArgs),
+    /// Run control alone (apps, deploys, reconciliation) over NATS and an S3-compatible store.
+    Control(cmd_daemon::ControlArgs),
+    /// Run one host's agent over NATS: leases its devices, runs machines, heartbeats.
+    Agent(cmd_daemon::AgentArgs),
+    /// Run one region's edge over NATS: the OpenAI-compatible entry point.
+    Edge(cmd_daemon::EdgeArgs),
+    /// Cluster and deploy tokens.
+    #[command(subcommand)]
+    Token(cmd_deploy::TokenCommand),
     /// Push, inspect and list models in the store.
     #[command(subcommand)]
     Model(cmd_model::ModelCommand),
@@ -123,6 +133,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => cmd_up::run(args).await,
+            Command::Control(args) => cmd_daemon::control(args).await,
+            Command::Agent(args) => cmd_daemon::agent(args).await,
+            Command::Edge(args) => cmd_daemon::edge(args).await,
+            Command::Token(cmd) => cmd_deploy::token(cmd).await,
             Command::Model(cmd) => cmd_model::run(cmd).await,
             Command::Deploy(args) => cmd_deploy::deploy(args).await,
             Command::Destroy(args) => cmd_deploy::destroy(args).await,

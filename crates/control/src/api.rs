@@ -18,6 +18,8 @@ impl ControlError {
             ControlError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ControlError::Store(colo_store::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
             ControlError::Agent(e) => e.http_status(),
+            ControlError::Host(_) => StatusCode::BAD_GATEWAY,
+            ControlError::Rollout { .. } => StatusCode::CONFLICT,
             ControlError::Store(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -36,6 +38,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/machines", get(machines))
         .route("/v1/apps/{app}/keys", get(list_keys).post(create_key))
         .route("/v1/apps/{app}/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/v1/apps/{app}/deploy-tokens", axum::routing::post(create_deploy_token))
         .with_state(control)
 }
 
@@ -147,5 +150,104 @@ async fn revoke_key(State(control): State<Arc<Control>>, Path((app, id)): Path<(
     match control.revoke_key(&app, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+async fn create_deploy_token(State(control): State<Arc<Control>>, Path(app): Path<String>) -> Response {
+    match control.create_deploy_token(&app).await {
+        Ok(token) => (StatusCode::CREATED, Json(json!({"app": app, "token": token}))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The read side of the machines API, answered from the shared state, for a control that runs
+/// without agents in its process (`colo control`): `GET /v1/apps/{app}/machines[/{id}[/wait]]`.
+/// Starting and stopping machines is the agents' API.
+pub fn machines_router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/apps/{app}/machines", get(app_machines))
+        .route("/v1/apps/{app}/machines/{id}", get(app_machine))
+        .route("/v1/apps/{app}/machines/{id}/wait", get(wait_machine))
+        .with_state(control)
+}
+
+async fn app_machines(State(control): State<Arc<Control>>, Path(app): Path<String>) -> Response {
+    match control.state.machines().await {
+        Ok(all) => Json(all.into_iter().filter(|m| m.app.as_str() == app).collect::<Vec<_>>()).into_response(),
+        Err(e) => ControlError::from(e).into_response(),
+    }
+}
+
+async fn find_machine(control: &Control, app: &str, id: &str) -> Result<colo_core::Machine, Response> {
+    let all = control.state.machines().await.map_err(|e| ControlError::from(e).into_response())?;
+    all.into_iter().find(|m| m.id == id && m.app.as_str() == app).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("app {app:?} has no machine {id:?}")})),
+        )
+            .into_response()
+    })
+}
+
+async fn app_machine(State(control): State<Arc<Control>>, Path((app, id)): Path<(String, String)>) -> Response {
+    match find_machine(&control, &app, &id).await {
+        Ok(machine) => Json(machine).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    state: Option<String>,
+    timeout: Option<f64>,
+}
+
+/// Answers once the machine reaches the state asked for (default `started`), with 409 if it
+/// fails or is destroyed first and 408 when the timeout (seconds, at most 600) passes.
+async fn wait_machine(
+    State(control): State<Arc<Control>>,
+    Path((app, id)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<WaitQuery>,
+) -> Response {
+    let wanted = query.state.as_deref().unwrap_or("started");
+    let Some(state) = colo_core::MachineState::parse(wanted) else {
+        return ControlError::Invalid {
+            field: "state",
+            reason: format!("{wanted:?} is not a machine state"),
+        }
+        .into_response();
+    };
+    let secs = query.timeout.unwrap_or(60.0);
+    if !(0.0..=600.0).contains(&secs) {
+        return ControlError::Invalid {
+            field: "timeout",
+            reason: format!("{secs} is outside 0 to 600 seconds"),
+        }
+        .into_response();
+    }
+    let mut changes = control.state.changes();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    loop {
+        let machine = match find_machine(&control, &app, &id).await {
+            Ok(machine) => machine,
+            Err(response) => return response,
+        };
+        if machine.state == state {
+            return Json(machine).into_response();
+        }
+        if matches!(machine.state, colo_core::MachineState::Failed | colo_core::MachineState::Destroyed) {
+            let error = machine.last_error.unwrap_or_default();
+            let body = json!({"error": format!("machine {id} is {} (wanted {wanted}): {error}", machine.state)});
+            return (StatusCode::CONFLICT, Json(body)).into_response();
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let body = json!({"error": format!("machine {id} is {} after {secs}s (wanted {wanted})", machine.state)});
+                return (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response();
+            }
+        }
     }
 }

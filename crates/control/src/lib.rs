@@ -4,9 +4,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod hosts;
+
+pub use hosts::{HostHandle, Hosts};
 
 use colo_agent::{Agent, MachineSpec};
-use colo_core::{ApiKey, App, AppName, Catalogue, GpuChoice, Machine, MachineState};
+use colo_core::{ApiKey, App, AppName, Catalogue, GpuChoice, HostRecord, Machine, MachineState};
 use colo_model::{FactsSource, Manifest, ModelFacts};
 use colo_policy::{recommend, PlanRequest};
 use colo_state::StateStore;
@@ -26,6 +29,10 @@ pub enum ControlError {
     State(#[from] colo_state::StateError),
     #[error(transparent)]
     Agent(#[from] colo_agent::AgentError),
+    #[error("{0}")]
+    Host(String),
+    #[error("rollout of app {app:?} to revision {revision} stopped: {reason}; the previous version keeps serving")]
+    Rollout { app: String, revision: String, reason: String },
 }
 
 /// What a deploy may set besides the model and machine count.
@@ -51,13 +58,17 @@ pub struct DeployOptions {
 pub const MAX_MACHINES_PER_APP: u32 = 64;
 
 pub struct Control {
-    state: Arc<dyn StateStore>,
+    pub(crate) state: Arc<dyn StateStore>,
     store: Store,
-    /// Every host's agent, in the order hosts were declared.
-    agents: Vec<Arc<Agent>>,
+    hosts: Hosts,
+    /// One reconciliation at a time: a rollout waits for machines, and a second pass meanwhile
+    /// would count them twice.
+    reconciling: tokio::sync::Mutex<()>,
+    /// How long a new machine of a rollout may take to become healthy.
+    pub rollout_timeout: std::time::Duration,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -67,29 +78,39 @@ fn now_ms() -> u64 {
 // === impl Control ===
 
 impl Control {
+    /// Control over agents in this process (`colo up`).
     pub fn new(state: Arc<dyn StateStore>, store: Store, agents: Vec<Arc<Agent>>) -> Arc<Self> {
-        Arc::new(Self { state, store, agents })
+        Self::with_hosts(state, store, Hosts::Local(agents))
     }
 
-    /// The agent of the host that runs `machine`.
-    fn agent_of(&self, machine: &Machine) -> Result<&Arc<Agent>, ControlError> {
-        self.agents
+    /// Control over the agents registered in the shared state, reached with the cluster token.
+    pub fn remote(state: Arc<dyn StateStore>, store: Store, token: String) -> Arc<Self> {
+        Self::with_hosts(state.clone(), store, Hosts::Remote { state, token })
+    }
+
+    fn with_hosts(state: Arc<dyn StateStore>, store: Store, hosts: Hosts) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            store,
+            hosts,
+            reconciling: tokio::sync::Mutex::new(()),
+            rollout_timeout: std::time::Duration::from_secs(300),
+        })
+    }
+
+    /// The host that runs `machine`, among `hosts`.
+    fn host_of<'a>(hosts: &'a [Arc<dyn HostHandle>], machine: &Machine) -> Result<&'a Arc<dyn HostHandle>, ControlError> {
+        hosts
             .iter()
-            .find(|a| a.host() == machine.host)
-            .ok_or_else(|| ControlError::Invalid {
-                field: "host",
-                reason: format!(
-                    "machine {} runs on host {:?}, which control does not drive",
-                    machine.id, machine.host
-                ),
-            })
+            .find(|h| h.name() == machine.host)
+            .ok_or_else(|| ControlError::Host(format!("machine {} runs on host {:?}, which is not live", machine.id, machine.host)))
     }
 
-    /// Every machine on the hosts control drives.
-    async fn all_machines(&self) -> Result<Vec<Machine>, ControlError> {
+    /// Every machine on `hosts`.
+    async fn machines_on(hosts: &[Arc<dyn HostHandle>]) -> Result<Vec<Machine>, ControlError> {
         let mut all = Vec::new();
-        for agent in &self.agents {
-            all.extend(agent.machines().await?);
+        for host in hosts {
+            all.extend(host.machines().await?);
         }
         Ok(all)
     }
@@ -137,7 +158,8 @@ impl Control {
                 reason: format!("{machines} is outside 1 to {MAX_MACHINES_PER_APP}"),
             });
         }
-        let known: Vec<&str> = self.agents.iter().map(|a| a.region()).collect();
+        let live = self.hosts.live().await?;
+        let known: Vec<&str> = live.iter().map(|h| h.region()).collect();
         for (region, count) in &options.regions {
             if !known.contains(&region.as_str()) {
                 let reason = format!("no host in region {region:?} (hosts are in: {})", known.join(", "));
@@ -183,6 +205,7 @@ impl Control {
             revision: manifest.revision,
             machines,
             deployed_at_ms: now_ms(),
+            version: 0,
             gpu,
             soft_limit,
             hard_limit,
@@ -190,18 +213,28 @@ impl Control {
             autostop_secs: options.autostop_secs,
             min_running: options.min_running,
             regions: options.regions.clone(),
+            deploy_tokens: Vec::new(),
             engine_cmd: options.engine_cmd.clone(),
         };
-        // A redeploy keeps the app's keys.
-        let app = match self.state.app(&app.name).await? {
+        // A redeploy keeps the app's keys and counts up its version.
+        let previous = self.state.app(&app.name).await?;
+        let app = match &previous {
             Some(previous) => App {
-                keys: previous.keys,
+                keys: previous.keys.clone(),
+                deploy_tokens: previous.deploy_tokens.clone(),
+                version: previous.version + 1,
                 ..app
             },
-            None => app,
+            None => App { version: 1, ..app },
         };
         self.state.put_app(&app).await?;
-        self.reconcile(&app).await?;
+        if let Err(e) = self.reconcile(&app).await {
+            // A rollout that failed leaves the previous version serving, and on record.
+            if let (ControlError::Rollout { .. }, Some(previous)) = (&e, previous) {
+                self.state.put_app(&previous).await?;
+            }
+            return Err(e);
+        }
         Ok(app)
     }
 
@@ -211,7 +244,7 @@ impl Control {
     async fn choose_gpu(&self, manifest: &Manifest, named: Option<&str>) -> Result<Option<GpuChoice>, ControlError> {
         let invalid = |reason: String| ControlError::Invalid { field: "gpu", reason };
         let catalogue = Catalogue::builtin();
-        let mut host_kinds: Vec<String> = self.agents.iter().flat_map(|a| a.gpu_kinds()).collect();
+        let mut host_kinds: Vec<String> = self.hosts.live().await?.iter().flat_map(|h| h.gpu_kinds()).collect();
         host_kinds.sort();
         host_kinds.dedup();
         if let Some(kind) = named {
@@ -285,6 +318,17 @@ impl Control {
         Ok((api_key, key))
     }
 
+    /// Makes a deploy token for `app` (shown only now): it lets its holder deploy, inspect and
+    /// destroy this app through control, and nothing else.
+    pub async fn create_deploy_token(&self, app: &str) -> Result<String, ControlError> {
+        let mut record = self.app(app).await?;
+        let secret: String = (0..24).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let token = format!("{}{secret}", auth::DEPLOY_TOKEN_PREFIX);
+        record.deploy_tokens.push(blake3::hash(token.as_bytes()).to_hex().to_string());
+        self.state.put_app(&record).await?;
+        Ok(token)
+    }
+
     /// Removes one of `app`'s keys.
     pub async fn revoke_key(&self, app: &str, id: &str) -> Result<(), ControlError> {
         let mut record = self.app(app).await?;
@@ -309,86 +353,142 @@ impl Control {
         if !self.state.delete_app(&name).await? {
             return Err(ControlError::NoSuchApp(app.to_string()));
         }
-        for machine in self.all_machines().await? {
+        let hosts = self.hosts.live().await?;
+        for machine in Self::machines_on(&hosts).await? {
             if machine.app == name && machine.state != MachineState::Destroyed {
-                self.agent_of(&machine)?.destroy(&machine.id).await?;
+                Self::host_of(&hosts, &machine)?.destroy(&machine.id).await?;
             }
         }
         Ok(())
     }
 
-    /// Brings the app's machines in line with its record: machines of another revision, model,
-    /// engine or GPU kind are destroyed, missing ones created, surplus ones destroyed, stopped
-    /// ones started. With per-region counts each region is reconciled on its own; without, the
-    /// machines are spread over the hosts, each new one going to the host with the fewest of
-    /// the app's machines (then the most free devices).
+    /// Brings the app's machines in line with its record, on the hosts that are live: surplus
+    /// machines are destroyed, stopped ones started, missing ones created. With per-region
+    /// counts each region is reconciled on its own; without, machines are spread over the
+    /// hosts, each new one going to the host with the fewest of the app's machines (then the
+    /// most free devices). Machines of another revision, model, engine or GPU kind are
+    /// replaced one at a time: a new machine must be started and healthy before an old one is
+    /// destroyed, so the old version keeps serving; a new machine that fails stops the rollout
+    /// with an error (and is destroyed), leaving the old ones in place.
     pub async fn reconcile(&self, app: &App) -> Result<(), ControlError> {
-        let mut live = Vec::new();
-        for machine in self.all_machines().await? {
+        let _one_at_a_time = self.reconciling.lock().await;
+        let hosts = self.hosts.live().await?;
+        let (mut current, mut stale) = (Vec::new(), Vec::new());
+        for machine in Self::machines_on(&hosts).await? {
             if machine.app != app.name || machine.state == MachineState::Destroyed {
                 continue;
             }
-            let agent = self.agent_of(&machine)?;
+            let host = Self::host_of(&hosts, &machine)?;
             let wrong_kind = app
                 .gpu
                 .as_ref()
-                .is_some_and(|g| agent.device_kind(&machine.device).as_deref() != Some(g.kind.as_str()));
+                .is_some_and(|g| host.device_kind(&machine.device).as_deref() != Some(g.kind.as_str()));
             if machine.revision != app.revision || machine.model != app.model || machine.engine_cmd != app.engine_cmd || wrong_kind {
-                agent.destroy(&machine.id).await?;
+                stale.push(machine);
             } else {
-                live.push(machine);
+                current.push(machine);
             }
         }
-        live.sort_by_key(|m| (m.state != MachineState::Started, m.id.clone()));
+        // Surplus goes from the hosts with the most of the app's machines first, stopped or
+        // failing ones before started ones.
+        let per_host = |machines: &[Machine], host: &str| machines.iter().filter(|m| m.host == host).count();
+        let snapshot = current.clone();
+        current.sort_by_key(|m| {
+            (
+                m.state != MachineState::Started,
+                std::cmp::Reverse(per_host(&snapshot, &m.host)),
+                m.id.clone(),
+            )
+        });
         let wanted: Vec<(Option<&str>, usize)> = if app.regions.is_empty() {
             vec![(None, app.machines as usize)]
         } else {
             app.regions.iter().map(|(r, n)| (Some(r.as_str()), *n as usize)).collect()
         };
-        // Machines in regions the app no longer lists go.
-        let (mut kept, gone): (Vec<Machine>, Vec<Machine>) = live
+        // Machines in regions the app no longer lists are stale too.
+        let (mut kept, gone): (Vec<Machine>, Vec<Machine>) = current
             .into_iter()
             .partition(|m| wanted.iter().any(|(r, _)| r.is_none_or(|r| r == m.region)));
-        for machine in gone {
-            self.agent_of(&machine)?.destroy(&machine.id).await?;
-        }
+        stale.extend(gone);
         for (region, want) in wanted {
             let (mine, rest): (Vec<Machine>, Vec<Machine>) = kept.into_iter().partition(|m| region.is_none_or(|r| r == m.region));
             kept = rest;
-            for surplus in mine.iter().skip(want) {
-                self.agent_of(surplus)?.destroy(&surplus.id).await?;
+            // `mine` is sorted started-first, so the surplus is the tail.
+            let (keep, surplus) = mine.split_at(mine.len().min(want));
+            for machine in surplus {
+                Self::host_of(&hosts, machine)?.destroy(&machine.id).await?;
             }
-            for machine in mine.iter().take(want) {
+            for machine in keep {
                 if machine.desired != MachineState::Started || machine.state == MachineState::Failed {
-                    self.agent_of(machine)?.start(&machine.id).await?;
+                    Self::host_of(&hosts, machine)?.start(&machine.id).await?;
                 }
             }
-            for _ in mine.len()..want {
-                self.create_in(app, region).await?;
+            for _ in keep.len()..want {
+                let replaces = stale.iter().position(|m| region.is_none_or(|r| r == m.region));
+                let new = self.create_in(&hosts, app, region).await?;
+                let Some(old) = replaces.map(|i| stale.remove(i)) else { continue };
+                if let Err(e) = self.wait_healthy(&new).await {
+                    if let Ok(host) = Self::host_of(&hosts, &new) {
+                        let _ = host.destroy(&new.id).await;
+                    }
+                    return Err(ControlError::Rollout {
+                        app: app.name.to_string(),
+                        revision: app.revision.clone(),
+                        reason: e,
+                    });
+                }
+                Self::host_of(&hosts, &old)?.destroy(&old.id).await?;
             }
         }
+        for machine in stale {
+            Self::host_of(&hosts, &machine)?.destroy(&machine.id).await?;
+        }
         Ok(())
+    }
+
+    /// Waits until `machine` is started and passing health checks, or says why it is not.
+    async fn wait_healthy(&self, machine: &Machine) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.rollout_timeout;
+        let mut changes = self.state.changes();
+        loop {
+            let now = self.state.machines().await.map_err(|e| e.to_string())?;
+            match now.iter().find(|m| m.id == machine.id) {
+                Some(m) if m.state == MachineState::Started && m.healthy => return Ok(()),
+                Some(m) if m.state == MachineState::Failed => {
+                    return Err(format!(
+                        "new machine {} failed: {}",
+                        m.id,
+                        m.last_error.as_deref().unwrap_or("no reason recorded")
+                    ))
+                }
+                Some(m) if m.state == MachineState::Destroyed => return Err(format!("new machine {} was destroyed", m.id)),
+                // Another process wrote the record; this copy of the state may not have it yet.
+                None | Some(_) => {}
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(format!("new machine {} not healthy within {:?}", machine.id, self.rollout_timeout));
+                }
+            }
+        }
     }
 
     /// Creates one machine of `app` in `region` (anywhere when `None`), on the host with the
     /// fewest of the app's machines, then the most free devices; the next host is tried when
     /// one has no device of the app's kind free.
-    async fn create_in(&self, app: &App, region: Option<&str>) -> Result<Machine, ControlError> {
-        let machines = self.all_machines().await?;
-        let mut hosts = Vec::new();
-        for agent in self.agents.iter().filter(|a| region.is_none_or(|r| r == a.region())) {
+    async fn create_in(&self, hosts: &[Arc<dyn HostHandle>], app: &App, region: Option<&str>) -> Result<Machine, ControlError> {
+        let machines = Self::machines_on(hosts).await?;
+        let mut candidates = Vec::new();
+        for host in hosts.iter().filter(|h| region.is_none_or(|r| r == h.region())) {
             let of_app = machines
                 .iter()
-                .filter(|m| m.host == agent.host() && m.app == app.name && m.state != MachineState::Destroyed)
+                .filter(|m| m.host == host.name() && m.app == app.name && m.state != MachineState::Destroyed)
                 .count();
-            hosts.push((
-                of_app,
-                std::cmp::Reverse(agent.free_devices().await?),
-                agent.host().to_string(),
-                agent,
-            ));
+            candidates.push((of_app, std::cmp::Reverse(host.free_devices().await?), host.name().to_string(), host));
         }
-        hosts.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        candidates.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
         let spec = MachineSpec {
             app: app.name.clone(),
             model: app.model.clone(),
@@ -397,25 +497,92 @@ impl Control {
             engine_cmd: app.engine_cmd.clone(),
         };
         let mut last = None;
-        for (_, _, _, agent) in hosts {
-            match agent.create_machine(&spec).await {
+        for (_, free, _, host) in candidates {
+            if free.0 == 0 {
+                last = Some(ControlError::Host(format!("host {} has no free device", host.name())));
+                continue;
+            }
+            match host.create_machine(&spec).await {
                 Ok(machine) => return Ok(machine),
-                Err(e @ colo_agent::AgentError::NoFreeDevice { .. }) => last = Some(e),
-                Err(e) => return Err(e.into()),
+                Err(e @ ControlError::Agent(colo_agent::AgentError::NoFreeDevice { .. })) => last = Some(e),
+                Err(e) => return Err(e),
             }
         }
-        Err(match last {
-            Some(e) => e.into(),
-            None => ControlError::Invalid {
-                field: "regions",
-                reason: format!("no host in region {:?}", region.unwrap_or("any")),
-            },
-        })
+        Err(last.unwrap_or_else(|| ControlError::Invalid {
+            field: "regions",
+            reason: format!("no live host in region {:?}", region.unwrap_or("any")),
+        }))
+    }
+
+    /// Reconciles every app, logging (not failing on) an app that cannot be brought in line.
+    pub async fn reconcile_all(&self) {
+        let apps = match self.state.apps().await {
+            Ok(apps) => apps,
+            Err(e) => return tracing::warn!(error = %e, "reading apps to reconcile"),
+        };
+        for app in apps {
+            if let Err(e) = self.reconcile(&app).await {
+                tracing::warn!(app = %app.name, error = %e, "reconciling");
+            }
+        }
+    }
+
+    /// Marks hosts whose lease ran out as lost (their machines leave every route table) and
+    /// reconciles whenever the set of live hosts changes, and every `every` besides. Leases
+    /// are judged only after the state store has been reachable for a whole lease, so that
+    /// control's own outage never condemns hosts whose heartbeats it could not see.
+    pub fn spawn_lease_watch(self: &Arc<Self>, reachable: Arc<dyn Fn() -> bool + Send + Sync>, every: std::time::Duration) {
+        let control = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut reachable_since: Option<u64> = None;
+            let mut live_before: Vec<String> = Vec::new();
+            let mut last_pass = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let Some(control) = control.upgrade() else { return };
+                let now = now_ms();
+                if !reachable() {
+                    reachable_since = None;
+                    continue;
+                }
+                let since = *reachable_since.get_or_insert(now);
+                let Ok(hosts) = control.state.hosts().await else { continue };
+                for host in &hosts {
+                    if !host.lost && host.expired(now) && now.saturating_sub(since) > host.lease_ms {
+                        tracing::warn!(host = %host.name, region = %host.region, "lease ran out; host lost");
+                        let lost = HostRecord {
+                            lost: true,
+                            ..host.clone()
+                        };
+                        if let Err(e) = control.state.put_host(&lost).await {
+                            tracing::warn!(host = %host.name, error = %e, "marking a host lost");
+                        }
+                    }
+                }
+                let mut live: Vec<String> = hosts
+                    .iter()
+                    .filter(|h| !h.lost && !h.expired(now))
+                    .map(|h| h.name.clone())
+                    .collect();
+                live.sort();
+                if live != live_before || last_pass.elapsed() >= every {
+                    if live != live_before {
+                        tracing::info!(?live, "live hosts changed; reconciling");
+                    }
+                    control.reconcile_all().await;
+                    live_before = live;
+                    last_pass = tokio::time::Instant::now();
+                }
+            }
+        });
     }
 
     /// The machines of the hosts control drives (for tests and `colo ps`).
     pub async fn agent_machines(&self) -> Vec<colo_core::Machine> {
-        self.all_machines().await.unwrap_or_default()
+        match self.hosts.live().await {
+            Ok(hosts) => Self::machines_on(&hosts).await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
     }
 
     pub async fn apps(&self) -> Result<Vec<App>, ControlError> {

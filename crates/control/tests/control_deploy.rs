@@ -42,6 +42,7 @@ async fn control_with(devices: Vec<Device>, root: &std::path::Path) -> Arc<Contr
             args: vec![],
         },
         start_timeout: Duration::from_secs(1),
+        stop_grace: Duration::ZERO,
         health_interval: Duration::from_secs(1),
     };
     let agent = Agent::new(config, state.clone(), store.clone(), HostCache::new(root.join("cache")), devices);

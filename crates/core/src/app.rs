@@ -16,6 +16,9 @@ pub struct App {
     pub machines: u32,
     /// Milliseconds since the Unix epoch when the app was last deployed.
     pub deployed_at_ms: u64,
+    /// Deploys of the app so far: 1 after the first, one more for each redeploy.
+    #[serde(default)]
+    pub version: u64,
     /// The GPU kind the planner chose (or the deploy named); `None`: any free device, which on
     /// a host without GPUs is a CPU slot.
     #[serde(default)]
@@ -37,6 +40,10 @@ pub struct App {
     /// API keys that may call the app; none: the app is open to anyone who reaches the edge.
     #[serde(default)]
     pub keys: Vec<ApiKey>,
+    /// BLAKE3 digests (hex) of the app's deploy tokens: each lets its holder deploy, inspect
+    /// and destroy this app through control, and nothing else.
+    #[serde(default)]
+    pub deploy_tokens: Vec<String>,
     /// Machines wanted per region code; empty: `machines` spread over every host.
     #[serde(default)]
     pub regions: std::collections::BTreeMap<String, u32>,

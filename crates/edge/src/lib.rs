@@ -34,6 +34,19 @@ pub struct EdgeConfig {
     pub sse_keepalive: Duration,
     /// Added on the way to machines of other regions: a fleet file's simulated distance.
     pub inter_region_delay: Duration,
+    /// When set, `/metrics` and `/colo/*` ask for a bearer token this accepts (the cluster
+    /// token of a multi-host colo).
+    pub admin_token: Option<AdminCheck>,
+}
+
+/// Checks a presented bearer token for the edge's admin endpoints.
+#[derive(Clone)]
+pub struct AdminCheck(pub std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for AdminCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminCheck")
+    }
 }
 
 impl Default for EdgeConfig {
@@ -52,6 +65,7 @@ impl Default for EdgeConfig {
             max_held: 4096,
             sse_keepalive: Duration::from_secs(5),
             inter_region_delay: Duration::ZERO,
+            admin_token: None,
         }
     }
 }

@@ -384,9 +384,14 @@ impl Edge {
         let wall_now = wall_ms();
         for routes in table.apps.values() {
             let (Some(after_s), min_running) = routes.autostop else { continue };
-            // `min_running` holds in each region: every region keeps its own warm machines.
+            // `min_running` holds in each region: every region keeps its own warm machines, and
+            // each region's edge decides for its machines.
             for span in &routes.spans {
                 let machines = &routes.machines[span.start as usize..span.end as usize];
+                // Each edge stops only its own region's machines: it sees their traffic.
+                if machines.first().is_none_or(|m| m.region != self.config.region) {
+                    continue;
+                }
                 let facts: Vec<Idle> = machines
                     .iter()
                     .map(|m| {
@@ -654,7 +659,20 @@ impl Edge {
 async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let host_app = edge.app_from_host(request.headers(), request.uri());
     if host_app.is_none() {
-        match (request.method(), request.uri().path()) {
+        let path = request.uri().path();
+        if let Some(check) = &edge.config.admin_token {
+            let admin = path == "/metrics" || path.starts_with("/colo/");
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if admin && !presented.is_some_and(|p| (check.0)(p.trim())) {
+                let body = serde_json::json!({"error": {"message": "this endpoint needs the cluster token", "type": "invalid_request_error", "param": null, "code": "unauthorized"}});
+                return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+            }
+        }
+        match (request.method(), path) {
             (&Method::GET, "/health") => return (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
             (&Method::GET, "/metrics") => return ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
             (&Method::GET, "/v1/models") => return list_models(&edge),

@@ -58,6 +58,16 @@ pub struct Endpoint {
 
 impl RouteTable {
     pub fn build(apps: &[App], machines: &[Machine]) -> Self {
+        Self::build_with_hosts(apps, machines, &[])
+    }
+
+    /// The table, leaving out machines whose host control marked lost (its lease ran out).
+    /// The edge does not judge leases itself: after an outage of the state store every
+    /// heartbeat it holds looks old, and it must keep serving. Machines of hosts with no record
+    /// (one-process colo) count.
+    pub fn build_with_hosts(apps: &[App], machines: &[Machine], hosts: &[colo_core::HostRecord]) -> Self {
+        let gone: std::collections::HashSet<&str> = hosts.iter().filter(|h| h.lost).map(|h| h.name.as_str()).collect();
+        let machines: Vec<&Machine> = machines.iter().filter(|m| !gone.contains(m.host.as_str())).collect();
         let mut table = RouteTable::default();
         for app in apps {
             table.apps.insert(
@@ -73,6 +83,7 @@ impl RouteTable {
         // Hosts that have run a revision hold its weights.
         let warm: std::collections::HashSet<(&str, &str)> = machines
             .iter()
+            .copied()
             .filter(|m| m.hydration.is_some() || matches!(m.state, MachineState::Started | MachineState::Stopping | MachineState::Stopped))
             .map(|m| (m.host.as_str(), m.revision.as_str()))
             .collect();
@@ -81,7 +92,8 @@ impl RouteTable {
                 continue;
             };
             match (machine.state, &machine.addr) {
-                (MachineState::Started, Some(_)) if !machine.healthy => {}
+                // Unhealthy, or told to stop (it drains for a grace period): no new requests.
+                (MachineState::Started, Some(_)) if !machine.healthy || machine.desired != MachineState::Started => {}
                 (MachineState::Started, Some(addr)) => routes.machines.push(Endpoint {
                     machine_id: machine.id.clone(),
                     addr: addr.clone(),
@@ -185,5 +197,9 @@ pub async fn follow_state(state: Arc<dyn StateStore>) -> watch::Receiver<Arc<Rou
 }
 
 async fn read(state: &dyn StateStore) -> Result<RouteTable, colo_state::StateError> {
-    Ok(RouteTable::build(&state.apps().await?, &state.machines().await?))
+    Ok(RouteTable::build_with_hosts(
+        &state.apps().await?,
+        &state.machines().await?,
+        &state.hosts().await?,
+    ))
 }

@@ -217,6 +217,7 @@ mod tests {
                 revision: "r".into(),
                 machines: 1,
                 deployed_at_ms: 5,
+                version: 1,
                 gpu: None,
                 soft_limit: None,
                 hard_limit: None,
@@ -224,6 +225,7 @@ mod tests {
                 autostop_secs: None,
                 min_running: 0,
                 regions: Default::default(),
+                deploy_tokens: Vec::new(),
                 engine_cmd: None,
             };
             state.put_app(&app).await.unwrap();

@@ -155,6 +155,7 @@ fn app(app: &str) -> App {
         revision: "r1".into(),
         machines: 1,
         deployed_at_ms: 1,
+        version: 1,
         gpu: None,
         soft_limit: None,
         hard_limit: None,
@@ -162,6 +163,7 @@ fn app(app: &str) -> App {
         autostop_secs: None,
         min_running: 0,
         regions: Default::default(),
+        deploy_tokens: Vec::new(),
         engine_cmd: None,
     }
 }
@@ -185,6 +187,7 @@ fn machine(id: &str, updated_at_ms: u64) -> Machine {
         healthy: true,
         engine_cmd: None,
         updated_at_ms,
+        cold_start: None,
     }
 }
 
