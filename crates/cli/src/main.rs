@@ -1,6 +1,7 @@
 //! The `colo` command. Each subcommand parses its flags and calls library code.
 
 mod client;
+mod cmd_bench;
 mod cmd_cache;
 mod cmd_daemon;
 mod cmd_deploy;
@@ -41,6 +42,9 @@ enum Command {
     Agent(cmd_daemon::AgentArgs),
     /// Run one region's edge over NATS: the OpenAI-compatible entry point.
     Edge(cmd_daemon::EdgeArgs),
+    /// Measurements that bench/ scripts drive.
+    #[command(subcommand, hide = true)]
+    Bench(cmd_bench::BenchCommand),
     /// Cluster and deploy tokens.
     #[command(subcommand)]
     Token(cmd_deploy::TokenCommand),
@@ -134,6 +138,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(args) => cmd_up::run(args).await,
             Command::Control(args) => cmd_daemon::control(args).await,
+            Command::Bench(cmd) => cmd_bench::run(cmd).await,
             Command::Agent(args) => cmd_daemon::agent(args).await,
             Command::Edge(args) => cmd_daemon::edge(args).await,
             Command::Token(cmd) => cmd_deploy::token(cmd).await,

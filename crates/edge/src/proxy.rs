@@ -677,6 +677,7 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
             (&Method::GET, "/metrics") => return ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
             (&Method::GET, "/v1/models") => return list_models(&edge),
             (&Method::GET, "/colo/rtt") => return rtt_table(&edge),
+            (&Method::GET, "/colo/routes") => return route_summary(&edge),
             _ => {}
         }
     }
@@ -713,6 +714,30 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
         .observe(started.elapsed().as_secs_f64());
     edge.metrics.requests.get_or_create(&labels).inc();
     response
+}
+
+/// What this edge's route table holds now, per app: machines it may route to (by region),
+/// machines starting, machines stopped.
+fn route_summary(edge: &Edge) -> Response {
+    let table = edge.routes.borrow().clone();
+    let apps: serde_json::Map<String, serde_json::Value> = table
+        .apps
+        .iter()
+        .map(|(name, routes)| {
+            let mut regions = std::collections::BTreeMap::<&str, usize>::new();
+            for m in &routes.machines {
+                *regions.entry(m.region.as_str()).or_default() += 1;
+            }
+            let summary = serde_json::json!({
+                "routable": routes.machines.len(),
+                "by_region": regions,
+                "starting": routes.pending,
+                "stopped": routes.stopped.len(),
+            });
+            (name.clone(), summary)
+        })
+        .collect();
+    axum::Json(serde_json::json!({"edge_region": edge.config.region, "apps": apps})).into_response()
 }
 
 /// The RTT this edge uses for each region, and whether it was measured or estimated.
