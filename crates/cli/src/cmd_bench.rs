@@ -215,7 +215,11 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
 
     // Reconcile: control's pass over the app when every machine already matches.
     let store_dir = tempfile::tempdir()?;
-    let control = colo_control::Control::remote(state.clone(), colo_store::Store::open(&store_dir.path().display().to_string())?, token.clone());
+    let control = colo_control::Control::remote(
+        state.clone(),
+        colo_store::Store::open(&store_dir.path().display().to_string())?,
+        token.clone(),
+    );
     let mut reconcile_ms = Vec::new();
     for _ in 0..3 {
         let t0 = Instant::now();

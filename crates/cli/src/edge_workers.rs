@@ -3,7 +3,6 @@
 //! request is read, proxied and answered on one thread, with no hand-offs between threads.
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use colo_edge::Edge;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,7 +45,7 @@ pub fn serve(
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
     let (done_tx, done_rx) = tokio::sync::mpsc::channel::<()>(1);
     for (i, std_listener) in sockets.listeners.into_iter().enumerate() {
-        let (edge, mut stop, done) = (edge.clone(), stop.clone(), done_tx.clone());
+        let (edge, stop, done) = (edge.clone(), stop.clone(), done_tx.clone());
         std::thread::Builder::new()
             .name(format!("colo-edge-{i}"))
             .spawn(move || {
@@ -62,14 +61,7 @@ pub fn serve(
                         Ok(l) => l,
                         Err(e) => return tracing::error!(error = %e, "edge worker socket"),
                     };
-                    let served = axum::serve(listener.tap_io(no_delay), colo_edge::router(edge.clone()))
-                        .with_graceful_shutdown(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "edge worker");
-                    }
+                    serve_http1(listener, colo_edge::router(edge.clone()), stop).await;
                     // The server stops accepting at once; requests it handed on (streaming
                     // bodies, held requests) live in this runtime's tasks, which must keep
                     // running until they are done.
@@ -83,6 +75,50 @@ pub fn serve(
             .context("starting an edge worker thread")?;
     }
     Ok(done_rx)
+}
+
+/// Accepts HTTP/1.1 connections (clients of an OpenAI-style API speak it; HTTP/2 sniffing
+/// would cost every request) until `stop` turns true. Connections in flight live on in their
+/// own tasks; the caller waits for the edge's requests to finish.
+async fn serve_http1(listener: tokio::net::TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a moment, keep serving.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stop = stop.clone();
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let mut stop = stop;
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stopped => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
 }
 
 /// Sends small writes (one SSE event, one token) at once instead of waiting to coalesce them

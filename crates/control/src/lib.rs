@@ -391,15 +391,11 @@ impl Control {
         }
         // Surplus goes from the hosts with the most of the app's machines first, stopped or
         // failing ones before started ones.
-        let per_host = |machines: &[Machine], host: &str| machines.iter().filter(|m| m.host == host).count();
-        let snapshot = current.clone();
-        current.sort_by_key(|m| {
-            (
-                m.state != MachineState::Started,
-                std::cmp::Reverse(per_host(&snapshot, &m.host)),
-                m.id.clone(),
-            )
-        });
+        let mut per_host: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for m in &current {
+            *per_host.entry(m.host.clone()).or_default() += 1;
+        }
+        current.sort_by_cached_key(|m| (m.state != MachineState::Started, std::cmp::Reverse(per_host[&m.host]), m.id.clone()));
         let wanted: Vec<(Option<&str>, usize)> = if app.regions.is_empty() {
             vec![(None, app.machines as usize)]
         } else {

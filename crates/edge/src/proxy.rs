@@ -346,6 +346,9 @@ impl Edge {
 
     fn load_of(&self, machine_id: &str) -> Arc<Load> {
         let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(load) = loads.get(machine_id) {
+            return load.clone();
+        }
         let now = self.now_ms();
         loads
             .entry(machine_id.to_string())
@@ -770,7 +773,7 @@ struct Outgoing {
     arrived_ms: u64,
     app: String,
     method: Method,
-    path: String,
+    path: axum::http::uri::PathAndQuery,
     headers: HeaderMap,
     body: Bytes,
     prefix: Option<PrefixKey>,
@@ -805,7 +808,11 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
         prefix: is_llm.then(|| prefix_of(&app, &body)).flatten(),
         app: app.clone(),
         method: parts.method,
-        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
+        path: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/")),
         headers: parts.headers,
         body,
     };
@@ -935,8 +942,11 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             addr: endpoint.addr.clone(),
             reason,
         };
-        let uri: Uri = format!("http://{}{}", endpoint.addr, out.path)
-            .parse()
+        let uri = Uri::builder()
+            .scheme(axum::http::uri::Scheme::HTTP)
+            .authority(endpoint.authority.clone())
+            .path_and_query(out.path.clone())
+            .build()
             .map_err(|e| upstream_failed(format!("bad upstream address: {e}")))?;
         let mut upstream = hyper::Request::builder().method(out.method.clone()).uri(uri);
         for (name, value) in out.headers.iter() {
@@ -1072,12 +1082,12 @@ fn respond(answered: Answered) -> Response {
             parts.headers.insert(HeaderName::from_static("colo-cold-start"), value);
         }
     }
-    if let Ok(value) = HeaderValue::from_str(&endpoint.machine_id) {
-        parts.headers.insert(HeaderName::from_static("colo-machine"), value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&endpoint.region) {
-        parts.headers.insert(HeaderName::from_static("colo-region"), value);
-    }
+    parts
+        .headers
+        .insert(HeaderName::from_static("colo-machine"), endpoint.machine_header.clone());
+    parts
+        .headers
+        .insert(HeaderName::from_static("colo-region"), endpoint.region_header.clone());
     let is_sse = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -1211,6 +1221,9 @@ trait RetainHopByHop {
 impl RetainHopByHop for HeaderMap {
     /// Drops the headers that describe one connection rather than the message.
     fn retain_hop_by_hop(&mut self) {
+        if !self.keys().any(is_hop_by_hop) {
+            return;
+        }
         let names: Vec<HeaderName> = self.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
         for name in names {
             self.remove(name);

@@ -48,10 +48,34 @@ pub struct Endpoint {
     pub machine_id: String,
     pub addr: String,
     pub region: String,
+    /// `addr`, parsed once for every request's URI.
+    pub authority: http::uri::Authority,
+    /// The `colo-machine` and `colo-region` response headers, made once.
+    pub machine_header: http::HeaderValue,
+    pub region_header: http::HeaderValue,
     /// Wall-clock ms of the machine's last state change (when it started); 0: unknown.
     pub since_ms: u64,
     /// The phases of the machine's last start, as its agent recorded them.
     pub cold_start: Option<colo_core::ColdStart>,
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// An endpoint for a started machine; `None` when the address or names cannot be used in
+    /// a URI or a header.
+    pub fn new(machine_id: &str, addr: &str, region: &str) -> Option<Endpoint> {
+        Some(Endpoint {
+            machine_id: machine_id.to_string(),
+            addr: addr.to_string(),
+            region: region.to_string(),
+            authority: addr.parse().ok()?,
+            machine_header: http::HeaderValue::from_str(machine_id).ok()?,
+            region_header: http::HeaderValue::from_str(region).ok()?,
+            since_ms: 0,
+            cold_start: None,
+        })
+    }
 }
 
 // === impl RouteTable ===
@@ -94,13 +118,14 @@ impl RouteTable {
             match (machine.state, &machine.addr) {
                 // Unhealthy, or told to stop (it drains for a grace period): no new requests.
                 (MachineState::Started, Some(_)) if !machine.healthy || machine.desired != MachineState::Started => {}
-                (MachineState::Started, Some(addr)) => routes.machines.push(Endpoint {
-                    machine_id: machine.id.clone(),
-                    addr: addr.clone(),
-                    region: machine.region.clone(),
-                    since_ms: machine.updated_at_ms,
-                    cold_start: machine.cold_start.clone(),
-                }),
+                (MachineState::Started, Some(addr)) => match Endpoint::new(&machine.id, addr, &machine.region) {
+                    Some(endpoint) => routes.machines.push(Endpoint {
+                        since_ms: machine.updated_at_ms,
+                        cold_start: machine.cold_start.clone(),
+                        ..endpoint
+                    }),
+                    None => tracing::warn!(machine = %machine.id, addr, "machine address is not host:port; not routed"),
+                },
                 _ if machine.desired == MachineState::Started && machine.state != MachineState::Failed => routes.pending += 1,
                 (MachineState::Stopped, _) => routes.stopped.push(Sleeper {
                     machine_id: machine.id.clone(),

@@ -61,13 +61,7 @@ fn table(app: &str, addrs: &[(&str, &str)]) -> Arc<RouteTable> {
 fn table_in(app: &str, machines: &[(&str, &str, &str)]) -> Arc<RouteTable> {
     let endpoints = machines
         .iter()
-        .map(|(id, addr, region)| Endpoint {
-            machine_id: id.to_string(),
-            addr: addr.to_string(),
-            region: region.to_string(),
-            since_ms: 0,
-            cold_start: None,
-        })
+        .map(|(id, addr, region)| Endpoint::new(id, addr, region).unwrap())
         .collect();
     Arc::new(RouteTable::single(app, endpoints))
 }
@@ -384,16 +378,7 @@ async fn an_upstream_dying_mid_stream_ends_with_an_error_event() {
 #[tokio::test]
 async fn an_apps_own_limits_override_the_edges() {
     let up = upstream("a", Duration::from_millis(200)).await;
-    let mut table = RouteTable::single(
-        "app",
-        vec![Endpoint {
-            machine_id: "m1".into(),
-            addr: up,
-            region: "local".into(),
-            since_ms: 0,
-            cold_start: None,
-        }],
-    );
+    let mut table = RouteTable::single("app", vec![Endpoint::new("m1", &up, "local").unwrap()]);
     table.apps.get_mut("app").unwrap().limits = (Some(1), Some(1));
     let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
     let took = three_at_once(&edge).await;
@@ -439,13 +424,7 @@ fn key(id: &str, secret: &str, rps: Option<u32>, tokens_per_minute: Option<u32>)
 #[tokio::test]
 async fn api_keys_guard_apps_and_rate_limit_them() {
     let up = upstream("a", Duration::ZERO).await;
-    let endpoint = |id: &str| Endpoint {
-        machine_id: id.into(),
-        addr: up.clone(),
-        region: "local".into(),
-        since_ms: 0,
-        cold_start: None,
-    };
+    let endpoint = |id: &str| Endpoint::new(id, &up, "local").unwrap();
     let mut table = RouteTable::single("alpha", vec![endpoint("m1")]);
     table.apps.insert("beta".into(), table.apps["alpha"].clone());
     table.apps.insert("gamma".into(), table.apps["alpha"].clone());
@@ -499,16 +478,7 @@ async fn api_keys_guard_apps_and_rate_limit_them() {
 #[tokio::test]
 async fn apps_with_keys_are_not_listed_to_strangers() {
     let up = upstream("a", Duration::ZERO).await;
-    let mut table = RouteTable::single(
-        "open",
-        vec![Endpoint {
-            machine_id: "m1".into(),
-            addr: up,
-            region: "local".into(),
-            since_ms: 0,
-            cold_start: None,
-        }],
-    );
+    let mut table = RouteTable::single("open", vec![Endpoint::new("m1", &up, "local").unwrap()]);
     table.apps.insert("secret".into(), table.apps["open"].clone());
     table.apps.get_mut("secret").unwrap().keys = vec![key("k-s", "s3cret", None, None)];
     let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
