@@ -115,11 +115,21 @@ struct CacheModel {
     revision: Option<String>,
     /// Only the hosts of this region; every host when absent.
     region: Option<String>,
+    /// Only this host.
+    host: Option<String>,
 }
 
 /// The hosts a cache request is for, or the 400 naming the region none is in.
-fn hosts_in<'a>(hosts: &'a Hosts, region: Option<&str>) -> Result<Vec<&'a Arc<Agent>>, Response> {
-    let chosen: Vec<&Arc<Agent>> = hosts.iter().filter(|a| region.is_none_or(|r| r == a.region())).collect();
+fn hosts_in<'a>(hosts: &'a Hosts, request: &CacheModel) -> Result<Vec<&'a Arc<Agent>>, Response> {
+    let (region, host) = (request.region.as_deref(), request.host.as_deref());
+    let chosen: Vec<&Arc<Agent>> = hosts
+        .iter()
+        .filter(|a| region.is_none_or(|r| r == a.region()) && host.is_none_or(|h| h == a.host()))
+        .collect();
+    if let (true, Some(host)) = (chosen.is_empty(), host) {
+        let names: Vec<&str> = hosts.iter().map(|a| a.host()).collect();
+        return Err(bad_request(format!("host: no host {host:?} here (hosts: {})", names.join(", "))));
+    }
     if chosen.is_empty() {
         let regions: Vec<&str> = hosts.iter().map(|a| a.region()).collect();
         return Err(bad_request(format!(
@@ -137,7 +147,7 @@ async fn cache_prefetch(State(hosts): State<Hosts>, body: axum::body::Bytes) -> 
         Ok(r) => r,
         Err(e) => return bad_request(format!("body: {e}")),
     };
-    let chosen = match hosts_in(&hosts, request.region.as_deref()) {
+    let chosen = match hosts_in(&hosts, &request) {
         Ok(chosen) => chosen,
         Err(response) => return response,
     };
@@ -159,7 +169,7 @@ async fn cache_evict(State(hosts): State<Hosts>, body: axum::body::Bytes) -> Res
         Ok(r) => r,
         Err(e) => return bad_request(format!("body: {e}")),
     };
-    let chosen = match hosts_in(&hosts, request.region.as_deref()) {
+    let chosen = match hosts_in(&hosts, &request) {
         Ok(chosen) => chosen,
         Err(response) => return response,
     };

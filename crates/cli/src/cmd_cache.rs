@@ -31,6 +31,9 @@ pub struct ModelArgs {
     /// One revision only.
     #[arg(long)]
     revision: Option<String>,
+    /// One host only (default: every host).
+    #[arg(long)]
+    host: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -98,7 +101,10 @@ async fn ls(args: LsArgs) -> anyhow::Result<()> {
 async fn evict(args: ModelArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.common.data_dir)?;
     let answers: Vec<serde_json::Value> = api
-        .post("/v1/cache/evict", &json!({"model": args.model, "revision": args.revision}))
+        .post(
+            "/v1/cache/evict",
+            &json!({"model": args.model, "revision": args.revision, "host": args.host}),
+        )
         .await?;
     if args.common.json {
         return print_json(&answers);
