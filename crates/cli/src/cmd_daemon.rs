@@ -72,6 +72,10 @@ pub struct AgentArgs {
     /// GB the host cache may hold (unlimited when absent).
     #[arg(long)]
     cache_gb: Option<f64>,
+    /// Serve the host cache as a read-only S3 endpoint here (bucket `colo`, access key `colo`,
+    /// the cluster token as secret), for engines that read weights from S3.
+    #[arg(long)]
+    s3_addr: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +221,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the agent's API to {}", args.addr))?;
     let addr = format!("http://{}", listener.local_addr()?);
     agent.recover().await?;
+    if let Some(s3_addr) = args.s3_addr {
+        let bound = crate::cmd_up::serve_cache_s3(s3_addr, &agent, &token.current()).await?;
+        eprintln!("  s3     http://{bound}  (bucket colo, access key colo, secret: the cluster token)");
+    }
     agent.spawn_heartbeat(addr.clone(), Duration::from_millis(args.lease_ms));
     spawn_peer_refresh(agent.clone(), state, token.clone(), addr.clone());
     let api = colo_agent::api::router(vec![agent.clone()]).layer(axum::middleware::from_fn_with_state(token, auth::require_token));

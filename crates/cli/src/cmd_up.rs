@@ -67,6 +67,10 @@ pub struct UpArgs {
     /// region, cpu_slots), optional [[edges]] (region, addr) and inter_region_delay_ms.
     #[arg(long)]
     fleet: Option<std::path::PathBuf>,
+    /// Serve the (first) host's model cache as a read-only S3 endpoint here: bucket `colo`,
+    /// keys `<model>/<revision or latest>/<file>`, access key `colo`, the API token as secret.
+    #[arg(long)]
+    s3_addr: Option<SocketAddr>,
     /// GB (10^9 bytes) each host's model cache may hold; unused models are evicted to make room.
     /// Unlimited when absent.
     #[arg(long)]
@@ -210,6 +214,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for agent in &agents {
         agent.recover().await?;
     }
+    let s3_line = match args.s3_addr {
+        Some(addr) => format!(
+            "\n  s3     http://{}  (bucket colo, access key colo, secret: the api-token)",
+            serve_cache_s3(addr, &agents[0], &token).await?
+        ),
+        None => String::new(),
+    };
     for app in control.apps().await? {
         if let Err(e) = control.reconcile(&app).await {
             tracing::warn!(app = %app.name, error = %e, "reconciling at start");
@@ -301,7 +312,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         })
         .collect();
     eprintln!(
-        "colo is up\n{}   (OpenAI API: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions)\n  api    http://{api_addr}\n  store  {store_url}\n  data   {}\n  hosts  {}",
+        "colo is up\n{}   (OpenAI API: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions)\n  api    http://{api_addr}\n  store  {store_url}\n  data   {}\n  hosts  {}{s3_line}",
         edge_lines.join("\n"),
         data_dir.display(),
         devices.join("; ")
@@ -362,4 +373,24 @@ impl colo_edge::Machines for AgentMachines {
     fn stop(&self, machine_id: &str) {
         self.act(machine_id, false);
     }
+}
+
+/// Serves `agent`'s host cache as a read-only S3 endpoint on `addr`; returns where it listens.
+pub(crate) async fn serve_cache_s3(addr: SocketAddr, agent: &Agent, secret: &str) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the S3 endpoint to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let config = colo_store::S3Config {
+        bucket: "colo".into(),
+        access_key: "colo".into(),
+        secret_key: secret.to_string(),
+    };
+    let (cache, store) = (agent.cache().clone(), agent.store().clone());
+    tokio::spawn(async move {
+        if let Err(e) = colo_store::serve_s3(listener, cache, store, colo_store::HydrateOptions::default(), config).await {
+            tracing::error!(error = %e, "S3 endpoint stopped");
+        }
+    });
+    Ok(bound)
 }

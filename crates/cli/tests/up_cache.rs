@@ -21,7 +21,7 @@ fn api_get(colo: &Colo, path: &str) -> String {
 #[test]
 fn cold_starts_are_recorded_and_the_cache_is_managed_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let colo = Colo::up(dir.path());
+    let colo = Colo::up_with(dir.path(), &["--s3-addr", "127.0.0.1:0"]);
     colo.deploy_minilm();
 
     // The first start read everything from the origin store and timed each phase.
@@ -79,5 +79,52 @@ fn cold_starts_are_recorded_and_the_cache_is_managed_from_the_cli() {
     assert_eq!(warmed[0]["report"]["bytes_from_origin"].as_u64(), Some(total), "{warmed}");
     let listing: serde_json::Value = serde_json::from_str(&colo.ok(&["cache", "ls", "--json"])).unwrap();
     assert_eq!(listing[0]["entries"][0]["complete"], true, "{listing}");
+
+    // The host's cache over S3: boto3 lists the model and reads a range of its weights, the
+    // same bytes as the file in the cache.
+    let log = std::fs::read_to_string(colo.data_dir.join("up.log")).unwrap();
+    let endpoint = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("s3     "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no S3 endpoint in the log: {log}"))
+        .to_string();
+    let secret = std::fs::read_to_string(colo.data_dir.join("api-token")).unwrap();
+    let weights = walk(&colo.data_dir.join("cache"))
+        .into_iter()
+        .find(|p| p.ends_with("model.safetensors"))
+        .unwrap();
+    let script = r#"
+import sys, boto3
+endpoint, secret, out = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="colo", aws_secret_access_key=secret, region_name="us-east-1")
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket="colo", Prefix="minilm/latest/")["Contents"]]
+assert "minilm/latest/model.safetensors" in keys, keys
+body = s3.get_object(Bucket="colo", Key="minilm/latest/model.safetensors", Range="bytes=1000-1999999")["Body"].read()
+open(out, "wb").write(body)
+"#;
+    let out_path = dir.path().join("range.bin");
+    let run = std::process::Command::new("python3")
+        .args(["-c", script, &endpoint, secret.trim(), out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "boto3: {}", String::from_utf8_lossy(&run.stderr));
+    let got = std::fs::read(&out_path).unwrap();
+    let want = std::fs::read(&weights).unwrap();
+    assert_eq!(got.len(), 1_999_000);
+    assert!(got == want[1000..2_000_000], "the S3 range differs from the cached file");
     colo.stop();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
