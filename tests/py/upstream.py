@@ -24,6 +24,7 @@ def main():
     delay = args.delay_ms / 1000.0
     lock = threading.Lock()
     count = [0]
+    in_flight = [0]
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -35,6 +36,8 @@ def main():
             data = body.encode()
             self.send_response(status)
             self.send_header("content-type", content_type)
+            # The load header colo's engine sends; edges share it between regions.
+            self.send_header("colo-load", f"running={in_flight[0]};waiting=0")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -52,6 +55,14 @@ def main():
             raw = self.rfile.read(length)
             with lock:
                 count[0] += 1
+                in_flight[0] += 1
+            try:
+                self.post(raw)
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+        def post(self, raw):
             try:
                 request = json.loads(raw or b"{}")
             except ValueError:

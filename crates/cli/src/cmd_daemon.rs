@@ -299,6 +299,7 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     }));
     edge.spawn_autostop();
     edge.spawn_rtt_probe();
+    share_load_reports(edge.clone(), nats.clone(), args.region.clone());
     let workers = match args.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -326,6 +327,54 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(run_path);
     let _ = tokio::time::timeout(Duration::from_secs(args.drain_timeout), done.recv()).await;
     Ok(())
+}
+
+/// How often an edge relays the engine load reports it saw to the edges of other regions: at
+/// most this many messages per second per edge, whatever the traffic.
+const LOAD_SHARE_EVERY: Duration = Duration::from_millis(250);
+/// Reports in one message at most.
+const LOAD_SHARE_MAX: usize = 2000;
+
+/// Publishes this edge's fresh engine reports on `colo.load.<region>` every `LOAD_SHARE_EVERY`,
+/// and applies the reports other regions' edges publish, so that every edge weighs a machine's
+/// load with what the machine told any edge. Both sides retry while NATS is away.
+fn share_load_reports(edge: Arc<Edge>, nats: Arc<Nats>, region: String) {
+    let subject = format!("colo.load.{region}");
+    {
+        let (edge, nats, subject) = (edge.clone(), nats.clone(), subject.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOAD_SHARE_EVERY).await;
+                let reports = edge.fresh_reports(LOAD_SHARE_MAX);
+                if reports.is_empty() {
+                    continue;
+                }
+                if let Ok(payload) = serde_json::to_vec(&reports) {
+                    let _ = nats.publish(&subject, payload.into()).await;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        loop {
+            match nats.subscribe("colo.load.*").await {
+                Ok(mut messages) => {
+                    while let Some(message) = messages.next().await {
+                        if message.subject == subject {
+                            continue;
+                        }
+                        match serde_json::from_slice::<Vec<colo_edge::SharedLoad>>(&message.payload) {
+                            Ok(reports) => reports.iter().for_each(|r| edge.apply_shared(r)),
+                            Err(e) => tracing::debug!(subject = %message.subject, error = %e, "unreadable load report"),
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "subscribing to load reports"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 /// The edge's handle on remote agents: the machine's host record says where its agent is.

@@ -384,6 +384,29 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
         }
     }
 
+    // Engine load reports travel between regions: after ams's machine answered the ams edge,
+    // the ord edge holds a relayed report for it (edges publish at most 4 times a second).
+    let ams_machine = machines.iter().find(|m| m["host"] == "ams-1").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let relayed = wait_for(10, "the ams machine's load relayed to the ord edge", || {
+        call(&client, &ams);
+        let table: serde_json::Value = http
+            .get(format!("{ord}/colo/load"))
+            .bearer_auth(token.trim())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        table["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["machine"] == ams_machine.as_str() && m["report"]["relayed"] == true)
+    });
+    println!("load report of an ams machine reached the ord edge within {relayed:?}");
+
     // Auth: every daemon API refuses callers without the cluster token; an app's deploy token
     // reaches its own app only.
     let agent_api = |name: &str| run_agent_addr(&cluster, name);

@@ -8,7 +8,7 @@ mod proxy;
 pub mod routes;
 
 pub use error::EdgeError;
-pub use proxy::{router, Edge, Machines};
+pub use proxy::{router, Edge, Machines, SharedLoad};
 pub use routes::{follow_state, RouteTable};
 
 use std::time::Duration;

@@ -39,6 +39,9 @@ struct Load {
     report_at_ms: AtomicU64,
     /// Edge clock (ms) when the machine last had a request in flight, or was first seen.
     last_active_ms: AtomicU64,
+    /// Whether the last report came from another edge (relayed over NATS), not from the
+    /// engine's own answer to this edge.
+    report_relayed: std::sync::atomic::AtomicBool,
     /// Wall-clock ms when autostop asked for the machine to stop; 0: never. A machine asked to
     /// stop gets no new requests until its record changes after that moment (it restarted).
     stop_asked_ms: AtomicU64,
@@ -655,8 +658,77 @@ impl Edge {
             load.report_running.store(report.running, Ordering::Relaxed);
             load.report_waiting.store(report.waiting, Ordering::Relaxed);
             load.report_at_ms.store(report.at_ms, Ordering::Relaxed);
+            load.report_relayed.store(false, Ordering::Relaxed);
         }
     }
+
+    /// The engine load reports this edge received itself that are still fresh, at most
+    /// `limit`: what it shares with edges in other regions.
+    pub fn fresh_reports(&self, limit: usize) -> Vec<SharedLoad> {
+        let now = self.now_ms();
+        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        loads
+            .iter()
+            .filter_map(|(machine, load)| {
+                let at = load.report_at_ms.load(Ordering::Relaxed);
+                let age = now.saturating_sub(at);
+                (at > 0 && age <= self.config.route.report_fresh_ms && !load.report_relayed.load(Ordering::Relaxed)).then(|| SharedLoad {
+                    machine: machine.clone(),
+                    running: load.report_running.load(Ordering::Relaxed),
+                    waiting: load.report_waiting.load(Ordering::Relaxed),
+                    age_ms: age,
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// Takes a report another edge relayed, unless this edge holds a fresher one.
+    pub fn apply_shared(&self, report: &SharedLoad) {
+        let load = self.load_of(&report.machine);
+        let at = self.now_ms().saturating_sub(report.age_ms).max(1);
+        if load.report_at_ms.load(Ordering::Relaxed) >= at {
+            return;
+        }
+        load.report_running.store(report.running, Ordering::Relaxed);
+        load.report_waiting.store(report.waiting, Ordering::Relaxed);
+        load.report_at_ms.store(at, Ordering::Relaxed);
+        load.report_relayed.store(true, Ordering::Relaxed);
+    }
+
+    /// Every machine's load as this edge sees it (for `/colo/load`).
+    fn load_table(&self) -> Vec<serde_json::Value> {
+        let now = self.now_ms();
+        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<serde_json::Value> = loads
+            .iter()
+            .map(|(machine, load)| {
+                let at = load.report_at_ms.load(Ordering::Relaxed);
+                serde_json::json!({
+                    "machine": machine,
+                    "in_flight": load.in_flight.load(Ordering::Relaxed),
+                    "report": (at > 0).then(|| serde_json::json!({
+                        "running": load.report_running.load(Ordering::Relaxed),
+                        "waiting": load.report_waiting.load(Ordering::Relaxed),
+                        "age_ms": now.saturating_sub(at),
+                        "relayed": load.report_relayed.load(Ordering::Relaxed),
+                    })),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a["machine"].as_str().cmp(&b["machine"].as_str()));
+        rows
+    }
+}
+
+/// One engine load report as edges relay them to each other.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SharedLoad {
+    pub machine: String,
+    pub running: u32,
+    pub waiting: u32,
+    /// How old the report was when it was sent.
+    pub age_ms: u64,
 }
 
 async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
@@ -681,6 +753,7 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
             (&Method::GET, "/v1/models") => return list_models(&edge),
             (&Method::GET, "/colo/rtt") => return rtt_table(&edge),
             (&Method::GET, "/colo/routes") => return route_summary(&edge),
+            (&Method::GET, "/colo/load") => return axum::Json(serde_json::json!({"machines": edge.load_table()})).into_response(),
             _ => {}
         }
     }
