@@ -86,6 +86,8 @@ pub struct PeerConfig {
     pub urls: Vec<String>,
     /// Bearer token their APIs ask for.
     pub token: Option<String>,
+    /// The client to reach them with (trusting their CA when they speak TLS).
+    pub client: Option<reqwest::Client>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -196,6 +198,7 @@ impl Agent {
         colo_store::HydrateOptions {
             peers: peers.urls,
             peer_token: peers.token,
+            peer_client: peers.client,
             ..Default::default()
         }
     }

@@ -18,6 +18,9 @@ pub struct RunInfo {
     pub edges: std::collections::BTreeMap<String, String>,
     pub store: String,
     pub pid: u32,
+    /// CA to trust when `api` is HTTPS.
+    #[serde(default)]
+    pub tls_ca: Option<String>,
 }
 
 impl RunInfo {
@@ -47,7 +50,7 @@ impl Api {
         Ok(Self {
             base: info.api,
             token: token.trim().to_string(),
-            http: reqwest::Client::new(),
+            http: crate::tls::client(info.tls_ca.as_deref().map(Path::new))?,
         })
     }
 

@@ -219,6 +219,7 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         state.clone(),
         colo_store::Store::open(&store_dir.path().display().to_string())?,
         token.clone(),
+        reqwest::Client::new(),
     );
     let mut reconcile_ms = Vec::new();
     for _ in 0..3 {

@@ -4,6 +4,7 @@
 
 use crate::client::{RunInfo, RUN_FILE};
 use crate::edge_workers;
+use crate::tls::TlsArgs;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use colo_agent::{discover_devices, Agent, AgentConfig, EngineCommand};
@@ -40,6 +41,8 @@ pub struct ControlArgs {
     /// Seconds between reconciliations when nothing changes.
     #[arg(long, default_value_t = 10)]
     reconcile_every: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +79,8 @@ pub struct AgentArgs {
     /// the cluster token as secret), for engines that read weights from S3.
     #[arg(long)]
     s3_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +116,9 @@ pub struct EdgeArgs {
     /// On SIGTERM, seconds in-flight requests get to finish.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// CA that signed the agents' certificates, when they serve TLS.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 async fn connect(common: &DaemonCommon, name: &str) -> anyhow::Result<Arc<Nats>> {
@@ -137,7 +145,8 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.store)?;
     let token = auth::load_or_create_token(&data_dir).context("creating the cluster token")?;
     let state: Arc<dyn StateStore> = nats.clone();
-    let control = Control::remote(state.clone(), store, token);
+    let tls = args.tls.server()?;
+    let control = Control::remote(state.clone(), store, token, args.tls.client()?);
     let reachable = {
         let nats = nats.clone();
         Arc::new(move || nats.connected()) as Arc<dyn Fn() -> bool + Send + Sync>
@@ -159,7 +168,8 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<()> {
     let run_path = write_run_info(
         &data_dir,
         &RunInfo {
-            api: format!("http://{api_addr}"),
+            api: format!("{}://{api_addr}", args.tls.scheme()),
+            tls_ca: args.tls.tls_ca.as_ref().map(|p| p.display().to_string()),
             edge: String::new(),
             edges: Default::default(),
             store: args.store.clone(),
@@ -167,12 +177,13 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<()> {
         },
     )?;
     eprintln!(
-        "colo control is up\n  api    http://{api_addr}\n  nats   {}\n  store  {}\n  token  {}",
+        "colo control is up\n  api    {}://{api_addr}\n  nats   {}\n  store  {}\n  token  {}",
+        args.tls.scheme(),
         args.common.nats,
         args.store,
         data_dir.join(auth::TOKEN_FILE).display()
     );
-    serve_until_signal(listener, api).await;
+    serve_until_signal(listener, api, tls).await;
     let _ = std::fs::remove_file(run_path);
     Ok(())
 }
@@ -216,17 +227,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         HostCache::with_capacity(data_dir.join("cache"), args.cache_gb.map(|gb| (gb * 1e9) as u64)),
         discover_devices(args.cpu_slots),
     );
+    let tls = args.tls.server()?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("binding the agent's API to {}", args.addr))?;
-    let addr = format!("http://{}", listener.local_addr()?);
+    let addr = format!("{}://{}", args.tls.scheme(), listener.local_addr()?);
     agent.recover().await?;
     if let Some(s3_addr) = args.s3_addr {
         let bound = crate::cmd_up::serve_cache_s3(s3_addr, &agent, &token.current()).await?;
         eprintln!("  s3     http://{bound}  (bucket colo, access key colo, secret: the cluster token)");
     }
     agent.spawn_heartbeat(addr.clone(), Duration::from_millis(args.lease_ms));
-    spawn_peer_refresh(agent.clone(), state, token.clone(), addr.clone());
+    spawn_peer_refresh(agent.clone(), state, token.clone(), addr.clone(), args.tls.client()?);
     let api = colo_agent::api::router(vec![agent.clone()]).layer(axum::middleware::from_fn_with_state(token, auth::require_token));
     eprintln!(
         "colo agent {name} is up\n  api    {addr}\n  region {}\n  nats   {}\n  devices {}",
@@ -234,7 +246,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.common.nats,
         agent.devices().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
     );
-    serve_until_signal(listener, api).await;
+    serve_until_signal(listener, api, tls).await;
     eprintln!("colo agent: stopping machines");
     agent.shutdown().await;
     Ok(())
@@ -242,7 +254,13 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Keeps the agent's peer list (the other live hosts of its region) in step with the host
 /// records, every few seconds.
-fn spawn_peer_refresh(agent: Arc<Agent>, state: Arc<dyn StateStore>, token: Arc<auth::TokenFile>, own_addr: String) {
+fn spawn_peer_refresh(
+    agent: Arc<Agent>,
+    state: Arc<dyn StateStore>,
+    token: Arc<auth::TokenFile>,
+    own_addr: String,
+    client: reqwest::Client,
+) {
     tokio::spawn(async move {
         loop {
             if let Ok(hosts) = state.hosts().await {
@@ -257,6 +275,7 @@ fn spawn_peer_refresh(agent: Arc<Agent>, state: Arc<dyn StateStore>, token: Arc<
                 agent.set_peers(colo_agent::PeerConfig {
                     urls,
                     token: Some(token.current()),
+                    client: Some(client.clone()),
                 });
             }
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -295,7 +314,7 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     let edge = edge.with_machines(Arc::new(RemoteMachines {
         state,
         token,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        http: crate::tls::client(args.tls_ca.as_deref())?,
     }));
     edge.spawn_autostop();
     edge.spawn_rtt_probe();
@@ -310,6 +329,7 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         &data_dir,
         &RunInfo {
             api: String::new(),
+            tls_ca: None,
             edge: url.clone(),
             edges: [(args.region.clone(), url.clone())].into_iter().collect(),
             store: String::new(),
@@ -416,7 +436,10 @@ impl colo_edge::Machines for RemoteMachines {
     }
 }
 
-async fn serve_until_signal(listener: tokio::net::TcpListener, app: axum::Router) {
+async fn serve_until_signal(listener: tokio::net::TcpListener, app: axum::Router, tls: Option<Arc<rustls::ServerConfig>>) {
+    if let Some(config) = tls {
+        return crate::tls::serve(listener, app, config, shutdown_signal()).await;
+    }
     let served = axum::serve(listener.tap_io(edge_workers::no_delay), app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -209,6 +209,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         agent.set_peers(colo_agent::PeerConfig {
             urls,
             token: Some(token.clone()),
+            client: None,
         });
     }
     for agent in &agents {
@@ -274,6 +275,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         edges: edge_urls.iter().cloned().collect(),
         store: store_url.clone(),
         pid: std::process::id(),
+        tls_ca: None,
     };
     let run_path = data_dir.join(RUN_FILE);
     let tmp = data_dir.join(format!("{RUN_FILE}.tmp"));

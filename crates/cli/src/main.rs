@@ -10,6 +10,7 @@ mod cmd_plan;
 mod cmd_up;
 mod edge_workers;
 mod output;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

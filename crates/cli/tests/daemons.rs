@@ -49,6 +49,8 @@ struct Cluster {
     nats_port: u16,
     s3_port: u16,
     procs: BTreeMap<String, Child>,
+    /// Certificate, key and CA (PEM files) when the daemons speak TLS to each other.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Drop for Cluster {
@@ -104,9 +106,27 @@ impl Cluster {
         self.dir.join(name)
     }
 
+    /// `--tls-cert/--tls-key/--tls-ca` for a daemon that serves TLS, `--tls-ca` for one that
+    /// only calls others, when the cluster speaks TLS.
+    fn tls_args(&self, serve: bool) -> Vec<String> {
+        match &self.tls {
+            Some((cert, key, ca)) if serve => vec![
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+                "--tls-ca".into(),
+                ca.display().to_string(),
+            ],
+            Some((_, _, ca)) => vec!["--tls-ca".into(), ca.display().to_string()],
+            None => Vec::new(),
+        }
+    }
+
     fn start_agent(&mut self, name: &str, region: &str) {
         let (nats, data, token) = (self.nats_url(), self.data(name), self.data("control").join("api-token"));
-        let command = self.colo(&[
+        let tls = self.tls_args(true);
+        let mut command = self.colo(&[
             "agent",
             "--nats",
             &nats,
@@ -129,6 +149,7 @@ impl Cluster {
             "--health-interval",
             "0.5",
         ]);
+        command.args(tls);
         std::fs::create_dir_all(&data).unwrap();
         self.spawn(name, command);
     }
@@ -141,7 +162,8 @@ impl Cluster {
         );
         std::fs::create_dir_all(&data).unwrap();
         let _ = std::fs::remove_file(data.join("colo.json"));
-        let command = self.colo(&[
+        let tls = self.tls_args(false);
+        let mut command = self.colo(&[
             "edge",
             "--nats",
             &nats,
@@ -158,6 +180,7 @@ impl Cluster {
             "--workers",
             "1",
         ]);
+        command.args(tls);
         self.spawn(&format!("edge-{region}"), command);
         run_info(&data)["edge"].as_str().unwrap().to_string()
     }
@@ -281,16 +304,16 @@ fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> Duration 
     started.elapsed()
 }
 
-#[test]
-fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Starts s3s-fs, nats-server and control (serving TLS when `tls` is given).
+fn start_cluster(dir: &Path, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> (Cluster, String) {
     let mut cluster = Cluster {
-        dir: tmp.path().to_path_buf(),
+        dir: dir.to_path_buf(),
         nats_port: free_port(),
         s3_port: free_port(),
         procs: BTreeMap::new(),
+        tls,
     };
-    std::fs::create_dir_all(tmp.path().join("s3/colo")).unwrap();
+    std::fs::create_dir_all(dir.join("s3/colo")).unwrap();
     let mut s3 = Command::new(binary("s3s-fs", "s3s-fs"));
     s3.args([
         "--host",
@@ -302,7 +325,7 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
         "--secret-key",
         SECRET_KEY,
     ])
-    .arg(tmp.path().join("s3"));
+    .arg(dir.join("s3"));
     cluster.spawn("s3s-fs", s3);
     wait_port(cluster.s3_port, "s3s-fs");
     cluster.start_nats();
@@ -310,7 +333,7 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
     let nats = cluster.nats_url();
     let control_dir = cluster.data("control");
     std::fs::create_dir_all(&control_dir).unwrap();
-    let control = cluster.colo(&[
+    let mut control = cluster.colo(&[
         "control",
         "--nats",
         &nats,
@@ -323,8 +346,17 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
         "--reconcile-every",
         "2",
     ]);
+    control.args(cluster.tls_args(true));
     cluster.spawn("control", control);
     let api = run_info(&control_dir)["api"].as_str().unwrap().to_string();
+    (cluster, api)
+}
+
+#[test]
+fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, api) = start_cluster(tmp.path(), None);
+    let control_dir = cluster.data("control");
     cluster.start_agent("ord-1", "ord");
     cluster.start_agent("ams-1", "ams");
     let ord = cluster.start_edge("ord");
@@ -333,8 +365,10 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
 
     // Agents register with a heartbeat.
     let http = reqwest::blocking::Client::new();
-    wait_for(20, "both agents up", || {
-        ["ord-1", "ams-1"].iter().all(|h| cluster.log(h).contains("is up"))
+    wait_for(20, "both agents registered", || {
+        let answer = http.get(format!("{api}/v1/hosts")).bearer_auth(token.trim()).send();
+        let hosts: Vec<serde_json::Value> = answer.ok().and_then(|r| r.json().ok()).unwrap_or_default();
+        hosts.iter().filter(|h| h["lost"] == false).count() == 2
     });
 
     // The model goes to the S3 store; the app brings its own engine (a small Python server).
@@ -584,4 +618,76 @@ fn run_agent_addr(cluster: &Cluster, name: &str) -> String {
         .unwrap_or_else(|| panic!("no address in {name}'s log: {log}"))
         .trim()
         .to_string()
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it, with the openssl CLI.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ca = "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=colo-test-ca";
+    run(&ca.split(' ').collect::<Vec<_>>());
+    run(&"req -newkey rsa:2048 -nodes -keyout host.key -out host.csr -subj /CN=127.0.0.1"
+        .split(' ')
+        .collect::<Vec<_>>());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let sign = "x509 -req -in host.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out host.pem -days 2 -extfile ext.cnf";
+    run(&sign.split(' ').collect::<Vec<_>>());
+    (dir.join("host.pem"), dir.join("host.key"), dir.join("ca.pem"))
+}
+
+#[test]
+fn daemons_speak_tls_to_each_other_when_given_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = make_certificates(tmp.path());
+    let (mut cluster, api) = start_cluster(tmp.path(), Some(certs.clone()));
+    assert!(api.starts_with("https://"), "control serves HTTPS: {api}");
+    cluster.start_agent("ord-1", "ord");
+    let edge = cluster.start_edge("ord");
+    wait_for(20, "the agent up", || cluster.log("ord-1").contains("is up"));
+    let agent = run_agent_addr(&cluster, "ord-1");
+    assert!(agent.starts_with("https://"), "the agent serves HTTPS: {agent}");
+
+    // Deploy through control (the CLI trusts the CA named in control's colo.json), which
+    // creates the machine on the agent over HTTPS; the edge wakes and reaches it.
+    let model = tmp.path().join("tiny");
+    cluster.cli(&["model", "synth", model.to_str().unwrap()]);
+    cluster.cli(&[
+        "model",
+        "push",
+        model.to_str().unwrap(),
+        "--name",
+        "tiny",
+        "--store",
+        "s3://colo/models",
+    ]);
+    let engine = format!("python3 {} --port {{port}}", repo_root().join("tests/py/upstream.py").display());
+    cluster.cli(&["deploy", "near", "--model", "tiny", "--engine-cmd", &engine, "--timeout", "120"]);
+    let client = reqwest::blocking::Client::new();
+    assert_eq!(call(&client, &edge), (200, "ord".to_string()));
+
+    // Plain HTTP is refused, and HTTPS without trusting the CA fails the handshake.
+    let token = std::fs::read_to_string(cluster.data("control").join("api-token")).unwrap();
+    for url in [&api, &agent] {
+        let plain = url.replacen("https://", "http://", 1);
+        let answer = client.get(format!("{plain}/v1/apps")).bearer_auth(token.trim()).send();
+        assert!(
+            answer.is_err() || !answer.unwrap().status().is_success(),
+            "{plain} answered plain HTTP"
+        );
+        let untrusted = client.get(format!("{url}/v1/apps")).bearer_auth(token.trim()).send();
+        assert!(untrusted.is_err(), "{url} was trusted without the CA");
+    }
+    let pem = std::fs::read(&certs.2).unwrap();
+    let trusting = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let apps = trusting.get(format!("{api}/v1/apps")).bearer_auth(token.trim()).send().unwrap();
+    assert_eq!(apps.status(), 200);
 }

@@ -168,7 +168,16 @@ pub fn machines_router(control: Arc<Control>) -> Router {
         .route("/v1/apps/{app}/machines", get(app_machines))
         .route("/v1/apps/{app}/machines/{id}", get(app_machine))
         .route("/v1/apps/{app}/machines/{id}/wait", get(wait_machine))
+        .route("/v1/hosts", get(hosts))
         .with_state(control)
+}
+
+/// Every registered host, as its agent last wrote it (and control marked it).
+async fn hosts(State(control): State<Arc<Control>>) -> Response {
+    match control.state.hosts().await {
+        Ok(hosts) => Json(hosts).into_response(),
+        Err(e) => ControlError::from(e).into_response(),
+    }
 }
 
 async fn app_machines(State(control): State<Arc<Control>>, Path(app): Path<String>) -> Response {

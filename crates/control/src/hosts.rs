@@ -8,7 +8,6 @@ use colo_agent::{Agent, MachineSpec};
 use colo_core::{Catalogue, Device, HostRecord, Machine, MachineState};
 use colo_state::StateStore;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// One host, as reconciliation needs it.
 #[async_trait]
@@ -31,7 +30,12 @@ pub enum Hosts {
     /// Agents running in this process.
     Local(Vec<Arc<Agent>>),
     /// Agents that registered in the shared state, reached over HTTP with the cluster token.
-    Remote { state: Arc<dyn StateStore>, token: String },
+    Remote {
+        state: Arc<dyn StateStore>,
+        token: String,
+        /// The client agents are called with (trusting their CA when TLS is on).
+        http: reqwest::Client,
+    },
 }
 
 impl Hosts {
@@ -40,12 +44,8 @@ impl Hosts {
     pub async fn live(&self) -> Result<Vec<Arc<dyn HostHandle>>, ControlError> {
         match self {
             Hosts::Local(agents) => Ok(agents.iter().map(|a| Arc::new(a.clone()) as Arc<dyn HostHandle>).collect()),
-            Hosts::Remote { state, token } => {
+            Hosts::Remote { state, token, http } => {
                 let now = crate::now_ms();
-                let http = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .map_err(|e| ControlError::Host(e.to_string()))?;
                 let mut hosts: Vec<HostRecord> = state.hosts().await?;
                 hosts.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(hosts

@@ -83,9 +83,10 @@ impl Control {
         Self::with_hosts(state, store, Hosts::Local(agents))
     }
 
-    /// Control over the agents registered in the shared state, reached with the cluster token.
-    pub fn remote(state: Arc<dyn StateStore>, store: Store, token: String) -> Arc<Self> {
-        Self::with_hosts(state.clone(), store, Hosts::Remote { state, token })
+    /// Control over the agents registered in the shared state, reached with `http` and the
+    /// cluster token.
+    pub fn remote(state: Arc<dyn StateStore>, store: Store, token: String, http: reqwest::Client) -> Arc<Self> {
+        Self::with_hosts(state.clone(), store, Hosts::Remote { state, token, http })
     }
 
     fn with_hosts(state: Arc<dyn StateStore>, store: Store, hosts: Hosts) -> Arc<Self> {
@@ -406,6 +407,7 @@ impl Control {
             .into_iter()
             .partition(|m| wanted.iter().any(|(r, _)| r.is_none_or(|r| r == m.region)));
         stale.extend(gone);
+        let mut made: Vec<Machine> = Vec::new();
         for (region, want) in wanted {
             let (mine, rest): (Vec<Machine>, Vec<Machine>) = kept.into_iter().partition(|m| region.is_none_or(|r| r == m.region));
             kept = rest;
@@ -421,7 +423,8 @@ impl Control {
             }
             for _ in keep.len()..want {
                 let replaces = stale.iter().position(|m| region.is_none_or(|r| r == m.region));
-                let new = self.create_in(&hosts, app, region).await?;
+                let new = self.create_in(&hosts, app, region, &made).await?;
+                made.push(new.clone());
                 let Some(old) = replaces.map(|i| stale.remove(i)) else { continue };
                 if let Err(e) = self.wait_healthy(&new).await {
                     if let Ok(host) = Self::host_of(&hosts, &new) {
@@ -474,15 +477,33 @@ impl Control {
     /// Creates one machine of `app` in `region` (anywhere when `None`), on the host with the
     /// fewest of the app's machines, then the most free devices; the next host is tried when
     /// one has no device of the app's kind free.
-    async fn create_in(&self, hosts: &[Arc<dyn HostHandle>], app: &App, region: Option<&str>) -> Result<Machine, ControlError> {
-        let machines = Self::machines_on(hosts).await?;
+    ///
+    /// `made` are machines this pass already created: the state this control reads may not
+    /// show them yet when another process wrote them.
+    async fn create_in(
+        &self,
+        hosts: &[Arc<dyn HostHandle>],
+        app: &App,
+        region: Option<&str>,
+        made: &[Machine],
+    ) -> Result<Machine, ControlError> {
+        let mut machines = Self::machines_on(hosts).await?;
+        let unseen: Vec<Machine> = made
+            .iter()
+            .filter(|m| machines.iter().all(|known| known.id != m.id))
+            .cloned()
+            .collect();
+        machines.extend(unseen.iter().cloned());
         let mut candidates = Vec::new();
         for host in hosts.iter().filter(|h| region.is_none_or(|r| r == h.region())) {
             let of_app = machines
                 .iter()
                 .filter(|m| m.host == host.name() && m.app == app.name && m.state != MachineState::Destroyed)
                 .count();
-            candidates.push((of_app, std::cmp::Reverse(host.free_devices().await?), host.name().to_string(), host));
+            // Devices taken by machines made this pass that the host's record does not show yet.
+            let taken = unseen.iter().filter(|m| m.host == host.name()).count();
+            let free = host.free_devices().await?.saturating_sub(taken);
+            candidates.push((of_app, std::cmp::Reverse(free), host.name().to_string(), host));
         }
         candidates.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
         let spec = MachineSpec {

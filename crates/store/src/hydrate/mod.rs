@@ -43,6 +43,8 @@ pub struct HydrateOptions {
     pub peers: Vec<String>,
     /// Bearer token for the peers' cache API, when they ask for one.
     pub peer_token: Option<String>,
+    /// The client peers are reached with; a plain one when `None`.
+    pub peer_client: Option<reqwest::Client>,
     /// Flush each file to disk before it takes its real name. Off by default: files from an
     /// earlier boot are re-verified before use anyway (see the cache's boot stamp), and a flush
     /// per file bounds the pull at the disk's write speed instead of the page cache's.
@@ -56,6 +58,7 @@ impl Default for HydrateOptions {
             range_bytes: None,
             peers: Vec::new(),
             peer_token: None,
+            peer_client: None,
             durable: false,
         }
     }
@@ -161,7 +164,7 @@ pub(crate) async fn run(
     let mut queue = heads;
     queue.extend(rest);
 
-    let sources = Arc::new(Sources::discover(store, manifest, &opts.peers, opts.peer_token.clone()).await);
+    let sources = Arc::new(Sources::discover(store, manifest, &opts.peers, opts.peer_token.clone(), opts.peer_client.clone()).await);
     let range_chunks = opts.range_bytes.map(|b| (b / chunk_size).max(1));
     let mut tuner = Tuner::new(opts.concurrency, range_chunks, started.elapsed());
     let mut in_flight = FuturesUnordered::new();

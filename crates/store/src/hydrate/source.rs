@@ -45,12 +45,20 @@ pub(crate) struct Sources {
 impl Sources {
     /// Asks every peer, at once, which of the model's files it holds; peers that do not
     /// answer in time are left out.
-    pub(crate) async fn discover(store: &Store, manifest: &Manifest, peers: &[String], token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
+    pub(crate) async fn discover(
+        store: &Store,
+        manifest: &Manifest,
+        peers: &[String],
+        token: Option<String>,
+        client: Option<reqwest::Client>,
+    ) -> Self {
+        let http = client.unwrap_or_else(|| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_default()
+        });
         let asks = peers.iter().map(|base| {
             let base = base.trim_end_matches('/').to_string();
             let url = format!("{base}{PEER_PREFIX}/{}/{}", manifest.name, manifest.revision);
