@@ -218,7 +218,7 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
     let control = colo_control::Control::remote(
         state.clone(),
         colo_store::Store::open(&store_dir.path().display().to_string())?,
-        token.clone(),
+        Arc::new(colo_control::auth::TokenFile::open(&args.token_file)?),
         reqwest::Client::new(),
     );
     let mut reconcile_ms = Vec::new();

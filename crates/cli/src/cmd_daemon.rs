@@ -143,7 +143,8 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<()> {
     let nats = connect(&args.common, "colo-control").await?;
     let data_dir = args.common.data_dir.canonicalize()?;
     let store = Store::open(&args.store)?;
-    let token = auth::load_or_create_token(&data_dir).context("creating the cluster token")?;
+    auth::load_or_create_token(&data_dir).context("creating the cluster token")?;
+    let token = Arc::new(auth::TokenFile::open(&data_dir.join(auth::TOKEN_FILE))?);
     let state: Arc<dyn StateStore> = nats.clone();
     let tls = args.tls.server()?;
     let control = Control::remote(state.clone(), store, token, args.tls.client()?);

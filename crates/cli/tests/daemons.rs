@@ -608,6 +608,75 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
         live.iter().all(|m| m["revision"] == revision),
         "every machine on the new revision: {live:#?}"
     );
+
+    // A rollout whose new machine cannot start stops with an error; the app keeps its version,
+    // revision and machines, and keeps answering.
+    let model3 = tmp.path().join("tiny3");
+    cluster.cli(&["model", "synth", model3.to_str().unwrap(), "--seed", "9"]);
+    cluster.cli(&[
+        "model",
+        "push",
+        model3.to_str().unwrap(),
+        "--name",
+        "tiny",
+        "--store",
+        "s3://colo/models",
+    ]);
+    let broken = cluster
+        .colo(&[
+            "deploy",
+            "near",
+            "--model",
+            "tiny",
+            "--machines",
+            "2",
+            "--engine-cmd",
+            "false {port}",
+            "--timeout",
+            "120",
+        ])
+        .arg("--data-dir")
+        .arg(cluster.data("control"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(
+        !broken.status.success() && stderr.contains("rollout"),
+        "a broken rollout must fail: {stderr}"
+    );
+    let apps: Vec<serde_json::Value> = serde_json::from_str(&cluster.cli(&["apps", "--json"])).unwrap();
+    let near = apps.iter().find(|a| a["app"]["name"] == "near").unwrap();
+    assert_eq!(near["app"]["version"], 2, "the failed rollout left the version: {near}");
+    assert_eq!(near["app"]["revision"], revision, "and the revision");
+    let live = live_of(&cluster.machines(), "near");
+    assert_eq!(live.len(), 2, "{live:#?}");
+    assert!(live.iter().all(|m| m["revision"] == revision && m["state"] == "started"));
+    for edge in [&ord, &ams] {
+        assert_eq!(call(&client, edge).0, 200, "still answering after the failed rollout");
+    }
+
+    // Rotating the cluster token: the old one is refused at once, the new one works, and the
+    // daemons that read the file keep calling each other.
+    let old_token = token.trim().to_string();
+    cluster.cli(&["token", "rotate"]);
+    let new_token = std::fs::read_to_string(control_dir.join("api-token")).unwrap();
+    assert_ne!(old_token, new_token.trim());
+    assert_eq!(
+        http.get(format!("{api}/v1/apps")).bearer_auth(&old_token).send().unwrap().status(),
+        401
+    );
+    assert_eq!(
+        http.get(format!("{api}/v1/apps"))
+            .bearer_auth(new_token.trim())
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    cluster.cli(&["destroy", "near"]);
+    wait_for(30, "near's machines destroyed through the agents", || {
+        live_of(&cluster.machines(), "near").is_empty()
+    });
 }
 
 /// The API address an agent registered (from its log line).

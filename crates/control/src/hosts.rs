@@ -32,7 +32,8 @@ pub enum Hosts {
     /// Agents that registered in the shared state, reached over HTTP with the cluster token.
     Remote {
         state: Arc<dyn StateStore>,
-        token: String,
+        /// The cluster token, read again when its file changes (rotation).
+        token: Arc<crate::auth::TokenFile>,
         /// The client agents are called with (trusting their CA when TLS is on).
         http: reqwest::Client,
     },
@@ -55,7 +56,7 @@ impl Hosts {
                         Arc::new(RemoteHost {
                             record,
                             state: state.clone(),
-                            token: token.clone(),
+                            token: token.current(),
                             http: http.clone(),
                             catalogue: Catalogue::builtin(),
                         }) as Arc<dyn HostHandle>

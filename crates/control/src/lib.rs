@@ -85,7 +85,7 @@ impl Control {
 
     /// Control over the agents registered in the shared state, reached with `http` and the
     /// cluster token.
-    pub fn remote(state: Arc<dyn StateStore>, store: Store, token: String, http: reqwest::Client) -> Arc<Self> {
+    pub fn remote(state: Arc<dyn StateStore>, store: Store, token: Arc<auth::TokenFile>, http: reqwest::Client) -> Arc<Self> {
         Self::with_hosts(state.clone(), store, Hosts::Remote { state, token, http })
     }
 
