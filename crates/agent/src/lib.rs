@@ -90,12 +90,7 @@ pub struct PeerConfig {
     pub client: Option<reqwest::Client>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use colo_core::unix_ms as now_ms;
 
 // === impl Agent ===
 

@@ -265,9 +265,7 @@ fn spawn_peer_refresh(
     tokio::spawn(async move {
         loop {
             if let Ok(hosts) = state.hosts().await {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let now = colo_core::unix_ms();
                 let urls = hosts
                     .iter()
                     .filter(|h| h.region == agent.region() && h.addr != own_addr && !h.lost && !h.expired(now))

@@ -28,11 +28,7 @@ pub fn bytes(n: u64) -> String {
 
 /// "3s ago" style age of a millisecond timestamp.
 pub fn age(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let secs = now.saturating_sub(at_ms) / 1000;
+    let secs = colo_core::unix_ms().saturating_sub(at_ms) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),
         60..=3599 => format!("{}m ago", secs / 60),

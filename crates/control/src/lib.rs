@@ -68,12 +68,7 @@ pub struct Control {
     pub rollout_timeout: std::time::Duration,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use colo_core::unix_ms as now_ms;
 
 // === impl Control ===
 

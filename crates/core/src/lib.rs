@@ -18,3 +18,11 @@ pub use machine::{ColdStart, Device, HydrationReport, Machine, MachineState};
 pub use money::{MoneyError, Usd};
 pub use name::{AppName, NameError};
 pub use region::{Region, Regions};
+
+/// Milliseconds since the Unix epoch now: the wall clock records and leases are stamped with.
+/// Policy code never calls it; it takes time as an argument.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

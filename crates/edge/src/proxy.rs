@@ -53,11 +53,7 @@ impl Load {
     }
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use colo_core::unix_ms as wall_ms;
 
 /// One API key's rate limits.
 struct KeyBuckets {

@@ -84,12 +84,7 @@ pub async fn push_dir(store: &Store, dir: &Path, name: &str, opts: &PushOptions,
     })
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use colo_core::unix_ms as now_ms;
 
 /// Regular files under `dir`, as (relative path with `/`, absolute path), sorted.
 fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
