@@ -69,6 +69,9 @@ pub fn serve(
                     while edge.busy() > 0 && tokio::time::Instant::now() < deadline {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
+                    // A response's last bytes may still sit in its connection's write buffer
+                    // when its request stops counting as busy: let them go out.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     drop(done);
                 });
             })
