@@ -72,6 +72,16 @@ async fn start_edge(config: EdgeConfig, initial: Arc<RouteTable>) -> (String, wa
     (format!("http://{addr}"), tx)
 }
 
+/// POSTs an embeddings request for app `app` to the edge.
+async fn post_embed(client: &reqwest::Client, edge: &str) -> reqwest::Response {
+    client
+        .post(format!("{edge}/v1/embeddings"))
+        .body(embed_body("app"))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn embed_body(model: &str) -> String {
     format!(r#"{{"model":"{model}","input":"hello"}}"#)
 }
@@ -194,12 +204,7 @@ async fn requests_wait_for_a_starting_machine_or_get_503() {
         ..EdgeConfig::default()
     };
     let (edge, _tx) = start_edge(config, table("app", &[])).await;
-    let r = client
-        .post(format!("{edge}/v1/embeddings"))
-        .body(embed_body("app"))
-        .send()
-        .await
-        .unwrap();
+    let r = post_embed(&client, &edge).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
 }
@@ -329,12 +334,7 @@ async fn a_refused_connection_is_retried_on_another_machine() {
     let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m-alive", &alive), ("m-dead", &dead)])).await;
     let client = reqwest::Client::new();
     for _ in 0..10 {
-        let r = client
-            .post(format!("{edge}/v1/embeddings"))
-            .body(embed_body("app"))
-            .send()
-            .await
-            .unwrap();
+        let r = post_embed(&client, &edge).await;
         assert_eq!(r.status(), 200, "every request reaches the live machine");
         assert_eq!(r.headers()["colo-machine"], "m-alive");
     }
@@ -534,12 +534,7 @@ async fn a_failure_after_sending_is_retried_only_for_idempotent_methods() {
         assert_eq!(r.status(), 200, "a GET is resent to the live machine");
         assert_eq!(r.headers()["colo-machine"], "m-alive");
         get_ok += 1;
-        let r = client
-            .post(format!("{edge}/v1/embeddings"))
-            .body(embed_body("app"))
-            .send()
-            .await
-            .unwrap();
+        let r = post_embed(&client, &edge).await;
         match r.status().as_u16() {
             200 => assert_eq!(r.headers()["colo-machine"], "m-alive"),
             502 => {
@@ -648,12 +643,7 @@ async fn a_full_hold_queue_answers_503_at_once() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let r = client
-        .post(format!("{edge}/v1/embeddings"))
-        .body(embed_body("app"))
-        .send()
-        .await
-        .unwrap();
+    let r = post_embed(&client, &edge).await;
     assert_eq!(r.status(), 503);
     assert!(
         started.elapsed() < Duration::from_secs(1),
