@@ -61,7 +61,7 @@ pub fn serve(
                         Ok(l) => l,
                         Err(e) => return tracing::error!(error = %e, "edge worker socket"),
                     };
-                    serve_http1(listener, colo_edge::router(edge.clone()), stop).await;
+                    serve_http1(listener, edge.clone(), stop).await;
                     // The server stops accepting at once; requests it handed on (streaming
                     // bodies, held requests) live in this runtime's tasks, which must keep
                     // running until they are done.
@@ -83,8 +83,7 @@ pub fn serve(
 /// Accepts HTTP/1.1 connections (clients of an OpenAI-style API speak it; HTTP/2 sniffing
 /// would cost every request) until `stop` turns true. Connections in flight live on in their
 /// own tasks; the caller waits for the edge's requests to finish.
-async fn serve_http1(listener: tokio::net::TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
-    let service = hyper_util::service::TowerToHyperService::new(router);
+async fn serve_http1(listener: tokio::net::TcpListener, edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -100,7 +99,11 @@ async fn serve_http1(listener: tokio::net::TcpListener, router: axum::Router, mu
         };
         let stop = stop.clone();
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let edge = edge.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let edge = edge.clone();
+            async move { Ok::<_, std::convert::Infallible>(colo_edge::handle(edge, request.map(axum::body::Body::new)).await) }
+        });
         let mut stop = stop;
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);

@@ -15,6 +15,11 @@ mod tls;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// mimalloc: the edge allocates and frees a few small buffers per request on every core, which
+/// glibc's allocator does at a measurably higher cost (see docs/BENCHMARKS.md, edge).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "colo", version, about = "Inference next to your GPUs, your weights and your callers.")]
 struct Cli {

@@ -6,9 +6,10 @@ mod error;
 mod metrics;
 mod proxy;
 pub mod routes;
+mod upstream;
 
 pub use error::EdgeError;
-pub use proxy::{router, Edge, Machines, SharedLoad};
+pub use proxy::{handle, router, Edge, Machines, SharedLoad};
 pub use routes::{follow_state, RouteTable};
 
 use std::time::Duration;

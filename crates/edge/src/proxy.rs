@@ -2,7 +2,8 @@
 //! proxy to it, and stream the response back as it arrives.
 
 use crate::metrics::{AppLabel, ErrorLabels, Metrics, RegionLabel, RequestLabels};
-use crate::routes::RouteTable;
+use crate::routes::{Endpoint, RouteTable};
+use crate::upstream::{self, SendError};
 use crate::{EdgeConfig, EdgeError};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,17 +17,12 @@ use colo_policy::{
     RouteParams, Steer, StoppedMachine, TokenBucket,
 };
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::{watch, Notify};
-
-type Upstream = Client<HttpConnector, Full<Bytes>>;
 
 /// What the edge tracks per machine between requests: its own in-flight count and the
 /// engine's last `colo-load` report.
@@ -48,7 +44,7 @@ struct Load {
 }
 
 impl Load {
-    fn stopping(&self, endpoint: &crate::routes::Endpoint) -> bool {
+    fn stopping(&self, endpoint: &Endpoint) -> bool {
         self.stop_asked_ms.load(Ordering::SeqCst) > endpoint.since_ms
     }
 }
@@ -117,8 +113,6 @@ const MAX_REPLAYS: usize = 10;
 pub struct Edge {
     config: EdgeConfig,
     routes: watch::Receiver<Arc<RouteTable>>,
-    /// Distinguishes this edge's connection pools from other edges' in the same thread.
-    id: usize,
     loads: Mutex<HashMap<String, Arc<Load>>>,
     picks: AtomicU64,
     metrics: Metrics,
@@ -157,18 +151,18 @@ struct Routing {
 
 /// The edge's whole HTTP surface: its own endpoints, and everything else proxied.
 pub fn router(edge: Arc<Edge>) -> Router {
-    Router::new().fallback(handle).with_state(edge)
+    Router::new()
+        .fallback(|State(edge): State<Arc<Edge>>, request: Request| handle(edge, request))
+        .with_state(edge)
 }
 
 // === impl Edge ===
 
 impl Edge {
     pub fn new(config: EdgeConfig, routes: watch::Receiver<Arc<RouteTable>>) -> Arc<Self> {
-        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         Arc::new(Self {
             config,
             routes,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             loads: Mutex::default(),
             picks: AtomicU64::new(0),
             metrics: Metrics::new(),
@@ -206,26 +200,6 @@ impl Edge {
     /// drain waits for.
     pub fn busy(&self) -> i64 {
         self.metrics.in_flight.get() + self.metrics.held.get()
-    }
-
-    /// This thread's connection pool to the machines. Each thread of an edge keeps its own,
-    /// so a request and the connection that carries it are driven by the same thread.
-    fn client(&self) -> Upstream {
-        thread_local! {
-            static CLIENTS: std::cell::RefCell<Vec<(usize, Upstream)>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        CLIENTS.with(|clients| {
-            let mut clients = clients.borrow_mut();
-            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
-                return client.clone();
-            }
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(self.config.connect_timeout));
-            connector.set_nodelay(true);
-            let client = Client::builder(TokioExecutor::new()).build(connector);
-            clients.push((self.id, client.clone()));
-            client
-        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -288,27 +262,31 @@ impl Edge {
 
     async fn probe_once(&self) {
         let table = self.routes.borrow().clone();
-        let mut targets: HashMap<String, String> = HashMap::new();
+        let mut targets: HashMap<String, Arc<Endpoint>> = HashMap::new();
         for routes in table.apps.values() {
             for m in &routes.machines {
                 if m.region != self.config.region {
-                    targets.entry(m.region.clone()).or_insert_with(|| m.addr.clone());
+                    targets.entry(m.region.clone()).or_insert_with(|| m.clone());
                 }
             }
         }
-        for (region, addr) in targets {
-            let Ok(uri) = format!("http://{addr}/health").parse::<Uri>() else {
-                continue;
-            };
-            let Ok(request) = hyper::Request::get(uri).body(Full::new(Bytes::new())) else {
-                continue;
-            };
+        for (region, target) in targets {
+            let mut request = hyper::Request::new(Full::new(Bytes::new()));
+            *request.uri_mut() = Uri::from_static("/health");
+            request.headers_mut().insert(header::HOST, target.host_header.clone());
             let started = std::time::Instant::now();
             if let Some(delay) = self.link_delay(&region) {
                 tokio::time::sleep(delay).await;
             }
-            let answered = tokio::time::timeout(std::time::Duration::from_secs(2), self.client().request(request)).await;
-            if !matches!(answered, Ok(Ok(_))) {
+            let timeout = std::time::Duration::from_secs(2);
+            let answered = tokio::time::timeout(timeout, async {
+                let (response, conn) = upstream::send(&target.addr, request, self.config.connect_timeout).await.ok()?;
+                response.into_body().collect().await.ok()?;
+                conn.release();
+                Some(())
+            })
+            .await;
+            if !matches!(answered, Ok(Some(()))) {
                 continue;
             }
             let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -451,7 +429,7 @@ impl Edge {
         headers: &HeaderMap,
         routing: &Routing,
         prefix: Option<PrefixKey>,
-    ) -> Result<(crate::routes::Endpoint, Arc<Load>), EdgeError> {
+    ) -> Result<(Arc<Endpoint>, Arc<Load>), EdgeError> {
         // A retry after a failed connect does not wait: with no other machine free, the
         // caller answers with the connect error at once.
         let hold = routing.failed.is_empty();
@@ -502,7 +480,7 @@ impl Edge {
             let params = RouteParams {
                 soft_limit: soft.unwrap_or(self.config.route.soft_limit),
                 hard_limit: hard.unwrap_or(self.config.route.hard_limit),
-                ..self.config.route.clone()
+                ..self.config.route
             };
             let mut view = AppView {
                 started: &views,
@@ -727,7 +705,9 @@ pub struct SharedLoad {
     pub age_ms: u64,
 }
 
-async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+/// Answers one request: the edge's own endpoints, or the app's machine's answer. What `router`
+/// serves, for servers that drive connections themselves.
+pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
     let host_app = edge.app_from_host(request.headers(), request.uri());
     if host_app.is_none() {
         let path = request.uri().path();
@@ -852,9 +832,11 @@ struct Outgoing {
 struct Answered {
     /// The machine's cold start, when it started for this request.
     woke: Option<colo_core::ColdStart>,
-    endpoint: crate::routes::Endpoint,
+    endpoint: Arc<Endpoint>,
     guard: InFlight,
     response: hyper::Response<hyper::body::Incoming>,
+    /// The connection the response arrives on, for reuse once its body has been read.
+    conn: upstream::Conn,
 }
 
 async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> ProxyResult {
@@ -1011,21 +993,17 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             addr: endpoint.addr.clone(),
             reason,
         };
-        let uri = Uri::builder()
-            .scheme(axum::http::uri::Scheme::HTTP)
-            .authority(endpoint.authority.clone())
-            .path_and_query(out.path.clone())
-            .build()
-            .map_err(|e| upstream_failed(format!("bad upstream address: {e}")))?;
-        let mut upstream = hyper::Request::builder().method(out.method.clone()).uri(uri);
+        let mut upstream = hyper::Request::new(Full::new(out.body.clone()));
+        *upstream.method_mut() = out.method.clone();
+        *upstream.uri_mut() = Uri::from(out.path.clone());
+        let headers = upstream.headers_mut();
+        headers.reserve(out.headers.len() + 1);
+        headers.insert(header::HOST, endpoint.host_header.clone());
         for (name, value) in out.headers.iter() {
             if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
-                upstream = upstream.header(name, value);
+                headers.append(name, value.clone());
             }
         }
-        let upstream = upstream
-            .body(Full::new(out.body.clone()))
-            .map_err(|e| EdgeError::BodyRead(e.to_string()))?;
         let guard = InFlight::new(load, &edge);
         if guard.load.stopping(&endpoint) {
             // Autostop took the machine between the pick and now: pick again.
@@ -1036,20 +1014,26 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             tokio::time::sleep(delay).await;
         }
         let started = std::time::Instant::now();
-        let response = match edge.client().request(upstream).await {
-            Ok(response) => response,
-            Err(e) if routing.failed.len() < MAX_CONNECT_RETRIES && (e.is_connect() || idempotent(&out.method)) => {
-                let kind = if e.is_connect() { "connect" } else { "after_send" };
-                tracing::info!(app = %out.app, machine = %endpoint.machine_id, error = %error_chain(&e), kind, "request failed; trying another machine");
+        let (response, conn) = match upstream::send(&endpoint.addr, upstream, edge.config.connect_timeout).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                let (kind, reason) = match &e {
+                    SendError::Connect(reason) => ("connect", reason.clone()),
+                    SendError::Sent(e) => ("after_send", error_chain(e)),
+                };
+                let retry = matches!(e, SendError::Connect(_)) || idempotent(&out.method);
+                if !retry || routing.failed.len() >= MAX_CONNECT_RETRIES {
+                    return Err(upstream_failed(reason));
+                }
+                tracing::info!(app = %out.app, machine = %endpoint.machine_id, error = %reason, kind, "request failed; trying another machine");
                 edge.metrics
                     .retries
                     .get_or_create(&crate::metrics::RetryLabels { kind: kind.into() })
                     .inc();
                 routing.failed.push(endpoint.machine_id.clone());
-                last_error = Some(upstream_failed(error_chain(&e)));
+                last_error = Some(upstream_failed(reason));
                 continue;
             }
-            Err(e) => return Err(upstream_failed(error_chain(&e))),
         };
         edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
         edge.record_report(&guard.load, response.headers());
@@ -1074,6 +1058,7 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
                 endpoint,
                 guard,
                 response,
+                conn,
             });
         };
         let replay = replay.map_err(|reason| upstream_failed(format!("bad colo-replay header: {reason}")))?;
@@ -1133,6 +1118,7 @@ fn respond(answered: Answered) -> Response {
         endpoint,
         guard,
         response,
+        conn,
     } = answered;
     let (mut parts, incoming) = response.into_parts();
     parts.headers.retain_hop_by_hop();
@@ -1166,6 +1152,7 @@ fn respond(answered: Answered) -> Response {
     let body = Body::new(Tracked {
         inner: incoming,
         _guard: guard,
+        conn: Some(conn),
         sse_machine,
         done: false,
     });
@@ -1190,9 +1177,17 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<
     if declared.is_some_and(|size| size > DRAIN_LIMIT) {
         return Err(too_large(0));
     }
-    let drain = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let frame = match tokio::time::timeout_at(drain, body.frame()).await {
+    let mut drain = None;
+    while !hyper::body::Body::is_end_stream(&body) {
+        // A small body has usually arrived with its head: take it without arming a timer.
+        let next = match futures::FutureExt::now_or_never(body.frame()) {
+            Some(next) => Ok(next),
+            None => {
+                let deadline = *drain.get_or_insert_with(|| tokio::time::Instant::now() + std::time::Duration::from_secs(10));
+                tokio::time::timeout_at(deadline, body.frame()).await
+            }
+        };
+        let frame = match next {
             Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(e))) => return Err(EdgeError::BodyRead(e.to_string())),
             Ok(None) => break,
@@ -1340,7 +1335,8 @@ impl Drop for Held<'_> {
 /// then wakes held requests: a machine at its hard limit may have room again.
 struct InFlight {
     load: Arc<Load>,
-    metrics: Metrics,
+    /// The edge's in-flight gauge.
+    gauge: prometheus_client::metrics::gauge::Gauge,
     released: Arc<Notify>,
     /// The edge's clock origin, to stamp when the machine was last busy.
     clock: std::time::Instant,
@@ -1353,7 +1349,7 @@ impl InFlight {
         edge.metrics.in_flight.inc();
         Self {
             load,
-            metrics: edge.metrics.clone(),
+            gauge: edge.metrics.in_flight.clone(),
             released: edge.released.clone(),
             clock: edge.started,
         }
@@ -1366,20 +1362,30 @@ impl Drop for InFlight {
         self.load
             .last_active_ms
             .store(self.clock.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-        self.metrics.in_flight.dec();
+        self.gauge.dec();
         self.released.notify_waiters();
     }
 }
 
-/// A response body that holds its request's in-flight count until it ends. Frames pass
-/// through as they arrive: nothing is buffered.
+/// A response body that holds its request's in-flight count until it ends, and returns its
+/// connection to the pool once the last frame is read. Frames pass through as they arrive:
+/// nothing is buffered.
 struct Tracked<B> {
     inner: B,
     _guard: InFlight,
+    conn: Option<upstream::Conn>,
     /// For server-sent events: the machine that the error event names if the stream breaks.
     sse_machine: Option<String>,
     /// Set once the stream has ended, cleanly or with an error event.
     done: bool,
+}
+
+impl<B> Tracked<B> {
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+    }
 }
 
 impl<B> hyper::body::Body for Tracked<B>
@@ -1407,7 +1413,15 @@ where
             }
             Poll::Ready(None) => {
                 self.done = true;
+                self.release();
                 Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                // The server may stop polling once the body says it is complete.
+                if self.inner.is_end_stream() {
+                    self.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             other => other,
         }

@@ -17,8 +17,9 @@ pub struct RouteTable {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AppRoutes {
-    /// Started machines with an address, grouped by region, in id order within one.
-    pub machines: Vec<Endpoint>,
+    /// Started machines with an address, grouped by region, in id order within one (shared:
+    /// each request holds the one it was sent to).
+    pub machines: Vec<Arc<Endpoint>>,
     /// Where each region's machines lie in `machines`.
     pub spans: Vec<RegionSpan>,
     /// Machines of the app that are not started yet but are meant to be.
@@ -48,8 +49,8 @@ pub struct Endpoint {
     pub machine_id: String,
     pub addr: String,
     pub region: String,
-    /// `addr`, parsed once for every request's URI.
-    pub authority: http::uri::Authority,
+    /// `addr` as the `Host` header of requests sent to it, made once.
+    pub host_header: http::HeaderValue,
     /// The `colo-machine` and `colo-region` response headers, made once.
     pub machine_header: http::HeaderValue,
     pub region_header: http::HeaderValue,
@@ -69,7 +70,7 @@ impl Endpoint {
             machine_id: machine_id.to_string(),
             addr: addr.to_string(),
             region: region.to_string(),
-            authority: addr.parse().ok()?,
+            host_header: addr.parse::<http::uri::Authority>().ok()?.as_str().parse().ok()?,
             machine_header: http::HeaderValue::from_str(machine_id).ok()?,
             region_header: http::HeaderValue::from_str(region).ok()?,
             since_ms: 0,
@@ -119,11 +120,11 @@ impl RouteTable {
                 // Unhealthy, or told to stop (it drains for a grace period): no new requests.
                 (MachineState::Started, Some(_)) if !machine.healthy || machine.desired != MachineState::Started => {}
                 (MachineState::Started, Some(addr)) => match Endpoint::new(&machine.id, addr, &machine.region) {
-                    Some(endpoint) => routes.machines.push(Endpoint {
+                    Some(endpoint) => routes.machines.push(Arc::new(Endpoint {
                         since_ms: machine.updated_at_ms,
                         cold_start: machine.cold_start.clone(),
                         ..endpoint
-                    }),
+                    })),
                     None => tracing::warn!(machine = %machine.id, addr, "machine address is not host:port; not routed"),
                 },
                 _ if machine.desired == MachineState::Started && machine.state != MachineState::Failed => routes.pending += 1,
@@ -145,7 +146,7 @@ impl RouteTable {
         table.apps.insert(
             app.to_string(),
             AppRoutes {
-                machines,
+                machines: machines.into_iter().map(Arc::new).collect(),
                 ..Default::default()
             },
         );

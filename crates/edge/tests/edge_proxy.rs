@@ -655,3 +655,83 @@ async fn a_full_hold_queue_answers_503_at_once() {
         w.abort();
     }
 }
+
+/// A bare HTTP/1.1 upstream that counts the connections it accepts and answers every request
+/// with `ok`; it closes a connection that stays idle for `idle_close`.
+async fn counting_upstream(idle_close: Duration) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: the head, then a Content-Length body.
+                    let head_end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tokio::time::timeout(idle_close, socket.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return, // idle too long, or the edge hung up
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    if socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn connections_to_machines_are_kept_and_reused() {
+    let (up, accepted) = counting_upstream(Duration::from_secs(30)).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
+    let client = reqwest::Client::new();
+    for _ in 0..50 {
+        let r = post_embed(&client, &edge).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    // Sequential requests from one runtime thread: at most one connection per worker thread
+    // of the test runtime, never one per request.
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 2, "50 sequential requests opened {n} connections to the machine");
+}
+
+#[tokio::test]
+async fn a_machine_closing_idle_connections_fails_no_request() {
+    // The machine drops connections idle for 50 ms; the edge must notice and open new ones
+    // instead of sending a POST (not retried after sending) down a dead connection.
+    let (up, accepted) = counting_upstream(Duration::from_millis(50)).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let r = post_embed(&client, &edge).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(n, 5, "each request after an idle close needs a new connection; saw {n}");
+}
