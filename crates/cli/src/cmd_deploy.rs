@@ -34,7 +34,7 @@ pub struct DeployArgs {
     #[arg(long, default_value_t = 0)]
     min_running: u32,
     /// Machines in one region, as CODE=COUNT (repeat for more regions); replaces --machines.
-    #[arg(long = "region", value_name = "CODE=COUNT", value_parser = parse_region_count)]
+    #[arg(long = "region", value_name = "CODE=COUNT", value_parser = parse_count)]
     regions: Vec<(String, u32)>,
     /// Run this command as each machine's engine instead of colo's (bring your own vLLM,
     /// llama.cpp or any HTTP server); {port} is where it must listen, {model_dir} holds the
@@ -74,10 +74,11 @@ pub struct AppsArgs {
     common: Common,
 }
 
-fn parse_region_count(value: &str) -> Result<(String, u32), String> {
+/// `CODE=COUNT` of `--region` and `KIND=COUNT` of `colo agent --gpus`: the name lowercased.
+pub(crate) fn parse_count(value: &str) -> Result<(String, u32), String> {
     let (code, count) = value
         .split_once('=')
-        .ok_or_else(|| format!("{value:?} is not CODE=COUNT (for example ord=2)"))?;
+        .ok_or_else(|| format!("{value:?} is not NAME=COUNT (for example ord=2)"))?;
     let count = count
         .parse::<u32>()
         .map_err(|_| format!("{value:?}: the count {count:?} is not a whole number"))?;

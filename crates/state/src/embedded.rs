@@ -177,6 +177,7 @@ mod tests {
             state: MachineState::Started,
             desired: MachineState::Started,
             device: Device::Cpu { slot: 0 },
+            gpu_kind: None,
             host: "h".into(),
             region: "local".into(),
             addr: Some("127.0.0.1:1".into()),

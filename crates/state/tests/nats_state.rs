@@ -177,6 +177,7 @@ fn machine(id: &str, updated_at_ms: u64) -> Machine {
         state: MachineState::Started,
         desired: MachineState::Started,
         device: Device::Cpu { slot: 0 },
+        gpu_kind: None,
         host: "h1".into(),
         region: "fra".into(),
         addr: Some("127.0.0.1:9000".into()),
