@@ -169,6 +169,8 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         deploy_tokens: Vec::new(),
         regions: Default::default(),
         engine_cmd: None,
+        demand: None,
+        placement: None,
     };
     state.put_app(&app).await?;
     let loading = Instant::now();

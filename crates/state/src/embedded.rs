@@ -228,6 +228,8 @@ mod tests {
                 regions: Default::default(),
                 deploy_tokens: Vec::new(),
                 engine_cmd: None,
+                demand: None,
+                placement: None,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();

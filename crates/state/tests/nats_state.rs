@@ -165,6 +165,8 @@ fn app(app: &str) -> App {
         regions: Default::default(),
         deploy_tokens: Vec::new(),
         engine_cmd: None,
+        demand: None,
+        placement: None,
     }
 }
 
