@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--events", type=int, default=3)
     args = parser.parse_args()
@@ -90,7 +91,7 @@ def main():
         daemon_threads = True
         request_queue_size = 4096
 
-    Server(("127.0.0.1", args.port), Handler).serve_forever()
+    Server((args.host, args.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ mod metrics;
 mod supervisor;
 
 pub use colo_store::CacheEntry;
-pub use devices::discover_devices;
+pub use devices::{declared_gpus, discover_devices};
 pub use error::AgentError;
 
 use colo_core::{AppName, Device, Machine, MachineState};
@@ -36,7 +36,7 @@ pub struct MachineSpec {
     pub revision: String,
     /// Catalogue GPU kind to lease; `None`: any free device.
     pub gpu_kind: Option<String>,
-    /// The app's own engine command (`{port}`, `{model_dir}` filled in); `None`: colo's engine.
+    /// The app's own engine command (`{port}`, `{host}`, `{model_dir}` filled in); `None`: colo's engine.
     pub engine_cmd: Option<String>,
 }
 
@@ -56,6 +56,9 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// Time between health checks of a started engine.
     pub health_interval: Duration,
+    /// Address engines listen on and machine records give edges (`127.0.0.1` when every edge
+    /// runs on this host; the host's own address when edges elsewhere must reach its engines).
+    pub engine_host: std::net::IpAddr,
 }
 
 pub struct Agent {
@@ -308,6 +311,7 @@ impl Agent {
             revision: revision.to_string(),
             state: MachineState::Created,
             desired: MachineState::Started,
+            gpu_kind: self.device_kind(&device),
             device,
             host: self.config.host.clone(),
             region: self.config.region.clone(),

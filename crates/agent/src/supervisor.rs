@@ -153,7 +153,8 @@ async fn start(
     };
     let hydrate_ms = hydrate_began.elapsed().as_millis() as u64;
 
-    let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+    let host = agent.config.engine_host;
+    let port = free_port(host).map_err(|e| format!("finding a free port on {host}: {e}"))?;
     let log_dir = agent.config.data_dir.join("machines").join(&machine.id);
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let log_path = log_dir.join("engine.log");
@@ -170,6 +171,7 @@ async fn start(
         Some(template) => {
             let line = template
                 .replace("{port}", &port.to_string())
+                .replace("{host}", &host.to_string())
                 .replace("{model_dir}", &dir.display().to_string())
                 .replace("{name}", machine.app.as_str());
             let mut command = Command::new("/bin/sh");
@@ -185,6 +187,8 @@ async fn start(
                 .arg(&dir)
                 .arg("--port")
                 .arg(port.to_string())
+                .arg("--host")
+                .arg(host.to_string())
                 .arg("--name")
                 .arg(machine.app.as_str());
             command
@@ -202,9 +206,10 @@ async fn start(
     let spawned = tokio::time::Instant::now();
     let mut child = command.spawn().map_err(|e| format!("spawning the engine: {e}"))?;
     machine.pid = child.id();
-    machine.addr = Some(format!("127.0.0.1:{port}"));
+    let addr = std::net::SocketAddr::new(host, port);
+    machine.addr = Some(addr.to_string());
 
-    let health = format!("http://127.0.0.1:{port}/health");
+    let health = format!("http://{addr}/health");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
@@ -318,6 +323,6 @@ async fn stop_child(child: &mut Child) {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn free_port(host: std::net::IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
 }

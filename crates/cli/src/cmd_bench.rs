@@ -68,6 +68,7 @@ fn machine(i: usize) -> Machine {
         state: MachineState::Started,
         desired: MachineState::Started,
         device: Device::Cpu { slot: (i / HOSTS) as u32 },
+        gpu_kind: None,
         host: format!("sb-host-{host}"),
         region: if host % 2 == 0 { "ord".into() } else { "ams".into() },
         addr: Some(format!("127.0.0.1:{}", 20_000 + i % 40_000)),
@@ -168,6 +169,8 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         deploy_tokens: Vec::new(),
         regions: Default::default(),
         engine_cmd: None,
+        demand: None,
+        placement: None,
     };
     state.put_app(&app).await?;
     let loading = Instant::now();

@@ -7,7 +7,7 @@ use crate::edge_workers;
 use crate::tls::TlsArgs;
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use colo_agent::{discover_devices, Agent, AgentConfig, EngineCommand};
+use colo_agent::{declared_gpus, discover_devices, Agent, AgentConfig, EngineCommand};
 use colo_control::{auth, Control};
 use colo_edge::{Edge, EdgeConfig};
 use colo_state::{Nats, NatsOptions, StateStore};
@@ -72,6 +72,16 @@ pub struct AgentArgs {
     /// Seconds between health checks of each started engine.
     #[arg(long, default_value_t = 2.0)]
     health_interval: f64,
+    /// Address the host's engines listen on and edges reach them at: 127.0.0.1 (the default)
+    /// only when every edge runs on this host; otherwise an address of this host that the
+    /// edges can reach. An `--engine-cmd` gets it as `{host}`.
+    #[arg(long, default_value = "127.0.0.1")]
+    engine_host: std::net::IpAddr,
+    /// GPUs to offer instead of discovering them, as KIND=COUNT (repeat for more kinds; kinds
+    /// as in `colo plan`): for hosts whose GPUs NVML cannot see, and for tests on machines
+    /// without GPUs (engines are not told which card they hold).
+    #[arg(long = "gpus", value_name = "KIND=COUNT", value_parser = crate::cmd_deploy::parse_count)]
+    gpus: Vec<(String, u32)>,
     /// GB the host cache may hold (unlimited when absent).
     #[arg(long)]
     cache_gb: Option<f64>,
@@ -205,6 +215,11 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into()),
     };
+    let devices = if args.gpus.is_empty() {
+        discover_devices(args.cpu_slots)
+    } else {
+        declared_gpus(&colo_core::Catalogue::builtin(), &args.gpus).map_err(|e| anyhow::anyhow!("--gpus: {e}"))?
+    };
     let nats = connect(&args.common, &format!("colo-agent-{name}")).await?;
     let data_dir = args.common.data_dir.canonicalize()?;
     let token = Arc::new(auth::TokenFile::open(&args.token_file).with_context(|| format!("reading {}", args.token_file.display()))?);
@@ -222,11 +237,12 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             start_timeout: Duration::from_secs(300),
             stop_grace: Duration::from_secs(2),
             health_interval: Duration::from_secs_f64(args.health_interval),
+            engine_host: args.engine_host,
         },
         state.clone(),
         store,
         HostCache::with_capacity(data_dir.join("cache"), args.cache_gb.map(|gb| (gb * 1e9) as u64)),
-        discover_devices(args.cpu_slots),
+        devices,
     );
     let tls = args.tls.server()?;
     let listener = tokio::net::TcpListener::bind(args.addr)

@@ -4,7 +4,7 @@ use crate::client::Api;
 use crate::output::{age, bytes, print_json, table};
 use crate::Common;
 use anyhow::Context;
-use colo_core::{App, Machine, MachineState};
+use colo_core::{App, Demand, Machine, MachineState};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -34,8 +34,14 @@ pub struct DeployArgs {
     #[arg(long, default_value_t = 0)]
     min_running: u32,
     /// Machines in one region, as CODE=COUNT (repeat for more regions); replaces --machines.
-    #[arg(long = "region", value_name = "CODE=COUNT", value_parser = parse_region_count)]
+    #[arg(long = "region", value_name = "CODE=COUNT", value_parser = parse_count)]
     regions: Vec<(String, u32)>,
+    /// demand.toml, as for `colo plan --demand`: requests/s and token lengths per region.
+    /// Control's planner then places the machines on the live hosts' GPUs (whole cards, within
+    /// the demand's RTT limit) and places them again when hosts come and go. Replaces
+    /// --machines; not with --region.
+    #[arg(long, conflicts_with = "regions")]
+    demand: Option<std::path::PathBuf>,
     /// Run this command as each machine's engine instead of colo's (bring your own vLLM,
     /// llama.cpp or any HTTP server); {port} is where it must listen, {model_dir} holds the
     /// model's files.
@@ -74,17 +80,30 @@ pub struct AppsArgs {
     common: Common,
 }
 
-fn parse_region_count(value: &str) -> Result<(String, u32), String> {
+/// `CODE=COUNT` of `--region` and `KIND=COUNT` of `colo agent --gpus`: the name lowercased.
+pub(crate) fn parse_count(value: &str) -> Result<(String, u32), String> {
     let (code, count) = value
         .split_once('=')
-        .ok_or_else(|| format!("{value:?} is not CODE=COUNT (for example ord=2)"))?;
+        .ok_or_else(|| format!("{value:?} is not NAME=COUNT (for example ord=2)"))?;
     let count = count
         .parse::<u32>()
         .map_err(|_| format!("{value:?}: the count {count:?} is not a whole number"))?;
     Ok((code.trim().to_ascii_lowercase(), count))
 }
 
+/// Reads and checks a demand file, naming the file and each field that is wrong.
+fn read_demand(path: &std::path::Path) -> anyhow::Result<Demand> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let demand: Demand = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let problems = demand.validate(&colo_core::Regions::builtin());
+    if !problems.is_empty() {
+        anyhow::bail!("{}: {}", path.display(), problems.join("; "));
+    }
+    Ok(demand)
+}
+
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let demand = args.demand.as_deref().map(read_demand).transpose()?;
     let api = Api::connect(&args.common.data_dir)?;
     let started = std::time::Instant::now();
     let app: App = api
@@ -94,7 +113,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 "soft_limit": args.soft_limit, "hard_limit": args.hard_limit,
                 "autostop_secs": args.autostop, "min_running": args.min_running,
                 "regions": args.regions.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                "engine_cmd": args.engine_cmd}),
+                "engine_cmd": args.engine_cmd, "demand": demand}),
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
@@ -123,9 +142,18 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         app.revision,
         started.elapsed().as_secs_f64()
     );
-    match &app.gpu {
-        Some(gpu) => println!("gpu {} ({}): {}", gpu.kind, gpu.quant, gpu.why),
-        None => println!("no GPU chosen: machines run on any free device (CPU slots on a host without GPUs)"),
+    match (&app.gpu, &app.placement) {
+        (Some(gpu), _) => println!("gpu {} ({}): {}", gpu.kind, gpu.quant, gpu.why),
+        (None, Some(_)) => {}
+        (None, None) => println!("no GPU chosen: machines run on any free device (CPU slots on a host without GPUs)"),
+    }
+    if let Some(placement) = &app.placement {
+        for m in &placement.machines {
+            println!("placed: {} ({}) {} x{} ({})", m.host, m.region, m.gpu, m.n_gpus, m.quant);
+        }
+        for u in &placement.unmet {
+            println!("unmet: {} {:.2} req/s: {}", u.region, u.requests_per_s, u.reason);
+        }
     }
     println!("{}", machines_table(&machines));
     Ok(())
@@ -182,6 +210,14 @@ pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
         })
         .collect();
     println!("{}", table(&["APP", "MODEL", "REVISION", "STARTED", "DEPLOYED"], rows));
+    for app in &apps {
+        for u in app.placement.iter().flat_map(|p| &p.unmet) {
+            println!(
+                "unmet demand of {}: {} {:.2} req/s: {}",
+                app.name, u.region, u.requests_per_s, u.reason
+            );
+        }
+    }
     Ok(())
 }
 

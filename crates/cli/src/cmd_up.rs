@@ -174,6 +174,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     start_timeout: Duration::from_secs(300),
                     stop_grace: Duration::from_secs(2),
                     health_interval: Duration::from_secs_f64(args.health_interval),
+                    engine_host: std::net::Ipv4Addr::LOCALHOST.into(),
                 },
                 state.clone(),
                 store.clone(),

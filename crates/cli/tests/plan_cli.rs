@@ -181,3 +181,38 @@ fn placement_from_fleet_and_demand_files() {
         "{v}"
     );
 }
+
+#[test]
+fn deploy_refuses_a_bad_demand_file_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "[[regions]]\nregion = \"ord\"\nrequests_per_s = 1\nprompt_tokens = 256\noutput_tokens = 64\n";
+    // (file contents, what stderr must name)
+    let cases = [
+        (
+            good.replace("requests_per_s = 1", "requests_per_s = -2"),
+            "demand.regions[0].requests_per_s",
+        ),
+        (good.replace("ord", "xyz"), "demand.regions[0].region: unknown region \"xyz\""),
+        (good.replace("requests_per_s", "request_per_s"), "request_per_s"),
+        (good.replace("prompt_tokens = 256\n", ""), "prompt_tokens"),
+        ("rtt_limit_ms = 0\n".to_string() + good, "demand.rtt_limit_ms"),
+        ("regions = []\n".to_string(), "demand.regions: no demand"),
+    ];
+    for (i, (text, names)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("demand-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        // The file is checked before any colo is looked for, so none needs to run.
+        let out = colo(&["deploy", "chat", "--model", "tiny", "--demand", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            stderr.contains(names) && stderr.contains(&format!("demand-{i}.toml")),
+            "{names}: {stderr}"
+        );
+    }
+    let out = colo(&["deploy", "chat", "--model", "tiny", "--demand", "x.toml", "--region", "ord=1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "--demand with --region"
+    );
+}

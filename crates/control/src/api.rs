@@ -19,7 +19,7 @@ impl ControlError {
             ControlError::Store(colo_store::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
             ControlError::Agent(e) => e.http_status(),
             ControlError::Host(_) => StatusCode::BAD_GATEWAY,
-            ControlError::Rollout { .. } => StatusCode::CONFLICT,
+            ControlError::Rollout { .. } | ControlError::Unplaced { .. } => StatusCode::CONFLICT,
             ControlError::Store(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,8 +64,11 @@ struct DeployRequest {
     /// Machines per region code (`{"ord": 2, "ams": 1}`); replaces `machines` when given.
     #[serde(default)]
     regions: std::collections::BTreeMap<String, u32>,
-    /// The app's own engine command, with `{port}` (and optionally `{model_dir}`).
+    /// The app's own engine command, with `{port}` (and optionally `{host}`, `{model_dir}`).
     engine_cmd: Option<String>,
+    /// Traffic per region (demand.toml as JSON): the planner places the machines on the live
+    /// hosts' GPUs; replaces `machines`, not allowed with `regions`.
+    demand: Option<colo_core::Demand>,
 }
 
 /// A JSON request body, or the 400 that names what is wrong with it.
@@ -94,6 +97,7 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
                 min_running: request.min_running.unwrap_or(0),
                 regions: request.regions.clone(),
                 engine_cmd: request.engine_cmd.clone(),
+                demand: request.demand.clone(),
             },
         )
         .await

@@ -17,6 +17,8 @@ pub trait HostHandle: Send + Sync {
     /// Catalogue kinds of the host's GPUs (empty for CPU slots).
     fn gpu_kinds(&self) -> Vec<String>;
     fn device_kind(&self, device: &Device) -> Option<String>;
+    /// Every device the host may lease.
+    fn devices(&self) -> Vec<Device>;
     /// The host's machines, destroyed ones included.
     async fn machines(&self) -> Result<Vec<Machine>, ControlError>;
     async fn free_devices(&self) -> Result<usize, ControlError>;
@@ -83,6 +85,10 @@ impl HostHandle for Arc<Agent> {
 
     fn device_kind(&self, device: &Device) -> Option<String> {
         Agent::device_kind(self, device)
+    }
+
+    fn devices(&self) -> Vec<Device> {
+        Agent::devices(self).to_vec()
     }
 
     async fn machines(&self) -> Result<Vec<Machine>, ControlError> {
@@ -169,6 +175,10 @@ impl HostHandle for RemoteHost {
             Device::Gpu { name, memory_mib, .. } => self.catalogue.kind_of_device(name, *memory_mib).map(|k| k.kind.clone()),
             Device::Cpu { .. } => None,
         }
+    }
+
+    fn devices(&self) -> Vec<Device> {
+        self.record.devices.clone()
     }
 
     async fn machines(&self) -> Result<Vec<Machine>, ControlError> {

@@ -5,17 +5,19 @@
 pub mod api;
 pub mod auth;
 pub mod hosts;
+pub mod placement;
 
 pub use hosts::{HostHandle, Hosts};
 
 use colo_agent::{Agent, MachineSpec};
-use colo_core::{ApiKey, App, AppName, Catalogue, GpuChoice, HostRecord, Machine, MachineState};
+use colo_core::{ApiKey, App, AppName, Catalogue, Demand, GpuChoice, HostRecord, Machine, MachineState, Regions};
 use colo_model::{FactsSource, Manifest, ModelFacts};
-use colo_policy::{recommend, PlanRequest};
+use colo_policy::{recommend, Placement, PlanRequest};
 use colo_state::StateStore;
 use colo_store::Store;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use placement::{HostGpus, Unplaced};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -33,6 +35,8 @@ pub enum ControlError {
     Host(String),
     #[error("rollout of app {app:?} to revision {revision} stopped: {reason}; the previous version keeps serving")]
     Rollout { app: String, revision: String, reason: String },
+    #[error("no machine of app {app:?} can be placed for its demand: {reason}")]
+    Unplaced { app: String, reason: String },
 }
 
 /// What a deploy may set besides the model and machine count.
@@ -50,6 +54,9 @@ pub struct DeployOptions {
     pub min_running: u32,
     /// Machines wanted per region code; empty: spread over every host.
     pub regions: BTreeMap<String, u32>,
+    /// Traffic per region: the planner places the machines on the live hosts' GPUs (replaces
+    /// the machine count; not with `regions`).
+    pub demand: Option<Demand>,
     /// The app's own engine command (`{port}`, `{model_dir}`), instead of colo's engine.
     pub engine_cmd: Option<String>,
 }
@@ -66,9 +73,33 @@ pub struct Control {
     reconciling: tokio::sync::Mutex<()>,
     /// How long a new machine of a rollout may take to become healthy.
     pub rollout_timeout: std::time::Duration,
+    /// The planner's facts per `(model, revision)`, read once from the store: placement
+    /// needs them on every reconcile pass of an app with a demand.
+    facts: Mutex<HashMap<(String, String), ModelFacts>>,
+    /// The demand each app's last placement left unmet, to log it when it changes.
+    unmet: Mutex<HashMap<AppName, Vec<String>>>,
 }
 
 pub(crate) use colo_core::unix_ms as now_ms;
+
+/// Machines reconciliation keeps in one place: anywhere, in a region, or on one host with one
+/// GPU kind (a placement's slot).
+#[derive(Debug, Default)]
+struct Want {
+    region: Option<String>,
+    host: Option<String>,
+    gpu: Option<String>,
+    count: usize,
+}
+
+impl Want {
+    /// Whether `machine`, whose device is of GPU kind `kind`, counts towards this want.
+    fn holds(&self, machine: &Machine, kind: Option<&str>) -> bool {
+        self.region.as_deref().is_none_or(|r| r == machine.region)
+            && self.host.as_deref().is_none_or(|h| h == machine.host)
+            && self.gpu.as_deref().is_none_or(|g| Some(g) == kind)
+    }
+}
 
 // === impl Control ===
 
@@ -91,6 +122,8 @@ impl Control {
             hosts,
             reconciling: tokio::sync::Mutex::new(()),
             rollout_timeout: std::time::Duration::from_secs(300),
+            facts: Mutex::default(),
+            unmet: Mutex::default(),
         })
     }
 
@@ -148,6 +181,16 @@ impl Control {
             field: "model",
             reason: e.to_string(),
         })?;
+        if let Some(demand) = &options.demand {
+            let invalid = |reason: String| ControlError::Invalid { field: "demand", reason };
+            if !options.regions.is_empty() {
+                return Err(invalid("give machines per region or a demand, not both".into()));
+            }
+            let problems = demand.validate(&Regions::builtin());
+            if !problems.is_empty() {
+                return Err(invalid(problems.join("; ")));
+            }
+        }
         if !(1..=MAX_MACHINES_PER_APP).contains(&machines) {
             return Err(ControlError::Invalid {
                 field: "machines",
@@ -166,16 +209,46 @@ impl Control {
                 return Err(ControlError::Invalid { field: "regions", reason });
             }
         }
-        let machines = match options.regions.values().sum::<u32>() {
+        if options.engine_cmd.as_deref().is_some_and(|c| !c.contains("{port}")) {
+            let reason = "the command must contain {port}, where the engine is told to listen".to_string();
+            return Err(ControlError::Invalid {
+                field: "engine_cmd",
+                reason,
+            });
+        }
+        let manifest = self.store.manifest(model.as_str()).await?;
+        // With a demand the planner places the machines (of the named kind, if any) on the
+        // live hosts; otherwise one kind is chosen for all of them.
+        let (gpu, placement) = match &options.demand {
+            Some(demand) => {
+                let gpu = match gpu {
+                    Some(_) => self.choose_gpu(&manifest, gpu).await?,
+                    None => None,
+                };
+                let kind = gpu.as_ref().map(|g| g.kind.as_str());
+                let placed = self.place(&name, &manifest.name, &manifest.revision, demand, kind, &live).await?;
+                (gpu, Some(placed))
+            }
+            None => (self.choose_gpu(&manifest, gpu).await?, None),
+        };
+        let counts: BTreeMap<String, u32> = match &placement {
+            Some(placed) => placed.machines.iter().fold(BTreeMap::new(), |mut counts, m| {
+                *counts.entry(m.region.clone()).or_default() += 1;
+                counts
+            }),
+            None => options.regions.clone(),
+        };
+        let field = if placement.is_some() { "demand" } else { "regions" };
+        let machines = match counts.values().sum::<u32>() {
             0 => machines,
             total if total <= MAX_MACHINES_PER_APP => total,
             total => {
                 let reason = format!("{total} machines in all is more than {MAX_MACHINES_PER_APP}");
-                return Err(ControlError::Invalid { field: "regions", reason });
+                return Err(ControlError::Invalid { field, reason });
             }
         };
         // The minimum holds per region, so it may not exceed the smallest region's count.
-        let smallest = options.regions.values().copied().min().unwrap_or(machines);
+        let smallest = counts.values().copied().min().unwrap_or(machines);
         if options.min_running > smallest {
             let reason = format!(
                 "{} is more than the {smallest} machines the app has in a region",
@@ -186,15 +259,6 @@ impl Control {
                 reason,
             });
         }
-        if options.engine_cmd.as_deref().is_some_and(|c| !c.contains("{port}")) {
-            let reason = "the command must contain {port}, where the engine is told to listen".to_string();
-            return Err(ControlError::Invalid {
-                field: "engine_cmd",
-                reason,
-            });
-        }
-        let manifest = self.store.manifest(model.as_str()).await?;
-        let gpu = self.choose_gpu(&manifest, gpu).await?;
         let app = App {
             name,
             model,
@@ -211,6 +275,8 @@ impl Control {
             regions: options.regions.clone(),
             deploy_tokens: Vec::new(),
             engine_cmd: options.engine_cmd.clone(),
+            demand: options.demand.clone(),
+            placement: placement.as_ref().map(placement::record),
         };
         // A redeploy keeps the app's keys and counts up its version.
         let previous = self.state.app(&app.name).await?;
@@ -280,6 +346,69 @@ impl Control {
             quant: choice.quant.as_str().to_string(),
             why: choice.why,
         }))
+    }
+
+    /// Places `demand` for `app` (serving `model@revision`) on the live `hosts`: their GPUs,
+    /// less those other apps' machines hold. No machine placed anywhere is an error.
+    async fn place(
+        &self,
+        app: &AppName,
+        model: &str,
+        revision: &str,
+        demand: &Demand,
+        gpu: Option<&str>,
+        hosts: &[Arc<dyn HostHandle>],
+    ) -> Result<Placement, ControlError> {
+        let invalid = |reason: String| ControlError::Invalid { field: "demand", reason };
+        let facts = self
+            .facts_of(model, revision)
+            .await
+            .map_err(|reason| invalid(format!("the planner cannot read model {model}@{revision}: {reason}")))?;
+        let machines = Self::machines_on(hosts).await?;
+        let views: Vec<HostGpus> = hosts
+            .iter()
+            .map(|h| HostGpus {
+                name: h.name(),
+                region: h.region(),
+                devices: h
+                    .devices()
+                    .into_iter()
+                    .map(|d| {
+                        let kind = h.device_kind(&d);
+                        (d, kind)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let regions = Regions::builtin();
+        let (fleet, left_out) = placement::fleet_for(app, &views, &machines, &regions);
+        if !left_out.is_empty() {
+            tracing::debug!(%app, ?left_out, "hosts placement cannot use");
+        }
+        placement::place_demand(&facts, demand, gpu, &fleet, &regions).map_err(|e| match e {
+            Unplaced::Invalid(reason) => invalid(reason),
+            Unplaced::NoCapacity(reason) => ControlError::Unplaced {
+                app: app.to_string(),
+                reason,
+            },
+        })
+    }
+
+    /// The planner's facts for `model@revision`, from the store the first time.
+    async fn facts_of(&self, model: &str, revision: &str) -> Result<ModelFacts, String> {
+        let key = (model.to_string(), revision.to_string());
+        if let Some(facts) = self.facts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(facts.clone());
+        }
+        let manifest = self.store.manifest_at(model, revision).await.map_err(|e| e.to_string())?;
+        let facts = self.model_facts(&manifest).await?;
+        let mut cached = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        // A revision per deploy: a long-lived control forgets old ones now and then.
+        if cached.len() >= 256 {
+            cached.clear();
+        }
+        cached.insert(key, facts.clone());
+        Ok(facts)
     }
 
     /// The planner's facts for a pushed model: its config.json with the manifest's exact tensor sizes.
@@ -360,12 +489,14 @@ impl Control {
 
     /// Brings the app's machines in line with its record, on the hosts that are live: surplus
     /// machines are destroyed, stopped ones started, missing ones created. With per-region
-    /// counts each region is reconciled on its own; without, machines are spread over the
-    /// hosts, each new one going to the host with the fewest of the app's machines (then the
-    /// most free devices). Machines of another revision, model, engine or GPU kind are
-    /// replaced one at a time: a new machine must be started and healthy before an old one is
-    /// destroyed, so the old version keeps serving; a new machine that fails stops the rollout
-    /// with an error (and is destroyed), leaving the old ones in place.
+    /// counts each region is reconciled on its own; with a demand, each host and GPU kind the
+    /// planner's placement names (placed anew on every pass, so a lost host's machines go
+    /// elsewhere); with neither, machines are spread over the hosts, each new one going to the
+    /// host with the fewest of the app's machines (then the most free devices). Machines of
+    /// another revision, model, engine or GPU kind are replaced one at a time: a new machine
+    /// must be started and healthy before an old one is destroyed, so the old version keeps
+    /// serving; a new machine that fails stops the rollout with an error (and is destroyed),
+    /// leaving the old ones in place.
     pub async fn reconcile(&self, app: &App) -> Result<(), ControlError> {
         let _one_at_a_time = self.reconciling.lock().await;
         let hosts = self.hosts.live().await?;
@@ -387,27 +518,25 @@ impl Control {
         }
         // Surplus goes from the hosts with the most of the app's machines first, stopped or
         // failing ones before started ones.
-        let mut per_host: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut per_host: HashMap<String, usize> = HashMap::new();
         for m in &current {
             *per_host.entry(m.host.clone()).or_default() += 1;
         }
         current.sort_by_cached_key(|m| (m.state != MachineState::Started, std::cmp::Reverse(per_host[&m.host]), m.id.clone()));
-        let wanted: Vec<(Option<&str>, usize)> = if app.regions.is_empty() {
-            vec![(None, app.machines as usize)]
-        } else {
-            app.regions.iter().map(|(r, n)| (Some(r.as_str()), *n as usize)).collect()
-        };
-        // Machines in regions the app no longer lists are stale too.
+        let wanted = self.wanted(app, &hosts).await?;
+        let kind_of = |m: &Machine| Self::host_of(&hosts, m).ok().and_then(|h| h.device_kind(&m.device));
+        // Machines no longer wanted where they are (a region the app no longer lists, a host
+        // the placement moved away from) are stale too.
         let (mut kept, gone): (Vec<Machine>, Vec<Machine>) = current
             .into_iter()
-            .partition(|m| wanted.iter().any(|(r, _)| r.is_none_or(|r| r == m.region)));
+            .partition(|m| wanted.iter().any(|w| w.holds(m, kind_of(m).as_deref())));
         stale.extend(gone);
         let mut made: Vec<Machine> = Vec::new();
-        for (region, want) in wanted {
-            let (mine, rest): (Vec<Machine>, Vec<Machine>) = kept.into_iter().partition(|m| region.is_none_or(|r| r == m.region));
+        for want in &wanted {
+            let (mine, rest): (Vec<Machine>, Vec<Machine>) = kept.into_iter().partition(|m| want.holds(m, kind_of(m).as_deref()));
             kept = rest;
             // `mine` is sorted started-first, so the surplus is the tail.
-            let (keep, surplus) = mine.split_at(mine.len().min(want));
+            let (keep, surplus) = mine.split_at(mine.len().min(want.count));
             for machine in surplus {
                 Self::host_of(&hosts, machine)?.destroy(&machine.id).await?;
             }
@@ -416,9 +545,9 @@ impl Control {
                     Self::host_of(&hosts, machine)?.start(&machine.id).await?;
                 }
             }
-            for _ in keep.len()..want {
-                let replaces = stale.iter().position(|m| region.is_none_or(|r| r == m.region));
-                let new = self.create_in(&hosts, app, region, &made).await?;
+            for _ in keep.len()..want.count {
+                let replaces = stale.iter().position(|m| want.region.as_deref().is_none_or(|r| r == m.region));
+                let new = self.create_in(&hosts, app, want, &made).await?;
                 made.push(new.clone());
                 let Some(old) = replaces.map(|i| stale.remove(i)) else { continue };
                 if let Err(e) = self.wait_healthy(&new).await {
@@ -438,6 +567,61 @@ impl Control {
             Self::host_of(&hosts, &machine)?.destroy(&machine.id).await?;
         }
         Ok(())
+    }
+
+    /// Where reconciliation wants the app's machines: per-region counts, the placement of its
+    /// demand on the live `hosts`, or a count anywhere. Demand the placement cannot meet is
+    /// logged when it changes; a placement that meets none is an error, so that a pass never
+    /// destroys the machines an app has for want of somewhere better.
+    async fn wanted(&self, app: &App, hosts: &[Arc<dyn HostHandle>]) -> Result<Vec<Want>, ControlError> {
+        if !app.regions.is_empty() {
+            return Ok(app
+                .regions
+                .iter()
+                .map(|(region, n)| Want {
+                    region: Some(region.clone()),
+                    count: *n as usize,
+                    ..Want::default()
+                })
+                .collect());
+        }
+        let Some(demand) = &app.demand else {
+            return Ok(vec![Want {
+                count: app.machines as usize,
+                ..Want::default()
+            }]);
+        };
+        let kind = app.gpu.as_ref().map(|g| g.kind.as_str());
+        let placed = self.place(&app.name, app.model.as_str(), &app.revision, demand, kind, hosts).await;
+        let unmet: Vec<String> = match &placed {
+            Ok(placed) => placed
+                .unmet
+                .iter()
+                .map(|u| format!("{} {:.2} req/s: {}", u.region, u.requests_per_s, u.reason))
+                .collect(),
+            Err(e) => vec![e.to_string()],
+        };
+        let mut last = self.unmet.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(&app.name) != Some(&unmet) {
+            if !unmet.is_empty() {
+                tracing::warn!(app = %app.name, ?unmet, "demand the live hosts cannot meet");
+            }
+            last.insert(app.name.clone(), unmet);
+        }
+        drop(last);
+        let mut slots: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+        for m in placed?.machines {
+            *slots.entry((m.region, m.host, m.gpu)).or_default() += 1;
+        }
+        Ok(slots
+            .into_iter()
+            .map(|((region, host, gpu), count)| Want {
+                region: Some(region),
+                host: Some(host),
+                gpu: Some(gpu),
+                count,
+            })
+            .collect())
     }
 
     /// Waits until `machine` is started and passing health checks, or says why it is not.
@@ -469,19 +653,13 @@ impl Control {
         }
     }
 
-    /// Creates one machine of `app` in `region` (anywhere when `None`), on the host with the
-    /// fewest of the app's machines, then the most free devices; the next host is tried when
-    /// one has no device of the app's kind free.
+    /// Creates one machine of `app` where `want` says (a region, a host, a GPU kind; anywhere
+    /// when it names none), on the host with the fewest of the app's machines, then the most
+    /// free devices; the next host is tried when one has no device of the kind free.
     ///
     /// `made` are machines this pass already created: the state this control reads may not
     /// show them yet when another process wrote them.
-    async fn create_in(
-        &self,
-        hosts: &[Arc<dyn HostHandle>],
-        app: &App,
-        region: Option<&str>,
-        made: &[Machine],
-    ) -> Result<Machine, ControlError> {
+    async fn create_in(&self, hosts: &[Arc<dyn HostHandle>], app: &App, want: &Want, made: &[Machine]) -> Result<Machine, ControlError> {
         let mut machines = Self::machines_on(hosts).await?;
         let unseen: Vec<Machine> = made
             .iter()
@@ -490,7 +668,11 @@ impl Control {
             .collect();
         machines.extend(unseen.iter().cloned());
         let mut candidates = Vec::new();
-        for host in hosts.iter().filter(|h| region.is_none_or(|r| r == h.region())) {
+        let (region, on_host) = (want.region.as_deref(), want.host.as_deref());
+        let placed = hosts
+            .iter()
+            .filter(|h| region.is_none_or(|r| r == h.region()) && on_host.is_none_or(|n| n == h.name()));
+        for host in placed {
             let of_app = machines
                 .iter()
                 .filter(|m| m.host == host.name() && m.app == app.name && m.state != MachineState::Destroyed)
@@ -505,7 +687,7 @@ impl Control {
             app: app.name.clone(),
             model: app.model.clone(),
             revision: app.revision.clone(),
-            gpu_kind: app.gpu.as_ref().map(|g| g.kind.clone()),
+            gpu_kind: want.gpu.clone().or_else(|| app.gpu.as_ref().map(|g| g.kind.clone())),
             engine_cmd: app.engine_cmd.clone(),
         };
         let mut last = None;
@@ -520,9 +702,12 @@ impl Control {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| ControlError::Invalid {
-            field: "regions",
-            reason: format!("no live host in region {:?}", region.unwrap_or("any")),
+        Err(last.unwrap_or_else(|| match on_host {
+            Some(name) => ControlError::Host(format!("host {name} is not live")),
+            None => ControlError::Invalid {
+                field: "regions",
+                reason: format!("no live host in region {:?}", region.unwrap_or("any")),
+            },
         }))
     }
 

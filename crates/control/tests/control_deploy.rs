@@ -44,6 +44,7 @@ async fn control_with(devices: Vec<Device>, root: &std::path::Path) -> Arc<Contr
         start_timeout: Duration::from_secs(1),
         stop_grace: Duration::ZERO,
         health_interval: Duration::from_secs(1),
+        engine_host: std::net::Ipv4Addr::LOCALHOST.into(),
     };
     let agent = Agent::new(config, state.clone(), store.clone(), HostCache::new(root.join("cache")), devices);
     Control::new(state, store, vec![agent])

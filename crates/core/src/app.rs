@@ -51,6 +51,13 @@ pub struct App {
     /// `{model_dir}` filled in (bring your own vLLM, llama.cpp or any HTTP server).
     #[serde(default)]
     pub engine_cmd: Option<String>,
+    /// Traffic per region that control places the app's machines for with the planner
+    /// (`colo deploy --demand`), on the live hosts' GPUs; `None`: `machines` or `regions` decide.
+    #[serde(default)]
+    pub demand: Option<crate::Demand>,
+    /// Where the placement put the machines at the deploy, and the demand it could not meet.
+    #[serde(default)]
+    pub placement: Option<crate::PlacementRecord>,
 }
 
 /// One API key of an app. Only the key's BLAKE3 digest is stored; the key itself is shown once.

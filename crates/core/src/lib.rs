@@ -3,6 +3,7 @@
 
 pub mod app;
 mod csv;
+pub mod demand;
 pub mod gpu;
 pub mod host;
 pub mod machine;
@@ -12,6 +13,7 @@ pub mod region;
 
 pub use app::{ApiKey, App, GpuChoice};
 pub use csv::CsvError;
+pub use demand::{Demand, PlacedSlot, PlacementRecord, RegionDemand, Unmet};
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use host::HostRecord;
 pub use machine::{ColdStart, Device, HydrationReport, Machine, MachineState};

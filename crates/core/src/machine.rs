@@ -134,6 +134,10 @@ pub struct Machine {
     /// The state the machine should reach; the supervisor works towards it.
     pub desired: MachineState,
     pub device: Device,
+    /// Catalogue kind of the leased GPU (`l40s`); `None` on a CPU slot or a GPU the catalogue
+    /// does not know. A machine leases one whole device, so one card.
+    #[serde(default)]
+    pub gpu_kind: Option<String>,
     /// Host name of the agent that runs it.
     pub host: String,
     /// Region code of that host.

@@ -7,6 +7,8 @@
 //! the cheapest per request/s. What cannot be met is reported with the reason.
 
 use crate::plan::{plan, PlanError, PlanOption, PlanRequest};
+pub use colo_core::{Demand, RegionDemand, Unmet};
+
 use colo_core::{Catalogue, Regions};
 use colo_model::{ModelFacts, Quant};
 use serde::{Deserialize, Serialize};
@@ -60,30 +62,6 @@ pub struct Host {
     pub cpu_slots: Option<u32>,
 }
 
-/// demand.toml: the traffic each region sends.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Demand {
-    /// Longest acceptable RTT between a caller's region and the machine serving it, in ms.
-    pub rtt_limit_ms: Option<f64>,
-    /// Traffic per region.
-    #[serde(default)]
-    pub regions: Vec<RegionDemand>,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionDemand {
-    /// Region code of the callers.
-    pub region: String,
-    /// Requests per second at the busy hour.
-    pub requests_per_s: f64,
-    /// Typical prompt length in tokens.
-    pub prompt_tokens: u64,
-    /// Typical output length in tokens.
-    pub output_tokens: u64,
-}
-
 /// One placed machine: `n_gpus` cards of `gpu` on `host`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PlacedMachine {
@@ -99,14 +77,6 @@ pub struct PlacedMachine {
     pub load: f64,
 }
 
-/// Demand that no placement meets, and why.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Unmet {
-    pub region: String,
-    pub requests_per_s: f64,
-    pub reason: String,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Placement {
     pub machines: Vec<PlacedMachine>,
@@ -114,7 +84,7 @@ pub struct Placement {
     pub unmet: Vec<Unmet>,
 }
 
-// === impl Fleet, Demand ===
+// === impl Fleet ===
 
 impl Fleet {
     /// Every problem for placement, each naming its field (`hosts[2].region`): those of
@@ -169,39 +139,6 @@ impl Fleet {
             for kind in host.gpus.keys() {
                 if catalogue.get(kind).is_err() {
                     problems.push(format!("{at}.gpus.{kind}: unknown GPU kind"));
-                }
-            }
-        }
-        problems
-    }
-}
-
-impl Demand {
-    /// Every problem, each naming its field (`regions[0].requests_per_s`).
-    pub fn validate(&self, regions: &Regions) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.regions.is_empty() {
-            problems.push("demand.regions: no demand; add at least one [[regions]] table".into());
-        }
-        if let Some(rtt) = self.rtt_limit_ms {
-            if !(rtt.is_finite() && rtt > 0.0) {
-                problems.push(format!("demand.rtt_limit_ms: {rtt} must be above zero"));
-            }
-        }
-        let mut seen = BTreeSet::new();
-        for (i, d) in self.regions.iter().enumerate() {
-            let at = format!("demand.regions[{i}]");
-            if regions.get(&d.region).is_none() {
-                problems.push(format!("{at}.region: unknown region {:?}", d.region));
-            } else if !seen.insert(d.region.as_str()) {
-                problems.push(format!("{at}.region: {:?} appears twice", d.region));
-            }
-            if !(d.requests_per_s.is_finite() && d.requests_per_s > 0.0) {
-                problems.push(format!("{at}.requests_per_s: {} must be above zero", d.requests_per_s));
-            }
-            for (field, v) in [("prompt_tokens", d.prompt_tokens), ("output_tokens", d.output_tokens)] {
-                if v == 0 {
-                    problems.push(format!("{at}.{field}: must be at least 1"));
                 }
             }
         }

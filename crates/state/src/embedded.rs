@@ -177,6 +177,7 @@ mod tests {
             state: MachineState::Started,
             desired: MachineState::Started,
             device: Device::Cpu { slot: 0 },
+            gpu_kind: None,
             host: "h".into(),
             region: "local".into(),
             addr: Some("127.0.0.1:1".into()),
@@ -227,6 +228,8 @@ mod tests {
                 regions: Default::default(),
                 deploy_tokens: Vec::new(),
                 engine_cmd: None,
+                demand: None,
+                placement: None,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();

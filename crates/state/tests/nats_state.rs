@@ -165,6 +165,8 @@ fn app(app: &str) -> App {
         regions: Default::default(),
         deploy_tokens: Vec::new(),
         engine_cmd: None,
+        demand: None,
+        placement: None,
     }
 }
 
@@ -177,6 +179,7 @@ fn machine(id: &str, updated_at_ms: u64) -> Machine {
         state: MachineState::Started,
         desired: MachineState::Started,
         device: Device::Cpu { slot: 0 },
+        gpu_kind: None,
         host: "h1".into(),
         region: "fra".into(),
         addr: Some("127.0.0.1:9000".into()),
