@@ -83,6 +83,34 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Reads `range` of a model file as its bytes arrive, counting them as egress. A local
+    /// directory answers in one piece (its stream would read the file in small blocks).
+    pub(crate) async fn read_range_stream(
+        &self,
+        path: &ObjectPath,
+        range: std::ops::Range<u64>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>, StoreError> {
+        use futures::StreamExt;
+        if !self.url.starts_with("s3://") {
+            let bytes = self.read_range(path, range).await?;
+            return Ok(futures::stream::once(async move { Ok(bytes) }).boxed());
+        }
+        let options = object_store::GetOptions {
+            range: Some(range.into()),
+            ..Default::default()
+        };
+        let answer = self.inner.get_opts(path, options).await.map_err(|e| StoreError::object(path, e))?;
+        let (counter, path) = (self.bytes_read.clone(), path.clone());
+        Ok(answer
+            .into_stream()
+            .map(move |frame| {
+                let bytes = frame.map_err(|e| StoreError::object(&path, e))?;
+                counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(bytes)
+            })
+            .boxed())
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -133,14 +133,18 @@ impl FileJob {
         }
     }
 
-    /// Writes a verified chunk in place and records it. Returns true when it was the file's
-    /// last missing chunk (once per file).
-    pub(crate) fn write_verified(&self, idx: u64, bytes: &[u8]) -> Result<bool, StoreError> {
-        let (start, _) = self.chunk_range(idx);
+    /// Writes `bytes` in place at `offset`. Written is not verified: a chunk counts only once
+    /// `record_verified` has recorded it.
+    pub(crate) fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.partial
-            .write_all_at(bytes, start)
-            .map_err(|e| StoreError::io(self.partial_path.display(), e))?;
-        // The data is written before its index is recorded, so the record never runs ahead.
+            .write_all_at(bytes, offset)
+            .map_err(|e| StoreError::io(self.partial_path.display(), e))
+    }
+
+    /// Records chunk `idx`, written in full and matching its digest. Returns true when it was
+    /// the file's last missing chunk (once per file).
+    pub(crate) fn record_verified(&self, idx: u64) -> Result<bool, StoreError> {
+        // The data was written before its index is recorded, so the record never runs ahead.
         let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         state
             .record

@@ -1,10 +1,11 @@
 //! Hydration: making a model's files present in the host cache.
 //!
 //! Chunks are read with many ranged GETs at once (each range a whole number of chunks), from
-//! peers of the region when they have the file and from the origin store otherwise. Every
-//! chunk is checked against the manifest's BLAKE3 digest before it is written in place into a
-//! preallocated `.colo-partial` file and its index appended to a `.colo-chunks` record, so a
-//! killed pull resumes with only the missing chunks. Each file's first chunk (its safetensors
+//! peers of the region when they have the file and from the origin store otherwise. Bodies
+//! are written in place into a preallocated `.colo-partial` file as they arrive and hashed on
+//! the way; a chunk counts only once all of it is written and its BLAKE3 digest matches the
+//! manifest, when its index is appended to a `.colo-chunks` record, so a killed pull resumes
+//! with only the missing chunks. Each file's first chunk (its safetensors
 //! header) is fetched before any other chunk, then files front to back, and each file's
 //! verified prefix is published on a watch channel, so a loader can start early. A file takes
 //! its real name once all its chunks are verified; the model's completion marker comes last.
@@ -33,7 +34,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tune::Tuner;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct HydrateOptions {
     /// Ranged reads in flight at once; tuned from measured throughput when `None`.
     pub concurrency: Option<usize>,
@@ -49,19 +50,6 @@ pub struct HydrateOptions {
     /// earlier boot are re-verified before use anyway (see the cache's boot stamp), and a flush
     /// per file bounds the pull at the disk's write speed instead of the page cache's.
     pub durable: bool,
-}
-
-impl Default for HydrateOptions {
-    fn default() -> Self {
-        Self {
-            concurrency: None,
-            range_bytes: None,
-            peers: Vec::new(),
-            peer_token: None,
-            peer_client: None,
-            durable: false,
-        }
-    }
 }
 
 /// Per-file watch channels of verified-prefix bytes, by file path.
@@ -167,6 +155,9 @@ pub(crate) async fn run(
     let sources = Arc::new(Sources::discover(store, manifest, &opts.peers, opts.peer_token.clone(), opts.peer_client.clone()).await);
     let range_chunks = opts.range_bytes.map(|b| (b / chunk_size).max(1));
     let mut tuner = Tuner::new(opts.concurrency, range_chunks, started.elapsed());
+    let writers = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
     let mut in_flight = FuturesUnordered::new();
     let mut moved = Moved::default();
     loop {
@@ -177,8 +168,8 @@ pub(crate) async fn run(
                 queue.pop_front();
                 n += 1;
             }
-            let (job, sources, durable) = (jobs[job_idx].clone(), sources.clone(), opts.durable);
-            in_flight.push(async move { fetch_range(&sources, job, first, n, durable).await });
+            let (job, sources, writers, durable) = (jobs[job_idx].clone(), sources.clone(), writers.clone(), opts.durable);
+            in_flight.push(async move { fetch_range(&sources, &writers, job, first, n, durable).await });
         }
         let Some(done) = in_flight.next().await else { break };
         let done = done?;
@@ -236,99 +227,237 @@ fn range_len(job: &FileJob, idx: u64) -> u64 {
     end - start
 }
 
-/// Fetches chunks `first .. first + n` of one file as one ranged read, verifies and writes
-/// each chunk. Chunks a peer got wrong are read again from the origin; a chunk the origin
-/// gets wrong twice fails the pull with a digest error and is never written.
-async fn fetch_range(sources: &Sources, job: Arc<FileJob>, first: u64, n: u64, durable: bool) -> Result<Moved, StoreError> {
+/// Fetches chunks `first .. first + n` of one file: from a peer as one ranged read when one
+/// has the file, then whatever that left from the origin, one ranged read per run of
+/// consecutive chunks. Chunks a peer got wrong are read again from the origin; a chunk the
+/// origin gets wrong twice fails the pull with a digest error and is never recorded.
+async fn fetch_range(
+    sources: &Sources,
+    writers: &tokio::sync::Semaphore,
+    job: Arc<FileJob>,
+    first: u64,
+    n: u64,
+    durable: bool,
+) -> Result<Moved, StoreError> {
     let file = job.entry.path.clone();
-    let (start, _) = job.chunk_range(first);
-    let (_, end) = job.chunk_range(first + n - 1);
     let mut moved = Moved::default();
-    let from = sources.pick(&file);
-    let bytes = match from {
-        From::Peer(peer) => match sources.peer(peer, &file, start, end).await {
-            Ok(bytes) => Some(bytes),
-            Err(why) => {
-                sources.mark_down(peer, &why);
-                None
+    let mut left: Vec<u64> = (first..first + n).collect();
+    if let From::Peer(peer) = sources.pick(&file) {
+        let (start, end) = span(&job, first, n);
+        match sources.peer_stream(peer, &file, start, end).await {
+            Err(why) => sources.mark_down(peer, &why),
+            Ok(frames) => {
+                let wrong_length = |got: u64| format!("sent {got} bytes of {}", end - start);
+                let got = stream_into(writers, &job, first, n, frames, durable, wrong_length).await?;
+                moved.peer += got.verified.iter().map(|&i| range_len(&job, i)).sum::<u64>();
+                if !got.bad.is_empty() {
+                    sources.mark_down(peer, "sent a chunk whose digest does not match the manifest");
+                }
+                if let Some(why) = &got.error {
+                    sources.mark_down(peer, why);
+                }
+                left.retain(|i| !got.verified.contains(i));
             }
-        },
-        From::Origin => None,
-    };
-    let (bytes, source) = match bytes {
-        Some(bytes) => (bytes, from),
-        None => (sources.origin(&file, start, end).await?, From::Origin),
-    };
-    if source == From::Origin {
-        moved.origin += bytes.len() as u64;
-    }
-    let bad = verify_and_write(job.clone(), first, n, start, bytes, durable).await?;
-    if let From::Peer(peer) = source {
-        let bad_bytes: u64 = bad.iter().map(|&i| range_len(&job, i)).sum();
-        moved.peer += (end - start) - bad_bytes;
-        if !bad.is_empty() {
-            sources.mark_down(peer, "sent a chunk whose digest does not match the manifest");
         }
     }
-    // Each chunk that failed is read once more from the origin, alone.
-    for idx in bad {
+    let mut again = Vec::new();
+    for (run_first, run_n) in runs(&left) {
+        again.extend(from_origin(sources, writers, &job, run_first, run_n, durable, &mut moved).await?);
+    }
+    // Each chunk the origin got wrong is read once more, alone.
+    for idx in again {
+        if from_origin(sources, writers, &job, idx, 1, durable, &mut moved).await?.is_empty() {
+            continue;
+        }
         let (c_start, c_end) = job.chunk_range(idx);
         let bytes = sources.origin(&file, c_start, c_end).await?;
-        moved.origin += bytes.len() as u64;
-        let still_bad = verify_and_write(job.clone(), idx, 1, c_start, bytes, durable).await?;
-        if !still_bad.is_empty() {
-            let bytes = sources.origin(&file, c_start, c_end).await?;
-            let job2 = job.clone();
-            let actual = tokio::task::spawn_blocking(move || job2.check(idx, &bytes))
-                .await
-                .map_err(|e| StoreError::Internal(format!("verifying a chunk: {e}")))?;
-            match actual {
-                Ok(()) => {
-                    return Err(StoreError::Internal(format!(
-                        "{file}: chunk {idx} matched on a third read after two mismatches; refusing a flaky origin"
-                    )))
-                }
-                Err(actual) => {
-                    return Err(StoreError::Digest {
-                        file,
-                        chunk: idx,
-                        start: c_start,
-                        end: c_end,
-                        expected: job.entry.chunks[idx as usize].clone(),
-                        actual,
-                    })
-                }
-            }
-        }
+        let job2 = job.clone();
+        let actual = tokio::task::spawn_blocking(move || job2.check(idx, &bytes))
+            .await
+            .map_err(|e| StoreError::Internal(format!("verifying a chunk: {e}")))?;
+        return Err(match actual {
+            Ok(()) => StoreError::Internal(format!(
+                "{file}: chunk {idx} matched on a third read after two mismatches; refusing a flaky origin"
+            )),
+            Err(actual) => StoreError::Digest {
+                file,
+                chunk: idx,
+                start: c_start,
+                end: c_end,
+                expected: job.entry.chunks[idx as usize].clone(),
+                actual,
+            },
+        });
     }
     Ok(moved)
 }
 
-/// Hashes and writes each chunk of a range off the async threads. Returns the chunks whose
-/// digest did not match (they are not written).
-async fn verify_and_write(
-    job: Arc<FileJob>,
+/// Reads chunks `first .. first + n` from the origin into the file; returns the chunks whose
+/// digest did not match.
+async fn from_origin(
+    sources: &Sources,
+    writers: &tokio::sync::Semaphore,
+    job: &Arc<FileJob>,
     first: u64,
     n: u64,
-    start: u64,
-    bytes: bytes::Bytes,
     durable: bool,
+    moved: &mut Moved,
 ) -> Result<Vec<u64>, StoreError> {
-    tokio::task::spawn_blocking(move || {
-        let mut bad = Vec::new();
-        for idx in first..first + n {
-            let (c_start, c_end) = job.chunk_range(idx);
-            let slice = &bytes[(c_start - start) as usize..(c_end - start) as usize];
-            if job.check(idx, slice).is_err() {
+    let file = &job.entry.path;
+    let (start, end) = span(job, first, n);
+    let frames = sources.origin_stream(file, start, end).await?;
+    let wrong_length = |got: u64| StoreError::ShortRead {
+        file: file.clone(),
+        start,
+        got,
+        expected: end - start,
+    };
+    let got = stream_into(writers, job, first, n, frames, durable, wrong_length).await?;
+    if let Some(e) = got.error {
+        return Err(e);
+    }
+    moved.origin += end - start;
+    Ok(got.bad)
+}
+
+/// Byte span of chunks `first .. first + n`.
+fn span(job: &FileJob, first: u64, n: u64) -> (u64, u64) {
+    (job.chunk_range(first).0, job.chunk_range(first + n - 1).1)
+}
+
+/// Runs of consecutive chunk indices, as (first, count).
+fn runs(chunks: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &idx in chunks {
+        match runs.last_mut() {
+            Some((first, n)) if *first + *n == idx => *n += 1,
+            _ => runs.push((idx, 1)),
+        }
+    }
+    runs
+}
+
+/// What streaming a range into its file came to.
+struct Streamed<E> {
+    /// Chunks written in full whose digest matched: recorded.
+    verified: Vec<u64>,
+    /// Chunks written in full whose digest did not match: never recorded, to be read again.
+    bad: Vec<u64>,
+    /// Why the body stopped early or ran long; chunks it left incomplete are in neither list.
+    error: Option<E>,
+}
+
+/// Bytes handed to a blocking thread at a time to hash and write (less at a chunk's end).
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// A piece of a body, bound for `at` in the file; `ends` names the chunk it completes.
+struct Piece {
+    bytes: bytes::Bytes,
+    at: u64,
+    ends: Option<u64>,
+}
+
+/// Writes a ranged read's body (chunks `first .. first + n`) in place as it arrives, hashing
+/// each chunk on the way; a chunk is recorded only once all of it is written and its digest
+/// matches. Nothing is buffered beyond one batch, so memory stays flat whatever the range.
+async fn stream_into<E>(
+    writers: &tokio::sync::Semaphore,
+    job: &Arc<FileJob>,
+    first: u64,
+    n: u64,
+    mut frames: source::Frames<E>,
+    durable: bool,
+    wrong_length: impl Fn(u64) -> E,
+) -> Result<Streamed<E>, StoreError> {
+    let (start, end) = span(job, first, n);
+    let mut out = Streamed {
+        verified: Vec::new(),
+        bad: Vec::new(),
+        error: None,
+    };
+    let mut hasher = blake3::Hasher::new();
+    let (mut pos, mut chunk) = (start, first);
+    let mut batch: Vec<Piece> = Vec::new();
+    let mut batch_bytes = 0;
+    loop {
+        let mut frame = match frames.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                out.error = Some(e);
+                break;
+            }
+            None => {
+                if pos != end {
+                    out.error = Some(wrong_length(pos - start));
+                }
+                break;
+            }
+        };
+        if frame.len() as u64 > end - pos {
+            out.error = Some(wrong_length(pos - start + frame.len() as u64));
+            break;
+        }
+        while !frame.is_empty() {
+            let chunk_end = job.chunk_range(chunk).1;
+            let piece = frame.split_to(frame.len().min((chunk_end - pos) as usize));
+            let at = pos;
+            pos += piece.len() as u64;
+            batch_bytes += piece.len() as u64;
+            let ends = (pos == chunk_end).then_some(chunk);
+            batch.push(Piece { bytes: piece, at, ends });
+            if ends.is_some() {
+                chunk += 1;
+            }
+        }
+        if batch_bytes >= BATCH_BYTES || batch.last().is_some_and(|p| p.ends.is_some()) {
+            hasher = write_batch(writers, job, std::mem::take(&mut batch), hasher, durable, &mut out).await?;
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        write_batch(writers, job, batch, hasher, durable, &mut out).await?;
+    }
+    Ok(out)
+}
+
+/// Hashes and writes one batch off the async threads, at most one batch per core at a time
+/// (more writers than cores only queue on the file's lock in the kernel, spinning there on CPU
+/// the reads need). Returns the hasher of the chunk the batch leaves unfinished.
+async fn write_batch<E>(
+    writers: &tokio::sync::Semaphore,
+    job: &Arc<FileJob>,
+    batch: Vec<Piece>,
+    mut hasher: blake3::Hasher,
+    durable: bool,
+    out: &mut Streamed<E>,
+) -> Result<blake3::Hasher, StoreError> {
+    let _writer = writers
+        .acquire()
+        .await
+        .map_err(|e| StoreError::Internal(format!("waiting to write a chunk: {e}")))?;
+    let job = job.clone();
+    let (hasher, verified, bad) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (mut verified, mut bad) = (Vec::new(), Vec::new());
+        for piece in batch {
+            hasher.update(&piece.bytes);
+            job.write_at(piece.at, &piece.bytes)?;
+            let Some(idx) = piece.ends else { continue };
+            let digest = hasher.finalize().to_hex();
+            hasher.reset();
+            if digest.as_str() != job.entry.chunks[idx as usize] {
                 bad.push(idx);
                 continue;
             }
-            if job.write_verified(idx, slice)? {
+            if job.record_verified(idx)? {
                 job.publish(durable)?;
             }
+            verified.push(idx);
         }
-        Ok(bad)
+        Ok((hasher, verified, bad))
     })
     .await
-    .map_err(|e| StoreError::Internal(format!("writing a chunk: {e}")))?
+    .map_err(|e| StoreError::Internal(format!("writing a chunk: {e}")))??;
+    out.verified.extend(verified);
+    out.bad.extend(bad);
+    Ok(hasher)
 }

@@ -9,6 +9,7 @@ use crate::peer::{PeerModel, PEER_PREFIX};
 use crate::{Store, StoreError};
 use bytes::Bytes;
 use colo_model::Manifest;
+use futures::stream::{BoxStream, StreamExt};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,6 +18,9 @@ use std::time::Duration;
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a peer may take to answer one ranged read before the origin is asked instead.
 const PEER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A ranged read's body, piece by piece as it arrives.
+pub(crate) type Frames<E> = BoxStream<'static, Result<Bytes, E>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum From {
@@ -136,8 +140,20 @@ impl Sources {
         Ok(bytes)
     }
 
-    /// Reads bytes `[start, end)` of `file` from a peer; the error says why, for the log.
-    pub(crate) async fn peer(&self, peer: usize, file: &str, start: u64, end: u64) -> Result<Bytes, String> {
+    /// Bytes `[start, end)` of `file` from the origin, as they arrive.
+    pub(crate) async fn origin_stream(&self, file: &str, start: u64, end: u64) -> Result<Frames<StoreError>, StoreError> {
+        let path = Store::file_path(&self.name, &self.revision, file);
+        self.store.read_range_stream(&path, start..end).await
+    }
+
+    /// Bytes `[start, end)` of `file` from a peer, as they arrive; an error says why, for the
+    /// log.
+    pub(crate) async fn peer_stream(&self, peer: usize, file: &str, start: u64, end: u64) -> Result<Frames<String>, String> {
+        let response = self.peer_request(peer, file, start, end).await?;
+        Ok(response.bytes_stream().map(|frame| frame.map_err(|e| e.to_string())).boxed())
+    }
+
+    async fn peer_request(&self, peer: usize, file: &str, start: u64, end: u64) -> Result<reqwest::Response, String> {
         let p = &self.peers[peer];
         let url = format!("{}{PEER_PREFIX}/{}/{}/files/{file}", p.base, self.name, self.revision);
         let request = self
@@ -149,11 +165,7 @@ impl Sources {
         if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             return Err(format!("answered {}", response.status()));
         }
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-        if bytes.len() as u64 != end - start {
-            return Err(format!("sent {} bytes of {}", bytes.len(), end - start));
-        }
-        Ok(bytes)
+        Ok(response)
     }
 }
 
