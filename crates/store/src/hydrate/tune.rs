@@ -12,7 +12,7 @@ use std::time::Duration;
 /// host vary by several percent).
 const GAIN: f64 = 1.15;
 /// Concurrency the tuner starts from and its bounds.
-const START_CONCURRENCY: usize = 4;
+const START_CONCURRENCY: usize = 8;
 const MAX_CONCURRENCY: usize = 64;
 /// Chunks per ranged read to start from and at most (with 4 MiB chunks: 16 and 64 MiB).
 /// Bodies are written as they arrive, so a long range delays no chunk; it only saves requests.
