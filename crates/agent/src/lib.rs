@@ -304,26 +304,20 @@ impl Agent {
                 kind: gpu_kind.unwrap_or("any").to_string(),
                 total: self.devices.len(),
             })?;
+        let id = format!("m-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let machine = Machine {
-            id: format!("m-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
-            app: app.clone(),
-            model: model.clone(),
-            revision: revision.to_string(),
-            state: MachineState::Created,
-            desired: MachineState::Started,
             gpu_kind: self.device_kind(&device),
-            device,
-            host: self.config.host.clone(),
-            region: self.config.region.clone(),
-            addr: None,
-            pid: None,
-            restarts: 0,
-            last_error: None,
-            hydration: None,
-            healthy: true,
             engine_cmd: spec.engine_cmd.clone(),
             updated_at_ms: now_ms(),
-            cold_start: None,
+            ..Machine::new(
+                id,
+                app.clone(),
+                model.clone(),
+                revision.to_string(),
+                device,
+                self.config.host.clone(),
+                self.config.region.clone(),
+            )
         };
         self.start_requested
             .lock()

@@ -61,25 +61,18 @@ fn rss_bytes(pid: u32) -> u64 {
 fn machine(i: usize) -> Machine {
     let host = i % HOSTS;
     Machine {
-        id: format!("sb-{i:06}"),
-        app: AppName::new(APP).expect("valid name"),
-        model: AppName::new(APP).expect("valid name"),
-        revision: "r1".into(),
         state: MachineState::Started,
-        desired: MachineState::Started,
-        device: Device::Cpu { slot: (i / HOSTS) as u32 },
-        gpu_kind: None,
-        host: format!("sb-host-{host}"),
-        region: if host % 2 == 0 { "ord".into() } else { "ams".into() },
         addr: Some(format!("127.0.0.1:{}", 20_000 + i % 40_000)),
-        pid: None,
-        restarts: 0,
-        last_error: None,
-        hydration: None,
-        healthy: true,
-        engine_cmd: None,
         updated_at_ms: now_ms(),
-        cold_start: None,
+        ..Machine::new(
+            format!("sb-{i:06}"),
+            AppName::new(APP).expect("valid name"),
+            AppName::new(APP).expect("valid name"),
+            "r1".into(),
+            Device::Cpu { slot: (i / HOSTS) as u32 },
+            format!("sb-host-{host}"),
+            if host % 2 == 0 { "ord".into() } else { "ams".into() },
+        )
     }
 }
 

@@ -2,51 +2,17 @@
 //! and fall back to CPU slots on a host without GPUs. The host's devices are given to the agent
 //! as data, so these run anywhere; the engine command is a stand-in that never becomes healthy.
 
-use colo_agent::{Agent, AgentConfig, EngineCommand};
 use colo_control::Control;
 use colo_core::Device;
 use colo_state::{Embedded, StateStore};
-use colo_store::{no_progress, push_dir, HostCache, PushOptions, Store};
 use std::sync::Arc;
-use std::time::Duration;
+
+mod common;
 
 async fn control_with(devices: Vec<Device>, root: &std::path::Path) -> Arc<Control> {
-    let model_dir = root.join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let spec = colo_model::synth::SynthSpec {
-        layers: 2,
-        hidden: 64,
-        heads: 4,
-        kv_heads: 2,
-        vocab: 300,
-        intermediate: 0,
-        context: 4096,
-        seed: 1,
-        dtype: "bf16".into(),
-        tie_embeddings: false,
-    };
-    for (name, bytes) in colo_model::synth::synth_llama(&spec).unwrap() {
-        std::fs::write(model_dir.join(name), bytes).unwrap();
-    }
-    let store = Store::open(root.join("store").to_str().unwrap()).unwrap();
-    push_dir(&store, &model_dir, "tiny", &PushOptions::default(), no_progress())
-        .await
-        .unwrap();
+    let store = common::push_tiny(root, 4096).await;
     let state: Arc<dyn StateStore> = Arc::new(Embedded::open(&root.join("state.redb")).unwrap());
-    let config = AgentConfig {
-        host: "h1".into(),
-        region: "local".into(),
-        data_dir: root.to_path_buf(),
-        engine: EngineCommand {
-            program: "/bin/false".into(),
-            args: vec![],
-        },
-        start_timeout: Duration::from_secs(1),
-        stop_grace: Duration::ZERO,
-        health_interval: Duration::from_secs(1),
-        engine_host: std::net::Ipv4Addr::LOCALHOST.into(),
-    };
-    let agent = Agent::new(config, state.clone(), store.clone(), HostCache::new(root.join("cache")), devices);
+    let agent = common::stand_in_agent("h1", "local", root, &state, &store, devices);
     Control::new(state, store, vec![agent])
 }
 

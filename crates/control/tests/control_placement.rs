@@ -4,14 +4,14 @@
 //! place. Control drives the agents over their real HTTP API on loopback, as `colo control`
 //! does; the engine is a stand-in that never becomes healthy, since only placement is checked.
 
-use colo_agent::{Agent, AgentConfig, EngineCommand};
 use colo_control::{Control, ControlError, DeployOptions};
 use colo_core::{Demand, Device, HostRecord, Machine, MachineState, RegionDemand};
 use colo_state::{Embedded, StateStore};
-use colo_store::{no_progress, push_dir, HostCache, PushOptions, Store};
+use colo_store::Store;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+
+mod common;
 
 fn l40s(n: u32) -> Vec<Device> {
     (0..n)
@@ -21,32 +21,6 @@ fn l40s(n: u32) -> Vec<Device> {
             memory_mib: 46068,
         })
         .collect()
-}
-
-async fn push_tiny(root: &Path) -> Store {
-    let model_dir = root.join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let spec = colo_model::synth::SynthSpec {
-        layers: 2,
-        hidden: 64,
-        heads: 4,
-        kv_heads: 2,
-        vocab: 300,
-        intermediate: 0,
-        // Shorter than the planner's default context: placement plans for the model's own.
-        context: 2048,
-        seed: 1,
-        dtype: "bf16".into(),
-        tie_embeddings: false,
-    };
-    for (name, bytes) in colo_model::synth::synth_llama(&spec).unwrap() {
-        std::fs::write(model_dir.join(name), bytes).unwrap();
-    }
-    let store = Store::open(root.join("store").to_str().unwrap()).unwrap();
-    push_dir(&store, &model_dir, "tiny", &PushOptions::default(), no_progress())
-        .await
-        .unwrap();
-    store
 }
 
 /// Registers a host record as its agent's heartbeat would (an hour's lease).
@@ -70,26 +44,7 @@ async fn register(state: &Arc<dyn StateStore>, name: &str, region: &str, addr: &
 async fn agent(root: &Path, state: &Arc<dyn StateStore>, store: &Store, name: &str, region: &str, devices: Vec<Device>) -> String {
     let data_dir = root.join(name);
     std::fs::create_dir_all(&data_dir).unwrap();
-    let config = AgentConfig {
-        host: name.into(),
-        region: region.into(),
-        data_dir: data_dir.clone(),
-        engine: EngineCommand {
-            program: "/bin/false".into(),
-            args: vec![],
-        },
-        start_timeout: Duration::from_secs(1),
-        stop_grace: Duration::ZERO,
-        health_interval: Duration::from_secs(1),
-        engine_host: std::net::Ipv4Addr::LOCALHOST.into(),
-    };
-    let agent = Agent::new(
-        config,
-        state.clone(),
-        store.clone(),
-        HostCache::new(data_dir.join("cache")),
-        devices.clone(),
-    );
+    let agent = common::stand_in_agent(name, region, &data_dir, state, store, devices.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, colo_agent::api::router(vec![agent])).await });
@@ -134,7 +89,7 @@ async fn placed(state: &Arc<dyn StateStore>, app: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_demand_places_machines_where_the_planner_says() {
     let root = tempfile::tempdir().unwrap();
-    let store = push_tiny(root.path()).await;
+    let store = common::push_tiny(root.path(), 2048).await;
     let state: Arc<dyn StateStore> = Arc::new(Embedded::open(&root.path().join("state.redb")).unwrap());
     agent(root.path(), &state, &store, "ord-1", "ord", l40s(2)).await;
     let ams_1 = agent(root.path(), &state, &store, "ams-1", "ams", l40s(1)).await;

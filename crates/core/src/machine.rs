@@ -164,6 +164,34 @@ pub struct Machine {
     pub cold_start: Option<ColdStart>,
 }
 
+impl Machine {
+    /// A machine just created on `host` for `app`, not started yet but meant to be: the rest
+    /// (address, process, health, history) starts empty.
+    pub fn new(id: String, app: AppName, model: AppName, revision: String, device: Device, host: String, region: String) -> Self {
+        Machine {
+            id,
+            app,
+            model,
+            revision,
+            state: MachineState::Created,
+            desired: MachineState::Started,
+            device,
+            gpu_kind: None,
+            host,
+            region,
+            addr: None,
+            pid: None,
+            restarts: 0,
+            last_error: None,
+            hydration: None,
+            healthy: true,
+            engine_cmd: None,
+            updated_at_ms: 0,
+            cold_start: None,
+        }
+    }
+}
+
 /// The phases of one machine start, in milliseconds. The agent fills in what it sees; the
 /// edge, which sees the request that woke the machine, may add `first_response_ms`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

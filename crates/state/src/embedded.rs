@@ -170,25 +170,17 @@ mod tests {
 
     fn machine(id: &str) -> Machine {
         Machine {
-            id: id.into(),
-            app: AppName::new("a").unwrap(),
-            model: AppName::new("m").unwrap(),
-            revision: "r".into(),
             state: MachineState::Started,
-            desired: MachineState::Started,
-            device: Device::Cpu { slot: 0 },
-            gpu_kind: None,
-            host: "h".into(),
-            region: "local".into(),
             addr: Some("127.0.0.1:1".into()),
-            pid: None,
-            restarts: 0,
-            last_error: None,
-            hydration: None,
-            healthy: true,
-            engine_cmd: None,
-            updated_at_ms: 0,
-            cold_start: None,
+            ..Machine::new(
+                id.into(),
+                AppName::new("a").unwrap(),
+                AppName::new("m").unwrap(),
+                "r".into(),
+                Device::Cpu { slot: 0 },
+                "h".into(),
+                "local".into(),
+            )
         }
     }
 

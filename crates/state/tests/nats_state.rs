@@ -172,25 +172,18 @@ fn app(app: &str) -> App {
 
 fn machine(id: &str, updated_at_ms: u64) -> Machine {
     Machine {
-        id: id.into(),
-        app: name("a1"),
-        model: name("tiny"),
-        revision: "r1".into(),
         state: MachineState::Started,
-        desired: MachineState::Started,
-        device: Device::Cpu { slot: 0 },
-        gpu_kind: None,
-        host: "h1".into(),
-        region: "fra".into(),
         addr: Some("127.0.0.1:9000".into()),
-        pid: None,
-        restarts: 0,
-        last_error: None,
-        hydration: None,
-        healthy: true,
-        engine_cmd: None,
         updated_at_ms,
-        cold_start: None,
+        ..Machine::new(
+            id.into(),
+            name("a1"),
+            name("tiny"),
+            "r1".into(),
+            Device::Cpu { slot: 0 },
+            "h1".into(),
+            "fra".into(),
+        )
     }
 }
 

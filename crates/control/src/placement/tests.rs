@@ -17,25 +17,16 @@ fn gpu(index: u32, kind: &str) -> (Device, Option<String>) {
 
 fn machine(app: &str, host: &str, device: Device, state: MachineState) -> Machine {
     Machine {
-        id: format!("m-{app}-{host}"),
-        app: AppName::new(app).unwrap(),
-        model: AppName::new("tiny").unwrap(),
-        revision: "r1".into(),
         state,
-        desired: MachineState::Started,
-        device,
-        gpu_kind: None,
-        host: host.into(),
-        region: String::new(),
-        addr: None,
-        pid: None,
-        restarts: 0,
-        last_error: None,
-        hydration: None,
-        healthy: true,
-        engine_cmd: None,
-        updated_at_ms: 0,
-        cold_start: None,
+        ..Machine::new(
+            format!("m-{app}-{host}"),
+            AppName::new(app).unwrap(),
+            AppName::new("tiny").unwrap(),
+            "r1".into(),
+            device,
+            host.into(),
+            String::new(),
+        )
     }
 }
 
