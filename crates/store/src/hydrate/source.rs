@@ -2,8 +2,8 @@
 //! in their cache, spread range by range, and the origin store for everything else.
 //!
 //! A peer that fails once (refused connection, timeout, short body, wrong digest) is dropped
-//! for the rest of the pull and its range goes to the origin, so a dying peer costs one
-//! range's delay, not one per chunk.
+//! for the rest of the pull and what it did not deliver of its range goes to the origin, so a
+//! dying peer costs one range's delay, not one per chunk.
 
 use crate::peer::{PeerModel, PEER_PREFIX};
 use crate::{Store, StoreError};
@@ -149,11 +149,6 @@ impl Sources {
     /// Bytes `[start, end)` of `file` from a peer, as they arrive; an error says why, for the
     /// log.
     pub(crate) async fn peer_stream(&self, peer: usize, file: &str, start: u64, end: u64) -> Result<Frames<String>, String> {
-        let response = self.peer_request(peer, file, start, end).await?;
-        Ok(response.bytes_stream().map(|frame| frame.map_err(|e| e.to_string())).boxed())
-    }
-
-    async fn peer_request(&self, peer: usize, file: &str, start: u64, end: u64) -> Result<reqwest::Response, String> {
         let p = &self.peers[peer];
         let url = format!("{}{PEER_PREFIX}/{}/{}/files/{file}", p.base, self.name, self.revision);
         let request = self
@@ -165,7 +160,7 @@ impl Sources {
         if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             return Err(format!("answered {}", response.status()));
         }
-        Ok(response)
+        Ok(response.bytes_stream().map(|frame| frame.map_err(|e| e.to_string())).boxed())
     }
 }
 
