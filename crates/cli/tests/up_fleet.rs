@@ -9,6 +9,15 @@ use common::{repo_root, Colo};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// One test of this file at a time: each loads both cores (a thousand-request burst, two
+/// thousand streams) and checks health, timing or wake counts that a neighbour's load skews: a
+/// Python engine starved of CPU misses a health check, and the edge rightly wakes another machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn upstream_cmd(delay_ms: u64, events: u32) -> String {
     let script = repo_root().join("tests/py/upstream.py");
     format!(
@@ -70,6 +79,7 @@ fn signal(pid: u64, sig: i32) {
 
 #[test]
 fn requests_stay_in_their_region_until_it_is_full_and_leave_a_dead_machine() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let fleet = dir.path().join("fleet.toml");
     std::fs::write(
@@ -224,6 +234,7 @@ region = "ams"
 
 #[test]
 fn stopped_machines_wake_for_a_burst_held_streams_get_keepalives_and_sigterm_drains() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let colo = Colo::up_with(&dir.path().join("data"), &["--cpu-slots", "4", "--sse-keepalive-ms", "50"]);
     colo.push_tiny("tiny");
@@ -347,6 +358,7 @@ fn stopped_machines_wake_for_a_burst_held_streams_get_keepalives_and_sigterm_dra
 
 #[test]
 fn two_thousand_streams_at_once_with_bounded_memory() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let colo = Colo::up_with(&dir.path().join("data"), &[]);
     colo.push_tiny("tiny");
