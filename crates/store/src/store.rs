@@ -3,10 +3,11 @@
 
 use crate::StoreError;
 use colo_model::Manifest;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
+use object_store::ClientConfigKey;
 use object_store::ObjectStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,11 @@ impl Store {
                 return Err(bad("no bucket name after s3://".into()));
             }
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if std::env::var_os("AWS_TIMEOUT").is_none() {
+                // One request is one ranged read of up to 64 MiB (see hydrate/tune.rs), streamed;
+                // the client's default of 30 s would cut long reads on a slow link.
+                builder = builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s");
+            }
             if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3")) {
                 builder = builder
                     .with_allow_http(endpoint.starts_with("http://"))

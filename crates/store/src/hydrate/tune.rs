@@ -15,7 +15,10 @@ const GAIN: f64 = 1.15;
 const START_CONCURRENCY: usize = 8;
 const MAX_CONCURRENCY: usize = 64;
 /// Chunks per ranged read to start from and at most (with 4 MiB chunks: 16 and 64 MiB).
-/// Bodies are written as they arrive, so a long range delays no chunk; it only saves requests.
+/// Bodies are written as they arrive, so a long range delays no chunk and saves requests (on
+/// an S3 server sharing the host's cores, fewer requests leave it more CPU). A 64 MiB read at
+/// eight in flight stays inside the store client's request timeout (`crate::store`, 120 s)
+/// down to about 4.5 MB/s in all.
 const START_RANGE_CHUNKS: u64 = 4;
 const MAX_RANGE_CHUNKS: u64 = 16;
 /// A measurement window closes after this many completed ranges (and at least two per read in
