@@ -86,15 +86,7 @@ pub fn serve(
 async fn serve_http1(listener: tokio::net::TcpListener, edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off a moment, keep serving.
-                    tracing::warn!(error = %e, "accepting a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
         let stop = stop.clone();
@@ -124,6 +116,20 @@ async fn serve_http1(listener: tokio::net::TcpListener, edge: Arc<Edge>, mut sto
                 }
             }
         });
+    }
+}
+
+/// The next connection. Failures to accept (out of file descriptors and the like) are logged
+/// and retried after a moment: a server keeps serving through them.
+pub async fn accept(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -84,14 +84,7 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::edge_workers::accept(&listener) => accepted,
             _ = &mut stop => return,
         };
         let (acceptor, service) = (acceptor.clone(), service.clone());
