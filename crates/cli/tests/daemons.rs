@@ -234,18 +234,7 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
     // revision and machines, and keeps answering.
     push_tiny(&cluster, &tmp.path().join("tiny3"), 9);
     let broken = cluster
-        .colo(&[
-            "deploy",
-            "near",
-            "--model",
-            "tiny",
-            "--machines",
-            "2",
-            "--engine-cmd",
-            "false {port}",
-            "--timeout",
-            "120",
-        ])
+        .colo(&deploy_near_args("false {port}"))
         .arg("--data-dir")
         .arg(cluster.data("control"))
         .output()
@@ -356,7 +345,12 @@ fn daemons_speak_tls_to_each_other_when_given_certificates() {
 
 /// Deploys app `near` (two machines of model `tiny` with `engine`) and waits for it.
 fn deploy_near(cluster: &Cluster, engine: &str) {
-    cluster.cli(&[
+    cluster.cli(&deploy_near_args(engine));
+}
+
+/// The arguments of `colo deploy` for app `near`: two machines of `tiny` running `engine`.
+fn deploy_near_args(engine: &str) -> [&str; 10] {
+    [
         "deploy",
         "near",
         "--model",
@@ -367,5 +361,5 @@ fn deploy_near(cluster: &Cluster, engine: &str) {
         engine,
         "--timeout",
         "120",
-    ]);
+    ]
 }
