@@ -82,40 +82,16 @@ pub fn serve(
 
 /// Accepts HTTP/1.1 connections (clients of an OpenAI-style API speak it; HTTP/2 sniffing
 /// would cost every request) until `stop` turns true. Connections in flight live on in their
-/// own tasks; the caller waits for the edge's requests to finish.
+/// own tasks, which close them once `stop` is true and their request is answered; the caller
+/// waits for the edge's requests to finish.
 async fn serve_http1(listener: tokio::net::TcpListener, edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = accept(&listener) => accepted,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let stop = stop.clone();
         let _ = stream.set_nodelay(true);
-        let edge = edge.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let edge = edge.clone();
-            async move { Ok::<_, std::convert::Infallible>(colo_edge::handle(edge, request.map(axum::body::Body::new)).await) }
-        });
-        let mut stop = stop;
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stopped => {
-                    // Finish the request in flight, then close.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
+        tokio::spawn(colo_edge::serve_connection(edge.clone(), stream, stop.clone()));
     }
 }
 

@@ -6,11 +6,13 @@ mod error;
 mod metrics;
 mod proxy;
 pub mod routes;
+mod server;
 mod upstream;
 
 pub use error::EdgeError;
 pub use proxy::{handle, router, Edge, Machines, SharedLoad};
 pub use routes::{follow_state, RouteTable};
+pub use server::serve_connection;
 
 use std::time::Duration;
 

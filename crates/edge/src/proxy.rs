@@ -16,7 +16,7 @@ use colo_policy::{
     idle_to_stop, pick, AffinityTable, AppView, Decision, Idle, LoadReport, MachineView, PickRequest, PrefixKey, RegionId, RejectReason,
     RouteParams, Steer, StoppedMachine, TokenBucket,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -111,7 +111,7 @@ const RTT_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_REPLAYS: usize = 10;
 
 pub struct Edge {
-    config: EdgeConfig,
+    pub(crate) config: EdgeConfig,
     routes: watch::Receiver<Arc<RouteTable>>,
     loads: Mutex<HashMap<String, Arc<Load>>>,
     picks: AtomicU64,
@@ -271,18 +271,17 @@ impl Edge {
             }
         }
         for (region, target) in targets {
-            let mut request = hyper::Request::new(Full::new(Bytes::new()));
-            *request.uri_mut() = Uri::from_static("/health");
-            request.headers_mut().insert(header::HOST, target.host_header.clone());
+            let head = upstream::request_head(&Method::GET, "/health", &target.host_header, std::iter::empty(), 0);
             let started = std::time::Instant::now();
             if let Some(delay) = self.link_delay(&region) {
                 tokio::time::sleep(delay).await;
             }
             let timeout = std::time::Duration::from_secs(2);
             let answered = tokio::time::timeout(timeout, async {
-                let (response, conn) = upstream::send(&target.addr, request, self.config.connect_timeout).await.ok()?;
+                let response = upstream::send(&target.addr, &head, &Bytes::new(), &Method::GET, self.config.connect_timeout)
+                    .await
+                    .ok()?;
                 response.into_body().collect().await.ok()?;
-                conn.release();
                 Some(())
             })
             .await;
@@ -434,8 +433,7 @@ impl Edge {
         // caller answers with the connect error at once.
         let hold = routing.failed.is_empty();
         let mut routes = self.routes.clone();
-        let deadline = tokio::time::Instant::now() + self.config.hold_timeout;
-        let mut held: Option<Held<'_>> = None;
+        let mut held: Option<(Held<'_>, tokio::time::Instant)> = None;
         loop {
             // Registered before looking, so a release between the look and the wait is not lost.
             let released = self.released.notified();
@@ -504,8 +502,9 @@ impl Edge {
                 return Err(self.no_machine(app));
             }
             if held.is_none() {
-                held = Some(self.hold(app)?);
+                held = Some((self.hold(app)?, tokio::time::Instant::now() + self.config.hold_timeout));
             }
+            let deadline = held.as_ref().map_or_else(tokio::time::Instant::now, |(_, deadline)| *deadline);
             // No room: the policy decides, with the stopped machines and the held load in view,
             // whether to wake one. Decided under one lock so that concurrent requests never
             // count the same start twice.
@@ -834,9 +833,7 @@ struct Answered {
     woke: Option<colo_core::ColdStart>,
     endpoint: Arc<Endpoint>,
     guard: InFlight,
-    response: hyper::Response<hyper::body::Incoming>,
-    /// The connection the response arrives on, for reuse once its body has been read.
-    conn: upstream::Conn,
+    response: http::Response<upstream::Body>,
 }
 
 async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> ProxyResult {
@@ -993,17 +990,15 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             addr: endpoint.addr.clone(),
             reason,
         };
-        let mut upstream = hyper::Request::new(Full::new(out.body.clone()));
-        *upstream.method_mut() = out.method.clone();
-        *upstream.uri_mut() = Uri::from(out.path.clone());
-        let headers = upstream.headers_mut();
-        headers.reserve(out.headers.len() + 1);
-        headers.insert(header::HOST, endpoint.host_header.clone());
-        for (name, value) in out.headers.iter() {
-            if !is_hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH {
-                headers.append(name, value.clone());
-            }
-        }
+        let head = upstream::request_head(
+            &out.method,
+            out.path.as_str(),
+            &endpoint.host_header,
+            out.headers
+                .iter()
+                .filter(|(name, _)| !is_hop_by_hop(name) && *name != header::HOST && *name != header::CONTENT_LENGTH),
+            out.body.len(),
+        );
         let guard = InFlight::new(load, &edge);
         if guard.load.stopping(&endpoint) {
             // Autostop took the machine between the pick and now: pick again.
@@ -1014,12 +1009,12 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             tokio::time::sleep(delay).await;
         }
         let started = std::time::Instant::now();
-        let (response, conn) = match upstream::send(&endpoint.addr, upstream, edge.config.connect_timeout).await {
+        let response = match upstream::send(&endpoint.addr, &head, &out.body, &out.method, edge.config.connect_timeout).await {
             Ok(answered) => answered,
             Err(e) => {
                 let (kind, reason) = match &e {
                     SendError::Connect(reason) => ("connect", reason.clone()),
-                    SendError::Sent(e) => ("after_send", error_chain(e)),
+                    SendError::Sent(reason) => ("after_send", reason.clone()),
                 };
                 let retry = matches!(e, SendError::Connect(_)) || idempotent(&out.method);
                 if !retry || routing.failed.len() >= MAX_CONNECT_RETRIES {
@@ -1058,7 +1053,6 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
                 endpoint,
                 guard,
                 response,
-                conn,
             });
         };
         let replay = replay.map_err(|reason| upstream_failed(format!("bad colo-replay header: {reason}")))?;
@@ -1118,7 +1112,6 @@ fn respond(answered: Answered) -> Response {
         endpoint,
         guard,
         response,
-        conn,
     } = answered;
     let (mut parts, incoming) = response.into_parts();
     parts.headers.retain_hop_by_hop();
@@ -1152,7 +1145,6 @@ fn respond(answered: Answered) -> Response {
     let body = Body::new(Tracked {
         inner: incoming,
         _guard: guard,
-        conn: Some(conn),
         sse_machine,
         done: false,
     });
@@ -1295,17 +1287,6 @@ impl RetainHopByHop for HeaderMap {
     }
 }
 
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
-
 /// A request's place in its app's hold queue, given up when dropped (picked, timed out, or the
 /// client left).
 struct Held<'a> {
@@ -1367,25 +1348,15 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that holds its request's in-flight count until it ends, and returns its
-/// connection to the pool once the last frame is read. Frames pass through as they arrive:
-/// nothing is buffered.
+/// A response body that holds its request's in-flight count until it ends. Frames pass
+/// through as they arrive: nothing is buffered.
 struct Tracked<B> {
     inner: B,
     _guard: InFlight,
-    conn: Option<upstream::Conn>,
     /// For server-sent events: the machine that the error event names if the stream breaks.
     sse_machine: Option<String>,
     /// Set once the stream has ended, cleanly or with an error event.
     done: bool,
-}
-
-impl<B> Tracked<B> {
-    fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.release();
-        }
-    }
 }
 
 impl<B> hyper::body::Body for Tracked<B>
@@ -1413,15 +1384,7 @@ where
             }
             Poll::Ready(None) => {
                 self.done = true;
-                self.release();
                 Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                // The server may stop polling once the body says it is complete.
-                if self.inner.is_end_stream() {
-                    self.release();
-                }
-                Poll::Ready(Some(Ok(frame)))
             }
             other => other,
         }

@@ -1,19 +1,26 @@
-//! Connections from the edge to machines: HTTP/1.1, kept alive and reused. Each thread keeps
-//! its own idle connections, so a request and the connection that carries it are driven by
-//! the same thread, and taking or returning one is a thread-local push or pop, not a lock.
+//! Connections from the edge to machines: HTTP/1.1 spoken directly on the socket, kept alive
+//! and reused. The request's own task writes the request and reads the answer, so a proxied
+//! request costs no extra task, channel or header map on the way out.
 //!
-//! A connection goes back to its thread's pool when the response body has been read to its
-//! end; a response dropped half-read takes its connection with it (HTTP/1.1 cannot reuse it).
+//! Each thread keeps its own idle connections: a request and the connection that carries it are
+//! driven by the same thread, and taking or returning one is a thread-local push or pop, not a
+//! lock. A connection goes back to its thread's pool when the response body has been read to
+//! its end; a response dropped half-read takes its connection with it (HTTP/1.1 cannot reuse
+//! it).
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-
-type Sender = SendRequest<Full<Bytes>>;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 
 /// Idle connections kept per machine address and thread at most; more are closed.
 const IDLE_PER_ADDR: usize = 512;
@@ -21,8 +28,21 @@ const IDLE_PER_ADDR: usize = 512;
 /// Returns between sweeps of closed connections to machines that are gone.
 const SWEEP_EVERY: u32 = 4096;
 
+/// The largest response head a machine may send, and the most header lines in it.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Bodies up to this size go out in the same write as the request head.
+const COPY_BODY: usize = 64 * 1024;
+
+/// The longest chunk-size or trailer line accepted in a chunked body.
+const MAX_LINE: usize = 4096;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<String, Vec<Sender>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<Conn>>> = RefCell::new(HashMap::new());
     static RETURNS: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -32,21 +52,18 @@ pub(crate) enum SendError {
     /// No connection could be made: the request was not sent.
     Connect(String),
     /// The request may have reached the machine.
-    Sent(hyper::Error),
+    Sent(String),
 }
 
-/// A connection in use; `release` returns it to the pool of the thread that calls it.
+/// An open connection to a machine and the bytes read from it but not yet used.
 pub(crate) struct Conn {
-    sender: Sender,
-    addr: String,
+    stream: TcpStream,
+    buf: BytesMut,
+    addr: Arc<str>,
 }
 
 impl Conn {
-    pub(crate) fn release(self) {
-        let Conn { sender, addr } = self;
-        if sender.is_closed() {
-            return;
-        }
+    fn release(self) {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let sweep = RETURNS.with(|n| {
@@ -54,90 +71,631 @@ impl Conn {
                 n.get() % SWEEP_EVERY == 0
             });
             if sweep {
-                idle.retain(|_, senders| {
-                    senders.retain(|s| !s.is_closed());
-                    !senders.is_empty()
+                idle.retain(|_, conns| {
+                    conns.retain(|c| !c.closed());
+                    !conns.is_empty()
                 });
             }
-            let senders = idle.entry(addr).or_default();
-            if senders.len() < IDLE_PER_ADDR {
-                senders.push(sender);
+            let conns = idle.entry(self.addr.clone()).or_default();
+            if conns.len() < IDLE_PER_ADDR {
+                conns.push(self);
             }
         });
     }
+
+    /// Whether the machine has closed this idle connection (or sent on it unasked). Asks the
+    /// runtime what the socket last reported, so checking a live connection costs no syscall.
+    fn closed(&self) -> bool {
+        match self.stream.ready(Interest::READABLE).now_or_never() {
+            None => false,
+            Some(Ok(ready)) => ready.is_read_closed() || ready.is_error(),
+            Some(Err(_)) => true,
+        }
+    }
 }
 
-/// Sends `request` (origin-form URI, `Host` set) to the machine at `addr` on an idle
-/// connection of this thread, or on a new one. A pooled connection that turns out closed
-/// before the request went out is dropped and the next one tried, so a machine that closed
-/// idle connections costs no failed request.
+/// The head of a request to a machine, as it goes on the wire: `Host` is the machine's, and
+/// `Content-Length` is always set from the body.
+pub(crate) fn request_head<'a>(
+    method: &Method,
+    path: &str,
+    host: &HeaderValue,
+    headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    body_len: usize,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(host.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(head, "content-length: {body_len}\r\n\r\n");
+    head
+}
+
+/// Sends a request (its `head` from [`request_head`], then `body`) to the machine at `addr` on
+/// an idle connection of this thread, or on a new one, and reads the response head.
+///
+/// A pooled connection that the machine closed while it sat idle is dropped and the next one
+/// tried, and so is one that the machine closes without a byte of answer (it closed an idle
+/// connection just as the request went out): neither counts as a failed request.
 pub(crate) async fn send(
     addr: &str,
-    mut request: hyper::Request<Full<Bytes>>,
+    head: &[u8],
+    body: &Bytes,
+    method: &Method,
     connect_timeout: Duration,
-) -> Result<(hyper::Response<Incoming>, Conn), SendError> {
-    while let Some(mut sender) = take_idle(addr) {
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                return Ok((
-                    response,
-                    Conn {
-                        sender,
-                        addr: addr.to_string(),
-                    },
-                ))
+) -> Result<http::Response<Body>, SendError> {
+    loop {
+        let (mut conn, reused) = match take_idle(addr) {
+            Some(conn) => (conn, true),
+            None => (connect(addr, connect_timeout).await?, false),
+        };
+        match exchange(&mut conn, head, body, method).await {
+            Ok((parts, framing, reusable)) => {
+                let body = Body {
+                    conn: Some(conn),
+                    framing,
+                    reusable,
+                };
+                return Ok(http::Response::from_parts(parts, body));
             }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => request = unsent,
-                None => return Err(SendError::Sent(e.into_error())),
-            },
+            Err(Failure::Unanswered(_)) if reused => continue,
+            Err(Failure::Unanswered(reason) | Failure::Broken(reason)) => return Err(SendError::Sent(reason)),
         }
-    }
-    let mut sender = connect(addr, connect_timeout).await?;
-    match sender.send_request(request).await {
-        Ok(response) => Ok((
-            response,
-            Conn {
-                sender,
-                addr: addr.to_string(),
-            },
-        )),
-        Err(e) => Err(SendError::Sent(e)),
     }
 }
 
-fn take_idle(addr: &str) -> Option<Sender> {
+enum Failure {
+    /// The connection closed or failed before a byte of the answer arrived.
+    Unanswered(String),
+    /// Anything after: a broken or malformed answer.
+    Broken(String),
+}
+
+async fn exchange(conn: &mut Conn, head: &[u8], body: &Bytes, method: &Method) -> Result<(http::response::Parts, Framing, bool), Failure> {
+    let written = if body.len() <= COPY_BODY {
+        let mut whole = Vec::with_capacity(head.len() + body.len());
+        whole.extend_from_slice(head);
+        whole.extend_from_slice(body);
+        conn.stream.write_all(&whole).await
+    } else {
+        match conn.stream.write_all(head).await {
+            Ok(()) => conn.stream.write_all(body).await,
+            Err(e) => Err(e),
+        }
+    };
+    if let Err(e) = written {
+        return Err(Failure::Unanswered(format!("writing the request: {e}")));
+    }
+    conn.buf.clear();
+    loop {
+        if let Some(answer) = parse_head(conn, method)? {
+            return Ok(answer);
+        }
+        if conn.buf.len() > MAX_HEAD {
+            return Err(Failure::Broken(format!("the response head is over {MAX_HEAD} bytes")));
+        }
+        conn.buf.reserve(READ_CHUNK);
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) if conn.buf.is_empty() => return Err(Failure::Unanswered("the machine closed the connection without answering".into())),
+            Ok(0) => {
+                return Err(Failure::Broken(
+                    "the machine closed the connection in the middle of the response head".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if conn.buf.is_empty() => return Err(Failure::Unanswered(format!("reading the response: {e}"))),
+            Err(e) => return Err(Failure::Broken(format!("reading the response head: {e}"))),
+        }
+    }
+}
+
+/// The response head in `conn.buf`, once it is whole: its parts, how its body is framed, and
+/// whether the connection can carry another request after it. Interim (1xx) answers are
+/// skipped.
+fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response::Parts, Framing, bool)>, Failure> {
+    loop {
+        // Where each header line lies in the buffer, so the head can be split off and its values
+        // shared with the response rather than copied.
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let (len, code, version, count) = {
+            let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, &conn.buf, &mut lines) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(Failure::Broken(format!("malformed response head: {e}"))),
+            };
+            let base = conn.buf.as_ptr();
+            for (span, line) in spans.iter_mut().zip(parsed.headers.iter()) {
+                *span = Span::of(base, line);
+            }
+            (len, parsed.code.unwrap_or(0), parsed.version, parsed.headers.len())
+        };
+        let status = StatusCode::from_u16(code).map_err(|_| Failure::Broken(format!("malformed status code {code}")))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Failure::Broken(
+                    "the machine switched protocols, which the edge does not relay".into(),
+                ));
+            }
+            conn.buf.advance(len);
+            continue;
+        }
+        let version = if version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        let head = conn.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut close = version == Version::HTTP_10;
+        let mut chunked = false;
+        let mut length: Option<u64> = None;
+        for span in &spans[..count] {
+            let raw_name = &head[span.name()];
+            let name = HeaderName::from_bytes(raw_name)
+                .map_err(|_| Failure::Broken(format!("malformed header name {:?}", String::from_utf8_lossy(raw_name))))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
+                .map_err(|_| Failure::Broken(format!("malformed value of header {name}")))?;
+            if name == http::header::CONTENT_LENGTH {
+                let n = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| Failure::Broken(format!("malformed content-length {value:?}")))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Failure::Broken("conflicting content-length headers".into()));
+                }
+                length = Some(n);
+            } else if name == http::header::TRANSFER_ENCODING {
+                chunked = value
+                    .to_str()
+                    .is_ok_and(|v| v.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
+            } else if name == http::header::CONNECTION {
+                let tokens = value.to_str().unwrap_or("");
+                if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+                    close = true;
+                } else if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("keep-alive")) {
+                    close = false;
+                }
+            }
+            headers.append(name, value);
+        }
+        let no_body = *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let framing = if no_body {
+            Framing::Length(0)
+        } else if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            close = true;
+            Framing::UntilClose
+        };
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        let (parts, ()) = response.into_parts();
+        return Ok(Some((parts, framing, !close)));
+    }
+}
+
+/// Where a header line's name and value lie in the buffer its head was parsed from, so the
+/// head can be split off the buffer and its values shared rather than copied.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    /// The span of `line`, parsed from the buffer that starts at `base` (heads are small, so
+    /// offsets fit in 32 bits).
+    pub(crate) fn of(base: *const u8, line: &httparse::Header<'_>) -> Span {
+        let offset = |p: *const u8| (p as usize - base as usize) as u32;
+        let name = offset(line.name.as_ptr());
+        let value = offset(line.value.as_ptr());
+        Span {
+            name: (name, name + line.name.len() as u32),
+            value: (value, value + line.value.len() as u32),
+        }
+    }
+
+    pub(crate) fn name(&self) -> std::ops::Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    pub(crate) fn value(&self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+}
+
+fn take_idle(addr: &str) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let senders = idle.get_mut(addr)?;
+        let conns = idle.get_mut(addr)?;
         // The most recently used first: the least likely to have been closed by the machine.
-        while let Some(sender) = senders.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = conns.pop() {
+            if !conn.closed() {
+                return Some(conn);
             }
         }
         None
     })
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<Sender, SendError> {
-    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+async fn connect(addr: &str, timeout: Duration) -> Result<Conn, SendError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(SendError::Connect(format!("connecting to {addr}: {e}"))),
         Err(_) => return Err(SendError::Connect(format!("connecting to {addr}: no answer in {timeout:?}"))),
     };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::Builder::new()
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| SendError::Connect(format!("starting HTTP/1.1 with {addr}: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "connection to a machine ended");
+    Ok(Conn {
+        stream,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        addr: Arc::from(addr),
+    })
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Chunked transfer coding, at this point of a chunk.
+    Chunked(Chunk),
+    /// The body ends when the machine closes the connection.
+    UntilClose,
+    /// Read to its end.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// A machine's response body, read from its connection as the client takes it. Frames are
+/// slices of the connection's read buffer; nothing is copied.
+pub(crate) struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl Body {
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && conn.buf.is_empty() {
+                conn.release();
+            }
         }
-    });
-    Ok(sender)
+    }
+
+    /// Reads more of the body into the buffer; `Ok(0)` when the machine closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        loop {
+            ready!(conn.stream.poll_read_ready(cx))?;
+            conn.buf.reserve(READ_CHUNK);
+            match conn.stream.try_read_buf(&mut conn.buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.buf.len())
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        self.conn.as_mut().map(|c| c.buf.split_to(n).freeze()).unwrap_or_default()
+    }
+
+    /// The next CRLF-terminated line of a chunked body, without its CRLF, consumed from the
+    /// buffer; `None` when more bytes are needed.
+    fn line(&mut self) -> io::Result<Option<Bytes>> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(None) };
+        match conn.buf.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => {
+                let line = conn.buf.split_to(end).freeze();
+                conn.buf.advance(2);
+                Ok(Some(line))
+            }
+            None if conn.buf.len() > MAX_LINE => Err(broken("a chunked body line is too long")),
+            None => Ok(None),
+        }
+    }
+}
+
+fn broken(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+fn cut_short() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the machine closed the connection before the body's end",
+    )
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    let have = this.buffered();
+                    if have > 0 {
+                        let n = have.min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let data = this.take(n);
+                        this.framing = Framing::Length(left - n as u64);
+                        if left == n as u64 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                    }
+                    if ready!(this.poll_fill(cx))? == 0 {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(cut_short())));
+                    }
+                }
+                Framing::UntilClose => {
+                    let have = this.buffered();
+                    if have > 0 {
+                        return Poll::Ready(Some(Ok(hyper::body::Frame::data(this.take(have)))));
+                    }
+                    if ready!(this.poll_fill(cx))? == 0 {
+                        this.conn = None;
+                        this.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                }
+                Framing::Chunked(chunk) => {
+                    let step = match chunk {
+                        Chunk::Size => this.line()?.map(|line| {
+                            let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+                            let size = std::str::from_utf8(digits)
+                                .ok()
+                                .and_then(|d| u64::from_str_radix(d.trim(), 16).ok())
+                                .ok_or_else(|| broken("malformed chunk size"))?;
+                            this.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                            Ok::<_, io::Error>(())
+                        }),
+                        Chunk::Data(left) => {
+                            let have = this.buffered();
+                            if have > 0 {
+                                let n = have.min(usize::try_from(left).unwrap_or(usize::MAX));
+                                let data = this.take(n);
+                                let left = left - n as u64;
+                                this.framing = Framing::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+                                return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                            }
+                            None
+                        }
+                        Chunk::DataEnd => this.line()?.map(|line| {
+                            if !line.is_empty() {
+                                return Err(broken("chunk data longer than its size"));
+                            }
+                            this.framing = Framing::Chunked(Chunk::Size);
+                            Ok(())
+                        }),
+                        Chunk::Trailers => this.line()?.map(|line| {
+                            if line.is_empty() {
+                                this.finish();
+                            }
+                            Ok(())
+                        }),
+                    };
+                    match step {
+                        Some(result) => result?,
+                        None => {
+                            if ready!(this.poll_fill(cx))? == 0 {
+                                this.conn = None;
+                                return Poll::Ready(Some(Err(cut_short())));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.framing {
+            Framing::Length(n) => hyper::body::SizeHint::with_exact(n),
+            Framing::Done => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    /// A machine that answers every request with the next of `answers`, written in pieces of
+    /// `piece` bytes, and closes the connection after each answer when `close_after` is set.
+    /// Returns its address and a count of connections accepted.
+    async fn scripted(answers: Vec<&'static [u8]>, piece: usize, close_after: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    loop {
+                        // Requests here have no body: the head is the request.
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match socket.read(&mut chunk).await {
+                                Ok(n) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        }
+                        seen.clear();
+                        let Some(answer) = answers.lock().unwrap().next() else { return };
+                        for part in answer.chunks(piece) {
+                            if socket.write_all(part).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        if close_after {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(addr: &str) -> Result<(http::response::Parts, Bytes), SendError> {
+        let head = request_head(&Method::GET, "/", &HeaderValue::from_static("m"), std::iter::empty(), 0);
+        let response = send(addr, &head, &Bytes::new(), &Method::GET, Duration::from_secs(1)).await?;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.map_err(|e| SendError::Sent(e.to_string()))?.to_bytes();
+        Ok((parts, bytes))
+    }
+
+    #[tokio::test]
+    async fn bodies_of_every_framing_arrive_whole_and_connections_are_reused() {
+        let (addr, accepted) = scripted(
+            vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nx-a: 1\r\n\r\nhello world",
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            ],
+            3,
+            false,
+        )
+        .await;
+        let (parts, body) = get(&addr).await.unwrap();
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["x-a"], "1");
+        assert_eq!(&body[..], b"hello world");
+        let (parts, body) = get(&addr).await.unwrap();
+        assert_eq!(parts.status, 201, "the interim 100 is skipped");
+        assert_eq!(&body[..], b"hello world");
+        let (parts, body) = get(&addr).await.unwrap();
+        assert_eq!((parts.status.as_u16(), body.len()), (204, 0));
+        let (parts, body) = get(&addr).await.unwrap();
+        assert_eq!((parts.status.as_u16(), body.len()), (200, 0));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "four answers read to their end share one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_ending_with_the_connection_is_read_to_the_close() {
+        let (addr, accepted) = scripted(
+            vec![
+                b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            ],
+            4,
+            true,
+        )
+        .await;
+        assert_eq!(&get(&addr).await.unwrap().1[..], b"until close");
+        assert_eq!(&get(&addr).await.unwrap().1[..], b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_machine_that_closes_right_after_answering_costs_no_failed_request() {
+        // No `connection: close`: the edge pools the connection, finds it closed, and either
+        // skips it or (closed just as the request went out) sends again on a new one.
+        let (addr, accepted) = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"; 4], 64, true).await;
+        for _ in 0..4 {
+            assert_eq!(&get(&addr).await.unwrap().1[..], b"a");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn broken_answers_are_errors_that_say_what_broke() {
+        let (addr, _) = scripted(
+            vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                b"garbage\r\n\r\n",
+            ],
+            64,
+            true,
+        )
+        .await;
+        let cut = get(&addr).await.err().unwrap();
+        assert!(format!("{cut:?}").contains("before the body's end"), "{cut:?}");
+        let bad_chunk = get(&addr).await.err().unwrap();
+        assert!(format!("{bad_chunk:?}").contains("chunk size"), "{bad_chunk:?}");
+        let bad_length = get(&addr).await.err().unwrap();
+        assert!(format!("{bad_length:?}").contains("content-length"), "{bad_length:?}");
+        let garbage = get(&addr).await.err().unwrap();
+        assert!(format!("{garbage:?}").contains("malformed response head"), "{garbage:?}");
+    }
+
+    #[tokio::test]
+    async fn a_machine_that_is_not_listening_is_a_connect_error() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        assert!(matches!(get(&addr).await, Err(SendError::Connect(_))));
+    }
+
+    #[test]
+    fn request_heads_carry_the_machines_host_and_the_body_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let head = request_head(&Method::POST, "/v1/x?y=1", &HeaderValue::from_static("m:1"), headers.iter(), 12);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /v1/x?y=1 HTTP/1.1\r\nhost: m:1\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use axum::body::Body;
 use axum::routing::{get, post};
 use colo_edge::routes::Endpoint;
-use colo_edge::{router, Edge, EdgeConfig, RouteTable};
+use colo_edge::{router, serve_connection, Edge, EdgeConfig, RouteTable};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -66,7 +66,25 @@ fn table_in(app: &str, machines: &[(&str, &str, &str)]) -> Arc<RouteTable> {
     Arc::new(RouteTable::single(app, endpoints))
 }
 
+/// An edge serving its connections as `colo up` and `colo edge` do ([`serve_connection`]).
 async fn start_edge(config: EdgeConfig, initial: Arc<RouteTable>) -> (String, watch::Sender<Arc<RouteTable>>) {
+    let (tx, rx) = watch::channel(initial);
+    let edge = Edge::new(config, rx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let _stop_tx = stop_tx;
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve_connection(edge.clone(), stream, stop_rx.clone()));
+        }
+    });
+    (format!("http://{addr}"), tx)
+}
+
+/// The same edge behind axum's server ([`router`]), for embedding the edge in another service.
+async fn start_edge_router(config: EdgeConfig, initial: Arc<RouteTable>) -> (String, watch::Sender<Arc<RouteTable>>) {
     let (tx, rx) = watch::channel(initial);
     let addr = serve(router(Edge::new(config, rx))).await;
     (format!("http://{addr}"), tx)
@@ -734,4 +752,94 @@ async fn a_machine_closing_idle_connections_fails_no_request() {
     }
     let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(n, 5, "each request after an idle close needs a new connection; saw {n}");
+}
+
+/// Sends `raw` on a new connection to the edge and reads until the edge closes it.
+async fn raw_exchange(edge: &str, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(edge.trim_start_matches("http://")).await.unwrap();
+    socket.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut out))
+        .await
+        .expect("the edge did not close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let up = upstream("a", Duration::ZERO).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
+    let one = |body: &str, last: bool| {
+        format!(
+            "POST /v1/embeddings HTTP/1.1\r\nhost: app.localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if last { "connection: close\r\n" } else { "" }
+        )
+    };
+    let raw = format!("{}{}{}", one("x", false), one("yy", false), one("zzz", true));
+    let answer = raw_exchange(&edge, raw.as_bytes()).await;
+    let bodies: Vec<&str> = answer
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|r| {
+            assert!(r.starts_with("200 "), "{r}");
+            r.rsplit("\r\n\r\n").next().unwrap()
+        })
+        .collect();
+    assert_eq!(bodies, ["a:1", "a:2", "a:3"], "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("colo-machine: m1"), "{answer}");
+}
+
+#[tokio::test]
+async fn requests_the_edge_does_not_read_itself_are_served_by_hyper() {
+    let up = upstream("a", Duration::ZERO).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
+    // An upload of unknown length (chunked).
+    let chunks = futures::stream::iter(["ab", "cde"].map(|s| Ok::<_, std::io::Error>(bytes::Bytes::from(s))));
+    let response = reqwest::Client::new()
+        .post(format!("{edge}/v1/embeddings"))
+        .header("host", "app.localhost")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "a:5");
+    // HTTP/1.0.
+    let answer = raw_exchange(
+        &edge,
+        b"POST /v1/embeddings HTTP/1.0\r\nhost: app.localhost\r\ncontent-length: 4\r\n\r\nabcd",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("a:4"), "{answer}");
+    // A head that does not parse gets hyper's 400, not a hang.
+    let answer = raw_exchange(&edge, b"NOT HTTP\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A body over the edge's limit is still refused with 413 and the limit.
+    let config = EdgeConfig {
+        max_body: 1000,
+        ..EdgeConfig::default()
+    };
+    let (small, _tx) = start_edge(config, table("app", &[("m1", &up)])).await;
+    let response = reqwest::Client::new()
+        .post(format!("{small}/v1/embeddings"))
+        .header("host", "app.localhost")
+        .body("x".repeat(5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(response.text().await.unwrap().contains("1000"));
+}
+
+#[tokio::test]
+async fn the_router_serves_the_same_edge() {
+    let up = upstream("a", Duration::ZERO).await;
+    let (edge, _tx) = start_edge_router(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
+    let response = post_embed(&reqwest::Client::new(), &edge).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "a:31");
 }

@@ -1,0 +1,346 @@
+//! The edge's side of client connections: HTTP/1.1, read and written directly on the socket for
+//! the requests that make up nearly all of an inference API's traffic (a head and a body of
+//! known length), and handed to hyper for everything else (chunked or very large uploads,
+//! `Expect: 100-continue`, upgrades, HTTP/1.0, heads that do not parse), which then serves the
+//! rest of that connection. Either way each request goes through [`crate::handle`].
+
+use crate::proxy::{handle, Edge};
+use crate::upstream::Span;
+use axum::body::Body;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body_util::BodyExt;
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Request heads larger than this, or with more header lines, go to hyper (which answers 431).
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Request bodies up to this size are read here; larger ones are streamed by hyper.
+const MAX_BODY: u64 = 1024 * 1024;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Serves one client connection until the client closes it, an error ends it, or `stop` turns
+/// true (the request in flight is finished first).
+pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watch::Receiver<bool>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Made once: waiting on it again between requests costs no new registration.
+    let stopping = stopped(stop.clone());
+    tokio::pin!(stopping);
+    loop {
+        let request = loop {
+            match parse_request(&mut buf, edge.config.max_body as u64) {
+                Parsed::Request(request) => break request,
+                Parsed::Elsewhere => return serve_with_hyper(edge, stream, buf.freeze(), stop).await,
+                Parsed::Partial => {}
+            }
+            buf.reserve(READ_CHUNK);
+            let idle = buf.is_empty();
+            let read = tokio::select! {
+                read = stream.read_buf(&mut buf) => read,
+                // Between requests a stopping edge closes the connection at once; mid-request
+                // it waits for the rest of the request.
+                _ = &mut stopping, if idle => return,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let Incoming {
+            parts,
+            body_len,
+            keep_alive,
+        } = request;
+        while (buf.len() as u64) < body_len {
+            buf.reserve(READ_CHUNK.max(body_len as usize - buf.len()));
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        let body = buf.split_to(body_len as usize).freeze();
+        let head_only = parts.method == Method::HEAD;
+        let response = handle(edge.clone(), http::Request::from_parts(parts, Body::from(body))).await;
+        let keep_alive = keep_alive && !*stop.borrow();
+        match write_response(&mut stream, response, head_only, keep_alive).await {
+            Ok(true) if keep_alive => {}
+            _ => return,
+        }
+    }
+}
+
+/// Resolves once `stop` turns true; never, when its sender is gone without saying so.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A request head read here, and how much body follows it.
+struct Incoming {
+    parts: http::request::Parts,
+    body_len: u64,
+    keep_alive: bool,
+}
+
+enum Parsed {
+    Request(Incoming),
+    /// More bytes are needed.
+    Partial,
+    /// Hyper serves this connection from here on.
+    Elsewhere,
+}
+
+/// The next request head in `buf`, consumed from it when it can be served here.
+fn parse_request(buf: &mut BytesMut, max_body: u64) -> Parsed {
+    if buf.is_empty() {
+        return Parsed::Partial;
+    }
+    let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let (len, method, path, count) = {
+        let mut parsed = httparse::Request::new(&mut []);
+        let len = match parsed.parse_with_uninit_headers(buf, &mut lines) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parsed::Partial,
+            _ => return Parsed::Elsewhere,
+        };
+        if parsed.version != Some(1) {
+            return Parsed::Elsewhere;
+        }
+        let base = buf.as_ptr();
+        for (span, line) in spans.iter_mut().zip(parsed.headers.iter()) {
+            *span = Span::of(base, line);
+        }
+        let Ok(method) = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()) else {
+            return Parsed::Elsewhere;
+        };
+        let path = parsed.path.unwrap_or_default();
+        let start = path.as_ptr() as usize - base as usize;
+        let path = (start, start + path.len());
+        (len, method, path, parsed.headers.len())
+    };
+    if method == Method::CONNECT {
+        return Parsed::Elsewhere;
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut body_len: Option<u64> = None;
+    let mut keep_alive = true;
+    for span in &spans[..count] {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[span.name()]),
+            HeaderValue::from_maybe_shared(head.slice(span.value())),
+        ) else {
+            return rewind(buf, head);
+        };
+        if name == header::CONTENT_LENGTH {
+            match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+                Some(n) if body_len.is_none_or(|l| l == n) => body_len = Some(n),
+                _ => return rewind(buf, head),
+            }
+        } else if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
+            return rewind(buf, head);
+        } else if name == header::CONNECTION {
+            let tokens = value.to_str().unwrap_or("");
+            if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")) {
+                return rewind(buf, head);
+            }
+            if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+                keep_alive = false;
+            }
+        }
+        headers.append(name, value);
+    }
+    let body_len = body_len.unwrap_or(0);
+    if body_len > MAX_BODY.min(max_body) {
+        return rewind(buf, head);
+    }
+    let Ok(uri) = http::Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
+        return rewind(buf, head);
+    };
+    let mut request = http::Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    let (parts, ()) = request.into_parts();
+    Parsed::Request(Incoming {
+        parts,
+        body_len,
+        keep_alive,
+    })
+}
+
+/// Puts a head taken from `buf` back in front of it, for hyper to read.
+fn rewind(buf: &mut BytesMut, head: Bytes) -> Parsed {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+    Parsed::Elsewhere
+}
+
+/// Writes `response` on the connection: its head, then its body frame by frame as the frames
+/// come, coalescing those already there into one write. Returns whether the connection can
+/// carry another request.
+async fn write_response(stream: &mut TcpStream, response: axum::response::Response, head_only: bool, keep_alive: bool) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = head_only || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let exact = hyper::body::Body::size_hint(&body).exact();
+    let chunked = exact.is_none() && !bodiless;
+    let mut out = Vec::with_capacity(1024);
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    for (name, value) in parts.headers.iter() {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match exact {
+        Some(n) if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        _ if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        // A body known to be empty ends on its first poll, which returns its machine's
+        // connection to the pool.
+        let _ = body.frame().now_or_never();
+        stream.write_all(&out).await?;
+        return Ok(true);
+    }
+    let mut sent: u64 = 0;
+    loop {
+        // Frames already there go out with what is pending; a write happens only when the body
+        // has to be waited for, or has ended.
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                if data.is_empty() {
+                    continue;
+                }
+                sent += data.len() as u64;
+                if chunked {
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(&data);
+                }
+                if out.len() >= 64 * 1024 {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+            Some(Err(e)) => {
+                // The client cannot be told in-band: close, so a cut body never looks whole.
+                if !out.is_empty() {
+                    let _ = stream.write_all(&out).await;
+                }
+                tracing::debug!(error = %e, "response body failed; closing the connection");
+                return Ok(false);
+            }
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        stream.write_all(&out).await?;
+    }
+    Ok(exact.is_none_or(|n| n == sent))
+}
+
+/// Hands the connection to hyper, with the bytes already read from it in front.
+async fn serve_with_hyper(edge: Arc<Edge>, stream: TcpStream, read: Bytes, stop: watch::Receiver<bool>) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let edge = edge.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(edge, request.map(Body::new)).await) }
+    });
+    let io = hyper_util::rt::TokioIo::new(Rewind { read, stream });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped(stop) => {
+            // Finish the request in flight, then close.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+struct Rewind {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(out.remaining());
+            out.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
