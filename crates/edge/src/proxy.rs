@@ -119,6 +119,8 @@ pub struct Edge {
     regions: Regions,
     /// The edge's clock: milliseconds since it started (never 0 once running).
     started: std::time::Instant,
+    /// Wall-clock ms at `started`: a request's arrival in wall time without another clock read.
+    started_wall_ms: u64,
     /// Signalled whenever a request to any machine ends, so held requests look again.
     released: Arc<Notify>,
     /// Wakes and stops machines, where the process has agents to ask.
@@ -168,6 +170,7 @@ impl Edge {
             metrics: Metrics::new(),
             regions: Regions::builtin(),
             started: std::time::Instant::now(),
+            started_wall_ms: wall_ms(),
             released: Arc::new(Notify::new()),
             affinity: Mutex::new(AffinityTable::new(AFFINITY_ENTRIES, AFFINITY_TTL_MS)),
             buckets: Mutex::default(),
@@ -733,7 +736,7 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
         }
     }
     let started = std::time::Instant::now();
-    let (app, response) = match proxy(&edge, host_app, request).await {
+    let (app, response) = match proxy(&edge, host_app, request, started).await {
         Ok((app, response)) => (app, response),
         Err((app, err)) => {
             edge.metrics
@@ -836,7 +839,7 @@ struct Answered {
     response: http::Response<upstream::Body>,
 }
 
-async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> ProxyResult {
+async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arrived: std::time::Instant) -> ProxyResult {
     let (parts, body) = request.into_parts();
     let unknown = || "-".to_string();
     let body = read_body(&parts.headers, body, edge.config.max_body)
@@ -852,7 +855,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request) -> 
     }
     let streaming = is_llm && wants_stream(&body);
     let outgoing = Outgoing {
-        arrived_ms: wall_ms(),
+        arrived_ms: edge.started_wall_ms + arrived.saturating_duration_since(edge.started).as_millis() as u64,
         prefix: is_llm.then(|| prefix_of(&app, &body)).flatten(),
         app: app.clone(),
         method: parts.method,
@@ -1325,8 +1328,9 @@ struct InFlight {
 
 impl InFlight {
     fn new(load: Arc<Load>, edge: &Edge) -> Self {
+        // A machine with requests in flight is busy whatever its last-active stamp says; the
+        // stamp is set when the request ends.
         load.in_flight.fetch_add(1, Ordering::SeqCst);
-        load.last_active_ms.store(edge.now_ms(), Ordering::Relaxed);
         edge.metrics.in_flight.inc();
         Self {
             load,
