@@ -350,16 +350,11 @@ struct Streamed<E> {
 /// Bytes handed to a blocking thread at a time to hash and write (less at a chunk's end).
 const BATCH_BYTES: u64 = 1 << 20;
 
-/// A piece of a body, bound for `at` in the file; `ends` names the chunk it completes.
-struct Piece {
-    bytes: bytes::Bytes,
-    at: u64,
-    ends: Option<u64>,
-}
-
 /// Writes a ranged read's body (chunks `first .. first + n`) in place as it arrives, hashing
 /// each chunk on the way; a chunk is recorded only once all of it is written and its digest
-/// matches. Nothing is buffered beyond one batch, so memory stays flat whatever the range.
+/// matches. Frames (often a few KiB each) are gathered into one batch of up to `BATCH_BYTES`,
+/// so hashing runs over long runs of bytes (BLAKE3's SIMD lanes fill only from 16 KiB on) and
+/// each batch is one write; nothing else is buffered, so memory stays flat whatever the range.
 async fn stream_into<E>(
     writers: &tokio::sync::Semaphore,
     job: &Arc<FileJob>,
@@ -377,10 +372,9 @@ async fn stream_into<E>(
     };
     let mut hasher = blake3::Hasher::new();
     let (mut pos, mut chunk) = (start, first);
-    let mut batch: Vec<Piece> = Vec::new();
-    let mut batch_bytes = 0;
+    let mut batch = Batch::new(start);
     loop {
-        let mut frame = match frames.next().await {
+        let frame = match frames.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => {
                 out.error = Some(e);
@@ -397,36 +391,55 @@ async fn stream_into<E>(
             out.error = Some(wrong_length(pos - start + frame.len() as u64));
             break;
         }
-        while !frame.is_empty() {
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
             let chunk_end = job.chunk_range(chunk).1;
-            let piece = frame.split_to(frame.len().min((chunk_end - pos) as usize));
-            let at = pos;
+            let (piece, after) = rest.split_at(rest.len().min((chunk_end - pos) as usize));
+            batch.bytes.extend_from_slice(piece);
             pos += piece.len() as u64;
-            batch_bytes += piece.len() as u64;
-            let ends = (pos == chunk_end).then_some(chunk);
-            batch.push(Piece { bytes: piece, at, ends });
-            if ends.is_some() {
+            rest = after;
+            if pos == chunk_end {
+                batch.ends.push((batch.bytes.len(), chunk));
                 chunk += 1;
             }
         }
-        if batch_bytes >= BATCH_BYTES || batch.last().is_some_and(|p| p.ends.is_some()) {
-            hasher = write_batch(writers, job, std::mem::take(&mut batch), hasher, durable, &mut out).await?;
-            batch_bytes = 0;
+        if batch.bytes.len() as u64 >= BATCH_BYTES || !batch.ends.is_empty() {
+            let full = std::mem::replace(&mut batch, Batch::new(pos));
+            hasher = write_batch(writers, job, full, hasher, durable, &mut out).await?;
         }
     }
-    if !batch.is_empty() {
+    if !batch.bytes.is_empty() {
         write_batch(writers, job, batch, hasher, durable, &mut out).await?;
     }
     Ok(out)
 }
 
+/// Bytes of a body bound for `at` in the file, and where in them chunks end: (offset just past
+/// the chunk's last byte, chunk index).
+struct Batch {
+    bytes: Vec<u8>,
+    at: u64,
+    ends: Vec<(usize, u64)>,
+}
+
+impl Batch {
+    fn new(at: u64) -> Batch {
+        Batch {
+            bytes: Vec::with_capacity(BATCH_BYTES as usize + 64 * 1024),
+            at,
+            ends: Vec::new(),
+        }
+    }
+}
+
 /// Hashes and writes one batch off the async threads, at most one batch per core at a time
 /// (more writers than cores only queue on the file's lock in the kernel, spinning there on CPU
-/// the reads need). Returns the hasher of the chunk the batch leaves unfinished.
+/// the reads need). Chunks the batch completes are recorded once it is written and only when
+/// their digest matches. Returns the hasher of the chunk the batch leaves unfinished.
 async fn write_batch<E>(
     writers: &tokio::sync::Semaphore,
     job: &Arc<FileJob>,
-    batch: Vec<Piece>,
+    batch: Batch,
     mut hasher: blake3::Hasher,
     durable: bool,
     out: &mut Streamed<E>,
@@ -438,20 +451,24 @@ async fn write_batch<E>(
     let job = job.clone();
     let (hasher, verified, bad) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let (mut verified, mut bad) = (Vec::new(), Vec::new());
-        for piece in batch {
-            hasher.update(&piece.bytes);
-            job.write_at(piece.at, &piece.bytes)?;
-            let Some(idx) = piece.ends else { continue };
+        let mut from = 0;
+        for &(to, idx) in &batch.ends {
+            hasher.update(&batch.bytes[from..to]);
+            from = to;
             let digest = hasher.finalize().to_hex();
             hasher.reset();
-            if digest.as_str() != job.entry.chunks[idx as usize] {
+            if digest.as_str() == job.entry.chunks[idx as usize] {
+                verified.push(idx);
+            } else {
                 bad.push(idx);
-                continue;
             }
+        }
+        hasher.update(&batch.bytes[from..]);
+        job.write_at(batch.at, &batch.bytes)?;
+        for &idx in &verified {
             if job.record_verified(idx)? {
                 job.publish(durable)?;
             }
-            verified.push(idx);
         }
         Ok((hasher, verified, bad))
     })
