@@ -204,7 +204,9 @@ async fn write_response(stream: &mut TcpStream, response: axum::response::Respon
     let mut out = Vec::with_capacity(1024);
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
     for (name, value) in parts.headers.iter() {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+        // The body's framing is this server's to state, except that the answer to a HEAD
+        // keeps the length the machine gave for the body it did not send.
+        if (name == header::CONTENT_LENGTH && !head_only) || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -213,7 +215,7 @@ async fn write_response(stream: &mut TcpStream, response: axum::response::Respon
         out.extend_from_slice(b"\r\n");
     }
     match exact {
-        Some(n) if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED => {
+        Some(n) if !head_only && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
         _ if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),

@@ -112,10 +112,12 @@ pub(crate) async fn run(
     }
 
     // Plan: which chunks of which files still need fetching. Every file's first chunk goes
-    // first (a loader reads the safetensors header before anything else), then the rest.
+    // first (a loader reads the safetensors header before anything else), then the rest,
+    // taking ranges from the files in turn: each file's early tensors come early, and writes
+    // in flight land in different files instead of queueing on one file's lock.
     let mut jobs: Vec<Arc<FileJob>> = Vec::new();
     let mut heads = VecDeque::new();
-    let mut rest = VecDeque::new();
+    let mut rest: Vec<VecDeque<u64>> = Vec::new();
     let mut from_cache = 0;
     for entry in &manifest.files {
         let final_path = dir.join(&entry.path);
@@ -138,19 +140,13 @@ pub(crate) async fn run(
             job.publish(opts.durable)?;
             continue;
         }
-        let idx = jobs.len();
-        for (k, chunk) in opened.missing.into_iter().enumerate() {
-            if k == 0 {
-                heads.push_back((idx, chunk));
-            } else {
-                rest.push_back((idx, chunk));
-            }
-        }
+        let mut missing: VecDeque<u64> = opened.missing.into_iter().collect();
+        heads.extend(missing.pop_front().map(|chunk| (jobs.len(), chunk)));
+        rest.push(missing);
         jobs.push(job);
     }
     progress(from_cache);
-    let mut queue = heads;
-    queue.extend(rest);
+    let mut queue = Queue { heads, rest, turn: 0 };
 
     let sources = Arc::new(Sources::discover(store, manifest, &opts.peers, opts.peer_token.clone(), opts.peer_client.clone()).await);
     let range_chunks = opts.range_bytes.map(|b| (b / chunk_size).max(1));
@@ -162,12 +158,9 @@ pub(crate) async fn run(
     let mut moved = Moved::default();
     loop {
         while in_flight.len() < tuner.concurrency() {
-            let Some((job_idx, first)) = queue.pop_front() else { break };
-            let mut n = 1;
-            while n < tuner.range_chunks() && queue.front() == Some(&(job_idx, first + n)) {
-                queue.pop_front();
-                n += 1;
-            }
+            let Some((job_idx, first, n)) = queue.next_range(tuner.range_chunks()) else {
+                break;
+            };
             let (job, sources, writers, durable) = (jobs[job_idx].clone(), sources.clone(), writers.clone(), opts.durable);
             in_flight.push(async move { fetch_range(&sources, &writers, job, first, n, durable).await });
         }
@@ -193,6 +186,37 @@ pub(crate) async fn run(
         concurrency: tuner.concurrency() as u32,
         range_bytes: tuner.range_chunks() * chunk_size,
     })
+}
+
+/// The chunks still to fetch: each file's first chunk, then the rest of each file.
+struct Queue {
+    heads: VecDeque<(usize, u64)>,
+    rest: Vec<VecDeque<u64>>,
+    /// The file whose turn it is.
+    turn: usize,
+}
+
+impl Queue {
+    /// The next ranged read (file, first chunk, chunks): a file's head alone, or up to
+    /// `range_chunks` consecutive missing chunks of the next file in turn.
+    fn next_range(&mut self, range_chunks: u64) -> Option<(usize, u64, u64)> {
+        if let Some((file, chunk)) = self.heads.pop_front() {
+            return Some((file, chunk, 1));
+        }
+        for _ in 0..self.rest.len() {
+            let file = self.turn % self.rest.len();
+            self.turn += 1;
+            let chunks = &mut self.rest[file];
+            let Some(first) = chunks.pop_front() else { continue };
+            let mut n = 1;
+            while n < range_chunks && chunks.front() == Some(&(first + n)) {
+                chunks.pop_front();
+                n += 1;
+            }
+            return Some((file, first, n));
+        }
+        None
+    }
 }
 
 /// Files that an earlier boot wrote may have lost unflushed bytes in a power cut. Each goes
@@ -350,11 +374,16 @@ struct Streamed<E> {
 /// Bytes handed to a blocking thread at a time to hash and write (less at a chunk's end).
 const BATCH_BYTES: u64 = 1 << 20;
 
+/// Frames at least this long are hashed and written as they are; shorter ones (a server that
+/// sends a few KiB at a time) are first copied together, so that hashing runs over long runs
+/// of bytes (BLAKE3's SIMD lanes fill only from 16 KiB on) and a batch costs few writes.
+const SHORT_FRAME: usize = 64 * 1024;
+
 /// Writes a ranged read's body (chunks `first .. first + n`) in place as it arrives, hashing
 /// each chunk on the way; a chunk is recorded only once all of it is written and its digest
-/// matches. Frames (often a few KiB each) are gathered into one batch of up to `BATCH_BYTES`,
-/// so hashing runs over long runs of bytes (BLAKE3's SIMD lanes fill only from 16 KiB on) and
-/// each batch is one write; nothing else is buffered, so memory stays flat whatever the range.
+/// matches. Frames are gathered into batches of up to `BATCH_BYTES` (short ones copied
+/// together, see `SHORT_FRAME`); nothing else is buffered, so memory stays flat whatever the
+/// range.
 async fn stream_into<E>(
     writers: &tokio::sync::Semaphore,
     job: &Arc<FileJob>,
@@ -391,43 +420,78 @@ async fn stream_into<E>(
             out.error = Some(wrong_length(pos - start + frame.len() as u64));
             break;
         }
-        let mut rest = &frame[..];
-        while !rest.is_empty() {
+        // Where chunks end inside the frame: their digests are taken there.
+        let mut cut = 0;
+        while cut < frame.len() {
             let chunk_end = job.chunk_range(chunk).1;
-            let (piece, after) = rest.split_at(rest.len().min((chunk_end - pos) as usize));
-            batch.bytes.extend_from_slice(piece);
-            pos += piece.len() as u64;
-            rest = after;
-            if pos == chunk_end {
-                batch.ends.push((batch.bytes.len(), chunk));
-                chunk += 1;
+            let left = (chunk_end - pos) as usize - cut;
+            if left > frame.len() - cut {
+                break;
             }
+            cut += left;
+            batch.ends.push((batch.len + cut, chunk));
+            chunk += 1;
         }
-        if batch.bytes.len() as u64 >= BATCH_BYTES || !batch.ends.is_empty() {
+        pos += frame.len() as u64;
+        batch.push(frame);
+        if batch.len as u64 >= BATCH_BYTES || !batch.ends.is_empty() {
             let full = std::mem::replace(&mut batch, Batch::new(pos));
             hasher = write_batch(writers, job, full, hasher, durable, &mut out).await?;
         }
     }
-    if !batch.bytes.is_empty() {
+    if batch.len > 0 {
         write_batch(writers, job, batch, hasher, durable, &mut out).await?;
     }
     Ok(out)
 }
 
-/// Bytes of a body bound for `at` in the file, and where in them chunks end: (offset just past
-/// the chunk's last byte, chunk index).
+/// Consecutive bytes of a body bound for `at` in the file, as runs (long frames as they came,
+/// short ones copied together), and where in them chunks end: (offset just past the chunk's
+/// last byte, chunk index).
 struct Batch {
-    bytes: Vec<u8>,
+    runs: Vec<Run>,
+    len: usize,
     at: u64,
     ends: Vec<(usize, u64)>,
+}
+
+enum Run {
+    Frame(bytes::Bytes),
+    Copied(Vec<u8>),
+}
+
+impl Run {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Run::Frame(bytes) => bytes,
+            Run::Copied(bytes) => bytes,
+        }
+    }
 }
 
 impl Batch {
     fn new(at: u64) -> Batch {
         Batch {
-            bytes: Vec::with_capacity(BATCH_BYTES as usize + 64 * 1024),
+            runs: Vec::new(),
+            len: 0,
             at,
             ends: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, frame: bytes::Bytes) {
+        self.len += frame.len();
+        if frame.len() >= SHORT_FRAME {
+            self.runs.push(Run::Frame(frame));
+            return;
+        }
+        match self.runs.last_mut() {
+            Some(Run::Copied(run)) if run.len() + frame.len() <= run.capacity() => run.extend_from_slice(&frame),
+            _ => {
+                let mut run = Vec::with_capacity(BATCH_BYTES as usize);
+                run.extend_from_slice(&frame);
+                self.runs.push(Run::Copied(run));
+            }
         }
     }
 }
@@ -451,20 +515,30 @@ async fn write_batch<E>(
     let job = job.clone();
     let (hasher, verified, bad) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let (mut verified, mut bad) = (Vec::new(), Vec::new());
-        let mut from = 0;
-        for &(to, idx) in &batch.ends {
-            hasher.update(&batch.bytes[from..to]);
-            from = to;
-            let digest = hasher.finalize().to_hex();
-            hasher.reset();
-            if digest.as_str() == job.entry.chunks[idx as usize] {
-                verified.push(idx);
-            } else {
-                bad.push(idx);
+        let mut ends = batch.ends.iter().peekable();
+        let mut offset = 0;
+        for run in &batch.runs {
+            let bytes = run.bytes();
+            let mut from = 0;
+            while let Some(&&(end, idx)) = ends.peek() {
+                if end > offset + bytes.len() {
+                    break;
+                }
+                ends.next();
+                hasher.update(&bytes[from..end - offset]);
+                from = end - offset;
+                let digest = hasher.finalize().to_hex();
+                hasher.reset();
+                if digest.as_str() == job.entry.chunks[idx as usize] {
+                    verified.push(idx);
+                } else {
+                    bad.push(idx);
+                }
             }
+            hasher.update(&bytes[from..]);
+            job.write_at(batch.at + offset as u64, bytes)?;
+            offset += bytes.len();
         }
-        hasher.update(&batch.bytes[from..]);
-        job.write_at(batch.at, &batch.bytes)?;
         for &idx in &verified {
             if job.record_verified(idx)? {
                 job.publish(durable)?;
