@@ -146,6 +146,7 @@ pub(crate) async fn run(
         jobs.push(job);
     }
     progress(from_cache);
+    let missing_chunks = (heads.len() + rest.iter().map(VecDeque::len).sum::<usize>()) as u64;
     let mut queue = Queue { heads, rest, turn: 0 };
 
     let sources = Arc::new(Sources::discover(store, manifest, &opts.peers, opts.peer_token.clone(), opts.peer_client.clone()).await);
@@ -158,7 +159,9 @@ pub(crate) async fn run(
     let mut moved = Moved::default();
     loop {
         while in_flight.len() < tuner.concurrency() {
-            let Some((job_idx, first, n)) = queue.next_range(tuner.range_chunks()) else {
+            // A small pull is spread over every read in flight rather than a few long ones.
+            let spread = missing_chunks.div_ceil(tuner.concurrency() as u64).max(1);
+            let Some((job_idx, first, n)) = queue.next_range(tuner.range_chunks().min(spread)) else {
                 break;
             };
             let (job, sources, writers, durable) = (jobs[job_idx].clone(), sources.clone(), writers.clone(), opts.durable);
