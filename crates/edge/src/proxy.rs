@@ -274,14 +274,14 @@ impl Edge {
             }
         }
         for (region, target) in targets {
-            let head = upstream::request_head(&Method::GET, "/health", &target.host_header, std::iter::empty(), 0);
+            let wire = upstream::request(&Method::GET, "/health", &target.host_header, std::iter::empty(), &Bytes::new());
             let started = std::time::Instant::now();
             if let Some(delay) = self.link_delay(&region) {
                 tokio::time::sleep(delay).await;
             }
             let timeout = std::time::Duration::from_secs(2);
             let answered = tokio::time::timeout(timeout, async {
-                let response = upstream::send(&target.addr, &head, &Bytes::new(), &Method::GET, self.config.connect_timeout)
+                let response = upstream::send(&target.addr, &wire, &Method::GET, self.config.connect_timeout)
                     .await
                     .ok()?;
                 response.into_body().collect().await.ok()?;
@@ -993,14 +993,14 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             addr: endpoint.addr.clone(),
             reason,
         };
-        let head = upstream::request_head(
+        let wire = upstream::request(
             &out.method,
             out.path.as_str(),
             &endpoint.host_header,
             out.headers
                 .iter()
                 .filter(|(name, _)| !is_hop_by_hop(name) && *name != header::HOST && *name != header::CONTENT_LENGTH),
-            out.body.len(),
+            &out.body,
         );
         let guard = InFlight::new(load, &edge);
         if guard.load.stopping(&endpoint) {
@@ -1012,7 +1012,7 @@ async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError
             tokio::time::sleep(delay).await;
         }
         let started = std::time::Instant::now();
-        let response = match upstream::send(&endpoint.addr, &head, &out.body, &out.method, edge.config.connect_timeout).await {
+        let response = match upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout).await {
             Ok(answered) => answered,
             Err(e) => {
                 let (kind, reason) = match &e {

@@ -94,16 +94,24 @@ impl Conn {
     }
 }
 
-/// The head of a request to a machine, as it goes on the wire: `Host` is the machine's, and
-/// `Content-Length` is always set from the body.
-pub(crate) fn request_head<'a>(
+/// A request to a machine as it goes on the wire: its head, with the body appended when the
+/// body is small (one buffer, one write), else the body on its own.
+pub(crate) struct Wire {
+    bytes: Vec<u8>,
+    body: Option<Bytes>,
+}
+
+/// A request to a machine: `Host` is the machine's, and `Content-Length` is always set from
+/// the body.
+pub(crate) fn request<'a>(
     method: &Method,
     path: &str,
     host: &HeaderValue,
     headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
-    body_len: usize,
-) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
+    body: &Bytes,
+) -> Wire {
+    let inline = body.len() <= COPY_BODY;
+    let mut head = Vec::with_capacity(512 + if inline { body.len() } else { 0 });
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
@@ -116,29 +124,29 @@ pub(crate) fn request_head<'a>(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    let _ = write!(head, "content-length: {body_len}\r\n\r\n");
-    head
+    let _ = write!(head, "content-length: {}\r\n\r\n", body.len());
+    if inline {
+        head.extend_from_slice(body);
+    }
+    Wire {
+        bytes: head,
+        body: (!inline).then(|| body.clone()),
+    }
 }
 
-/// Sends a request (its `head` from [`request_head`], then `body`) to the machine at `addr` on
-/// an idle connection of this thread, or on a new one, and reads the response head.
+/// Sends a request (from [`request`]) to the machine at `addr` on an idle connection of this
+/// thread, or on a new one, and reads the response head.
 ///
 /// A pooled connection that the machine closed while it sat idle is dropped and the next one
 /// tried, and so is one that the machine closes without a byte of answer (it closed an idle
 /// connection just as the request went out): neither counts as a failed request.
-pub(crate) async fn send(
-    addr: &str,
-    head: &[u8],
-    body: &Bytes,
-    method: &Method,
-    connect_timeout: Duration,
-) -> Result<http::Response<Body>, SendError> {
+pub(crate) async fn send(addr: &str, wire: &Wire, method: &Method, connect_timeout: Duration) -> Result<http::Response<Body>, SendError> {
     loop {
         let (mut conn, reused) = match take_idle(addr) {
             Some(conn) => (conn, true),
             None => (connect(addr, connect_timeout).await?, false),
         };
-        match exchange(&mut conn, head, body, method).await {
+        match exchange(&mut conn, wire, method).await {
             Ok((parts, framing, reusable)) => {
                 let body = Body {
                     conn: Some(conn),
@@ -160,17 +168,10 @@ enum Failure {
     Broken(String),
 }
 
-async fn exchange(conn: &mut Conn, head: &[u8], body: &Bytes, method: &Method) -> Result<(http::response::Parts, Framing, bool), Failure> {
-    let written = if body.len() <= COPY_BODY {
-        let mut whole = Vec::with_capacity(head.len() + body.len());
-        whole.extend_from_slice(head);
-        whole.extend_from_slice(body);
-        conn.stream.write_all(&whole).await
-    } else {
-        match conn.stream.write_all(head).await {
-            Ok(()) => conn.stream.write_all(body).await,
-            Err(e) => Err(e),
-        }
+async fn exchange(conn: &mut Conn, wire: &Wire, method: &Method) -> Result<(http::response::Parts, Framing, bool), Failure> {
+    let written = match (conn.stream.write_all(&wire.bytes).await, &wire.body) {
+        (Ok(()), Some(body)) => conn.stream.write_all(body).await,
+        (result, _) => result,
     };
     if let Err(e) = written {
         return Err(Failure::Unanswered(format!("writing the request: {e}")));
@@ -591,8 +592,8 @@ mod tests {
     }
 
     async fn get(addr: &str) -> Result<(http::response::Parts, Bytes), SendError> {
-        let head = request_head(&Method::GET, "/", &HeaderValue::from_static("m"), std::iter::empty(), 0);
-        let response = send(addr, &head, &Bytes::new(), &Method::GET, Duration::from_secs(1)).await?;
+        let wire = request(&Method::GET, "/", &HeaderValue::from_static("m"), std::iter::empty(), &Bytes::new());
+        let response = send(addr, &wire, &Method::GET, Duration::from_secs(1)).await?;
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.map_err(|e| SendError::Sent(e.to_string()))?.to_bytes();
         Ok((parts, bytes))
@@ -689,13 +690,21 @@ mod tests {
     }
 
     #[test]
-    fn request_heads_carry_the_machines_host_and_the_body_length() {
+    fn requests_carry_the_machines_host_and_the_body_length() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
-        let head = request_head(&Method::POST, "/v1/x?y=1", &HeaderValue::from_static("m:1"), headers.iter(), 12);
+        let host = HeaderValue::from_static("m:1");
+        let wire = request(&Method::POST, "/v1/x?y=1", &host, headers.iter(), &Bytes::from_static(b"{\"a\":1}"));
         assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "POST /v1/x?y=1 HTTP/1.1\r\nhost: m:1\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n"
+            String::from_utf8(wire.bytes).unwrap(),
+            "POST /v1/x?y=1 HTTP/1.1\r\nhost: m:1\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
         );
+        assert!(wire.body.is_none(), "a small body goes in the same buffer");
+        let big = Bytes::from(vec![b'x'; COPY_BODY + 1]);
+        let wire = request(&Method::POST, "/", &host, std::iter::empty(), &big);
+        assert!(String::from_utf8(wire.bytes)
+            .unwrap()
+            .ends_with(&format!("content-length: {}\r\n\r\n", COPY_BODY + 1)));
+        assert_eq!(wire.body.unwrap().len(), COPY_BODY + 1);
     }
 }

@@ -843,3 +843,18 @@ async fn the_router_serves_the_same_edge() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "a:31");
 }
+
+#[tokio::test]
+async fn a_head_request_gets_the_machines_length_and_no_body() {
+    let (up, _) = counting_upstream(Duration::from_secs(30)).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
+    let answer = raw_exchange(
+        &edge,
+        b"HEAD /v1/embeddings HTTP/1.1\r\nhost: app.localhost\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(head.to_ascii_lowercase().contains("content-length: 2"), "{answer}");
+    assert_eq!(body, "", "a HEAD answer carries no body");
+}
