@@ -214,6 +214,10 @@ async fn write_response(stream: &mut TcpStream, response: axum::response::Respon
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // Machines' answers carry their own; the edge's own answers (errors, its endpoints) get one.
+    if !parts.headers.contains_key(header::DATE) {
+        let _ = write!(out, "date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
+    }
     match exact {
         Some(n) if !head_only && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED => {
             let _ = write!(out, "content-length: {n}\r\n");

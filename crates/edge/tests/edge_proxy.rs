@@ -858,3 +858,10 @@ async fn a_head_request_gets_the_machines_length_and_no_body() {
     assert!(head.to_ascii_lowercase().contains("content-length: 2"), "{answer}");
     assert_eq!(body, "", "a HEAD answer carries no body");
 }
+
+#[tokio::test]
+async fn the_edges_own_answers_are_dated() {
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[])).await;
+    let answer = raw_exchange(&edge, b"GET /health HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\r\ndate: "), "{answer}");
+}
