@@ -214,7 +214,8 @@ async fn write_response(stream: &mut TcpStream, response: axum::response::Respon
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // Machines' answers carry their own; the edge's own answers (errors, its endpoints) get one.
+    // An answer without a Date (the edge's own, or a machine's that sent none) gets one here,
+    // as HTTP asks of a recipient with a clock that forwards a response.
     if !parts.headers.contains_key(header::DATE) {
         let _ = write!(out, "date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
     }
