@@ -331,7 +331,7 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         token,
         http: crate::tls::client(args.tls_ca.as_deref())?,
     }));
-    edge.spawn_autostop();
+    edge.spawn_scaling();
     edge.spawn_rtt_probe();
     share_load_reports(edge.clone(), nats.clone(), args.region.clone());
     let workers = match args.workers {

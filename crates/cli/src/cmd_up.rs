@@ -252,7 +252,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
         let edge = edge.with_machines(Arc::new(AgentMachines(agents.clone())));
         // Each edge stops the idle machines of its own region.
-        edge.spawn_autostop();
+        edge.spawn_scaling();
         edge.spawn_rtt_probe();
         edges.push((region, listener, edge));
     }

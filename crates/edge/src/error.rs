@@ -33,6 +33,10 @@ pub enum EdgeError {
     NoRegion { region: String, regions: Vec<String> },
     #[error("machine {machine} at {addr} failed: {reason}")]
     Upstream { machine: String, addr: String, reason: String },
+    #[error("this endpoint needs the cluster token")]
+    AdminToken,
+    #[error("the edge failed: {0}")]
+    Internal(String),
 }
 
 impl EdgeError {
@@ -41,10 +45,11 @@ impl EdgeError {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
             EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => StatusCode::NOT_FOUND,
-            EdgeError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            EdgeError::Unauthorized { .. } | EdgeError::AdminToken => StatusCode::UNAUTHORIZED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            EdgeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -61,6 +66,8 @@ impl EdgeError {
             EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
+            EdgeError::AdminToken => "unauthorized",
+            EdgeError::Internal(_) => "internal_error",
         }
     }
 
@@ -68,6 +75,7 @@ impl EdgeError {
     pub fn source_label(&self) -> &'static str {
         match self {
             EdgeError::Upstream { .. } => "upstream",
+            EdgeError::Internal(_) => "internal",
             EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } => "capacity",
             _ => "client",
         }
@@ -80,6 +88,7 @@ impl IntoResponse for EdgeError {
         let kind = match status.as_u16() {
             400..=499 => "invalid_request_error",
             502 => "upstream_error",
+            500 => "internal_error",
             _ => "unavailable_error",
         };
         let body = serde_json::json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": self.code()}});

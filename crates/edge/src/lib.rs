@@ -1,17 +1,35 @@
 //! The edge: one HTTP port in front of every app. It finds the app of each request, asks the
 //! policy crate which machine should answer, proxies the request there and streams the answer
-//! back. It decides nothing itself: routing choices come from `colo-policy`.
+//! back. It decides nothing itself: routing, holds, wakes, autostop, retries, RTT and rate
+//! limits are `colo-policy`'s; the edge turns sockets and timers into its events and carries
+//! out its answers.
 
+mod admin;
+mod body;
+mod edge;
 mod error;
+mod handle;
+mod headers;
+mod keys;
+mod load;
 mod metrics;
-mod proxy;
+mod pick;
+mod request;
+mod respond;
 pub mod routes;
+mod rtt;
+mod scaling;
+mod send;
 mod server;
+mod sse;
 mod upstream;
 
+pub use edge::Edge;
 pub use error::EdgeError;
-pub use proxy::{handle, router, Edge, Machines, SharedLoad};
+pub use handle::{handle, router};
+pub use load::{Load, SharedLoad};
 pub use routes::{follow_state, RouteTable};
+pub use scaling::Machines;
 pub use server::serve_connection;
 
 use std::time::Duration;

@@ -1,10 +1,16 @@
-//! The route table: for each app, the machines that can take requests now. Rebuilt from the
-//! state store whenever it changes, and published to request handlers through a watch channel.
+//! The route table: for each app, the machines that can take requests now, and what the scaler
+//! needs to know of the others. Rebuilt from the state store whenever it changes, and published
+//! to request handlers through a watch channel.
+//!
+//! Each started machine's [`Endpoint`] carries its own load (the edge's in-flight count and the
+//! engine's last report) behind an `Arc`, handed from one table to the next for the same
+//! machine, so that a request reads the load of the machines it looks at and nothing else.
 
+use crate::load::Load;
 use colo_core::{App, Machine, MachineState};
-use colo_policy::{group_by_region, RegionId, RegionSpan};
+use colo_policy::{group_by_region, Phase, PrefixKey, RegionId, RegionSpan};
 use colo_state::StateStore;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -22,29 +28,48 @@ pub struct AppRoutes {
     pub machines: Vec<Arc<Endpoint>>,
     /// Where each region's machines lie in `machines`.
     pub spans: Vec<RegionSpan>,
-    /// Machines of the app that are not started yet but are meant to be.
-    pub pending: usize,
+    /// Every machine of the app that is not destroyed, with its phase: what the scaler weighs.
+    pub fleet: Vec<FleetMachine>,
+    /// Regions with machines of the app that are not started (stopped or starting).
+    pub dormant: Vec<RegionId>,
+    /// The index in `machines` of each machine, by [`machine_key`].
+    pub by_key: HashMap<u64, u32>,
     /// The app's own soft and hard limits, where its deploy set them.
-    pub limits: (Option<u32>, Option<u32>),
+    pub limits: Limits,
     /// API keys that may call the app; empty: open.
     pub keys: Vec<colo_core::ApiKey>,
-    /// Stopped machines the edge may wake when requests wait.
-    pub stopped: Vec<Sleeper>,
-    /// Idle seconds after which the edge stops a machine, and the machines it keeps started.
-    pub autostop: (Option<u64>, u32),
+    /// When idle machines are stopped.
+    pub autostop: Autostop,
 }
 
-/// A stopped machine, with what the wake choice weighs.
+/// Per-machine request limits an app's deploy set; absent: the edge's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub soft: Option<u32>,
+    pub hard: Option<u32>,
+}
+
+/// An app's autostop settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Autostop {
+    /// Idle seconds after which a machine is stopped; absent: never.
+    pub after_secs: Option<u64>,
+    /// Machines kept started in each region whatever the load.
+    pub min_running: u32,
+}
+
+/// A machine of an app as the scaler sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Sleeper {
+pub struct FleetMachine {
     pub machine_id: String,
     pub region: String,
     /// Whether its host has run the app's model revision before, so the weights are in its
     /// cache (unless evicted since).
     pub cached: bool,
+    pub phase: Phase,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Endpoint {
     pub machine_id: String,
     pub addr: String,
@@ -58,6 +83,15 @@ pub struct Endpoint {
     pub since_ms: u64,
     /// The phases of the machine's last start, as its agent recorded them.
     pub cold_start: Option<colo_core::ColdStart>,
+    /// What the edge knows of the machine's load; the same `Arc` in every table that has the
+    /// machine, and not part of what makes two tables equal.
+    pub load: Arc<Load>,
+}
+
+/// A stable handle for a machine, whatever its place in a route table (the affinity table and
+/// `AppRoutes::by_key` use it).
+pub fn machine_key(machine_id: &str) -> u64 {
+    PrefixKey::of_bytes(machine_id.as_bytes(), usize::MAX).0
 }
 
 // === impl Endpoint ===
@@ -75,7 +109,30 @@ impl Endpoint {
             region_header: http::HeaderValue::from_str(region).ok()?,
             since_ms: 0,
             cold_start: None,
+            load: Arc::default(),
         })
+    }
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        // `load` is the edge's own running state, not what the state store says.
+        self.machine_id == other.machine_id
+            && self.addr == other.addr
+            && self.region == other.region
+            && self.since_ms == other.since_ms
+            && self.cold_start == other.cold_start
+    }
+}
+
+// === impl AppRoutes ===
+
+impl AppRoutes {
+    /// The index in `machines` of machine `id`, if it is routable.
+    pub fn index_of(&self, machine_id: &str) -> Option<usize> {
+        let idx = *self.by_key.get(&machine_key(machine_id))? as usize;
+        // Two ids that share a key are told apart here.
+        (self.machines.get(idx)?.machine_id == machine_id).then_some(idx)
     }
 }
 
@@ -98,9 +155,15 @@ impl RouteTable {
             table.apps.insert(
                 app.name.to_string(),
                 AppRoutes {
-                    limits: (app.soft_limit, app.hard_limit),
+                    limits: Limits {
+                        soft: app.soft_limit,
+                        hard: app.hard_limit,
+                    },
                     keys: app.keys.clone(),
-                    autostop: (app.autostop_secs, app.min_running),
+                    autostop: Autostop {
+                        after_secs: app.autostop_secs,
+                        min_running: app.min_running,
+                    },
                     ..Default::default()
                 },
             );
@@ -116,6 +179,13 @@ impl RouteTable {
             let Some(routes) = table.apps.get_mut(machine.app.as_str()) else {
                 continue;
             };
+            let Some(phase) = phase_of(machine) else { continue };
+            routes.fleet.push(FleetMachine {
+                machine_id: machine.id.clone(),
+                region: machine.region.clone(),
+                cached: warm.contains(&(machine.host.as_str(), machine.revision.as_str())),
+                phase,
+            });
             match (machine.state, &machine.addr) {
                 // Unhealthy, or told to stop (it drains for a grace period): no new requests.
                 (MachineState::Started, Some(_)) if !machine.healthy || machine.desired != MachineState::Started => {}
@@ -127,16 +197,10 @@ impl RouteTable {
                     })),
                     None => tracing::warn!(machine = %machine.id, addr, "machine address is not host:port; not routed"),
                 },
-                _ if machine.desired == MachineState::Started && machine.state != MachineState::Failed => routes.pending += 1,
-                (MachineState::Stopped, _) => routes.stopped.push(Sleeper {
-                    machine_id: machine.id.clone(),
-                    region: machine.region.clone(),
-                    cached: warm.contains(&(machine.host.as_str(), machine.revision.as_str())),
-                }),
                 _ => {}
             }
         }
-        table.index_regions();
+        table.index();
         table
     }
 
@@ -150,13 +214,32 @@ impl RouteTable {
                 ..Default::default()
             },
         );
-        table.index_regions();
+        table.index();
         table
     }
 
-    /// Numbers the regions of all machines (started or stopped) and groups each app's started
-    /// machines by region.
-    fn index_regions(&mut self) {
+    /// Gives each endpoint the load its machine had in `previous`, so that in-flight counts and
+    /// engine reports survive a table change. Runs once per change, not per request.
+    pub fn adopt_loads(&mut self, previous: &RouteTable) {
+        let loads: HashMap<&str, &Arc<Load>> = previous
+            .apps
+            .values()
+            .flat_map(|routes| routes.machines.iter().map(|m| (m.machine_id.as_str(), &m.load)))
+            .collect();
+        for routes in self.apps.values_mut() {
+            for endpoint in &mut routes.machines {
+                if let Some(&load) = loads.get(endpoint.machine_id.as_str()) {
+                    if !Arc::ptr_eq(load, &endpoint.load) {
+                        Arc::make_mut(endpoint).load = load.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Numbers the regions of all machines, groups each app's started machines by region, and
+    /// indexes them.
+    fn index(&mut self) {
         let mut regions: Vec<String> = self
             .apps
             .values()
@@ -164,7 +247,7 @@ impl RouteTable {
                 r.machines
                     .iter()
                     .map(|m| m.region.clone())
-                    .chain(r.stopped.iter().map(|m| m.region.clone()))
+                    .chain(r.fleet.iter().map(|m| m.region.clone()))
             })
             .collect();
         regions.sort();
@@ -175,6 +258,21 @@ impl RouteTable {
                 .machines
                 .sort_by(|a, b| (&a.region, &a.machine_id).cmp(&(&b.region, &b.machine_id)));
             routes.spans = group_by_region(&mut routes.machines, |m| region_id(&m.region));
+            routes.by_key = routes
+                .machines
+                .iter()
+                .enumerate()
+                .map(|(idx, m)| (machine_key(&m.machine_id), idx as u32))
+                .collect();
+            let mut dormant: Vec<RegionId> = routes
+                .fleet
+                .iter()
+                .filter(|m| matches!(m.phase, Phase::Stopped | Phase::Starting))
+                .map(|m| region_id(&m.region))
+                .collect();
+            dormant.sort();
+            dormant.dedup();
+            routes.dormant = dormant;
         }
         self.regions = regions;
     }
@@ -194,6 +292,21 @@ impl RouteTable {
     }
 }
 
+/// A machine record's phase as scaling sees it; `None` for a destroyed machine.
+fn phase_of(machine: &Machine) -> Option<Phase> {
+    Some(match machine.state {
+        MachineState::Destroyed => return None,
+        MachineState::Failed => Phase::Failed,
+        MachineState::Stopping => Phase::Stopping,
+        MachineState::Started if machine.desired != MachineState::Started => Phase::Stopping,
+        MachineState::Started => Phase::Started,
+        // Meant to run but not started yet (created, starting, or about to be started).
+        _ if machine.desired == MachineState::Started => Phase::Starting,
+        MachineState::Starting => Phase::Starting,
+        MachineState::Created | MachineState::Stopped => Phase::Stopped,
+    })
+}
+
 /// Keeps a route table in step with the state store. The last table stays in force if a read
 /// fails, so the edge keeps serving what it knew.
 pub async fn follow_state(state: Arc<dyn StateStore>) -> watch::Receiver<Arc<RouteTable>> {
@@ -203,12 +316,13 @@ pub async fn follow_state(state: Arc<dyn StateStore>) -> watch::Receiver<Arc<Rou
     tokio::spawn(async move {
         while changes.changed().await.is_ok() {
             match read(&*state).await {
-                Ok(table) => {
+                Ok(mut table) => {
                     tx.send_if_modified(|current| {
                         if **current == table {
                             return false;
                         }
-                        *current = Arc::new(table);
+                        table.adopt_loads(current);
+                        *current = Arc::new(std::mem::take(&mut table));
                         true
                     });
                 }
@@ -229,3 +343,6 @@ async fn read(state: &dyn StateStore) -> Result<RouteTable, colo_state::StateErr
         &state.hosts().await?,
     ))
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,8 @@
 //! `Expect: 100-continue`, upgrades, HTTP/1.0, heads that do not parse), which then serves the
 //! rest of that connection. Either way each request goes through [`crate::handle`].
 
-use crate::proxy::{handle, Edge};
+use crate::edge::Edge;
+use crate::handle::handle;
 use crate::upstream::Span;
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};

@@ -397,7 +397,10 @@ async fn an_upstream_dying_mid_stream_ends_with_an_error_event() {
 async fn an_apps_own_limits_override_the_edges() {
     let up = upstream("a", Duration::from_millis(200)).await;
     let mut table = RouteTable::single("app", vec![Endpoint::new("m1", &up, "local").unwrap()]);
-    table.apps.get_mut("app").unwrap().limits = (Some(1), Some(1));
+    table.apps.get_mut("app").unwrap().limits = colo_edge::routes::Limits {
+        soft: Some(1),
+        hard: Some(1),
+    };
     let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
     let took = three_at_once(&edge).await;
     assert!(

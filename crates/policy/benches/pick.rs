@@ -67,9 +67,7 @@ fn bench_pick(c: &mut Criterion) {
             let app = AppView {
                 started: &loads,
                 spans: &spans,
-                stopped: &[],
-                held: 0,
-                starting: 0,
+                dormant: &[],
             };
             let mut seed = 0u64;
             group.bench_with_input(BenchmarkId::new(shape, n), &n, |b, _| {
@@ -81,6 +79,8 @@ fn bench_pick(c: &mut Criterion) {
                         steer: Steer::default(),
                         affinity: None,
                         seed,
+                        avoid: &[],
+                        only: None,
                     };
                     black_box(pick(black_box(&app), &req, &params))
                 })

@@ -1,5 +1,8 @@
-//! Token buckets for per-key rate limits: requests per second and LLM tokens per minute.
-//! Time is an argument (milliseconds on the caller's clock), so limits are testable exactly.
+//! Token buckets for per-key rate limits: requests per second and LLM tokens per minute, and
+//! what one request costs. Time is an argument (milliseconds on the caller's clock), so limits
+//! are testable exactly.
+
+use thiserror::Error;
 
 /// A bucket of `capacity` tokens refilled continuously at `refill_per_s`.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,9 +47,67 @@ impl TokenBucket {
     }
 }
 
+/// One API key's limits and their buckets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyLimits {
+    rps: Option<(u32, TokenBucket)>,
+    tokens_per_minute: Option<(u32, TokenBucket)>,
+}
+
+/// A request over one of its key's limits.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+#[error("rate limit of {limit} {what} reached for this key; retry in {retry_after_s}s")]
+pub struct RateLimited {
+    /// `requests per second` or `tokens per minute`.
+    pub what: &'static str,
+    pub limit: u32,
+    /// Whole seconds until the request would fit, at least 1.
+    pub retry_after_s: u64,
+}
+
+// === impl KeyLimits ===
+
+impl KeyLimits {
+    /// Full buckets at `now_ms` for a key with these limits (absent: unlimited).
+    pub fn new(rps: Option<u32>, tokens_per_minute: Option<u32>, now_ms: u64) -> Self {
+        KeyLimits {
+            rps: rps.map(|rps| (rps, TokenBucket::new(rps, f64::from(rps), now_ms))),
+            tokens_per_minute: tokens_per_minute.map(|tpm| (tpm, TokenBucket::new(tpm, f64::from(tpm) / 60.0, now_ms))),
+        }
+    }
+
+    /// Charges one request, and `llm_tokens` against the per-minute budget when it is an LLM
+    /// call. The request is charged even if its tokens then do not fit.
+    pub fn charge(&mut self, llm_tokens: Option<u32>, now_ms: u64) -> Result<(), RateLimited> {
+        let limited = |what, limit: u32, wait_ms: u64| RateLimited {
+            what,
+            limit,
+            retry_after_s: wait_ms.div_ceil(1000).max(1),
+        };
+        if let Some((limit, bucket)) = &mut self.rps {
+            bucket
+                .take(1, now_ms)
+                .map_err(|wait| limited("requests per second", *limit, wait))?;
+        }
+        if let (Some(tokens), Some((limit, bucket))) = (llm_tokens, &mut self.tokens_per_minute) {
+            bucket
+                .take(tokens, now_ms)
+                .map_err(|wait| limited("tokens per minute", *limit, wait))?;
+        }
+        Ok(())
+    }
+}
+
+/// Tokens an LLM request may use, for the per-minute budget: about one per 4 bytes of body,
+/// plus its `max_tokens` (256 when unset).
+pub fn llm_token_cost(body_len: usize, max_tokens: Option<u64>) -> u32 {
+    let cost = (body_len as u64 / 4).saturating_add(max_tokens.unwrap_or(256));
+    cost.min(u64::from(u32::MAX)) as u32
+}
+
 #[cfg(test)]
 mod tests {
-    use super::TokenBucket;
+    use super::{llm_token_cost, KeyLimits, RateLimited, TokenBucket};
 
     #[test]
     fn buckets_by_table() {
@@ -68,5 +129,61 @@ mod tests {
                 assert_eq!(bucket.take(cost, at), expected, "capacity {capacity}, refill {refill}, step {i}");
             }
         }
+    }
+
+    #[test]
+    fn keys_by_table() {
+        let limited = |what, limit, retry_after_s| {
+            Err(RateLimited {
+                what,
+                limit,
+                retry_after_s,
+            })
+        };
+        // (rps, tokens per minute, [(llm tokens, at ms, expected)])
+        type Step = (Option<u32>, u64, Result<(), RateLimited>);
+        let cases: Vec<(Option<u32>, Option<u32>, Vec<Step>)> = vec![
+            (None, None, vec![(Some(1_000_000), 0, Ok(())), (None, 0, Ok(()))]),
+            (
+                Some(1),
+                None,
+                vec![
+                    (None, 0, Ok(())),
+                    (None, 10, limited("requests per second", 1, 1)),
+                    (None, 1_000, Ok(())),
+                ],
+            ),
+            (
+                None,
+                Some(60),
+                vec![
+                    (Some(50), 0, Ok(())),
+                    (None, 0, Ok(())),
+                    (Some(20), 0, limited("tokens per minute", 60, 10)),
+                ],
+            ),
+            (
+                Some(2),
+                Some(60),
+                vec![
+                    (Some(60), 0, Ok(())),
+                    (Some(1), 0, limited("tokens per minute", 60, 1)),
+                    (Some(1), 0, limited("requests per second", 2, 1)),
+                ],
+            ),
+        ];
+        for (rps, tpm, steps) in cases {
+            let mut key = KeyLimits::new(rps, tpm, 0);
+            for (i, (tokens, at, expected)) in steps.into_iter().enumerate() {
+                assert_eq!(key.charge(tokens, at), expected, "rps {rps:?}, tpm {tpm:?}, step {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn token_costs() {
+        assert_eq!(llm_token_cost(400, Some(10)), 110);
+        assert_eq!(llm_token_cost(3, None), 256);
+        assert_eq!(llm_token_cost(usize::MAX, Some(u64::MAX)), u32::MAX);
     }
 }

@@ -17,6 +17,11 @@
 //! - Prefix affinity: if the caller names the machine that served a prompt with the same prefix,
 //!   and it is in the chosen pool, healthy and under its hard limit, it wins unless its load
 //!   exceeds the best machine's by more than `affinity_slack` requests.
+//! - A request may avoid machines (it already failed on them) or accept only one (a replay to
+//!   an instance); those count as unhealthy for it.
+//! - No machine with room: the request is held if anything in scope could take it later (a
+//!   started machine, or a region with machines stopped or starting), else rejected. Whether to
+//!   wake a machine for held requests is the [`crate::Scaler`]'s decision, not the pick's.
 //!
 //! Load is what the edge knows and what the engine said, whichever is larger: the edge's own
 //! in-flight count, or the engine's last `colo-load` report (running + waiting, which includes
@@ -89,14 +94,6 @@ pub struct RegionSpan {
     pub end: u32,
 }
 
-/// A stopped machine that could be woken for this app.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoppedMachine {
-    pub region: RegionId,
-    /// Whether its host already has the model's weights in its cache.
-    pub cached: bool,
-}
-
 /// One app as the edge sees it at the moment of a pick.
 #[derive(Clone, Copy, Debug)]
 pub struct AppView<'a, M> {
@@ -104,12 +101,9 @@ pub struct AppView<'a, M> {
     pub started: &'a [M],
     /// Where each region's machines lie in `started`.
     pub spans: &'a [RegionSpan],
-    /// Stopped machines that may be woken; empty when a `Scaler` decides starts instead.
-    pub stopped: &'a [StoppedMachine],
-    /// Requests already held in the queue this request would join.
-    pub held: u32,
-    /// Machines already starting for that queue.
-    pub starting: u32,
+    /// Regions where the app has machines that are not started (stopped or starting): a
+    /// request that finds no room is held rather than rejected while one is in scope.
+    pub dormant: &'a [RegionId],
 }
 
 /// Per-app routing settings; a key left out takes its default.
@@ -156,6 +150,10 @@ pub struct PickRequest<'a> {
     pub affinity: Option<usize>,
     /// Varies the tie-break from request to request (a counter or a seeded RNG's output).
     pub seed: u64,
+    /// Indexes in `started` of machines this request must not go to (it failed on them).
+    pub avoid: &'a [usize],
+    /// The one machine (index in `started`) this request may go to, if it is bound to one.
+    pub only: Option<usize>,
 }
 
 /// What to do with one request.
@@ -163,8 +161,8 @@ pub struct PickRequest<'a> {
 pub enum Decision {
     /// Send it to `started[i]`.
     Pick(usize),
-    /// No started machine has room: hold it; start `stopped[i]` if `wake` says so.
-    Hold { wake: Option<usize> },
+    /// No started machine has room now, but one may later: hold it.
+    Hold,
     /// Nothing could ever take it.
     Reject(RejectReason),
 }
@@ -212,7 +210,7 @@ pub fn effective_load(in_flight: u32, report: Option<LoadReport>, now_ms: u64, p
 }
 
 /// How many more machines held requests need: `ceil(held / soft_limit)` less those already
-/// starting. The herd cap shared by the pick and the `Scaler`.
+/// starting. The `Scaler`'s herd cap.
 pub fn starts_needed(held: u32, soft_limit: u32, starting: u32) -> u32 {
     held.div_ceil(soft_limit.max(1)).saturating_sub(starting)
 }
@@ -235,17 +233,6 @@ pub fn group_by_region<M>(machines: &mut [M], region_of: impl Fn(&M) -> RegionId
         }
     }
     spans
-}
-
-/// The stopped machine to wake: cached weights first, then the nearest (after steering), then
-/// the first listed.
-pub fn choose_wake(stopped: &[StoppedMachine], req: &PickRequest<'_>, params: &RouteParams) -> Option<usize> {
-    stopped
-        .iter()
-        .enumerate()
-        .filter_map(|(idx, m)| place_of(m.region, req, params).map(|(tier, rtt)| ((!m.cached, tier, rtt, idx), idx)))
-        .min()
-        .map(|(_, idx)| idx)
 }
 
 // === impl LoadReport ===
@@ -280,6 +267,22 @@ impl LoadReport {
     /// Requests the engine holds: running plus waiting.
     pub fn requests(&self) -> u32 {
         self.running.saturating_add(self.waiting)
+    }
+}
+
+/// Callers that share their entries (the edge's route table holds `Arc`s) read them directly.
+impl<M: MachineView + ?Sized> MachineView for std::sync::Arc<M> {
+    #[inline]
+    fn healthy(&self) -> bool {
+        (**self).healthy()
+    }
+    #[inline]
+    fn in_flight(&self) -> u32 {
+        (**self).in_flight()
+    }
+    #[inline]
+    fn report(&self) -> Option<LoadReport> {
+        (**self).report()
     }
 }
 
@@ -421,8 +424,8 @@ fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params
         let turn = (mix(req.seed ^ (u64::from(span.region.0) << 48)) % machines.len() as u64) as usize;
         let (wrapped, first) = machines.split_at(turn);
         let base = span.start as usize;
-        if scan_slice(first, base + turn, rtt, floor, req.now_ms, params, &mut best, &mut budget)
-            || scan_slice(wrapped, base, rtt, floor, req.now_ms, params, &mut best, &mut budget)
+        if scan_slice(first, base + turn, rtt, floor, req, params, &mut best, &mut budget)
+            || scan_slice(wrapped, base, rtt, floor, req, params, &mut best, &mut budget)
         {
             break;
         }
@@ -441,15 +444,15 @@ fn scan_slice<M: MachineView>(
     base: usize,
     rtt: u32,
     floor: u64,
-    now_ms: u64,
+    req: &PickRequest<'_>,
     params: &RouteParams,
     best: &mut Best,
     budget: &mut usize,
 ) -> bool {
     let (soft, hard) = (params.soft_limit, params.hard_limit);
     for (i, machine) in machines.iter().enumerate() {
-        let load = effective_load(machine.in_flight(), machine.report(), now_ms, params);
-        let r = if machine.healthy() && load < hard {
+        let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
+        let r = if machine.healthy() && load < hard && usable(req, base + i) {
             rank(load, rtt, soft)
         } else {
             u64::MAX
@@ -487,7 +490,7 @@ fn with_affinity<M: MachineView>(
         (span.start as usize..span.end as usize).contains(&affine)
             && place_of(span.region, req, params).is_some_and(|(tier, _)| tier == pool.tier)
     });
-    if !in_pool || !machine.healthy() {
+    if !in_pool || !machine.healthy() || !usable(req, affine) {
         return best_idx;
     }
     let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
@@ -498,22 +501,25 @@ fn with_affinity<M: MachineView>(
     }
 }
 
-/// No machine in any allowed region has room: hold (waking a machine if the herd cap allows), or
-/// reject when nothing in scope exists that could ever take the request.
+/// Whether the request may go to `started[idx]` at all.
+#[inline(always)]
+fn usable(req: &PickRequest<'_>, idx: usize) -> bool {
+    req.only.is_none_or(|only| only == idx) && !req.avoid.contains(&idx)
+}
+
+/// No machine in any allowed region has room: hold, or reject when nothing in scope exists that
+/// could ever take the request.
 fn no_room<M>(app: &AppView<'_, M>, req: &PickRequest<'_>, params: &RouteParams) -> Decision {
     let any_started = app
         .spans
         .iter()
         .any(|span| span.end > span.start && place_of(span.region, req, params).is_some());
-    let wake = choose_wake(app.stopped, req, params);
-    if !any_started && wake.is_none() && app.starting == 0 {
+    let any_dormant = app.dormant.iter().any(|&region| place_of(region, req, params).is_some());
+    if !any_started && !any_dormant {
         return Decision::Reject(match req.steer.force {
             Some(region) => RejectReason::NoMachineInRegion { region },
             None => RejectReason::NoMachines,
         });
     }
-    let needed = starts_needed(app.held.saturating_add(1), params.soft_limit, app.starting);
-    Decision::Hold {
-        wake: wake.filter(|_| needed > 0),
-    }
+    Decision::Hold
 }

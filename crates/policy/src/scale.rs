@@ -1,22 +1,34 @@
-//! Wake on demand and autostop for one app in one region, as a state machine.
+//! Wake on demand and autostop for one app, seen from one region, as a state machine.
 //!
 //! The edge (or the simulator) feeds it events with the time they happened and carries out the
 //! actions it returns; between events it calls `handle(Tick, now)` at `next_deadline()`. It is
-//! the one authority on starts, which is what keeps a burst from waking a herd:
+//! the one authority on starts and idle stops, which is what keeps a burst from waking a herd:
 //!
 //! - Held requests need `ceil(held / soft_limit)` machines. Machines already starting (for less
 //!   than `start_timeout_ms`) and machines that started less than `settle_ms` ago (the edge is
-//!   still releasing held requests to them) count against that; the rest are started.
-//! - A start prefers a machine whose host caches the model's weights, then the nearest (lowest
-//!   RTT from this region), then the smallest id: the order `route::choose_wake` uses. Machines
-//!   of other regions may be registered as non-local, so that they can be woken too.
+//!   still releasing held requests to them) count against that; the rest are started. Requests
+//!   held for one region only (a forced region) are counted for that region first, and only
+//!   that region's machines are woken for them.
+//! - A start prefers a machine whose last start did not fail or time out, then one whose host
+//!   caches the model's weights, then the nearest (lowest RTT from this region), then the
+//!   smallest id. Machines of other regions may be registered as non-local, so that they can be
+//!   woken too.
+//! - A start not confirmed within `start_timeout_ms` stops counting against the herd cap, and
+//!   the machine may be woken again (after the others); a stop not confirmed within that time
+//!   leaves the machine started again.
 //! - Local machines are kept at `min_machines_running` (started or starting).
 //! - A local started machine idle (nothing in flight) for `idle_stop_ms` is stopped, longest
 //!   idle first, never below the minimum and never while requests are held. Non-local machines
 //!   are left to their own region's scaler.
 //!
 //! A machine counts as idle from the moment it starts until a `MachineBusy`, and again from the
-//! `since_ms` of a `MachineIdle`.
+//! `since_ms` of a `MachineIdle` (never from before it started).
+//!
+//! The world's view and the scaler's belief are kept apart: `MachineAdded` may be sent again
+//! with a machine's current facts whenever they change (the edge sends them on every route
+//! table change), and its phase is applied only when it differs from the phase last reported,
+//! so that a machine the scaler just asked to start is not taken back to `Stopped` by a report
+//! made before the start was seen.
 
 use crate::route::starts_needed;
 use serde::Deserialize;
@@ -35,7 +47,7 @@ pub struct ScaleConfig {
     pub idle_stop_ms: Option<u64>,
     /// Local machines kept started or starting whatever the load.
     pub min_machines_running: u32,
-    /// A start not confirmed within this long no longer counts against the herd cap.
+    /// A start (or stop) not confirmed within this long no longer counts as under way.
     pub start_timeout_ms: u64,
     /// For this long after a machine starts it is assumed to be taking held requests.
     pub settle_ms: u64,
@@ -56,6 +68,8 @@ pub enum Phase {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MachineFacts {
     pub id: String,
+    /// The machine's region code: requests held for one region wake only its machines.
+    pub region: String,
     /// RTT from this scaler's region to the machine's region, ms.
     pub rtt_ms: u32,
     /// Whether its host already caches the model's weights.
@@ -69,6 +83,8 @@ pub struct MachineFacts {
 /// What happened, told to [`Scaler::handle`] with the time it happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScaleEvent {
+    /// A machine appeared, or what is known of it changed (see the module documentation for
+    /// how its phase is applied).
     MachineAdded(MachineFacts),
     MachineRemoved {
         id: String,
@@ -77,6 +93,14 @@ pub enum ScaleEvent {
     RequestHeld,
     /// A request left the hold queue (sent to a machine, timed out, or the client left).
     RequestReleased,
+    /// A request that may only go to `region` joined the hold queue.
+    RequestHeldIn {
+        region: String,
+    },
+    /// A request held for `region` left the hold queue.
+    RequestReleasedIn {
+        region: String,
+    },
     MachineStarted {
         id: String,
     },
@@ -95,6 +119,10 @@ pub enum ScaleEvent {
     MachineBusy {
         id: String,
     },
+    /// A stop the scaler asked for was not carried out (a request took the machine meanwhile).
+    StopAborted {
+        id: String,
+    },
     /// Time passed; deadlines may have come.
     Tick,
 }
@@ -106,25 +134,34 @@ pub enum ScaleAction {
     StopMachine(String),
 }
 
-/// The wake/stop state machine of one app in one region.
+/// The wake/stop state machine of one app, seen from one region.
 #[derive(Clone, Debug)]
 pub struct Scaler {
     config: ScaleConfig,
     machines: BTreeMap<String, Entry>,
+    /// Requests held, in all (those for one region included).
     held: u32,
+    /// Requests held for one region only, by region.
+    held_in: BTreeMap<String, u32>,
     /// The latest `now` handled; deadlines at or before it are already acted on.
     last_now_ms: u64,
 }
 
 #[derive(Clone, Debug)]
 struct Entry {
+    region: String,
     rtt_ms: u32,
     cached: bool,
     local: bool,
+    /// What the scaler believes: the phase last reported, or what its own actions lead to.
     phase: Phase,
+    /// The phase the world last reported.
+    reported: Phase,
     /// When the machine entered `phase`.
     phase_at_ms: u64,
     idle_since_ms: Option<u64>,
+    /// Its last start failed or timed out: woken only after machines without that mark.
+    start_failed: bool,
 }
 
 // === impl ScaleConfig ===
@@ -166,8 +203,18 @@ impl Scaler {
             config,
             machines: BTreeMap::new(),
             held: 0,
+            held_in: BTreeMap::new(),
             last_now_ms: 0,
         }
+    }
+
+    pub fn config(&self) -> &ScaleConfig {
+        &self.config
+    }
+
+    /// Takes new settings (an app redeployed with other limits); they apply from the next event.
+    pub fn set_config(&mut self, config: ScaleConfig) {
+        self.config = config;
     }
 
     /// Requests held now.
@@ -180,10 +227,21 @@ impl Scaler {
         self.machines.get(id).map(|m| m.phase)
     }
 
+    /// The ids of the machines the scaler knows, in order.
+    pub fn machine_ids(&self) -> impl Iterator<Item = &str> {
+        self.machines.keys().map(String::as_str)
+    }
+
+    /// Machines believed to be starting: what a held request can expect to come.
+    pub fn starting(&self) -> u32 {
+        self.machines.values().filter(|m| m.phase == Phase::Starting).count() as u32
+    }
+
     /// Applies `event` at `now_ms` and returns what to do about the state that results.
     pub fn handle(&mut self, event: ScaleEvent, now_ms: u64) -> Vec<ScaleAction> {
         self.last_now_ms = self.last_now_ms.max(now_ms);
         self.apply(event, now_ms);
+        self.expire(now_ms);
         let mut actions = Vec::new();
         self.wake_for_held(now_ms, &mut actions);
         self.keep_minimum(now_ms, &mut actions);
@@ -191,54 +249,65 @@ impl Scaler {
         actions
     }
 
+    /// Applies `event` at `now_ms` without deciding anything: for a batch of facts (every
+    /// machine's idle time, a new route table) that one `handle(Tick, now)` then acts on.
+    pub fn record(&mut self, event: ScaleEvent, now_ms: u64) {
+        self.last_now_ms = self.last_now_ms.max(now_ms);
+        self.apply(event, now_ms);
+    }
+
     /// The next time at which `handle(Tick, t)` could act, if any: an idle machine's stop, a
-    /// start that times out, a started machine that stops settling while requests are held.
+    /// start that times out while requests are held, a started machine that stops settling
+    /// while requests are held. (A stop that is never confirmed is undone at the next event.)
     pub fn next_deadline(&self) -> Option<u64> {
-        let mut deadlines = Vec::new();
         let held = self.held > 0;
         let can_stop = !held && self.local_running() > self.config.min_machines_running;
-        for m in self.machines.values() {
-            match m.phase {
-                Phase::Starting if held => deadlines.push(m.phase_at_ms.saturating_add(self.config.start_timeout_ms)),
-                Phase::Started if held => deadlines.push(m.phase_at_ms.saturating_add(self.config.settle_ms)),
-                Phase::Started if can_stop && m.local => {
-                    if let (Some(idle), Some(after)) = (m.idle_since_ms, self.config.idle_stop_ms) {
-                        deadlines.push(idle.saturating_add(after));
-                    }
-                }
-                _ => {}
-            }
-        }
-        deadlines.into_iter().filter(|&t| t > self.last_now_ms).min()
+        let timeout = self.config.start_timeout_ms;
+        self.machines
+            .values()
+            .filter_map(|m| match m.phase {
+                Phase::Starting if held => Some(m.phase_at_ms.saturating_add(timeout)),
+                Phase::Started if held => Some(m.phase_at_ms.saturating_add(self.config.settle_ms)),
+                Phase::Started if can_stop && m.local => m
+                    .idle_since_ms
+                    .zip(self.config.idle_stop_ms)
+                    .map(|(idle, after)| idle.saturating_add(after)),
+                _ => None,
+            })
+            .filter(|&t| t > self.last_now_ms)
+            .min()
     }
 
     fn apply(&mut self, event: ScaleEvent, now_ms: u64) {
         match event {
-            ScaleEvent::MachineAdded(facts) => {
-                let idle_since_ms = (facts.phase == Phase::Started).then_some(now_ms);
-                self.machines.insert(
-                    facts.id,
-                    Entry {
-                        rtt_ms: facts.rtt_ms,
-                        cached: facts.cached,
-                        local: facts.local,
-                        phase: facts.phase,
-                        phase_at_ms: now_ms,
-                        idle_since_ms,
-                    },
-                );
-            }
+            ScaleEvent::MachineAdded(facts) => self.upsert(facts, now_ms),
             ScaleEvent::MachineRemoved { id } => {
                 self.machines.remove(&id);
             }
             ScaleEvent::RequestHeld => self.held = self.held.saturating_add(1),
             ScaleEvent::RequestReleased => self.held = self.held.saturating_sub(1),
-            ScaleEvent::MachineStarted { id } => self.enter(&id, Phase::Started, now_ms),
-            ScaleEvent::MachineStopped { id } => self.enter(&id, Phase::Stopped, now_ms),
-            ScaleEvent::MachineFailed { id } => self.enter(&id, Phase::Failed, now_ms),
+            ScaleEvent::RequestHeldIn { region } => {
+                self.held = self.held.saturating_add(1);
+                *self.held_in.entry(region).or_default() += 1;
+            }
+            ScaleEvent::RequestReleasedIn { region } => {
+                self.held = self.held.saturating_sub(1);
+                if let Some(n) = self.held_in.get_mut(&region) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.held_in.remove(&region);
+                    }
+                }
+            }
+            ScaleEvent::MachineStarted { id } => self.report(&id, Phase::Started, now_ms),
+            ScaleEvent::MachineStopped { id } => self.report(&id, Phase::Stopped, now_ms),
+            ScaleEvent::MachineFailed { id } => self.report(&id, Phase::Failed, now_ms),
             ScaleEvent::MachineIdle { id, since_ms } => {
                 if let Some(m) = self.machines.get_mut(&id) {
-                    m.idle_since_ms = Some(since_ms);
+                    // Idle time counts from the start at the earliest: a report about the
+                    // machine's previous run must not stop a machine that just woke.
+                    let started_at = if m.phase == Phase::Started { m.phase_at_ms } else { 0 };
+                    m.idle_since_ms = Some(since_ms.max(started_at));
                 }
             }
             ScaleEvent::MachineBusy { id } => {
@@ -246,55 +315,147 @@ impl Scaler {
                     m.idle_since_ms = None;
                 }
             }
+            ScaleEvent::StopAborted { id } => {
+                if let Some(m) = self.machines.get_mut(&id).filter(|m| m.phase == Phase::Stopping) {
+                    m.phase = Phase::Started;
+                    m.phase_at_ms = now_ms;
+                    m.idle_since_ms = None;
+                }
+            }
             ScaleEvent::Tick => {}
         }
     }
 
-    fn enter(&mut self, id: &str, phase: Phase, now_ms: u64) {
+    fn upsert(&mut self, facts: MachineFacts, now_ms: u64) {
+        let MachineFacts {
+            id,
+            region,
+            rtt_ms,
+            cached,
+            local,
+            phase,
+        } = facts;
+        match self.machines.get_mut(&id) {
+            Some(m) => {
+                (m.region, m.rtt_ms, m.cached, m.local) = (region, rtt_ms, cached, local);
+                if m.reported != phase {
+                    self.report(&id, phase, now_ms);
+                }
+            }
+            None => {
+                let idle_since_ms = (phase == Phase::Started).then_some(now_ms);
+                self.machines.insert(
+                    id,
+                    Entry {
+                        region,
+                        rtt_ms,
+                        cached,
+                        local,
+                        phase,
+                        reported: phase,
+                        phase_at_ms: now_ms,
+                        idle_since_ms,
+                        start_failed: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The world says machine `id` is in `phase` now.
+    fn report(&mut self, id: &str, phase: Phase, now_ms: u64) {
         if let Some(m) = self.machines.get_mut(id) {
+            m.reported = phase;
+            match phase {
+                Phase::Failed => m.start_failed = true,
+                Phase::Started => m.start_failed = false,
+                _ => {}
+            }
             m.phase = phase;
             m.phase_at_ms = now_ms;
             m.idle_since_ms = (phase == Phase::Started).then_some(now_ms);
         }
     }
 
-    /// Starts machines for held requests, within the herd cap.
+    /// Starts and stops that were never confirmed fall back to what the world last reported.
+    fn expire(&mut self, now_ms: u64) {
+        let timeout = self.config.start_timeout_ms;
+        for m in self.machines.values_mut() {
+            let overdue = now_ms >= m.phase_at_ms.saturating_add(timeout);
+            match m.phase {
+                Phase::Starting if overdue && m.reported == Phase::Stopped => {
+                    m.phase = Phase::Stopped;
+                    m.phase_at_ms = now_ms;
+                    m.start_failed = true;
+                }
+                Phase::Stopping if overdue && m.reported == Phase::Started => {
+                    m.phase = Phase::Started;
+                    m.phase_at_ms = now_ms;
+                    m.idle_since_ms = Some(now_ms);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether machine `m` is expected to take held requests soon: starting, or just started.
+    fn absorbing(&self, m: &Entry, now_ms: u64) -> bool {
+        match m.phase {
+            Phase::Starting => now_ms < m.phase_at_ms.saturating_add(self.config.start_timeout_ms),
+            Phase::Started => now_ms < m.phase_at_ms.saturating_add(self.config.settle_ms),
+            _ => false,
+        }
+    }
+
+    /// Starts machines for held requests, within the herd cap: first for requests that may
+    /// only go to one region, then for the whole queue.
     fn wake_for_held(&mut self, now_ms: u64, actions: &mut Vec<ScaleAction>) {
         if self.held == 0 {
             return;
         }
-        let absorbing = self
-            .machines
-            .values()
-            .filter(|m| match m.phase {
-                Phase::Starting => now_ms < m.phase_at_ms.saturating_add(self.config.start_timeout_ms),
-                Phase::Started => now_ms < m.phase_at_ms.saturating_add(self.config.settle_ms),
-                _ => false,
-            })
-            .count() as u32;
-        let needed = starts_needed(self.held, self.config.soft_limit, absorbing);
-        self.start_best(needed as usize, false, now_ms, actions);
+        let regions: Vec<(String, u32)> = self.held_in.iter().map(|(r, n)| (r.clone(), *n)).collect();
+        for (region, held) in regions {
+            let absorbing = self
+                .machines
+                .values()
+                .filter(|m| m.region == region && self.absorbing(m, now_ms))
+                .count() as u32;
+            let needed = starts_needed(held, self.config.soft_limit, absorbing);
+            self.start_best(needed as usize, |m| m.region == region, now_ms, actions);
+        }
+        // Requests bound to a region with no machine at all cannot be helped by waking one
+        // elsewhere; the rest share every machine that is coming.
+        let stranded: u32 = self
+            .held_in
+            .iter()
+            .filter(|(region, _)| !self.machines.values().any(|m| &m.region == *region))
+            .map(|(_, n)| *n)
+            .sum();
+        let absorbing = self.machines.values().filter(|m| self.absorbing(m, now_ms)).count() as u32;
+        let needed = starts_needed(self.held.saturating_sub(stranded), self.config.soft_limit, absorbing);
+        self.start_best(needed as usize, |_| true, now_ms, actions);
     }
 
     /// Starts local machines until the minimum runs.
     fn keep_minimum(&mut self, now_ms: u64, actions: &mut Vec<ScaleAction>) {
         let deficit = self.config.min_machines_running.saturating_sub(self.local_running());
-        self.start_best(deficit as usize, true, now_ms, actions);
+        self.start_best(deficit as usize, |m| m.local, now_ms, actions);
     }
 
-    /// Starts up to `n` stopped machines, best first (cached, nearest, smallest id).
-    fn start_best(&mut self, n: usize, local_only: bool, now_ms: u64, actions: &mut Vec<ScaleAction>) {
+    /// Starts up to `n` stopped machines that `eligible` allows, best first (no failed start,
+    /// cached, nearest, smallest id).
+    fn start_best(&mut self, n: usize, eligible: impl Fn(&Entry) -> bool, now_ms: u64, actions: &mut Vec<ScaleAction>) {
         if n == 0 {
             return;
         }
-        let mut wakeable: Vec<(bool, u32, &String)> = self
+        let mut wakeable: Vec<(bool, bool, u32, &String)> = self
             .machines
             .iter()
-            .filter(|(_, m)| m.phase == Phase::Stopped && (m.local || !local_only))
-            .map(|(id, m)| (!m.cached, m.rtt_ms, id))
+            .filter(|(_, m)| m.phase == Phase::Stopped && eligible(m))
+            .map(|(id, m)| (m.start_failed, !m.cached, m.rtt_ms, id))
             .collect();
         wakeable.sort();
-        let chosen: Vec<String> = wakeable.into_iter().take(n).map(|(_, _, id)| id.clone()).collect();
+        let chosen: Vec<String> = wakeable.into_iter().take(n).map(|(_, _, _, id)| id.clone()).collect();
         for id in chosen {
             if let Some(m) = self.machines.get_mut(&id) {
                 m.phase = Phase::Starting;

@@ -1,11 +1,11 @@
 //! Property tests of the routing pick: it never sends a request to a machine at its hard limit,
 //! never holds one while a machine in scope has room, never leaves a nearer pool with room, and
 //! within a pool takes the best-ranked machine (or the affine one within the slack) whenever the
-//! pool fits the scan limit.
+//! pool fits the scan limit, never sends a request to a machine it must avoid, and rejects only
+//! when nothing in scope could ever take the request.
 
 use colo_policy::{
     effective_load, group_by_region, pick, AppView, Decision, LoadReport, MachineLoad, PickRequest, RegionId, RouteParams, Steer,
-    StoppedMachine,
 };
 use proptest::prelude::*;
 
@@ -18,9 +18,9 @@ struct Situation {
     params: RouteParams,
     steer: Steer,
     affinity: Option<usize>,
-    stopped: Vec<StoppedMachine>,
-    held: u32,
-    starting: u32,
+    dormant: Vec<RegionId>,
+    avoid: Vec<usize>,
+    only: Option<usize>,
     seed: u64,
 }
 
@@ -60,35 +60,29 @@ fn situation() -> impl Strategy<Value = Situation> {
         prefer: prefer.map(RegionId),
         force: force.map(RegionId),
     });
-    let stopped = prop::collection::vec(
-        (0u16..6, any::<bool>()).prop_map(|(r, cached)| StoppedMachine {
-            region: RegionId(r),
-            cached,
-        }),
-        0..4,
-    );
+    let dormant = prop::collection::vec((0u16..6).prop_map(RegionId), 0..4);
+    let bound = (prop::collection::vec(0usize..45, 0..3), prop::option::weighted(0.2, 0usize..45));
     (
         prop::collection::vec(machine(), 0..40),
         prop::collection::vec(0u32..100, 5),
         params,
         steer,
         prop::option::of(0usize..45),
-        stopped,
-        (0u32..20, 0u32..4, any::<u64>()),
+        dormant,
+        bound,
+        any::<u64>(),
     )
-        .prop_map(
-            |(machines, rtt, params, steer, affinity, stopped, (held, starting, seed))| Situation {
-                machines,
-                rtt,
-                params,
-                steer,
-                affinity,
-                stopped,
-                held,
-                starting,
-                seed,
-            },
-        )
+        .prop_map(|(machines, rtt, params, steer, affinity, dormant, (avoid, only), seed)| Situation {
+            machines,
+            rtt,
+            params,
+            steer,
+            affinity,
+            dormant,
+            avoid,
+            only,
+            seed,
+        })
 }
 
 /// The pool tier of a region as the rules define it, `None` when a forced region excludes it.
@@ -113,12 +107,15 @@ proptest! {
     fn picks_respect_limits_and_locality(mut s in situation()) {
         let spans = group_by_region(&mut s.machines, |m| RegionId(m.0));
         let loads: Vec<MachineLoad> = s.machines.iter().map(|m| m.1).collect();
-        let app = AppView { started: &loads, spans: &spans, stopped: &s.stopped, held: s.held, starting: s.starting };
-        let req = PickRequest { now_ms: NOW, rtt_ms: &s.rtt, steer: s.steer, affinity: s.affinity, seed: s.seed };
+        let app = AppView { started: &loads, spans: &spans, dormant: &s.dormant };
+        let req = PickRequest {
+            now_ms: NOW, rtt_ms: &s.rtt, steer: s.steer, affinity: s.affinity, seed: s.seed, avoid: &s.avoid, only: s.only,
+        };
         let decision = pick(&app, &req, &s.params);
 
         let load = |i: usize| effective_load(loads[i].in_flight, loads[i].report, NOW, &s.params);
-        let has_room = |i: usize| loads[i].healthy && load(i) < s.params.hard_limit;
+        let allowed = |i: usize| !s.avoid.contains(&i) && s.only.is_none_or(|o| o == i);
+        let has_room = |i: usize| loads[i].healthy && load(i) < s.params.hard_limit && allowed(i);
         let roomy: Vec<(usize, u64)> = (0..loads.len())
             .filter(|&i| has_room(i))
             .filter_map(|i| tier(&s, s.machines[i].0).map(|t| (i, t)))
@@ -146,19 +143,15 @@ proptest! {
                     prop_assert_eq!(rank(i), best, "not the best-ranked machine of its pool");
                 }
             }
-            Decision::Hold { wake } => {
+            Decision::Hold => {
                 prop_assert!(roomy.is_empty(), "held while machines {:?} have room", roomy);
-                if let Some(w) = wake {
-                    prop_assert!(w < s.stopped.len());
-                    prop_assert!(tier(&s, s.stopped[w].region.0).is_some(), "woke outside the forced region");
-                    prop_assert!(s.held + 1 > s.starting * s.params.soft_limit, "woke past the herd cap");
-                }
+                let in_scope = s.machines.iter().any(|m| tier(&s, m.0).is_some()) || s.dormant.iter().any(|r| tier(&s, r.0).is_some());
+                prop_assert!(in_scope, "held with nothing in scope that could take it");
             }
             Decision::Reject(_) => {
                 prop_assert!(roomy.is_empty());
-                prop_assert_eq!(s.starting, 0);
                 prop_assert!(s.machines.iter().all(|m| tier(&s, m.0).is_none()));
-                prop_assert!(s.stopped.iter().all(|m| tier(&s, m.region.0).is_none()));
+                prop_assert!(s.dormant.iter().all(|r| tier(&s, r.0).is_none()));
             }
         }
     }

@@ -58,6 +58,7 @@ fn simulate(n_machines: u32, soft_limit: u32, edge: Edge) -> (usize, usize) {
     for i in 0..n_machines {
         let facts = MachineFacts {
             id: format!("m{i:04}"),
+            region: "ord".to_string(),
             rtt_ms: i % 7,
             cached: i % 3 == 0,
             local: true,
@@ -159,6 +160,7 @@ fn burst_prefers_cached_machines() {
     for i in 0..10u32 {
         let facts = MachineFacts {
             id: format!("m{i:04}"),
+            region: "ord".to_string(),
             rtt_ms: 10 - i,
             cached: i % 3 == 0,
             local: true,

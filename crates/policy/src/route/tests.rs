@@ -58,14 +58,15 @@ fn params() -> RouteParams {
     }
 }
 
-/// A situation beyond its machines: steering, affinity, the hold queue, stopped machines.
+/// A situation beyond its machines: steering, affinity, machines avoided or required, regions
+/// with machines not started.
 #[derive(Clone, Default)]
 struct Extra {
     steer: Steer,
     affinity: Option<&'static str>,
-    stopped: Vec<StoppedMachine>,
-    held: u32,
-    starting: u32,
+    dormant: Vec<RegionId>,
+    avoid: Vec<&'static str>,
+    only: Option<&'static str>,
     local_rtt_ms: Option<u32>,
 }
 
@@ -80,29 +81,23 @@ fn run(machines: &[M], extra: &Extra, seed: u64) -> String {
     let app = AppView {
         started: &loads,
         spans: &spans,
-        stopped: &extra.stopped,
-        held: extra.held,
-        starting: extra.starting,
+        dormant: &extra.dormant,
     };
+    let position = |name: &str| sorted.iter().position(|m| m.name == name);
+    let avoid: Vec<usize> = extra.avoid.iter().filter_map(|name| position(name)).collect();
     let req = PickRequest {
         now_ms: NOW,
         rtt_ms: &RTT,
         steer: extra.steer,
-        affinity: extra.affinity.and_then(|name| sorted.iter().position(|m| m.name == name)),
+        affinity: extra.affinity.and_then(position),
         seed,
+        avoid: &avoid,
+        only: extra.only.and_then(position),
     };
     match pick(&app, &req, &p) {
         Decision::Pick(idx) => format!("pick {}", sorted[idx].name),
-        Decision::Hold { wake: Some(idx) } => format!("hold, wake {idx}"),
-        Decision::Hold { wake: None } => "hold".to_string(),
+        Decision::Hold => "hold".to_string(),
         Decision::Reject(reason) => format!("reject: {reason}"),
-    }
-}
-
-fn stopped(region: u16, cached: bool) -> StoppedMachine {
-    StoppedMachine {
-        region: RegionId(region),
-        cached,
     }
 }
 
@@ -170,39 +165,57 @@ fn picks_by_table() {
 }
 
 #[test]
-fn holds_and_wakes_by_table() {
+fn holds_and_rejects_by_table() {
     let full = vec![m("a", AMS, 4)];
-    let with = |stopped: Vec<StoppedMachine>, held, starting| Extra {
-        stopped,
-        held,
-        starting,
+    let dormant = |regions: &[u16]| Extra {
+        dormant: regions.iter().map(|&r| RegionId(r)).collect(),
         ..Extra::default()
+    };
+    let forced = |region: u16, regions: &[u16]| Extra {
+        steer: Steer {
+            prefer: None,
+            force: Some(RegionId(region)),
+        },
+        ..dormant(regions)
     };
     #[rustfmt::skip]
     let cases: Vec<(&str, Vec<M>, Extra, &str)> = vec![
-        ("cached far beats uncached near", full.clone(), with(vec![stopped(AMS, false), stopped(IAD, true)], 0, 0), "hold, wake 1"),
-        ("nearest among uncached", full.clone(), with(vec![stopped(IAD, false), stopped(FRA, false)], 0, 0), "hold, wake 1"),
-        ("first listed among equals", full.clone(), with(vec![stopped(FRA, true), stopped(FRA, true)], 0, 0), "hold, wake 0"),
-        ("no started machine: wake", vec![], with(vec![stopped(FRA, false)], 0, 0), "hold, wake 0"),
-        ("herd cap: starts cover the queue", full.clone(), with(vec![stopped(AMS, true)], 3, 2), "hold"),
-        ("herd cap: one more needed", full.clone(), with(vec![stopped(AMS, true)], 4, 2), "hold, wake 0"),
-        ("nothing started, one starting", vec![], with(vec![], 5, 1), "hold"),
-        ("nothing at all", vec![], with(vec![], 0, 0), "reject: the app has no machines"),
-        ("room left: no wake", vec![m("a", AMS, 3)], with(vec![stopped(AMS, true)], 9, 0), "pick a"),
+        ("full, machines stopped elsewhere: hold", full.clone(), dormant(&[IAD]), "hold"),
+        ("no started machine, one stopped: hold", vec![], dormant(&[FRA]), "hold"),
+        ("nothing at all", vec![], dormant(&[]), "reject: the app has no machines"),
+        ("room left", vec![m("a", AMS, 3)], dormant(&[AMS]), "pick a"),
+        ("forced region dormant: hold", full.clone(), forced(IAD, &[IAD]), "hold"),
+        ("forced region with nothing", full.clone(), forced(IAD, &[FRA]), "reject: the app has no machine in the forced region RegionId(3)"),
     ];
     for (what, machines, extra, expected) in cases {
         assert_eq!(run(&machines, &extra, 0), expected, "{what}");
     }
-    // A forced region limits the wake to that region.
-    let forced = Extra {
-        steer: Steer {
-            prefer: None,
-            force: Some(RegionId(IAD)),
-        },
-        stopped: vec![stopped(AMS, true), stopped(IAD, false)],
+}
+
+#[test]
+fn avoided_and_required_machines_by_table() {
+    let machines = vec![m("a", AMS, 0), m("b", AMS, 1), m("c", FRA, 0)];
+    let avoid = |names: &[&'static str]| Extra {
+        avoid: names.to_vec(),
         ..Extra::default()
     };
-    assert_eq!(run(&full, &forced, 0), "hold, wake 1");
+    let only = |name: &'static str| Extra {
+        only: Some(name),
+        ..Extra::default()
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<M>, Extra, &str)> = vec![
+        ("the failed machine is passed over", machines.clone(), avoid(&["a"]), "pick b"),
+        ("every local one failed: spill", machines.clone(), avoid(&["a", "b"]), "pick c"),
+        ("all failed: hold", machines.clone(), avoid(&["a", "b", "c"]), "hold"),
+        ("bound to a busier machine", machines.clone(), only("b"), "pick b"),
+        ("bound to a machine elsewhere", machines.clone(), only("c"), "pick c"),
+        ("bound to a full machine: hold", vec![m("a", AMS, 0), m("b", AMS, 4)], only("b"), "hold"),
+        ("affinity to an avoided machine", machines.clone(), Extra { affinity: Some("b"), ..avoid(&["b"]) }, "pick a"),
+    ];
+    for (what, machines, extra, expected) in cases {
+        assert_eq!(run(&machines, &extra, 0), expected, "{what}");
+    }
 }
 
 #[test]
@@ -231,9 +244,7 @@ fn scan_limit_samples_but_never_holds_with_room() {
         let app = AppView {
             started: &loads,
             spans: &spans,
-            stopped: &[],
-            held: 0,
-            starting: 0,
+            dormant: &[],
         };
         let req = PickRequest {
             now_ms: NOW,
@@ -241,6 +252,8 @@ fn scan_limit_samples_but_never_holds_with_room() {
             steer: Steer::default(),
             affinity: None,
             seed,
+            avoid: &[],
+            only: None,
         };
         match pick(&app, &req, p) {
             Decision::Pick(i) => machines[i].name,
@@ -316,9 +329,7 @@ fn spans_past_the_end_are_skipped() {
     let app = AppView {
         started: &loads,
         spans: &spans,
-        stopped: &[],
-        held: 0,
-        starting: 0,
+        dormant: &[],
     };
     let req = PickRequest {
         now_ms: NOW,
@@ -326,6 +337,8 @@ fn spans_past_the_end_are_skipped() {
         steer: Steer::default(),
         affinity: Some(99),
         seed: 3,
+        avoid: &[],
+        only: None,
     };
     assert_eq!(pick(&app, &req, &params()), Decision::Pick(0));
 }

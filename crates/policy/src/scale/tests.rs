@@ -16,6 +16,7 @@ fn config() -> ScaleConfig {
 fn machine(id: &str, rtt_ms: u32, cached: bool, local: bool, phase: Phase) -> ScaleEvent {
     ScaleEvent::MachineAdded(MachineFacts {
         id: id.to_string(),
+        region: if local { "ord".to_string() } else { format!("r{rtt_ms}") },
         rtt_ms,
         cached,
         local,
@@ -171,6 +172,84 @@ fn scenarios_by_table() {
             (0, MachineIdle { id: id("ghost"), since_ms: 0 }, "", None),
             (0, MachineRemoved { id: id("ghost") }, "", None),
             (0, RequestReleased, "", None),
+        ]),
+    ];
+    for (what, config, steps) in scenarios {
+        run(what, config, steps);
+    }
+}
+
+/// The wake order and the region-bound queue: which machine a held request wakes.
+#[test]
+fn wakes_by_table() {
+    use ScaleEvent::*;
+    let far = |id: &str, rtt: u32, cached: bool| machine(id, rtt, cached, false, Phase::Stopped);
+    #[rustfmt::skip]
+    let scenarios: Vec<(&str, ScaleConfig, Vec<Step>)> = vec![
+        ("cached far beats uncached near", config(), vec![
+            (0, far("ams", 10, false), "", None),
+            (0, far("iad", 90, true), "", None),
+            (1, RequestHeld, "start iad", Some(5_001)),
+        ]),
+        ("nearest among uncached", config(), vec![
+            (0, far("iad", 90, false), "", None),
+            (0, far("fra", 20, false), "", None),
+            (1, RequestHeld, "start fra", Some(5_001)),
+        ]),
+        ("smallest id among equals", config(), vec![
+            (0, far("b", 20, true), "", None),
+            (0, far("a", 20, true), "", None),
+            (1, RequestHeld, "start a", Some(5_001)),
+        ]),
+        ("a request held for one region wakes only that region", config(), vec![
+            (0, far("ams", 10, true), "", None),
+            (0, far("iad", 90, false), "", None),
+            (1, RequestHeldIn { region: "r90".into() }, "start iad", Some(5_001)),
+            // The machine starting for it absorbs the next unbound request too (soft limit 2).
+            (2, RequestHeld, "", Some(5_001)),
+            (3, RequestHeld, "start ams", Some(5_001)),
+            (4, RequestReleasedIn { region: "r90".into() }, "", Some(5_001)),
+        ]),
+        ("a region-bound request with nothing to wake there wakes nothing", config(), vec![
+            (0, far("ams", 10, true), "", None),
+            (1, RequestHeldIn { region: "r90".into() }, "", None),
+        ]),
+        ("a report made before the start was seen does not undo it", config(), vec![
+            (0, stopped("m1", true), "", None),
+            (1, RequestHeld, "start m1", Some(5_001)),
+            (2, stopped("m1", true), "", Some(5_001)),
+            (3, RequestHeld, "", Some(5_001)),
+            (9, machine("m1", 0, true, true, Phase::Starting), "", Some(5_009)),
+        ]),
+        ("idle reports from before a wake do not stop the woken machine", config(), vec![
+            (0, stopped("m1", true), "", None),
+            (0, RequestHeld, "start m1", Some(5_000)),
+            (100, MachineStarted { id: id("m1") }, "", Some(200)),
+            (100, RequestReleased, "", Some(1_100)),
+            (150, MachineIdle { id: id("m1"), since_ms: 0 }, "", Some(1_100)),
+            (1_100, Tick, "stop m1", None),
+        ]),
+        ("a stop a request interrupted leaves the machine started", config(), vec![
+            (0, started("m1"), "", Some(1_000)),
+            (1_000, Tick, "stop m1", None),
+            (1_000, StopAborted { id: id("m1") }, "", None),
+            (1_500, MachineIdle { id: id("m1"), since_ms: 1_500 }, "", Some(2_500)),
+        ]),
+        ("a stop never confirmed is undone at the next event", config(), vec![
+            (0, started("m1"), "", Some(1_000)),
+            (1_000, Tick, "stop m1", None),
+            (6_000, Tick, "", Some(7_000)),
+            (7_000, Tick, "stop m1", None),
+        ]),
+        ("a start that timed out may be asked for again", config(), vec![
+            (0, stopped("m1", true), "", None),
+            (0, RequestHeld, "start m1", Some(5_000)),
+            (5_000, Tick, "start m1", Some(10_000)),
+        ]),
+        ("a failed machine is not woken until it is reported stopped", config(), vec![
+            (0, machine("m1", 0, true, true, Phase::Failed), "", None),
+            (1, RequestHeld, "", None),
+            (2, stopped("m1", true), "start m1", Some(5_002)),
         ]),
     ];
     for (what, config, steps) in scenarios {

@@ -1,0 +1,81 @@
+//! The edge's own endpoints: `/health`, `/metrics`, `/v1/models`, and `/colo/{rtt,routes,load}`,
+//! the last two and `/metrics` behind the cluster token when the edge has one.
+
+use crate::edge::Edge;
+use crate::scaling::count_phase;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use colo_policy::Phase;
+use http::{header, Method, StatusCode};
+
+/// The answer to a request for one of the edge's own endpoints, or `None` when the request is
+/// for an app.
+pub(crate) fn answer(edge: &Edge, request: &Request) -> Option<Response> {
+    let path = request.uri().path();
+    if let Some(check) = &edge.config.admin_token {
+        let admin = path == "/metrics" || path.starts_with("/colo/");
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if admin && !presented.is_some_and(|p| (check.0)(p.trim())) {
+            return Some(crate::EdgeError::AdminToken.into_response());
+        }
+    }
+    Some(match (request.method(), path) {
+        (&Method::GET, "/health") => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+        (&Method::GET, "/metrics") => ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
+        (&Method::GET, "/v1/models") => list_models(edge),
+        (&Method::GET, "/colo/rtt") => rtt_table(edge),
+        (&Method::GET, "/colo/routes") => route_summary(edge),
+        (&Method::GET, "/colo/load") => axum::Json(serde_json::json!({"machines": edge.load_table()})).into_response(),
+        _ => return None,
+    })
+}
+
+/// What this edge's route table holds now, per app: machines it may route to (by region),
+/// machines starting, machines stopped.
+fn route_summary(edge: &Edge) -> Response {
+    let table = edge.routes.borrow().clone();
+    let apps: serde_json::Map<String, serde_json::Value> = table
+        .apps
+        .iter()
+        .map(|(name, routes)| {
+            let mut regions = std::collections::BTreeMap::<&str, usize>::new();
+            for m in &routes.machines {
+                *regions.entry(m.region.as_str()).or_default() += 1;
+            }
+            let summary = serde_json::json!({
+                "routable": routes.machines.len(),
+                "by_region": regions,
+                "starting": count_phase(routes, Phase::Starting),
+                "stopped": count_phase(routes, Phase::Stopped),
+                "waking": edge.starting(name).unwrap_or(0),
+            });
+            (name.clone(), summary)
+        })
+        .collect();
+    axum::Json(serde_json::json!({"edge_region": edge.config.region, "apps": apps})).into_response()
+}
+
+/// The RTT this edge uses for each region, and whether it was measured or estimated.
+fn rtt_table(edge: &Edge) -> Response {
+    let rows: Vec<_> = edge
+        .rtt_table()
+        .into_iter()
+        .map(|(region, ms, measured)| serde_json::json!({"region": region, "rtt_ms": ms, "measured": measured}))
+        .collect();
+    axum::Json(serde_json::json!({"edge_region": edge.config.region, "regions": rows})).into_response()
+}
+
+/// The apps, in the shape of OpenAI's model list, so clients can discover them.
+fn list_models(edge: &Edge) -> Response {
+    let table = edge.routes.borrow().clone();
+    let data: Vec<_> = table
+        .app_names()
+        .into_iter()
+        .map(|name| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "colo"}))
+        .collect();
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}

@@ -1,0 +1,128 @@
+//! The request path: the edge's own endpoints, or find the app, check its key, send the request
+//! to a machine (holding it while one starts) and stream the answer back.
+
+use crate::admin;
+use crate::body::read_body;
+use crate::edge::Edge;
+use crate::metrics::{ErrorLabels, RequestLabels};
+use crate::request::{app_from_host, RequestFacts};
+use crate::respond::respond;
+use crate::send::{send, Outgoing};
+use crate::sse::{held_stream, joined, AbortOnDrop};
+use crate::EdgeError;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::uri::PathAndQuery;
+use std::sync::Arc;
+
+/// The edge's whole HTTP surface: its own endpoints, and everything else proxied.
+pub fn router(edge: Arc<Edge>) -> Router {
+    Router::new()
+        .fallback(|State(edge): State<Arc<Edge>>, request: Request| handle(edge, request))
+        .with_state(edge)
+}
+
+/// The app label of requests whose app is not in the route table: junk names a client sends
+/// must not each make their own metric series.
+const NO_APP: &str = "-";
+
+/// Answers one request: the edge's own endpoints, or the app's machine's answer. What `router`
+/// serves, for servers that drive connections themselves.
+pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
+    let host_app = app_from_host(request.headers(), request.uri(), &edge.config.domain);
+    if host_app.is_none() {
+        if let Some(response) = admin::answer(&edge, &request) {
+            return response;
+        }
+    }
+    let arrived = tokio::time::Instant::now();
+    let (app, response) = match proxy(&edge, host_app, request, arrived).await {
+        Ok((app, response)) => (app, response),
+        Err((app, err)) => {
+            edge.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    source: err.source_label().into(),
+                })
+                .inc();
+            if err.status().is_server_error() {
+                tracing::warn!(app = %app, error = %err, "request failed");
+            }
+            let app = if matches!(err, EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. }) {
+                NO_APP.to_string()
+            } else {
+                app
+            };
+            (app, err.into_response())
+        }
+    };
+    let region = response
+        .headers()
+        .get(crate::headers::COLO_REGION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(NO_APP)
+        .to_string();
+    let labels = RequestLabels {
+        app,
+        region,
+        status: response.status().as_u16(),
+    };
+    edge.metrics
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(arrived.elapsed().as_secs_f64());
+    edge.metrics.requests.get_or_create(&labels).inc();
+    response
+}
+
+type ProxyResult = Result<(String, Response), (String, EdgeError)>;
+
+async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arrived: tokio::time::Instant) -> ProxyResult {
+    let (parts, body) = request.into_parts();
+    let unknown = || NO_APP.to_string();
+    let body = read_body(&parts.headers, body, edge.config.max_body)
+        .await
+        .map_err(|e| (unknown(), e))?;
+    let (app, facts) = match host_app {
+        // The Host named the app: the body need not be JSON at all.
+        Some(app) => (app, RequestFacts::parse(&body).unwrap_or_default()),
+        None => RequestFacts::app(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
+    };
+    let is_llm = parts.uri.path().ends_with("completions");
+    let table = edge.routes.borrow().clone();
+    if let Err(e) = edge.authorize(&table, &app, &parts.headers, is_llm.then(|| facts.llm_tokens(body.len()))) {
+        return Err((app, e));
+    }
+    drop(table);
+    let streaming = is_llm && facts.stream;
+    let outgoing = Outgoing {
+        arrived_ms: edge.wall_ms_at(arrived),
+        prefix: is_llm.then(|| facts.prefix(&app)).flatten(),
+        app: app.clone(),
+        method: parts.method,
+        path: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers: parts.headers,
+        body,
+    };
+    if !streaming || edge.config.sse_keepalive.is_zero() {
+        return match send(edge.clone(), Arc::new(outgoing)).await {
+            Ok(answered) => Ok((app, respond(answered))),
+            Err(e) => Err((app, e)),
+        };
+    }
+    // A streaming client that has to wait for a machine gets its stream at once, with SSE
+    // comments as keep-alives until the machine answers.
+    let mut sending = AbortOnDrop(tokio::spawn(send(edge.clone(), Arc::new(outgoing))));
+    tokio::select! {
+        result = &mut sending.0 => match joined(result) {
+            Ok(answered) => Ok((app, respond(answered))),
+            Err(e) => Err((app, e)),
+        },
+        _ = tokio::time::sleep(edge.config.sse_keepalive) => Ok((app, held_stream(edge.clone(), sending))),
+    }
+}

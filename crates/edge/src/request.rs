@@ -1,0 +1,187 @@
+//! What the edge reads of a request to route it: the app (from the Host name or the body's
+//! `model`), and for completions and chat whether it streams, its prompt's prefix and the tokens
+//! it may use, all from one pass over the JSON body.
+
+use crate::EdgeError;
+use colo_policy::{llm_token_cost, PrefixKey};
+use http::{header, HeaderMap, Uri};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Bytes of a prompt that decide prefix affinity: two prompts that agree this far are sent to
+/// the machine whose KV cache may already hold their start.
+const PREFIX_BYTES: usize = 512;
+
+/// The fields of a request body the edge reads; everything else passes through untouched.
+#[derive(Debug, Default)]
+pub(crate) struct RequestFacts {
+    /// The `model` field, when it is a non-empty string.
+    pub model: Option<String>,
+    /// `"stream": true`.
+    pub stream: bool,
+    /// `max_tokens`, or else `max_completion_tokens`, when it is a whole number.
+    pub max_tokens: Option<u64>,
+    /// The first `PREFIX_BYTES` of the prompt as sent (a string's text, or the JSON of token
+    /// ids or of the messages).
+    prompt_start: Option<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    stream: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    messages: Option<&'a RawValue>,
+}
+
+// === impl RequestFacts ===
+
+impl RequestFacts {
+    /// Reads the body once. An error only when it is not a JSON object.
+    pub(crate) fn parse(body: &[u8]) -> Result<RequestFacts, serde_json::Error> {
+        let fields: Fields<'_> = serde_json::from_slice(body)?;
+        let string = |raw: Option<&RawValue>| raw.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+        let number = |raw: Option<&RawValue>| raw.and_then(|raw| raw.get().parse::<u64>().ok());
+        let prompt = match (fields.prompt, fields.messages) {
+            (Some(prompt), _) if prompt.get().starts_with('"') => string(Some(prompt)).map(String::into_bytes),
+            (Some(raw), _) | (None, Some(raw)) => Some(raw.get().as_bytes().to_vec()),
+            (None, None) => None,
+        };
+        let prompt_start = prompt.map(|mut bytes| {
+            bytes.truncate(PREFIX_BYTES);
+            bytes
+        });
+        Ok(RequestFacts {
+            model: string(fields.model).filter(|m| !m.is_empty()),
+            stream: fields.stream.is_some_and(|raw| raw.get() == "true"),
+            max_tokens: number(fields.max_tokens).or_else(|| number(fields.max_completion_tokens)),
+            prompt_start,
+        })
+    }
+
+    /// The app the body names, or why it names none.
+    pub(crate) fn app(body: &[u8], domain: &str) -> Result<(String, RequestFacts), EdgeError> {
+        let mut facts = Self::parse(body).map_err(|e| EdgeError::BadJson {
+            reason: e.to_string(),
+            domain: domain.to_string(),
+        })?;
+        match facts.model.take() {
+            Some(app) => Ok((app, facts)),
+            None => Err(EdgeError::NoModel {
+                domain: domain.to_string(),
+            }),
+        }
+    }
+
+    /// The affinity key of a completions or chat request: its app and the start of its prompt.
+    pub(crate) fn prefix(&self, app: &str) -> Option<PrefixKey> {
+        let prompt = self.prompt_start.as_ref()?;
+        let mut bytes = Vec::with_capacity(app.len() + 1 + prompt.len());
+        bytes.extend_from_slice(app.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(prompt);
+        Some(PrefixKey::of_bytes(&bytes, bytes.len()))
+    }
+
+    /// Tokens the request may use, for a key's per-minute budget.
+    pub(crate) fn llm_tokens(&self, body_len: usize) -> u32 {
+        llm_token_cost(body_len, self.max_tokens)
+    }
+}
+
+/// The app named by a Host of `<app>.<domain>`, if the request has one.
+pub(crate) fn app_from_host(headers: &HeaderMap, uri: &Uri, domain: &str) -> Option<String> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.host())?;
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let app = host.strip_suffix(domain)?.strip_suffix('.')?;
+    (!app.is_empty() && !app.contains('.')).then(|| app.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn apps_come_from_host_names() {
+        let cases = [
+            ("minilm.localhost:8080", Some("minilm")),
+            ("minilm.localhost", Some("minilm")),
+            ("localhost:8080", None),
+            ("127.0.0.1:8080", None),
+            ("a.b.localhost", None),
+            (".localhost", None),
+            ("minilmlocalhost", None),
+        ];
+        for (host, expected) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static(host));
+            assert_eq!(
+                app_from_host(&headers, &Uri::from_static("/"), "localhost").as_deref(),
+                expected,
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn apps_come_from_the_model_field() {
+        let app = |body: &[u8]| RequestFacts::app(body, "localhost").map(|(app, _)| app);
+        assert_eq!(app(br#"{"model":"minilm","input":"x"}"#).unwrap(), "minilm");
+        assert!(matches!(app(b"{"), Err(EdgeError::BadJson { .. })));
+        assert!(matches!(app(br#"{"input":"x"}"#), Err(EdgeError::NoModel { .. })));
+        assert!(matches!(app(br#"{"model":7}"#), Err(EdgeError::NoModel { .. })));
+        assert!(matches!(app(br#"{"model":""}"#), Err(EdgeError::NoModel { .. })));
+        let err = EdgeError::UnknownApp {
+            app: "x".into(),
+            apps: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(err.status(), http::StatusCode::NOT_FOUND);
+        assert!(err.to_string().contains("apps: a, b"));
+    }
+
+    #[test]
+    fn facts_by_table() {
+        // (body, stream, tokens charged for a body of 400 bytes, has a prompt)
+        let cases: Vec<(&str, bool, u32, bool)> = vec![
+            (r#"{"model":"a","prompt":"hi","stream":true,"max_tokens":10}"#, true, 110, true),
+            (
+                r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":5}"#,
+                false,
+                105,
+                true,
+            ),
+            (r#"{"model":"a","prompt":[1,2,3],"stream":"yes"}"#, false, 356, true),
+            (r#"{"model":"a","input":"x","max_tokens":-1}"#, false, 356, false),
+        ];
+        for (body, stream, tokens, prompted) in cases {
+            let facts = RequestFacts::parse(body.as_bytes()).unwrap();
+            assert_eq!(facts.stream, stream, "{body}");
+            assert_eq!(facts.llm_tokens(400), tokens, "{body}");
+            assert_eq!(facts.prefix("a").is_some(), prompted, "{body}");
+        }
+    }
+
+    #[test]
+    fn prefixes_agree_on_the_first_512_bytes_and_the_app() {
+        let facts = |prompt: &str| RequestFacts::parse(serde_json::json!({"model": "a", "prompt": prompt}).to_string().as_bytes()).unwrap();
+        let system = "s".repeat(PREFIX_BYTES);
+        assert_eq!(
+            facts(&format!("{system} one")).prefix("a"),
+            facts(&format!("{system} two")).prefix("a")
+        );
+        assert_ne!(facts("short one").prefix("a"), facts("short two").prefix("a"));
+        assert_ne!(facts("same").prefix("a"), facts("same").prefix("b"));
+    }
+}

@@ -1,0 +1,118 @@
+//! Sending one request until a machine answers: pick, send, and on failure or a `colo-replay`
+//! answer send again where `colo_policy::Attempts` allows.
+
+use crate::edge::{lock, Edge};
+use crate::headers::COLO_REPLAY;
+use crate::metrics::RetryLabels;
+use crate::respond::{is_hop_by_hop, nominated, Answered, InFlight};
+use crate::routes::machine_key;
+use crate::upstream::{self, SendError};
+use crate::EdgeError;
+use bytes::Bytes;
+use colo_policy::{idempotent, Attempts, PrefixKey, Replay, SendFailure};
+use http::{header, HeaderMap, Method};
+use std::sync::Arc;
+
+/// A request as the edge keeps it while it may be sent more than once (retries, replays).
+pub(crate) struct Outgoing {
+    /// Wall-clock ms when the request arrived: a machine whose start was asked for after this
+    /// woke for it.
+    pub arrived_ms: u64,
+    pub app: String,
+    pub method: Method,
+    pub path: http::uri::PathAndQuery,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub prefix: Option<PrefixKey>,
+}
+
+/// Picks a machine and sends the request, until a machine answers or the policy gives up.
+pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError> {
+    let mut attempts = Attempts::new();
+    let mut last_error: Option<EdgeError> = None;
+    let nominated = nominated(&out.headers);
+    loop {
+        let endpoint = match edge.pick(&out.app, &out.headers, &attempts, out.prefix).await {
+            Ok(endpoint) => endpoint,
+            Err(e) => return Err(last_error.unwrap_or(e)),
+        };
+        let upstream_failed = |reason: String| EdgeError::Upstream {
+            machine: endpoint.machine_id.clone(),
+            addr: endpoint.addr.clone(),
+            reason,
+        };
+        let wire = upstream::request(
+            &out.method,
+            out.path.as_str(),
+            &endpoint.host_header,
+            out.headers.iter().filter(|(name, _)| {
+                !is_hop_by_hop(name) && *name != header::HOST && *name != header::CONTENT_LENGTH && !nominated.contains(name)
+            }),
+            &out.body,
+        );
+        let guard = InFlight::new(endpoint.clone(), &edge);
+        if endpoint.stopping() {
+            // Autostop took the machine between the pick and now: pick again.
+            drop(guard);
+            continue;
+        }
+        if let Some(delay) = edge.link_delay(&endpoint.region) {
+            tokio::time::sleep(delay).await;
+        }
+        let started = tokio::time::Instant::now();
+        let response = match upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout).await {
+            Ok(response) => response,
+            Err(e) => {
+                let (failure, kind, reason) = match e {
+                    SendError::Connect(reason) => (SendFailure::Connect, "connect", reason),
+                    SendError::Sent(reason) => (SendFailure::AfterSend, "after_send", reason),
+                };
+                let error = upstream_failed(reason);
+                if attempts
+                    .failed(&endpoint.machine_id, failure, idempotent(out.method.as_str()), &edge.retry)
+                    .is_err()
+                {
+                    return Err(error);
+                }
+                tracing::info!(app = %out.app, machine = %endpoint.machine_id, %error, kind, "request failed; trying another machine");
+                edge.metrics.retries.get_or_create(&RetryLabels { kind: kind.into() }).inc();
+                last_error = Some(error);
+                continue;
+            }
+        };
+        edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+        edge.record_report(&endpoint.load, response.headers());
+        let Some(replay) = response.headers().get(COLO_REPLAY) else {
+            return Ok(answered(&edge, &out, guard, response));
+        };
+        let replay = replay
+            .to_str()
+            .map_err(|_| "not text".to_string())
+            .and_then(|value| Replay::parse(value).map_err(|e| e.to_string()))
+            .map_err(|reason| upstream_failed(format!("bad colo-replay header: {reason}")))?;
+        tracing::debug!(app = %out.app, machine = %endpoint.machine_id, ?replay, "replaying");
+        attempts
+            .replay(&endpoint.machine_id, replay, &edge.retry)
+            .map_err(|give_up| upstream_failed(give_up.to_string()))?;
+        edge.metrics.replays.inc();
+    }
+}
+
+/// Records what an answer teaches (the prompt's machine, the cold start it waited for) and
+/// keeps it counted in flight.
+fn answered(edge: &Edge, out: &Outgoing, guard: InFlight, response: http::Response<upstream::Body>) -> Answered {
+    let endpoint = guard.endpoint().clone();
+    if let Some(key) = out.prefix {
+        lock(&edge.affinity).record(key, machine_key(&endpoint.machine_id), edge.now_ms());
+    }
+    let woke = endpoint.cold_start.clone().filter(|c| c.requested_at_ms >= out.arrived_ms);
+    if let Some(cold) = &woke {
+        edge.observe_cold_start(&endpoint, cold);
+    }
+    Answered {
+        woke,
+        endpoint,
+        guard,
+        response,
+    }
+}
