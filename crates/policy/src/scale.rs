@@ -22,7 +22,7 @@
 //!   are left to their own region's scaler.
 //!
 //! A machine counts as idle from the moment it starts until a `MachineBusy`, and again from the
-//! `since_ms` of a `MachineIdle` (never from before it started).
+//! `since_ms` of a `MachineIdle` (never from before it started or was last reported busy).
 //!
 //! The world's view and the scaler's belief are kept apart: `MachineAdded` may be sent again
 //! with a machine's current facts whenever they change (the edge sends them on every route
@@ -160,6 +160,8 @@ struct Entry {
     /// When the machine entered `phase`.
     phase_at_ms: u64,
     idle_since_ms: Option<u64>,
+    /// When the machine was last reported busy: an idle report cannot reach back past it.
+    busy_at_ms: u64,
     /// Its last start failed or timed out: woken only after machines without that mark.
     start_failed: bool,
 }
@@ -304,15 +306,17 @@ impl Scaler {
             ScaleEvent::MachineFailed { id } => self.report(&id, Phase::Failed, now_ms),
             ScaleEvent::MachineIdle { id, since_ms } => {
                 if let Some(m) = self.machines.get_mut(&id) {
-                    // Idle time counts from the start at the earliest: a report about the
-                    // machine's previous run must not stop a machine that just woke.
+                    // Idle time counts from the start, and from the last time the machine was
+                    // seen busy, at the earliest: a stale report (about the machine's previous
+                    // run, or from a caller that lost track) must not stop a machine early.
                     let started_at = if m.phase == Phase::Started { m.phase_at_ms } else { 0 };
-                    m.idle_since_ms = Some(since_ms.max(started_at));
+                    m.idle_since_ms = Some(since_ms.max(started_at).max(m.busy_at_ms));
                 }
             }
             ScaleEvent::MachineBusy { id } => {
                 if let Some(m) = self.machines.get_mut(&id) {
                     m.idle_since_ms = None;
+                    m.busy_at_ms = m.busy_at_ms.max(now_ms);
                 }
             }
             ScaleEvent::StopAborted { id } => {
@@ -355,6 +359,7 @@ impl Scaler {
                         reported: phase,
                         phase_at_ms: now_ms,
                         idle_since_ms,
+                        busy_at_ms: 0,
                         start_failed: false,
                     },
                 );

@@ -229,6 +229,11 @@ fn wakes_by_table() {
             (150, MachineIdle { id: id("m1"), since_ms: 0 }, "", Some(1_100)),
             (1_100, Tick, "stop m1", None),
         ]),
+        ("an idle report older than the last busy one counts from the busy one", config(), vec![
+            (0, started("m1"), "", Some(1_000)),
+            (400, MachineBusy { id: id("m1") }, "", None),
+            (600, MachineIdle { id: id("m1"), since_ms: 0 }, "", Some(1_400)),
+        ]),
         ("a stop a request interrupted leaves the machine started", config(), vec![
             (0, started("m1"), "", Some(1_000)),
             (1_000, Tick, "stop m1", None),
