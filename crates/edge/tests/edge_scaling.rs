@@ -49,7 +49,11 @@ fn machine(id: &str, region: &str, state: MachineState, ran: bool) -> Machine {
         format!("host-{id}"),
         region.into(),
     );
-    m.state = if state == MachineState::Stopped && !ran { MachineState::Created } else { state };
+    m.state = if state == MachineState::Stopped && !ran {
+        MachineState::Created
+    } else {
+        state
+    };
     m.desired = state;
     if state == MachineState::Started {
         m.addr = Some("127.0.0.1:9".into());
@@ -139,7 +143,12 @@ async fn idle_machines_stop_after_the_autostop_time_but_not_while_busy() {
         machine("m-ams", "ams", Started, true),
     ];
     let table = RouteTable::build(&[app(8, Some(10))], &machines);
-    let busy = table.apps["app"].machines.iter().find(|m| m.machine_id == "m-busy").unwrap().clone();
+    let busy = table.apps["app"]
+        .machines
+        .iter()
+        .find(|m| m.machine_id == "m-busy")
+        .unwrap()
+        .clone();
     busy.load.in_flight.store(1, std::sync::atomic::Ordering::SeqCst);
     let (_edge, recorded, tx) = edge(table, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(9)).await;
