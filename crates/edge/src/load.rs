@@ -1,6 +1,9 @@
 //! What the edge knows of each machine's load between requests: its own in-flight count, the
 //! engine's last `colo-load` report (from its own answers, or relayed by edges elsewhere), and
 //! the autostop flag. One [`Load`] per machine lives in its route-table [`Endpoint`].
+//!
+//! The counters are atomics read and written without a lock; the pick reads them through
+//! `MachineView` straight from the endpoints of the pools it looks at.
 
 use crate::edge::Edge;
 use crate::headers::COLO_LOAD;
@@ -9,18 +12,20 @@ use colo_policy::{LoadReport, MachineView};
 use http::HeaderMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// Counters of one machine, shared by every request that reads or changes them.
+/// Counters of one machine, shared by every request that reads or changes them. The fields the
+/// pick reads come first (see `Endpoint`'s layout).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct Load {
     /// Requests this edge has sent the machine and not yet seen answered.
     pub in_flight: AtomicU32,
     report_running: AtomicU32,
     report_waiting: AtomicU32,
-    /// Edge clock (ms) of the last report; 0: none yet.
-    report_at_ms: AtomicU64,
     /// Whether the last report came from another edge (relayed), not from the engine's own
     /// answer to this edge.
     report_relayed: AtomicBool,
+    /// Edge clock (ms) of the last report; 0: none yet.
+    report_at_ms: AtomicU64,
     /// Edge clock (ms) when the machine last finished a request; 0: never.
     pub(crate) last_active_ms: AtomicU64,
     /// Wall-clock ms when autostop asked for the machine to stop; 0: never. A machine asked to
@@ -50,6 +55,20 @@ impl Load {
             waiting: self.report_waiting.load(Ordering::Relaxed),
             at_ms,
         })
+    }
+
+    /// Takes over what `old` knew of the same machine, except its in-flight count.
+    pub(crate) fn carry_from(&self, old: &Load) {
+        if let Some(report) = old.report() {
+            self.store(report, old.report_relayed.load(Ordering::Relaxed));
+        }
+        for (to, from) in [
+            (&self.last_active_ms, &old.last_active_ms),
+            (&self.stop_asked_ms, &old.stop_asked_ms),
+            (&self.cold_start_seen, &old.cold_start_seen),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 
     fn store(&self, report: LoadReport, relayed: bool) {

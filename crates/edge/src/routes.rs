@@ -3,8 +3,9 @@
 //! to request handlers through a watch channel.
 //!
 //! Each started machine's [`Endpoint`] carries its own load (the edge's in-flight count and the
-//! engine's last report) behind an `Arc`, handed from one table to the next for the same
-//! machine, so that a request reads the load of the machines it looks at and nothing else.
+//! engine's last report) inline, and the same `Arc<Endpoint>` is handed from one table to the
+//! next while the machine's record is unchanged, so that a request reads the load of the
+//! machines it looks at, each in one place, and nothing else.
 
 use crate::load::Load;
 use colo_core::{App, Machine, MachineState};
@@ -69,8 +70,15 @@ pub struct FleetMachine {
     pub phase: Phase,
 }
 
-#[derive(Clone, Debug)]
+/// A started machine a request may be sent to. Laid out with what the pick reads (the load and
+/// `since_ms`) in its first cache line.
+#[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Endpoint {
+    /// What the edge knows of the machine's load: not part of what makes two endpoints equal.
+    pub load: Load,
+    /// Wall-clock ms of the machine's last state change (when it started); 0: unknown.
+    pub since_ms: u64,
     pub machine_id: String,
     pub addr: String,
     pub region: String,
@@ -79,13 +87,8 @@ pub struct Endpoint {
     /// The `colo-machine` and `colo-region` response headers, made once.
     pub machine_header: http::HeaderValue,
     pub region_header: http::HeaderValue,
-    /// Wall-clock ms of the machine's last state change (when it started); 0: unknown.
-    pub since_ms: u64,
     /// The phases of the machine's last start, as its agent recorded them.
     pub cold_start: Option<colo_core::ColdStart>,
-    /// What the edge knows of the machine's load; the same `Arc` in every table that has the
-    /// machine, and not part of what makes two tables equal.
-    pub load: Arc<Load>,
 }
 
 /// A stable handle for a machine, whatever its place in a route table (the affinity table and
@@ -109,7 +112,7 @@ impl Endpoint {
             region_header: http::HeaderValue::from_str(region).ok()?,
             since_ms: 0,
             cold_start: None,
-            load: Arc::default(),
+            load: Load::default(),
         })
     }
 }
@@ -218,20 +221,26 @@ impl RouteTable {
         table
     }
 
-    /// Gives each endpoint the load its machine had in `previous`, so that in-flight counts and
-    /// engine reports survive a table change. Runs once per change, not per request.
-    pub fn adopt_loads(&mut self, previous: &RouteTable) {
-        let loads: HashMap<&str, &Arc<Load>> = previous
+    /// Keeps the endpoints of `previous` whose machines are unchanged, so that their in-flight
+    /// counts and engine reports go on; a machine whose record changed gets a new endpoint that
+    /// starts from the old one's engine report and idle time (its in-flight count stays with the
+    /// old endpoint, which the requests still under way release). Runs once per table change,
+    /// not per request.
+    pub fn adopt_endpoints(&mut self, previous: &RouteTable) {
+        let old: HashMap<&str, &Arc<Endpoint>> = previous
             .apps
             .values()
-            .flat_map(|routes| routes.machines.iter().map(|m| (m.machine_id.as_str(), &m.load)))
+            .flat_map(|routes| routes.machines.iter().map(|m| (m.machine_id.as_str(), m)))
             .collect();
         for routes in self.apps.values_mut() {
             for endpoint in &mut routes.machines {
-                if let Some(&load) = loads.get(endpoint.machine_id.as_str()) {
-                    if !Arc::ptr_eq(load, &endpoint.load) {
-                        Arc::make_mut(endpoint).load = load.clone();
-                    }
+                let Some(&before) = old.get(endpoint.machine_id.as_str()) else {
+                    continue;
+                };
+                if **before == **endpoint {
+                    *endpoint = before.clone();
+                } else {
+                    endpoint.load.carry_from(&before.load);
                 }
             }
         }
@@ -321,7 +330,7 @@ pub async fn follow_state(state: Arc<dyn StateStore>) -> watch::Receiver<Arc<Rou
                         if **current == table {
                             return false;
                         }
-                        table.adopt_loads(current);
+                        table.adopt_endpoints(current);
                         *current = Arc::new(std::mem::take(&mut table));
                         true
                     });

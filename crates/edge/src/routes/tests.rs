@@ -90,7 +90,7 @@ fn machines_by_state() {
 }
 
 #[test]
-fn loads_follow_machines_and_do_not_make_tables_differ() {
+fn endpoints_follow_machines_and_loads_do_not_make_tables_differ() {
     use MachineState::*;
     let first = RouteTable::build(&[app("a")], &[machine("m1", "h", "ord", Started, Started)]);
     first.apps["a"].machines[0]
@@ -106,9 +106,26 @@ fn loads_follow_machines_and_do_not_make_tables_differ() {
             machine("m22", "h", "ord", Started, Started),
         ],
     );
-    next.adopt_loads(&first);
+    next.adopt_endpoints(&first);
     let routes = &next.apps["a"];
-    assert!(Arc::ptr_eq(&routes.machines[0].load, &first.apps["a"].machines[0].load));
+    assert!(
+        Arc::ptr_eq(&routes.machines[0], &first.apps["a"].machines[0]),
+        "unchanged: the same endpoint"
+    );
     assert_eq!(routes.machines[1].load.in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert_eq!((routes.index_of("m1"), routes.index_of("m22")), (Some(0), Some(1)));
+    // A machine whose record changed (it restarted) gets a new endpoint; requests under way
+    // stay counted on the old one.
+    let mut restarted = machine("m1", "h", "ord", Started, Started);
+    restarted.updated_at_ms = 99;
+    let mut after = RouteTable::build(&[app("a")], &[restarted]);
+    after.adopt_endpoints(&next);
+    assert!(!Arc::ptr_eq(&after.apps["a"].machines[0], &next.apps["a"].machines[0]));
+    assert_eq!(
+        after.apps["a"].machines[0]
+            .load
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
