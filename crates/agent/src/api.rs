@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use colo_core::{AppName, MachineState};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,19 +228,38 @@ async fn list(State(hosts): State<Hosts>, Path(app): Path<String>) -> Response {
     Json(all).into_response()
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/apps/{app}/machines`; [`crate::client::AgentClient`] sends the same.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateMachine {
+pub struct CreateMachine {
     /// Model name in the store.
-    model: String,
+    pub model: String,
     /// Model revision; the latest when absent.
-    revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// GPU kind to lease (`l40s`); any free device when absent.
-    gpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
     /// Region of the host to run on; the first host with a free device when absent.
-    region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// The app's own engine command (`{port}`, `{model_dir}`); colo's engine when absent.
-    engine_cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_cmd: Option<String>,
+}
+
+impl From<&crate::MachineSpec> for CreateMachine {
+    /// The request that creates a machine of `spec` on another host: its revision pinned, on
+    /// whichever of that agent's hosts has a device free.
+    fn from(spec: &crate::MachineSpec) -> Self {
+        CreateMachine {
+            model: spec.model.to_string(),
+            revision: Some(spec.revision.clone()),
+            gpu: spec.gpu_kind.clone(),
+            region: None,
+            engine_cmd: spec.engine_cmd.clone(),
+        }
+    }
 }
 
 async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {

@@ -111,7 +111,10 @@ mod tests {
             (1_000, 500, true, 9_000, false),
         ];
         for (heartbeat, lease, lost, now, want) in cases {
-            let record = HostRecord { lost, ..host(heartbeat, lease) };
+            let record = HostRecord {
+                lost,
+                ..host(heartbeat, lease)
+            };
             assert_eq!(record.live(now), want, "heartbeat {heartbeat} lease {lease} lost {lost} now {now}");
         }
     }

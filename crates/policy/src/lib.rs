@@ -17,8 +17,8 @@ pub use autostop::{idle_to_stop, Idle};
 pub use bucket::TokenBucket;
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
 pub use placement::{place, Demand, EdgeSpec, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
-pub use reconcile::{live_hosts, lost_hosts, spread, Held, MachineRef, Room, Slot, Step, Want};
 pub use plan::{plan, recommend, Plan, PlanError, PlanOption, PlanRequest, Recommendation};
+pub use reconcile::{live_hosts, lost_hosts, spread, Held, MachineRef, Room, Slot, Step, Want};
 pub use route::{
     choose_wake, effective_load, group_by_region, pick, starts_needed, AppView, Decision, LoadHeaderError, LoadReport, MachineLoad,
     MachineView, PickRequest, RegionId, RegionSpan, RejectReason, RouteParams, Steer, StoppedMachine,

@@ -196,7 +196,11 @@ pub fn plan(app: &App, wants: &[Want], machines: &[Held]) -> Vec<Step> {
     }
     kept.sort_by_cached_key(|h| {
         let m = h.machine;
-        (m.state != MachineState::Started, std::cmp::Reverse(per_host[m.host.as_str()]), m.id.clone())
+        (
+            m.state != MachineState::Started,
+            std::cmp::Reverse(per_host[m.host.as_str()]),
+            m.id.clone(),
+        )
     });
     // Machines no want holds (a region the app no longer lists, a host the placement moved
     // away from) go like old revisions: replaced where a want of their region needs one.

@@ -82,7 +82,13 @@ fn run(app: &App, wants: &[&str], machines: &[&str]) -> Vec<String> {
 fn plans_by_table() {
     // (what, the app's GPU kind, wants, machines on the live hosts, steps)
     let cases: &[(&str, Option<&str>, &[&str], &[&str], &[&str])] = &[
-        ("nothing yet: every wanted machine is created", None, &["*:2"], &[], &["create */*/*", "create */*/*"]),
+        (
+            "nothing yet: every wanted machine is created",
+            None,
+            &["*:2"],
+            &[],
+            &["create */*/*", "create */*/*"],
+        ),
         (
             "in line: nothing to do",
             None,
@@ -102,7 +108,13 @@ fn plans_by_table() {
             ],
             &["destroy m3@h2", "destroy m4@h1"],
         ),
-        ("a want of none destroys them all", None, &["*:0"], &["m1 h1 fra - r1 started"], &["destroy m1@h1"]),
+        (
+            "a want of none destroys them all",
+            None,
+            &["*:0"],
+            &["m1 h1 fra - r1 started"],
+            &["destroy m1@h1"],
+        ),
         (
             "kept machines not meant to run, or failed, are started; starting ones are left alone",
             None,
@@ -225,7 +237,12 @@ fn wants_from_counts_and_placements() {
         serves: BTreeMap::new(),
         load: 0.5,
     };
-    let machines = [placed("h2", "fra", "l40s"), placed("h1", "fra", "l40s"), placed("h2", "fra", "l40s"), placed("h9", "ams", "a10")];
+    let machines = [
+        placed("h2", "fra", "l40s"),
+        placed("h1", "fra", "l40s"),
+        placed("h2", "fra", "l40s"),
+        placed("h9", "ams", "a10"),
+    ];
     assert_eq!(
         Want::placed(&machines),
         [want("ams/h9/a10:1"), want("fra/h1/l40s:1"), want("fra/h2/l40s:2")]
@@ -240,7 +257,10 @@ fn spreads_by_table() {
         (&[("h1", 1, 2), ("h2", 0, 1)], &["h2", "h1"]),
         (&[("h1", 0, 1), ("h2", 0, 3)], &["h2", "h1"]),
         (&[("h2", 0, 3), ("h1", 0, 3)], &["h1", "h2"]),
-        (&[("h1", 1, 2), ("h2", 0, 1), ("h3", 0, 3), ("h4", 0, 3), ("h5", 0, 0)], &["h3", "h4", "h2", "h5", "h1"]),
+        (
+            &[("h1", 1, 2), ("h2", 0, 1), ("h3", 0, 3), ("h4", 0, 3), ("h5", 0, 0)],
+            &["h3", "h4", "h2", "h5", "h1"],
+        ),
     ];
     for (rooms, expected) in cases {
         let rooms: Vec<Room> = rooms
