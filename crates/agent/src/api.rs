@@ -119,8 +119,8 @@ struct CacheModel {
     host: Option<String>,
 }
 
-/// The hosts a cache request is for, or the 400 naming the region none is in.
-fn hosts_in<'a>(hosts: &'a Hosts, request: &CacheModel) -> Result<Vec<&'a Arc<Agent>>, Response> {
+/// The hosts a cache request is for, or why there are none (the 400's message).
+fn hosts_in<'a>(hosts: &'a Hosts, request: &CacheModel) -> Result<Vec<&'a Arc<Agent>>, String> {
     let (region, host) = (request.region.as_deref(), request.host.as_deref());
     let chosen: Vec<&Arc<Agent>> = hosts
         .iter()
@@ -128,15 +128,15 @@ fn hosts_in<'a>(hosts: &'a Hosts, request: &CacheModel) -> Result<Vec<&'a Arc<Ag
         .collect();
     if let (true, Some(host)) = (chosen.is_empty(), host) {
         let names: Vec<&str> = hosts.iter().map(|a| a.host()).collect();
-        return Err(bad_request(format!("host: no host {host:?} here (hosts: {})", names.join(", "))));
+        return Err(format!("host: no host {host:?} here (hosts: {})", names.join(", ")));
     }
     if chosen.is_empty() {
         let regions: Vec<&str> = hosts.iter().map(|a| a.region()).collect();
-        return Err(bad_request(format!(
+        return Err(format!(
             "region: no host in region {:?} (hosts are in: {})",
             region.unwrap_or_default(),
             regions.join(", ")
-        )));
+        ));
     }
     Ok(chosen)
 }
@@ -149,7 +149,7 @@ async fn cache_prefetch(State(hosts): State<Hosts>, body: axum::body::Bytes) -> 
     };
     let chosen = match hosts_in(&hosts, &request) {
         Ok(chosen) => chosen,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     let pulls = chosen
         .iter()
@@ -171,7 +171,7 @@ async fn cache_evict(State(hosts): State<Hosts>, body: axum::body::Bytes) -> Res
     };
     let chosen = match hosts_in(&hosts, &request) {
         Ok(chosen) => chosen,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     let mut answers = Vec::new();
     for agent in chosen {

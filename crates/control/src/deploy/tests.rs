@@ -210,7 +210,8 @@ fn counts_machines_by_table() {
     let many: Vec<PlacedMachine> = (0..65).map(|_| placed("ord")).collect();
     let two = [placed("ord"), placed("ams"), placed("ord")];
     // (per-region counts, placed machines, min running, requested, machines or the problem)
-    let cases: Vec<(BTreeMap<String, u32>, Option<&[PlacedMachine]>, u32, u32, Result<u32, &str>)> = vec![
+    type Case<'a> = (BTreeMap<String, u32>, Option<&'a [PlacedMachine]>, u32, u32, Result<u32, &'a str>);
+    let cases: Vec<Case> = vec![
         (regions(&[]), None, 0, 3, Ok(3)),
         (regions(&[("ord", 2), ("ams", 1)]), None, 0, 1, Ok(3)),
         (regions(&[("ord", 2), ("ams", 1)]), None, 1, 1, Ok(3)),

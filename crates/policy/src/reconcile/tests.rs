@@ -78,10 +78,12 @@ fn run(app: &App, wants: &[&str], machines: &[&str]) -> Vec<String> {
     plan(app, &wants, &held).iter().map(|s| s.to_string()).collect()
 }
 
+/// (what, the app's GPU kind, wants, machines on the live hosts, steps)
+type PlanCase<'a> = (&'a str, Option<&'a str>, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
 #[test]
 fn plans_by_table() {
-    // (what, the app's GPU kind, wants, machines on the live hosts, steps)
-    let cases: &[(&str, Option<&str>, &[&str], &[&str], &[&str])] = &[
+    let cases: &[PlanCase] = &[
         (
             "nothing yet: every wanted machine is created",
             None,
@@ -252,7 +254,8 @@ fn wants_from_counts_and_placements() {
 #[test]
 fn spreads_by_table() {
     // (rooms as (host, the app's machines, free devices), the order to ask them in)
-    let cases: &[(&[(&str, usize, usize)], &[&str])] = &[
+    type SpreadCase<'a> = (&'a [(&'a str, usize, usize)], &'a [&'a str]);
+    let cases: &[SpreadCase] = &[
         (&[], &[]),
         (&[("h1", 1, 2), ("h2", 0, 1)], &["h2", "h1"]),
         (&[("h1", 0, 1), ("h2", 0, 3)], &["h2", "h1"]),
