@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use colo_core::{AppName, MachineState};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,8 +119,8 @@ struct CacheModel {
     host: Option<String>,
 }
 
-/// The hosts a cache request is for, or the 400 naming the region none is in.
-fn hosts_in<'a>(hosts: &'a Hosts, request: &CacheModel) -> Result<Vec<&'a Arc<Agent>>, Response> {
+/// The hosts a cache request is for, or why there are none (the 400's message).
+fn hosts_in<'a>(hosts: &'a Hosts, request: &CacheModel) -> Result<Vec<&'a Arc<Agent>>, String> {
     let (region, host) = (request.region.as_deref(), request.host.as_deref());
     let chosen: Vec<&Arc<Agent>> = hosts
         .iter()
@@ -128,15 +128,15 @@ fn hosts_in<'a>(hosts: &'a Hosts, request: &CacheModel) -> Result<Vec<&'a Arc<Ag
         .collect();
     if let (true, Some(host)) = (chosen.is_empty(), host) {
         let names: Vec<&str> = hosts.iter().map(|a| a.host()).collect();
-        return Err(bad_request(format!("host: no host {host:?} here (hosts: {})", names.join(", "))));
+        return Err(format!("host: no host {host:?} here (hosts: {})", names.join(", ")));
     }
     if chosen.is_empty() {
         let regions: Vec<&str> = hosts.iter().map(|a| a.region()).collect();
-        return Err(bad_request(format!(
+        return Err(format!(
             "region: no host in region {:?} (hosts are in: {})",
             region.unwrap_or_default(),
             regions.join(", ")
-        )));
+        ));
     }
     Ok(chosen)
 }
@@ -149,7 +149,7 @@ async fn cache_prefetch(State(hosts): State<Hosts>, body: axum::body::Bytes) -> 
     };
     let chosen = match hosts_in(&hosts, &request) {
         Ok(chosen) => chosen,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     let pulls = chosen
         .iter()
@@ -171,7 +171,7 @@ async fn cache_evict(State(hosts): State<Hosts>, body: axum::body::Bytes) -> Res
     };
     let chosen = match hosts_in(&hosts, &request) {
         Ok(chosen) => chosen,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     let mut answers = Vec::new();
     for agent in chosen {
@@ -228,19 +228,38 @@ async fn list(State(hosts): State<Hosts>, Path(app): Path<String>) -> Response {
     Json(all).into_response()
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/apps/{app}/machines`; [`crate::client::AgentClient`] sends the same.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateMachine {
+pub struct CreateMachine {
     /// Model name in the store.
-    model: String,
+    pub model: String,
     /// Model revision; the latest when absent.
-    revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// GPU kind to lease (`l40s`); any free device when absent.
-    gpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
     /// Region of the host to run on; the first host with a free device when absent.
-    region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// The app's own engine command (`{port}`, `{model_dir}`); colo's engine when absent.
-    engine_cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_cmd: Option<String>,
+}
+
+impl From<&crate::MachineSpec> for CreateMachine {
+    /// The request that creates a machine of `spec` on another host: its revision pinned, on
+    /// whichever of that agent's hosts has a device free.
+    fn from(spec: &crate::MachineSpec) -> Self {
+        CreateMachine {
+            model: spec.model.to_string(),
+            revision: Some(spec.revision.clone()),
+            gpu: spec.gpu_kind.clone(),
+            region: None,
+            engine_cmd: spec.engine_cmd.clone(),
+        }
+    }
 }
 
 async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {

@@ -3,8 +3,10 @@
 //! It never routes requests; it records machine state for the edges to read.
 
 pub mod api;
+pub mod client;
 mod devices;
 mod error;
+pub mod facts;
 mod metrics;
 mod supervisor;
 
@@ -261,24 +263,17 @@ impl Agent {
 
     /// Devices no machine holds (destroyed machines hold none).
     pub async fn free_devices(&self) -> Result<usize, AgentError> {
-        let machines = self.machines().await?;
-        let taken = machines.iter().filter(|m| m.state != MachineState::Destroyed).count();
-        Ok(self.devices.len().saturating_sub(taken))
+        Ok(facts::free_devices(&self.devices, &self.machines().await?))
     }
 
-    /// Kinds (catalogue names) of this host's GPUs, without repeats.
+    /// Kinds (catalogue names) of this host's GPUs, sorted, without repeats.
     pub fn gpu_kinds(&self) -> Vec<String> {
-        let mut kinds: Vec<String> = self.devices.iter().filter_map(|d| self.device_kind(d)).collect();
-        kinds.dedup();
-        kinds
+        facts::gpu_kinds(&self.catalogue, &self.devices)
     }
 
     /// The catalogue kind of a GPU device; `None` for CPU slots and unknown GPUs.
     pub fn device_kind(&self, device: &Device) -> Option<String> {
-        match device {
-            Device::Gpu { name, memory_mib, .. } => self.catalogue.kind_of_device(name, *memory_mib).map(|k| k.kind.clone()),
-            Device::Cpu { .. } => None,
-        }
+        facts::device_kind(&self.catalogue, device)
     }
 
     /// Creates a machine on a free device (of the spec's GPU kind, when given) and starts it.

@@ -284,7 +284,7 @@ fn spawn_peer_refresh(
                 let now = colo_core::unix_ms();
                 let urls = hosts
                     .iter()
-                    .filter(|h| h.region == agent.region() && h.addr != own_addr && !h.lost && !h.expired(now))
+                    .filter(|h| h.region == agent.region() && h.addr != own_addr && h.live(now))
                     .map(|h| h.addr.clone())
                     .collect();
                 agent.set_peers(colo_agent::PeerConfig {
@@ -419,8 +419,17 @@ struct RemoteMachines {
     http: reqwest::Client,
 }
 
+/// What the edge asks of a machine's agent.
+#[derive(Clone, Copy, Debug)]
+enum Verb {
+    Start,
+    Stop,
+}
+
 impl RemoteMachines {
-    fn act(&self, machine_id: &str, verb: &'static str) {
+    /// Asks the machine's agent, in the background, to start or stop it; a failure is logged,
+    /// since the edge's calls do not wait for an answer.
+    fn act(&self, machine_id: &str, verb: Verb) {
         let (state, token, http, id) = (self.state.clone(), self.token.clone(), self.http.clone(), machine_id.to_string());
         tokio::spawn(async move {
             let machines = state.machines().await.unwrap_or_default();
@@ -431,11 +440,13 @@ impl RemoteMachines {
             let Some(host) = hosts.iter().find(|h| h.name == machine.host) else {
                 return tracing::warn!(machine = %id, host = %machine.host, "no record of the machine's host");
             };
-            let url = format!("{}/v1/apps/{}/machines/{id}/{verb}", host.addr.trim_end_matches('/'), machine.app);
-            match http.post(&url).bearer_auth(token.current()).send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(machine = %id, status = %r.status(), verb, "agent refused"),
-                Err(e) => tracing::warn!(machine = %id, error = %e, verb, "agent unreachable"),
+            let agent = colo_agent::client::AgentClient::new(&host.addr, token.current(), http);
+            let done = match verb {
+                Verb::Start => agent.start(machine.app.as_str(), &id).await,
+                Verb::Stop => agent.stop(machine.app.as_str(), &id).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(machine = %id, error = %e, ?verb, "agent refused or unreachable");
             }
         });
     }
@@ -443,11 +454,11 @@ impl RemoteMachines {
 
 impl colo_edge::Machines for RemoteMachines {
     fn start(&self, machine_id: &str) {
-        self.act(machine_id, "start");
+        self.act(machine_id, Verb::Start);
     }
 
     fn stop(&self, machine_id: &str) {
-        self.act(machine_id, "stop");
+        self.act(machine_id, Verb::Stop);
     }
 }
 

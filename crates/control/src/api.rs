@@ -15,10 +15,15 @@ impl ControlError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             ControlError::NoSuchApp(_) => StatusCode::NOT_FOUND,
-            ControlError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::Store(colo_store::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
             ControlError::Agent(e) => e.http_status(),
-            ControlError::Host(_) => StatusCode::BAD_GATEWAY,
+            // A host control drives is out of reach, full, or answered with an error.
+            ControlError::AgentCall { .. }
+            | ControlError::MachineHostGone { .. }
+            | ControlError::HostGone { .. }
+            | ControlError::HostFull { .. }
+            | ControlError::NoSuchMachine { .. } => StatusCode::BAD_GATEWAY,
             ControlError::Rollout { .. } | ControlError::Unplaced { .. } => StatusCode::CONFLICT,
             ControlError::Store(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,10 +78,7 @@ struct DeployRequest {
 
 /// A JSON request body, or the 400 that names what is wrong with it.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
-    serde_json::from_slice(body).map_err(|e| ControlError::Invalid {
-        field: "body",
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(body).map_err(|e| ControlError::invalid("body", e.to_string()))
 }
 
 async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
@@ -225,19 +227,11 @@ async fn wait_machine(
 ) -> Response {
     let wanted = query.state.as_deref().unwrap_or("started");
     let Some(state) = colo_core::MachineState::parse(wanted) else {
-        return ControlError::Invalid {
-            field: "state",
-            reason: format!("{wanted:?} is not a machine state"),
-        }
-        .into_response();
+        return ControlError::invalid("state", format!("{wanted:?} is not a machine state")).into_response();
     };
     let secs = query.timeout.unwrap_or(60.0);
     if !(0.0..=600.0).contains(&secs) {
-        return ControlError::Invalid {
-            field: "timeout",
-            reason: format!("{secs} is outside 0 to 600 seconds"),
-        }
-        .into_response();
+        return ControlError::invalid("timeout", format!("{secs} is outside 0 to 600 seconds")).into_response();
     }
     let mut changes = control.state.changes();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(secs);

@@ -16,6 +16,9 @@ use std::time::SystemTime;
 
 pub const TOKEN_FILE: &str = "api-token";
 
+/// Random bytes in the cluster token.
+const TOKEN_BYTES: usize = 32;
+
 /// Reads the token in `data_dir`, creating one if there is none.
 pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join(TOKEN_FILE);
@@ -25,7 +28,7 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let token = crate::keys::secret(TOKEN_BYTES);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -41,7 +44,7 @@ pub fn rotate_token(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join(TOKEN_FILE);
     let tmp = data_dir.join(format!("{TOKEN_FILE}.new"));
     let _ = std::fs::remove_file(&tmp);
-    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let token = crate::keys::secret(TOKEN_BYTES);
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     file.write_all(token.as_bytes())?;
     std::fs::rename(&tmp, &path)?;
@@ -128,7 +131,7 @@ pub async fn require_access(State(access): State<Arc<Access>>, request: Request,
     if !presented.starts_with(DEPLOY_TOKEN_PREFIX) {
         return unauthorized();
     }
-    let digest = blake3::hash(presented.as_bytes()).to_hex().to_string();
+    let digest = crate::keys::digest(&presented);
     let apps = access.state.apps().await.unwrap_or_default();
     let Some(owner) = apps.iter().find(|a| a.deploy_tokens.contains(&digest)) else {
         return unauthorized();

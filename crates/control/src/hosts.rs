@@ -4,8 +4,10 @@
 
 use crate::ControlError;
 use async_trait::async_trait;
-use colo_agent::{Agent, MachineSpec};
-use colo_core::{Catalogue, Device, HostRecord, Machine, MachineState};
+use colo_agent::api::CreateMachine;
+use colo_agent::client::{AgentClient, ClientError};
+use colo_agent::{facts, Agent, MachineSpec};
+use colo_core::{Catalogue, Device, HostRecord, Machine};
 use colo_state::StateStore;
 use std::sync::Arc;
 
@@ -38,29 +40,47 @@ pub enum Hosts {
         token: Arc<crate::auth::TokenFile>,
         /// The client agents are called with (trusting their CA when TLS is on).
         http: reqwest::Client,
+        /// Names the hosts' GPUs by kind; built once, not per host per pass.
+        catalogue: Arc<Catalogue>,
     },
 }
 
+// === impl Hosts ===
+
 impl Hosts {
+    /// The agents registered in `state`, reached over `http` with the cluster token.
+    pub fn remote(state: Arc<dyn StateStore>, token: Arc<crate::auth::TokenFile>, http: reqwest::Client) -> Self {
+        Hosts::Remote {
+            state,
+            token,
+            http,
+            catalogue: Arc::new(Catalogue::builtin()),
+        }
+    }
+
     /// The hosts that may take work now: every local agent, or every registered host whose
     /// lease holds and that control has not marked lost.
     pub async fn live(&self) -> Result<Vec<Arc<dyn HostHandle>>, ControlError> {
         match self {
             Hosts::Local(agents) => Ok(agents.iter().map(|a| Arc::new(a.clone()) as Arc<dyn HostHandle>).collect()),
-            Hosts::Remote { state, token, http } => {
+            Hosts::Remote {
+                state,
+                token,
+                http,
+                catalogue,
+            } => {
                 let now = crate::now_ms();
                 let mut hosts: Vec<HostRecord> = state.hosts().await?;
                 hosts.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(hosts
                     .into_iter()
-                    .filter(|h| !h.lost && !h.expired(now))
+                    .filter(|h| h.live(now))
                     .map(|record| {
                         Arc::new(RemoteHost {
+                            client: AgentClient::new(&record.addr, token.current(), http.clone()),
                             record,
                             state: state.clone(),
-                            token: token.current(),
-                            http: http.clone(),
-                            catalogue: Catalogue::builtin(),
+                            catalogue: catalogue.clone(),
                         }) as Arc<dyn HostHandle>
                     })
                     .collect())
@@ -68,6 +88,8 @@ impl Hosts {
         }
     }
 }
+
+// === impl HostHandle for Arc<Agent> ===
 
 #[async_trait]
 impl HostHandle for Arc<Agent> {
@@ -118,38 +140,31 @@ impl HostHandle for Arc<Agent> {
 struct RemoteHost {
     record: HostRecord,
     state: Arc<dyn StateStore>,
-    token: String,
-    http: reqwest::Client,
-    catalogue: Catalogue,
+    client: AgentClient,
+    catalogue: Arc<Catalogue>,
 }
 
-impl RemoteHost {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, ControlError> {
-        let url = format!("{}{path}", self.record.addr.trim_end_matches('/'));
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let failed = |reason: String| ControlError::Host(format!("host {} at {url}: {reason}", self.record.name));
-        let response = request.send().await.map_err(|e| failed(e.to_string()))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| failed(e.to_string()))?;
-        if !status.is_success() {
-            return Err(failed(format!("{status}: {text}")));
-        }
-        if text.is_empty() {
-            return Ok(serde_json::Value::Null);
-        }
-        serde_json::from_str(&text).map_err(|e| failed(format!("answer is not JSON: {e}")))
-    }
+// === impl RemoteHost ===
 
+impl RemoteHost {
+    /// The app of machine `id`, which the agent's API paths name.
     async fn app_of(&self, id: &str) -> Result<String, ControlError> {
         let machines = self.machines().await?;
         machines
             .iter()
             .find(|m| m.id == id)
             .map(|m| m.app.to_string())
-            .ok_or_else(|| ControlError::Host(format!("host {} has no machine {id}", self.record.name)))
+            .ok_or_else(|| ControlError::NoSuchMachine {
+                host: self.record.name.clone(),
+                machine: id.to_string(),
+            })
+    }
+
+    fn failed(&self, source: ClientError) -> ControlError {
+        ControlError::AgentCall {
+            host: self.record.name.clone(),
+            source,
+        }
     }
 }
 
@@ -164,17 +179,11 @@ impl HostHandle for RemoteHost {
     }
 
     fn gpu_kinds(&self) -> Vec<String> {
-        let mut kinds: Vec<String> = self.record.devices.iter().filter_map(|d| self.device_kind(d)).collect();
-        kinds.sort();
-        kinds.dedup();
-        kinds
+        facts::gpu_kinds(&self.catalogue, &self.record.devices)
     }
 
     fn device_kind(&self, device: &Device) -> Option<String> {
-        match device {
-            Device::Gpu { name, memory_mib, .. } => self.catalogue.kind_of_device(name, *memory_mib).map(|k| k.kind.clone()),
-            Device::Cpu { .. } => None,
-        }
+        facts::device_kind(&self.catalogue, device)
     }
 
     fn devices(&self) -> Vec<Device> {
@@ -187,34 +196,23 @@ impl HostHandle for RemoteHost {
     }
 
     async fn free_devices(&self) -> Result<usize, ControlError> {
-        let taken = self.machines().await?.iter().filter(|m| m.state != MachineState::Destroyed).count();
-        Ok(self.record.devices.len().saturating_sub(taken))
+        Ok(facts::free_devices(&self.record.devices, &self.machines().await?))
     }
 
     async fn create_machine(&self, spec: &MachineSpec) -> Result<Machine, ControlError> {
-        let body = serde_json::json!({
-            "model": spec.model.as_str(),
-            "revision": spec.revision,
-            "gpu": spec.gpu_kind,
-            "engine_cmd": spec.engine_cmd,
-        });
-        let answer = self
-            .call(reqwest::Method::POST, &format!("/v1/apps/{}/machines", spec.app), Some(body))
-            .await?;
-        serde_json::from_value(answer).map_err(|e| ControlError::Host(format!("host {}: machine record: {e}", self.record.name)))
+        let request = CreateMachine::from(spec);
+        self.client.create(spec.app.as_str(), &request).await.map_err(|e| self.failed(e))
     }
 
     async fn start(&self, id: &str) -> Result<(), ControlError> {
         let app = self.app_of(id).await?;
-        self.call(reqwest::Method::POST, &format!("/v1/apps/{app}/machines/{id}/start"), None)
-            .await?;
+        self.client.start(&app, id).await.map_err(|e| self.failed(e))?;
         Ok(())
     }
 
     async fn destroy(&self, id: &str) -> Result<(), ControlError> {
         let app = self.app_of(id).await?;
-        self.call(reqwest::Method::DELETE, &format!("/v1/apps/{app}/machines/{id}"), None)
-            .await?;
+        self.client.destroy(&app, id).await.map_err(|e| self.failed(e))?;
         Ok(())
     }
 }

@@ -1,12 +1,14 @@
 //! Placement across hosts for an app deployed with a demand (`colo deploy --demand`): the live
 //! hosts' GPUs, less those other apps' machines hold, become the planner's `Fleet`, and
-//! `colo_policy::place` says which host takes which machine. Plain functions over data; the
-//! deploy and reconcile passes in `lib.rs` read the hosts and carry the result out.
+//! `colo_policy::place` says which host takes which machine. Plain functions over data, and
+//! `Control::place`, which reads the hosts into them for the deploy and reconcile passes.
 
+use crate::{Control, ControlError, HostHandle};
 use colo_core::{AppName, Catalogue, Demand, Device, Machine, MachineState, PlacedSlot, PlacementRecord, Regions};
 use colo_model::ModelFacts;
 use colo_policy::{place, Fleet, Host, Placement, PlanRequest};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// RTT limit between callers and the machines serving them when the demand sets none (the
 /// default of `colo plan --rtt-ms`).
@@ -141,6 +143,56 @@ pub fn record(placement: &Placement) -> PlacementRecord {
             })
             .collect(),
         unmet: placement.unmet.clone(),
+    }
+}
+
+// === impl Control ===
+
+impl Control {
+    /// Places `demand` for `app` (serving `model@revision`) on the live `hosts`: their GPUs,
+    /// less those other apps' machines hold. No machine placed anywhere is an error.
+    pub(crate) async fn place(
+        &self,
+        app: &AppName,
+        model: &str,
+        revision: &str,
+        demand: &Demand,
+        gpu: Option<&str>,
+        hosts: &[Arc<dyn HostHandle>],
+    ) -> Result<Placement, ControlError> {
+        let invalid = |reason: String| ControlError::invalid("demand", reason);
+        let facts = self
+            .facts_of(model, revision)
+            .await
+            .map_err(|reason| invalid(format!("the planner cannot read model {model}@{revision}: {reason}")))?;
+        let machines = Self::machines_on(hosts).await?;
+        let views: Vec<HostGpus> = hosts
+            .iter()
+            .map(|h| HostGpus {
+                name: h.name(),
+                region: h.region(),
+                devices: h
+                    .devices()
+                    .into_iter()
+                    .map(|d| {
+                        let kind = h.device_kind(&d);
+                        (d, kind)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let regions = Regions::builtin();
+        let (fleet, left_out) = fleet_for(app, &views, &machines, &regions);
+        if !left_out.is_empty() {
+            tracing::debug!(%app, ?left_out, "hosts placement cannot use");
+        }
+        place_demand(&facts, demand, gpu, &fleet, &regions).map_err(|e| match e {
+            Unplaced::Invalid(reason) => invalid(reason),
+            Unplaced::NoCapacity(reason) => ControlError::Unplaced {
+                app: app.to_string(),
+                reason,
+            },
+        })
     }
 }
 

@@ -50,6 +50,12 @@ impl HostRecord {
         now_ms.saturating_sub(self.heartbeat_ms) > self.lease_ms
     }
 
+    /// Whether the host may take work at `now_ms`: control has not marked it lost and its
+    /// lease holds.
+    pub fn live(&self, now_ms: u64) -> bool {
+        !self.lost && !self.expired(now_ms)
+    }
+
     /// Whether the record holds `name@revision` in its cache list.
     pub fn caches(&self, model: &str, revision: &str) -> bool {
         self.cached_models
@@ -92,6 +98,24 @@ mod tests {
                 want,
                 "heartbeat {heartbeat} lease {lease} now {now}"
             );
+        }
+    }
+
+    #[test]
+    fn live_means_not_lost_and_not_expired() {
+        // (heartbeat, lease, lost, now, live)
+        let cases = [
+            (1_000, 500, false, 1_500, true),
+            (1_000, 500, false, 1_501, false),
+            (1_000, 500, true, 1_000, false),
+            (1_000, 500, true, 9_000, false),
+        ];
+        for (heartbeat, lease, lost, now, want) in cases {
+            let record = HostRecord {
+                lost,
+                ..host(heartbeat, lease)
+            };
+            assert_eq!(record.live(now), want, "heartbeat {heartbeat} lease {lease} lost {lost} now {now}");
         }
     }
 

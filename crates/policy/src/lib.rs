@@ -1,5 +1,6 @@
 //! Pure decision code: which machine takes a request, when machines wake and stop, how often a
-//! request may be sent again, which GPU a model should run on, and where machines should go. No
+//! request may be sent again, which GPU a model should run on, where machines should go, and
+//! which machines control creates, replaces and destroys. No
 //! clock, no sockets, no files, no tokio: callers pass in the facts (and, where it matters,
 //! `now` and a seed) and carry out the result.
 
@@ -8,6 +9,7 @@ pub mod bucket;
 pub mod hold;
 pub mod placement;
 pub mod plan;
+pub mod reconcile;
 pub mod retry;
 pub mod route;
 pub mod rtt;
@@ -18,6 +20,7 @@ pub use bucket::{llm_token_cost, KeyLimits, RateLimited, TokenBucket};
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
 pub use placement::{place, Demand, EdgeSpec, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
 pub use plan::{plan, recommend, Plan, PlanError, PlanOption, PlanRequest, Recommendation};
+pub use reconcile::{live_hosts, lost_hosts, spread, Held, MachineRef, Room, Slot, Step, Want};
 pub use retry::{idempotent, Attempts, GiveUp, Replay, ReplayHeaderError, RetryPolicy, SendFailure};
 pub use route::{
     effective_load, group_by_region, pick, starts_needed, AppView, Decision, LoadHeaderError, LoadReport, MachineLoad, MachineView,

@@ -62,10 +62,14 @@ fn shape(p: &Placement) -> Vec<String> {
     out
 }
 
+/// (what, hosts, demand, RTT limit in ms, machines placed as `host:gpu xN`, unmet regions
+/// with words their reason contains)
+type PlacementCase<'a> = (&'a str, Vec<Host>, Vec<RegionDemand>, f64, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
 #[test]
 fn placements_by_table() {
     let ord = || host("ord-1", "ord", &[("a10", 8), ("l40s", 2)]);
-    let cases: Vec<(&str, Vec<Host>, Vec<RegionDemand>, f64, Vec<&str>, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<PlacementCase> = vec![
         (
             "small demand: one cheap machine",
             vec![ord()],
@@ -121,9 +125,12 @@ fn placements_by_table() {
     }
 }
 
+/// (what, hosts, demand, RTT limit in ms, words the error contains)
+type ProblemCase<'a> = (&'a str, Vec<Host>, Vec<RegionDemand>, f64, &'a [&'a str]);
+
 #[test]
 fn bad_fleet_and_demand_name_fields() {
-    let cases: Vec<(&str, Vec<Host>, Vec<RegionDemand>, f64, &[&str])> = vec![
+    let cases: Vec<ProblemCase> = vec![
         (
             "empty fleet",
             vec![],

@@ -1,0 +1,88 @@
+//! What a host's devices are in catalogue terms, and how many are free: one answer for the
+//! agent (its own devices) and for control (a host known from its record in the state).
+
+use colo_core::{Catalogue, Device, Machine, MachineState};
+
+/// The catalogue kind of a device (`l40s`); `None` for CPU slots and GPUs the catalogue does
+/// not know.
+pub fn device_kind(catalogue: &Catalogue, device: &Device) -> Option<String> {
+    match device {
+        Device::Gpu { name, memory_mib, .. } => catalogue.kind_of_device(name, *memory_mib).map(|k| k.kind.clone()),
+        Device::Cpu { .. } => None,
+    }
+}
+
+/// The catalogue kinds of `devices`' GPUs, sorted, each once (empty for CPU slots).
+pub fn gpu_kinds(catalogue: &Catalogue, devices: &[Device]) -> Vec<String> {
+    let mut kinds: Vec<String> = devices.iter().filter_map(|d| device_kind(catalogue, d)).collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// How many of a host's `devices` no machine holds, given the host's `machines` (a destroyed
+/// machine holds none).
+pub fn free_devices(devices: &[Device], machines: &[Machine]) -> usize {
+    let taken = machines.iter().filter(|m| m.state != MachineState::Destroyed).count();
+    devices.len().saturating_sub(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colo_core::AppName;
+
+    fn gpu(index: u32, name: &str, memory_mib: u64) -> Device {
+        Device::Gpu {
+            index,
+            name: name.into(),
+            memory_mib,
+        }
+    }
+
+    #[test]
+    fn kinds_are_sorted_and_each_once() {
+        let catalogue = Catalogue::builtin();
+        let devices = [
+            gpu(0, "NVIDIA L40S", 46068),
+            gpu(1, "NVIDIA A10", 23028),
+            gpu(2, "NVIDIA L40S", 46068),
+            gpu(3, "Some Unknown GPU", 1),
+            Device::Cpu { slot: 0 },
+        ];
+        assert_eq!(gpu_kinds(&catalogue, &devices), ["a10", "l40s"]);
+        assert_eq!(device_kind(&catalogue, &devices[0]).as_deref(), Some("l40s"));
+        assert_eq!(device_kind(&catalogue, &devices[3]), None);
+        assert_eq!(device_kind(&catalogue, &devices[4]), None);
+        assert!(gpu_kinds(&catalogue, &[Device::Cpu { slot: 0 }]).is_empty());
+    }
+
+    #[test]
+    fn destroyed_machines_hold_no_device() {
+        let devices = [Device::Cpu { slot: 0 }, Device::Cpu { slot: 1 }];
+        let machine = |state| Machine {
+            state,
+            ..Machine::new(
+                "m".into(),
+                AppName::new("a").unwrap(),
+                AppName::new("a").unwrap(),
+                "r".into(),
+                Device::Cpu { slot: 0 },
+                "h".into(),
+                "fra".into(),
+            )
+        };
+        // (machine states, free devices)
+        let cases: &[(&[MachineState], usize)] = &[
+            (&[], 2),
+            (&[MachineState::Started], 1),
+            (&[MachineState::Started, MachineState::Destroyed], 1),
+            (&[MachineState::Stopped, MachineState::Failed], 0),
+            (&[MachineState::Started, MachineState::Started, MachineState::Started], 0),
+        ];
+        for (states, free) in cases {
+            let machines: Vec<Machine> = states.iter().map(|s| machine(*s)).collect();
+            assert_eq!(free_devices(&devices, &machines), *free, "{states:?}");
+        }
+    }
+}

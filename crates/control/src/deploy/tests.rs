@@ -1,0 +1,249 @@
+//! Table tests of a deploy's checks: every problem at once, each naming its field.
+
+use super::*;
+use colo_core::RegionDemand;
+
+fn demand(region: &str, requests_per_s: f64) -> Demand {
+    Demand {
+        rtt_limit_ms: None,
+        regions: vec![RegionDemand {
+            region: region.into(),
+            requests_per_s,
+            prompt_tokens: 256,
+            output_tokens: 64,
+        }],
+    }
+}
+
+fn regions(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+}
+
+#[test]
+fn validates_by_table() {
+    let live = ["ord", "ord", "ams"];
+    // (what, options, app, machines, the problems as `field: reason` beginnings; none: valid)
+    let cases: Vec<(&str, DeployOptions, &str, u32, Vec<&str>)> = vec![
+        ("the defaults", DeployOptions::default(), "chat", 1, vec![]),
+        (
+            "everything that can be given, right",
+            DeployOptions {
+                gpu: Some("l40s".into()),
+                soft_limit: Some(2),
+                hard_limit: Some(2),
+                autostop_secs: Some(1),
+                min_running: 1,
+                regions: regions(&[("ord", 2), ("ams", 1)]),
+                demand: None,
+                engine_cmd: Some("serve --port {port}".into()),
+            },
+            "chat",
+            3,
+            vec![],
+        ),
+        (
+            "a demand alone",
+            DeployOptions {
+                demand: Some(demand("ord", 2.0)),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec![],
+        ),
+        (
+            "autostop of zero",
+            DeployOptions {
+                autostop_secs: Some(0),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["autostop: must be at least 1 second"],
+        ),
+        (
+            "a hard limit under the soft one",
+            DeployOptions {
+                soft_limit: Some(4),
+                hard_limit: Some(2),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["limits: soft limit Some(4) and hard limit Some(2)"],
+        ),
+        (
+            "a zero limit",
+            DeployOptions {
+                hard_limit: Some(0),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["limits: "],
+        ),
+        ("a bad app name", DeployOptions::default(), "Chat", 1, vec!["app: "]),
+        (
+            "no machine",
+            DeployOptions::default(),
+            "chat",
+            0,
+            vec!["machines: 0 is outside 1 to 64"],
+        ),
+        (
+            "too many machines",
+            DeployOptions::default(),
+            "chat",
+            65,
+            vec!["machines: 65 is outside 1 to 64"],
+        ),
+        (
+            "a region without a live host",
+            DeployOptions {
+                regions: regions(&[("syd", 1)]),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["regions: no host in region \"syd\" (hosts are in: ord, ord, ams)"],
+        ),
+        (
+            "a region of none",
+            DeployOptions {
+                regions: regions(&[("ord", 0)]),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["regions: ord=0: a listed region needs at least one machine"],
+        ),
+        (
+            "an engine command without {port}",
+            DeployOptions {
+                engine_cmd: Some("serve".into()),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["engine_cmd: the command must contain {port}"],
+        ),
+        (
+            "a demand and regions",
+            DeployOptions {
+                demand: Some(demand("ord", 2.0)),
+                regions: regions(&[("ord", 1)]),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["demand: give machines per region or a demand, not both"],
+        ),
+        (
+            "a wrong demand names its own fields",
+            DeployOptions {
+                demand: Some(demand("ord", 0.0)),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["demand: demand.regions[0].requests_per_s: 0 must be above zero"],
+        ),
+        (
+            "every problem at once, in order",
+            DeployOptions {
+                autostop_secs: Some(0),
+                soft_limit: Some(0),
+                regions: regions(&[("ams", 0), ("syd", 1)]),
+                engine_cmd: Some("serve".into()),
+                ..Default::default()
+            },
+            "-x",
+            0,
+            vec![
+                "autostop: ",
+                "limits: ",
+                "app: ",
+                "machines: ",
+                "regions: ams=0",
+                "regions: no host in region \"syd\"",
+                "engine_cmd: ",
+            ],
+        ),
+    ];
+    for (what, options, app, machines, expected) in cases {
+        let problems = match options.validate(app, "tiny", machines, &live) {
+            Ok((name, model)) => {
+                assert_eq!((name.as_str(), model.as_str()), (app, "tiny"), "{what}");
+                Vec::new()
+            }
+            Err(Problems(problems)) => problems.iter().map(|p| p.to_string()).collect(),
+        };
+        assert_eq!(problems.len(), expected.len(), "{what}: {problems:?}");
+        for (problem, start) in problems.iter().zip(&expected) {
+            assert!(problem.starts_with(start), "{what}: {problem:?} should start with {start:?}");
+        }
+    }
+    // Problems read as one line: `field: reason; field: reason`.
+    let both = DeployOptions {
+        autostop_secs: Some(0),
+        ..Default::default()
+    }
+    .validate("chat", "tiny", 0, &live);
+    assert_eq!(
+        ControlError::Invalid(both.unwrap_err()).to_string(),
+        "autostop: must be at least 1 second when given; machines: 0 is outside 1 to 64"
+    );
+}
+
+#[test]
+fn counts_machines_by_table() {
+    let placed = |region: &str| PlacedMachine {
+        host: format!("{region}-1"),
+        region: region.into(),
+        gpu: "l40s".into(),
+        n_gpus: 1,
+        quant: colo_model::Quant::Bf16,
+        usd_per_hour: 1.0,
+        serves: BTreeMap::new(),
+        load: 0.5,
+    };
+    let many: Vec<PlacedMachine> = (0..65).map(|_| placed("ord")).collect();
+    let two = [placed("ord"), placed("ams"), placed("ord")];
+    // (per-region counts, placed machines, min running, requested, machines or the problem)
+    type Case<'a> = (BTreeMap<String, u32>, Option<&'a [PlacedMachine]>, u32, u32, Result<u32, &'a str>);
+    let cases: Vec<Case> = vec![
+        (regions(&[]), None, 0, 3, Ok(3)),
+        (regions(&[("ord", 2), ("ams", 1)]), None, 0, 1, Ok(3)),
+        (regions(&[("ord", 2), ("ams", 1)]), None, 1, 1, Ok(3)),
+        (
+            regions(&[("ord", 2), ("ams", 1)]),
+            None,
+            2,
+            1,
+            Err("min_running: 2 is more than the 1 machines the app has in a region"),
+        ),
+        (regions(&[]), None, 4, 3, Err("min_running: 4 is more than the 3 machines")),
+        (
+            regions(&[("ord", 40), ("ams", 25)]),
+            None,
+            0,
+            1,
+            Err("regions: 65 machines in all is more than 64"),
+        ),
+        (regions(&[]), Some(&two), 1, 1, Ok(3)),
+        (regions(&[]), Some(&two), 2, 1, Err("min_running: 2 is more than the 1 machines")),
+        (regions(&[]), Some(&many), 0, 1, Err("demand: 65 machines in all is more than 64")),
+    ];
+    for (regions, placed, min_running, requested, expected) in cases {
+        let options = DeployOptions {
+            regions: regions.clone(),
+            min_running,
+            ..Default::default()
+        };
+        match (options.machine_count(requested, placed), expected) {
+            (Ok(n), Ok(want)) => assert_eq!(n, want, "{regions:?}"),
+            (Err(problems), Err(start)) => assert!(problems.to_string().starts_with(start), "{problems} / {start}"),
+            (got, want) => panic!("{regions:?} min {min_running}: {got:?}, expected {want:?}"),
+        }
+    }
+}
