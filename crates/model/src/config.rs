@@ -1,10 +1,12 @@
 //! Model facts for planning, read from a `config.json` (the bytes a caller hands in) and,
-//! where they are at hand, from safetensors headers, which give exact bytes per dtype.
+//! where they are at hand, from safetensors headers, which give exact bytes per dtype; or from
+//! a GGUF file's header alone, which holds both.
 //!
 //! Parameters are counted from the architecture: decoder-only transformers of the Llama shape
 //! (llama, mistral, qwen2, qwen3), BERT encoders and Whisper. Every missing or absurd field is
 //! reported at once, by name, before any arithmetic runs, so no estimate is built on a zero.
 
+use crate::gguf::{GgmlType, GgufSummary};
 use crate::safetensors::{Dtype, HeaderSummary};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -33,6 +35,8 @@ pub enum ConfigError {
     Invalid { problems: Vec<FieldProblem> },
     #[error("safetensors headers hold no tensors")]
     NoTensors,
+    #[error("GGUF metadata: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Gguf { problems: Vec<FieldProblem> },
 }
 
 /// What shape of network the model is.
@@ -55,6 +59,8 @@ pub enum FactsSource {
     Manifest,
     /// Exact bytes from the safetensors headers of a local directory.
     Directory,
+    /// Exact bytes and the hyperparameters from a GGUF file's header.
+    Gguf,
     /// Counted from config.json alone.
     Config,
 }
@@ -90,6 +96,10 @@ pub struct ModelFacts {
     /// Sliding attention window, where the config sets one.
     pub sliding_window: Option<u64>,
     pub source: FactsSource,
+    /// For a GGUF model, the tensor type that holds most of its bytes (its weights are served as
+    /// stored); `None` for a safetensors checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<crate::gguf::GgmlType>,
 }
 
 // === impl ModelFacts ===
@@ -153,6 +163,83 @@ impl ModelFacts {
         self.params = params;
         self.source = source;
         Ok(self)
+    }
+
+    /// Reads a GGUF file's header summary: the hyperparameters from its metadata, the exact
+    /// parameters and bytes from its tensors. Every missing or absurd key is reported at once.
+    pub fn from_gguf(summary: &GgufSummary) -> Result<ModelFacts, ConfigError> {
+        let mut problems = Vec::new();
+        let arch_name = summary.architecture.clone().unwrap_or_default();
+        if arch_name.is_empty() {
+            problems.push(FieldProblem {
+                field: "general.architecture".into(),
+                reason: "missing".into(),
+            });
+        }
+        let mut get = |key: &str, limit: u64, required: bool| -> u64 {
+            match summary.hyper(key) {
+                Some(v) if v > limit => {
+                    problems.push(FieldProblem {
+                        field: format!("{arch_name}.{key}"),
+                        reason: format!("{v} is past the {limit} any real model has"),
+                    });
+                    0
+                }
+                Some(0) | None if required => {
+                    problems.push(FieldProblem {
+                        field: format!("{arch_name}.{key}"),
+                        reason: "missing or zero".into(),
+                    });
+                    0
+                }
+                Some(v) => v,
+                None => 0,
+            }
+        };
+        let layers = get("block_count", limit_for("layers"), true);
+        let hidden = get("embedding_length", limit_for("hidden_size"), true);
+        let heads = get("attention.head_count", limit_for("heads"), true);
+        let kv_heads = get("attention.head_count_kv", limit_for("heads"), false);
+        let key_length = get("attention.key_length", limit_for("head_dim"), false);
+        let intermediate = get("feed_forward_length", limit_for("intermediate_size"), false);
+        let max_position = get("context_length", limit_for("max_position_embeddings"), true);
+        if summary.parameters == 0 {
+            problems.push(FieldProblem {
+                field: "tensors".into(),
+                reason: "the file holds no tensor data".into(),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Gguf { problems });
+        }
+        let main = summary.main_type();
+        let arch = match arch_name.as_str() {
+            "bert" | "nomic-bert" | "jina-bert-v2" | "modern-bert" => Arch::Encoder,
+            _ => Arch::Decoder,
+        };
+        Ok(ModelFacts {
+            params: summary.parameters,
+            embedding_params: summary.embedding_parameters,
+            weights_bytes: summary.weights_bytes(),
+            dtype: match main {
+                Some(GgmlType::F32) => Dtype::F32,
+                Some(GgmlType::BF16) => Dtype::BF16,
+                Some(GgmlType::F16) => Dtype::F16,
+                // A block format: the bytes are exact, the element type has no safetensors name.
+                _ => Dtype::U8,
+            },
+            layers,
+            hidden,
+            heads,
+            kv_heads: if kv_heads == 0 { heads } else { kv_heads },
+            head_dim: if key_length == 0 { hidden / heads } else { key_length },
+            intermediate,
+            vocab: summary.vocab.unwrap_or(0),
+            max_position,
+            source: FactsSource::Gguf,
+            gguf: main,
+            ..blank(&arch_name, arch)
+        })
     }
 
     /// KV cache bytes for one token at `bytes_per_value`: K and V for every layer and KV head.
@@ -317,6 +404,7 @@ fn blank(model_type: &str, arch: Arch) -> ModelFacts {
         cross_kv_positions: 0,
         sliding_window: None,
         source: FactsSource::Config,
+        gguf: None,
     }
 }
 

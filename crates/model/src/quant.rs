@@ -3,7 +3,7 @@
 //!
 //! These are weight-only formats as vLLM serves them: the token embedding and the output head
 //! stay at 16 bits; int4 (AWQ/GPTQ style) adds a 16-bit scale and a 4-bit zero point per group
-//! of 128 weights.
+//! of 128 weights. A GGUF file is served as it is stored (`Quant::Gguf`): its bytes are exact.
 
 use crate::config::ModelFacts;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,9 @@ pub enum Quant {
     Fp8,
     Int8,
     Int4,
+    /// The weights as a GGUF file stores them, in its own block formats: llama.cpp serves the
+    /// file as it is, so this is the one format a GGUF model has.
+    Gguf,
 }
 
 /// The precision of the KV cache.
@@ -42,11 +45,15 @@ pub enum Compute {
 // === impl Quant ===
 
 impl Quant {
-    /// All formats, least lossy first: the order the recommendation prefers.
+    /// The formats a safetensors checkpoint may be served in, least lossy first: the order the
+    /// recommendation prefers.
     pub const ALL: [Quant; 4] = [Quant::Bf16, Quant::Fp8, Quant::Int8, Quant::Int4];
 
+    /// Every format there is, in the order the recommendation prefers.
+    pub const EVERY: [Quant; 5] = [Quant::Bf16, Quant::Fp8, Quant::Int8, Quant::Int4, Quant::Gguf];
+
     pub fn parse(s: &str) -> Option<Quant> {
-        Quant::ALL.into_iter().find(|q| q.as_str() == s)
+        Quant::EVERY.into_iter().find(|q| q.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -55,23 +62,34 @@ impl Quant {
             Quant::Fp8 => "fp8",
             Quant::Int8 => "int8",
             Quant::Int4 => "int4",
+            Quant::Gguf => "gguf",
         }
     }
 
-    /// Bytes per quantized weight, scales included.
-    pub fn bytes_per_weight(self) -> f64 {
+    /// Bytes per quantized weight, scales included; `None` for GGUF, whose bytes are the file's.
+    pub fn bytes_per_weight(self) -> Option<f64> {
         match self {
-            Quant::Bf16 => 2.0,
-            Quant::Fp8 | Quant::Int8 => 1.0,
-            Quant::Int4 => 0.5 + INT4_GROUP_OVERHEAD,
+            Quant::Bf16 => Some(2.0),
+            Quant::Fp8 | Quant::Int8 => Some(1.0),
+            Quant::Int4 => Some(0.5 + INT4_GROUP_OVERHEAD),
+            Quant::Gguf => None,
         }
     }
 
-    /// Bytes of `facts`' weights served in this format.
+    /// Bytes of `facts`' weights served in this format (a GGUF file's: exactly as stored).
     pub fn weights_bytes(self, facts: &ModelFacts) -> f64 {
+        let Some(per_weight) = self.bytes_per_weight() else {
+            return facts.weights_bytes as f64;
+        };
         let embedding = facts.embedding_params.min(facts.params) as f64;
         let rest = facts.params as f64 - embedding;
-        embedding * 2.0 + rest * self.bytes_per_weight()
+        embedding * 2.0 + rest * per_weight
+    }
+
+    /// Whether a model whose facts are `facts` can be served in this format: a GGUF file only
+    /// as itself, a safetensors checkpoint in any format but GGUF.
+    pub fn applies_to(self, facts: &ModelFacts) -> bool {
+        (self == Quant::Gguf) == facts.gguf.is_some()
     }
 
     /// The tensor-core arithmetic on a card with the given fp8 and int8 support: fp8 and int8
@@ -125,7 +143,7 @@ mod tests {
             let got = quant.weights_bytes(&facts) / GB;
             assert!((got - expected_gb).abs() < 0.1, "{quant}: {got:.2} GB, expected {expected_gb}");
         }
-        for quant in Quant::ALL {
+        for quant in Quant::EVERY {
             assert_eq!(Quant::parse(quant.as_str()), Some(quant));
         }
         assert_eq!(Quant::parse("int3"), None);

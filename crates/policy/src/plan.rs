@@ -7,7 +7,7 @@
 use colo_core::{Catalogue, CatalogueError, GpuKind, PriceBook};
 use colo_model::estimate::{self, GIB};
 use colo_model::speed::{self, Bound};
-use colo_model::{Arch, Dtype, FactsSource, ModelFacts, Quant, Settings};
+use colo_model::{Arch, Dtype, FactsSource, GgmlType, ModelFacts, Quant, Settings};
 use serde::Serialize;
 
 /// Tensor-parallel degrees the planner tries.
@@ -131,6 +131,9 @@ pub struct ModelSummary {
     /// Bytes of the weights at the checkpoint's dtype.
     pub weights_bytes: u64,
     pub dtype: Dtype,
+    /// For a GGUF model, the tensor type holding most of its bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<GgmlType>,
     /// KV cache bytes per token at the request's KV dtype.
     pub kv_bytes_per_token: u64,
     pub max_position: u64,
@@ -208,7 +211,7 @@ pub fn plan(facts: &ModelFacts, catalogue: &Catalogue, request: &PlanRequest) ->
     let mut options = Vec::new();
     for gpu in kinds {
         for &n_gpus in &degrees {
-            for &quant in &request.quants {
+            for quant in quants_for(facts, request) {
                 options.push(option(facts, gpu, n_gpus, quant, request));
             }
         }
@@ -222,6 +225,7 @@ pub fn plan(facts: &ModelFacts, catalogue: &Catalogue, request: &PlanRequest) ->
             params: facts.params,
             weights_bytes: facts.weights_bytes,
             dtype: facts.dtype,
+            gguf: facts.gguf,
             kv_bytes_per_token: facts.kv_bytes_per_token(request.settings.kv_dtype.bytes()),
             max_position: facts.max_position,
             source: facts.source,
@@ -232,6 +236,15 @@ pub fn plan(facts: &ModelFacts, catalogue: &Catalogue, request: &PlanRequest) ->
         why,
         prices: request.prices.name(),
     })
+}
+
+/// The formats to plan `facts` in: a GGUF file is served only as stored, whatever the request
+/// lists; a safetensors checkpoint in the request's formats but GGUF.
+fn quants_for(facts: &ModelFacts, request: &PlanRequest) -> Vec<Quant> {
+    if facts.gguf.is_some() {
+        return vec![Quant::Gguf];
+    }
+    request.quants.iter().copied().filter(|q| q.applies_to(facts)).collect()
 }
 
 /// The option `colo deploy` should use when the user names no GPU kind, among the kinds in
@@ -404,7 +417,10 @@ fn speed_and_cost(facts: &ModelFacts, gpu: &GpuKind, n_gpus: u32, quant: Quant, 
 /// lowest cost per million tokens, then fewer cards.
 fn choose(options: &[PlanOption], request: &PlanRequest, priced_tokens: &str) -> (Option<usize>, String) {
     let priced = |o: &PlanOption| o.fits && o.usd_per_million_tokens.is_some();
-    let Some(quant) = Quant::ALL.into_iter().find(|q| options.iter().any(|o| o.quant == *q && priced(o))) else {
+    let Some(quant) = Quant::EVERY
+        .into_iter()
+        .find(|q| options.iter().any(|o| o.quant == *q && priced(o)))
+    else {
         let why = if options.iter().any(|o| o.fits) {
             format!(
                 "nothing that fits has a price in the {} price book; pass --prices",

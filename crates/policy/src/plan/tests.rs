@@ -223,3 +223,29 @@ fn no_option_carries_a_nan() {
         assert!(plan.recommended.is_some(), "{model}: {}", plan.why);
     }
 }
+
+#[test]
+fn a_gguf_model_is_planned_as_stored() {
+    // Llama 3.1 8B's shape, as a Q4_K_M GGUF file of 4.92 GB would describe it.
+    let gguf = ModelFacts {
+        weights_bytes: 4_920_000_000,
+        gguf: Some(GgmlType::Q4_K),
+        source: FactsSource::Gguf,
+        ..facts("llama-3.1-8b")
+    };
+    let catalogue = Catalogue::builtin();
+    let planned = plan(&gguf, &catalogue, &PlanRequest::default()).unwrap();
+    assert!(planned.options.iter().all(|o| o.quant == Quant::Gguf), "only the stored format");
+    let one_l4 = find(&planned, "l4", 1, Quant::Gguf);
+    assert!(one_l4.fits, "{:?}", one_l4.why_not);
+    assert_eq!(one_l4.weights_bytes_per_gpu, 4_920_000_000);
+    assert_eq!(planned.model.gguf, Some(GgmlType::Q4_K));
+    assert_eq!(planned.recommended.as_ref().map(|o| o.quant), Some(Quant::Gguf));
+    // A safetensors checkpoint is never offered as GGUF, even when asked.
+    let request = PlanRequest {
+        quants: vec![Quant::Gguf, Quant::Bf16],
+        ..PlanRequest::default()
+    };
+    let planned = plan(&facts("llama-3.1-8b"), &catalogue, &request).unwrap();
+    assert!(planned.options.iter().all(|o| o.quant == Quant::Bf16));
+}
