@@ -50,6 +50,9 @@ pub struct FileEntry {
     /// Present for `.safetensors` files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safetensors: Option<HeaderSummary>,
+    /// Present for `.gguf` files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<crate::gguf::GgufSummary>,
 }
 
 /// How many chunks a file of `size` bytes has (an empty file has none).
@@ -170,6 +173,7 @@ mod tests {
             size,
             chunks: vec![chunk_digest(b"x"); n],
             safetensors: None,
+            gguf: None,
         }
     }
 

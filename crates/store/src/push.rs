@@ -163,6 +163,7 @@ fn describe_file(rel: &str, abs: &Path, chunk_size: u64) -> Result<FileEntry, St
         size,
         chunks,
         safetensors: summary,
+        gguf: None,
     })
 }
 
