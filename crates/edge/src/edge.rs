@@ -7,15 +7,15 @@ use crate::rtt::RttState;
 use crate::scaling::{AppScaler, Machines};
 use crate::EdgeConfig;
 use colo_core::Regions;
-use colo_policy::{AffinityTable, HoldLimits, KeyLimits, RetryPolicy, RouteParams};
+use colo_policy::{HoldLimits, KeyLimits, PrefixIndex, RetryPolicy, RouteParams};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{watch, Notify};
 
-/// Prompt prefixes the edge remembers, and for how long.
-const AFFINITY_ENTRIES: usize = 16 * 1024;
-const AFFINITY_TTL_MS: u64 = 10 * 60 * 1000;
+/// Prompt blocks the edge remembers, and for how long.
+const PREFIX_ENTRIES: usize = 64 * 1024;
+const PREFIX_TTL_MS: u64 = 10 * 60 * 1000;
 
 /// The `Retry-After` of a 503 for a full queue or a hold that ran out, in seconds.
 pub(crate) const HOLD_RETRY_AFTER_S: u32 = 5;
@@ -37,8 +37,8 @@ pub struct Edge {
     pub(crate) machines: OnceLock<Arc<dyn Machines>>,
     /// Rate-limit buckets per API key (by the key's digest).
     pub(crate) keys: Mutex<HashMap<String, KeyLimits>>,
-    /// Prompt prefix -> the machine that served it last (by `machine_key`).
-    pub(crate) affinity: Mutex<AffinityTable<u64>>,
+    /// Prompt block -> the machines that served it lately (by `machine_key`).
+    pub(crate) prefixes: Mutex<PrefixIndex<u64>>,
     /// Each app's wake and autostop state machine, with its hold queue.
     pub(crate) scalers: Mutex<HashMap<String, AppScaler>>,
     /// Measured RTT per region and the row picks read.
@@ -61,7 +61,7 @@ impl Edge {
             released: Arc::new(Notify::new()),
             machines: OnceLock::new(),
             keys: Mutex::default(),
-            affinity: Mutex::new(AffinityTable::new(AFFINITY_ENTRIES, AFFINITY_TTL_MS)),
+            prefixes: Mutex::new(PrefixIndex::new(PREFIX_ENTRIES, PREFIX_TTL_MS)),
             scalers: Mutex::default(),
             rtt: Mutex::default(),
             retry: RetryPolicy::default(),

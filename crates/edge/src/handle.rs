@@ -98,7 +98,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
     let streaming = is_llm && facts.stream;
     let outgoing = Outgoing {
         arrived_ms: edge.wall_ms_at(arrived),
-        prefix: is_llm.then(|| facts.prefix(&app)).flatten(),
+        prefix: if is_llm { facts.prefix(&app) } else { Vec::new() },
         app: app.clone(),
         method: parts.method,
         path: parts

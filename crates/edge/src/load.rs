@@ -21,6 +21,8 @@ pub struct Load {
     pub in_flight: AtomicU32,
     report_running: AtomicU32,
     report_waiting: AtomicU32,
+    /// KV use in thousandths; `NO_KV` when the report did not say.
+    report_kv: AtomicU32,
     /// Whether the last report came from another edge (relayed), not from the engine's own
     /// answer to this edge.
     report_relayed: AtomicBool,
@@ -41,9 +43,15 @@ pub struct SharedLoad {
     pub machine: String,
     pub running: u32,
     pub waiting: u32,
+    /// KV use in thousandths, when the engine reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_permille: Option<u16>,
     /// How old the report was when it was sent.
     pub age_ms: u64,
 }
+
+/// `report_kv` when the engine did not report its KV use.
+const NO_KV: u32 = u32::MAX;
 
 // === impl Load ===
 
@@ -53,6 +61,7 @@ impl Load {
         (at_ms > 0).then(|| LoadReport {
             running: self.report_running.load(Ordering::Relaxed),
             waiting: self.report_waiting.load(Ordering::Relaxed),
+            kv_permille: u16::try_from(self.report_kv.load(Ordering::Relaxed)).ok(),
             at_ms,
         })
     }
@@ -74,6 +83,7 @@ impl Load {
     fn store(&self, report: LoadReport, relayed: bool) {
         self.report_running.store(report.running, Ordering::Relaxed);
         self.report_waiting.store(report.waiting, Ordering::Relaxed);
+        self.report_kv.store(report.kv_permille.map_or(NO_KV, u32::from), Ordering::Relaxed);
         self.report_at_ms.store(report.at_ms, Ordering::Relaxed);
         self.report_relayed.store(relayed, Ordering::Relaxed);
     }
@@ -138,6 +148,7 @@ impl Edge {
                     machine: m.machine_id.clone(),
                     running: report.running,
                     waiting: report.waiting,
+                    kv_permille: report.kv_permille,
                     age_ms: age,
                 })
             })
@@ -163,6 +174,7 @@ impl Edge {
         let relayed = LoadReport {
             running: report.running,
             waiting: report.waiting,
+            kv_permille: report.kv_permille,
             at_ms,
         };
         endpoint.load.store(relayed, true);
@@ -183,6 +195,7 @@ impl Edge {
                     "report": m.load.report().map(|r| serde_json::json!({
                         "running": r.running,
                         "waiting": r.waiting,
+                        "kv_used": r.kv_permille.map(|p| f64::from(p) / 1000.0),
                         "age_ms": now.saturating_sub(r.at_ms),
                         "relayed": m.load.report_relayed.load(Ordering::Relaxed),
                     })),

@@ -28,10 +28,12 @@ impl Edge {
         app: &str,
         headers: &HeaderMap,
         attempts: &Attempts,
-        prefix: Option<PrefixKey>,
+        prefix: &[PrefixKey],
     ) -> Result<Arc<Endpoint>, EdgeError> {
         let mut routes = self.routes.clone();
         let mut held = None;
+        let mut served: Vec<(u64, u32)> = Vec::new();
+        let mut matches: Vec<(usize, u32)> = Vec::new();
         loop {
             // Registered before looking, so a release between the look and the wait is not lost.
             let released = self.released.notified();
@@ -51,16 +53,22 @@ impl Edge {
             let avoid: Vec<usize> = attempts.avoid().iter().filter_map(|id| app_routes.index_of(id)).collect();
             let rtt_ms = self.rtt_row(&table);
             let now_ms = self.now_ms();
-            // The machine that last served a prompt starting like this one, if it is still here.
-            let affinity = prefix.and_then(|key| {
-                let served = lock(&self.affinity).get(key, now_ms)?;
-                app_routes.by_key.get(&served).map(|&idx| idx as usize)
-            });
+            // The machines that served prompts starting like this one, if they are still here.
+            if !prefix.is_empty() {
+                lock(&self.prefixes).matches(prefix, now_ms, &mut served);
+                matches.clear();
+                matches.extend(
+                    served
+                        .iter()
+                        .filter_map(|&(key, blocks)| Some((*app_routes.by_key.get(&key)? as usize, blocks))),
+                );
+            }
             let request = PickRequest {
                 now_ms,
                 rtt_ms: &rtt_ms,
                 steer,
-                affinity,
+                prefix: &matches,
+                prefix_blocks: prefix.len() as u32,
                 seed: self.picks.fetch_add(1, Ordering::Relaxed),
                 avoid: &avoid,
                 only,

@@ -8,9 +8,10 @@ use http::{header, HeaderMap, Uri};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Bytes of a prompt that decide prefix affinity: two prompts that agree this far are sent to
-/// the machine whose KV cache may already hold their start.
-const PREFIX_BYTES: usize = 512;
+/// Bytes per block of the prefix index: prompts are matched block by block (about 64 tokens).
+pub(crate) const PREFIX_BLOCK_BYTES: usize = 256;
+/// Blocks of a prompt the prefix index looks at: its first 16 KiB.
+pub(crate) const PREFIX_MAX_BLOCKS: usize = 64;
 
 /// The fields of a request body the edge reads; everything else passes through untouched.
 #[derive(Debug, Default)]
@@ -21,8 +22,8 @@ pub(crate) struct RequestFacts {
     pub stream: bool,
     /// `max_tokens`, or else `max_completion_tokens`, when it is a whole number.
     pub max_tokens: Option<u64>,
-    /// The first `PREFIX_BYTES` of the prompt as sent (a string's text, or the JSON of token
-    /// ids or of the messages).
+    /// The start of the prompt as sent (a string's text, or the JSON of token ids or of the
+    /// messages), as much as the prefix index looks at.
     prompt_start: Option<Vec<u8>>,
 }
 
@@ -56,7 +57,7 @@ impl RequestFacts {
             (None, None) => None,
         };
         let prompt_start = prompt.map(|mut bytes| {
-            bytes.truncate(PREFIX_BYTES);
+            bytes.truncate(PREFIX_BLOCK_BYTES * PREFIX_MAX_BLOCKS);
             bytes
         });
         Ok(RequestFacts {
@@ -81,14 +82,12 @@ impl RequestFacts {
         }
     }
 
-    /// The affinity key of a completions or chat request: its app and the start of its prompt.
-    pub(crate) fn prefix(&self, app: &str) -> Option<PrefixKey> {
-        let prompt = self.prompt_start.as_ref()?;
-        let mut bytes = Vec::with_capacity(app.len() + 1 + prompt.len());
-        bytes.extend_from_slice(app.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(prompt);
-        Some(PrefixKey::of_bytes(&bytes, bytes.len()))
+    /// The prefix index's block keys of a completions or chat request's prompt, seeded by its
+    /// app; empty when it has no prompt.
+    pub(crate) fn prefix(&self, app: &str) -> Vec<PrefixKey> {
+        self.prompt_start.as_ref().map_or_else(Vec::new, |prompt| {
+            PrefixKey::chain(app.as_bytes(), prompt, PREFIX_BLOCK_BYTES, PREFIX_MAX_BLOCKS)
+        })
     }
 
     /// Tokens the request may use, for a key's per-minute budget.
@@ -169,19 +168,21 @@ mod tests {
             let facts = RequestFacts::parse(body.as_bytes()).unwrap();
             assert_eq!(facts.stream, stream, "{body}");
             assert_eq!(facts.llm_tokens(400), tokens, "{body}");
-            assert_eq!(facts.prefix("a").is_some(), prompted, "{body}");
+            assert_eq!(!facts.prefix("a").is_empty(), prompted, "{body}");
         }
     }
 
     #[test]
-    fn prefixes_agree_on_the_first_512_bytes_and_the_app() {
+    fn prefixes_agree_block_by_block_and_by_app() {
         let facts = |prompt: &str| RequestFacts::parse(serde_json::json!({"model": "a", "prompt": prompt}).to_string().as_bytes()).unwrap();
-        let system = "s".repeat(PREFIX_BYTES);
-        assert_eq!(
-            facts(&format!("{system} one")).prefix("a"),
-            facts(&format!("{system} two")).prefix("a")
-        );
-        assert_ne!(facts("short one").prefix("a"), facts("short two").prefix("a"));
+        let system = "s".repeat(2 * PREFIX_BLOCK_BYTES);
+        let one = facts(&format!("{system} one")).prefix("a");
+        let two = facts(&format!("{system} two")).prefix("a");
+        assert_eq!(one.len(), 3);
+        assert_eq!(one[..2], two[..2], "the shared system prompt's blocks");
+        assert_ne!(one[2], two[2]);
         assert_ne!(facts("same").prefix("a"), facts("same").prefix("b"));
+        let long = facts(&"x".repeat(100 * PREFIX_BLOCK_BYTES)).prefix("a");
+        assert_eq!(long.len(), PREFIX_MAX_BLOCKS);
     }
 }

@@ -23,7 +23,8 @@ pub(crate) struct Outgoing {
     pub path: http::uri::PathAndQuery,
     pub headers: HeaderMap,
     pub body: Bytes,
-    pub prefix: Option<PrefixKey>,
+    /// The prompt's block keys for the prefix index; empty when it has no prompt.
+    pub prefix: Vec<PrefixKey>,
 }
 
 /// Picks a machine and sends the request, until a machine answers or the policy gives up.
@@ -32,7 +33,7 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
     let mut last_error: Option<EdgeError> = None;
     let nominated = nominated(&out.headers);
     loop {
-        let endpoint = match edge.pick(&out.app, &out.headers, &attempts, out.prefix).await {
+        let endpoint = match edge.pick(&out.app, &out.headers, &attempts, &out.prefix).await {
             Ok(endpoint) => endpoint,
             Err(e) => return Err(last_error.unwrap_or(e)),
         };
@@ -102,8 +103,8 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
 /// keeps it counted in flight.
 fn answered(edge: &Edge, out: &Outgoing, guard: InFlight, response: http::Response<upstream::Body>) -> Answered {
     let endpoint = guard.endpoint().clone();
-    if let Some(key) = out.prefix {
-        lock(&edge.affinity).record(key, machine_key(&endpoint.machine_id), edge.now_ms());
+    if !out.prefix.is_empty() {
+        lock(&edge.prefixes).record(&out.prefix, machine_key(&endpoint.machine_id), edge.now_ms());
     }
     let woke = endpoint.cold_start.clone().filter(|c| c.requested_at_ms >= out.arrived_ms);
     if let Some(cold) = &woke {

@@ -34,6 +34,7 @@ fn fleet(n: usize, regions: u16, params: &RouteParams) -> (Vec<MachineLoad>, Vec
                 healthy: lcg.next(100) != 0,
                 in_flight: 1 + lcg.next(params.soft_limit),
                 report: Some(LoadReport {
+                    kv_permille: None,
                     running: 1 + lcg.next(params.hard_limit - 1),
                     waiting: 0,
                     at_ms: NOW - u64::from(lcg.next(900)),
@@ -77,7 +78,8 @@ fn bench_pick(c: &mut Criterion) {
                         now_ms: NOW,
                         rtt_ms: &rtt,
                         steer: Steer::default(),
-                        affinity: None,
+                        prefix: &[],
+                        prefix_blocks: 0,
                         seed,
                         avoid: &[],
                         only: None,

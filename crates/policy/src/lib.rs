@@ -4,27 +4,27 @@
 //! clock, no sockets, no files, no tokio: callers pass in the facts (and, where it matters,
 //! `now` and a seed) and carry out the result.
 
-pub mod affinity;
 pub mod bucket;
 pub mod hold;
 pub mod placement;
 pub mod plan;
+pub mod prefix;
 pub mod reconcile;
 pub mod retry;
 pub mod route;
 pub mod rtt;
 pub mod scale;
 
-pub use affinity::{AffinityTable, PrefixKey};
 pub use bucket::{llm_token_cost, KeyLimits, RateLimited, TokenBucket};
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
 pub use placement::{place, Demand, EdgeSpec, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
 pub use plan::{plan, recommend, Plan, PlanError, PlanOption, PlanRequest, Recommendation};
+pub use prefix::{PrefixIndex, PrefixKey};
 pub use reconcile::{live_hosts, lost_hosts, spread, Held, MachineRef, Room, Slot, Step, Want};
 pub use retry::{idempotent, Attempts, GiveUp, Replay, ReplayHeaderError, RetryPolicy, SendFailure};
 pub use route::{
-    effective_load, group_by_region, pick, starts_needed, AppView, Decision, LoadHeaderError, LoadReport, MachineLoad, MachineView,
-    PickRequest, RegionId, RegionSpan, RejectReason, RouteParams, Steer,
+    effective_load, group_by_region, permille, pick, starts_needed, AppView, Decision, LoadHeaderError, LoadReport, MachineLoad,
+    MachineView, PickRequest, RegionId, RegionSpan, RejectReason, RouteMode, RouteParams, ScoreWeights, Steer,
 };
 pub use rtt::{RttEstimator, RttSource, UNKNOWN_RTT_MS};
 pub use scale::{MachineFacts, Phase, ScaleAction, ScaleConfig, ScaleEvent, Scaler};

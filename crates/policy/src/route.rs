@@ -14,9 +14,14 @@
 //!   than `scan_limit` the pick weighs `scan_limit` machines from that start (and more only until
 //!   one has room): the least loaded of a moving sample, as power-of-d-choices balancers do.
 //! - `prefer` makes a region the nearest; `force` makes it the only one.
-//! - Prefix affinity: if the caller names the machine that served a prompt with the same prefix,
-//!   and it is in the chosen pool, healthy and under its hard limit, it wins unless its load
-//!   exceeds the best machine's by more than `affinity_slack` requests.
+//! - Scoring (`RouteMode::Score`, the default): the machines that served the longest start of
+//!   this prompt (the caller's prefix matches, from a [`crate::PrefixIndex`]) compete with the
+//!   least loaded one on a weighted score of prefix match (blocks matched over the prompt's
+//!   blocks), KV headroom (one less the engine's reported KV use) and queue room (one less the
+//!   load over the hard limit). A machine over its soft limit never beats one under it, so a
+//!   prefix never overrides load: prefix-only routing collapses under skewed traffic.
+//!   `RouteMode::LeastLoaded` skips the scores; `RouteMode::RoundRobin` takes the first machine
+//!   with room after the rotating start, whatever its load.
 //! - A request may avoid machines (it already failed on them) or accept only one (a replay to
 //!   an instance); those count as unhealthy for it.
 //! - No machine with room: the request is held if anything in scope could take it later (a
@@ -45,13 +50,16 @@ mod tests;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RegionId(pub u16);
 
-/// What an engine last reported about its own queue, from the `colo-load` response header.
+/// What an engine last reported about its own queue: from colo's `colo-load` response header,
+/// or read off another engine's metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadReport {
     /// Sequences the engine is generating.
     pub running: u32,
     /// Requests admitted but waiting for room in the batch.
     pub waiting: u32,
+    /// Share of the KV cache in use, in thousandths; `None` when the engine does not say.
+    pub kv_permille: Option<u16>,
     /// When the edge received the report, on the same millisecond clock as `now_ms`.
     pub at_ms: u64,
 }
@@ -120,12 +128,39 @@ pub struct RouteParams {
     pub report_stale_ms: u64,
     /// Regions this close to the edge (RTT, ms) form one local pool.
     pub local_rtt_ms: u32,
-    /// How many more requests than the best machine the affine machine may have and still win.
-    pub affinity_slack: u32,
+    /// How the pick weighs machines within a pool.
+    pub mode: RouteMode,
+    /// The weights of the scores (`RouteMode::Score`).
+    pub weights: ScoreWeights,
     /// In a pool of more machines than this, look at this many (from the rotating start) and
     /// past them only until one has room: a sampled least-loaded that bounds the pick's cost.
     /// 0 looks at every machine.
     pub scan_limit: u32,
+}
+
+/// How the pick chooses among machines with room in the nearest pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteMode {
+    /// Least loaded, against the machines that served this prompt's start, on weighted scores.
+    #[default]
+    Score,
+    /// The least loaded machine (under the soft limit first), closest on ties.
+    LeastLoaded,
+    /// The next machine with room, in turn.
+    RoundRobin,
+}
+
+/// Weights of the scores `RouteMode::Score` adds up (llm-d's defaults: prefix 3, KV 2, queue 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreWeights {
+    /// Share of the prompt's blocks the machine served lately.
+    pub prefix: u16,
+    /// Share of the KV cache free.
+    pub kv: u16,
+    /// Share of the hard limit free.
+    pub queue: u16,
 }
 
 /// How one request steers the pick (the `colo-prefer-region` and `colo-force-region` headers).
@@ -146,8 +181,11 @@ pub struct PickRequest<'a> {
     /// end of the row counts as farthest.
     pub rtt_ms: &'a [u32],
     pub steer: Steer,
-    /// Index in `started` of the machine that last served this prompt's prefix.
-    pub affinity: Option<usize>,
+    /// Machines that served this prompt's start, as (index in `started`, blocks in a row), from
+    /// a [`crate::PrefixIndex`]; empty when the request has no prompt or no machine matched.
+    pub prefix: &'a [(usize, u32)],
+    /// Blocks in the prompt, for the prefix score's share.
+    pub prefix_blocks: u32,
     /// Varies the tie-break from request to request (a counter or a seeded RNG's output).
     pub seed: u64,
     /// Indexes in `started` of machines this request must not go to (it failed on them).
@@ -181,7 +219,7 @@ pub fn pick<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params:
     let mut after: Option<u64> = None;
     while let Some(pool) = next_pool(app.spans, req, params, after) {
         if let Some(best) = scan_pool(app, req, params, &pool) {
-            return Decision::Pick(with_affinity(app, req, params, &pool, best));
+            return Decision::Pick(with_prefix(app, req, params, &pool, best));
         }
         after = Some(pool.tier);
     }
@@ -238,28 +276,32 @@ pub fn group_by_region<M>(machines: &mut [M], region_of: impl Fn(&M) -> RegionId
 // === impl LoadReport ===
 
 impl LoadReport {
-    /// Reads `running=R;waiting=W[;other=N...]`, as colo's engine writes it. Unknown keys are
-    /// skipped so that engines may report more.
+    /// Reads `running=R;waiting=W[;kv_used_bytes=U;kv_budget_bytes=B][;other=N...]`, as colo's
+    /// engine writes it. Unknown keys are skipped so that engines may report more.
     pub fn parse(header: &str, at_ms: u64) -> Result<LoadReport, LoadHeaderError> {
-        let (mut running, mut waiting) = (None, None);
+        let (mut running, mut waiting, mut kv_used, mut kv_budget) = (None, None, None, None);
         for field in header.split(';').map(str::trim).filter(|f| !f.is_empty()) {
             let Some((key, value)) = field.split_once('=') else {
                 return Err(LoadHeaderError::NotKeyValue { field: field.to_string() });
             };
-            let slot = match key.trim() {
-                "running" => &mut running,
-                "waiting" => &mut waiting,
-                _ => continue,
-            };
-            let parsed = value.trim().parse::<u32>().map_err(|_| LoadHeaderError::NotANumber {
+            let not_a_number = || LoadHeaderError::NotANumber {
                 key: key.trim().to_string(),
                 value: value.to_string(),
-            })?;
-            *slot = Some(parsed);
+            };
+            match key.trim() {
+                "running" => running = Some(value.trim().parse::<u32>().map_err(|_| not_a_number())?),
+                "waiting" => waiting = Some(value.trim().parse::<u32>().map_err(|_| not_a_number())?),
+                "kv_used_bytes" => kv_used = Some(value.trim().parse::<u64>().map_err(|_| not_a_number())?),
+                "kv_budget_bytes" => kv_budget = Some(value.trim().parse::<u64>().map_err(|_| not_a_number())?),
+                _ => {}
+            }
         }
         Ok(LoadReport {
             running: running.ok_or(LoadHeaderError::Missing { key: "running" })?,
             waiting: waiting.ok_or(LoadHeaderError::Missing { key: "waiting" })?,
+            kv_permille: kv_used
+                .zip(kv_budget.filter(|b| *b > 0))
+                .map(|(u, b)| permille(u as f64 / b as f64)),
             at_ms,
         })
     }
@@ -267,6 +309,26 @@ impl LoadReport {
     /// Requests the engine holds: running plus waiting.
     pub fn requests(&self) -> u32 {
         self.running.saturating_add(self.waiting)
+    }
+}
+
+/// A share from 0 to 1 in thousandths, clamped.
+pub fn permille(share: f64) -> u16 {
+    if share.is_nan() {
+        return 0;
+    }
+    (share.clamp(0.0, 1.0) * 1000.0).round() as u16
+}
+
+// === impl ScoreWeights ===
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        ScoreWeights {
+            prefix: 3,
+            kv: 2,
+            queue: 2,
+        }
     }
 }
 
@@ -330,7 +392,8 @@ impl Default for RouteParams {
             report_fresh_ms: 1_000,
             report_stale_ms: 5_000,
             local_rtt_ms: 0,
-            affinity_slack: 4,
+            mode: RouteMode::Score,
+            weights: ScoreWeights::default(),
             scan_limit: 512,
         }
     }
@@ -386,10 +449,6 @@ fn rank(load: u32, rtt: u32, soft_limit: u32) -> u64 {
     (u64::from(load >= soft_limit) << 63) | (u64::from(load.min(0x7fff_fffe)) << 32) | u64::from(rtt)
 }
 
-fn load_of_rank(rank: u64) -> u32 {
-    ((rank >> 32) & 0x7fff_ffff) as u32
-}
-
 /// Splitmix64's finaliser: spreads a seed over the bits used for the rotating start.
 fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -421,7 +480,14 @@ fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params
         }
         // Start at a seed-chosen machine and wrap around, so that ties go to a different
         // machine from request to request.
-        let turn = (mix(req.seed ^ (u64::from(span.region.0) << 48)) % machines.len() as u64) as usize;
+        // Round robin takes the machines in order; the others start anywhere, so that ties
+        // spread without a pattern.
+        let spread = if params.mode == RouteMode::RoundRobin {
+            req.seed
+        } else {
+            mix(req.seed ^ (u64::from(span.region.0) << 48))
+        };
+        let turn = (spread % machines.len() as u64) as usize;
         let (wrapped, first) = machines.split_at(turn);
         let base = span.start as usize;
         if scan_slice(first, base + turn, rtt, floor, req, params, &mut best, &mut budget)
@@ -450,10 +516,12 @@ fn scan_slice<M: MachineView>(
     budget: &mut usize,
 ) -> bool {
     let (soft, hard) = (params.soft_limit, params.hard_limit);
+    // Round robin weighs nothing but room: every machine with room ranks as if idle.
+    let weighs_load = params.mode != RouteMode::RoundRobin;
     for (i, machine) in machines.iter().enumerate() {
         let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
         let r = if machine.healthy() && load < hard && usable(req, base + i) {
-            rank(load, rtt, soft)
+            rank(if weighs_load { load } else { 0 }, rtt, soft)
         } else {
             u64::MAX
         };
@@ -471,8 +539,10 @@ fn scan_slice<M: MachineView>(
     false
 }
 
-/// The affine machine if it is in the chosen pool, has room, and is not much busier than `best`.
-fn with_affinity<M: MachineView>(
+/// In `RouteMode::Score`, the best of `best` (the least loaded machine of the pool) and the
+/// machines that served this prompt's start, on weighted scores; a machine over its soft limit
+/// never beats one under it.
+fn with_prefix<M: MachineView>(
     app: &AppView<'_, M>,
     req: &PickRequest<'_>,
     params: &RouteParams,
@@ -480,25 +550,54 @@ fn with_affinity<M: MachineView>(
     best: (u64, usize),
 ) -> usize {
     let (best_rank, best_idx) = best;
-    let Some(affine) = req.affinity.filter(|&a| a != best_idx) else {
-        return best_idx;
-    };
-    let Some(machine) = app.started.get(affine) else {
-        return best_idx;
-    };
-    let in_pool = app.spans.iter().any(|span| {
-        (span.start as usize..span.end as usize).contains(&affine)
-            && place_of(span.region, req, params).is_some_and(|(tier, _)| tier == pool.tier)
-    });
-    if !in_pool || !machine.healthy() || !usable(req, affine) {
+    if params.mode != RouteMode::Score || req.prefix.is_empty() {
         return best_idx;
     }
-    let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
-    if load < params.hard_limit && load <= load_of_rank(best_rank).saturating_add(params.affinity_slack) {
-        affine
+    let over_soft = |rank: u64| rank >> 63;
+    let blocks_of = |idx: usize| req.prefix.iter().find(|(i, _)| *i == idx).map_or(0, |(_, n)| *n);
+    let mut chosen = (
+        over_soft(best_rank),
+        score(app.started.get(best_idx), blocks_of(best_idx), req, params),
+        best_idx,
+    );
+    for &(idx, blocks) in req.prefix {
+        if idx == best_idx || !usable(req, idx) {
+            continue;
+        }
+        let Some(machine) = app.started.get(idx) else { continue };
+        let in_pool = app.spans.iter().any(|span| {
+            (span.start as usize..span.end as usize).contains(&idx)
+                && place_of(span.region, req, params).is_some_and(|(tier, _)| tier == pool.tier)
+        });
+        let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
+        if !in_pool || !machine.healthy() || load >= params.hard_limit {
+            continue;
+        }
+        let candidate = (u64::from(load >= params.soft_limit), score(Some(machine), blocks, req, params), idx);
+        // Under the soft limit first, then the higher score; ties keep the earlier choice.
+        if candidate.0 < chosen.0 || (candidate.0 == chosen.0 && candidate.1 > chosen.1) {
+            chosen = candidate;
+        }
+    }
+    chosen.2
+}
+
+/// A machine's weighted score: prefix match share, KV headroom and queue room, each 0 to 1.
+fn score<M: MachineView>(machine: Option<&M>, blocks: u32, req: &PickRequest<'_>, params: &RouteParams) -> f64 {
+    let Some(machine) = machine else { return f64::MIN };
+    let report = machine.report();
+    let load = effective_load(machine.in_flight(), report, req.now_ms, params);
+    let prefix = if req.prefix_blocks == 0 {
+        0.0
     } else {
-        best_idx
-    }
+        f64::from(blocks.min(req.prefix_blocks)) / f64::from(req.prefix_blocks)
+    };
+    // A stale report says nothing of the KV cache now.
+    let fresh = report.filter(|r| req.now_ms.saturating_sub(r.at_ms) < params.report_stale_ms);
+    let kv_free = 1.0 - f64::from(fresh.and_then(|r| r.kv_permille).unwrap_or(0).min(1000)) / 1000.0;
+    let queue_free = 1.0 - f64::from(load.min(params.hard_limit)) / f64::from(params.hard_limit.max(1));
+    let w = params.weights;
+    f64::from(w.prefix) * prefix + f64::from(w.kv) * kv_free + f64::from(w.queue) * queue_free
 }
 
 /// Whether the request may go to `started[idx]` at all.

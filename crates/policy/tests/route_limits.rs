@@ -1,11 +1,12 @@
 //! Property tests of the routing pick: it never sends a request to a machine at its hard limit,
 //! never holds one while a machine in scope has room, never leaves a nearer pool with room, and
-//! within a pool takes the best-ranked machine (or the affine one within the slack) whenever the
-//! pool fits the scan limit, never sends a request to a machine it must avoid, and rejects only
-//! when nothing in scope could ever take the request.
+//! within a pool takes the best-ranked machine (or, when scoring, a machine that served the
+//! prompt's start) whenever the pool fits the scan limit, never sends a request to a machine it
+//! must avoid, and rejects only when nothing in scope could ever take the request.
 
 use colo_policy::{
-    effective_load, group_by_region, pick, AppView, Decision, LoadReport, MachineLoad, PickRequest, RegionId, RouteParams, Steer,
+    effective_load, group_by_region, pick, AppView, Decision, LoadReport, MachineLoad, PickRequest, RegionId, RouteMode, RouteParams,
+    ScoreWeights, Steer,
 };
 use proptest::prelude::*;
 
@@ -17,7 +18,7 @@ struct Situation {
     rtt: Vec<u32>,
     params: RouteParams,
     steer: Steer,
-    affinity: Option<usize>,
+    prefix: Vec<(usize, u32)>,
     dormant: Vec<RegionId>,
     avoid: Vec<usize>,
     only: Option<usize>,
@@ -25,11 +26,14 @@ struct Situation {
 }
 
 fn machine() -> impl Strategy<Value = (u16, MachineLoad)> {
-    let report = prop::option::of((0u32..10, 0u32..4, 0u64..8_000).prop_map(|(running, waiting, age)| LoadReport {
-        running,
-        waiting,
-        at_ms: NOW - age,
-    }));
+    let report = prop::option::of((0u32..10, 0u32..4, 0u64..8_000, prop::option::of(0u16..1200)).prop_map(
+        |(running, waiting, age, kv)| LoadReport {
+            running,
+            waiting,
+            kv_permille: kv,
+            at_ms: NOW - age,
+        },
+    ));
     // Region 5 is past the end of the RTT row.
     (0u16..6, prop::bool::weighted(0.85), 0u32..9, report).prop_map(|(region, healthy, in_flight, report)| {
         (
@@ -52,7 +56,11 @@ fn situation() -> impl Strategy<Value = Situation> {
             report_fresh_ms: fresh,
             report_stale_ms: fresh + more,
             local_rtt_ms: local,
-            affinity_slack: slack,
+            mode: [RouteMode::Score, RouteMode::LeastLoaded, RouteMode::RoundRobin][slack as usize % 3],
+            weights: ScoreWeights {
+                prefix: slack as u16,
+                ..ScoreWeights::default()
+            },
             scan_limit,
         },
     );
@@ -67,17 +75,17 @@ fn situation() -> impl Strategy<Value = Situation> {
         prop::collection::vec(0u32..100, 5),
         params,
         steer,
-        prop::option::of(0usize..45),
+        prop::collection::vec((0usize..45, 1u32..6), 0..4),
         dormant,
         bound,
         any::<u64>(),
     )
-        .prop_map(|(machines, rtt, params, steer, affinity, dormant, (avoid, only), seed)| Situation {
+        .prop_map(|(machines, rtt, params, steer, prefix, dormant, (avoid, only), seed)| Situation {
             machines,
             rtt,
             params,
             steer,
-            affinity,
+            prefix,
             dormant,
             avoid,
             only,
@@ -109,7 +117,7 @@ proptest! {
         let loads: Vec<MachineLoad> = s.machines.iter().map(|m| m.1).collect();
         let app = AppView { started: &loads, spans: &spans, dormant: &s.dormant };
         let req = PickRequest {
-            now_ms: NOW, rtt_ms: &s.rtt, steer: s.steer, affinity: s.affinity, seed: s.seed, avoid: &s.avoid, only: s.only,
+            now_ms: NOW, rtt_ms: &s.rtt, steer: s.steer, prefix: &s.prefix, prefix_blocks: 5, seed: s.seed, avoid: &s.avoid, only: s.only,
         };
         let decision = pick(&app, &req, &s.params);
 
@@ -137,8 +145,14 @@ proptest! {
                 let exact = s.params.scan_limit == 0 || pool_size <= s.params.scan_limit as usize;
                 if !exact {
                     // A sampled pick: only the limits and locality above hold.
-                } else if Some(i) == s.affinity && rank(i) != best {
-                    prop_assert!(load(i) <= best.1 + s.params.affinity_slack, "affine machine much busier");
+                } else if s.params.mode == RouteMode::RoundRobin {
+                    // Round robin weighs room only: the pool and limits above are what hold.
+                } else if rank(i) != best {
+                    // Only a machine that served the prompt's start may beat the best-ranked one, and
+                    // never from over the soft limit when the best is under it.
+                    prop_assert_eq!(s.params.mode, RouteMode::Score, "least loaded takes the best");
+                    prop_assert!(s.prefix.iter().any(|(p, _)| *p == i), "machine {} is neither best nor a prefix match", i);
+                    prop_assert!(rank(i).0 <= best.0, "a prefix match over its soft limit beat one under");
                 } else {
                     prop_assert_eq!(rank(i), best, "not the best-ranked machine of its pool");
                 }

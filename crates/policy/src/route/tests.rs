@@ -31,6 +31,16 @@ fn m(name: &'static str, region: u16, in_flight: u32) -> M {
 }
 
 impl M {
+    /// An engine report of no requests and this KV use (thousandths), received just now.
+    fn kv(mut self, permille: u16) -> M {
+        self.load.report = Some(LoadReport {
+            running: 0,
+            waiting: 0,
+            kv_permille: Some(permille),
+            at_ms: NOW,
+        });
+        self
+    }
     fn sick(mut self) -> M {
         self.load.healthy = false;
         self
@@ -38,6 +48,7 @@ impl M {
     /// An engine report of `requests` running, received `age_ms` before `NOW`.
     fn reported(mut self, requests: u32, age_ms: u64) -> M {
         self.load.report = Some(LoadReport {
+            kv_permille: None,
             running: requests,
             waiting: 0,
             at_ms: NOW - age_ms,
@@ -53,7 +64,8 @@ fn params() -> RouteParams {
         report_fresh_ms: 1_000,
         report_stale_ms: 5_000,
         local_rtt_ms: 0,
-        affinity_slack: 1,
+        mode: RouteMode::Score,
+        weights: ScoreWeights::default(),
         scan_limit: 0,
     }
 }
@@ -63,7 +75,9 @@ fn params() -> RouteParams {
 #[derive(Clone, Default)]
 struct Extra {
     steer: Steer,
-    affinity: Option<&'static str>,
+    /// Machines that served the prompt's start: (name, blocks of the prompt's 4).
+    prefix: Vec<(&'static str, u32)>,
+    mode: Option<RouteMode>,
     dormant: Vec<RegionId>,
     avoid: Vec<&'static str>,
     only: Option<&'static str>,
@@ -78,6 +92,9 @@ fn run(machines: &[M], extra: &Extra, seed: u64) -> String {
     if let Some(local) = extra.local_rtt_ms {
         p.local_rtt_ms = local;
     }
+    if let Some(mode) = extra.mode {
+        p.mode = mode;
+    }
     let app = AppView {
         started: &loads,
         spans: &spans,
@@ -85,11 +102,13 @@ fn run(machines: &[M], extra: &Extra, seed: u64) -> String {
     };
     let position = |name: &str| sorted.iter().position(|m| m.name == name);
     let avoid: Vec<usize> = extra.avoid.iter().filter_map(|name| position(name)).collect();
+    let prefix: Vec<(usize, u32)> = extra.prefix.iter().filter_map(|(name, n)| Some((position(name)?, *n))).collect();
     let req = PickRequest {
         now_ms: NOW,
         rtt_ms: &RTT,
         steer: extra.steer,
-        affinity: extra.affinity.and_then(position),
+        prefix: &prefix,
+        prefix_blocks: 4,
         seed,
         avoid: &avoid,
         only: extra.only.and_then(position),
@@ -118,8 +137,16 @@ fn picks_by_table() {
         ..Extra::default()
     };
     let affine = |name| Extra {
-        affinity: Some(name),
+        prefix: vec![(name, 4)],
         ..Extra::default()
+    };
+    let half = |name| Extra {
+        prefix: vec![(name, 2)],
+        ..Extra::default()
+    };
+    let least_loaded = |name| Extra {
+        mode: Some(RouteMode::LeastLoaded),
+        ..affine(name)
     };
     let local_band = Extra {
         local_rtt_ms: Some(10),
@@ -150,12 +177,15 @@ fn picks_by_table() {
         ("ageing report nearly gone", vec![m("a", AMS, 0).reported(4, 4_500), m("b", AMS, 1)], none.clone(), "pick a"),
         ("in flight above report wins", vec![m("a", AMS, 3).reported(1, 0), m("b", AMS, 2)], none.clone(), "pick b"),
         ("report at hard excludes", vec![m("a", AMS, 0).reported(4, 0), m("b", FRA, 3)], none.clone(), "pick b"),
-        ("affinity within slack", vec![m("a", AMS, 0), m("b", AMS, 1)], affine("b"), "pick b"),
-        ("affinity over soft within slack", vec![m("a", AMS, 1), m("b", AMS, 2)], affine("b"), "pick b"),
-        ("affinity much busier", vec![m("a", AMS, 0), m("b", AMS, 2)], affine("b"), "pick a"),
-        ("affinity outside the pool", vec![m("a", AMS, 1), m("b", FRA, 0)], affine("b"), "pick a"),
-        ("affinity at hard", vec![m("a", AMS, 3), m("b", AMS, 4)], affine("b"), "pick a"),
-        ("affinity unhealthy", vec![m("a", AMS, 1), m("b", AMS, 0).sick()], affine("b"), "pick a"),
+        ("prefix beats a lighter machine", vec![m("a", AMS, 0), m("b", AMS, 1)], affine("b"), "pick b"),
+        ("half a prefix beats a lighter machine", vec![m("a", AMS, 0), m("b", AMS, 1)], half("b"), "pick b"),
+        ("prefix over soft loses to one under", vec![m("a", AMS, 1), m("b", AMS, 2)], affine("b"), "pick a"),
+        ("prefix much busier", vec![m("a", AMS, 0), m("b", AMS, 2)], affine("b"), "pick a"),
+        ("least loaded ignores the prefix", vec![m("a", AMS, 0), m("b", AMS, 1)], least_loaded("b"), "pick a"),
+        ("prefix against a full KV cache", vec![m("a", AMS, 0).kv(0), m("b", AMS, 1).kv(1000)], half("b"), "pick a"),
+        ("prefix outside the pool", vec![m("a", AMS, 1), m("b", FRA, 0)], affine("b"), "pick a"),
+        ("prefix at hard", vec![m("a", AMS, 3), m("b", AMS, 4)], affine("b"), "pick a"),
+        ("prefix unhealthy", vec![m("a", AMS, 1), m("b", AMS, 0).sick()], affine("b"), "pick a"),
         ("all full, nothing stopped: hold", vec![m("a", AMS, 4), m("b", FRA, 5)], none.clone(), "hold"),
         ("all unhealthy: hold", vec![m("a", AMS, 0).sick()], none.clone(), "hold"),
     ];
@@ -211,11 +241,23 @@ fn avoided_and_required_machines_by_table() {
         ("bound to a busier machine", machines.clone(), only("b"), "pick b"),
         ("bound to a machine elsewhere", machines.clone(), only("c"), "pick c"),
         ("bound to a full machine: hold", vec![m("a", AMS, 0), m("b", AMS, 4)], only("b"), "hold"),
-        ("affinity to an avoided machine", machines.clone(), Extra { affinity: Some("b"), ..avoid(&["b"]) }, "pick a"),
+        ("prefix on an avoided machine", machines.clone(), Extra { prefix: vec![("b", 4)], ..avoid(&["b"]) }, "pick a"),
     ];
     for (what, machines, extra, expected) in cases {
         assert_eq!(run(&machines, &extra, 0), expected, "{what}");
     }
+}
+
+#[test]
+fn round_robin_takes_machines_in_turn_whatever_their_load() {
+    let machines = vec![m("a", AMS, 0), m("b", AMS, 3), m("c", AMS, 1), m("d", AMS, 4), m("far", IAD, 0)];
+    let rr = Extra {
+        mode: Some(RouteMode::RoundRobin),
+        ..Extra::default()
+    };
+    let turns: Vec<String> = (0..5).map(|seed| run(&machines, &rr, seed)).collect();
+    // d is at its hard limit and is passed over; the far region is not used while ams has room.
+    assert_eq!(turns, vec!["pick a", "pick b", "pick c", "pick a", "pick a"]);
 }
 
 #[test]
@@ -250,7 +292,8 @@ fn scan_limit_samples_but_never_holds_with_room() {
             now_ms: NOW,
             rtt_ms: &RTT,
             steer: Steer::default(),
-            affinity: None,
+            prefix: &[],
+            prefix_blocks: 0,
             seed,
             avoid: &[],
             only: None,
@@ -335,7 +378,8 @@ fn spans_past_the_end_are_skipped() {
         now_ms: NOW,
         rtt_ms: &RTT,
         steer: Steer::default(),
-        affinity: Some(99),
+        prefix: &[(99, 4)],
+        prefix_blocks: 4,
         seed: 3,
         avoid: &[],
         only: None,
@@ -385,6 +429,7 @@ fn load_header_by_table() {
 fn effective_load_by_table() {
     let report = |requests, at_ms| {
         Some(LoadReport {
+            kv_permille: None,
             running: requests,
             waiting: 0,
             at_ms,
@@ -420,10 +465,19 @@ fn validate_lists_every_problem() {
     assert_eq!(inverted.validate().len(), 1);
     assert!(RouteParams::default().validate().is_empty());
     let parsed: RouteParams = toml::from_str(
-        "soft_limit = 4\nhard_limit = 8\nreport_fresh_ms = 1000\nreport_stale_ms = 5000\nlocal_rtt_ms = 5\naffinity_slack = 2\n",
+        "soft_limit = 4\nhard_limit = 8\nreport_fresh_ms = 1000\nreport_stale_ms = 5000\nlocal_rtt_ms = 5\nmode = \"least-loaded\"\n[weights]\nprefix = 5\n",
     )
     .expect("valid route params");
     assert_eq!(parsed.hard_limit, 8);
+    assert_eq!(parsed.mode, RouteMode::LeastLoaded);
+    assert_eq!(
+        parsed.weights,
+        ScoreWeights {
+            prefix: 5,
+            kv: 2,
+            queue: 2
+        }
+    );
     assert!(toml::from_str::<RouteParams>("soft_limt = 4").is_err());
     let partial: RouteParams = toml::from_str("hard_limit = 32").expect("defaults fill the rest");
     assert_eq!((partial.soft_limit, partial.hard_limit), (8, 32));
