@@ -164,6 +164,7 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         engine_cmd: None,
         demand: None,
         placement: None,
+        route: None,
     };
     state.put_app(&app).await?;
     let loading = Instant::now();

@@ -74,6 +74,8 @@ struct DeployRequest {
     /// Traffic per region (demand.toml as JSON): the planner places the machines on the live
     /// hosts' GPUs; replaces `machines`, not allowed with `regions`.
     demand: Option<colo_core::Demand>,
+    /// How edges choose among the app's machines: `score`, `least-loaded` or `round-robin`.
+    route: Option<colo_core::RouteMode>,
 }
 
 /// A JSON request body, or the 400 that names what is wrong with it.
@@ -100,6 +102,7 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
                 regions: request.regions.clone(),
                 engine_cmd: request.engine_cmd.clone(),
                 demand: request.demand.clone(),
+                route: request.route,
             },
         )
         .await

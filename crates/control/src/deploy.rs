@@ -30,6 +30,8 @@ pub struct DeployOptions {
     pub demand: Option<Demand>,
     /// The app's own engine command (`{port}`, `{model_dir}`), instead of colo's engine.
     pub engine_cmd: Option<String>,
+    /// How edges choose among the app's machines; absent: the edge's default.
+    pub route: Option<colo_core::RouteMode>,
 }
 
 /// Machines per app at most, to keep a typo from leasing a whole fleet.
@@ -162,6 +164,7 @@ impl Control {
             engine_cmd: options.engine_cmd.clone(),
             demand: options.demand.clone(),
             placement: placement.as_ref().map(placement::record),
+            route: options.route,
         };
         let (app, previous) = self.record(app).await?;
         if let Err(e) = self.reconcile(&app).await {

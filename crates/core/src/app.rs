@@ -58,6 +58,41 @@ pub struct App {
     /// Where the placement put the machines at the deploy, and the demand it could not meet.
     #[serde(default)]
     pub placement: Option<crate::PlacementRecord>,
+    /// How edges choose among the app's machines; `None`: the edge's default (scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteMode>,
+}
+
+/// How an edge chooses among an app's machines with room in the nearest region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteMode {
+    /// The least loaded machine against those that served the prompt's start, on weighted
+    /// scores of prefix match, KV headroom and queue room.
+    #[default]
+    Score,
+    /// The least loaded machine (under the soft limit first), closest on ties.
+    LeastLoaded,
+    /// The next machine with room, in turn.
+    RoundRobin,
+}
+
+// === impl RouteMode ===
+
+impl RouteMode {
+    pub const ALL: [RouteMode; 3] = [RouteMode::Score, RouteMode::LeastLoaded, RouteMode::RoundRobin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Score => "score",
+            RouteMode::LeastLoaded => "least-loaded",
+            RouteMode::RoundRobin => "round-robin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RouteMode> {
+        RouteMode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
 }
 
 /// One API key of an app. Only the key's BLAKE3 digest is stored; the key itself is shown once.

@@ -11,7 +11,7 @@ pub mod money;
 pub mod name;
 pub mod region;
 
-pub use app::{ApiKey, App, GpuChoice};
+pub use app::{ApiKey, App, GpuChoice, RouteMode};
 pub use csv::CsvError;
 pub use demand::{Demand, PlacedSlot, PlacementRecord, RegionDemand, Unmet};
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};

@@ -105,6 +105,7 @@ impl Edge {
         RouteParams {
             soft_limit: routes.limits.soft.unwrap_or(self.config.route.soft_limit),
             hard_limit: routes.limits.hard.unwrap_or(self.config.route.hard_limit),
+            mode: routes.route.unwrap_or(self.config.route.mode),
             ..self.config.route
         }
     }

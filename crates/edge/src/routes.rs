@@ -41,6 +41,8 @@ pub struct AppRoutes {
     pub keys: Vec<colo_core::ApiKey>,
     /// When idle machines are stopped.
     pub autostop: Autostop,
+    /// How the pick chooses among the app's machines, where its deploy said.
+    pub route: Option<colo_policy::RouteMode>,
 }
 
 /// Per-machine request limits an app's deploy set; absent: the edge's own.
@@ -167,6 +169,7 @@ impl RouteTable {
                         after_secs: app.autostop_secs,
                         min_running: app.min_running,
                     },
+                    route: app.route,
                     ..Default::default()
                 },
             );

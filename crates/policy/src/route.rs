@@ -40,6 +40,7 @@
 //! stopping at an idle machine or after `scan_limit` machines once one has room), plus a pass
 //! over the region spans per pool tried.
 
+pub use colo_core::RouteMode;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -136,19 +137,6 @@ pub struct RouteParams {
     /// past them only until one has room: a sampled least-loaded that bounds the pick's cost.
     /// 0 looks at every machine.
     pub scan_limit: u32,
-}
-
-/// How the pick chooses among machines with room in the nearest pool.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RouteMode {
-    /// Least loaded, against the machines that served this prompt's start, on weighted scores.
-    #[default]
-    Score,
-    /// The least loaded machine (under the soft limit first), closest on ties.
-    LeastLoaded,
-    /// The next machine with room, in turn.
-    RoundRobin,
 }
 
 /// Weights of the scores `RouteMode::Score` adds up (llm-d's defaults: prefix 3, KV 2, queue 2).

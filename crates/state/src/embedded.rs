@@ -222,6 +222,7 @@ mod tests {
                 engine_cmd: None,
                 demand: None,
                 placement: None,
+                route: None,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();

@@ -167,6 +167,7 @@ fn app(app: &str) -> App {
         engine_cmd: None,
         demand: None,
         placement: None,
+        route: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn validates_by_table() {
                 regions: regions(&[("ord", 2), ("ams", 1)]),
                 demand: None,
                 engine_cmd: Some("serve --port {port}".into()),
+                route: Some(colo_core::RouteMode::RoundRobin),
             },
             "chat",
             3,

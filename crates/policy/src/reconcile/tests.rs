@@ -28,6 +28,7 @@ fn app(gpu: Option<&str>) -> App {
         engine_cmd: None,
         demand: None,
         placement: None,
+        route: None,
     }
 }
 
