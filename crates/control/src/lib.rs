@@ -2,6 +2,8 @@
 //! reconciliation then asks agents for the machines the app needs. Control never proxies
 //! traffic.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod hosts;

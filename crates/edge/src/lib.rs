@@ -2,6 +2,8 @@
 //! policy crate which machine should answer, proxies the request there and streams the answer
 //! back. It decides nothing itself: routing choices come from `colo-policy`.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod metrics;
 mod proxy;

@@ -2,6 +2,8 @@
 //! where machines should go. No clock, no sockets, no files, no tokio: callers pass in the
 //! facts (and, where it matters, `now` and a seed) and carry out the result.
 
+#![forbid(unsafe_code)]
+
 pub mod affinity;
 pub mod autostop;
 pub mod bucket;
