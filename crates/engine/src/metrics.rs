@@ -39,7 +39,7 @@ impl Metrics {
         let prompt_tokens = Counter::default();
         let in_flight = Gauge::default();
         let queue_depth = Gauge::default();
-        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0].into_iter());
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
         registry.register("requests", "HTTP requests answered, by status", requests.clone());
         registry.register("inputs", "Inputs embedded", inputs.clone());
         registry.register("prompt_tokens", "Tokens of embedded inputs", prompt_tokens.clone());

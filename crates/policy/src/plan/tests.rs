@@ -14,10 +14,14 @@ fn find<'a>(plan: &'a Plan, gpu: &str, n: u32, quant: Quant) -> &'a PlanOption {
         .unwrap()
 }
 
+/// (case, request, GPU kind, cards, weight format) -> why that option does not fit (`None`
+/// when it does).
+type WhyNotCase = (&'static str, PlanRequest, &'static str, u32, Quant, Option<&'static str>);
+
 #[test]
 fn why_not_by_table() {
     let cat = Catalogue::builtin();
-    let cases: Vec<(&str, PlanRequest, &str, u32, Quant, Option<&str>)> = vec![
+    let cases: Vec<WhyNotCase> = vec![
         ("8b on an a10", PlanRequest::default(), "a10", 1, Quant::Bf16, None),
         (
             "70b on one h100",

@@ -167,9 +167,12 @@ pub(crate) fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
 mod tests {
     use super::parse_range;
 
+    /// A `Range` header's value and the half-open span it names in a 100-byte file, if any.
+    type RangeCase = (&'static str, Result<(u64, u64), ()>);
+
     #[test]
     fn ranges() {
-        let cases: &[(&str, Result<(u64, u64), ()>)] = &[
+        let cases: &[RangeCase] = &[
             ("bytes=0-9", Ok((0, 10))),
             ("bytes=90-200", Ok((90, 100))),
             ("bytes=10-", Ok((10, 100))),
