@@ -109,7 +109,7 @@ impl HostCache {
     }
 
     /// The model directory if every file of `manifest` is present and verified (in this boot;
-    /// see [`boot::BOOT_STAMP`]).
+    /// see the boot stamp in `cache::boot`).
     pub fn complete_dir(&self, manifest: &Manifest) -> Option<PathBuf> {
         let dir = self.model_dir(&manifest.name, &manifest.revision);
         boot::complete(&dir).then_some(dir)
