@@ -2,6 +2,8 @@
 //! reconciliation then asks agents for the machines the app needs, carrying out the steps
 //! `colo_policy::reconcile` decides. Control never proxies traffic.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 mod deploy;

@@ -192,8 +192,8 @@ impl Machine {
     }
 }
 
-/// The phases of one machine start, in milliseconds. The agent fills in what it sees; the
-/// edge, which sees the request that woke the machine, may add `first_response_ms`.
+/// The phases of one machine start, in milliseconds, as the agent that ran it saw them. The
+/// edge reads them (the request that woke the machine gets `colo-cold-start`) but never writes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColdStart {
     /// Milliseconds since the Unix epoch when the start was asked for.
@@ -213,8 +213,7 @@ pub struct ColdStart {
     pub bytes_from_origin: u64,
     /// From spawning the engine to its first passing health check.
     pub engine_load_ms: u64,
-    /// From the request to the engine's first answer (its first passing health check, or
-    /// the first proxied response when the edge records it).
+    /// From the request to the engine's first answer: its first passing health check.
     pub first_response_ms: u64,
 }
 

@@ -4,6 +4,8 @@
 //! limits are `colo-policy`'s; the edge turns sockets and timers into its events and carries
 //! out its answers.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod body;
 mod edge;

@@ -1,46 +1,18 @@
 //! `/v1/completions` and `/v1/chat/completions`: OpenAI-compatible text generation, whole or
 //! streamed as server-sent events, with stop strings applied to the decoded text.
 
-use crate::api::EngineState;
-use crate::chat::ChatTemplate;
-use crate::generate::{FinishReason, GenEvent, GenRequest, Generator, Sampling};
+use crate::generate::{FinishReason, GenEvent, GenRequest, Sampling};
+use crate::state::{EngineState, TextModel};
 use crate::textgen::{parse, GenParams, Prompt};
 use crate::EngineError;
-use axum::http::HeaderValue;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
-
-/// A loaded generative model as the API sees it.
-pub struct TextModel {
-    pub generator: Generator,
-    pub tokenizer: Arc<Tokenizer>,
-    pub template: Option<ChatTemplate>,
-    /// The model's context length in tokens.
-    pub context: usize,
-    pub vocab: usize,
-}
-
-impl TextModel {
-    /// `colo-load`: what the edge reads to weigh this machine.
-    pub fn load_header(&self) -> HeaderValue {
-        let s = &self.generator.stats;
-        let value = format!(
-            "running={};waiting={};kv_used_bytes={};kv_budget_bytes={}",
-            s.running.load(Ordering::Relaxed),
-            s.waiting.load(Ordering::Relaxed),
-            s.kv_used_bytes.load(Ordering::Relaxed),
-            self.generator.config.kv_budget_bytes
-        );
-        HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("unknown"))
-    }
-}
 
 /// Turns generated ids into text as they come, holding back what could still change: an
 /// incomplete UTF-8 sequence, or the start of a stop string.

@@ -50,7 +50,9 @@ impl Drop for Active {
 // === impl Batcher ===
 
 impl Batcher {
-    pub fn spawn(embedder: Embedder, config: BatchConfig, metrics: Metrics) -> Self {
+    /// Starts the thread that runs the model's forward passes. Fails only when the system
+    /// refuses a thread (a thread or memory limit).
+    pub fn spawn(embedder: Embedder, config: BatchConfig, metrics: Metrics) -> Result<Self, EngineError> {
         let embedder = Arc::new(embedder);
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let active = Arc::new(AtomicUsize::new(0));
@@ -58,13 +60,13 @@ impl Batcher {
         std::thread::Builder::new()
             .name("colo-batcher".into())
             .spawn(move || run(&worker, rx, config, &worker_metrics, &worker_active))
-            .expect("spawning the batcher thread");
-        Self {
+            .map_err(|e| EngineError::Internal(format!("spawning the batcher thread: {e}")))?;
+        Ok(Self {
             embedder,
             tx,
             metrics,
             active,
-        }
+        })
     }
 
     /// Marks a request as on its way to the batcher (it is being parsed or tokenized), so the

@@ -93,7 +93,9 @@ struct Seq {
 // === impl Generator ===
 
 impl Generator {
-    pub fn spawn(model: Arc<Llama>, config: GenConfig) -> Self {
+    /// Starts the scheduler thread, which owns the model's forward passes. Fails only when the
+    /// system refuses a thread (a thread or memory limit).
+    pub fn spawn(model: Arc<Llama>, config: GenConfig) -> Result<Self, EngineError> {
         let (tx, rx) = mpsc::sync_channel(config.max_waiting.max(1));
         let stats = Arc::new(GenStats::default());
         let kv_bytes_per_token = model.config.kv_bytes_per_token();
@@ -101,13 +103,13 @@ impl Generator {
         std::thread::Builder::new()
             .name("colo-scheduler".into())
             .spawn(move || run(&model, rx, config, &worker_stats))
-            .expect("spawning the scheduler thread");
-        Self {
+            .map_err(|e| EngineError::Internal(format!("spawning the scheduler thread: {e}")))?;
+        Ok(Self {
             tx,
             stats,
             config,
             kv_bytes_per_token,
-        }
+        })
     }
 
     /// KV bytes a request of this size holds while it runs.

@@ -2,6 +2,7 @@
 //! It knows nothing of the platform beyond its own flags; the agent starts one per machine.
 
 pub mod api;
+mod api_embed;
 mod api_gen;
 pub mod batch;
 pub mod bert;
@@ -11,6 +12,7 @@ mod error;
 pub mod generate;
 pub mod llama;
 mod metrics;
+mod state;
 pub mod textgen;
 
 pub use error::EngineError;
@@ -61,7 +63,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), EngineError> {
             .map_err(|e| EngineError::Internal(e.to_string()))??
     };
     tracing::info!(dir = %opts.model_dir.display(), secs = started.elapsed().as_secs_f64(), "model loaded");
-    let app = api::router(api::EngineState::new(task, opts.served_name.clone(), metrics));
+    let app = api::router(state::EngineState::new(task, opts.served_name.clone(), metrics));
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .map_err(|e| EngineError::Internal(format!("binding {}: {e}", opts.addr)))?;
@@ -74,7 +76,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), EngineError> {
 
 /// Loads the model and starts the thread that runs it: embeddings for BERT models, text
 /// generation for Llama-family models; `config.json`'s `model_type` decides.
-fn load_task(opts: &ServeOptions, metrics: metrics::Metrics) -> Result<api::Task, EngineError> {
+fn load_task(opts: &ServeOptions, metrics: metrics::Metrics) -> Result<state::Task, EngineError> {
     let config_path = opts.model_dir.join("config.json");
     let bytes = std::fs::read(&config_path).map_err(|e| EngineError::Load {
         file: config_path.display().to_string(),
@@ -90,7 +92,7 @@ fn load_task(opts: &ServeOptions, metrics: metrics::Metrics) -> Result<api::Task
             window: opts.batch_window,
             max_batch: opts.max_batch,
         };
-        return Ok(api::Task::Embed(batch::Batcher::spawn(embedder, config, metrics)));
+        return Ok(state::Task::Embed(batch::Batcher::spawn(embedder, config, metrics)?));
     }
     let model = llama::Llama::load(&opts.model_dir)?;
     let tokenizer_path = opts.model_dir.join("tokenizer.json");
@@ -104,8 +106,8 @@ fn load_task(opts: &ServeOptions, metrics: metrics::Metrics) -> Result<api::Task
         kv_budget_bytes: opts.kv_budget_bytes,
         max_waiting: opts.max_waiting,
     };
-    let generator = generate::Generator::spawn(std::sync::Arc::new(model), config);
-    Ok(api::Task::Generate(api_gen::TextModel {
+    let generator = generate::Generator::spawn(std::sync::Arc::new(model), config)?;
+    Ok(state::Task::Generate(state::TextModel {
         generator,
         tokenizer: std::sync::Arc::new(tokenizer),
         template,

@@ -1,11 +1,13 @@
 //! The engine's Prometheus metrics.
 
+use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::future::Future;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,7 +39,7 @@ impl Metrics {
         let prompt_tokens = Counter::default();
         let in_flight = Gauge::default();
         let queue_depth = Gauge::default();
-        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0].into_iter());
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
         registry.register("requests", "HTTP requests answered, by status", requests.clone());
         registry.register("inputs", "Inputs embedded", inputs.clone());
         registry.register("prompt_tokens", "Tokens of embedded inputs", prompt_tokens.clone());
@@ -77,5 +79,66 @@ impl Metrics {
         // Writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
         out
+    }
+}
+
+/// Counts a request as in flight while `response` is produced, then by its status. The count
+/// is held by a guard, so a request whose future is dropped (the client went away and hyper
+/// cancelled the handler) leaves the gauge too; it is not counted by status, having none.
+pub async fn counted(metrics: &Metrics, response: impl Future<Output = Response>) -> Response {
+    let _in_flight = InFlight::enter(&metrics.in_flight);
+    let response = response.await;
+    metrics
+        .requests
+        .get_or_create(&StatusLabel {
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// One request in the in-flight gauge, for as long as it lives.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_cancelled_request_leaves_the_in_flight_gauge() {
+        let metrics = Metrics::new();
+        let task = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move { counted(&metrics, std::future::pending()).await })
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while metrics.in_flight.get() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the request is counted in flight");
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(metrics.in_flight.get(), 0);
+
+        let answered = counted(&metrics, async { Response::default() }).await;
+        assert_eq!(answered.status(), 200);
+        assert_eq!(metrics.in_flight.get(), 0);
+        assert_eq!(metrics.requests.get_or_create(&StatusLabel { status: 200 }).get(), 1);
     }
 }

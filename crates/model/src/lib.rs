@@ -3,6 +3,8 @@
 //!
 //! Nothing here opens files or sockets; callers hand in the bytes they read.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod estimate;
 pub mod gguf;

@@ -1,8 +1,10 @@
 //! Pure decision code: which machine takes a request, when machines wake and stop, how often a
 //! request may be sent again, which GPU a model should run on, where machines should go, and
-//! which machines control creates, replaces and destroys. No
-//! clock, no sockets, no files, no tokio: callers pass in the facts (and, where it matters,
-//! `now` and a seed) and carry out the result.
+//! which machines control creates, replaces and destroys. No clock, no sockets, no files, no
+//! tokio: callers pass in the facts (and, where it matters, `now` and a seed) and carry out the
+//! result.
+
+#![forbid(unsafe_code)]
 
 pub mod bucket;
 pub mod hold;

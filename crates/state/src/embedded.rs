@@ -1,4 +1,9 @@
 //! The single-machine state store: an in-memory copy for reads, a redb file for durability.
+//!
+//! A write commits to the file first (on a blocking thread, since a commit waits for the
+//! disk), then updates the copy, then bumps the change counter, so a watcher the bump wakes
+//! reads the new value, and a failed commit changes nothing. Writes run one at a time from
+//! commit to bump, so the copy ends as the file does when two writers race.
 
 use crate::{StateError, StateStore};
 use async_trait::async_trait;
@@ -7,7 +12,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
@@ -15,9 +20,16 @@ const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 
 pub struct Embedded {
+    shared: Arc<Shared>,
+}
+
+/// What a write's blocking task needs; it runs to its end even if the caller stops waiting.
+struct Shared {
     db: Database,
     cache: Mutex<Cache>,
     version: watch::Sender<u64>,
+    /// Held by a write from its commit to its bump.
+    writer: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -57,34 +69,65 @@ impl Embedded {
         };
         let (version, _) = watch::channel(0);
         Ok(Self {
-            db,
-            cache: Mutex::new(cache),
-            version,
+            shared: Arc::new(Shared {
+                db,
+                cache: Mutex::new(cache),
+                version,
+                writer: Mutex::new(()),
+            }),
         })
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.shared.cache()
+    }
+
+    /// Puts (`Some`) or removes (`None`) `key` in `table`, then applies the same change to the
+    /// in-memory copy with `apply`, then bumps the change counter. Returns what `apply` returns.
+    async fn write<R: Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: String,
+        value: Option<Vec<u8>>,
+        apply: impl FnOnce(&mut Cache) -> R + Send + 'static,
+    ) -> Result<R, StateError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            commit(&shared.db, table, &key, value.as_deref())?;
+            let applied = apply(&mut shared.cache());
+            shared.version.send_modify(|v| *v += 1);
+            Ok(applied)
+        })
+        .await
+        .map_err(|e| StateError::Store(format!("a write's task ended early: {e}")))?
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
         // The lock is never held across a panic-prone call, so poisoning cannot happen; recover anyway.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    fn write(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(store_err)?;
-        {
-            let mut t = txn.open_table(table).map_err(store_err)?;
-            match value {
-                Some(bytes) => {
-                    t.insert(key, bytes).map_err(store_err)?;
-                }
-                None => {
-                    t.remove(key).map_err(store_err)?;
-                }
+/// One redb transaction that puts or removes one key, committed to disk.
+fn commit(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
+    let txn = db.begin_write().map_err(store_err)?;
+    {
+        let mut t = txn.open_table(table).map_err(store_err)?;
+        match value {
+            Some(bytes) => {
+                t.insert(key, bytes).map_err(store_err)?;
+            }
+            None => {
+                t.remove(key).map_err(store_err)?;
             }
         }
-        txn.commit().map_err(store_err)?;
-        self.version.send_modify(|v| *v += 1);
-        Ok(())
     }
+    txn.commit().map_err(store_err)
 }
 
 fn load<T: DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>) -> Result<BTreeMap<String, T>, StateError> {
@@ -118,14 +161,17 @@ impl StateStore for Embedded {
     }
 
     async fn put_app(&self, app: &App) -> Result<(), StateError> {
-        self.write(APPS, app.name.as_str(), Some(&encode(app)))?;
-        self.cache().apps.insert(app.name.to_string(), app.clone());
-        Ok(())
+        let app = app.clone();
+        let name = app.name.to_string();
+        self.write(APPS, name.clone(), Some(encode(&app)), move |c| {
+            c.apps.insert(name, app);
+        })
+        .await
     }
 
     async fn delete_app(&self, name: &AppName) -> Result<bool, StateError> {
-        self.write(APPS, name.as_str(), None)?;
-        Ok(self.cache().apps.remove(name.as_str()).is_some())
+        let name = name.to_string();
+        self.write(APPS, name.clone(), None, move |c| c.apps.remove(&name).is_some()).await
     }
 
     async fn machines(&self) -> Result<Vec<Machine>, StateError> {
@@ -133,14 +179,19 @@ impl StateStore for Embedded {
     }
 
     async fn put_machine(&self, machine: &Machine) -> Result<(), StateError> {
-        // Update the cache before the version bump so that a watcher woken by it reads the new value.
-        self.cache().machines.insert(machine.id.clone(), machine.clone());
-        self.write(MACHINES, &machine.id, Some(&encode(machine)))
+        let machine = machine.clone();
+        self.write(MACHINES, machine.id.clone(), Some(encode(&machine)), move |c| {
+            c.machines.insert(machine.id.clone(), machine);
+        })
+        .await
     }
 
     async fn delete_machine(&self, id: &str) -> Result<(), StateError> {
-        self.cache().machines.remove(id);
-        self.write(MACHINES, id, None)
+        let id = id.to_string();
+        self.write(MACHINES, id.clone(), None, move |c| {
+            c.machines.remove(&id);
+        })
+        .await
     }
 
     async fn hosts(&self) -> Result<Vec<HostRecord>, StateError> {
@@ -148,18 +199,21 @@ impl StateStore for Embedded {
     }
 
     async fn put_host(&self, host: &HostRecord) -> Result<(), StateError> {
-        self.cache().hosts.insert(host.name.clone(), host.clone());
-        self.write(HOSTS, &host.name, Some(&encode(host)))
+        let host = host.clone();
+        self.write(HOSTS, host.name.clone(), Some(encode(&host)), move |c| {
+            c.hosts.insert(host.name.clone(), host);
+        })
+        .await
     }
 
     async fn delete_host(&self, name: &str) -> Result<bool, StateError> {
-        let existed = self.cache().hosts.remove(name).is_some();
-        self.write(HOSTS, name, None)?;
-        Ok(existed)
+        let name = name.to_string();
+        self.write(HOSTS, name.clone(), None, move |c| c.hosts.remove(&name).is_some())
+            .await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
+        self.shared.version.subscribe()
     }
 }
 
@@ -195,6 +249,59 @@ mod tests {
             lease_ms: 10,
             lost: false,
         }
+    }
+
+    fn app(version: u64) -> App {
+        App {
+            name: AppName::new("a").unwrap(),
+            model: AppName::new("m").unwrap(),
+            revision: "r".into(),
+            machines: 1,
+            deployed_at_ms: 5,
+            version,
+            gpu: None,
+            soft_limit: None,
+            hard_limit: None,
+            keys: Vec::new(),
+            autostop_secs: None,
+            min_running: 0,
+            regions: Default::default(),
+            deploy_tokens: Vec::new(),
+            engine_cmd: None,
+            demand: None,
+            placement: None,
+            route: None,
+        }
+    }
+
+    /// A watcher that the n-th write wakes reads at least that write: the copy is updated
+    /// before the counter moves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_reads_the_write_that_woke_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = std::sync::Arc::new(Embedded::open(&dir.path().join("state.redb")).unwrap());
+        let mut changes = state.changes();
+        let watcher = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let name = AppName::new("a").unwrap();
+                loop {
+                    let seen = *changes.borrow_and_update();
+                    if seen > 0 {
+                        let version = state.app(&name).await.unwrap().map_or(0, |a| a.version);
+                        assert!(version >= seen, "woken by write {seen}, read version {version}");
+                    }
+                    if seen == 200 {
+                        return;
+                    }
+                    changes.changed().await.unwrap();
+                }
+            })
+        };
+        for version in 1..=200 {
+            state.put_app(&app(version)).await.unwrap();
+        }
+        watcher.await.unwrap();
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 //! watches keep current, so that readers keep working from the last known state while NATS is
 //! unreachable.
 
+#![forbid(unsafe_code)]
+
 mod embedded;
 mod key;
 mod nats;

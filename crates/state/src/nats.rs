@@ -3,8 +3,9 @@
 //!
 //! Reads never touch the network, so they are fast and keep answering from the last known state
 //! while NATS is unreachable (fail static). Writes go to NATS and wait for JetStream's
-//! acknowledgement and then for the local copy to show them (so a writer reads its own write);
-//! while the connection is down they fail at once, and otherwise within `write_timeout`.
+//! acknowledgement and then, up to `write_timeout` more, for the local copy to show them, so a
+//! writer reads its own write unless its copy is still catching up after a reconnect; while
+//! the connection is down they fail at once, and otherwise within `write_timeout`.
 
 mod bucket;
 
@@ -304,10 +305,17 @@ impl Nats {
             Ok(Err(e)) => return Err(failed(e.to_string())),
             Err(_) => return Err(no_ack()),
         };
-        // The write is durable now. If the copy lags (a resync in progress), readers see it once
-        // the copy catches up; the write still succeeded.
+        // The write is durable now, so it succeeded whatever the copy does: failing it would
+        // have the caller undo or redo a write that happened. If the copy lags past the wait (a
+        // resync after a reconnect), this client reads the old value until the copy catches
+        // up; that breaks read-your-writes for a while, which is worth an operator's notice.
         if !bucket.wait_applied(ack.sequence, self.write_timeout).await {
-            tracing::debug!(bucket = %bucket.name, name, "own write not yet in the local copy");
+            tracing::warn!(
+                bucket = %bucket.name,
+                name,
+                wait_ms = self.write_timeout.as_millis() as u64,
+                "write acknowledged but not yet in this client's copy; reads here show the old value until it catches up"
+            );
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 //! between clients, fail static while the server is down, resync after it returns, and scale.
 //!
 //! Each test starts its own server on a free loopback port with its own store dir. Without a
-//! `nats-server` binary (on PATH, at /usr/sbin, or named by `NATS_SERVER`) the tests say so and
-//! pass without running.
+//! `nats-server` binary (on PATH, at /usr/sbin, or named by `NATS_SERVER`) they fail and say
+//! how to install one: a test that cannot run has not passed.
 
 use colo_core::{App, AppName, Device, HostRecord, Machine, MachineState};
 use colo_state::{Nats, NatsOptions, StateError, StateStore};
@@ -30,13 +30,14 @@ fn server_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Returns the binary, or prints why the test is skipped.
-fn binary_or_skip(test: &str) -> Option<PathBuf> {
-    let found = server_binary();
-    if found.is_none() {
-        println!("SKIPPED {test}: no nats-server binary (install Debian's nats-server or set NATS_SERVER)");
-    }
-    found
+/// Returns the binary, or fails the test saying how to get one.
+fn require_server(test: &str) -> PathBuf {
+    server_binary().unwrap_or_else(|| {
+        panic!(
+            "{test} needs nats-server (JetStream) and found none on PATH or at /usr/sbin: install it \
+             (`apt-get install nats-server`, as scripts/test does) or name it with NATS_SERVER=/path"
+        )
+    })
 }
 
 fn free_port() -> u16 {
@@ -267,9 +268,7 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_machines_and_hosts_round_trip() {
-    let Some(binary) = binary_or_skip("apps_machines_and_hosts_round_trip") else {
-        return;
-    };
+    let binary = require_server("apps_machines_and_hosts_round_trip");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&binary, dir.path());
     let a = connect(&server.url()).await;
@@ -321,9 +320,7 @@ async fn apps_machines_and_hosts_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_reach_another_client_within_milliseconds() {
-    let Some(binary) = binary_or_skip("writes_reach_another_client_within_milliseconds") else {
-        return;
-    };
+    let binary = require_server("writes_reach_another_client_within_milliseconds");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&binary, dir.path());
     let a = connect(&server.url()).await;
@@ -350,9 +347,7 @@ async fn writes_reach_another_client_within_milliseconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_last_state_while_down_and_resyncs_after_restart() {
-    let Some(binary) = binary_or_skip("serves_last_state_while_down_and_resyncs_after_restart") else {
-        return;
-    };
+    let binary = require_server("serves_last_state_while_down_and_resyncs_after_restart");
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(&binary, dir.path());
     // a comes back late (it retries every 5 s), so that it misses changes made after the server
@@ -454,9 +449,7 @@ async fn serves_last_state_while_down_and_resyncs_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_machines_reach_another_client() {
-    let Some(binary) = binary_or_skip("ten_thousand_machines_reach_another_client") else {
-        return;
-    };
+    let binary = require_server("ten_thousand_machines_reach_another_client");
     const N: usize = 10_000;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&binary, dir.path());
@@ -494,9 +487,7 @@ async fn ten_thousand_machines_reach_another_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_a_frozen_server_fail_within_the_timeout() {
-    let Some(binary) = binary_or_skip("writes_to_a_frozen_server_fail_within_the_timeout") else {
-        return;
-    };
+    let binary = require_server("writes_to_a_frozen_server_fail_within_the_timeout");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&binary, dir.path());
     let a = connect(&server.url()).await;

@@ -7,16 +7,14 @@ mod cache;
 mod error;
 mod hydrate;
 mod peer;
-mod pull;
 mod push;
 mod s3;
 mod store;
 
-pub use cache::{CacheEntry, HostCache, PinGuard};
+pub use cache::{hydrate, CacheEntry, HostCache, PinGuard, Pull};
 pub use error::StoreError;
-pub use hydrate::{hydrate, HydrateOptions};
+pub use hydrate::HydrateOptions;
 pub use peer::{peer_router, PeerFile, PeerModel, PEER_PREFIX};
-pub use pull::Pull;
 pub use push::{push_dir, PushOptions, PushReport};
 pub use s3::{serve_s3, S3Config};
 pub use store::Store;

@@ -56,7 +56,7 @@ pub async fn push_dir(store: &Store, dir: &Path, name: &str, opts: &PushOptions,
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .expect("digest task does not panic")?
+        .map_err(|e| StoreError::Internal(format!("hashing the model's files: {e}")))??
     };
     let manifest = Manifest::new(name, chunk_size, entries, now_ms());
 

@@ -258,7 +258,7 @@ impl S3 for CacheS3 {
                     prefixes.insert(common);
                 }
                 None => {
-                    let entry = manifest.file(&key[manifest.name.len() + 1..].split_once('/').map(|(_, p)| p).unwrap_or(""));
+                    let entry = manifest.file(key[manifest.name.len() + 1..].split_once('/').map(|(_, p)| p).unwrap_or(""));
                     contents.push(Object {
                         key: Some(key),
                         size: Some(size as i64),

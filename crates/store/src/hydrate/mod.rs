@@ -22,7 +22,8 @@ pub(crate) fn partial_path(final_path: &std::path::Path) -> std::path::PathBuf {
     job::with_suffix(final_path, ".colo-partial")
 }
 
-use crate::{HostCache, Progress, Store, StoreError};
+use crate::cache::boot;
+use crate::{Progress, Store, StoreError};
 use colo_core::HydrationReport;
 use colo_model::Manifest;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -59,19 +60,6 @@ pub(crate) fn file_prefixes(manifest: &Manifest) -> FilePrefixes {
     manifest.files.iter().map(|f| (f.path.clone(), watch::channel(0).0)).collect()
 }
 
-/// Pulls `manifest`'s model into `cache`, reading from `opts.peers` first and `store` for the
-/// rest. Returns what came from where. This is one pull with no sharing: use
-/// [`HostCache::pull`] to share one download between callers and keep the cache's capacity.
-pub async fn hydrate(
-    store: &Store,
-    manifest: &Manifest,
-    cache: &HostCache,
-    opts: &HydrateOptions,
-    progress: Progress,
-) -> Result<HydrationReport, StoreError> {
-    run(store, manifest, cache, opts, progress, &file_prefixes(manifest)).await
-}
-
 /// Bytes a finished range moved, by source.
 #[derive(Default)]
 struct Moved {
@@ -79,10 +67,13 @@ struct Moved {
     origin: u64,
 }
 
+/// Pulls `manifest`'s model into its revision directory `dir` of a host cache, reading from
+/// `opts.peers` first and `store` for the rest, and publishing each file's verified prefix on
+/// its channel in `prefixes`. Returns what came from where.
 pub(crate) async fn run(
     store: &Store,
     manifest: &Manifest,
-    cache: &HostCache,
+    dir: &std::path::Path,
     opts: &HydrateOptions,
     progress: Progress,
     prefixes: &FilePrefixes,
@@ -91,7 +82,7 @@ pub(crate) async fn run(
     let total = manifest.total_bytes();
     let chunk_size = manifest.chunk_size;
     let prefix_of = |path: &str| prefixes.get(path).cloned().unwrap_or_else(|| watch::channel(0).0);
-    if cache.complete_dir(manifest).is_some() {
+    if boot::complete(dir) {
         for file in &manifest.files {
             prefix_of(&file.path).send_replace(file.size);
         }
@@ -103,9 +94,8 @@ pub(crate) async fn run(
             ..Default::default()
         });
     }
-    let dir = cache.model_dir(&manifest.name, &manifest.revision);
     {
-        let (dir, manifest) = (dir.clone(), manifest.clone());
+        let (dir, manifest) = (dir.to_path_buf(), manifest.clone());
         tokio::task::spawn_blocking(move || distrust_earlier_boot(&dir, &manifest))
             .await
             .map_err(|e| StoreError::Internal(format!("checking the boot stamp: {e}")))??;
@@ -176,7 +166,7 @@ pub(crate) async fn run(
         moved.origin += done.origin;
     }
 
-    write_atomic(&cache.marker_path(manifest), &manifest.to_json())?;
+    write_atomic(&dir.join(boot::COMPLETE_MARKER), &manifest.to_json())?;
     let fetched = moved.peer + moved.origin;
     Ok(HydrationReport {
         bytes_total: total,
@@ -228,10 +218,10 @@ impl Queue {
 /// this boot. A pull killed halfway through this redoes it, because the stamp comes last.
 fn distrust_earlier_boot(dir: &std::path::Path, manifest: &Manifest) -> Result<(), StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir.display(), e))?;
-    if crate::cache::written_this_boot(dir) {
+    if boot::written_this_boot(dir) {
         return Ok(());
     }
-    let marker = dir.join(".colo-manifest.json");
+    let marker = dir.join(boot::COMPLETE_MARKER);
     if marker.exists() {
         std::fs::remove_file(&marker).map_err(|e| StoreError::io(marker.display(), e))?;
     }
@@ -246,7 +236,7 @@ fn distrust_earlier_boot(dir: &std::path::Path, manifest: &Manifest) -> Result<(
         let partial = partial_path(&final_path);
         std::fs::rename(&final_path, &partial).map_err(|e| StoreError::io(partial.display(), e))?;
     }
-    write_atomic(&dir.join(crate::cache::BOOT_STAMP), crate::cache::boot_id().as_bytes())
+    write_atomic(&dir.join(boot::BOOT_STAMP), boot::boot_id().as_bytes())
 }
 
 fn range_len(job: &FileJob, idx: u64) -> u64 {

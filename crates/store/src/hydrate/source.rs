@@ -5,7 +5,7 @@
 //! for the rest of the pull and what it did not deliver of its range goes to the origin, so a
 //! dying peer costs one range's delay, not one per chunk.
 
-use crate::peer::{PeerModel, PEER_PREFIX};
+use crate::peer::wire::{PeerModel, PEER_PREFIX};
 use crate::{Store, StoreError};
 use bytes::Bytes;
 use colo_model::Manifest;

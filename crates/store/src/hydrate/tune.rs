@@ -170,10 +170,13 @@ mod tests {
         (tuner.concurrency(), tuner.range_chunks())
     }
 
+    /// (knee of concurrency, gain of larger ranges, fixed concurrency, fixed range chunks) ->
+    /// where it settles (concurrency, range chunks).
+    type KneeCase = (usize, bool, Option<usize>, Option<u64>, (usize, u64));
+
     #[test]
     fn settles_at_the_knee() {
-        // (knee of concurrency, gain of larger ranges, fixed knobs) -> where it settles
-        let cases: &[(usize, bool, Option<usize>, Option<u64>, (usize, u64))] = &[
+        let cases: &[KneeCase] = &[
             // Throughput grows until 16 in flight: one step up from 8, ranges already longest.
             (16, false, None, None, (16, 16)),
             // Until 32: two steps.

@@ -49,13 +49,13 @@ pub fn start_for_process(root: &Path) -> u16 {
                 Ok(())
             });
         }
-        let child = command
+        let mut child = command
             .spawn()
             .expect("s3s-fs must be installed: cargo install s3s-fs@0.14.1 --locked --features binary (.ci/run does this)");
         tx.send(child.id()).unwrap();
-        loop {
-            std::thread::park();
-        }
+        // This thread lives as long as the server (its death would kill the server), and reaps
+        // it should it exit first.
+        let _ = child.wait();
     });
     rx.recv().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

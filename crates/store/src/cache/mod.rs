@@ -2,38 +2,23 @@
 //! with a capacity, pins for models that machines use, and least-recently-used eviction of
 //! the rest. Pulls go through [`HostCache::pull`], which shares one download between callers.
 
-use crate::pull::Flight;
+pub(crate) mod boot;
+mod key;
+mod pull;
+
+pub(crate) use key::valid_component;
+pub use pull::{hydrate, Pull};
+
 use crate::StoreError;
+use boot::{written_this_boot, COMPLETE_MARKER};
 use colo_model::Manifest;
+use key::Key;
+use pull::Flight;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-
-/// Name of the marker written into a model directory once every file is present and verified.
-/// Its modification time is the model's last use.
-const COMPLETE_MARKER: &str = ".colo-manifest.json";
-/// Holds the kernel's boot id of the pull that wrote the directory's files. Files are not
-/// flushed to disk before they take their real names (a flush per file costs more than the
-/// pull); within one boot the page cache is the truth, and a power cut changes the boot id, so
-/// files from an earlier boot are re-verified chunk by chunk before they are trusted again.
-pub(crate) const BOOT_STAMP: &str = ".colo-boot";
-
-/// This boot's id (`/proc/sys/kernel/random/boot_id`); a constant where there is none.
-pub(crate) fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "no-boot-id".into())
-}
-
-/// Whether the files in `dir` were written since the host last booted.
-pub(crate) fn written_this_boot(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join(BOOT_STAMP)).is_ok_and(|s| s.trim() == boot_id())
-}
-
-/// A model revision in the cache: (name, revision).
-pub(crate) type Key = (String, String);
 
 #[derive(Clone, Debug)]
 pub struct HostCache {
@@ -42,11 +27,12 @@ pub struct HostCache {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Inner {
+struct Inner {
     /// Bytes the cache may hold; unlimited when `None`.
     capacity: Option<u64>,
     pins: Mutex<HashMap<Key, usize>>,
-    pub(crate) flights: Mutex<HashMap<Key, Arc<Flight>>>,
+    /// Pulls in flight, one per revision (see `pull`).
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
     /// Held while deciding what to evict, so two pulls never count the same free bytes.
     room: Mutex<()>,
 }
@@ -123,10 +109,10 @@ impl HostCache {
     }
 
     /// The model directory if every file of `manifest` is present and verified (in this boot;
-    /// see [`BOOT_STAMP`]).
+    /// see the boot stamp in `cache::boot`).
     pub fn complete_dir(&self, manifest: &Manifest) -> Option<PathBuf> {
         let dir = self.model_dir(&manifest.name, &manifest.revision);
-        (dir.join(COMPLETE_MARKER).is_file() && written_this_boot(&dir)).then_some(dir)
+        boot::complete(&dir).then_some(dir)
     }
 
     /// The manifest of a complete cached revision, read from its marker.
@@ -140,10 +126,6 @@ impl HostCache {
         }
         let bytes = std::fs::read(dir.join(COMPLETE_MARKER)).ok()?;
         Manifest::from_json(&bytes).ok()
-    }
-
-    pub(crate) fn marker_path(&self, manifest: &Manifest) -> PathBuf {
-        self.model_dir(&manifest.name, &manifest.revision).join(COMPLETE_MARKER)
     }
 
     /// Pins a model revision: it is not evicted while the guard lives. Counts as a use.
@@ -189,7 +171,7 @@ impl HostCache {
                 let name = file_name(&name_dir);
                 let revision = file_name(&rev_dir);
                 let marker = rev_dir.join(COMPLETE_MARKER);
-                let complete = marker.is_file() && written_this_boot(&rev_dir);
+                let complete = boot::complete(&rev_dir);
                 let used_at = std::fs::metadata(if complete { &marker } else { &rev_dir })
                     .and_then(|m| m.modified())
                     .ok()
@@ -303,20 +285,11 @@ impl HostCache {
         }
         Ok(evicted)
     }
-
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
-    }
 }
 
 /// The first 12 characters of a revision, for messages.
 fn short(revision: &str) -> &str {
     revision.get(..12).unwrap_or(revision)
-}
-
-/// A path component that cannot climb out of its directory or name a hidden file.
-pub(crate) fn valid_component(s: &str) -> bool {
-    !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\')
 }
 
 fn file_name(path: &Path) -> String {

@@ -7,6 +7,10 @@
 //! `GET {PEER_PREFIX}/{name}/{revision}` answers which files the host has;
 //! `GET {PEER_PREFIX}/{name}/{revision}/files/{path}` answers bytes, honouring one `Range`.
 
+pub(crate) mod wire;
+
+pub use wire::{PeerFile, PeerModel, PEER_PREFIX};
+
 use crate::HostCache;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -14,28 +18,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-/// Where the cache API lives on a host.
-pub const PEER_PREFIX: &str = "/v1/cache/models";
 /// Bytes read from disk per body frame.
 const BLOCK: u64 = 4 * 1024 * 1024;
-
-/// What a host has of one model revision.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerModel {
-    pub name: String,
-    pub revision: String,
-    pub files: Vec<PeerFile>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerFile {
-    pub path: String,
-    pub size: u64,
-}
 
 /// The routes peers read from; mount them on the host's API.
 pub fn peer_router(cache: HostCache) -> Router {
@@ -180,9 +167,12 @@ pub(crate) fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
 mod tests {
     use super::parse_range;
 
+    /// A `Range` header's value and the half-open span it names in a 100-byte file, if any.
+    type RangeCase = (&'static str, Result<(u64, u64), ()>);
+
     #[test]
     fn ranges() {
-        let cases: &[(&str, Result<(u64, u64), ()>)] = &[
+        let cases: &[RangeCase] = &[
             ("bytes=0-9", Ok((0, 10))),
             ("bytes=90-200", Ok((90, 100))),
             ("bytes=10-", Ok((10, 100))),

@@ -1,10 +1,12 @@
 //! Single-flight pulls: every caller that asks a host cache for the same model revision while
 //! it is being pulled joins the one download in flight, and can wait for the whole model or
-//! for the first bytes of one file (a loader reading a safetensors header early).
+//! for the first bytes of one file (a loader reading a safetensors header early). `hydrate`
+//! is the one pull without sharing, for callers that manage the cache themselves.
 
-use crate::cache::Key;
+use super::key::Key;
+use super::HostCache;
 use crate::hydrate::{file_prefixes, FilePrefixes, HydrateOptions};
-use crate::{hydrate, HostCache, Progress, Store, StoreError};
+use crate::{Progress, Store, StoreError};
 use colo_core::HydrationReport;
 use colo_model::Manifest;
 use std::path::PathBuf;
@@ -28,6 +30,20 @@ pub struct Pull {
     dir: PathBuf,
 }
 
+/// Pulls `manifest`'s model into `cache`, reading from `opts.peers` first and `store` for the
+/// rest. Returns what came from where. This is one pull with no sharing: use
+/// [`HostCache::pull`] to share one download between callers and keep the cache's capacity.
+pub async fn hydrate(
+    store: &Store,
+    manifest: &Manifest,
+    cache: &HostCache,
+    opts: &HydrateOptions,
+    progress: Progress,
+) -> Result<HydrationReport, StoreError> {
+    let dir = cache.model_dir(&manifest.name, &manifest.revision);
+    crate::hydrate::run(store, manifest, &dir, opts, progress, &file_prefixes(manifest)).await
+}
+
 // === impl HostCache (pulls) ===
 
 impl HostCache {
@@ -37,7 +53,7 @@ impl HostCache {
     pub fn pull(&self, store: &Store, manifest: &Manifest, opts: &HydrateOptions, progress: Progress) -> Pull {
         let key: Key = (manifest.name.clone(), manifest.revision.clone());
         let dir = self.model_dir(&manifest.name, &manifest.revision);
-        let mut flights = self.inner().flights.lock().unwrap_or_else(|p| p.into_inner());
+        let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&key) {
             return Pull {
                 flight: flight.clone(),
@@ -64,7 +80,8 @@ impl HostCache {
                 if !evicted.is_empty() {
                     tracing::info!(model = %manifest.name, evicted = evicted.len(), "made room in the host cache");
                 }
-                hydrate::run(&store, &manifest, &cache, &opts, progress, &task_flight.prefixes).await
+                let dir = cache.model_dir(&manifest.name, &manifest.revision);
+                crate::hydrate::run(&store, &manifest, &dir, &opts, progress, &task_flight.prefixes).await
             }
             .await;
             if let Err(e) = &result {
@@ -73,7 +90,7 @@ impl HostCache {
             // The result is published before the flight leaves the table, so a caller either
             // joins and sees it, or finds the marker (or the error's leftovers) on disk.
             task_flight.done.send_replace(Some(result.map_err(Arc::new)));
-            cache.inner().flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            cache.inner.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         });
         Pull {
             flight,
