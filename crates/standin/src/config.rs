@@ -68,7 +68,8 @@ pub struct Cli {
     /// Base milliseconds from a sequence's admission to its first token.
     #[arg(long, default_value_t = 20)]
     pub ttft_ms: u64,
-    /// Extra microseconds to first token for each prompt token not found in the prefix cache.
+    /// Extra microseconds to first token for each prompt token not found in the prefix cache
+    /// (tokio's timers round every wait up to a whole millisecond).
     #[arg(long, default_value_t = 50)]
     pub prefill_us_per_token: u64,
     /// Milliseconds between output tokens.

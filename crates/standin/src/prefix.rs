@@ -99,9 +99,9 @@ mod tests {
         cache.insert(&[7, 8]);
         // Five blocks for four places: chain 1-2-3 is older, and its tail (3) goes.
         assert_eq!(cache.len(), 4);
-        assert_eq!(cache.longest_prefix(&[1, 2, 3]), 2);
         assert_eq!(cache.longest_prefix(&[7, 8]), 2);
-        // Using 1-2 made them recent; the next insert evicts 8, then 7.
+        assert_eq!(cache.longest_prefix(&[1, 2, 3]), 2);
+        // Using 1-2 last made them the most recent; the next insert evicts 8, then 7.
         cache.insert(&[5, 6]);
         assert_eq!(cache.longest_prefix(&[1, 2]), 2);
         assert_eq!(cache.longest_prefix(&[7]), 0);

@@ -17,7 +17,7 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpSocket;
+use tokio::net::{TcpListener, TcpSocket};
 
 /// How long a dying server waits for its connections to finish before it exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -25,8 +25,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// A stand-in whose port is taken but which does not yet serve.
 pub struct Bound {
     engine: Arc<Engine>,
-    socket: TcpSocket,
+    socket: Socket,
     addr: SocketAddr,
+}
+
+/// vLLM's port is bound and not listened on until it is ready; the others listen from the start.
+enum Socket {
+    Bound(TcpSocket),
+    Listening(TcpListener),
 }
 
 /// How a stand-in's run ended.
@@ -50,11 +56,19 @@ pub async fn bind(config: Config) -> Result<Bound, StandinError> {
     socket.set_reuseaddr(true).map_err(|source| StandinError::Bind { addr, source })?;
     socket.bind(addr).map_err(|source| StandinError::Bind { addr, source })?;
     let addr = socket.local_addr().map_err(|source| StandinError::Bind { addr, source })?;
+    let socket = match config.flavor {
+        Flavor::Vllm => Socket::Bound(socket),
+        Flavor::Sglang | Flavor::Llama => Socket::Listening(listen(socket, addr)?),
+    };
     Ok(Bound {
         engine: Engine::new(config),
         socket,
         addr,
     })
+}
+
+fn listen(socket: TcpSocket, addr: SocketAddr) -> Result<TcpListener, StandinError> {
+    socket.listen(1024).map_err(|source| StandinError::Listen { addr, source })
 }
 
 // === impl Bound ===
@@ -70,19 +84,20 @@ impl Bound {
     pub async fn run(self) -> Result<Ended, StandinError> {
         let Bound { engine, socket, addr } = self;
         let config = &engine.config;
-        let listen = |socket: TcpSocket| socket.listen(1024).map_err(|source| StandinError::Listen { addr, source });
-        let listener = if config.flavor == Flavor::Vllm {
-            tokio::time::sleep(config.load).await;
-            engine.replace_if(|p| *p == Phase::Loading, Phase::Ready);
-            listen(socket)?
-        } else {
-            let listener = listen(socket)?;
-            let loading = engine.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(loading.config.load).await;
-                loading.replace_if(|p| *p == Phase::Loading, Phase::Ready);
-            });
-            listener
+        let listener = match socket {
+            Socket::Bound(socket) => {
+                tokio::time::sleep(config.load).await;
+                engine.replace_if(|p| *p == Phase::Loading, Phase::Ready);
+                listen(socket, addr)?
+            }
+            Socket::Listening(listener) => {
+                let loading = engine.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(loading.config.load).await;
+                    loading.replace_if(|p| *p == Phase::Loading, Phase::Ready);
+                });
+                listener
+            }
         };
         tracing::info!("{} stand-in serving {} on http://{addr}", config.flavor.as_str(), config.served_name);
         if let Some(idle) = config.idle_sleep {

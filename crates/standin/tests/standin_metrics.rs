@@ -51,10 +51,10 @@ async fn vllm_running_and_waiting_follow_the_load() {
     assert_eq!(metric(&text, "vllm:time_to_first_token_seconds_count"), Some(8.0));
     assert!(text.contains("# TYPE vllm:prefix_cache_hits counter\n"), "{text}");
     assert!(text.contains("# TYPE vllm:time_to_first_token_seconds histogram\n"), "{text}");
-    // Queued sequences waited 1.0 s per pair ahead of them (100 ms prefill + 9 × 100 ms decode):
-    // first tokens at 0.1, 0.1, 1.1, 1.1, 2.1, 2.1, 3.1, 3.1 s (the 40 uncached tokens add 2 ms each).
+    // A pair runs 1.002 s (100 ms + 40 uncached tokens × 50 µs of prefill, then 9 × 100 ms of
+    // decode), and the pairs behind it wait: first tokens at 0.102, 1.104, 2.106 and 3.108 s.
     let sum = metric(&text, "vllm:time_to_first_token_seconds_sum").unwrap_or(0.0);
-    assert!((sum - (2.0 * (0.102 + 1.102 + 2.102 + 3.102))).abs() < 1e-6, "sum {sum}");
+    assert!((sum - (2.0 * (0.102 + 1.104 + 2.106 + 3.108))).abs() < 1e-6, "sum {sum}");
 }
 
 /// The KV budget holds sequences back even with places free.

@@ -34,7 +34,9 @@ async fn llama_answers_loading_model_503_then_ok() {
     // Every endpoint answers the same while loading.
     let early = post(s.addr, "/v1/completions", json!({"prompt": "hi"})).await;
     assert_eq!((early.status, early.json()["error"]["message"].as_str()), (503, Some("Loading model")));
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(Duration::from_millis(2999)).await;
+    assert_eq!(get(s.addr, "/health").await.status, 503);
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let health = get(s.addr, "/health").await;
     assert_eq!((health.status, health.json()), (200, json!({"status": "ok"})));
     assert_eq!(get(s.addr, "/v1/health").await.status, 200);
@@ -47,7 +49,7 @@ async fn sglang_health_and_health_generate_are_503_while_starting() {
     assert_eq!(get(s.addr, "/health").await.status, 503);
     assert_eq!(get(s.addr, "/health_generate").await.status, 503);
     assert_eq!(post(s.addr, "/v1/completions", json!({"prompt": "hi"})).await.status, 503);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(Duration::from_millis(2001)).await;
     assert_eq!(get(s.addr, "/health").await.status, 200);
     assert_eq!(get(s.addr, "/health_generate").await.status, 200);
     assert_eq!(get(s.addr, "/v1/models").await.json()["data"][0]["id"], "/models/q");

@@ -33,7 +33,7 @@ const VLLM_SLEEPY: [&str; 16] = [
 #[tokio::test(start_paused = true)]
 async fn vllm_sleeps_fails_requests_and_wakes_without_its_cache() {
     let s = start(&VLLM_SLEEPY).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1001)).await;
     let prompt = words("p", 100);
     assert!((ms(complete(s.addr, &prompt, 1).await.total) - 110.0).abs() < 0.5);
     assert!((ms(complete(s.addr, &prompt, 1).await.total) - 14.0).abs() < 0.5, "cached");
@@ -75,7 +75,7 @@ async fn vllm_sleeps_fails_requests_and_wakes_without_its_cache() {
 #[tokio::test(start_paused = true)]
 async fn vllm_sleep_aborts_requests_in_flight() {
     let s = start(&VLLM_SLEEPY).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1001)).await;
     let addr = s.addr;
     let whole = tokio::spawn(async move { complete(addr, "a long answer", 50).await });
     let streamed = tokio::spawn(async move { post(addr, "/v1/completions", json!({"prompt": "b", "max_tokens": 50, "stream": true})).await });
@@ -140,11 +140,11 @@ async fn sglang_releases_and_resumes_memory() {
 
 #[tokio::test(start_paused = true)]
 async fn llama_sleeps_when_idle_and_the_next_request_reloads() {
-    let s = start(&["--flavor", "llama", "--metrics", "--load-ms", "2000", "--sleep-idle-seconds", "5", "--ttft-ms", "10"]).await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let s = start(&["--flavor", "llama", "--metrics", "--load-ms", "2000", "--sleep-idle-seconds", "5", "--ttft-ms", "10", "--prefill-us-per-token", "500"]).await;
+    tokio::time::sleep(Duration::from_millis(2001)).await;
     assert_eq!(get(s.addr, "/props").await.json()["is_sleeping"], false);
     let first = complete(s.addr, "hello there", 1).await;
-    assert!((ms(first.total) - 10.1).abs() < 0.01, "{:?}", first.total);
+    assert_eq!(first.total, Duration::from_millis(11), "10 ms + 2 tokens × 0.5 ms");
 
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(get(s.addr, "/props").await.json()["is_sleeping"], false, "4 s idle of 5");
@@ -159,6 +159,6 @@ async fn llama_sleeps_when_idle_and_the_next_request_reloads() {
     // The next request reloads the model (--load-ms) and is answered.
     let woken = complete(s.addr, "hello there", 1).await;
     assert_eq!(woken.status, 200, "{}", woken.body);
-    assert!((ms(woken.total) - 2010.1).abs() < 0.01, "reload + ttft: {:?}", woken.total);
+    assert_eq!(woken.total, Duration::from_millis(2011), "reload + time to first token");
     assert_eq!(get(s.addr, "/props").await.json()["is_sleeping"], false);
 }
