@@ -215,7 +215,10 @@ impl Cli {
             positional.remove(0);
         }
         if positional.len() > 1 {
-            problems.push(format!("expected at most `serve MODEL`, got extra arguments {:?}", &positional[1..]));
+            problems.push(format!(
+                "expected at most `serve MODEL`, got extra arguments {:?}",
+                &positional[1..]
+            ));
         }
         let model_path = self.model.clone().or_else(|| positional.first().cloned());
         let served_name = self
@@ -314,7 +317,17 @@ mod tests {
 
     #[test]
     fn vllm_serve_shape_names_the_model() {
-        let c = Config::from_args(["--flavor", "vllm", "serve", "/models/qwen", "--port", "0", "--served-model-name", "q"]).unwrap();
+        let c = Config::from_args([
+            "--flavor",
+            "vllm",
+            "serve",
+            "/models/qwen",
+            "--port",
+            "0",
+            "--served-model-name",
+            "q",
+        ])
+        .unwrap();
         assert_eq!((c.model_path.as_str(), c.served_name.as_str(), c.port), ("/models/qwen", "q", 0));
         let c = Config::from_args(["--flavor", "vllm", "serve", "/models/qwen"]).unwrap();
         assert_eq!((c.served_name.as_str(), c.port), ("/models/qwen", 8000));
@@ -322,7 +335,21 @@ mod tests {
 
     #[test]
     fn llama_shapes_parse() {
-        let c = Config::from_args(["--flavor", "llama", "-m", "/m/x.gguf", "-np", "4", "-ngl", "99", "--alias", "x", "-c", "4096"]).unwrap();
+        let c = Config::from_args([
+            "--flavor",
+            "llama",
+            "-m",
+            "/m/x.gguf",
+            "-np",
+            "4",
+            "-ngl",
+            "99",
+            "--alias",
+            "x",
+            "-c",
+            "4096",
+        ])
+        .unwrap();
         assert_eq!((c.max_running, c.served_name.as_str(), c.context, c.metrics), (4, "x", 4096, false));
         let c = Config::from_args(["--flavor", "llama", "--sleep-idle-seconds", "-1", "--metrics"]).unwrap();
         assert_eq!((c.idle_sleep, c.metrics), (None, true));
@@ -331,6 +358,9 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let err = Config::from_args(["--flavor", "sglang", "--fail-rate", "2", "--max-running", "0", "--metrics"]).unwrap_err();
-        assert!(err.contains("--fail-rate") && err.contains("--max-running") && err.contains("--metrics"), "{err}");
+        assert!(
+            err.contains("--fail-rate") && err.contains("--max-running") && err.contains("--metrics"),
+            "{err}"
+        );
     }
 }

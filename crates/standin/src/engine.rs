@@ -243,6 +243,20 @@ impl Engine {
     pub fn start(self: &Arc<Self>, sequence: Sequence, arrival: Instant) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut aborts = self.aborts.subscribe();
+        // Sleep and death change the phase before they abort, so a sequence that subscribed above
+        // either sees the new phase here or is aborted later: none slips past a sleep (a request
+        // that passed the gate on another thread just before it).
+        let refused = match self.phase() {
+            Phase::Dead => Some(dead().message()),
+            Phase::Asleep(_) | Phase::Waking if self.config.flavor != Flavor::Llama => {
+                Some("aborted: the engine was put to sleep".to_string())
+            }
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            let _ = tx.send(Event::Failed(reason));
+            return rx;
+        }
         let engine = self.clone();
         tokio::spawn(async move {
             tokio::select! {

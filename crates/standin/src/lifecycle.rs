@@ -159,10 +159,16 @@ async fn sglang_release(State(engine): State<Arc<Engine>>) -> Response {
         other => return ApiError::Unavailable(format!("cannot release memory while {other:?}")).respond(flavor),
     }
     if engine.busy() {
-        return ApiError::bad("release_memory_occupation", "release_memory_occupation needs an idle engine; requests are in flight")
-            .respond(flavor);
+        return ApiError::bad(
+            "release_memory_occupation",
+            "release_memory_occupation needs an idle engine; requests are in flight",
+        )
+        .respond(flavor);
     }
     if engine.replace_if(|p| *p == Phase::Ready, asleep(1)) {
+        // A request that arrived between the check above and now is failed, not left running on
+        // memory that was let go.
+        engine.abort_all("aborted: memory occupation was released");
         engine.drop_prefix_cache();
     }
     StatusCode::OK.into_response()

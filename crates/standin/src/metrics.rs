@@ -129,46 +129,89 @@ pub fn render(config: &Config, s: &Snapshot) -> String {
         Flavor::Vllm => {
             let labels = format!("engine=\"0\",model_name=\"{}\"", escape(&config.served_name));
             let gauges: [(&str, &str, f64); 3] = [
-                ("vllm:num_requests_running", "Number of requests in model execution batches.", s.running as f64),
-                ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", s.waiting as f64),
+                (
+                    "vllm:num_requests_running",
+                    "Number of requests in model execution batches.",
+                    s.running as f64,
+                ),
+                (
+                    "vllm:num_requests_waiting",
+                    "Number of requests waiting to be processed.",
+                    s.waiting as f64,
+                ),
                 ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv_usage),
             ];
             for (name, help, value) in gauges {
                 family(&mut out, name, help, "gauge", &[(name, &labels, value)]);
             }
             let counters: [(&str, &str, u64); 4] = [
-                ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", st.cache_queries),
-                ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", st.cache_hits),
+                (
+                    "vllm:prefix_cache_queries",
+                    "Prefix cache queries, in terms of number of queried tokens.",
+                    st.cache_queries,
+                ),
+                (
+                    "vllm:prefix_cache_hits",
+                    "Prefix cache hits, in terms of number of cached tokens.",
+                    st.cache_hits,
+                ),
                 ("vllm:prompt_tokens", "Number of prefill tokens processed.", st.prompt_tokens),
-                ("vllm:generation_tokens", "Number of generation tokens processed.", st.generation_tokens),
+                (
+                    "vllm:generation_tokens",
+                    "Number of generation tokens processed.",
+                    st.generation_tokens,
+                ),
             ];
             for (name, help, value) in counters {
-                family(&mut out, name, help, "counter", &[(&format!("{name}_total"), &labels, value as f64)]);
+                family(
+                    &mut out,
+                    name,
+                    help,
+                    "counter",
+                    &[(&format!("{name}_total"), &labels, value as f64)],
+                );
             }
             let success = format!("{labels},finished_reason=\"length\"");
-            family(&mut out, "vllm:request_success", "Count of successfully processed requests.", "counter", &[(
-                "vllm:request_success_total",
-                &success,
-                st.finished as f64,
-            )]);
-            histogram(&mut out, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &labels, &st.ttft);
+            family(
+                &mut out,
+                "vllm:request_success",
+                "Count of successfully processed requests.",
+                "counter",
+                &[("vllm:request_success_total", &success, st.finished as f64)],
+            );
+            histogram(
+                &mut out,
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                &labels,
+                &st.ttft,
+            );
             let info = format!(
                 "{labels},block_size=\"{}\",enable_prefix_caching=\"{}\",num_gpu_blocks=\"{}\"",
                 config.block_tokens,
                 if config.cache_blocks > 0 { "True" } else { "False" },
                 config.kv_tokens / config.block_tokens
             );
-            family(&mut out, "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", "gauge", &[(
+            family(
+                &mut out,
                 "vllm:cache_config_info",
-                &info,
-                1.0,
-            )]);
+                "Information of the LLMEngine CacheConfig",
+                "gauge",
+                &[("vllm:cache_config_info", &info, 1.0)],
+            );
         }
         Flavor::Sglang => {
-            let labels = format!("engine_type=\"unified\",model_name=\"{}\",tp_rank=\"0\"", escape(&config.served_name));
+            let labels = format!(
+                "engine_type=\"unified\",model_name=\"{}\",tp_rank=\"0\"",
+                escape(&config.served_name)
+            );
             let gauges: [(&str, &str, f64); 6] = [
                 ("sglang:num_running_reqs", "The number of running requests.", s.running as f64),
-                ("sglang:num_queue_reqs", "The number of requests in the waiting queue.", s.waiting as f64),
+                (
+                    "sglang:num_queue_reqs",
+                    "The number of requests in the waiting queue.",
+                    s.waiting as f64,
+                ),
                 ("sglang:num_used_tokens", "The number of used tokens.", s.kv_used as f64),
                 ("sglang:token_usage", "The token usage.", kv_usage),
                 ("sglang:cache_hit_rate", "The prefix cache hit rate.", st.recent_hit_rate()),
@@ -179,23 +222,74 @@ pub fn render(config: &Config, s: &Snapshot) -> String {
             }
             for (name, help, value) in [
                 ("sglang:prompt_tokens", "Number of prefill tokens processed.", st.prompt_tokens),
-                ("sglang:generation_tokens", "Number of generation tokens processed.", st.generation_tokens),
+                (
+                    "sglang:generation_tokens",
+                    "Number of generation tokens processed.",
+                    st.generation_tokens,
+                ),
             ] {
-                family(&mut out, name, help, "counter", &[(&format!("{name}_total"), &labels, value as f64)]);
+                family(
+                    &mut out,
+                    name,
+                    help,
+                    "counter",
+                    &[(&format!("{name}_total"), &labels, value as f64)],
+                );
             }
-            histogram(&mut out, "sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &labels, &st.ttft);
+            histogram(
+                &mut out,
+                "sglang:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                &labels,
+                &st.ttft,
+            );
         }
         Flavor::Llama => {
             let rate = |tokens: u64, seconds: f64| if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 };
             let families: [(&str, &str, &str, f64); 8] = [
-                ("llamacpp:prompt_tokens_total", "counter", "Number of prompt tokens processed.", st.computed_prompt_tokens as f64),
+                (
+                    "llamacpp:prompt_tokens_total",
+                    "counter",
+                    "Number of prompt tokens processed.",
+                    st.computed_prompt_tokens as f64,
+                ),
                 ("llamacpp:prompt_seconds_total", "counter", "Prompt process time", st.prompt_seconds),
-                ("llamacpp:tokens_predicted_total", "counter", "Number of generation tokens processed.", st.generation_tokens as f64),
-                ("llamacpp:tokens_predicted_seconds_total", "counter", "Predict process time", st.decode_seconds),
-                ("llamacpp:prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.", rate(st.computed_prompt_tokens, st.prompt_seconds)),
-                ("llamacpp:predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.", rate(st.generation_tokens, st.decode_seconds)),
-                ("llamacpp:requests_processing", "gauge", "Number of requests processing.", s.running as f64),
-                ("llamacpp:requests_deferred", "gauge", "Number of requests deferred.", s.waiting as f64),
+                (
+                    "llamacpp:tokens_predicted_total",
+                    "counter",
+                    "Number of generation tokens processed.",
+                    st.generation_tokens as f64,
+                ),
+                (
+                    "llamacpp:tokens_predicted_seconds_total",
+                    "counter",
+                    "Predict process time",
+                    st.decode_seconds,
+                ),
+                (
+                    "llamacpp:prompt_tokens_seconds",
+                    "gauge",
+                    "Average prompt throughput in tokens/s.",
+                    rate(st.computed_prompt_tokens, st.prompt_seconds),
+                ),
+                (
+                    "llamacpp:predicted_tokens_seconds",
+                    "gauge",
+                    "Average generation throughput in tokens/s.",
+                    rate(st.generation_tokens, st.decode_seconds),
+                ),
+                (
+                    "llamacpp:requests_processing",
+                    "gauge",
+                    "Number of requests processing.",
+                    s.running as f64,
+                ),
+                (
+                    "llamacpp:requests_deferred",
+                    "gauge",
+                    "Number of requests deferred.",
+                    s.waiting as f64,
+                ),
             ];
             for (name, kind, help, value) in families {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -257,7 +351,10 @@ mod tests {
             s.record_lookup(100, 50);
         }
         assert_eq!(s.recent_hit_rate(), 0.5);
-        assert_eq!((s.cache_queries, s.cache_hits), (100 * (RECENT_PREFILLS as u64 + 1), 50 * RECENT_PREFILLS as u64));
+        assert_eq!(
+            (s.cache_queries, s.cache_hits),
+            (100 * (RECENT_PREFILLS as u64 + 1), 50 * RECENT_PREFILLS as u64)
+        );
     }
 
     #[test]

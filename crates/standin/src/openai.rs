@@ -99,7 +99,9 @@ fn chat_tokens(value: Option<&Value>) -> Result<Vec<u64>, ApiError> {
     for (i, m) in items.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
-            return Err(bad(format!("'messages[{i}].role' must be system, developer, user, assistant or tool")));
+            return Err(bad(format!(
+                "'messages[{i}].role' must be system, developer, user, assistant or tool"
+            )));
         }
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
@@ -135,7 +137,10 @@ pub fn parse(body: &[u8], chat: bool, config: &Config) -> Result<Request, ApiErr
         ("prompt", prompt_tokens(present(&fields, "prompt"))?)
     };
     if tokens.is_empty() {
-        return Err(ApiError::bad(field, format!("'{field}' has no tokens (the stand-in counts one per word)")));
+        return Err(ApiError::bad(
+            field,
+            format!("'{field}' has no tokens (the stand-in counts one per word)"),
+        ));
     }
     if count(&fields, "n")?.is_some_and(|n| n != 1) {
         return Err(ApiError::bad("n", "the stand-in answers one choice; 'n' must be 1"));
@@ -147,11 +152,15 @@ pub fn parse(body: &[u8], chat: bool, config: &Config) -> Result<Request, ApiErr
     let stream = boolean(&fields, "stream")?;
     let include_usage = match present(&fields, "stream_options") {
         None => false,
-        Some(Value::Object(options)) if stream => boolean(options, "include_usage").map_err(|_| {
-            ApiError::bad("stream_options", "'stream_options.include_usage' must be a boolean")
-        })?,
+        Some(Value::Object(options)) if stream => boolean(options, "include_usage")
+            .map_err(|_| ApiError::bad("stream_options", "'stream_options.include_usage' must be a boolean"))?,
         Some(Value::Object(_)) => return Err(ApiError::bad("stream_options", "'stream_options' needs 'stream': true")),
-        Some(other) => return Err(ApiError::bad("stream_options", format!("'stream_options' must be an object, got {}", kind(other)))),
+        Some(other) => {
+            return Err(ApiError::bad(
+                "stream_options",
+                format!("'stream_options' must be an object, got {}", kind(other)),
+            ))
+        }
     };
     let seed = match present(&fields, "seed") {
         None => 0,
@@ -164,7 +173,11 @@ pub fn parse(body: &[u8], chat: bool, config: &Config) -> Result<Request, ApiErr
     if tokens.len() >= config.context {
         return Err(ApiError::bad(
             field,
-            format!("the prompt has {} tokens; this model's maximum context length is {} tokens", tokens.len(), config.context),
+            format!(
+                "the prompt has {} tokens; this model's maximum context length is {} tokens",
+                tokens.len(),
+                config.context
+            ),
         ));
     }
     if total > config.context {
@@ -180,7 +193,10 @@ pub fn parse(body: &[u8], chat: bool, config: &Config) -> Result<Request, ApiErr
     if total > config.kv_tokens {
         return Err(ApiError::bad(
             "max_tokens",
-            format!("{total} tokens of prompt and completion can never fit this engine's KV cache of {} tokens", config.kv_tokens),
+            format!(
+                "{total} tokens of prompt and completion can never fit this engine's KV cache of {} tokens",
+                config.kv_tokens
+            ),
         ));
     }
     Ok(Request {
@@ -315,8 +331,10 @@ async fn whole(shape: &Shape, mut events: mpsc::UnboundedReceiver<Event>) -> Res
         json!({"index": 0, "text": text, "logprobs": null, "finish_reason": "length"})
     };
     let object = if shape.chat { "chat.completion" } else { "text_completion" };
-    Ok(json!({"id": shape.id, "object": object, "created": shape.created, "model": shape.model,
-        "choices": [choice], "usage": shape.usage(words.len())}))
+    Ok(
+        json!({"id": shape.id, "object": object, "created": shape.created, "model": shape.model,
+        "choices": [choice], "usage": shape.usage(words.len())}),
+    )
 }
 
 /// The answer as server-sent events: a chunk per token, the usage when asked for, then `[DONE]`.

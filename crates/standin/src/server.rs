@@ -48,7 +48,10 @@ pub async fn bind(config: Config) -> Result<Bound, StandinError> {
     let host = config.host.as_str();
     let mut addrs = tokio::net::lookup_host((host, config.port))
         .await
-        .map_err(|source| StandinError::Resolve { host: host.to_string(), source })?;
+        .map_err(|source| StandinError::Resolve {
+            host: host.to_string(),
+            source,
+        })?;
     let addr = addrs.next().ok_or_else(|| StandinError::NoAddress { host: host.to_string() })?;
     drop(addrs);
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
@@ -99,7 +102,11 @@ impl Bound {
                 listener
             }
         };
-        tracing::info!("{} stand-in serving {} on http://{addr}", config.flavor.as_str(), config.served_name);
+        tracing::info!(
+            "{} stand-in serving {} on http://{addr}",
+            config.flavor.as_str(),
+            config.served_name
+        );
         if let Some(idle) = config.idle_sleep {
             tokio::spawn(engine.clone().sleep_when_idle(idle));
         }
@@ -127,8 +134,14 @@ pub fn router(engine: Arc<Engine>) -> Router {
     let config = &engine.config;
     let mut app = Router::new()
         .route("/v1/models", get(models))
-        .route("/v1/completions", post(|State(e): State<Arc<Engine>>, body: Bytes| openai::generate(e, body, false)))
-        .route("/v1/chat/completions", post(|State(e): State<Arc<Engine>>, body: Bytes| openai::generate(e, body, true)))
+        .route(
+            "/v1/completions",
+            post(|State(e): State<Arc<Engine>>, body: Bytes| openai::generate(e, body, false)),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|State(e): State<Arc<Engine>>, body: Bytes| openai::generate(e, body, true)),
+        )
         .route("/health", get(health));
     if config.metrics {
         app = app.route("/metrics", get(metrics_text));

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{complete, get, post, refused, start, Process};
 use colo_standin::Ended;
+use common::{complete, get, post, refused, start, Process};
 use serde_json::json;
 use std::time::Duration;
 
@@ -17,7 +17,21 @@ async fn fail_rate_answers_that_fraction_with_500() {
     assert_eq!(reply.json()["error"]["type"], "InternalServerError");
     assert_eq!(reply.json()["error"]["code"], 500);
 
-    let s = start(&["--flavor", "vllm", "--load-ms", "0", "--fail-rate", "0.3", "--seed", "7", "--itl-ms", "0", "--ttft-ms", "0"]).await;
+    let s = start(&[
+        "--flavor",
+        "vllm",
+        "--load-ms",
+        "0",
+        "--fail-rate",
+        "0.3",
+        "--seed",
+        "7",
+        "--itl-ms",
+        "0",
+        "--ttft-ms",
+        "0",
+    ])
+    .await;
     tokio::time::sleep(Duration::from_millis(1)).await;
     let mut failed = 0;
     for _ in 0..200 {
@@ -34,7 +48,19 @@ async fn fail_rate_answers_that_fraction_with_500() {
 
 #[tokio::test(start_paused = true)]
 async fn die_after_answers_n_requests_then_health_503_then_exits() {
-    let s = start(&["--flavor", "vllm", "--load-ms", "0", "--die-after", "3", "--die-linger-ms", "1000", "--itl-ms", "10"]).await;
+    let s = start(&[
+        "--flavor",
+        "vllm",
+        "--load-ms",
+        "0",
+        "--die-after",
+        "3",
+        "--die-linger-ms",
+        "1000",
+        "--itl-ms",
+        "10",
+    ])
+    .await;
     tokio::time::sleep(Duration::from_millis(1)).await;
     for i in 0..3 {
         let reply = complete(s.addr, "hello", 3).await;
@@ -57,7 +83,14 @@ async fn death_fails_the_requests_in_flight() {
     let s = start(&["--flavor", "sglang", "--load-ms", "0", "--die-after", "2", "--itl-ms", "100"]).await;
     tokio::time::sleep(Duration::from_millis(1)).await;
     let addr = s.addr;
-    let long = tokio::spawn(async move { post(addr, "/v1/completions", json!({"prompt": "long", "max_tokens": 100, "stream": true})).await });
+    let long = tokio::spawn(async move {
+        post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "long", "max_tokens": 100, "stream": true}),
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(10)).await;
     let short = complete(addr, "short", 2).await;
     assert_eq!(short.status, 200, "{}", short.body);
@@ -72,7 +105,20 @@ async fn death_fails_the_requests_in_flight() {
 /// The binary exits with status 1, as a crashed engine does, after answering its last request.
 #[tokio::test]
 async fn the_binary_exits_1_after_die_after() {
-    let mut p = Process::start(&["--flavor", "llama", "--host", "127.0.0.1", "--port", "0", "--load-ms", "0", "--die-after", "2", "--itl-ms", "1"]);
+    let mut p = Process::start(&[
+        "--flavor",
+        "llama",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--load-ms",
+        "0",
+        "--die-after",
+        "2",
+        "--itl-ms",
+        "1",
+    ]);
     assert!(p.wait_healthy(Duration::from_secs(5)).await);
     for _ in 0..2 {
         let reply = complete(p.addr, "hello", 2).await;
@@ -94,13 +140,28 @@ async fn bad_requests_name_their_field() {
         ("/v1/completions", json!({"prompt": "hi", "max_tokens": 0}), 400, "max_tokens"),
         ("/v1/completions", json!({"prompt": "hi", "max_tokens": "ten"}), 400, "max_tokens"),
         ("/v1/completions", json!({"prompt": "hi", "stream": "yes"}), 400, "stream"),
-        ("/v1/completions", json!({"prompt": "hi", "stream_options": {"include_usage": true}}), 400, "stream_options"),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "stream_options": {"include_usage": true}}),
+            400,
+            "stream_options",
+        ),
         ("/v1/completions", json!({"prompt": "hi", "n": 2}), 400, "n"),
         ("/v1/completions", json!({"prompt": "hi", "model": "other"}), 404, "model"),
         ("/v1/completions", json!({"prompt": "hi", "model": 3}), 400, "model"),
         ("/v1/chat/completions", json!({"messages": []}), 400, "messages"),
-        ("/v1/chat/completions", json!({"messages": [{"role": "wizard", "content": "hi"}]}), 400, "messages"),
-        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": 7}]}), 400, "messages"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "wizard", "content": "hi"}]}),
+            400,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": 7}]}),
+            400,
+            "messages",
+        ),
         ("/v1/chat/completions", json!({"prompt": "hi"}), 400, "messages"),
     ];
     for (path, body, status, param) in cases {

@@ -36,7 +36,10 @@ async fn vllm_running_and_waiting_follow_the_load() {
     assert_eq!(metric(&text, "vllm:num_requests_waiting"), Some(6.0), "{text}");
     // Two sequences of 40 + 10 tokens in a budget of 1000.
     assert_eq!(metric(&text, "vllm:kv_cache_usage_perc"), Some(0.1), "{text}");
-    assert!(text.contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 2.0\n"), "{text}");
+    assert!(
+        text.contains("vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 2.0\n"),
+        "{text}"
+    );
     for client in clients {
         let reply = client.await.expect("client");
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -134,4 +137,28 @@ async fn a_request_larger_than_the_kv_budget_or_context_is_a_400() {
     let reply = complete(s.addr, &words("w", 45), 10).await;
     assert_eq!((reply.status, reply.json()["error"]["param"].as_str()), (400, Some("max_tokens")));
     assert!(reply.json()["error"]["message"].as_str().unwrap_or("").contains("KV"));
+}
+
+/// A client that goes away mid-answer gives its place back.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_frees_its_place() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(&["--flavor", "vllm", "--load-ms", "0", "--max-running", "1", "--itl-ms", "100"]).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let body = r#"{"prompt": "go on", "max_tokens": 1000, "stream": true}"#;
+    let mut socket = tokio::net::TcpStream::connect(s.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let mut buf = [0u8; 1024];
+    assert!(socket.read(&mut buf).await.expect("read") > 0);
+    let text = metrics(s.addr).await;
+    assert_eq!(metric(&text, "vllm:num_requests_running"), Some(1.0), "{text}");
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = metrics(s.addr).await;
+    assert_eq!(metric(&text, "vllm:num_requests_running"), Some(0.0), "{text}");
+    assert_eq!(complete(s.addr, "next", 2).await.status, 200);
 }

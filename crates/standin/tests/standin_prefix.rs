@@ -8,7 +8,18 @@ use serde_json::json;
 use std::time::Duration;
 
 /// ttft 10 ms, 1 ms per uncached prompt token, blocks of 16.
-const TIMING: [&str; 10] = ["--load-ms", "0", "--ttft-ms", "10", "--prefill-us-per-token", "1000", "--itl-ms", "5", "--prefix-block-tokens", "16"];
+const TIMING: [&str; 10] = [
+    "--load-ms",
+    "0",
+    "--ttft-ms",
+    "10",
+    "--prefill-us-per-token",
+    "1000",
+    "--itl-ms",
+    "5",
+    "--prefix-block-tokens",
+    "16",
+];
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -38,8 +49,17 @@ async fn a_repeated_prompt_skips_its_cached_prefill() {
     assert_eq!(metric(&text, "vllm:prefix_cache_hits_total"), Some(192.0));
 
     // Streamed, the first event comes at the same time to first token.
-    let streamed = post(s.addr, "/v1/completions", json!({"prompt": prompt, "max_tokens": 3, "stream": true})).await;
-    assert!((ms(streamed.first_byte) - 18.0).abs() < 0.5, "streamed first byte {:?}", streamed.first_byte);
+    let streamed = post(
+        s.addr,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    assert!(
+        (ms(streamed.first_byte) - 18.0).abs() < 0.5,
+        "streamed first byte {:?}",
+        streamed.first_byte
+    );
 
     // A shared first half: its 6 full blocks (96 tokens) hit, the other 104 tokens are computed.
     let half = format!("{} {}", words("p", 100), words("q", 100));
@@ -92,9 +112,7 @@ async fn chats_share_their_system_prompt_and_sglang_reports_the_hit_rate() {
     let s = start(&args).await;
     tokio::time::sleep(Duration::from_millis(1)).await;
     let system = words("sys", 159);
-    let chat = |question: &str| {
-        json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}], "max_tokens": 1})
-    };
+    let chat = |question: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}], "max_tokens": 1});
     // 1 role token + 159 words = 160 tokens = 10 blocks, then the user's turn.
     let first = post(s.addr, "/v1/chat/completions", chat("what is a river")).await;
     assert_eq!(first.status, 200, "{}", first.body);

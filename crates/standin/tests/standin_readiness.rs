@@ -9,7 +9,17 @@ use std::time::Duration;
 
 #[tokio::test(start_paused = true)]
 async fn vllm_refuses_connections_while_loading_then_is_healthy() {
-    let s = start(&["--flavor", "vllm", "serve", "/models/m", "--served-model-name", "m", "--load-ms", "5000"]).await;
+    let s = start(&[
+        "--flavor",
+        "vllm",
+        "serve",
+        "/models/m",
+        "--served-model-name",
+        "m",
+        "--load-ms",
+        "5000",
+    ])
+    .await;
     assert!(refused(s.addr).await, "vLLM must refuse connections while it loads");
     tokio::time::sleep(Duration::from_millis(4900)).await;
     assert!(refused(s.addr).await, "still loading at 4.9 s");
@@ -33,7 +43,10 @@ async fn llama_answers_loading_model_503_then_ok() {
     assert_eq!(body["error"]["type"], "unavailable_error");
     // Every endpoint answers the same while loading.
     let early = post(s.addr, "/v1/completions", json!({"prompt": "hi"})).await;
-    assert_eq!((early.status, early.json()["error"]["message"].as_str()), (503, Some("Loading model")));
+    assert_eq!(
+        (early.status, early.json()["error"]["message"].as_str()),
+        (503, Some("Loading model"))
+    );
     tokio::time::sleep(Duration::from_millis(2999)).await;
     assert_eq!(get(s.addr, "/health").await.status, 503);
     tokio::time::sleep(Duration::from_millis(2)).await;

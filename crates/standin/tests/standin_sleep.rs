@@ -50,7 +50,11 @@ async fn vllm_sleeps_fails_requests_and_wakes_without_its_cache() {
     assert!((ms(wake.total) - 300.0).abs() < 0.5, "level 1 wakes in --wake-ms: {:?}", wake.total);
     assert_eq!(get(s.addr, "/is_sleeping").await.json(), json!({"is_sleeping": false}));
     let after = complete(s.addr, &prompt, 1).await;
-    assert!((ms(after.total) - 110.0).abs() < 0.5, "the prefix cache was dropped: {:?}", after.total);
+    assert!(
+        (ms(after.total) - 110.0).abs() < 0.5,
+        "the prefix cache was dropped: {:?}",
+        after.total
+    );
 
     // Level 2 discarded the weights: waking reads them again (--load-ms more).
     assert_eq!(post(s.addr, "/sleep?level=2", json!({})).await.status, 200);
@@ -62,7 +66,10 @@ async fn vllm_sleeps_fails_requests_and_wakes_without_its_cache() {
     let weights = post(s.addr, "/wake_up?tags=weights", json!({})).await;
     assert!((ms(weights.total) - 1300.0).abs() < 0.5);
     assert_eq!(get(s.addr, "/is_sleeping").await.json(), json!({"is_sleeping": true}));
-    assert_eq!(post(s.addr, "/collective_rpc", json!({"method": "reload_weights"})).await.status, 200);
+    assert_eq!(
+        post(s.addr, "/collective_rpc", json!({"method": "reload_weights"})).await.status,
+        200
+    );
     assert_eq!(post(s.addr, "/wake_up?tags=kv_cache", json!({})).await.status, 200);
     assert_eq!(get(s.addr, "/is_sleeping").await.json(), json!({"is_sleeping": false}));
     assert_eq!(post(s.addr, "/reset_prefix_cache", json!({})).await.status, 200);
@@ -78,7 +85,8 @@ async fn vllm_sleep_aborts_requests_in_flight() {
     tokio::time::sleep(Duration::from_millis(1001)).await;
     let addr = s.addr;
     let whole = tokio::spawn(async move { complete(addr, "a long answer", 50).await });
-    let streamed = tokio::spawn(async move { post(addr, "/v1/completions", json!({"prompt": "b", "max_tokens": 50, "stream": true})).await });
+    let streamed =
+        tokio::spawn(async move { post(addr, "/v1/completions", json!({"prompt": "b", "max_tokens": 50, "stream": true})).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(post(addr, "/sleep?level=1", json!({})).await.status, 200);
     let whole = whole.await.expect("client");
@@ -102,7 +110,17 @@ async fn vllm_sleep_needs_sleep_mode_and_dev_mode() {
 /// The real server's switch is the environment variable; the binary takes it.
 #[tokio::test]
 async fn the_binary_takes_dev_mode_from_the_environment() {
-    let args = ["--flavor", "vllm", "--enable-sleep-mode", "--host", "127.0.0.1", "--port", "0", "--load-ms", "0"];
+    let args = [
+        "--flavor",
+        "vllm",
+        "--enable-sleep-mode",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--load-ms",
+        "0",
+    ];
     let with = Process::start_with_env(&args, &[("VLLM_SERVER_DEV_MODE", "1")]);
     let without = Process::start_with_env(&args, &[("VLLM_SERVER_DEV_MODE", "0")]);
     for p in [&with, &without] {
@@ -115,7 +133,19 @@ async fn the_binary_takes_dev_mode_from_the_environment() {
 
 #[tokio::test(start_paused = true)]
 async fn sglang_releases_and_resumes_memory() {
-    let s = start(&["--flavor", "sglang", "--load-ms", "0", "--wake-ms", "400", "--ttft-ms", "10", "--prefill-us-per-token", "1000"]).await;
+    let s = start(&[
+        "--flavor",
+        "sglang",
+        "--load-ms",
+        "0",
+        "--wake-ms",
+        "400",
+        "--ttft-ms",
+        "10",
+        "--prefill-us-per-token",
+        "1000",
+    ])
+    .await;
     tokio::time::sleep(Duration::from_millis(1)).await;
     let prompt = words("s", 100);
     complete(s.addr, &prompt, 1).await;
@@ -135,12 +165,29 @@ async fn sglang_releases_and_resumes_memory() {
     assert_eq!(resume.status, 200);
     assert!((ms(resume.total) - 400.0).abs() < 0.5, "resume takes --wake-ms: {:?}", resume.total);
     let after = complete(s.addr, &prompt, 1).await;
-    assert!((ms(after.total) - 110.0).abs() < 0.5, "released memory took the cache: {:?}", after.total);
+    assert!(
+        (ms(after.total) - 110.0).abs() < 0.5,
+        "released memory took the cache: {:?}",
+        after.total
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn llama_sleeps_when_idle_and_the_next_request_reloads() {
-    let s = start(&["--flavor", "llama", "--metrics", "--load-ms", "2000", "--sleep-idle-seconds", "5", "--ttft-ms", "10", "--prefill-us-per-token", "500"]).await;
+    let s = start(&[
+        "--flavor",
+        "llama",
+        "--metrics",
+        "--load-ms",
+        "2000",
+        "--sleep-idle-seconds",
+        "5",
+        "--ttft-ms",
+        "10",
+        "--prefill-us-per-token",
+        "500",
+    ])
+    .await;
     tokio::time::sleep(Duration::from_millis(2001)).await;
     assert_eq!(get(s.addr, "/props").await.json()["is_sleeping"], false);
     let first = complete(s.addr, "hello there", 1).await;

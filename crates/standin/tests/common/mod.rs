@@ -110,7 +110,9 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
-    call(addr, "POST", path, Some(&body)).await.unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    call(addr, "POST", path, Some(&body))
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
 
 /// Whether a connection to `addr` is refused (nothing listens there).
@@ -128,14 +130,22 @@ pub fn words(tag: &str, n: usize) -> String {
 
 /// A whole (not streamed) completion.
 pub async fn complete(addr: SocketAddr, prompt: &str, max_tokens: usize) -> Reply {
-    post(addr, "/v1/completions", serde_json::json!({"prompt": prompt, "max_tokens": max_tokens})).await
+    post(
+        addr,
+        "/v1/completions",
+        serde_json::json!({"prompt": prompt, "max_tokens": max_tokens}),
+    )
+    .await
 }
 
 /// The value of the first sample of `name` (exactly that name, any labels).
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
