@@ -202,7 +202,7 @@ impl Engine {
 
     /// Waits until the engine can take a generation request, or says why it cannot. llama-server
     /// reloads a model it unloaded when idle and holds the request meanwhile; vLLM and SGLang
-    /// refuse requests while asleep (vLLM's development endpoints leave this to the caller).
+    /// refuse them while asleep, as the real vLLM fails them.
     pub async fn gate(self: &Arc<Self>) -> Result<(), ApiError> {
         match self.phase() {
             Phase::Ready => return Ok(()),

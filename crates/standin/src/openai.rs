@@ -293,8 +293,16 @@ impl Shape {
     }
 
     fn chunk(&self, choices: Value) -> String {
+        self.chunk_with(choices, None)
+    }
+
+    fn chunk_with(&self, choices: Value, usage: Option<Value>) -> String {
         let object = if self.chat { "chat.completion.chunk" } else { "text_completion" };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices}).to_string()
+        let mut chunk = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        chunk.to_string()
     }
 
     /// The chunks for output token `index`: on the first, a chat answer opens with its role.
@@ -337,30 +345,44 @@ async fn whole(shape: &Shape, mut events: mpsc::UnboundedReceiver<Event>) -> Res
     )
 }
 
+/// What a streamed answer still has to send.
+struct StreamState {
+    shape: Shape,
+    events: mpsc::UnboundedReceiver<Event>,
+    queue: VecDeque<String>,
+    sent: usize,
+    done: bool,
+}
+
+impl StreamState {
+    /// The end of a whole answer: the usage when asked for, then `[DONE]`.
+    fn finish(&mut self) {
+        if self.shape.include_usage {
+            let usage = self.shape.usage(self.sent);
+            self.queue.push_back(self.shape.chunk_with(json!([]), Some(usage)));
+        }
+        self.queue.push_back("[DONE]".to_string());
+        self.done = true;
+    }
+
+    /// A failure mid-answer: an error event, then `[DONE]`.
+    fn fail(&mut self, error: ApiError) {
+        self.queue.push_back(error.body(self.shape.flavor).to_string());
+        self.queue.push_back("[DONE]".to_string());
+        self.done = true;
+    }
+}
+
 /// The answer as server-sent events: a chunk per token, the usage when asked for, then `[DONE]`.
 /// A failure mid-answer is an error event, so a client never takes a cut answer for a whole one.
 fn streamed(shape: Shape, events: mpsc::UnboundedReceiver<Event>) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
-    struct State {
-        shape: Shape,
-        events: mpsc::UnboundedReceiver<Event>,
-        queue: VecDeque<String>,
-        sent: usize,
-        done: bool,
-    }
-    let state = State {
+    let state = StreamState {
         shape,
         events,
         queue: VecDeque::new(),
         sent: 0,
         done: false,
     };
-    impl State {
-        fn fail(&mut self, error: ApiError) {
-            self.queue.push_back(error.body(self.shape.flavor).to_string());
-            self.queue.push_back("[DONE]".to_string());
-            self.done = true;
-        }
-    }
     let stream = futures::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(data) = s.queue.pop_front() {
@@ -374,17 +396,7 @@ fn streamed(shape: Shape, events: mpsc::UnboundedReceiver<Event>) -> Sse<impl St
                     s.shape.token_chunks(s.sent, word, &mut s.queue);
                     s.sent += 1;
                 }
-                Some(Event::Done) => {
-                    if s.shape.include_usage {
-                        let sh = &s.shape;
-                        let object = if sh.chat { "chat.completion.chunk" } else { "text_completion" };
-                        let usage = json!({"id": sh.id, "object": object, "created": sh.created, "model": sh.model,
-                            "choices": [], "usage": sh.usage(s.sent)});
-                        s.queue.push_back(usage.to_string());
-                    }
-                    s.queue.push_back("[DONE]".to_string());
-                    s.done = true;
-                }
+                Some(Event::Done) => s.finish(),
                 Some(Event::Failed(reason)) => s.fail(ApiError::Internal(reason)),
                 None => s.fail(ApiError::Internal("the sequence ended without an answer".to_string())),
             }
