@@ -14,6 +14,8 @@ pub enum StoreError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: not a valid safetensors file: {source}")]
     Safetensors { path: String, source: SafetensorsError },
+    #[error("{path}: not a valid GGUF file: {source}")]
+    Gguf { path: String, source: colo_model::GgufError },
     #[error("model directory {dir}: {reason}")]
     BadDir { dir: String, reason: String },
     #[error("manifest of model {name:?}: {source}")]

@@ -40,10 +40,11 @@ pub struct PushReport {
 pub async fn push_dir(store: &Store, dir: &Path, name: &str, opts: &PushOptions, progress: Progress) -> Result<PushReport, StoreError> {
     let started = Instant::now();
     let files = list_files(dir)?;
-    if !files.iter().any(|(rel, _)| rel == "config.json") {
+    // A model is a config.json with its weights, or a GGUF file, which carries its own config.
+    if !files.iter().any(|(rel, _)| rel == "config.json" || rel.ends_with(".gguf")) {
         return Err(StoreError::BadDir {
             dir: dir.display().to_string(),
-            reason: "no config.json".into(),
+            reason: "no config.json and no .gguf file".into(),
         });
     }
     let chunk_size = opts.chunk_size;
@@ -127,13 +128,18 @@ fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
     Ok(out)
 }
 
-/// Digests one file chunk by chunk; for safetensors files, validates the header too.
+/// Digests one file chunk by chunk; for safetensors and GGUF files, validates the header too.
 fn describe_file(rel: &str, abs: &Path, chunk_size: u64) -> Result<FileEntry, StoreError> {
     let io = |e| StoreError::io(abs.display(), e);
     let mut file = std::fs::File::open(abs).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     let summary = if rel.ends_with(".safetensors") {
         Some(check_safetensors(abs, &mut file, size)?)
+    } else {
+        None
+    };
+    let gguf = if rel.ends_with(".gguf") {
+        Some(check_gguf(abs, &mut file, size)?)
     } else {
         None
     };
@@ -163,7 +169,7 @@ fn describe_file(rel: &str, abs: &Path, chunk_size: u64) -> Result<FileEntry, St
         size,
         chunks,
         safetensors: summary,
-        gguf: None,
+        gguf,
     })
 }
 
@@ -178,6 +184,32 @@ fn check_safetensors(abs: &Path, file: &mut std::fs::File, size: u64) -> Result<
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| StoreError::io(abs.display(), e))?;
     safetensors::parse_header(&header, size).map_err(fail)
+}
+
+/// Reads a GGUF file's header, more of the file each time the parser asks for more (headers
+/// carry the tokenizer, a few MB), and validates it.
+fn check_gguf(abs: &Path, file: &mut std::fs::File, size: u64) -> Result<colo_model::GgufSummary, StoreError> {
+    let fail = |source| StoreError::Gguf {
+        path: abs.display().to_string(),
+        source,
+    };
+    let mut prefix = Vec::new();
+    let mut want = size.min(1 << 20);
+    loop {
+        let have = prefix.len() as u64;
+        (&mut *file)
+            .take(want - have)
+            .read_to_end(&mut prefix)
+            .map_err(|e| StoreError::io(abs.display(), e))?;
+        match colo_model::gguf::parse(&prefix, size) {
+            Ok(parsed) => return Ok(parsed.summary),
+            // The parser asks only for bytes inside the file and its header limit, so this grows.
+            Err(colo_model::GgufError::NeedBytes { at_least, .. }) if at_least > prefix.len() as u64 => {
+                want = at_least.max(want.saturating_mul(2)).min(size);
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
 }
 
 /// Uploads one file, skipping it when an object of the same size is already there (the
