@@ -1,6 +1,6 @@
 //! `colo model push | pull | inspect | ls | synth`.
 
-use crate::client::RunInfo;
+use colo_node::RunInfo;
 use crate::output::{bytes, print_json, table};
 use crate::Common;
 use clap::Subcommand;

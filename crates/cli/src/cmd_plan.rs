@@ -2,7 +2,7 @@
 //! and with `--fleet`/`--demand`, how many machines go where. Reads the files; the decisions
 //! are `colo_policy::plan` and `colo_policy::place`.
 
-use crate::client::RunInfo;
+use colo_node::RunInfo;
 use crate::output::{print_json, table};
 use crate::Common;
 use anyhow::{anyhow, bail, Context};
