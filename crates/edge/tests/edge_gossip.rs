@@ -82,7 +82,12 @@ async fn report_of(url: &str, machine: &str) -> Option<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
         let load: serde_json::Value = reqwest::get(format!("{url}/colo/load")).await.unwrap().json().await.unwrap();
-        let row = load["machines"].as_array().unwrap().iter().find(|m| m["machine"] == machine).cloned();
+        let row = load["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["machine"] == machine)
+            .cloned();
         if let Some(report) = row.map(|r| r["report"].clone()).filter(|r| !r.is_null()) {
             return Some(report);
         }
@@ -120,10 +125,7 @@ async fn applies_other_regions_reports_and_skips_its_own_subject() {
 
 #[tokio::test]
 async fn publishes_the_reports_its_machines_sent_on_its_region_subject() {
-    let upstream = axum::Router::new().route(
-        "/v1/embeddings",
-        post(|| async { ([("colo-load", "running=3;waiting=1")], "ok") }),
-    );
+    let upstream = axum::Router::new().route("/v1/embeddings", post(|| async { ([("colo-load", "running=3;waiting=1")], "ok") }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let machine = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });

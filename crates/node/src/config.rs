@@ -2,11 +2,16 @@
 //! returns every problem at once, each naming its field. The checks more than one process needs
 //! (per-machine limits, health interval, cache size, the edge's settings) are written once here.
 
+mod daemons;
+mod up;
+
+pub use daemons::{AgentDaemonConfig, ControlConfig, EdgeDaemonConfig};
+pub use up::UpConfig;
+
 use crate::error::Problems;
 use crate::tls::TlsFiles;
 use colo_edge::{AdminCheck, EdgeConfig};
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,8 +21,6 @@ mod tests;
 /// Health checks may not come faster or slower than this, in seconds: faster would keep an
 /// engine busy answering them, slower would leave a hung engine in the route table too long.
 const HEALTH_INTERVAL_SECS: std::ops::RangeInclusive<f64> = 0.05..=60.0;
-/// A host's lease shorter than this would expire between two heartbeats on a loaded machine.
-const MIN_LEASE_MS: u64 = 300;
 
 /// Settings of an edge that `colo up` and `colo edge` share; [`EdgeSettings::edge_config`] is
 /// the one place an `EdgeConfig` is built from them.
@@ -53,115 +56,6 @@ pub struct EngineProgram {
     pub program: PathBuf,
     /// Its arguments before `--model-dir`, `--port` and the rest.
     pub args: Vec<String>,
-}
-
-/// `colo up`: control, the agents and the edges in one process over the embedded state store.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UpConfig {
-    /// Data directory (created if missing): state, host cache, local store, logs, run file.
-    pub data_dir: PathBuf,
-    /// Address of the edge (of a fleet's first edge), where OpenAI clients connect.
-    pub edge_addr: SocketAddr,
-    /// Address of the control and agent REST API (port 0 picks a free one).
-    pub api_addr: SocketAddr,
-    /// Model store: a directory, or `s3://bucket/prefix`; none: `<data dir>/store`.
-    pub store: Option<String>,
-    /// Region code of this host, without a fleet.
-    pub region: String,
-    /// CPU slots offered when the host has no NVIDIA GPU, without a fleet.
-    pub cpu_slots: u32,
-    /// Several hosts and regions on this one machine: its hosts, edges and inter-region delay.
-    pub fleet: Option<colo_policy::Fleet>,
-    /// Settings of every edge.
-    pub edge: EdgeSettings,
-    /// Seconds between health checks of each started engine.
-    pub health_interval_secs: f64,
-    /// Serve the (first) host's model cache as a read-only S3 endpoint here.
-    pub s3_addr: Option<SocketAddr>,
-    /// GB (10^9 bytes) each host's model cache may hold; none: unlimited.
-    pub cache_gb: Option<f64>,
-    /// What each machine runs.
-    pub engine: EngineProgram,
-}
-
-/// `colo control`: apps, deploys and reconciliation over NATS.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ControlConfig {
-    /// NATS server with JetStream (`nats://127.0.0.1:4222`).
-    pub nats: String,
-    /// Control's own files: the cluster token and the run file (created if missing).
-    pub data_dir: PathBuf,
-    /// Model store: `s3://bucket/prefix` or a directory every host can read.
-    pub store: String,
-    /// Address of control's API.
-    pub api_addr: SocketAddr,
-    /// Seconds between reconciliations when nothing changes.
-    pub reconcile_every_secs: u64,
-    /// Certificate and key of the API, CA of the agents.
-    pub tls: TlsFiles,
-}
-
-/// `colo agent`: one host's devices, machines and cache over NATS.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AgentDaemonConfig {
-    /// NATS server with JetStream.
-    pub nats: String,
-    /// The agent's own files: machine logs and the host cache (created if missing).
-    pub data_dir: PathBuf,
-    /// Model store: `s3://bucket/prefix` or a directory this host can read.
-    pub store: String,
-    /// Region code of this host.
-    pub region: String,
-    /// Host name, unique in the fleet; none: the system's host name.
-    pub name: Option<String>,
-    /// Address of this agent's API (machines, cache, peers).
-    pub addr: SocketAddr,
-    /// The cluster token's file (control's `api-token`).
-    pub token_file: PathBuf,
-    /// CPU slots offered when the host has no NVIDIA GPU.
-    pub cpu_slots: u32,
-    /// Milliseconds the host's record stays valid without a heartbeat.
-    pub lease_ms: u64,
-    /// Seconds between health checks of each started engine.
-    pub health_interval_secs: f64,
-    /// Address the host's engines listen on and edges reach them at.
-    pub engine_host: IpAddr,
-    /// GPUs to offer instead of discovering them: (catalogue kind, count).
-    pub gpus: Vec<(String, u32)>,
-    /// GB the host cache may hold; none: unlimited.
-    pub cache_gb: Option<f64>,
-    /// Serve the host cache as a read-only S3 endpoint here.
-    pub s3_addr: Option<SocketAddr>,
-    /// Certificate and key of the API, CA of the peers.
-    pub tls: TlsFiles,
-    /// What each machine runs.
-    pub engine: EngineProgram,
-}
-
-/// `colo edge`: one region's edge over NATS.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EdgeDaemonConfig {
-    /// NATS server with JetStream.
-    pub nats: String,
-    /// The edge's own files: its run file (created if missing).
-    pub data_dir: PathBuf,
-    /// Region code this edge serves.
-    pub region: String,
-    /// Address where clients connect.
-    pub addr: SocketAddr,
-    /// The cluster token's file: the edge wakes and stops machines with it and asks it of
-    /// callers of its admin endpoints.
-    pub token_file: PathBuf,
-    /// The edge's settings.
-    pub edge: EdgeSettings,
-    /// Milliseconds added to requests sent to other regions (distance simulated on one machine).
-    pub inter_region_delay_ms: u64,
-    /// CA that signed the agents' certificates, when they serve TLS.
-    pub tls_ca: Option<PathBuf>,
 }
 
 // === impl EdgeSettings ===
@@ -258,171 +152,6 @@ impl Default for EngineProgram {
     }
 }
 
-// === impl UpConfig ===
-
-impl UpConfig {
-    /// Every problem with this config.
-    pub fn validate(&self) -> Result<(), Problems> {
-        let mut problems = Problems::default();
-        self.edge.check(&mut problems);
-        check_health_interval(self.health_interval_secs, &mut problems);
-        check_cache_gb(self.cache_gb, &mut problems);
-        check_engine(&self.engine, &mut problems);
-        required("region", &self.region, &mut problems);
-        if let Some(fleet) = &self.fleet {
-            for reason in fleet.validate_hosts(&colo_core::Catalogue::builtin(), &colo_core::Regions::builtin()) {
-                problems.add("fleet", reason);
-            }
-        }
-        problems.into_result()
-    }
-
-    /// The cache capacity in bytes.
-    pub(crate) fn cache_bytes(&self) -> Option<u64> {
-        gb_to_bytes(self.cache_gb)
-    }
-}
-
-impl Default for UpConfig {
-    fn default() -> Self {
-        UpConfig {
-            data_dir: ".colo".into(),
-            edge_addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080),
-            api_addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
-            store: None,
-            region: "local".into(),
-            cpu_slots: 4,
-            fleet: None,
-            edge: EdgeSettings::default(),
-            health_interval_secs: 2.0,
-            s3_addr: None,
-            cache_gb: None,
-            engine: EngineProgram::default(),
-        }
-    }
-}
-
-// === impl ControlConfig ===
-
-impl ControlConfig {
-    /// Every problem with this config.
-    pub fn validate(&self) -> Result<(), Problems> {
-        let mut problems = Problems::default();
-        required("nats", &self.nats, &mut problems);
-        required("store", &self.store, &mut problems);
-        self.tls.check(&mut problems);
-        problems.into_result()
-    }
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            nats: String::new(),
-            data_dir: ".colo".into(),
-            store: String::new(),
-            api_addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7000),
-            reconcile_every_secs: 10,
-            tls: TlsFiles::default(),
-        }
-    }
-}
-
-// === impl AgentDaemonConfig ===
-
-impl AgentDaemonConfig {
-    /// Every problem with this config.
-    pub fn validate(&self) -> Result<(), Problems> {
-        let mut problems = Problems::default();
-        required("nats", &self.nats, &mut problems);
-        required("store", &self.store, &mut problems);
-        required("region", &self.region, &mut problems);
-        if self.name.as_deref().is_some_and(str::is_empty) {
-            problems.add("name", "must not be empty when given");
-        }
-        if self.token_file.as_os_str().is_empty() {
-            problems.add("token_file", "must not be empty");
-        }
-        if self.lease_ms < MIN_LEASE_MS {
-            problems.add("lease_ms", format!("must be at least {MIN_LEASE_MS} (got {})", self.lease_ms));
-        }
-        check_health_interval(self.health_interval_secs, &mut problems);
-        check_cache_gb(self.cache_gb, &mut problems);
-        check_engine(&self.engine, &mut problems);
-        if !self.gpus.is_empty() {
-            if let Err(reason) = colo_agent::declared_gpus(&colo_core::Catalogue::builtin(), &self.gpus) {
-                problems.add("gpus", reason);
-            }
-        }
-        self.tls.check(&mut problems);
-        problems.into_result()
-    }
-
-    /// The host's name: the configured one, or the system's.
-    pub(crate) fn host_name(&self) -> String {
-        self.name.clone().unwrap_or_else(crate::hostname)
-    }
-
-    /// The cache capacity in bytes.
-    pub(crate) fn cache_bytes(&self) -> Option<u64> {
-        gb_to_bytes(self.cache_gb)
-    }
-}
-
-impl Default for AgentDaemonConfig {
-    fn default() -> Self {
-        AgentDaemonConfig {
-            nats: String::new(),
-            data_dir: ".colo".into(),
-            store: String::new(),
-            region: String::new(),
-            name: None,
-            addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7001),
-            token_file: PathBuf::new(),
-            cpu_slots: 4,
-            lease_ms: 6000,
-            health_interval_secs: 2.0,
-            engine_host: Ipv4Addr::LOCALHOST.into(),
-            gpus: Vec::new(),
-            cache_gb: None,
-            s3_addr: None,
-            tls: TlsFiles::default(),
-            engine: EngineProgram::default(),
-        }
-    }
-}
-
-// === impl EdgeDaemonConfig ===
-
-impl EdgeDaemonConfig {
-    /// Every problem with this config.
-    pub fn validate(&self) -> Result<(), Problems> {
-        let mut problems = Problems::default();
-        required("nats", &self.nats, &mut problems);
-        required("region", &self.region, &mut problems);
-        if self.token_file.as_os_str().is_empty() {
-            problems.add("token_file", "must not be empty");
-        }
-        self.edge.check(&mut problems);
-        problems.into_result()
-    }
-}
-
-impl Default for EdgeDaemonConfig {
-    fn default() -> Self {
-        EdgeDaemonConfig {
-            nats: String::new(),
-            data_dir: ".colo".into(),
-            region: String::new(),
-            addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080),
-            token_file: PathBuf::new(),
-            edge: EdgeSettings::default(),
-            inter_region_delay_ms: 0,
-            tls_ca: None,
-        }
-    }
-}
-
 // === checks more than one config makes ===
 
 fn required(field: &'static str, value: &str, problems: &mut Problems) {
@@ -453,6 +182,15 @@ fn check_cache_gb(gb: Option<f64>, problems: &mut Problems) {
 fn check_engine(engine: &EngineProgram, problems: &mut Problems) {
     if engine.program.as_os_str().is_empty() {
         problems.add("engine.program", "must not be empty");
+    }
+}
+
+/// A certificate needs its key, and a key its certificate.
+fn check_tls(tls: &TlsFiles, problems: &mut Problems) {
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => problems.add("tls.key", "a certificate needs its key"),
+        (None, Some(_)) => problems.add("tls.cert", "a key needs its certificate"),
+        _ => {}
     }
 }
 

@@ -11,9 +11,7 @@ pub(crate) async fn serve_cache(addr: SocketAddr, agent: &Agent, secret: &str) -
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(NodeError::io(format!("binding the S3 endpoint to {addr}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(NodeError::io("reading the S3 endpoint's address"))?;
+    let bound = listener.local_addr().map_err(NodeError::io("reading the S3 endpoint's address"))?;
     let config = colo_store::S3Config {
         bucket: "colo".into(),
         access_key: "colo".into(),

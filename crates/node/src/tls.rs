@@ -2,7 +2,6 @@
 //! HTTPS only; every daemon given a CA trusts the daemons it calls by that CA. Off when no
 //! certificate is configured (loopback, a private network), on as soon as one is.
 
-use crate::error::Problems;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
@@ -74,15 +73,6 @@ pub enum TlsError {
 // === impl TlsFiles ===
 
 impl TlsFiles {
-    /// Adds the problems of these settings to `problems`: a certificate needs its key.
-    pub(crate) fn check(&self, problems: &mut Problems) {
-        match (&self.cert, &self.key) {
-            (Some(_), None) => problems.add("tls.key", "a certificate needs its key"),
-            (None, Some(_)) => problems.add("tls.cert", "a key needs its certificate"),
-            _ => {}
-        }
-    }
-
     /// The server side, when a certificate is configured.
     pub fn server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
         let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
@@ -99,10 +89,7 @@ impl TlsFiles {
         if chain.is_empty() {
             return Err(TlsError::NoCertificate { path: cert.clone() });
         }
-        let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
-            path: key.clone(),
-            source,
-        })?;
+        let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key { path: key.clone(), source })?;
         let mismatch = |source| TlsError::Mismatch {
             cert: cert.clone(),
             key: key.clone(),

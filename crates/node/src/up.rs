@@ -124,7 +124,10 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     let run_info = RunInfo {
         api: format!("http://{api_addr}"),
         edge: edge_addrs.first().map(|(_, addr)| format!("http://{addr}")).unwrap_or_default(),
-        edges: edge_addrs.iter().map(|(region, addr)| (region.clone(), format!("http://{addr}"))).collect(),
+        edges: edge_addrs
+            .iter()
+            .map(|(region, addr)| (region.clone(), format!("http://{addr}")))
+            .collect(),
         store: store_url.clone(),
         pid: std::process::id(),
         tls_ca: None,

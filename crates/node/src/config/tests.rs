@@ -103,9 +103,7 @@ fn each_bad_up_setting_names_its_field() {
         ("empty fleet", |c| c.fleet = fleet(""), "fleet"),
         (
             "fleet edge address",
-            |c| {
-                c.fleet = fleet("[[hosts]]\nname = \"a\"\nregion = \"ord\"\n[[edges]]\nregion = \"ord\"\naddr = \"nowhere\"\n")
-            },
+            |c| c.fleet = fleet("[[hosts]]\nname = \"a\"\nregion = \"ord\"\n[[edges]]\nregion = \"ord\"\naddr = \"nowhere\"\n"),
             "fleet",
         ),
     ];
@@ -176,20 +174,21 @@ fn every_problem_is_reported_at_once() {
         cache_gb: Some(-1.0),
         ..agent()
     };
-    assert_eq!(
-        fields(config.validate()),
-        vec!["lease_ms", "health_interval_secs", "cache_gb"]
-    );
+    assert_eq!(fields(config.validate()), vec!["lease_ms", "health_interval_secs", "cache_gb"]);
     let problems = config.validate().unwrap_err();
-    assert!(problems.to_string().starts_with("lease_ms: must be at least 300 (got 10); health_interval_secs: "), "{problems}");
+    assert!(
+        problems
+            .to_string()
+            .starts_with("lease_ms: must be at least 300 (got 10); health_interval_secs: "),
+        "{problems}"
+    );
 }
 
 #[test]
 fn configs_read_from_toml_refuse_unknown_keys_and_fill_defaults() {
-    let config: EdgeDaemonConfig = toml::from_str(
-        "nats = \"nats://n:4222\"\nregion = \"ams\"\ntoken_file = \"/t\"\n[edge]\nmax_held = 10\nsse_keepalive_ms = 0\n",
-    )
-    .unwrap();
+    let config: EdgeDaemonConfig =
+        toml::from_str("nats = \"nats://n:4222\"\nregion = \"ams\"\ntoken_file = \"/t\"\n[edge]\nmax_held = 10\nsse_keepalive_ms = 0\n")
+            .unwrap();
     assert_eq!(config.validate(), Ok(()));
     assert_eq!((config.edge.max_held, config.edge.soft_limit), (10, 32));
     let typo = toml::from_str::<EdgeDaemonConfig>("nats = \"n\"\n[edge]\nsoft_limt = 3\n").unwrap_err();

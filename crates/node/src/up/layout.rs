@@ -49,7 +49,9 @@ pub(crate) fn plan(config: &UpConfig, data_dir: &Path) -> Layout {
             name: h.name.clone(),
             region: h.region.clone(),
             dir: data_dir.join("hosts").join(&h.name),
-            devices: (0..h.cpu_slots.unwrap_or(FLEET_CPU_SLOTS)).map(|slot| Device::Cpu { slot }).collect(),
+            devices: (0..h.cpu_slots.unwrap_or(FLEET_CPU_SLOTS))
+                .map(|slot| Device::Cpu { slot })
+                .collect(),
         })
         .collect();
     let any_port = SocketAddr::new(config.edge_addr.ip(), 0);
@@ -68,7 +70,12 @@ pub(crate) fn plan(config: &UpConfig, data_dir: &Path) -> Layout {
             .edges
             .iter()
             // validate() refused addresses that do not parse; a free port stands in for none.
-            .map(|edge| (edge.region.clone(), edge.addr.as_deref().and_then(|a| a.parse().ok()).unwrap_or(any_port)))
+            .map(|edge| {
+                (
+                    edge.region.clone(),
+                    edge.addr.as_deref().and_then(|a| a.parse().ok()).unwrap_or(any_port),
+                )
+            })
             .collect()
     };
     Layout {
