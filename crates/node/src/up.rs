@@ -58,7 +58,7 @@ pub struct Drain {
 }
 
 /// Starts everything `config` describes and returns once it serves; the run file is written
-/// last, so a command that finds it finds everything listening.
+/// last, so a command that finds it finds everything serving.
 pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!("creating data dir {}", config.data_dir.display())))?;
@@ -100,50 +100,39 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     }
 
     let routes = colo_edge::follow_state(state.clone()).await;
-    let machines = Arc::new(AgentMachines(agents.clone()));
-    let edges: Vec<(String, serve::Sockets, Arc<Edge>)> = edge_sockets
-        .into_iter()
-        .map(|(region, sockets)| {
-            let config = config.edge.edge_config(&region, layout.inter_region_delay, None);
-            let edge = Edge::new(config, routes.clone()).with_machines(machines.clone());
-            // Each edge stops the idle machines of its own region.
-            edge.spawn_scaling();
-            edge.spawn_rtt_probe();
-            (region, sockets, edge)
-        })
-        .collect();
-    let access = auth::Access {
-        token: auth::TokenFile::open(&data_dir.join(auth::TOKEN_FILE)).map_err(NodeError::io("reading the API token"))?,
-        state: state.clone(),
-    };
-    let api = colo_control::api::router(control)
-        .merge(colo_agent::api::router(agents.clone()))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access));
+    let machines: Arc<dyn colo_edge::Machines> = Arc::new(AgentMachines(agents.clone()));
+    let (stop, stop_rx) = watch::channel(false);
+    let drain_timeout = config.edge.drain_timeout();
+    let mut edges = Vec::new();
+    let mut edge_workers = Vec::new();
+    for (region, sockets) in edge_sockets {
+        let edge_config = config.edge.edge_config(&region, layout.inter_region_delay, None);
+        let edge = Edge::new(edge_config, routes.clone()).with_machines(machines.clone());
+        // Each edge stops the idle machines of its own region.
+        edge.spawn_scaling();
+        edge.spawn_rtt_probe();
+        edges.push((region, sockets.addr()));
+        edge_workers.push(serve::spawn(sockets, edge, stop_rx.clone(), drain_timeout)?);
+    }
+    let api = api_router(control, &agents, &data_dir, state)?;
+    let api_server = crate::api::spawn(api_listener, api, None, stop_rx);
 
-    let edge_addrs: Vec<(String, SocketAddr)> = edges.iter().map(|(region, sockets, _)| (region.clone(), sockets.addr())).collect();
-    let run_info = RunInfo {
+    let run_file = RunInfo {
         api: format!("http://{api_addr}"),
-        edge: edge_addrs.first().map(|(_, addr)| format!("http://{addr}")).unwrap_or_default(),
-        edges: edge_addrs
+        edge: edges.first().map(|(_, addr)| format!("http://{addr}")).unwrap_or_default(),
+        edges: edges
             .iter()
             .map(|(region, addr)| (region.clone(), format!("http://{addr}")))
             .collect(),
         store: store_url.clone(),
         pid: std::process::id(),
         tls_ca: None,
-    };
-    let run_file = run_info.write(&data_dir).map_err(NodeError::io("writing the run file"))?;
-
-    let (stop, stop_rx) = watch::channel(false);
-    let drain_timeout = config.edge.drain_timeout();
-    let mut edge_workers = Vec::new();
-    for (_, sockets, edge) in edges {
-        edge_workers.push(serve::spawn(sockets, edge, stop_rx.clone(), drain_timeout)?);
     }
-    let api_server = crate::api::spawn(api_listener, api, None, stop_rx);
+    .write(&data_dir)
+    .map_err(NodeError::io("writing the run file"))?;
     Ok(Running {
         api_addr,
-        edges: edge_addrs,
+        edges,
         s3_addr,
         store_url,
         data_dir,
@@ -154,6 +143,23 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
         run_file,
         drain_timeout,
     })
+}
+
+/// Control's and the agents' API, for holders of the API token or an app's deploy token.
+fn api_router(
+    control: Arc<Control>,
+    agents: &[Arc<Agent>],
+    data_dir: &std::path::Path,
+    state: Arc<dyn StateStore>,
+) -> Result<axum::Router, NodeError> {
+    let token_path = data_dir.join(auth::TOKEN_FILE);
+    let access = auth::Access {
+        token: auth::TokenFile::open(&token_path).map_err(NodeError::io(format!("reading {}", token_path.display())))?,
+        state,
+    };
+    Ok(colo_control::api::router(control)
+        .merge(colo_agent::api::router(agents.to_vec()))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access)))
 }
 
 /// One agent per planned host, each with its own cache, all running `config.engine`.
