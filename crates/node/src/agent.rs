@@ -14,11 +14,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How long an engine may take from spawn to its first passing health check.
-const START_TIMEOUT: Duration = Duration::from_secs(300);
-/// Between a machine being told to stop and its engine being signalled.
-const STOP_GRACE: Duration = Duration::from_secs(2);
-
 /// A running agent daemon.
 pub struct RunningAgent {
     /// The host's name.
@@ -44,16 +39,13 @@ pub async fn agent(config: AgentDaemonConfig) -> Result<RunningAgent, NodeError>
     let token = Arc::new(token);
     let store = Store::open(&config.store)?;
     let state: Arc<dyn StateStore> = nats;
-    let agent_config = colo_agent::AgentConfig {
-        host: name.clone(),
-        region: config.region.clone(),
-        data_dir: data_dir.clone(),
-        engine: config.engine.command(),
-        start_timeout: START_TIMEOUT,
-        stop_grace: STOP_GRACE,
-        health_interval: Duration::from_secs_f64(config.health_interval_secs),
-        engine_host: config.engine_host,
-    };
+    let agent_config = config.engine.agent_config(
+        name.clone(),
+        config.region.clone(),
+        data_dir.clone(),
+        config.health_interval_secs,
+        config.engine_host,
+    );
     let cache = HostCache::with_capacity(data_dir.join("cache"), config.cache_bytes());
     let agent = Agent::new(agent_config, state.clone(), store, cache, devices);
     let tls = config.tls.server()?;

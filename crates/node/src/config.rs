@@ -21,6 +21,11 @@ mod tests;
 /// Health checks may not come faster or slower than this, in seconds: faster would keep an
 /// engine busy answering them, slower would leave a hung engine in the route table too long.
 const HEALTH_INTERVAL_SECS: std::ops::RangeInclusive<f64> = 0.05..=60.0;
+/// How long an engine may take from spawn to its first passing health check.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+/// Between a machine being told to stop (edges route nothing more to it) and its engine being
+/// signalled.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Settings of an edge that `colo up` and `colo edge` share; [`EdgeSettings::edge_config`] is
 /// the one place an `EdgeConfig` is built from them.
@@ -135,10 +140,28 @@ impl EngineProgram {
         })
     }
 
-    pub(crate) fn command(&self) -> colo_agent::EngineCommand {
-        colo_agent::EngineCommand {
-            program: self.program.clone(),
-            args: self.args.clone(),
+    /// The config of the agent of host `host` in `region`, whose machines run this program
+    /// with engines on `engine_host`, health-checked every `health_interval_secs`.
+    pub(crate) fn agent_config(
+        &self,
+        host: String,
+        region: String,
+        data_dir: PathBuf,
+        health_interval_secs: f64,
+        engine_host: std::net::IpAddr,
+    ) -> colo_agent::AgentConfig {
+        colo_agent::AgentConfig {
+            host,
+            region,
+            data_dir,
+            engine: colo_agent::EngineCommand {
+                program: self.program.clone(),
+                args: self.args.clone(),
+            },
+            start_timeout: START_TIMEOUT,
+            stop_grace: STOP_GRACE,
+            health_interval: Duration::from_secs_f64(health_interval_secs),
+            engine_host,
         }
     }
 }

@@ -21,10 +21,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How long an engine may take from spawn to its first passing health check.
-const START_TIMEOUT: Duration = Duration::from_secs(300);
-/// Between a machine being told to stop and its engine being signalled.
-const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long the API gets to finish its requests once the machines are stopped.
 const API_GRACE: Duration = Duration::from_secs(2);
 
@@ -168,16 +164,13 @@ fn start_agents(config: &UpConfig, hosts: Vec<layout::HostPlan>, state: &Arc<dyn
         .into_iter()
         .map(|host| {
             let cache = HostCache::with_capacity(host.dir.join("cache"), config.cache_bytes());
-            let agent_config = colo_agent::AgentConfig {
-                host: host.name,
-                region: host.region,
-                data_dir: host.dir,
-                engine: config.engine.command(),
-                start_timeout: START_TIMEOUT,
-                stop_grace: STOP_GRACE,
-                health_interval: Duration::from_secs_f64(config.health_interval_secs),
-                engine_host: std::net::Ipv4Addr::LOCALHOST.into(),
-            };
+            let agent_config = config.engine.agent_config(
+                host.name,
+                host.region,
+                host.dir,
+                config.health_interval_secs,
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            );
             Agent::new(agent_config, state.clone(), store.clone(), cache, host.devices)
         })
         .collect()
