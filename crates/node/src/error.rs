@@ -6,7 +6,7 @@ use std::fmt;
 /// One thing wrong with a config: the field and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// The config field, as its struct names it (`edge.soft_limit`, `lease_ms`).
+    /// The config field, as its struct names it (`edge.limits`, `lease_ms`).
     pub field: &'static str,
     pub reason: String,
 }
