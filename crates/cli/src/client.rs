@@ -2,33 +2,9 @@
 //! `<data dir>/colo.json`, its bearer token in `<data dir>/api-token`.
 
 use anyhow::{bail, Context};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use colo_node::RunInfo;
+use serde::de::DeserializeOwned;
 use std::path::Path;
-
-pub const RUN_FILE: &str = "colo.json";
-
-/// What `colo up` writes for other commands while it runs.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunInfo {
-    pub api: String,
-    /// The first edge (the only one without a fleet file).
-    pub edge: String,
-    /// Every edge, by region code.
-    #[serde(default)]
-    pub edges: std::collections::BTreeMap<String, String>,
-    pub store: String,
-    pub pid: u32,
-    /// CA to trust when `api` is HTTPS.
-    #[serde(default)]
-    pub tls_ca: Option<String>,
-}
-
-impl RunInfo {
-    pub fn read(data_dir: &Path) -> Option<Self> {
-        let bytes = std::fs::read(data_dir.join(RUN_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-}
 
 pub struct Api {
     base: String,
@@ -50,7 +26,7 @@ impl Api {
         Ok(Self {
             base: info.api,
             token: token.trim().to_string(),
-            http: crate::tls::client(info.tls_ca.as_deref().map(Path::new))?,
+            http: colo_node::tls::client(info.tls_ca.as_deref().map(Path::new))?,
         })
     }
 

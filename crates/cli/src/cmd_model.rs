@@ -1,9 +1,9 @@
 //! `colo model push | pull | inspect | ls | synth`.
 
-use crate::client::RunInfo;
 use crate::output::{bytes, print_json, table};
 use crate::Common;
 use clap::Subcommand;
+use colo_node::RunInfo;
 use colo_store::{push_dir, PushOptions, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;

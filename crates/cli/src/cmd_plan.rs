@@ -2,7 +2,6 @@
 //! and with `--fleet`/`--demand`, how many machines go where. Reads the files; the decisions
 //! are `colo_policy::plan` and `colo_policy::place`.
 
-use crate::client::RunInfo;
 use crate::output::{print_json, table};
 use crate::Common;
 use anyhow::{anyhow, bail, Context};
@@ -10,6 +9,7 @@ use colo_core::{Catalogue, GpuSpec, PriceBook, Regions, Usd};
 use colo_model::estimate::GIB;
 use colo_model::safetensors::{header_len, parse_header};
 use colo_model::{FactsSource, HeaderSummary, KvDtype, ModelFacts, Quant, Settings};
+use colo_node::RunInfo;
 use colo_policy::{place, plan, Demand, Fleet, Plan, PlanOption, PlanRequest};
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -8,9 +8,8 @@ mod cmd_deploy;
 mod cmd_model;
 mod cmd_plan;
 mod cmd_up;
-mod edge_workers;
+mod flags;
 mod output;
-mod tls;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,0 +1,88 @@
+//! Flags more than one command takes, and how they become colo-node's settings: the edge's
+//! (`colo up` and `colo edge`), the TLS files of the daemons, and what every daemon needs.
+
+use colo_node::{EdgeSettings, TlsFiles};
+use std::path::PathBuf;
+
+/// The edge's flags, the same for `colo up` and `colo edge`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EdgeFlags {
+    /// Apps are also reachable as <app>.<domain> through the Host header.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Seconds a request may wait for its app's machine to start.
+    #[arg(long, default_value_t = 120)]
+    hold_timeout: u64,
+    /// Requests in flight per machine above which the edge prefers other machines.
+    #[arg(long, default_value_t = 32)]
+    soft_limit: u32,
+    /// Requests in flight per machine at which the edge sends it no more (they wait or go elsewhere).
+    #[arg(long, default_value_t = 64)]
+    hard_limit: u32,
+    /// Largest request body the edge accepts, in bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    max_body: usize,
+    /// Requests an edge holds per app while machines start; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 4096)]
+    max_held: u32,
+    /// A held streaming request gets an SSE comment after this many ms, and again every as
+    /// many, until its machine answers (0: never).
+    #[arg(long, default_value_t = 5000)]
+    sse_keepalive_ms: u64,
+    /// On SIGTERM, seconds in-flight requests get to finish (before machines are stopped, in
+    /// `colo up`).
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+impl EdgeFlags {
+    /// The edge's settings, served by `workers` threads (0: one per core).
+    pub fn settings(&self, workers: usize) -> EdgeSettings {
+        EdgeSettings {
+            domain: self.domain.clone(),
+            soft_limit: self.soft_limit,
+            hard_limit: self.hard_limit,
+            hold_timeout_secs: self.hold_timeout,
+            max_body: self.max_body,
+            max_held: self.max_held,
+            sse_keepalive_ms: self.sse_keepalive_ms,
+            drain_timeout_secs: self.drain_timeout,
+            workers,
+        }
+    }
+}
+
+/// Flags every daemon takes.
+#[derive(clap::Args)]
+pub struct DaemonCommon {
+    /// NATS server with JetStream (`nats://127.0.0.1:4222`).
+    #[arg(long, env = "COLO_NATS")]
+    pub nats: String,
+    /// This daemon's own files: logs, host cache, its token.
+    #[arg(long, env = "COLO_DATA_DIR", default_value = ".colo")]
+    pub data_dir: PathBuf,
+}
+
+/// TLS flags of a daemon.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain this daemon's API presents; with --tls-key, the API speaks HTTPS only.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signed the other daemons' certificates, trusted when calling them.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+        }
+    }
+}

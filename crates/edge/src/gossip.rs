@@ -1,0 +1,99 @@
+//! Load-report gossip between the edges of different regions: each edge publishes the engine
+//! reports it received itself on `colo.load.<region>` every [`SHARE_EVERY`], and applies the
+//! reports the other regions' edges publish, so that every edge weighs a machine's load with
+//! what the machine told any edge. The messages go over a [`Bus`], which the process supplies
+//! (`colo edge` gives NATS); the edge knows only subjects and bytes.
+
+use crate::edge::Edge;
+use crate::load::SharedLoad;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often an edge publishes the reports it saw: at most this many messages per second per
+/// edge, whatever the traffic.
+pub const SHARE_EVERY: Duration = Duration::from_millis(250);
+/// Reports in one message at most.
+pub const SHARE_MAX: usize = 2000;
+/// How long the subscriber waits before subscribing again after the bus failed or ended it.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+/// Subjects are `colo.load.<region>`; this matches every region's.
+const ALL_REGIONS: &str = "colo.load.*";
+
+/// One message on the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// Plain publish/subscribe on dot-separated subjects, where `*` in a subscription matches one
+/// token (NATS's syntax). Delivery is best effort: the next report supersedes a lost one.
+pub trait Bus: Send + Sync + 'static {
+    /// Why a publish or a subscription failed (logged, then retried).
+    type Error: std::fmt::Display + Send;
+
+    /// Sends `payload` on `subject`.
+    fn publish(&self, subject: &str, payload: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Messages published on subjects matching `subject` from when this returns; the stream
+    /// ends when the subscription does.
+    fn subscribe(&self, subject: &str) -> impl Future<Output = Result<BoxStream<'static, Message>, Self::Error>> + Send;
+}
+
+/// The subject `region`'s edge publishes its reports on.
+pub fn subject(region: &str) -> String {
+    format!("colo.load.{region}")
+}
+
+/// Starts the two gossip tasks of `edge`, which serves `region`: publishing its own fresh
+/// reports, and applying those of the other regions. Both retry while the bus is away.
+pub fn share_load<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, region: &str) {
+    let own = subject(region);
+    tokio::spawn(publish_reports(edge.clone(), bus.clone(), own.clone()));
+    tokio::spawn(apply_reports(edge, bus, own));
+}
+
+async fn publish_reports<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, subject: String) {
+    loop {
+        tokio::time::sleep(SHARE_EVERY).await;
+        let reports = edge.fresh_reports(SHARE_MAX);
+        if reports.is_empty() {
+            continue;
+        }
+        let payload = match serde_json::to_vec(&reports) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::debug!(error = %e, "encoding load reports");
+                continue;
+            }
+        };
+        if let Err(e) = bus.publish(&subject, payload.into()).await {
+            tracing::debug!(%subject, error = %e, "publishing load reports");
+        }
+    }
+}
+
+async fn apply_reports<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, own: String) {
+    loop {
+        match bus.subscribe(ALL_REGIONS).await {
+            Ok(mut messages) => {
+                while let Some(message) = messages.next().await {
+                    // This edge's own reports come back too; it knows them already.
+                    if message.subject == own {
+                        continue;
+                    }
+                    match serde_json::from_slice::<Vec<SharedLoad>>(&message.payload) {
+                        Ok(reports) => reports.iter().for_each(|r| edge.apply_shared(r)),
+                        Err(e) => tracing::debug!(subject = %message.subject, error = %e, "unreadable load report"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "subscribing to load reports"),
+        }
+        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+    }
+}

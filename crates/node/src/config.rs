@@ -1,0 +1,223 @@
+//! What each process takes: plain data (serde, unknown keys refused) with a `validate()` that
+//! returns every problem at once, each naming its field. The checks more than one process needs
+//! (per-machine limits, health interval, cache size, the edge's settings) are written once here.
+
+mod daemons;
+mod up;
+
+pub use daemons::{AgentDaemonConfig, ControlConfig, EdgeDaemonConfig};
+pub use up::UpConfig;
+
+use crate::error::Problems;
+use crate::tls::TlsFiles;
+use colo_edge::{AdminCheck, EdgeConfig};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[cfg(test)]
+mod tests;
+
+/// Health checks may not come faster or slower than this, in seconds: faster would keep an
+/// engine busy answering them, slower would leave a hung engine in the route table too long.
+const HEALTH_INTERVAL_SECS: std::ops::RangeInclusive<f64> = 0.05..=60.0;
+/// How long an engine may take from spawn to its first passing health check.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+/// Between a machine being told to stop (edges route nothing more to it) and its engine being
+/// signalled.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Settings of an edge that `colo up` and `colo edge` share; [`EdgeSettings::edge_config`] is
+/// the one place an `EdgeConfig` is built from them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeSettings {
+    /// Apps are also reachable as `<app>.<domain>` through the Host header.
+    pub domain: String,
+    /// Requests in flight per machine above which the edge prefers other machines.
+    pub soft_limit: u32,
+    /// Requests in flight per machine at which the edge sends it no more.
+    pub hard_limit: u32,
+    /// Seconds a request may wait for its app's machine to start.
+    pub hold_timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Requests held per app while machines start; more get 503 with Retry-After.
+    pub max_held: u32,
+    /// A held streaming request gets an SSE comment after this many ms, and again every as
+    /// many, until its machine answers (0: never).
+    pub sse_keepalive_ms: u64,
+    /// On a drain, seconds the requests in flight get to finish.
+    pub drain_timeout_secs: u64,
+    /// Threads serving the edge, each with its own runtime and socket (0: one per core).
+    pub workers: usize,
+}
+
+/// The engine program each machine runs, and the arguments before the per-machine flags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineProgram {
+    /// The executable: the `colo` binary for colo's own engine.
+    pub program: PathBuf,
+    /// Its arguments before `--model-dir`, `--port` and the rest.
+    pub args: Vec<String>,
+}
+
+// === impl EdgeSettings ===
+
+impl EdgeSettings {
+    /// Adds every problem of these settings to `problems`.
+    fn check(&self, problems: &mut Problems) {
+        for reason in self.route().validate() {
+            problems.add("edge.limits", reason);
+        }
+        if self.domain.is_empty() {
+            problems.add("edge.domain", "must not be empty");
+        }
+    }
+
+    /// Every problem with these settings.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut problems = Problems::default();
+        self.check(&mut problems);
+        problems.into_result()
+    }
+
+    fn route(&self) -> colo_policy::RouteParams {
+        colo_policy::RouteParams {
+            soft_limit: self.soft_limit,
+            hard_limit: self.hard_limit,
+            ..Default::default()
+        }
+    }
+
+    /// The config of an edge of `region` with these settings.
+    pub fn edge_config(&self, region: &str, inter_region_delay: Duration, admin_token: Option<AdminCheck>) -> EdgeConfig {
+        EdgeConfig {
+            domain: self.domain.clone(),
+            max_body: self.max_body,
+            region: region.to_string(),
+            route: self.route(),
+            hold_timeout: Duration::from_secs(self.hold_timeout_secs),
+            max_held: self.max_held,
+            sse_keepalive: Duration::from_millis(self.sse_keepalive_ms),
+            inter_region_delay,
+            admin_token,
+            ..EdgeConfig::default()
+        }
+    }
+
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        EdgeSettings {
+            domain: "localhost".into(),
+            soft_limit: 32,
+            hard_limit: 64,
+            hold_timeout_secs: 120,
+            max_body: 10 * 1024 * 1024,
+            max_held: 4096,
+            sse_keepalive_ms: 5000,
+            drain_timeout_secs: 30,
+            workers: 0,
+        }
+    }
+}
+
+// === impl EngineProgram ===
+
+impl EngineProgram {
+    /// The program of this very process, as `<it> engine serve`: the `colo` binary running
+    /// colo's own engine.
+    pub fn this_executable() -> std::io::Result<Self> {
+        Ok(EngineProgram {
+            program: std::env::current_exe()?,
+            ..EngineProgram::default()
+        })
+    }
+
+    /// The config of the agent of host `host` in `region`, whose machines run this program
+    /// with engines on `engine_host`, health-checked every `health_interval_secs`.
+    pub(crate) fn agent_config(
+        &self,
+        host: String,
+        region: String,
+        data_dir: PathBuf,
+        health_interval_secs: f64,
+        engine_host: std::net::IpAddr,
+    ) -> colo_agent::AgentConfig {
+        colo_agent::AgentConfig {
+            host,
+            region,
+            data_dir,
+            engine: colo_agent::EngineCommand {
+                program: self.program.clone(),
+                args: self.args.clone(),
+            },
+            start_timeout: START_TIMEOUT,
+            stop_grace: STOP_GRACE,
+            health_interval: Duration::from_secs_f64(health_interval_secs),
+            engine_host,
+        }
+    }
+}
+
+impl Default for EngineProgram {
+    fn default() -> Self {
+        EngineProgram {
+            program: "colo".into(),
+            args: vec!["engine".into(), "serve".into()],
+        }
+    }
+}
+
+// === checks more than one config makes ===
+
+fn required(field: &'static str, value: &str, problems: &mut Problems) {
+    if value.trim().is_empty() {
+        problems.add(field, "must not be empty");
+    }
+}
+
+fn check_health_interval(secs: f64, problems: &mut Problems) {
+    if !HEALTH_INTERVAL_SECS.contains(&secs) {
+        problems.add(
+            "health_interval_secs",
+            format!(
+                "must be between {} and {} seconds (got {secs})",
+                HEALTH_INTERVAL_SECS.start(),
+                HEALTH_INTERVAL_SECS.end()
+            ),
+        );
+    }
+}
+
+fn check_cache_gb(gb: Option<f64>, problems: &mut Problems) {
+    if let Some(gb) = gb.filter(|gb| !gb.is_finite() || *gb < 0.0) {
+        problems.add("cache_gb", format!("must be a size of at least 0 GB (got {gb})"));
+    }
+}
+
+fn check_engine(engine: &EngineProgram, problems: &mut Problems) {
+    if engine.program.as_os_str().is_empty() {
+        problems.add("engine.program", "must not be empty");
+    }
+}
+
+/// A certificate needs its key, and a key its certificate.
+fn check_tls(tls: &TlsFiles, problems: &mut Problems) {
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => problems.add("tls.key", "a certificate needs its key"),
+        (None, Some(_)) => problems.add("tls.cert", "a key needs its certificate"),
+        _ => {}
+    }
+}
+
+fn gb_to_bytes(gb: Option<f64>) -> Option<u64> {
+    // validate() refused negative and non-finite sizes; the cast saturates past u64::MAX.
+    gb.map(|gb| (gb * 1e9) as u64)
+}

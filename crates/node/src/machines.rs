@@ -1,0 +1,97 @@
+//! How an edge wakes and stops machines (`colo_edge::Machines`): through the agents of its own
+//! process (`colo up`), or through the API of each machine's agent (`colo edge`). The edge does
+//! not wait for an answer, so both act in a task and log what failed.
+
+use colo_agent::client::AgentClient;
+use colo_agent::Agent;
+use colo_control::auth::TokenFile;
+use colo_state::StateStore;
+use std::sync::Arc;
+
+/// What the edge asks of a machine.
+#[derive(Clone, Copy, Debug)]
+enum Verb {
+    Start,
+    Stop,
+}
+
+/// The agents of this process: the one that has the machine acts.
+pub struct AgentMachines(pub Vec<Arc<Agent>>);
+
+/// Agents elsewhere: the machine's host record says where its agent listens, and the cluster
+/// token lets the edge in.
+pub struct RemoteMachines {
+    pub state: Arc<dyn StateStore>,
+    pub token: Arc<TokenFile>,
+    /// Trusts the agents' CA when they speak TLS.
+    pub http: reqwest::Client,
+}
+
+// === impl AgentMachines ===
+
+impl AgentMachines {
+    fn act(&self, machine_id: &str, verb: Verb) {
+        let (agents, id) = (self.0.clone(), machine_id.to_string());
+        tokio::spawn(async move {
+            for agent in agents {
+                if agent.machine(&id).await.is_err() {
+                    continue;
+                }
+                let done = match verb {
+                    Verb::Start => agent.start(&id).await,
+                    Verb::Stop => agent.stop(&id).await,
+                };
+                if let Err(e) = done {
+                    tracing::warn!(machine = %id, error = %e, ?verb, "waking or stopping a machine");
+                }
+                return;
+            }
+        });
+    }
+}
+
+impl colo_edge::Machines for AgentMachines {
+    fn start(&self, machine_id: &str) {
+        self.act(machine_id, Verb::Start);
+    }
+
+    fn stop(&self, machine_id: &str) {
+        self.act(machine_id, Verb::Stop);
+    }
+}
+
+// === impl RemoteMachines ===
+
+impl RemoteMachines {
+    fn act(&self, machine_id: &str, verb: Verb) {
+        let (state, token, http, id) = (self.state.clone(), self.token.clone(), self.http.clone(), machine_id.to_string());
+        tokio::spawn(async move {
+            let machines = state.machines().await.unwrap_or_default();
+            let Some(machine) = machines.iter().find(|m| m.id == id) else {
+                return;
+            };
+            let hosts = state.hosts().await.unwrap_or_default();
+            let Some(host) = hosts.iter().find(|h| h.name == machine.host) else {
+                return tracing::warn!(machine = %id, host = %machine.host, "no record of the machine's host");
+            };
+            let agent = AgentClient::new(&host.addr, token.current(), http);
+            let done = match verb {
+                Verb::Start => agent.start(machine.app.as_str(), &id).await,
+                Verb::Stop => agent.stop(machine.app.as_str(), &id).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(machine = %id, error = %e, ?verb, "agent refused or unreachable");
+            }
+        });
+    }
+}
+
+impl colo_edge::Machines for RemoteMachines {
+    fn start(&self, machine_id: &str) {
+        self.act(machine_id, Verb::Start);
+    }
+
+    fn stop(&self, machine_id: &str) {
+        self.act(machine_id, Verb::Stop);
+    }
+}
