@@ -101,6 +101,7 @@ fn reports(machine: &str, running: u32) -> Bytes {
         machine: machine.into(),
         running,
         waiting: 1,
+        kv_permille: Some(250),
         age_ms: 0,
     };
     serde_json::to_vec(&vec![report]).unwrap().into()
