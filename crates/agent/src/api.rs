@@ -21,6 +21,7 @@ impl AgentError {
             AgentError::NoSuchMachine(_) => StatusCode::NOT_FOUND,
             AgentError::Destroyed(_) => StatusCode::CONFLICT,
             AgentError::NoFreeDevice { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            AgentError::EngineMissing { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             AgentError::WaitFailed { .. } => StatusCode::CONFLICT,
             AgentError::Store(colo_store::StoreError::NotFound { .. } | colo_store::StoreError::NotCached { .. }) => StatusCode::NOT_FOUND,
@@ -246,6 +247,9 @@ pub struct CreateMachine {
     /// The app's own engine command (`{port}`, `{model_dir}`); colo's engine when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_cmd: Option<String>,
+    /// The engine profile to run; colo's engine when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<colo_core::EngineSpec>,
 }
 
 impl From<&crate::MachineSpec> for CreateMachine {
@@ -258,6 +262,7 @@ impl From<&crate::MachineSpec> for CreateMachine {
             gpu: spec.gpu_kind.clone(),
             region: None,
             engine_cmd: spec.engine_cmd.clone(),
+            engine: spec.engine.clone(),
         }
     }
 }
@@ -292,6 +297,7 @@ async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum:
         revision,
         gpu_kind: request.gpu,
         engine_cmd: request.engine_cmd,
+        engine: request.engine,
     };
     let mut last = None;
     for agent in candidates {

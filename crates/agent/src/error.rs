@@ -8,6 +8,12 @@ pub enum AgentError {
     NoSuchMachine(String),
     #[error("machine {0:?} is destroyed")]
     Destroyed(String),
+    #[error("{kind} engine program {program:?} is not on host {host}: install it there, or name it with --engine-bin PATH")]
+    EngineMissing {
+        kind: colo_core::EngineKind,
+        program: String,
+        host: String,
+    },
     #[error("host {host} has no free device of kind {kind} ({total} devices in all)")]
     NoFreeDevice { host: String, kind: String, total: usize },
     #[error("machine {id} did not reach {wanted} within {secs}s (it is {current})")]

@@ -8,6 +8,7 @@ mod devices;
 mod error;
 pub mod facts;
 mod metrics;
+mod profile;
 mod supervisor;
 
 pub use colo_store::CacheEntry;
@@ -40,6 +41,8 @@ pub struct MachineSpec {
     pub gpu_kind: Option<String>,
     /// The app's own engine command (`{port}`, `{host}`, `{model_dir}` filled in); `None`: colo's engine.
     pub engine_cmd: Option<String>,
+    /// The engine profile to run; `None`: colo's engine (or `engine_cmd`).
+    pub engine: Option<colo_core::EngineSpec>,
 }
 
 #[derive(Clone, Debug)]
@@ -279,7 +282,16 @@ impl Agent {
     /// Creates a machine on a free device (of the spec's GPU kind, when given) and starts it.
     pub async fn create_machine(self: &Arc<Self>, spec: &MachineSpec) -> Result<Machine, AgentError> {
         let (app, model, revision, gpu_kind) = (&spec.app, &spec.model, spec.revision.as_str(), spec.gpu_kind.as_deref());
-        // The manifest must exist before a device is taken for it.
+        // The engine's program and the manifest must exist before a device is taken for them.
+        if let (Some(engine), None) = (&spec.engine, &spec.engine_cmd) {
+            if engine.kind != colo_core::EngineKind::Colo && profile::find_program(engine.program()).is_none() {
+                return Err(AgentError::EngineMissing {
+                    kind: engine.kind,
+                    program: engine.program().to_string(),
+                    host: self.config.host.clone(),
+                });
+            }
+        }
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
         let machines = self.machines().await?;
@@ -303,6 +315,7 @@ impl Agent {
         let machine = Machine {
             gpu_kind: self.device_kind(&device),
             engine_cmd: spec.engine_cmd.clone(),
+            engine: spec.engine.clone(),
             updated_at_ms: now_ms(),
             ..Machine::new(
                 id,

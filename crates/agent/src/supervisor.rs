@@ -2,13 +2,14 @@
 //! a crash with backoff, and stop it when told. Every state change is written to the state
 //! store as it happens, which is how edges learn where to route.
 
+use crate::profile::{self, Health};
 use crate::{now_ms, Agent};
 use colo_core::{ColdStart, HydrationReport, Machine, MachineState};
 use colo_store::no_progress;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::watch;
 
 /// Consecutive failed starts after which the machine is marked failed.
@@ -165,35 +166,7 @@ async fn start(
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
 
-    let mut command = match &machine.engine_cmd {
-        // The app's own engine: a shell command with the port and model directory filled in;
-        // `exec` makes the engine the process the agent watches and signals.
-        Some(template) => {
-            let line = template
-                .replace("{port}", &port.to_string())
-                .replace("{host}", &host.to_string())
-                .replace("{model_dir}", &dir.display().to_string())
-                .replace("{name}", machine.app.as_str());
-            let mut command = Command::new("/bin/sh");
-            command.arg("-c").arg(format!("exec {line}"));
-            command
-        }
-        None => {
-            let engine = &agent.config.engine;
-            let mut command = Command::new(&engine.program);
-            command
-                .args(&engine.args)
-                .arg("--model-dir")
-                .arg(&dir)
-                .arg("--port")
-                .arg(port.to_string())
-                .arg("--host")
-                .arg(host.to_string())
-                .arg("--name")
-                .arg(machine.app.as_str());
-            command
-        }
-    };
+    let mut command = profile::command(&agent.config.engine, machine, &dir, host, port)?;
     command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the engine if the
     // agent dies, so no engine outlives the process that supervises it.
@@ -204,7 +177,8 @@ async fn start(
         });
     }
     let spawned = tokio::time::Instant::now();
-    let mut child = command.spawn().map_err(|e| format!("spawning the engine: {e}"))?;
+    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = command.spawn().map_err(|e| format!("spawning the engine {program}: {e}"))?;
     machine.pid = child.id();
     let addr = std::net::SocketAddr::new(host, port);
     machine.addr = Some(addr.to_string());
@@ -217,9 +191,18 @@ async fn start(
     let deadline = tokio::time::Instant::now() + agent.config.start_timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("engine exited during start with {status}; see {}", log_path.display()));
+            return Err(start_failed(&format!("engine exited during start with {status}"), &log_path));
         }
-        if client.get(&health).send().await.is_ok_and(|r| answers(machine, r.status())) {
+        let status = client.get(&health).send().await.ok().map(|r| r.status().as_u16());
+        let health = profile::starting(machine, status);
+        if health == Health::Dead {
+            let _ = child.kill().await;
+            return Err(start_failed(
+                "the engine said it died while loading (its /health answered 503)",
+                &log_path,
+            ));
+        }
+        if health == Health::Ready {
             machine.cold_start = Some(ColdStart {
                 requested_at_ms,
                 queued_ms,
@@ -234,10 +217,9 @@ async fn start(
         }
         if tokio::time::Instant::now() > deadline {
             let _ = child.kill().await;
-            return Err(format!(
-                "engine not healthy after {:?}; see {}",
-                agent.config.start_timeout,
-                log_path.display()
+            return Err(start_failed(
+                &format!("engine not ready after {:?}", agent.config.start_timeout),
+                &log_path,
             ));
         }
         if sleep_or_told(desired, Duration::from_millis(50)).await && *desired.borrow() != MachineState::Started {
@@ -247,12 +229,13 @@ async fn start(
     }
 }
 
-/// Whether a health check's status counts as healthy: colo's engine answers 200; an engine the
-/// app brings may have no `/health`, so any answer short of a server error will do.
-fn answers(machine: &Machine, status: reqwest::StatusCode) -> bool {
-    match machine.engine_cmd {
-        Some(_) => !status.is_server_error(),
-        None => status.is_success(),
+/// A failed start's error: what happened, where the log is, and the log's last lines.
+fn start_failed(what: &str, log_path: &std::path::Path) -> String {
+    let tail = profile::log_tail(log_path);
+    if tail.is_empty() {
+        format!("{what}; its log {} is empty", log_path.display())
+    } else {
+        format!("{what}; the end of {}:\n{tail}", log_path.display())
     }
 }
 
@@ -292,7 +275,7 @@ async fn watch_engine(agent: &Agent, machine: &mut Machine, mut child: Child, de
             }
             _ = tokio::time::sleep(agent.config.health_interval) => {
                 let ok = match &client {
-                    Some(client) => client.get(&health).send().await.is_ok_and(|r| answers(machine, r.status())),
+                    Some(client) => profile::healthy(machine, client.get(&health).send().await.ok().map(|r| r.status().as_u16())),
                     None => true,
                 };
                 failures = if ok { 0 } else { failures + 1 };

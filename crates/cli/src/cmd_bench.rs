@@ -165,6 +165,7 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         demand: None,
         placement: None,
         route: None,
+        engine: None,
     };
     state.put_app(&app).await?;
     let loading = Instant::now();

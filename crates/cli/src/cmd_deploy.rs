@@ -45,8 +45,24 @@ pub struct DeployArgs {
     /// Run this command as each machine's engine instead of colo's (bring your own vLLM,
     /// llama.cpp or any HTTP server); {port} is where it must listen, {model_dir} holds the
     /// model's files.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "engine")]
     engine_cmd: Option<String>,
+    /// The engine the machines run: colo (colo's own), llama-server (llama.cpp, on a GGUF
+    /// model), vllm or sglang. colo starts it on the leased device, knows when it is ready and
+    /// reads its load from its metrics.
+    #[arg(long, value_parser = parse_engine)]
+    engine: Option<colo_core::EngineKind>,
+    /// The engine's program, where it is not the profile's on PATH (llama-server, vllm,
+    /// python3 -m sglang.launch_server).
+    #[arg(long, requires = "engine")]
+    engine_bin: Option<String>,
+    /// Arguments appended to the engine's command line, as one shell-quoted string.
+    #[arg(long, requires = "engine", allow_hyphen_values = true)]
+    engine_args: Option<String>,
+    /// How the edge chooses among the app's machines: score (prefix match, KV headroom and
+    /// queue, the default), least-loaded or round-robin.
+    #[arg(long, value_parser = parse_route)]
+    route: Option<colo_core::RouteMode>,
     /// Return once the deploy is recorded, without waiting for machines to start.
     #[arg(long)]
     detach: bool,
@@ -91,6 +107,62 @@ pub(crate) fn parse_count(value: &str) -> Result<(String, u32), String> {
     Ok((code.trim().to_ascii_lowercase(), count))
 }
 
+fn parse_engine(value: &str) -> Result<colo_core::EngineKind, String> {
+    colo_core::EngineKind::parse(value).ok_or_else(|| format!("{value:?} is not an engine; colo knows colo, llama-server, vllm and sglang"))
+}
+
+fn parse_route(value: &str) -> Result<colo_core::RouteMode, String> {
+    colo_core::RouteMode::parse(value).ok_or_else(|| format!("{value:?} is not a route mode: score, least-loaded or round-robin"))
+}
+
+/// Splits a shell-quoted argument string into words: whitespace separates, single quotes keep
+/// everything, double quotes keep everything but a backslash-escaped quote or backslash.
+pub(crate) fn split_args(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(format!("{line:?}: a single quote is not closed")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err(format!("{line:?}: a double quote is not closed")),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err(format!("{line:?}: a double quote is not closed")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err(format!("{line:?}: ends with a backslash")),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
 /// Reads and checks a demand file, naming the file and each field that is wrong.
 fn read_demand(path: &std::path::Path) -> anyhow::Result<Demand> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -104,6 +176,15 @@ fn read_demand(path: &std::path::Path) -> anyhow::Result<Demand> {
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let demand = args.demand.as_deref().map(read_demand).transpose()?;
+    let engine_args = match &args.engine_args {
+        Some(line) => split_args(line).map_err(|e| anyhow::anyhow!("--engine-args: {e}"))?,
+        None => Vec::new(),
+    };
+    let engine = args.engine.map(|kind| colo_core::EngineSpec {
+        kind,
+        bin: args.engine_bin.clone(),
+        args: engine_args,
+    });
     let api = Api::connect(&args.common.data_dir)?;
     let started = std::time::Instant::now();
     let app: App = api
@@ -113,7 +194,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 "soft_limit": args.soft_limit, "hard_limit": args.hard_limit,
                 "autostop_secs": args.autostop, "min_running": args.min_running,
                 "regions": args.regions.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                "engine_cmd": args.engine_cmd, "demand": demand}),
+                "engine_cmd": args.engine_cmd, "demand": demand, "engine": engine, "route": args.route}),
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
@@ -396,6 +477,32 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             }
             println!("rotated {}", args.common.data_dir.join(colo_control::auth::TOKEN_FILE).display());
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_args;
+
+    #[test]
+    fn engine_args_split_like_a_shell() {
+        let cases: Vec<(&str, Result<Vec<&str>, &str>)> = vec![
+            ("--parallel 4 -c 8192", Ok(vec!["--parallel", "4", "-c", "8192"])),
+            ("  --x   'a b'  ", Ok(vec!["--x", "a b"])),
+            (r#"--json "{\"k\": 1}""#, Ok(vec!["--json", r#"{"k": 1}"#])),
+            (r"a\ b c", Ok(vec!["a b", "c"])),
+            ("''", Ok(vec![""])),
+            ("", Ok(vec![])),
+            ("'open", Err("not closed")),
+            ("\"open", Err("not closed")),
+        ];
+        for (line, expected) in cases {
+            match (split_args(line), expected) {
+                (Ok(words), Ok(expected)) => assert_eq!(words, expected, "{line:?}"),
+                (Err(e), Err(part)) => assert!(e.contains(part), "{line:?}: {e}"),
+                (got, expected) => panic!("{line:?}: got {got:?}, expected {expected:?}"),
+            }
         }
     }
 }

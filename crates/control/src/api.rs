@@ -76,6 +76,8 @@ struct DeployRequest {
     demand: Option<colo_core::Demand>,
     /// How edges choose among the app's machines: `score`, `least-loaded` or `round-robin`.
     route: Option<colo_core::RouteMode>,
+    /// The engine profile (`{"kind": "vllm", "bin": ..., "args": [...]}`); colo's engine when absent.
+    engine: Option<colo_core::EngineSpec>,
 }
 
 /// A JSON request body, or the 400 that names what is wrong with it.
@@ -103,6 +105,7 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
                 engine_cmd: request.engine_cmd.clone(),
                 demand: request.demand.clone(),
                 route: request.route,
+                engine: request.engine.clone(),
             },
         )
         .await

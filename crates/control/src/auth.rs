@@ -28,7 +28,7 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let token = crate::keys::secret(TOKEN_BYTES);
+    let token = crate::secret::secret(TOKEN_BYTES);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -44,7 +44,7 @@ pub fn rotate_token(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join(TOKEN_FILE);
     let tmp = data_dir.join(format!("{TOKEN_FILE}.new"));
     let _ = std::fs::remove_file(&tmp);
-    let token = crate::keys::secret(TOKEN_BYTES);
+    let token = crate::secret::secret(TOKEN_BYTES);
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     file.write_all(token.as_bytes())?;
     std::fs::rename(&tmp, &path)?;
@@ -131,7 +131,7 @@ pub async fn require_access(State(access): State<Arc<Access>>, request: Request,
     if !presented.starts_with(DEPLOY_TOKEN_PREFIX) {
         return unauthorized();
     }
-    let digest = crate::keys::digest(&presented);
+    let digest = crate::secret::digest(&presented);
     let apps = access.state.apps().await.unwrap_or_default();
     let Some(owner) = apps.iter().find(|a| a.deploy_tokens.contains(&digest)) else {
         return unauthorized();

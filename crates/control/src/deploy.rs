@@ -32,6 +32,8 @@ pub struct DeployOptions {
     pub engine_cmd: Option<String>,
     /// How edges choose among the app's machines; absent: the edge's default.
     pub route: Option<colo_core::RouteMode>,
+    /// The engine profile to run; absent: colo's engine (or `engine_cmd`).
+    pub engine: Option<colo_core::EngineSpec>,
 }
 
 /// Machines per app at most, to keep a typo from leasing a whole fleet.
@@ -86,10 +88,35 @@ impl DeployOptions {
                 "the command must contain {port}, where the engine is told to listen".into(),
             );
         }
+        if let Some(engine) = &self.engine {
+            if self.engine_cmd.is_some() {
+                problem("engine", "give an engine profile or an engine command, not both".into());
+            }
+            if engine.bin.as_deref().is_some_and(|b| b.trim().is_empty()) {
+                problem("engine_bin", "an empty program name".into());
+            }
+        }
         match (name, model) {
             (Some(name), Some(model)) if problems.is_empty() => Ok((name, model)),
             _ => Err(Problems(problems)),
         }
+    }
+
+    /// Whether the model's files suit the engine: llama.cpp reads a GGUF file, the others a
+    /// config.json with safetensors weights.
+    pub fn check_model(&self, manifest: &colo_model::Manifest) -> Result<(), Problems> {
+        let kind = self.engine.as_ref().map_or(colo_core::EngineKind::Colo, |e| e.kind);
+        if self.engine_cmd.is_some() {
+            return Ok(());
+        }
+        let has_gguf = manifest.files.iter().any(|f| f.path.ends_with(".gguf"));
+        let has_config = manifest.files.iter().any(|f| f.path == "config.json");
+        let reason = match (kind.wants_gguf(), has_gguf, has_config) {
+            (true, false, _) => format!("{kind} serves a GGUF file and model {} has none", manifest.name),
+            (false, _, false) => format!("{kind} serves a config.json and safetensors weights, and model {} has no config.json (a GGUF model runs with --engine llama-server)", manifest.name),
+            _ => return Ok(()),
+        };
+        Err(Problems(vec![Problem { field: "engine", reason }]))
     }
 
     /// The app's machine count once its placement (with a demand) is known: the placed or
@@ -142,6 +169,7 @@ impl Control {
             .validate(app, model, machines, &live_regions)
             .map_err(ControlError::Invalid)?;
         let manifest = self.store.manifest(model.as_str()).await?;
+        options.check_model(&manifest).map_err(ControlError::Invalid)?;
         let (gpu, placement) = self.choose(&name, &manifest, options, &live).await?;
         let machines = options
             .machine_count(machines, placement.as_ref().map(|p| p.machines.as_slice()))
@@ -165,6 +193,7 @@ impl Control {
             demand: options.demand.clone(),
             placement: placement.as_ref().map(placement::record),
             route: options.route,
+            engine: options.engine.clone(),
         };
         let (app, previous) = self.record(app).await?;
         if let Err(e) = self.reconcile(&app).await {

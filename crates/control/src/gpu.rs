@@ -97,8 +97,12 @@ impl Control {
     }
 
     /// The planner's facts for a pushed model: its config.json with the manifest's exact
-    /// tensor sizes.
+    /// tensor sizes, or its GGUF file's header (the largest file, for a model in several).
     async fn model_facts(&self, manifest: &Manifest) -> Result<ModelFacts, FactsError> {
+        let gguf = manifest.files.iter().filter(|f| f.gguf.is_some()).max_by_key(|f| f.size);
+        if let Some(summary) = gguf.and_then(|f| f.gguf.as_ref()) {
+            return Ok(ModelFacts::from_gguf(summary)?);
+        }
         let path = Store::file_path(&manifest.name, &manifest.revision, "config.json");
         let unreadable = |source: Box<dyn std::error::Error + Send + Sync>| FactsError::Config {
             path: path.to_string(),

@@ -1,18 +1,9 @@
 //! Secrets an app's record holds only as digests: API keys (with their rate limits) and
-//! deploy tokens. Also how every secret of control is made (`secret`) and digested (`digest`).
+//! deploy tokens.
 
+use crate::secret::{digest, secret};
 use crate::{auth, Control, ControlError};
 use colo_core::ApiKey;
-
-/// `n_bytes` random bytes as lowercase hex: keys, deploy tokens and the cluster token.
-pub(crate) fn secret(n_bytes: usize) -> String {
-    (0..n_bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
-}
-
-/// The hex BLAKE3 digest an app's record keeps of one of its secrets.
-pub(crate) fn digest(secret: &str) -> String {
-    blake3::hash(secret.as_bytes()).to_hex().to_string()
-}
 
 /// Random bytes in an API key or a deploy token.
 const KEY_BYTES: usize = 24;

@@ -14,6 +14,7 @@ mod keys;
 mod lease;
 pub mod placement;
 mod reconcile;
+mod secret;
 
 pub use deploy::{DeployOptions, MAX_MACHINES_PER_APP};
 pub use error::{ControlError, NotHealthy, Problem, Problems};

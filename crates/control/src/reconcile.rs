@@ -179,6 +179,7 @@ impl Control {
             revision: app.revision.clone(),
             gpu_kind: slot.gpu.clone().or_else(|| app.gpu.as_ref().map(|g| g.kind.clone())),
             engine_cmd: app.engine_cmd.clone(),
+            engine: app.engine.clone(),
         };
         let mut last = None;
         for i in reconcile::spread(&rooms) {

@@ -58,6 +58,9 @@ pub struct App {
     /// Where the placement put the machines at the deploy, and the demand it could not meet.
     #[serde(default)]
     pub placement: Option<crate::PlacementRecord>,
+    /// The engine the app's machines run, by profile; `None`: colo's own (or `engine_cmd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::EngineSpec>,
     /// How edges choose among the app's machines; `None`: the edge's default (scores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteMode>,

@@ -6,6 +6,7 @@
 pub mod app;
 mod csv;
 pub mod demand;
+pub mod engine;
 pub mod gpu;
 pub mod host;
 pub mod machine;
@@ -16,6 +17,7 @@ pub mod region;
 pub use app::{ApiKey, App, GpuChoice, RouteMode};
 pub use csv::CsvError;
 pub use demand::{Demand, PlacedSlot, PlacementRecord, RegionDemand, Unmet};
+pub use engine::{EngineKind, EngineSpec, MetricNames, Readiness};
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use host::HostRecord;
 pub use machine::{ColdStart, Device, HydrationReport, Machine, MachineState};

@@ -157,6 +157,9 @@ pub struct Machine {
     /// The engine command of the app's deploy, when it brings its own engine.
     #[serde(default)]
     pub engine_cmd: Option<String>,
+    /// The engine profile of the app's deploy, when it runs one other than colo's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::EngineSpec>,
     /// Milliseconds since the Unix epoch of the last state change.
     pub updated_at_ms: u64,
     /// How the last start went, phase by phase; absent before the first start.
@@ -186,6 +189,7 @@ impl Machine {
             hydration: None,
             healthy: true,
             engine_cmd: None,
+            engine: None,
             updated_at_ms: 0,
             cold_start: None,
         }

@@ -1,16 +1,16 @@
 //! The edge's shared state: its settings, the route table it follows, the clock, and the
 //! policy state that outlives one request (scalers, RTT, key buckets, prompt affinity).
 
+use crate::machines::Machines;
 use crate::metrics::Metrics;
 use crate::routes::{AppRoutes, RouteTable};
 use crate::rtt::RttState;
-use crate::scaling::{AppScaler, Machines};
 use crate::EdgeConfig;
 use colo_core::Regions;
-use colo_policy::{HoldLimits, KeyLimits, PrefixIndex, RetryPolicy, RouteParams};
+use colo_policy::{HoldLimits, KeyLimits, PrefixIndex, RetryPolicy, RouteParams, Scaler};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::{watch, Notify};
 
 /// Prompt blocks the edge remembers, and for how long.
@@ -19,6 +19,12 @@ const PREFIX_TTL_MS: u64 = 10 * 60 * 1000;
 
 /// The `Retry-After` of a 503 for a full queue or a hold that ran out, in seconds.
 pub(crate) const HOLD_RETRY_AFTER_S: u32 = 5;
+
+/// One app's scaler and the route table its machines were last read from.
+pub(crate) struct AppScaler {
+    pub(crate) scaler: Scaler,
+    pub(crate) table: Weak<RouteTable>,
+}
 
 pub struct Edge {
     pub(crate) config: EdgeConfig,

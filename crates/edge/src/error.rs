@@ -104,3 +104,9 @@ impl IntoResponse for EdgeError {
         response
     }
 }
+
+/// One SSE `data:` event carrying an OpenAI-style error, for a stream already under way.
+pub(crate) fn error_event(message: &str, kind: &str, code: Option<&str>) -> bytes::Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    bytes::Bytes::from(format!("data: {body}\n\n"))
+}

@@ -2,9 +2,9 @@
 //! and its body passed through frame by frame, counted in flight until it ends.
 
 use crate::edge::Edge;
+use crate::error::error_event;
 use crate::headers::{COLO_COLD_START, COLO_MACHINE, COLO_REGION};
 use crate::routes::Endpoint;
-use crate::sse::error_event;
 use crate::upstream;
 use axum::body::Body;
 use axum::response::Response;

@@ -9,9 +9,10 @@
 
 use crate::load::Load;
 use colo_core::{App, Machine, MachineState};
-use colo_policy::{group_by_region, Phase, PrefixKey, RegionId, RegionSpan};
+use colo_policy::{group_by_region, LoadReport, MachineView, Phase, PrefixKey, RegionId, RegionSpan};
 use colo_state::StateStore;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -43,6 +44,8 @@ pub struct AppRoutes {
     pub autostop: Autostop,
     /// How the pick chooses among the app's machines, where its deploy said.
     pub route: Option<colo_policy::RouteMode>,
+    /// The engine the app's machines run, which says where their load comes from.
+    pub engine: colo_core::EngineKind,
 }
 
 /// Per-machine request limits an app's deploy set; absent: the edge's own.
@@ -117,6 +120,31 @@ impl Endpoint {
             load: Load::default(),
         })
     }
+
+    /// Whether autostop asked this machine to stop since it last started.
+    pub(crate) fn stopping(&self) -> bool {
+        self.load.stop_asked_ms.load(Ordering::SeqCst) > self.since_ms
+    }
+}
+
+/// The pick reads a machine straight from its route-table entry: no copy, no lock.
+impl MachineView for Endpoint {
+    #[inline]
+    fn healthy(&self) -> bool {
+        // The route table holds started, healthy machines only; one autostop is stopping takes
+        // nothing new.
+        !self.stopping()
+    }
+
+    #[inline]
+    fn in_flight(&self) -> u32 {
+        self.load.in_flight.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn report(&self) -> Option<LoadReport> {
+        self.load.report()
+    }
 }
 
 impl PartialEq for Endpoint {
@@ -170,6 +198,7 @@ impl RouteTable {
                         min_running: app.min_running,
                     },
                     route: app.route,
+                    engine: app.engine.as_ref().map_or(colo_core::EngineKind::Colo, |e| e.kind),
                     ..Default::default()
                 },
             );

@@ -1,24 +1,11 @@
-//! RTT to other regions: a health check of one machine per region, timed every few seconds and
-//! smoothed by `colo_policy::RttEstimator`; the row of RTTs the pick reads, made once per table
-//! and measurement rather than per request.
+//! The RTT row the pick reads: from this edge's region to each region of a route table, from
+//! the smoothed probes of `colo_policy::RttEstimator`, else the great-circle estimate; made once
+//! per table and measurement rather than per request. The probes themselves are `probe.rs`'s.
 
-use crate::edge::{lock, Edge};
-use crate::metrics::RegionLabel;
-use crate::routes::{Endpoint, RouteTable};
-use crate::upstream;
-use bytes::Bytes;
+use crate::routes::RouteTable;
+use colo_core::Regions;
 use colo_policy::{RttEstimator, RttSource};
-use http::Method;
-use http_body_util::BodyExt;
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
-
-/// How often the edge times each remote region's machines.
-const RTT_PROBE: Duration = Duration::from_secs(2);
-
-/// How long one probe may take before it counts for nothing.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The estimator and the row it last produced.
 #[derive(Default)]
@@ -36,107 +23,38 @@ struct CachedRow {
     row: Arc<[u32]>,
 }
 
-// === impl Edge ===
+// === impl RttState ===
 
-impl Edge {
-    /// RTT in ms from this edge's region to each region of `table`, indexed by `RegionId`.
-    pub(crate) fn rtt_row(&self, table: &Arc<RouteTable>) -> Arc<[u32]> {
-        let mut state = lock(&self.rtt);
-        if let Some(cached) = &state.row {
-            if cached.version == state.version && Weak::ptr_eq(&cached.table, &Arc::downgrade(table)) {
+impl RttState {
+    /// RTT in ms from `here` to each region of `table`, indexed by `RegionId`.
+    pub(crate) fn row(&mut self, here: &str, regions: &Regions, table: &Arc<RouteTable>) -> Arc<[u32]> {
+        if let Some(cached) = &self.row {
+            if cached.version == self.version && Weak::ptr_eq(&cached.table, &Arc::downgrade(table)) {
                 return cached.row.clone();
             }
         }
-        let row: Arc<[u32]> = self.rtt_sources(&state.estimator, table).into_iter().map(|(ms, _)| ms).collect();
-        state.row = Some(CachedRow {
+        let row: Arc<[u32]> = self.sources(here, regions, table).into_iter().map(|(ms, _)| ms).collect();
+        self.row = Some(CachedRow {
             table: Arc::downgrade(table),
-            version: state.version,
+            version: self.version,
             row: row.clone(),
         });
         row
     }
 
-    fn rtt_sources(&self, estimator: &RttEstimator, table: &RouteTable) -> Vec<(u32, RttSource)> {
-        estimator.row(&self.config.region, &table.regions, |here, there| self.regions.rtt_ms(here, there))
+    /// Each region's RTT and what it is known from.
+    pub(crate) fn sources(&self, here: &str, regions: &Regions, table: &RouteTable) -> Vec<(u32, RttSource)> {
+        self.estimator.row(here, &table.regions, |here, there| regions.rtt_ms(here, there))
     }
 
-    /// The RTT table as this edge uses it: (region, ms, measured or local).
-    pub fn rtt_table(&self) -> Vec<(String, u32, bool)> {
-        let table = self.routes.borrow().clone();
-        let state = lock(&self.rtt);
-        table
-            .regions
-            .iter()
-            .zip(self.rtt_sources(&state.estimator, &table))
-            .map(|(code, (ms, source))| (code.clone(), ms, matches!(source, RttSource::Local | RttSource::Measured)))
-            .collect()
+    /// Takes one probe's round trip and returns the new smoothed value.
+    pub(crate) fn observe(&mut self, region: &str, ms: f64, now_ms: u64) -> f64 {
+        self.version += 1;
+        self.estimator.observe(region, ms, now_ms)
     }
 
-    /// Extra delay this edge adds on the way to a machine in `region` (a fleet file's
-    /// simulated distance between regions on one host).
-    pub(crate) fn link_delay(&self, region: &str) -> Option<Duration> {
-        (region != self.config.region && !self.config.inter_region_delay.is_zero()).then_some(self.config.inter_region_delay)
-    }
-
-    /// Times a health check of one machine per remote region every `RTT_PROBE` and feeds the
-    /// estimator; runs until the edge is dropped.
-    pub fn spawn_rtt_probe(self: &Arc<Self>) {
-        let edge = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(strong) = edge.upgrade() else { return };
-                strong.probe_once().await;
-                drop(strong);
-                tokio::time::sleep(RTT_PROBE).await;
-            }
-        });
-    }
-
-    async fn probe_once(&self) {
-        let table = self.routes.borrow().clone();
-        let mut targets: HashMap<&str, &Arc<Endpoint>> = HashMap::new();
-        for routes in table.apps.values() {
-            for m in &routes.machines {
-                if m.region != self.config.region {
-                    targets.entry(m.region.as_str()).or_insert(m);
-                }
-            }
-        }
-        lock(&self.rtt).estimator.retain(|region| table.regions.iter().any(|r| r == region));
-        for (region, target) in targets {
-            let Some(ms) = self.time_health_check(region, target).await else {
-                continue;
-            };
-            let now = self.now_ms();
-            let smoothed = {
-                let mut state = lock(&self.rtt);
-                state.version += 1;
-                state.estimator.observe(region, ms, now)
-            };
-            self.metrics
-                .rtt_ms
-                .get_or_create(&RegionLabel {
-                    region: region.to_string(),
-                })
-                .set(smoothed.round() as i64);
-        }
-    }
-
-    /// Milliseconds a health check of `target` took, or `None` if it failed.
-    async fn time_health_check(&self, region: &str, target: &Endpoint) -> Option<f64> {
-        let wire = upstream::request(&Method::GET, "/health", &target.host_header, std::iter::empty(), &Bytes::new());
-        let started = tokio::time::Instant::now();
-        if let Some(delay) = self.link_delay(region) {
-            tokio::time::sleep(delay).await;
-        }
-        let answered = tokio::time::timeout(PROBE_TIMEOUT, async {
-            let response = upstream::send(&target.addr, &wire, &Method::GET, self.config.connect_timeout)
-                .await
-                .ok()?;
-            response.into_body().collect().await.ok()?;
-            Some(())
-        })
-        .await;
-        matches!(answered, Ok(Some(()))).then(|| started.elapsed().as_secs_f64() * 1000.0)
+    /// Forgets regions no longer in `table`.
+    pub(crate) fn retain_regions(&mut self, table: &RouteTable) {
+        self.estimator.retain(|region| table.regions.iter().any(|r| r == region));
     }
 }

@@ -3,7 +3,7 @@
 //! scaler decides which machines to wake and which idle ones to stop; this module only turns
 //! the world into its events and its actions into calls to the agents.
 
-use crate::edge::{lock, Edge};
+use crate::edge::{lock, AppScaler, Edge};
 use crate::metrics::AppLabel;
 use crate::routes::{AppRoutes, RouteTable};
 use crate::EdgeError;
@@ -13,13 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// What the edge may ask of the agents: wake a stopped machine for waiting requests, stop an
-/// idle one. Calls return at once; the outcome reaches the edge through the route table.
-pub trait Machines: Send + Sync {
-    fn start(&self, machine_id: &str);
-    fn stop(&self, machine_id: &str);
-}
-
 /// How often the edge tells the scalers which machines are idle, at the longest.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
@@ -28,13 +21,6 @@ const START_TIMEOUT_MS: u64 = 120_000;
 
 /// For this long after a machine started it is assumed to be taking held requests.
 const SETTLE_MS: u64 = 2_000;
-
-/// One app's scaler and what it was last told.
-pub(crate) struct AppScaler {
-    scaler: Scaler,
-    /// The route table its machines were last read from.
-    table: Weak<RouteTable>,
-}
 
 /// A request's place in its app's hold queue, given up when dropped (picked, timed out, or the
 /// client left).

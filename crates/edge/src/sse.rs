@@ -2,6 +2,7 @@
 //! `: waiting` comments until a machine answers, then the machine's events, or one error event.
 
 use crate::edge::Edge;
+use crate::error::error_event;
 use crate::respond::{respond, Answered};
 use crate::EdgeError;
 use axum::body::Body;
@@ -24,12 +25,6 @@ impl Drop for AbortOnDrop {
 /// failed (it panicked or the runtime is shutting down).
 pub(crate) fn joined(result: Result<Result<Answered, EdgeError>, tokio::task::JoinError>) -> Result<Answered, EdgeError> {
     result.map_err(|e| EdgeError::Internal(format!("the request's task failed: {e}")))?
-}
-
-/// One SSE `data:` event carrying an OpenAI-style error.
-pub(crate) fn error_event(message: &str, kind: &str, code: Option<&str>) -> Bytes {
-    let body = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-    Bytes::from(format!("data: {body}\n\n"))
 }
 
 /// The response of a streaming request still waiting for a machine: `: waiting` comments every

@@ -42,7 +42,32 @@ async fn metrics(State(state): State<EngineState>) -> Response {
         metrics.kv_budget_bytes.set(model.generator.config.kv_budget_bytes as i64);
         metrics.generated_tokens.set(stats.generated_tokens.load(Ordering::Relaxed) as i64);
     }
-    ([("content-type", "text/plain; version=0.0.4")], metrics.encode()).into_response()
+    let mut page = metrics.encode();
+    if matches!(state.task(), Task::Generate(_)) {
+        // Before OpenMetrics' closing `# EOF`, which nothing may follow.
+        let end = page.rfind("# EOF").unwrap_or(page.len());
+        page.insert_str(end, &vllm_names(metrics, state.served_name()));
+    }
+    ([("content-type", "text/plain; version=0.0.4")], page).into_response()
+}
+
+/// The generator's queue under vLLM's metric names, so that routers written for vLLM (llm-d,
+/// the Gateway API inference extension) can read colo's engine too.
+fn vllm_names(metrics: &crate::metrics::Metrics, served_name: &str) -> String {
+    let label = served_name.replace('\\', "\\\\").replace('"', "\\\"");
+    let budget = metrics.kv_budget_bytes.get();
+    let kv = if budget > 0 {
+        metrics.kv_used_bytes.get() as f64 / budget as f64
+    } else {
+        0.0
+    };
+    format!(
+        "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"{label}\"}} {}\n\
+         # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"{label}\"}} {}\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"{label}\"}} {kv}\n",
+        metrics.gen_running.get(),
+        metrics.gen_waiting.get(),
+    )
 }
 
 async fn embeddings(State(state): State<EngineState>, body: Bytes) -> Response {

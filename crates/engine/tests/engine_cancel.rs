@@ -83,6 +83,11 @@ async fn a_request_cancelled_by_its_client_leaves_the_in_flight_gauge() {
     client.write_all(head.as_bytes()).await.unwrap();
     client.write_all(body.as_bytes()).await.unwrap();
     wait_for(addr, "colo_engine_in_flight", "the request is in flight", |v| v == Some(1.0)).await;
+    // Routers written for vLLM read the same queue under vLLM's names.
+    let running = "vllm:num_requests_running{model_name=\"tiny\"}";
+    wait_for(addr, running, "the sequence shows under vLLM's name", |v| v == Some(1.0)).await;
+    let kv = metric(addr, "vllm:kv_cache_usage_perc{model_name=\"tiny\"}").await;
+    assert!(kv.is_some_and(|kv| kv > 0.0 && kv <= 1.0), "KV use {kv:?}");
     drop(client);
 
     wait_for(addr, "colo_engine_in_flight", "the cancelled request left the gauge", |v| {

@@ -51,6 +51,7 @@ pub async fn edge(config: EdgeDaemonConfig) -> Result<RunningEdge, NodeError> {
     let edge = Edge::new(edge_config, routes).with_machines(Arc::new(machines));
     edge.spawn_scaling();
     edge.spawn_rtt_probe();
+    edge.spawn_load_scrape();
     colo_edge::gossip::share_load(edge.clone(), Arc::new(NatsBus(nats)), &config.region);
 
     let sockets = serve::bind(config.addr, config.edge.workers)?;

@@ -107,6 +107,7 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
         // Each edge stops the idle machines of its own region.
         edge.spawn_scaling();
         edge.spawn_rtt_probe();
+        edge.spawn_load_scrape();
         edges.push((region, sockets.addr()));
         edge_workers.push(serve::spawn(sockets, edge, stop_rx.clone(), drain_timeout)?);
     }

@@ -173,7 +173,7 @@ impl fmt::Display for Step {
 fn current(app: &App, held: &Held) -> bool {
     let m = held.machine;
     let right_kind = app.gpu.as_ref().is_none_or(|g| held.gpu == Some(g.kind.as_str()));
-    m.revision == app.revision && m.model == app.model && m.engine_cmd == app.engine_cmd && right_kind
+    m.revision == app.revision && m.model == app.model && m.engine_cmd == app.engine_cmd && m.engine == app.engine && right_kind
 }
 
 /// The steps that bring `app`'s machines among `machines` (every machine on the live hosts,

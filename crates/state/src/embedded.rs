@@ -271,6 +271,7 @@ mod tests {
             demand: None,
             placement: None,
             route: None,
+            engine: None,
         }
     }
 
@@ -330,6 +331,7 @@ mod tests {
                 demand: None,
                 placement: None,
                 route: None,
+                engine: None,
             };
             state.put_app(&app).await.unwrap();
             state.put_machine(&machine("m1")).await.unwrap();

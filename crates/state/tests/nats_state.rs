@@ -169,6 +169,7 @@ fn app(app: &str) -> App {
         demand: None,
         placement: None,
         route: None,
+        engine: None,
     }
 }
 

@@ -15,6 +15,14 @@ fn demand(region: &str, requests_per_s: f64) -> Demand {
     }
 }
 
+fn engine(kind: colo_core::EngineKind, bin: Option<&str>) -> colo_core::EngineSpec {
+    colo_core::EngineSpec {
+        kind,
+        bin: bin.map(String::from),
+        args: Vec::new(),
+    }
+}
+
 fn regions(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
     pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect()
 }
@@ -37,6 +45,7 @@ fn validates_by_table() {
                 demand: None,
                 engine_cmd: Some("serve --port {port}".into()),
                 route: Some(colo_core::RouteMode::RoundRobin),
+                engine: None,
             },
             "chat",
             3,
@@ -127,6 +136,37 @@ fn validates_by_table() {
             "chat",
             1,
             vec!["engine_cmd: the command must contain {port}"],
+        ),
+        (
+            "an engine profile",
+            DeployOptions {
+                engine: Some(engine(colo_core::EngineKind::Vllm, Some("/opt/vllm/bin/vllm"))),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec![],
+        ),
+        (
+            "an engine profile and an engine command",
+            DeployOptions {
+                engine: Some(engine(colo_core::EngineKind::Vllm, None)),
+                engine_cmd: Some("serve --port {port}".into()),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["engine: give an engine profile or an engine command, not both"],
+        ),
+        (
+            "an empty engine program",
+            DeployOptions {
+                engine: Some(engine(colo_core::EngineKind::LlamaServer, Some(" "))),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["engine_bin: an empty program name"],
         ),
         (
             "a demand and regions",
@@ -247,4 +287,55 @@ fn counts_machines_by_table() {
             (got, want) => panic!("{regions:?} min {min_running}: {got:?}, expected {want:?}"),
         }
     }
+}
+
+#[test]
+fn engines_need_models_in_their_format() {
+    use colo_core::EngineKind::*;
+    let files = |paths: &[&str]| {
+        let files = paths
+            .iter()
+            .map(|p| colo_model::FileEntry {
+                path: p.to_string(),
+                size: 1,
+                chunks: Vec::new(),
+                safetensors: None,
+                gguf: None,
+            })
+            .collect();
+        colo_model::Manifest::new("tiny", 1 << 20, files, 0)
+    };
+    let safetensors = files(&["config.json", "model.safetensors"]);
+    let gguf = files(&["tiny-q4.gguf"]);
+    // (engine, model, the problem's start; none: it suits)
+    let cases: Vec<(Option<colo_core::EngineKind>, &colo_model::Manifest, Option<&str>)> = vec![
+        (None, &safetensors, None),
+        (Some(Vllm), &safetensors, None),
+        (Some(Sglang), &safetensors, None),
+        (Some(LlamaServer), &gguf, None),
+        (
+            Some(LlamaServer),
+            &safetensors,
+            Some("engine: llama-server serves a GGUF file and model tiny has none"),
+        ),
+        (Some(Vllm), &gguf, Some("engine: vllm serves a config.json")),
+        (None, &gguf, Some("engine: colo serves a config.json")),
+    ];
+    for (kind, manifest, expected) in cases {
+        let options = DeployOptions {
+            engine: kind.map(|k| engine(k, None)),
+            ..Default::default()
+        };
+        let got = options.check_model(manifest).map_err(|Problems(p)| p[0].to_string());
+        match expected {
+            None => assert!(got.is_ok(), "{kind:?}: {got:?}"),
+            Some(start) => assert!(got.as_ref().is_err_and(|e| e.starts_with(start)), "{kind:?}: {got:?}"),
+        }
+    }
+    // An engine the app brings takes whatever the model holds.
+    let own = DeployOptions {
+        engine_cmd: Some("serve --port {port}".into()),
+        ..Default::default()
+    };
+    assert!(own.check_model(&gguf).is_ok());
 }

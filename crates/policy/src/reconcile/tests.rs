@@ -29,6 +29,7 @@ fn app(gpu: Option<&str>) -> App {
         demand: None,
         placement: None,
         route: None,
+        engine: None,
     }
 }
 

@@ -1,0 +1,192 @@
+//! Engine profiles as the agent carries them out: the command line that starts each kind of
+//! engine on a leased device over a hydrated model, whether its program is there at all, how
+//! its health answers read while it loads and once it runs, and the end of its log when it
+//! fails.
+
+use crate::EngineCommand;
+use colo_core::{Device, EngineKind, EngineSpec, Machine, Readiness};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+/// Lines of an engine's log a failed start reports.
+const LOG_TAIL_LINES: usize = 20;
+
+/// What a health check says about an engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// Still loading: keep waiting.
+    Loading,
+    Ready,
+    /// The engine says it is dead (or answers in a way it never does when alive).
+    Dead,
+}
+
+/// The program `spec` runs, found: a path that names an executable file, or a name on `PATH`.
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+    let executable = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| executable(path))
+}
+
+/// The GGUF file llama-server loads from `dir`: the first part of a split file, else the
+/// largest `.gguf`.
+pub(crate) fn gguf_in(dir: &Path) -> Option<PathBuf> {
+    let files: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".gguf")))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    if let Some((first, _)) = files
+        .iter()
+        .find(|(p, _)| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("-00001-of-")))
+    {
+        return Some(first.clone());
+    }
+    files.into_iter().max_by_key(|(_, len)| *len).map(|(p, _)| p)
+}
+
+/// The command that starts `machine`'s engine, listening on `host:port`, over the model in
+/// `dir`: the app's own command, an engine profile's, or colo's engine (`colo_engine`).
+pub(crate) fn command(colo_engine: &EngineCommand, machine: &Machine, dir: &Path, host: IpAddr, port: u16) -> Result<Command, String> {
+    let app = machine.app.as_str();
+    let (host, port) = (host.to_string(), port.to_string());
+    let mut command = match (&machine.engine_cmd, &machine.engine) {
+        // The app's own engine: a shell command with the port and model directory filled in;
+        // `exec` makes the engine the process the agent watches and signals.
+        (Some(template), _) => {
+            let line = template
+                .replace("{port}", &port)
+                .replace("{host}", &host)
+                .replace("{model_dir}", &dir.display().to_string())
+                .replace("{name}", app);
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(format!("exec {line}"));
+            command
+        }
+        (None, Some(spec)) => profile_command(colo_engine, spec, machine, dir, &host, &port)?,
+        (None, None) => colo_command(colo_engine, machine, dir, &host, &port),
+    };
+    // The engine sees only the card its machine leases; a CPU slot sees none.
+    match &machine.device {
+        Device::Gpu { index, .. } => command.env("CUDA_VISIBLE_DEVICES", index.to_string()),
+        Device::Cpu { .. } if machine.engine.is_some() => command.env("CUDA_VISIBLE_DEVICES", ""),
+        Device::Cpu { .. } => &mut command,
+    };
+    Ok(command)
+}
+
+/// colo's own engine: the agent's program (the `colo` binary, `engine serve`) and its flags.
+fn colo_command(colo_engine: &EngineCommand, machine: &Machine, dir: &Path, host: &str, port: &str) -> Command {
+    let mut command = Command::new(&colo_engine.program);
+    command
+        .args(&colo_engine.args)
+        .arg("--model-dir")
+        .arg(dir)
+        .args(["--port", port, "--host", host, "--name", machine.app.as_str()]);
+    command
+}
+
+fn profile_command(
+    colo_engine: &EngineCommand,
+    spec: &EngineSpec,
+    machine: &Machine,
+    dir: &Path,
+    host: &str,
+    port: &str,
+) -> Result<Command, String> {
+    let app = machine.app.as_str();
+    let on_gpu = matches!(machine.device, Device::Gpu { .. });
+    let mut command = match spec.kind {
+        // colo's engine takes the profile's extra arguments; its program is the agent's own.
+        EngineKind::Colo => colo_command(colo_engine, machine, dir, host, port),
+        _ => Command::new(spec.program()),
+    };
+    match spec.kind {
+        EngineKind::LlamaServer => {
+            let model = gguf_in(dir).ok_or_else(|| format!("llama-server needs a .gguf file and {} has none", dir.display()))?;
+            command
+                .arg("-m")
+                .arg(model)
+                .args(["--host", host, "--port", port, "--alias", app, "--metrics"]);
+            if on_gpu {
+                // Every layer on the leased card.
+                command.args(["-ngl", "999"]);
+            }
+        }
+        EngineKind::Vllm => {
+            command
+                .arg("serve")
+                .arg(dir)
+                .args(["--host", host, "--port", port, "--served-model-name", app]);
+        }
+        EngineKind::Sglang => {
+            if spec.bin.is_none() {
+                command.args(["-m", "sglang.launch_server"]);
+            }
+            command
+                .arg("--model-path")
+                .arg(dir)
+                .args(["--host", host, "--port", port, "--served-model-name", app, "--enable-metrics"]);
+        }
+        EngineKind::Colo => {}
+    }
+    command.args(&spec.args);
+    Ok(command)
+}
+
+/// How a health check during start reads for an engine of `machine`: `status` is the answer,
+/// or `None` when the engine took no connection (or gave no answer).
+pub(crate) fn starting(machine: &Machine, status: Option<u16>) -> Health {
+    let Some(status) = status else { return Health::Loading };
+    if machine.engine_cmd.is_some() {
+        // An engine the app brings may have no /health: any answer short of an error will do.
+        return if status >= 500 { Health::Loading } else { Health::Ready };
+    }
+    let readiness = machine.engine.as_ref().map_or(Readiness::UnavailableThenOk, |e| e.kind.readiness());
+    match (status, readiness) {
+        (200..=299, _) => Health::Ready,
+        // vLLM refuses connections until it is ready; once it answers, a 503 means its engine died.
+        (500..=599, Readiness::RefusedThenOk) => Health::Dead,
+        _ => Health::Loading,
+    }
+}
+
+/// Whether a health check of a started engine passes.
+pub(crate) fn healthy(machine: &Machine, status: Option<u16>) -> bool {
+    match (status, &machine.engine_cmd) {
+        (Some(status), Some(_)) => status < 500,
+        (Some(status), None) => (200..300).contains(&status),
+        (None, _) => false,
+    }
+}
+
+/// The last lines of an engine's log, for an error that says why it did not start.
+pub(crate) fn log_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    // The tail is within the last 16 KiB of any log worth reading.
+    let len = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! Engine profiles end to end: `colo deploy --engine vllm|sglang|llama-server` starts the
+//! engine on its machine with the profile's command line, knows when it is ready by its own
+//! readiness contract, and routes by the load read off its metrics. vLLM, SGLang and
+//! llama-server cannot run here, so these deploys run `colo-standin`, the stand-in written for
+//! these tests (crates/standin), through `--engine-bin`; the profiles' command lines and
+//! readiness rules are what is under test.
+
+mod common;
+
+use common::Colo;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The stand-in engine, built beside the `colo` binary by `cargo test --workspace`.
+fn standin() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_colo")).with_file_name("colo-standin");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --release -p colo-standin` (scripts/test builds the workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A directory holding a small valid GGUF file, as a llama.cpp model directory would.
+fn gguf_model(dir: &std::path::Path) -> PathBuf {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&1u64.to_le_bytes());
+    out.extend_from_slice(&1u64.to_le_bytes());
+    string(&mut out, "general.architecture");
+    out.extend_from_slice(&8u32.to_le_bytes());
+    string(&mut out, "llama");
+    string(&mut out, "token_embd.weight");
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&64u64.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.resize(out.len().next_multiple_of(32) + 256, 0);
+    let model = dir.join("gguf-model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("tiny-f32.gguf"), out).unwrap();
+    model
+}
+
+fn complete(client: &reqwest::blocking::Client, edge: &str, app: &str, max_tokens: u32) -> reqwest::blocking::Response {
+    client
+        .post(format!("{edge}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"model": app, "prompt": "the quick brown fox", "max_tokens": max_tokens}).to_string())
+        .send()
+        .expect("a request through the edge")
+}
+
+/// The edge's load record of `app`'s one machine.
+fn load_of(client: &reqwest::blocking::Client, edge: &str, machine: &str) -> serde_json::Value {
+    let table: serde_json::Value = client.get(format!("{edge}/colo/load")).send().unwrap().json().unwrap();
+    table["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == machine)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn engine_profiles_start_when_ready_and_route_by_their_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let colo = Colo::up_with(&dir.path().join("data"), &["--cpu-slots", "4"]);
+    let standin = standin();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    colo.push_tiny("tiny");
+
+    // vLLM refuses connections while it loads: the machine is started only once it answers.
+    colo.ok(&[
+        "deploy",
+        "vl",
+        "--model",
+        "tiny",
+        "--engine",
+        "vllm",
+        "--engine-bin",
+        standin.to_str().unwrap(),
+        "--engine-args",
+        "--flavor vllm --load-ms 700 --ttft-ms 5 --itl-ms 40 --max-running 2",
+    ]);
+    let machines = colo.machines();
+    let vl = machines.iter().find(|m| m["app"] == "vl").unwrap();
+    assert_eq!(vl["state"], "started");
+    let engine_load = vl["cold_start"]["engine_load_ms"].as_u64().unwrap();
+    assert!(engine_load >= 700, "started before the engine listened: {engine_load} ms");
+    let r = complete(&client, &colo.edge, "vl", 3);
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["colo-machine"].to_str().unwrap().to_string();
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+
+    // Six long requests against two running slots: the edge sees the engine's own queue.
+    let busy: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, edge) = (client.clone(), colo.edge.clone());
+            std::thread::spawn(move || complete(&client, &edge, "vl", 25).status().as_u16())
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let load = load_of(&client, &colo.edge, &id);
+        if load["report"]["waiting"].as_u64().unwrap_or(0) > 0 {
+            break load;
+        }
+        assert!(Instant::now() < deadline, "no queue seen in the engine's metrics: {load}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(seen["report"]["source"], "metrics", "{seen}");
+    assert_eq!(seen["engine"], "vllm");
+    assert_eq!(seen["report"]["running"], 2, "{seen}");
+    for handle in busy {
+        assert_eq!(handle.join().unwrap(), 200);
+    }
+
+    // llama-server answers 503 while it loads, on a GGUF model.
+    let model = gguf_model(dir.path());
+    colo.ok(&["model", "push", model.to_str().unwrap(), "--name", "tiny-gguf"]);
+    colo.ok(&[
+        "deploy",
+        "ll",
+        "--model",
+        "tiny-gguf",
+        "--engine",
+        "llama-server",
+        "--engine-bin",
+        standin.to_str().unwrap(),
+        "--engine-args",
+        "--flavor llama --load-ms 300",
+    ]);
+    let r = complete(&client, &colo.edge, "ll", 2);
+    assert_eq!(r.status(), 200);
+    let ll = r.headers()["colo-machine"].to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while load_of(&client, &colo.edge, &ll)["report"]["source"] != "metrics" {
+        assert!(Instant::now() < deadline, "llama-server's metrics never read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    colo.stop();
+}
+
+#[test]
+fn wrong_engines_are_clear_errors_at_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let colo = Colo::up_with(&dir.path().join("data"), &["--cpu-slots", "2"]);
+    colo.push_tiny("tiny");
+    let standin = standin();
+    let fails = |args: &[&str]| {
+        let out = colo.cli(args);
+        assert!(!out.status.success(), "colo {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // An engine that is not installed names itself and the flag to set.
+    let err = fails(&[
+        "deploy",
+        "nov",
+        "--model",
+        "tiny",
+        "--engine",
+        "vllm",
+        "--engine-bin",
+        "/nonexistent/vllm",
+    ]);
+    assert!(err.contains("/nonexistent/vllm") && err.contains("--engine-bin"), "{err}");
+
+    // A model in the wrong format for the engine.
+    let err = fails(&["deploy", "wrong", "--model", "tiny", "--engine", "llama-server"]);
+    assert!(err.contains("llama-server serves a GGUF file"), "{err}");
+
+    // An engine that exits while starting leaves the end of its log in the error and in ps.
+    let err = fails(&[
+        "deploy",
+        "dies",
+        "--model",
+        "tiny",
+        "--engine",
+        "sglang",
+        "--engine-bin",
+        standin.to_str().unwrap(),
+        "--engine-args",
+        "--flavor sglang --no-such-flag",
+        "--timeout",
+        "60",
+    ]);
+    assert!(err.contains("no-such-flag"), "the engine's own complaint is in the error: {err}");
+    let machines = colo.machines();
+    let dies = machines.iter().find(|m| m["app"] == "dies").unwrap();
+    let last_error = dies["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("exited during start") && last_error.contains("no-such-flag"),
+        "{last_error}"
+    );
+    colo.stop();
+}
