@@ -324,8 +324,8 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .files
         .iter()
         .map(|f| {
-            let tensors = match &f.safetensors {
-                Some(s) => {
+            let tensors = match (&f.safetensors, &f.gguf) {
+                (Some(s), _) => {
                     let dtypes: Vec<String> = s.bytes_by_dtype.iter().map(|(d, b)| format!("{d} {}", bytes(*b))).collect();
                     format!(
                         "{} tensors, {:.1}M params, {}",
@@ -334,7 +334,8 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                         dtypes.join(", ")
                     )
                 }
-                None => String::new(),
+                (None, Some(g)) => gguf_line(g),
+                (None, None) => String::new(),
             };
             vec![f.path.clone(), bytes(f.size), f.chunks.len().to_string(), tensors]
         })
@@ -342,6 +343,22 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     println!("{}", table(&["FILE", "SIZE", "CHUNKS", "TENSORS"], rows));
     println!("{} files, {}", manifest.files.len(), bytes(manifest.total_bytes()));
     Ok(())
+}
+
+/// What `model inspect` says of a GGUF file: architecture, context, parameters, bits per
+/// weight, and the bytes of each tensor type.
+fn gguf_line(g: &colo_model::GgufSummary) -> String {
+    let types: Vec<String> = g.bytes_by_type.iter().map(|(t, b)| format!("{t} {}", bytes(*b))).collect();
+    let context = g.hyper("context_length").map_or_else(String::new, |c| format!(", context {c}"));
+    format!(
+        "GGUF v{}: {}{context}, {} tensors, {:.1}M params, {:.2} bits/weight, {}",
+        g.version,
+        g.architecture.as_deref().unwrap_or("unknown architecture"),
+        g.tensors,
+        g.parameters as f64 / 1e6,
+        g.bits_per_weight(),
+        types.join(", ")
+    )
 }
 
 async fn ls(args: LsArgs) -> anyhow::Result<()> {

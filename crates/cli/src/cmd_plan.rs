@@ -4,7 +4,7 @@
 
 use crate::output::{print_json, table};
 use crate::Common;
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use colo_core::{Catalogue, GpuSpec, PriceBook, Regions, Usd};
 use colo_model::estimate::GIB;
 use colo_model::safetensors::{header_len, parse_header};
@@ -156,17 +156,34 @@ fn load_catalogue(config: Option<&Path>) -> anyhow::Result<Catalogue> {
         .with_context(|| path.display().to_string())
 }
 
-/// Model facts from the best source at hand: a directory's safetensors headers, a bare
-/// config.json, or a pushed model's manifest.
+/// Model facts from the best source at hand: a GGUF file's header, a directory's safetensors
+/// headers (or its GGUF file), a bare config.json, or a pushed model's manifest.
 async fn load_facts(args: &PlanArgs) -> anyhow::Result<ModelFacts> {
     let path = Path::new(&args.model);
+    let from_gguf = |file: &Path| -> anyhow::Result<ModelFacts> {
+        let summary = colo_store::gguf_header(file)?;
+        ModelFacts::from_gguf(&summary).with_context(|| file.display().to_string())
+    };
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return from_gguf(path);
+    }
     if path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         return ModelFacts::from_config(&bytes).with_context(|| path.display().to_string());
     }
     if path.is_dir() {
         let config = path.join("config.json");
-        let bytes = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+        if !config.exists() {
+            if let Some(gguf) = largest_gguf(path)? {
+                return from_gguf(&gguf);
+            }
+        }
+        let bytes = std::fs::read(&config).with_context(|| {
+            format!(
+                "reading {} (a model directory needs a config.json or a .gguf file)",
+                config.display()
+            )
+        })?;
         let facts = ModelFacts::from_config(&bytes).with_context(|| config.display().to_string())?;
         let headers = local_headers(path)?;
         if headers.is_empty() {
@@ -175,6 +192,21 @@ async fn load_facts(args: &PlanArgs) -> anyhow::Result<ModelFacts> {
         return Ok(facts.with_tensors(&headers, FactsSource::Directory)?);
     }
     from_store(args).await
+}
+
+/// The largest `*.gguf` file directly in `dir`, if there is one.
+fn largest_gguf(dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "gguf") {
+            let len = path.metadata().map(|m| m.len()).unwrap_or(0);
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, path));
+            }
+        }
+    }
+    Ok(best.map(|(_, p)| p))
 }
 
 /// Summaries of every `*.safetensors` header directly in `dir`; only the headers are read.
@@ -215,23 +247,7 @@ async fn from_store(args: &PlanArgs) -> anyhow::Result<ModelFacts> {
             args.model
         )
     })?;
-    if manifest.file("config.json").is_none() {
-        bail!("pushed model {} has no config.json to plan from", args.model);
-    }
-    let object = colo_store::Store::file_path(&manifest.name, &manifest.revision, "config.json");
-    let bytes = store
-        .objects()
-        .get(&object)
-        .await
-        .with_context(|| format!("reading {object}"))?
-        .bytes()
-        .await?;
-    let facts = ModelFacts::from_config(&bytes).with_context(|| format!("{}: config.json", args.model))?;
-    let headers: Vec<HeaderSummary> = manifest.files.iter().filter_map(|f| f.safetensors.clone()).collect();
-    if headers.is_empty() {
-        return Ok(facts);
-    }
-    Ok(facts.with_tensors(&headers, FactsSource::Manifest)?)
+    Ok(store.model_facts(&manifest).await?)
 }
 
 fn gib(bytes: f64) -> String {

@@ -216,3 +216,67 @@ fn deploy_refuses_a_bad_demand_file_naming_the_field() {
         "--demand with --region"
     );
 }
+
+/// A GGUF file's bytes with a Llama's hyperparameters and one Q4_K tensor of `rows` rows.
+fn gguf_file(rows: u64) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let hyper = [
+        ("llama.context_length", 8192u32),
+        ("llama.block_count", 32),
+        ("llama.embedding_length", 4096),
+        ("llama.attention.head_count", 32),
+        ("llama.attention.head_count_kv", 8),
+    ];
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&1u64.to_le_bytes());
+    out.extend_from_slice(&(1 + hyper.len() as u64).to_le_bytes());
+    string(&mut out, "general.architecture");
+    out.extend_from_slice(&8u32.to_le_bytes());
+    string(&mut out, "llama");
+    for (key, value) in hyper {
+        string(&mut out, key);
+        out.extend_from_slice(&4u32.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    string(&mut out, "blk.0.ffn_down.weight");
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&4096u64.to_le_bytes());
+    out.extend_from_slice(&rows.to_le_bytes());
+    out.extend_from_slice(&12u32.to_le_bytes()); // Q4_K
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let data = 4096 * rows / 256 * 144;
+    out.resize(out.len().next_multiple_of(32) + data as usize, 0);
+    out
+}
+
+#[test]
+fn a_gguf_model_is_planned_as_it_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("llama-q4");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(model.join("llama-q4_k.gguf"), gguf_file(4096)).unwrap();
+    let args = ["plan", model.to_str().unwrap(), "--json", "--gpu", "l4", "--n-gpus", "1"];
+    let v = json(&args);
+    assert_eq!(v["model"]["gguf"], "Q4_K");
+    assert_eq!(v["model"]["source"], "gguf");
+    assert_eq!(v["model"]["params"].as_u64(), Some(4096 * 4096));
+    let options = v["options"].as_array().unwrap();
+    assert_eq!(options.len(), 1, "a GGUF file is planned only as stored");
+    assert_eq!(options[0]["quant"], "gguf");
+    assert_eq!(options[0]["weights_bytes_per_gpu"].as_u64(), Some(4096 * 4096 / 256 * 144));
+    // The file itself plans the same; a lying file is refused naming it.
+    let file = model.join("llama-q4_k.gguf");
+    let v = json(&["plan", file.to_str().unwrap(), "--json", "--gpu", "l4", "--n-gpus", "1"]);
+    assert_eq!(v["options"][0]["quant"], "gguf");
+    let mut bad = gguf_file(4096);
+    bad.truncate(bad.len() - 100);
+    std::fs::write(&file, bad).unwrap();
+    let out = colo(&["plan", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("llama-q4_k.gguf") && err.contains("past its end"), "{err}");
+}

@@ -3,23 +3,16 @@
 
 use crate::{Control, ControlError};
 use colo_core::{Catalogue, GpuChoice};
-use colo_model::{ConfigError, FactsSource, Manifest, ModelFacts};
+use colo_model::{ConfigError, Manifest, ModelFacts};
 use colo_policy::{recommend, PlanRequest};
-use colo_store::Store;
 
 /// Why the planner's facts of a model revision could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
-    /// Its manifest is not in the store.
+    /// Its manifest or its config.json could not be read from the store, or they describe no
+    /// model the planner knows.
     #[error(transparent)]
     Manifest(#[from] colo_store::StoreError),
-    /// Its config.json could not be read from the store.
-    #[error("{path}: {source}")]
-    Config {
-        path: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     /// Its config.json or tensor summaries do not describe a model the planner knows.
     #[error(transparent)]
     Model(#[from] ConfigError),
@@ -96,21 +89,9 @@ impl Control {
         Ok(facts)
     }
 
-    /// The planner's facts for a pushed model: its config.json with the manifest's exact
-    /// tensor sizes, or its GGUF file's header (the largest file, for a model in several).
+    /// The planner's facts for a pushed model (the store reads them: a GGUF header, or a
+    /// config.json with the manifest's exact tensor sizes).
     async fn model_facts(&self, manifest: &Manifest) -> Result<ModelFacts, FactsError> {
-        let gguf = manifest.files.iter().filter(|f| f.gguf.is_some()).max_by_key(|f| f.size);
-        if let Some(summary) = gguf.and_then(|f| f.gguf.as_ref()) {
-            return Ok(ModelFacts::from_gguf(summary)?);
-        }
-        let path = Store::file_path(&manifest.name, &manifest.revision, "config.json");
-        let unreadable = |source: Box<dyn std::error::Error + Send + Sync>| FactsError::Config {
-            path: path.to_string(),
-            source,
-        };
-        let config = self.store.objects().get(&path).await.map_err(|e| unreadable(Box::new(e)))?;
-        let bytes = config.bytes().await.map_err(|e| unreadable(Box::new(e)))?;
-        let headers: Vec<_> = manifest.files.iter().filter_map(|f| f.safetensors.clone()).collect();
-        Ok(ModelFacts::from_config(&bytes)?.with_tensors(&headers, FactsSource::Manifest)?)
+        Ok(self.store.model_facts(manifest).await?)
     }
 }

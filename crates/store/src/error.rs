@@ -16,6 +16,8 @@ pub enum StoreError {
     Safetensors { path: String, source: SafetensorsError },
     #[error("{path}: not a valid GGUF file: {source}")]
     Gguf { path: String, source: colo_model::GgufError },
+    #[error("model {model}: {source}")]
+    Facts { model: String, source: colo_model::ConfigError },
     #[error("model directory {dir}: {reason}")]
     BadDir { dir: String, reason: String },
     #[error("manifest of model {name:?}: {source}")]

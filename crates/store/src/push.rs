@@ -186,6 +186,13 @@ fn check_safetensors(abs: &Path, file: &mut std::fs::File, size: u64) -> Result<
     safetensors::parse_header(&header, size).map_err(fail)
 }
 
+/// Reads the GGUF file at `path`'s header and validates it (`colo plan` on a local file).
+pub fn gguf_header(path: &Path) -> Result<colo_model::GgufSummary, StoreError> {
+    let mut file = std::fs::File::open(path).map_err(|e| StoreError::io(path.display(), e))?;
+    let size = file.metadata().map_err(|e| StoreError::io(path.display(), e))?.len();
+    check_gguf(path, &mut file, size)
+}
+
 /// Reads a GGUF file's header, more of the file each time the parser asks for more (headers
 /// carry the tokenizer, a few MB), and validates it.
 fn check_gguf(abs: &Path, file: &mut std::fs::File, size: u64) -> Result<colo_model::GgufSummary, StoreError> {

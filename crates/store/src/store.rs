@@ -148,6 +148,34 @@ impl Store {
         self.read_manifest(name, Self::revision_manifest_path(name, revision)).await
     }
 
+    /// The planner's facts of a pushed model: its GGUF file's header (the largest GGUF file,
+    /// for a model in several), or its config.json with the manifest's exact tensor sizes.
+    pub async fn model_facts(&self, manifest: &Manifest) -> Result<colo_model::ModelFacts, StoreError> {
+        let facts_error = |source| StoreError::Facts {
+            model: manifest.name.clone(),
+            source,
+        };
+        let gguf = manifest.files.iter().filter(|f| f.gguf.is_some()).max_by_key(|f| f.size);
+        if let Some(summary) = gguf.and_then(|f| f.gguf.as_ref()) {
+            return colo_model::ModelFacts::from_gguf(summary).map_err(facts_error);
+        }
+        if manifest.file("config.json").is_none() {
+            return Err(StoreError::BadDir {
+                dir: manifest.name.clone(),
+                reason: "no config.json and no GGUF file to plan from".into(),
+            });
+        }
+        let path = Self::file_path(&manifest.name, &manifest.revision, "config.json");
+        let read = |e: object_store::Error| StoreError::Internal(format!("reading {path}: {e}"));
+        let config = self.objects().get(&path).await.map_err(read)?.bytes().await.map_err(read)?;
+        let headers: Vec<_> = manifest.files.iter().filter_map(|f| f.safetensors.clone()).collect();
+        let facts = colo_model::ModelFacts::from_config(&config).map_err(facts_error)?;
+        if headers.is_empty() {
+            return Ok(facts);
+        }
+        facts.with_tensors(&headers, colo_model::FactsSource::Manifest).map_err(facts_error)
+    }
+
     async fn read_manifest(&self, name: &str, path: ObjectPath) -> Result<Manifest, StoreError> {
         let bytes = match self.inner.get(&path).await {
             Ok(result) => result.bytes().await.map_err(|e| StoreError::object(&path, e))?,
