@@ -6,8 +6,10 @@
 //! machine. Two fleets: every machine idle (a pick stops at the first idle machine), and every
 //! machine busy but under its soft limit with a fresh engine report (a pick reads up to the
 //! route's `scan_limit` machines). Sizes are measured in interleaved rounds; each line gives the
-//! median ns per request, and the last line is `edgepath ns_10=.. ns_1k=.. ns_10k=..` for the
-//! busy fleet.
+//! median wall ns per request (one request at a time, so mostly the loopback round trip and the
+//! wake-ups of two threads) and the median CPU ns the edge's thread spent per request (the
+//! edge's own work, whatever the scheduler does), and the last line is
+//! `edgepath ns_10=.. ns_1k=.. ns_10k=..` of CPU ns for the busy fleet.
 //!
 //! `cargo bench -p colo-edge --bench edgepath` (EDGEPATH_ROUNDS, EDGEPATH_REQUESTS to change the
 //! effort).
@@ -55,6 +57,14 @@ fn edge_with(n: usize, addr: &str, busy: bool) -> Arc<Edge> {
     Edge::new(EdgeConfig::default(), rx)
 }
 
+/// CPU time this thread has used, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Median of the per-round ns per request.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -84,6 +94,7 @@ fn main() {
     for busy in [false, true] {
         let edges: Vec<Arc<Edge>> = runtime.block_on(async { SIZES.iter().map(|&n| edge_with(n, &addr, busy)).collect() });
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
         runtime.block_on(async {
             for edge in &edges {
                 for _ in 0..200 {
@@ -92,21 +103,23 @@ fn main() {
             }
             for _ in 0..rounds {
                 for (i, edge) in edges.iter().enumerate() {
-                    let started = Instant::now();
+                    let (started, cpu_started) = (Instant::now(), thread_cpu_ns());
                     for _ in 0..requests {
                         one_request(edge).await;
                     }
                     samples[i].push(started.elapsed().as_nanos() as f64 / requests as f64);
+                    cpu[i].push((thread_cpu_ns() - cpu_started) as f64 / requests as f64);
                 }
             }
         });
         let fleet = if busy { "busy" } else { "idle" };
         let medians: Vec<f64> = samples.into_iter().map(median).collect();
-        for (n, ns) in SIZES.iter().zip(&medians) {
-            println!("edgepath fleet={fleet} machines={n} ns_per_request={ns:.0}");
+        let cpu_medians: Vec<f64> = cpu.into_iter().map(median).collect();
+        for ((n, ns), cpu_ns) in SIZES.iter().zip(&medians).zip(&cpu_medians) {
+            println!("edgepath fleet={fleet} machines={n} wall_ns_per_request={ns:.0} cpu_ns_per_request={cpu_ns:.0}");
         }
         if busy {
-            busy_line = medians;
+            busy_line = cpu_medians;
         }
     }
     println!(

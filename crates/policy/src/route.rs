@@ -503,12 +503,14 @@ fn scan_slice<M: MachineView>(
     best: &mut Best,
     budget: &mut usize,
 ) -> bool {
-    let (soft, hard) = (params.soft_limit, params.hard_limit);
+    let (soft, hard, now_ms) = (params.soft_limit, params.hard_limit, req.now_ms);
     // Round robin weighs nothing but room: every machine with room ranks as if idle.
     let weighs_load = params.mode != RouteMode::RoundRobin;
+    // Most requests may go anywhere: the check per machine is skipped for them.
+    let restricted = req.only.is_some() || !req.avoid.is_empty();
     for (i, machine) in machines.iter().enumerate() {
-        let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
-        let r = if machine.healthy() && load < hard && usable(req, base + i) {
+        let load = effective_load(machine.in_flight(), machine.report(), now_ms, params);
+        let r = if machine.healthy() && load < hard && (!restricted || usable(req, base + i)) {
             rank(if weighs_load { load } else { 0 }, rtt, soft)
         } else {
             u64::MAX
