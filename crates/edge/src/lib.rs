@@ -89,6 +89,10 @@ impl Default for EdgeConfig {
             route: colo_policy::RouteParams {
                 soft_limit: 32,
                 hard_limit: 64,
+                // Engines' metrics are read every 200 ms: a report 2 s old says nothing of now
+                // (the Gateway API inference extension's staleness threshold too).
+                report_fresh_ms: 1_000,
+                report_stale_ms: 2_000,
                 ..Default::default()
             },
             max_held: 4096,
