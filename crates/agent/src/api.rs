@@ -52,6 +52,7 @@ pub fn router(agents: Vec<Arc<Agent>>) -> Router {
         .route("/v1/apps/{app}/machines/{id}", get(show).delete(destroy))
         .route("/v1/apps/{app}/machines/{id}/start", post(start))
         .route("/v1/apps/{app}/machines/{id}/stop", post(stop))
+        .route("/v1/apps/{app}/machines/{id}/suspend", post(suspend))
         .route("/v1/apps/{app}/machines/{id}/wait", get(wait))
         .route("/v1/host", get(host))
         .route("/v1/hosts", get(hosts))
@@ -343,6 +344,14 @@ async fn stop(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)
         Err(e) => return e.into_response(),
     };
     agent.stop(&id).await.map(Json).into_response()
+}
+
+async fn suspend(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
+    let agent = match owned(&hosts, &app, &id).await {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
+    agent.suspend(&id).await.map(Json).into_response()
 }
 
 async fn destroy(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {

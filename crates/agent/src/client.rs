@@ -64,6 +64,12 @@ impl AgentClient {
         self.call(Method::POST, &format!("/v1/apps/{app}/machines/{id}/stop"), None).await
     }
 
+    /// Asks machine `id` of `app` to suspend its engine.
+    pub async fn suspend(&self, app: &str, id: &str) -> Result<Machine, ClientError> {
+        self.call(Method::POST, &format!("/v1/apps/{app}/machines/{id}/suspend"), None)
+            .await
+    }
+
     /// Stops machine `id` of `app` if it runs, then destroys it and frees its device.
     pub async fn destroy(&self, app: &str, id: &str) -> Result<Machine, ClientError> {
         self.call(Method::DELETE, &format!("/v1/apps/{app}/machines/{id}"), None).await

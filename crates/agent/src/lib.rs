@@ -344,6 +344,12 @@ impl Agent {
         self.set_desired(id, MachineState::Stopped).await
     }
 
+    /// Suspends the machine's engine (it keeps its model and device, and wakes fast); a machine
+    /// that does not run stays as it is.
+    pub async fn suspend(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
+        self.set_desired(id, MachineState::Suspended).await
+    }
+
     /// Stops the machine if it runs, then marks it destroyed and frees its device.
     pub async fn destroy(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
         self.set_desired(id, MachineState::Destroyed).await

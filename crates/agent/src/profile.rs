@@ -113,6 +113,7 @@ fn profile_command(
         EngineKind::Colo => colo_command(colo_engine, machine, dir, host, port),
         _ => Command::new(spec.program()),
     };
+    let sleep_after = spec.sleep_after_secs;
     match spec.kind {
         EngineKind::LlamaServer => {
             let model = gguf_in(dir).ok_or_else(|| format!("llama-server needs a .gguf file and {} has none", dir.display()))?;
@@ -124,12 +125,21 @@ fn profile_command(
                 // Every layer on the leased card.
                 command.args(["-ngl", "999"]);
             }
+            if sleep_after > 0 {
+                // llama-server unloads itself when idle and reloads on the next request.
+                command.args(["--sleep-idle-seconds", &sleep_after.to_string()]);
+            }
         }
         EngineKind::Vllm => {
             command
                 .arg("serve")
                 .arg(dir)
                 .args(["--host", host, "--port", port, "--served-model-name", app]);
+            if sleep_after > 0 {
+                // The sleep endpoints exist only in vLLM's development mode; the engine listens
+                // where only its agent and edges reach it, and the edge never proxies them.
+                command.arg("--enable-sleep-mode").env("VLLM_SERVER_DEV_MODE", "1");
+            }
         }
         EngineKind::Sglang => {
             if spec.bin.is_none() {
@@ -139,11 +149,37 @@ fn profile_command(
                 .arg("--model-path")
                 .arg(dir)
                 .args(["--host", host, "--port", port, "--served-model-name", app, "--enable-metrics"]);
+            if sleep_after > 0 {
+                command.arg("--enable-memory-saver");
+            }
         }
         EngineKind::Colo => {}
     }
     command.args(&spec.args);
     Ok(command)
+}
+
+/// An HTTP call the agent makes to an engine it runs: method and path (with query).
+pub(crate) type EngineCall = (&'static str, &'static str);
+
+/// How to put `machine`'s engine to sleep, if its engine can be told to: vLLM's level-1 sleep
+/// (weights to host memory, KV cache dropped), SGLang's memory release. llama-server sleeps by
+/// itself when idle; colo's engine holds no KV cache while idle, so it needs no call.
+pub(crate) fn sleep_call(machine: &Machine) -> Option<EngineCall> {
+    match machine.engine.as_ref().filter(|_| machine.engine_cmd.is_none())?.kind {
+        EngineKind::Vllm => Some(("POST", "/sleep?level=1")),
+        EngineKind::Sglang => Some(("POST", "/release_memory_occupation")),
+        EngineKind::LlamaServer | EngineKind::Colo => None,
+    }
+}
+
+/// How to wake `machine`'s engine from the sleep `sleep_call` put it in.
+pub(crate) fn wake_call(machine: &Machine) -> Option<EngineCall> {
+    match machine.engine.as_ref().filter(|_| machine.engine_cmd.is_none())?.kind {
+        EngineKind::Vllm => Some(("POST", "/wake_up")),
+        EngineKind::Sglang => Some(("POST", "/resume_memory_occupation")),
+        EngineKind::LlamaServer | EngineKind::Colo => None,
+    }
 }
 
 /// How a health check during start reads for an engine of `machine`: `status` is the answer,

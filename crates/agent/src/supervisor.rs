@@ -32,8 +32,9 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
         let want = *desired.borrow_and_update();
         match want {
             MachineState::Started => {}
-            // `Stopping` is the agent shutting down: the machine stays meant to run.
-            MachineState::Stopping => return record(&agent, &mut machine, MachineState::Stopped, &desired).await,
+            // `Stopping` is the agent shutting down: the machine stays meant to run. A machine
+            // asked to suspend with no engine running is simply down.
+            MachineState::Stopping | MachineState::Suspended => return record(&agent, &mut machine, MachineState::Stopped, &desired).await,
             other => return record(&agent, &mut machine, other, &desired).await,
         }
         record(&agent, &mut machine, MachineState::Starting, &desired).await;
@@ -212,6 +213,7 @@ async fn start(
                 bytes_from_origin: report.bytes_from_origin,
                 engine_load_ms: spawned.elapsed().as_millis() as u64,
                 first_response_ms: now_ms().saturating_sub(requested_at_ms),
+                from_suspended: false,
             });
             return Ok(Some(child));
         }
@@ -263,6 +265,12 @@ async fn watch_engine(agent: &Agent, machine: &mut Machine, mut child: Child, de
                     stop_child(&mut child).await;
                     return Outcome::Told;
                 }
+                if want == MachineState::Suspended {
+                    match suspend(agent, machine, &mut child, desired).await {
+                        Ok(()) => continue,
+                        Err(outcome) => return outcome,
+                    }
+                }
                 if want != MachineState::Started {
                     // Edges stopped routing here when the desired state changed; requests
                     // already in flight get the grace period to finish before the engine stops.
@@ -290,6 +298,131 @@ async fn watch_engine(agent: &Agent, machine: &mut Machine, mut child: Child, de
                 }
             }
         }
+    }
+}
+
+/// Suspends a started engine: after the stop grace (for requests in flight), its engine is told
+/// to sleep where it can be, and the machine is recorded suspended, keeping its process and
+/// device. Returns `Ok` once it is woken and answering again, or the outcome that ends the watch
+/// (it was told to stop, or the engine died).
+async fn suspend(
+    agent: &Agent,
+    machine: &mut Machine,
+    child: &mut Child,
+    desired: &mut watch::Receiver<MachineState>,
+) -> Result<(), Outcome> {
+    if sleep_or_told(desired, agent.config.stop_grace).await && *desired.borrow() != MachineState::Suspended {
+        return woken_or_told(agent, machine, child, desired, false).await;
+    }
+    let addr = machine.addr.clone().unwrap_or_default();
+    if let Some(call) = profile::sleep_call(machine) {
+        if let Err(reason) = engine_call(&addr, call).await {
+            // The engine keeps running, holding its memory: still suspended as far as routing
+            // goes, and woken the same way.
+            tracing::warn!(machine = %machine.id, %reason, "the engine did not go to sleep");
+        }
+    }
+    record(agent, machine, MachineState::Suspended, desired).await;
+    tracing::info!(machine = %machine.id, "suspended");
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                return Err(Outcome::Crashed(format!("suspended engine exited with {status}")));
+            }
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    stop_child(child).await;
+                    return Err(Outcome::Told);
+                }
+                if *desired.borrow() != MachineState::Suspended {
+                    return woken_or_told(agent, machine, child, desired, true).await;
+                }
+            }
+        }
+    }
+}
+
+/// After a suspend: wakes the engine when the machine is wanted again (timing the wake into
+/// `cold_start`), or stops it.
+async fn woken_or_told(
+    agent: &Agent,
+    machine: &mut Machine,
+    child: &mut Child,
+    desired: &mut watch::Receiver<MachineState>,
+    asleep: bool,
+) -> Result<(), Outcome> {
+    if *desired.borrow() != MachineState::Started {
+        stop_child(child).await;
+        return Err(Outcome::Told);
+    }
+    if !asleep {
+        return Ok(());
+    }
+    let requested_at_ms = agent.take_start_request(&machine.id).unwrap_or_else(now_ms);
+    record(agent, machine, MachineState::Starting, desired).await;
+    let began = tokio::time::Instant::now();
+    let addr = machine.addr.clone().unwrap_or_default();
+    if let Some(call) = profile::wake_call(machine) {
+        if let Err(reason) = engine_call(&addr, call).await {
+            let _ = child.kill().await;
+            return Err(Outcome::Crashed(format!("the engine did not wake: {reason}")));
+        }
+    }
+    let health = format!("http://{addr}/health");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok();
+    let deadline = began + agent.config.start_timeout;
+    loop {
+        let status = match &client {
+            Some(client) => client.get(&health).send().await.ok().map(|r| r.status().as_u16()),
+            None => Some(200),
+        };
+        if profile::healthy(machine, status) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill().await;
+            return Err(Outcome::Crashed(format!(
+                "the engine did not answer within {:?} of waking",
+                agent.config.start_timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let woke_ms = began.elapsed().as_millis() as u64;
+    machine.cold_start = Some(ColdStart {
+        requested_at_ms,
+        queued_ms: 0,
+        hydrate_ms: 0,
+        engine_load_ms: woke_ms,
+        first_response_ms: now_ms().saturating_sub(requested_at_ms),
+        from_suspended: true,
+        ..ColdStart::default()
+    });
+    machine.healthy = true;
+    record(agent, machine, MachineState::Started, desired).await;
+    tracing::info!(machine = %machine.id, woke_ms, "woken from suspend");
+    Ok(())
+}
+
+/// One call to an engine's own endpoint (sleep, wake), which must answer 2xx within 60 s.
+async fn engine_call(addr: &str, (method, path): profile::EngineCall) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let response = client
+        .request(method, format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{path} answered {}", response.status()))
     }
 }
 

@@ -158,6 +158,7 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         hard_limit: None,
         autostop_secs: None,
         min_running: 0,
+        autostop_to: Default::default(),
         keys: Vec::new(),
         deploy_tokens: Vec::new(),
         regions: Default::default(),

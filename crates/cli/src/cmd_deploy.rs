@@ -30,6 +30,12 @@ pub struct DeployArgs {
     /// Stop a machine after this many idle seconds; the next request wakes it again.
     #[arg(long)]
     autostop: Option<u64>,
+    /// What --autostop does to an idle machine: stop it (its device is freed; the next request
+    /// waits for a cold start from cached weights) or suspend it (the engine keeps the model and
+    /// its device, and wakes in about a second: vLLM's sleep mode, SGLang's memory release,
+    /// llama-server's idle sleep).
+    #[arg(long, value_parser = parse_idle, requires = "autostop", default_value = "stop")]
+    autostop_to: colo_core::IdleAction,
     /// Machines kept started in each region even when idle (with --autostop).
     #[arg(long, default_value_t = 0)]
     min_running: u32,
@@ -111,6 +117,10 @@ fn parse_engine(value: &str) -> Result<colo_core::EngineKind, String> {
     colo_core::EngineKind::parse(value).ok_or_else(|| format!("{value:?} is not an engine; colo knows colo, llama-server, vllm and sglang"))
 }
 
+fn parse_idle(value: &str) -> Result<colo_core::IdleAction, String> {
+    colo_core::IdleAction::parse(value).ok_or_else(|| format!("{value:?}: --autostop-to is stop or suspend"))
+}
+
 fn parse_route(value: &str) -> Result<colo_core::RouteMode, String> {
     colo_core::RouteMode::parse(value).ok_or_else(|| format!("{value:?} is not a route mode: score, least-loaded or round-robin"))
 }
@@ -184,6 +194,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         kind,
         bin: args.engine_bin.clone(),
         args: engine_args,
+        sleep_after_secs: 0,
     });
     let api = Api::connect(&args.common.data_dir)?;
     let started = std::time::Instant::now();
@@ -192,7 +203,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             "/v1/apps",
             &json!({"name": args.app, "model": args.model, "machines": args.machines, "gpu": args.gpu,
                 "soft_limit": args.soft_limit, "hard_limit": args.hard_limit,
-                "autostop_secs": args.autostop, "min_running": args.min_running,
+                "autostop_secs": args.autostop, "autostop_to": args.autostop_to, "min_running": args.min_running,
                 "regions": args.regions.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "engine_cmd": args.engine_cmd, "demand": demand, "engine": engine, "route": args.route}),
         )

@@ -206,3 +206,82 @@ fn wrong_engines_are_clear_errors_at_deploy() {
     );
     colo.stop();
 }
+
+/// `--autostop SECS --autostop-to suspend`: an idle vLLM machine is put to sleep (its process and
+/// card kept), wakes in the engine's wake time rather than its load time, and says so in
+/// `colo-cold-start`; the engine's sleep endpoints cannot be reached through the edge.
+#[test]
+fn idle_machines_suspend_and_wake_without_reloading() {
+    let dir = tempfile::tempdir().unwrap();
+    let colo = Colo::up_with(&dir.path().join("data"), &["--cpu-slots", "2"]);
+    let standin = standin();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    colo.push_tiny("tiny");
+    colo.ok(&[
+        "deploy",
+        "sv",
+        "--model",
+        "tiny",
+        "--engine",
+        "vllm",
+        "--engine-bin",
+        standin.to_str().unwrap(),
+        "--engine-args",
+        "--flavor vllm --load-ms 1500 --wake-ms 30 --ttft-ms 5 --itl-ms 5",
+        "--autostop",
+        "1",
+        "--autostop-to",
+        "suspend",
+    ]);
+    let r = complete(&client, &colo.edge, "sv", 2);
+    assert_eq!(r.status(), 200);
+
+    // Idle for a second: suspended, not stopped, and the engine itself is asleep.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let machine = loop {
+        let machines = colo.machines();
+        let m = machines.iter().find(|m| m["app"] == "sv").unwrap().clone();
+        if m["state"] == "suspended" {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "never suspended: {m}");
+        assert_ne!(m["state"], "stopped", "stopped instead of suspended: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let addr = machine["addr"].as_str().expect("a suspended machine keeps its address");
+    let asleep: serde_json::Value = client.get(format!("http://{addr}/is_sleeping")).send().unwrap().json().unwrap();
+    assert_eq!(asleep["is_sleeping"], true, "{asleep}");
+
+    // Clients cannot reach the sleep endpoints through the edge, by Host or by path tricks.
+    for path in ["/wake_up", "/sleep?level=1", "/%73leep", "/v1/../is_sleeping", "/metrics"] {
+        let r = client
+            .post(format!("{}{path}", colo.edge))
+            .header("host", "sv.localhost")
+            .body("{}")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body = r.text().unwrap();
+        assert!(body.contains("control endpoint"), "{path}: {body}");
+    }
+
+    // A request wakes it: no reload, and the header says where the weights were.
+    let began = Instant::now();
+    let r = complete(&client, &colo.edge, "sv", 2);
+    let took = began.elapsed();
+    assert_eq!(r.status(), 200);
+    let cold = r.headers()["colo-cold-start"].to_str().unwrap().to_string();
+    assert!(cold.contains("weights=suspended") && cold.contains("hydrate=0"), "{cold}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "a wake from suspend took {took:?}, a whole load's time"
+    );
+    let machines = colo.machines();
+    let m = machines.iter().find(|m| m["app"] == "sv").unwrap();
+    assert_eq!(m["state"], "started");
+    assert_eq!(m["id"], machine["id"], "the same machine woke");
+    colo.stop();
+}

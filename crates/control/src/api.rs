@@ -64,6 +64,9 @@ struct DeployRequest {
     hard_limit: Option<u32>,
     /// Idle seconds after which edges stop a machine.
     autostop_secs: Option<u64>,
+    /// `stop` (the default) or `suspend`: what autostop does to an idle machine.
+    #[serde(default)]
+    autostop_to: colo_core::IdleAction,
     /// Machines kept started even when idle.
     min_running: Option<u32>,
     /// Machines per region code (`{"ord": 2, "ams": 1}`); replaces `machines` when given.
@@ -100,6 +103,7 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
                 soft_limit: request.soft_limit,
                 hard_limit: request.hard_limit,
                 autostop_secs: request.autostop_secs,
+                autostop_to: request.autostop_to,
                 min_running: request.min_running.unwrap_or(0),
                 regions: request.regions.clone(),
                 engine_cmd: request.engine_cmd.clone(),

@@ -21,6 +21,8 @@ pub struct DeployOptions {
     pub hard_limit: Option<u32>,
     /// Idle seconds after which edges stop a machine (woken again by the next request).
     pub autostop_secs: Option<u64>,
+    /// Whether autostop stops or suspends an idle machine.
+    pub autostop_to: colo_core::IdleAction,
     /// Machines kept started in each region even when idle.
     pub min_running: u32,
     /// Machines wanted per region code; empty: spread over every host.
@@ -88,6 +90,12 @@ impl DeployOptions {
                 "the command must contain {port}, where the engine is told to listen".into(),
             );
         }
+        if self.autostop_to == colo_core::IdleAction::Suspend && self.autostop_secs.is_none() {
+            problem(
+                "autostop_to",
+                "suspend needs --autostop SECS, the idle time after which to suspend".into(),
+            );
+        }
         if let Some(engine) = &self.engine {
             if self.engine_cmd.is_some() {
                 problem("engine", "give an engine profile or an engine command, not both".into());
@@ -100,6 +108,16 @@ impl DeployOptions {
             (Some(name), Some(model)) if problems.is_empty() => Ok((name, model)),
             _ => Err(Problems(problems)),
         }
+    }
+
+    /// The engine the app runs, with its sleep mode on when autostop suspends: the engine
+    /// must be started able to sleep.
+    fn engine_for_autostop(&self) -> Option<colo_core::EngineSpec> {
+        let mut engine = self.engine.clone()?;
+        if self.autostop_to == colo_core::IdleAction::Suspend {
+            engine.sleep_after_secs = self.autostop_secs.unwrap_or(0);
+        }
+        Some(engine)
     }
 
     /// Whether the model's files suit the engine: llama.cpp reads a GGUF file, the others a
@@ -186,6 +204,7 @@ impl Control {
             hard_limit: options.hard_limit,
             keys: Vec::new(),
             autostop_secs: options.autostop_secs,
+            autostop_to: options.autostop_to,
             min_running: options.min_running,
             regions: options.regions.clone(),
             deploy_tokens: Vec::new(),
@@ -193,7 +212,7 @@ impl Control {
             demand: options.demand.clone(),
             placement: placement.as_ref().map(placement::record),
             route: options.route,
-            engine: options.engine.clone(),
+            engine: options.engine_for_autostop(),
         };
         let (app, previous) = self.record(app).await?;
         if let Err(e) = self.reconcile(&app).await {

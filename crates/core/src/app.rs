@@ -37,6 +37,9 @@ pub struct App {
     /// Machines kept started even when idle.
     #[serde(default)]
     pub min_running: u32,
+    /// What autostop does to an idle machine: stop it (the default) or suspend it.
+    #[serde(default, skip_serializing_if = "IdleAction::is_stop")]
+    pub autostop_to: IdleAction,
     /// API keys that may call the app; none: the app is open to anyone who reaches the edge.
     #[serde(default)]
     pub keys: Vec<ApiKey>,
@@ -64,6 +67,33 @@ pub struct App {
     /// How edges choose among the app's machines; `None`: the edge's default (scores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteMode>,
+}
+
+/// What autostop does to an idle machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdleAction {
+    /// Stop the engine: its device is free, and a wake is a cold start from cached weights.
+    #[default]
+    Stop,
+    /// Suspend the engine: it keeps the model (and its device) and wakes in about a second.
+    Suspend,
+}
+
+// === impl IdleAction ===
+
+impl IdleAction {
+    pub fn is_stop(&self) -> bool {
+        *self == IdleAction::Stop
+    }
+
+    pub fn parse(s: &str) -> Option<IdleAction> {
+        match s {
+            "stop" => Some(IdleAction::Stop),
+            "suspend" => Some(IdleAction::Suspend),
+            _ => None,
+        }
+    }
 }
 
 /// How an edge chooses among an app's machines with room in the nearest region.

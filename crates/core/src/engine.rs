@@ -31,6 +31,15 @@ pub struct EngineSpec {
     /// Arguments appended to the profile's command line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// The engine runs with its sleep mode on, so that autostop can suspend it (vLLM's
+    /// `--enable-sleep-mode`, SGLang's memory saver, llama-server's idle sleep after this many
+    /// seconds); 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sleep_after_secs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How an engine says it is ready, as its `/health` behaves while it loads.
@@ -155,6 +164,7 @@ mod tests {
             kind: EngineKind::Vllm,
             bin: None,
             args: vec![],
+            sleep_after_secs: 0,
         };
         assert_eq!(spec.program(), "vllm");
         assert_eq!(EngineKind::Vllm.readiness(), Readiness::RefusedThenOk);

@@ -13,6 +13,10 @@ pub enum MachineState {
     Started,
     Stopping,
     Stopped,
+    /// The engine process keeps the model but has given back what it can (its KV cache, and
+    /// for engines that can, the GPU memory of the weights); it wakes much faster than a start.
+    /// The machine keeps its device.
+    Suspended,
     Destroyed,
     Failed,
 }
@@ -34,6 +38,9 @@ impl MachineState {
             (Starting | Started, Stopping) => true,
             (Stopping, Stopped) => true,
             (Created | Failed, Stopped) => true,
+            (Started, Suspended) => true,
+            // A wake goes through `starting`, so edges count it as coming.
+            (Suspended, Starting | Stopping | Stopped) => true,
             _ => false,
         }
     }
@@ -45,6 +52,7 @@ impl MachineState {
             MachineState::Started => "started",
             MachineState::Stopping => "stopping",
             MachineState::Stopped => "stopped",
+            MachineState::Suspended => "suspended",
             MachineState::Destroyed => "destroyed",
             MachineState::Failed => "failed",
         }
@@ -52,7 +60,7 @@ impl MachineState {
 
     pub fn parse(s: &str) -> Option<Self> {
         use MachineState::*;
-        [Created, Starting, Started, Stopping, Stopped, Destroyed, Failed]
+        [Created, Starting, Started, Stopping, Stopped, Suspended, Destroyed, Failed]
             .into_iter()
             .find(|state| state.as_str() == s)
     }
@@ -219,12 +227,20 @@ pub struct ColdStart {
     pub engine_load_ms: u64,
     /// From the request to the engine's first answer: its first passing health check.
     pub first_response_ms: u64,
+    /// Whether this start woke a suspended engine (no hydration, no load) rather than starting
+    /// one.
+    #[serde(default)]
+    pub from_suspended: bool,
 }
 
 impl ColdStart {
-    /// Where most of the hydrated bytes came from: `cache`, `peer` or `origin`.
+    /// Where the weights came from: `suspended` when a suspended engine was woken (they never
+    /// left the machine), else where most of the hydrated bytes came from: `cache`, `peer` or
+    /// `origin`.
     pub fn source(&self) -> &'static str {
-        if self.bytes_from_origin > 0 && self.bytes_from_origin >= self.bytes_from_peer {
+        if self.from_suspended {
+            "suspended"
+        } else if self.bytes_from_origin > 0 && self.bytes_from_origin >= self.bytes_from_peer {
             "origin"
         } else if self.bytes_from_peer > 0 {
             "peer"
@@ -258,7 +274,7 @@ mod tests {
         for (a, b) in refused {
             assert!(!a.can_go_to(b), "{a} -> {b}");
         }
-        for state in [Created, Starting, Started, Stopping, Stopped, Destroyed, Failed] {
+        for state in [Created, Starting, Started, Stopping, Stopped, Suspended, Destroyed, Failed] {
             assert_eq!(MachineState::parse(state.as_str()), Some(state));
         }
     }

@@ -33,6 +33,8 @@ pub enum EdgeError {
     NoRegion { region: String, regions: Vec<String> },
     #[error("machine {machine} at {addr} failed: {reason}")]
     Upstream { machine: String, addr: String, reason: String },
+    #[error("{path} is the engine's own control endpoint; the edge does not pass it on")]
+    EnginePath { path: String },
     #[error("this endpoint needs the cluster token")]
     AdminToken,
     #[error("the edge failed: {0}")]
@@ -44,7 +46,7 @@ impl EdgeError {
         match self {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
-            EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => StatusCode::NOT_FOUND,
+            EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } | EdgeError::EnginePath { .. } => StatusCode::NOT_FOUND,
             EdgeError::Unauthorized { .. } | EdgeError::AdminToken => StatusCode::UNAUTHORIZED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,6 +68,7 @@ impl EdgeError {
             EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
+            EdgeError::EnginePath { .. } => "unknown_endpoint",
             EdgeError::AdminToken => "unauthorized",
             EdgeError::Internal(_) => "internal_error",
         }

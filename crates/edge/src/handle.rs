@@ -5,7 +5,7 @@ use crate::admin;
 use crate::body::read_body;
 use crate::edge::Edge;
 use crate::metrics::{ErrorLabels, RequestLabels};
-use crate::request::{app_from_host, RequestFacts};
+use crate::request::{app_from_host, is_engine_path, RequestFacts};
 use crate::respond::respond;
 use crate::send::{send, Outgoing};
 use crate::sse::{held_stream, joined, AbortOnDrop};
@@ -81,6 +81,10 @@ type ProxyResult = Result<(String, Response), (String, EdgeError)>;
 async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arrived: tokio::time::Instant) -> ProxyResult {
     let (parts, body) = request.into_parts();
     let unknown = || NO_APP.to_string();
+    if is_engine_path(parts.uri.path()) {
+        let path = parts.uri.path().to_string();
+        return Err((unknown(), EdgeError::EnginePath { path }));
+    }
     let body = read_body(&parts.headers, body, edge.config.max_body)
         .await
         .map_err(|e| (unknown(), e))?;

@@ -13,6 +13,94 @@ pub(crate) const PREFIX_BLOCK_BYTES: usize = 256;
 /// Blocks of a prompt the prefix index looks at: its first 16 KiB.
 pub(crate) const PREFIX_MAX_BLOCKS: usize = 64;
 
+/// Paths of the engines' own control surface: sleeping and waking, weights and adapters,
+/// caches, profiling, slots and metrics. Only a machine's agent calls them; a client that could
+/// would put a model to sleep under everyone's requests or read another tenant's slots.
+const ENGINE_PATHS: &[&str] = &[
+    // vLLM (the development endpoints among them exist only in its dev mode)
+    "/sleep",
+    "/wake_up",
+    "/is_sleeping",
+    "/collective_rpc",
+    "/reset_prefix_cache",
+    "/reset_mm_cache",
+    "/start_profile",
+    "/stop_profile",
+    "/pause",
+    "/resume",
+    "/is_paused",
+    "/scale_elastic_ep",
+    "/is_scaling_elastic_ep",
+    "/server_info",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
+    // SGLang
+    "/release_memory_occupation",
+    "/resume_memory_occupation",
+    "/flush_cache",
+    "/update_weights_from_disk",
+    "/update_weights_from_tensor",
+    "/update_weights_from_distributed",
+    "/init_weights_update_group",
+    "/get_server_info",
+    "/set_internal_state",
+    "/configure_logging",
+    "/abort_request",
+    "/load_lora_adapter",
+    "/unload_lora_adapter",
+    // llama-server (its slots hold other requests' prompts)
+    "/slots",
+    "/props",
+    "/lora-adapters",
+    // every engine's Prometheus metrics, which the edge reads itself
+    "/metrics",
+];
+
+/// Whether `path` (without its query) is, or lies under, one of an engine's own control
+/// endpoints, which the edge answers 404 instead of passing on. The path is read as an engine's
+/// router would read it: percent-escapes decoded, empty and `.` segments dropped, `..` applied.
+pub(crate) fn is_engine_path(path: &str) -> bool {
+    let decoded = percent_decoded(path);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let path = format!("/{}", segments.join("/"));
+    let under = |p: &str| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    ENGINE_PATHS.iter().any(|p| under(p)) || segments.first().is_some_and(|s| s.ends_with("_expert_distribution_record"))
+}
+
+/// `path` with its `%XX` escapes decoded (bytes that are not UTF-8 are replaced).
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The fields of a request body the edge reads; everything else passes through untouched.
 #[derive(Debug, Default)]
 pub(crate) struct RequestFacts {
@@ -132,6 +220,51 @@ mod tests {
                 "{host}"
             );
         }
+    }
+
+    #[test]
+    fn engine_control_paths_are_refused_however_written() {
+        let refused = [
+            "/sleep",
+            "/wake_up",
+            "/is_sleeping",
+            "/sleep/",
+            "//sleep",
+            "/./sleep",
+            "/v1/../sleep",
+            "/%73leep",
+            "/%2Fwake_up",
+            "/collective_rpc",
+            "/release_memory_occupation",
+            "/resume_memory_occupation",
+            "/update_weights_from_disk",
+            "/slots",
+            "/slots/0",
+            "/props",
+            "/metrics",
+            "/v1/load_lora_adapter",
+            "/start_expert_distribution_record",
+        ];
+        for path in refused {
+            assert!(is_engine_path(path), "{path} should be refused");
+        }
+        let passed = [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+            "/health",
+            "/tokenize",
+            "/sleepy",
+            "/v1/slots",
+            "/completion",
+            "/",
+        ];
+        for path in passed {
+            assert!(!is_engine_path(path), "{path} should pass");
+        }
+        let err = EdgeError::EnginePath { path: "/sleep".into() };
+        assert_eq!(err.status(), http::StatusCode::NOT_FOUND);
     }
 
     #[test]

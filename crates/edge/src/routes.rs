@@ -62,6 +62,8 @@ pub struct Autostop {
     pub after_secs: Option<u64>,
     /// Machines kept started in each region whatever the load.
     pub min_running: u32,
+    /// Whether an idle machine is stopped or suspended.
+    pub to: colo_core::IdleAction,
 }
 
 /// A machine of an app as the scaler sees it.
@@ -196,6 +198,7 @@ impl RouteTable {
                     autostop: Autostop {
                         after_secs: app.autostop_secs,
                         min_running: app.min_running,
+                        to: app.autostop_to,
                     },
                     route: app.route,
                     engine: app.engine.as_ref().map_or(colo_core::EngineKind::Colo, |e| e.kind),
@@ -308,7 +311,7 @@ impl RouteTable {
             let mut dormant: Vec<RegionId> = routes
                 .fleet
                 .iter()
-                .filter(|m| matches!(m.phase, Phase::Stopped | Phase::Starting))
+                .filter(|m| matches!(m.phase, Phase::Stopped | Phase::Suspended | Phase::Starting))
                 .map(|m| region_id(&m.region))
                 .collect();
             dormant.sort();
@@ -339,6 +342,8 @@ fn phase_of(machine: &Machine) -> Option<Phase> {
         MachineState::Destroyed => return None,
         MachineState::Failed => Phase::Failed,
         MachineState::Stopping => Phase::Stopping,
+        MachineState::Suspended if machine.desired == MachineState::Started => Phase::Starting,
+        MachineState::Suspended => Phase::Suspended,
         MachineState::Started if machine.desired != MachineState::Started => Phase::Stopping,
         MachineState::Started => Phase::Started,
         // Meant to run but not started yet (created, starting, or about to be started).

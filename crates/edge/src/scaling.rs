@@ -48,6 +48,7 @@ impl Edge {
             min_machines_running: if autostop.is_some() { routes.autostop.min_running } else { 0 },
             start_timeout_ms: START_TIMEOUT_MS,
             settle_ms: SETTLE_MS,
+            idle_action: routes.autostop.to,
         }
     }
 
@@ -120,26 +121,32 @@ impl Edge {
     fn carry_out(&self, app: &str, scaler: &mut Scaler, routes: &AppRoutes, mut actions: Vec<ScaleAction>, now: u64) {
         let Some(machines) = self.machines.get() else { return };
         while let Some(action) = actions.pop() {
-            match action {
+            match &action {
                 ScaleAction::StartMachine(id) => {
                     tracing::info!(app, machine = %id, held = scaler.held(), "waking a stopped machine");
                     self.metrics.wakes.get_or_create(&AppLabel { app: app.to_string() }).inc();
-                    machines.start(&id);
+                    machines.start(id);
                 }
-                ScaleAction::StopMachine(id) => {
-                    if let Some(endpoint) = routes.index_of(&id).map(|idx| &routes.machines[idx]) {
+                ScaleAction::StopMachine(id) | ScaleAction::SuspendMachine(id) => {
+                    let suspend = matches!(action, ScaleAction::SuspendMachine(_));
+                    if let Some(endpoint) = routes.index_of(id).map(|idx| &routes.machines[idx]) {
                         // Flag first, then look: a request that took the machine meanwhile
                         // either sees the flag (and goes elsewhere) or is seen here.
                         let load = &endpoint.load;
                         load.stop_asked_ms.store(self.wall_now_ms().max(1), Ordering::SeqCst);
                         if load.in_flight.load(Ordering::SeqCst) > 0 {
                             load.stop_asked_ms.store(0, Ordering::SeqCst);
-                            actions.extend(scaler.handle(ScaleEvent::StopAborted { id }, now));
+                            actions.extend(scaler.handle(ScaleEvent::StopAborted { id: id.clone() }, now));
                             continue;
                         }
                     }
-                    tracing::info!(app, machine = %id, "autostop: idle");
-                    machines.stop(&id);
+                    if suspend {
+                        tracing::info!(app, machine = %id, "autostop: idle, suspending");
+                        machines.suspend(id);
+                    } else {
+                        tracing::info!(app, machine = %id, "autostop: idle");
+                        machines.stop(id);
+                    }
                 }
             }
         }

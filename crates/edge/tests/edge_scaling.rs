@@ -20,6 +20,9 @@ impl Machines for Recorded {
     fn stop(&self, machine_id: &str) {
         self.0.lock().unwrap().push(format!("stop {machine_id}"));
     }
+    fn suspend(&self, machine_id: &str) {
+        self.0.lock().unwrap().push(format!("suspend {machine_id}"));
+    }
 }
 
 impl Recorded {

@@ -1,4 +1,4 @@
-//! How an edge wakes and stops machines (`colo_edge::Machines`): through the agents of its own
+//! How an edge wakes, stops and suspends machines (`colo_edge::Machines`): through the agents of its own
 //! process (`colo up`), or through the API of each machine's agent (`colo edge`). The edge does
 //! not wait for an answer, so both act in a task and log what failed.
 
@@ -13,6 +13,7 @@ use std::sync::Arc;
 enum Verb {
     Start,
     Stop,
+    Suspend,
 }
 
 /// The agents of this process: the one that has the machine acts.
@@ -40,6 +41,7 @@ impl AgentMachines {
                 let done = match verb {
                     Verb::Start => agent.start(&id).await,
                     Verb::Stop => agent.stop(&id).await,
+                    Verb::Suspend => agent.suspend(&id).await,
                 };
                 if let Err(e) = done {
                     tracing::warn!(machine = %id, error = %e, ?verb, "waking or stopping a machine");
@@ -57,6 +59,10 @@ impl colo_edge::Machines for AgentMachines {
 
     fn stop(&self, machine_id: &str) {
         self.act(machine_id, Verb::Stop);
+    }
+
+    fn suspend(&self, machine_id: &str) {
+        self.act(machine_id, Verb::Suspend);
     }
 }
 
@@ -78,6 +84,7 @@ impl RemoteMachines {
             let done = match verb {
                 Verb::Start => agent.start(machine.app.as_str(), &id).await,
                 Verb::Stop => agent.stop(machine.app.as_str(), &id).await,
+                Verb::Suspend => agent.suspend(machine.app.as_str(), &id).await,
             };
             if let Err(e) = done {
                 tracing::warn!(machine = %id, error = %e, ?verb, "agent refused or unreachable");
@@ -93,5 +100,9 @@ impl colo_edge::Machines for RemoteMachines {
 
     fn stop(&self, machine_id: &str) {
         self.act(machine_id, Verb::Stop);
+    }
+
+    fn suspend(&self, machine_id: &str) {
+        self.act(machine_id, Verb::Suspend);
     }
 }

@@ -216,7 +216,10 @@ pub fn plan(app: &App, wants: &[Want], machines: &[Held]) -> Vec<Step> {
         steps.extend(surplus.iter().map(|h| Step::Destroy(MachineRef::of(h.machine))));
         for h in keep {
             let m = h.machine;
-            if m.desired != MachineState::Started || m.state == MachineState::Failed {
+            // An app that autostops has its stopped machines woken by the edges' scalers when
+            // requests come: control starting them would undo every autostop.
+            let parked = app.autostop_secs.is_some() && matches!(m.state, MachineState::Stopped | MachineState::Suspended);
+            if m.state == MachineState::Failed || (m.desired != MachineState::Started && !parked) {
                 steps.push(Step::Start(MachineRef::of(m)));
             }
         }

@@ -17,9 +17,11 @@
 //!   the machine may be woken again (after the others); a stop not confirmed within that time
 //!   leaves the machine started again.
 //! - Local machines are kept at `min_machines_running` (started or starting).
-//! - A local started machine idle (nothing in flight) for `idle_stop_ms` is stopped, longest
-//!   idle first, never below the minimum and never while requests are held. Non-local machines
-//!   are left to their own region's scaler.
+//! - A local started machine idle (nothing in flight) for `idle_stop_ms` is stopped (or
+//!   suspended, when `idle_action` says so), longest idle first, never below the minimum and
+//!   never while requests are held. Non-local machines are left to their own region's scaler.
+//! - A suspended machine wakes in about a second, a stopped one only after a cold start: among
+//!   machines to wake, suspended ones come first.
 //!
 //! A machine counts as idle from the moment it starts until a `MachineBusy`, and again from the
 //! `since_ms` of a `MachineIdle` (never from before it started or was last reported busy).
@@ -31,6 +33,7 @@
 //! made before the start was seen.
 
 use crate::route::starts_needed;
+pub use colo_core::IdleAction;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -51,6 +54,9 @@ pub struct ScaleConfig {
     pub start_timeout_ms: u64,
     /// For this long after a machine starts it is assumed to be taking held requests.
     pub settle_ms: u64,
+    /// What happens to a machine idle for `idle_stop_ms`.
+    #[serde(default)]
+    pub idle_action: IdleAction,
 }
 
 /// Where a machine is in its lifecycle, as far as scaling cares.
@@ -59,7 +65,10 @@ pub enum Phase {
     Stopped,
     Starting,
     Started,
+    /// Asked to stop or suspend, not yet confirmed.
     Stopping,
+    /// The engine keeps its model but serves nothing; it wakes faster than a stopped one.
+    Suspended,
     /// A start failed; the machine is not woken again until it is reported stopped.
     Failed,
 }
@@ -130,8 +139,10 @@ pub enum ScaleEvent {
 /// What the caller should do.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ScaleAction {
+    /// Start a stopped machine, or wake a suspended one.
     StartMachine(String),
     StopMachine(String),
+    SuspendMachine(String),
 }
 
 /// The wake/stop state machine of one app, seen from one region.
@@ -193,6 +204,7 @@ impl Default for ScaleConfig {
             min_machines_running: 0,
             start_timeout_ms: 120_000,
             settle_ms: 2_000,
+            idle_action: IdleAction::Stop,
         }
     }
 }
@@ -388,8 +400,8 @@ impl Scaler {
         for m in self.machines.values_mut() {
             let overdue = now_ms >= m.phase_at_ms.saturating_add(timeout);
             match m.phase {
-                Phase::Starting if overdue && m.reported == Phase::Stopped => {
-                    m.phase = Phase::Stopped;
+                Phase::Starting if overdue && matches!(m.reported, Phase::Stopped | Phase::Suspended) => {
+                    m.phase = m.reported;
                     m.phase_at_ms = now_ms;
                     m.start_failed = true;
                 }
@@ -447,20 +459,20 @@ impl Scaler {
         self.start_best(deficit as usize, |m| m.local, now_ms, actions);
     }
 
-    /// Starts up to `n` stopped machines that `eligible` allows, best first (no failed start,
-    /// cached, nearest, smallest id).
+    /// Starts up to `n` stopped or suspended machines that `eligible` allows, best first (no
+    /// failed start, suspended, cached, nearest, smallest id).
     fn start_best(&mut self, n: usize, eligible: impl Fn(&Entry) -> bool, now_ms: u64, actions: &mut Vec<ScaleAction>) {
         if n == 0 {
             return;
         }
-        let mut wakeable: Vec<(bool, bool, u32, &String)> = self
+        let mut wakeable: Vec<(bool, bool, bool, u32, &String)> = self
             .machines
             .iter()
-            .filter(|(_, m)| m.phase == Phase::Stopped && eligible(m))
-            .map(|(id, m)| (m.start_failed, !m.cached, m.rtt_ms, id))
+            .filter(|(_, m)| matches!(m.phase, Phase::Stopped | Phase::Suspended) && eligible(m))
+            .map(|(id, m)| (m.start_failed, m.phase != Phase::Suspended, !m.cached, m.rtt_ms, id))
             .collect();
         wakeable.sort();
-        let chosen: Vec<String> = wakeable.into_iter().take(n).map(|(_, _, _, id)| id.clone()).collect();
+        let chosen: Vec<String> = wakeable.into_iter().take(n).map(|(_, _, _, _, id)| id.clone()).collect();
         for id in chosen {
             if let Some(m) = self.machines.get_mut(&id) {
                 m.phase = Phase::Starting;
@@ -494,7 +506,10 @@ impl Scaler {
                 m.phase_at_ms = now_ms;
                 m.idle_since_ms = None;
             }
-            actions.push(ScaleAction::StopMachine(id));
+            actions.push(match self.config.idle_action {
+                IdleAction::Stop => ScaleAction::StopMachine(id),
+                IdleAction::Suspend => ScaleAction::SuspendMachine(id),
+            });
         }
     }
 

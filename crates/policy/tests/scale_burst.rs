@@ -29,7 +29,7 @@ impl Sim {
         for action in self.scaler.handle(event, now) {
             match action {
                 ScaleAction::StartMachine(id) => self.starts.push(id),
-                ScaleAction::StopMachine(id) => self.stops.push(id),
+                ScaleAction::StopMachine(id) | ScaleAction::SuspendMachine(id) => self.stops.push(id),
             }
         }
     }
@@ -49,6 +49,7 @@ fn simulate(n_machines: u32, soft_limit: u32, edge: Edge) -> (usize, usize) {
         min_machines_running: 0,
         start_timeout_ms: 30_000,
         settle_ms: 500,
+        idle_action: colo_policy::IdleAction::Stop,
     };
     let mut sim = Sim {
         scaler: Scaler::new(config),

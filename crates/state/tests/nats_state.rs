@@ -163,6 +163,7 @@ fn app(app: &str) -> App {
         keys: Vec::new(),
         autostop_secs: None,
         min_running: 0,
+        autostop_to: Default::default(),
         regions: Default::default(),
         deploy_tokens: Vec::new(),
         engine_cmd: None,

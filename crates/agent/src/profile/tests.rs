@@ -16,6 +16,7 @@ fn spec(kind: EngineKind, bin: Option<&str>, args: &[&str]) -> Option<EngineSpec
         kind,
         bin: bin.map(String::from),
         args: args.iter().map(|a| a.to_string()).collect(),
+        sleep_after_secs: 0,
     })
 }
 

@@ -20,6 +20,7 @@ fn engine(kind: colo_core::EngineKind, bin: Option<&str>) -> colo_core::EngineSp
         kind,
         bin: bin.map(String::from),
         args: Vec::new(),
+        sleep_after_secs: 0,
     }
 }
 
@@ -46,6 +47,7 @@ fn validates_by_table() {
                 engine_cmd: Some("serve --port {port}".into()),
                 route: Some(colo_core::RouteMode::RoundRobin),
                 engine: None,
+                autostop_to: colo_core::IdleAction::Stop,
             },
             "chat",
             3,

@@ -82,7 +82,8 @@ fn machines_by_state() {
         routes.autostop,
         Autostop {
             after_secs: Some(60),
-            min_running: 1
+            min_running: 1,
+            to: colo_core::IdleAction::Stop,
         }
     );
     assert_eq!(routes.index_of("up"), Some(0));

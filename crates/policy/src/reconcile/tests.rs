@@ -22,6 +22,7 @@ fn app(gpu: Option<&str>) -> App {
         hard_limit: None,
         autostop_secs: None,
         min_running: 0,
+        autostop_to: Default::default(),
         keys: Vec::new(),
         deploy_tokens: Vec::new(),
         regions: BTreeMap::new(),
@@ -207,6 +208,22 @@ fn plans_by_table() {
     for (what, gpu, wants, machines, expected) in cases {
         assert_eq!(run(&app(*gpu), wants, machines), *expected, "{what}");
     }
+}
+
+#[test]
+fn machines_autostop_parked_are_left_to_the_edges() {
+    let autostops = App {
+        autostop_secs: Some(60),
+        ..app(None)
+    };
+    let machines = [
+        "m1 h1 fra - r1 stopped/stopped",
+        "m2 h1 fra - r1 suspended/suspended",
+        "m3 h2 fra - r1 failed",
+        "m4 h2 fra - r1 started",
+    ];
+    assert_eq!(run(&autostops, &["*:4"], &machines), ["start m3@h2"]);
+    assert_eq!(run(&app(None), &["*:4"], &machines), ["start m1@h1", "start m2@h1", "start m3@h2"]);
 }
 
 #[test]

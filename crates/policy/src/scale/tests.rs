@@ -10,6 +10,7 @@ fn config() -> ScaleConfig {
         min_machines_running: 0,
         start_timeout_ms: 5_000,
         settle_ms: 100,
+        idle_action: IdleAction::Stop,
     }
 }
 
@@ -42,6 +43,7 @@ fn show(actions: &[ScaleAction]) -> String {
         .map(|a| match a {
             ScaleAction::StartMachine(id) => format!("start {id}"),
             ScaleAction::StopMachine(id) => format!("stop {id}"),
+            ScaleAction::SuspendMachine(id) => format!("suspend {id}"),
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -263,6 +265,40 @@ fn wakes_by_table() {
 }
 
 #[test]
+fn idle_machines_suspend_and_suspended_ones_wake_first() {
+    use ScaleEvent::*;
+    let suspending = ScaleConfig {
+        idle_action: IdleAction::Suspend,
+        ..config()
+    };
+    #[rustfmt::skip]
+    let scenarios: Vec<(&str, ScaleConfig, Vec<Step>)> = vec![
+        ("an idle machine is suspended, then woken when a request waits", suspending, vec![
+            (0, started("m1"), "", Some(1_000)),
+            (1_000, Tick, "suspend m1", None),
+            (1_100, machine("m1", 0, true, true, Phase::Suspended), "", None),
+            (2_000, RequestHeld, "start m1", Some(7_000)),
+        ]),
+        ("a suspended machine wakes before a stopped, cached, nearer one", config(), vec![
+            (0, stopped("near", true), "", None),
+            (0, machine("far", 90, false, false, Phase::Suspended), "", None),
+            (1, RequestHeld, "start far", Some(5_001)),
+            (2, RequestHeld, "", Some(5_001)),
+            (3, RequestHeld, "start near", Some(5_001)),
+        ]),
+        ("a wake of a suspended machine that never comes falls back to suspended", config(), vec![
+            (0, machine("m1", 0, true, true, Phase::Suspended), "", None),
+            (0, stopped("m2", true), "", None),
+            (0, RequestHeld, "start m1", Some(5_000)),
+            (5_000, Tick, "start m2", Some(10_000)),
+        ]),
+    ];
+    for (what, config, steps) in scenarios {
+        run(what, config, steps);
+    }
+}
+
+#[test]
 fn phases_follow_actions() {
     let mut scaler = Scaler::new(config());
     scaler.handle(stopped("m1", true), 0);
@@ -284,6 +320,7 @@ fn validate_lists_every_problem() {
         min_machines_running: 0,
         start_timeout_ms: 0,
         settle_ms: 0,
+        idle_action: IdleAction::Stop,
     };
     assert_eq!(bad.validate().len(), 3);
     assert!(ScaleConfig::default().validate().is_empty());
