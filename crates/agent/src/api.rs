@@ -1,19 +1,19 @@
-//! The agent's REST API, shaped like the Fly Machines API:
-//! `/v1/apps/{app}/machines[/{id}[/start|/stop|/wait]]`; the host cache (`/v1/cache`,
+//! The agent's REST API: the machines API in Fly's shape (`machines.rs`); the host cache (`/v1/cache`,
 //! `/v1/cache/prefetch`, `/v1/cache/evict`, and the peer routes under `/v1/cache/models`);
 //! and `/metrics`.
 
 use crate::{Agent, AgentError};
-use axum::extract::{Path, Query, State};
+
+mod machines;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use colo_core::{AppName, MachineState};
-use serde::{Deserialize, Serialize};
+pub use machines::{wait_args, CreateMachine, LEASE_NONCE, MAX_WAIT_SECS};
+use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl AgentError {
     pub fn http_status(&self) -> StatusCode {
@@ -24,6 +24,9 @@ impl AgentError {
             AgentError::EngineMissing { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             AgentError::WaitFailed { .. } => StatusCode::CONFLICT,
+            AgentError::Lease(crate::lease::LeaseError::NoLease { .. }) | AgentError::NoMetadataKey { .. } => StatusCode::NOT_FOUND,
+            AgentError::Lease(crate::lease::LeaseError::BadTtl { .. }) | AgentError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            AgentError::Lease(_) => StatusCode::CONFLICT,
             AgentError::Store(colo_store::StoreError::NotFound { .. } | colo_store::StoreError::NotCached { .. }) => StatusCode::NOT_FOUND,
             AgentError::Store(colo_store::StoreError::InUse { .. }) => StatusCode::CONFLICT,
             AgentError::Store(colo_store::StoreError::CacheFull { .. } | colo_store::StoreError::CacheTooSmall { .. }) => {
@@ -44,16 +47,10 @@ impl IntoResponse for AgentError {
 }
 
 /// The agents of the hosts this process runs (one for `colo up`, several with a fleet file).
-type Hosts = Arc<Vec<Arc<Agent>>>;
+pub(crate) type Hosts = Arc<Vec<Arc<Agent>>>;
 
 pub fn router(agents: Vec<Arc<Agent>>) -> Router {
-    let mut router = Router::new()
-        .route("/v1/apps/{app}/machines", get(list).post(create))
-        .route("/v1/apps/{app}/machines/{id}", get(show).delete(destroy))
-        .route("/v1/apps/{app}/machines/{id}/start", post(start))
-        .route("/v1/apps/{app}/machines/{id}/stop", post(stop))
-        .route("/v1/apps/{app}/machines/{id}/suspend", post(suspend))
-        .route("/v1/apps/{app}/machines/{id}/wait", get(wait))
+    let mut router = machines::routes()
         .route("/v1/host", get(host))
         .route("/v1/hosts", get(hosts))
         .route("/v1/cache", get(cache_list))
@@ -199,7 +196,7 @@ async fn metrics(State(hosts): State<Hosts>) -> Response {
         .into_response()
 }
 
-fn bad_request(message: String) -> Response {
+pub(crate) fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
 }
 
@@ -217,174 +214,4 @@ async fn host(State(hosts): State<Hosts>) -> Response {
 
 async fn hosts(State(hosts): State<Hosts>) -> Response {
     Json(hosts.iter().map(|a| describe(a)).collect::<Vec<_>>()).into_response()
-}
-
-async fn list(State(hosts): State<Hosts>, Path(app): Path<String>) -> Response {
-    let mut all = Vec::new();
-    for agent in hosts.iter() {
-        match agent.machines().await {
-            Ok(machines) => all.extend(machines.into_iter().filter(|m| m.app.as_str() == app)),
-            Err(e) => return e.into_response(),
-        }
-    }
-    Json(all).into_response()
-}
-
-/// The body of `POST /v1/apps/{app}/machines`; [`crate::client::AgentClient`] sends the same.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateMachine {
-    /// Model name in the store.
-    pub model: String,
-    /// Model revision; the latest when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    /// GPU kind to lease (`l40s`); any free device when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu: Option<String>,
-    /// Region of the host to run on; the first host with a free device when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// The app's own engine command (`{port}`, `{model_dir}`); colo's engine when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine_cmd: Option<String>,
-    /// The engine profile to run; colo's engine when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<colo_core::EngineSpec>,
-}
-
-impl From<&crate::MachineSpec> for CreateMachine {
-    /// The request that creates a machine of `spec` on another host: its revision pinned, on
-    /// whichever of that agent's hosts has a device free.
-    fn from(spec: &crate::MachineSpec) -> Self {
-        CreateMachine {
-            model: spec.model.to_string(),
-            revision: Some(spec.revision.clone()),
-            gpu: spec.gpu_kind.clone(),
-            region: None,
-            engine_cmd: spec.engine_cmd.clone(),
-            engine: spec.engine.clone(),
-        }
-    }
-}
-
-async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum::body::Bytes) -> Response {
-    let request: CreateMachine = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(format!("body: {e}")),
-    };
-    let (app, model) = match (AppName::new(app), AppName::new(request.model)) {
-        (Ok(app), Ok(model)) => (app, model),
-        (Err(e), _) => return bad_request(format!("app: {e}")),
-        (_, Err(e)) => return bad_request(format!("model: {e}")),
-    };
-    let candidates: Vec<&Arc<Agent>> = hosts
-        .iter()
-        .filter(|a| request.region.as_ref().is_none_or(|r| *r == a.config.region))
-        .collect();
-    let Some(first) = candidates.first() else {
-        return bad_request(format!("region: no host in region {:?}", request.region.unwrap_or_default()));
-    };
-    let revision = match request.revision {
-        Some(revision) => revision,
-        None => match first.store.manifest(model.as_str()).await {
-            Ok(manifest) => manifest.revision,
-            Err(e) => return AgentError::from(e).into_response(),
-        },
-    };
-    let spec = crate::MachineSpec {
-        app,
-        model,
-        revision,
-        gpu_kind: request.gpu,
-        engine_cmd: request.engine_cmd,
-        engine: request.engine,
-    };
-    let mut last = None;
-    for agent in candidates {
-        match agent.create_machine(&spec).await {
-            Ok(machine) => return (StatusCode::CREATED, Json(machine)).into_response(),
-            Err(e @ AgentError::NoFreeDevice { .. }) => last = Some(e),
-            Err(e) => return e.into_response(),
-        }
-    }
-    last.map(|e| e.into_response()).unwrap_or_else(|| bad_request("no host".into()))
-}
-
-/// The agent of the host that runs machine `id`, which must belong to the app in the path.
-async fn owned(hosts: &Hosts, app: &str, id: &str) -> Result<Arc<Agent>, AgentError> {
-    for agent in hosts.iter() {
-        match agent.machine(id).await {
-            Ok(machine) if machine.app.as_str() == app => return Ok(agent.clone()),
-            Ok(_) | Err(AgentError::NoSuchMachine(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Err(AgentError::NoSuchMachine(id.to_string()))
-}
-
-async fn show(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent.machine(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn start(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    let agent = match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent,
-        Err(e) => return e.into_response(),
-    };
-    agent.start(&id).await.map(Json).into_response()
-}
-
-async fn stop(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    let agent = match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent,
-        Err(e) => return e.into_response(),
-    };
-    agent.stop(&id).await.map(Json).into_response()
-}
-
-async fn suspend(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    let agent = match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent,
-        Err(e) => return e.into_response(),
-    };
-    agent.suspend(&id).await.map(Json).into_response()
-}
-
-async fn destroy(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    let agent = match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent,
-        Err(e) => return e.into_response(),
-    };
-    agent.destroy(&id).await.map(Json).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WaitQuery {
-    state: Option<String>,
-    timeout: Option<f64>,
-}
-
-async fn wait(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>, Query(query): Query<WaitQuery>) -> Response {
-    let agent = match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent,
-        Err(e) => return e.into_response(),
-    };
-    let wanted = query.state.as_deref().unwrap_or("started");
-    let Some(state) = MachineState::parse(wanted) else {
-        return bad_request(format!("state: {wanted:?} is not a machine state"));
-    };
-    let secs = query.timeout.unwrap_or(60.0);
-    if !(0.0..=600.0).contains(&secs) {
-        return bad_request(format!("timeout: {secs} is outside 0 to 600 seconds"));
-    }
-    agent
-        .wait(&id, state, Duration::from_secs_f64(secs))
-        .await
-        .map(Json)
-        .into_response()
 }

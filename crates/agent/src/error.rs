@@ -31,6 +31,12 @@ pub enum AgentError {
         error: Option<String>,
     },
     #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("machine {id} has no metadata key {key:?}")]
+    NoMetadataKey { id: String, key: String },
+    #[error(transparent)]
     State(#[from] colo_state::StateError),
     #[error(transparent)]
     Store(#[from] colo_store::StoreError),

@@ -7,6 +7,8 @@ pub mod client;
 mod devices;
 mod error;
 pub mod facts;
+pub mod lease;
+mod manage;
 mod metrics;
 mod profile;
 mod supervisor;
@@ -14,6 +16,7 @@ mod supervisor;
 pub use colo_store::CacheEntry;
 pub use devices::{declared_gpus, discover_devices};
 pub use error::AgentError;
+pub use manage::UpdateMachine;
 
 use colo_core::{AppName, Device, Machine, MachineState};
 use colo_state::StateStore;
@@ -85,6 +88,13 @@ pub struct Agent {
     /// When each pending start was asked for (ms since the epoch), by machine id: the start
     /// of the machine's cold-start clock.
     start_requested: Mutex<HashMap<String, u64>>,
+    /// Leases on this host's machines (`manage.rs`).
+    leases: Mutex<lease::Leases>,
+    /// Metadata and cordon marks set through the API, by machine id (`manage.rs`).
+    marks: Mutex<HashMap<String, manage::Marks>>,
+    /// Held across each write of a machine record, and across the read and write of a change
+    /// made through the API, so neither undoes the other.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// The peers of this host's region that it reads cached models from.
@@ -116,6 +126,9 @@ impl Agent {
             unsaved: Mutex::default(),
             peers: Mutex::default(),
             start_requested: Mutex::default(),
+            leases: Mutex::default(),
+            marks: Mutex::default(),
+            writing: Default::default(),
         })
     }
 
@@ -139,13 +152,25 @@ impl Agent {
     /// Records a machine's state; a record the state store refused (it is unreachable) is kept
     /// and written again by the next heartbeat, so an outage never leaves a stale record.
     pub(crate) async fn save_machine(&self, machine: &Machine) -> Result<(), AgentError> {
-        let result = self.state.put_machine(machine).await;
+        let marked = self.marked(machine);
+        let machine = marked.as_ref().unwrap_or(machine);
+        let result = {
+            let _writing = self.writing.lock().await;
+            self.state.put_machine(machine).await
+        };
         let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(()) => unsaved.remove(&machine.id),
             Err(_) => unsaved.insert(machine.id.clone(), machine.clone()),
         };
         Ok(result?)
+    }
+
+    /// Writes a machine record with its marks, between other writes.
+    async fn put(&self, machine: &Machine) -> Result<(), AgentError> {
+        let marked = self.marked(machine);
+        let _writing = self.writing.lock().await;
+        Ok(self.state.put_machine(marked.as_ref().unwrap_or(machine)).await?)
     }
 
     /// Registers this host in the shared state and renews the record every third of `lease`,
@@ -244,7 +269,7 @@ impl Agent {
             } else if machine.state != MachineState::Stopped && machine.state != MachineState::Created {
                 machine.state = MachineState::Stopped;
                 machine.updated_at_ms = now_ms();
-                self.state.put_machine(&machine).await?;
+                self.put(&machine).await?;
             }
         }
         Ok(())
@@ -279,18 +304,24 @@ impl Agent {
         facts::device_kind(&self.catalogue, device)
     }
 
+    /// Refuses an engine profile whose program this host lacks, naming it and `--engine-bin`.
+    pub(crate) fn check_engine(&self, engine: &colo_core::EngineSpec) -> Result<(), AgentError> {
+        if engine.kind != colo_core::EngineKind::Colo && profile::find_program(engine.program()).is_none() {
+            return Err(AgentError::EngineMissing {
+                kind: engine.kind,
+                program: engine.program().to_string(),
+                host: self.config.host.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Creates a machine on a free device (of the spec's GPU kind, when given) and starts it.
     pub async fn create_machine(self: &Arc<Self>, spec: &MachineSpec) -> Result<Machine, AgentError> {
         let (app, model, revision, gpu_kind) = (&spec.app, &spec.model, spec.revision.as_str(), spec.gpu_kind.as_deref());
         // The engine's program and the manifest must exist before a device is taken for them.
         if let (Some(engine), None) = (&spec.engine, &spec.engine_cmd) {
-            if engine.kind != colo_core::EngineKind::Colo && profile::find_program(engine.program()).is_none() {
-                return Err(AgentError::EngineMissing {
-                    kind: engine.kind,
-                    program: engine.program().to_string(),
-                    host: self.config.host.clone(),
-                });
-            }
+            self.check_engine(engine)?;
         }
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
@@ -352,7 +383,9 @@ impl Agent {
 
     /// Stops the machine if it runs, then marks it destroyed and frees its device.
     pub async fn destroy(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
-        self.set_desired(id, MachineState::Destroyed).await
+        let machine = self.set_desired(id, MachineState::Destroyed).await?;
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).forget(id);
+        Ok(machine)
     }
 
     async fn set_desired(self: &Arc<Self>, id: &str, desired: MachineState) -> Result<Machine, AgentError> {
@@ -377,6 +410,7 @@ impl Agent {
         };
         if running {
             // The supervisor records the state changes as it makes them.
+            let _writing = self.writing.lock().await;
             let mut current = self.machine(id).await?;
             current.desired = desired;
             self.state.put_machine(&current).await?;
@@ -384,13 +418,13 @@ impl Agent {
         }
         match desired {
             MachineState::Started => {
-                self.state.put_machine(&machine).await?;
+                self.put(&machine).await?;
                 self.spawn_supervisor(machine.clone());
             }
             MachineState::Destroyed | MachineState::Stopped => {
                 machine.state = desired;
                 machine.updated_at_ms = now_ms();
-                self.state.put_machine(&machine).await?;
+                self.put(&machine).await?;
             }
             _ => {}
         }
@@ -434,11 +468,19 @@ impl Agent {
         }
         supervisors.insert(machine.id.clone(), tx);
         let agent = self.clone();
-        tokio::spawn(async move {
-            let id = machine.id.clone();
-            supervisor::run(agent.clone(), machine, rx).await;
-            agent.supervisors.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        });
+        tokio::spawn(supervisor::run(agent, machine, rx));
+    }
+
+    /// Ends machine `id`'s supervisor, unless its desired state was changed since the
+    /// supervisor last read it (a start that came as it stopped): then it carries on. Decided
+    /// under the supervisors' lock, which `set_desired` sends under, so no change is lost.
+    pub(crate) fn retire(&self, id: &str, desired: &watch::Receiver<MachineState>) -> bool {
+        let mut supervisors = self.supervisors.lock().unwrap_or_else(|p| p.into_inner());
+        if desired.has_changed().unwrap_or(false) {
+            return false;
+        }
+        supervisors.remove(id);
+        true
     }
 
     /// Stops every engine this agent runs (on shutdown).

@@ -34,8 +34,20 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
             MachineState::Started => {}
             // `Stopping` is the agent shutting down: the machine stays meant to run. A machine
             // asked to suspend with no engine running is simply down.
-            MachineState::Stopping | MachineState::Suspended => return record(&agent, &mut machine, MachineState::Stopped, &desired).await,
-            other => return record(&agent, &mut machine, other, &desired).await,
+            MachineState::Stopping | MachineState::Suspended => {
+                record(&agent, &mut machine, MachineState::Stopped, &desired).await;
+                match agent.retire(&machine.id, &desired) {
+                    true => return,
+                    false => continue,
+                }
+            }
+            other => {
+                record(&agent, &mut machine, other, &desired).await;
+                match agent.retire(&machine.id, &desired) {
+                    true => return,
+                    false => continue,
+                }
+            }
         }
         record(&agent, &mut machine, MachineState::Starting, &desired).await;
         // A restart after a crash has no request behind it: its clock starts now.
@@ -50,7 +62,12 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
                 tracing::warn!(machine = %machine.id, %reason, start_failures, "machine failed to start");
                 machine.last_error = Some(reason);
                 if start_failures >= MAX_START_FAILURES {
-                    return record(&agent, &mut machine, MachineState::Failed, &desired).await;
+                    record(&agent, &mut machine, MachineState::Failed, &desired).await;
+                    if agent.retire(&machine.id, &desired) {
+                        return;
+                    }
+                    start_failures = 0;
+                    continue;
                 }
                 if sleep_or_told(&mut desired, backoff).await {
                     continue;
@@ -312,14 +329,16 @@ async fn suspend(
     desired: &mut watch::Receiver<MachineState>,
 ) -> Result<(), Outcome> {
     if sleep_or_told(desired, agent.config.stop_grace).await && *desired.borrow() != MachineState::Suspended {
-        return woken_or_told(agent, machine, child, desired, false).await;
+        return woken_or_told(agent, machine, child, desired, None).await;
     }
     let addr = machine.addr.clone().unwrap_or_default();
+    let mut slept = false;
     if let Some(call) = profile::sleep_call(machine) {
-        if let Err(reason) = engine_call(&addr, call).await {
-            // The engine keeps running, holding its memory: still suspended as far as routing
-            // goes, and woken the same way.
-            tracing::warn!(machine = %machine.id, %reason, "the engine did not go to sleep");
+        match engine_call(&addr, call).await {
+            Ok(()) => slept = true,
+            // The engine keeps running, holding its memory (it was started without its sleep
+            // mode, say): still suspended as far as routing goes, and woken without the call.
+            Err(reason) => tracing::warn!(machine = %machine.id, %reason, "the engine did not go to sleep"),
         }
     }
     record(agent, machine, MachineState::Suspended, desired).await;
@@ -336,7 +355,7 @@ async fn suspend(
                     return Err(Outcome::Told);
                 }
                 if *desired.borrow() != MachineState::Suspended {
-                    return woken_or_told(agent, machine, child, desired, true).await;
+                    return woken_or_told(agent, machine, child, desired, Some(slept)).await;
                 }
             }
         }
@@ -344,26 +363,27 @@ async fn suspend(
 }
 
 /// After a suspend: wakes the engine when the machine is wanted again (timing the wake into
-/// `cold_start`), or stops it.
+/// `cold_start`), or stops it. `suspended` is `None` when the machine was wanted again before
+/// it suspended, else whether its engine was put to sleep (and so must be woken by a call).
 async fn woken_or_told(
     agent: &Agent,
     machine: &mut Machine,
     child: &mut Child,
     desired: &mut watch::Receiver<MachineState>,
-    asleep: bool,
+    suspended: Option<bool>,
 ) -> Result<(), Outcome> {
     if *desired.borrow() != MachineState::Started {
         stop_child(child).await;
         return Err(Outcome::Told);
     }
-    if !asleep {
+    let Some(slept) = suspended else {
         return Ok(());
-    }
+    };
     let requested_at_ms = agent.take_start_request(&machine.id).unwrap_or_else(now_ms);
     record(agent, machine, MachineState::Starting, desired).await;
     let began = tokio::time::Instant::now();
     let addr = machine.addr.clone().unwrap_or_default();
-    if let Some(call) = profile::wake_call(machine) {
+    if let Some(call) = profile::wake_call(machine).filter(|_| slept) {
         if let Err(reason) = engine_call(&addr, call).await {
             let _ = child.kill().await;
             return Err(Outcome::Crashed(format!("the engine did not wake: {reason}")));

@@ -52,6 +52,36 @@ impl Api {
         Ok(())
     }
 
+    /// Waits up to `timeout` for machine `id` of `app` to reach `state`, in waits of at most
+    /// the API's 60 s: a 408 with time left waits again.
+    pub async fn wait_machine(&self, app: &str, id: &str, state: &str, timeout: std::time::Duration) -> anyhow::Result<colo_core::Machine> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let slice = left.min(std::time::Duration::from_secs(60));
+            let url = format!(
+                "{}/v1/apps/{app}/machines/{id}/wait?state={state}&timeout={:.3}",
+                self.base,
+                slice.as_secs_f64()
+            );
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .with_context(|| format!("calling colo at {} (is `colo up` still running?)", self.base))?;
+            let status = response.status();
+            if status == reqwest::StatusCode::REQUEST_TIMEOUT && left > slice {
+                continue;
+            }
+            if !status.is_success() {
+                bail!("{}", error_text(response).await);
+            }
+            return response.json().await.context("reading colo's answer");
+        }
+    }
+
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
         let response = request
             .bearer_auth(&self.token)

@@ -212,14 +212,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let mut machines: Vec<Machine> = machines.into_iter().filter(|m| m.state != MachineState::Destroyed).collect();
     if !args.detach {
         for machine in machines.iter_mut() {
-            let path = format!(
-                "/v1/apps/{}/machines/{}/wait?state=started&timeout={}",
-                app.name,
-                machine.id,
-                args.timeout.min(600)
-            );
+            let timeout = std::time::Duration::from_secs(args.timeout.min(3600));
             *machine = api
-                .get(&path)
+                .wait_machine(app.name.as_str(), &machine.id, "started", timeout)
                 .await
                 .with_context(|| format!("waiting for machine {} to start", machine.id))?;
         }

@@ -229,22 +229,19 @@ struct WaitQuery {
 }
 
 /// Answers once the machine reaches the state asked for (default `started`), with 409 if it
-/// fails or is destroyed first and 408 when the timeout (seconds, at most 600) passes.
+/// fails or is destroyed first and 408 when the timeout (seconds, at most 60, as Fly's) passes.
 async fn wait_machine(
     State(control): State<Arc<Control>>,
     Path((app, id)): Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<WaitQuery>,
 ) -> Response {
-    let wanted = query.state.as_deref().unwrap_or("started");
-    let Some(state) = colo_core::MachineState::parse(wanted) else {
-        return ControlError::invalid("state", format!("{wanted:?} is not a machine state")).into_response();
+    let (state, timeout) = match colo_agent::api::wait_args(query.state.as_deref(), query.timeout) {
+        Ok(args) => args,
+        Err((field, reason)) => return ControlError::invalid(field, reason).into_response(),
     };
-    let secs = query.timeout.unwrap_or(60.0);
-    if !(0.0..=600.0).contains(&secs) {
-        return ControlError::invalid("timeout", format!("{secs} is outside 0 to 600 seconds")).into_response();
-    }
+    let (wanted, secs) = (state.as_str(), timeout.as_secs_f64());
     let mut changes = control.state.changes();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let machine = match find_machine(&control, &app, &id).await {
             Ok(machine) => machine,

@@ -2,6 +2,7 @@
 
 use crate::AppName;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The lifecycle of a machine, shaped like the Fly Machines API.
@@ -173,6 +174,37 @@ pub struct Machine {
     /// How the last start went, phase by phase; absent before the first start.
     #[serde(default)]
     pub cold_start: Option<ColdStart>,
+    /// The operator's labels (the machines API's metadata; `check_metadata` says what fits).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Out of routing: edges send it nothing and neither wake nor stop it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
+}
+
+/// Most metadata keys one machine holds.
+pub const METADATA_MAX_KEYS: usize = 64;
+/// Longest metadata key, in bytes.
+pub const METADATA_MAX_KEY: usize = 64;
+/// Longest metadata value, in bytes.
+pub const METADATA_MAX_VALUE: usize = 1024;
+
+/// Whether `key = value` may be a machine's metadata: keys of 1 to 64 ASCII letters, digits,
+/// `_`, `-` and `.`, values of at most 1,024 bytes. The error names the limit.
+pub fn check_metadata(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > METADATA_MAX_KEY {
+        return Err(format!("key {key:?} is {} bytes; keys are 1 to {METADATA_MAX_KEY}", key.len()));
+    }
+    if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+        return Err(format!("key {key:?} holds {c:?}; keys are ASCII letters, digits, '_', '-' and '.'"));
+    }
+    if value.len() > METADATA_MAX_VALUE {
+        return Err(format!(
+            "the value of {key:?} is {} bytes; the limit is {METADATA_MAX_VALUE}",
+            value.len()
+        ));
+    }
+    Ok(())
 }
 
 impl Machine {
@@ -200,6 +232,8 @@ impl Machine {
             engine: None,
             updated_at_ms: 0,
             cold_start: None,
+            metadata: BTreeMap::new(),
+            cordoned: false,
         }
     }
 }

@@ -15,6 +15,8 @@ pub enum EdgeError {
     NoModel { domain: String },
     #[error("app {app:?} not found; apps: {}", if apps.is_empty() { "(none deployed)".to_string() } else { apps.join(", ") })]
     UnknownApp { app: String, apps: Vec<String> },
+    #[error("every machine of app {app:?} ({machines}) is cordoned out of routing; uncordon one through the machines API")]
+    Cordoned { app: String, machines: u32 },
     #[error("no machine of app {app:?} had room within {secs}s")]
     NoMachine { app: String, secs: u64 },
     #[error("app {app:?} already has {limit} requests waiting for a machine; try again shortly")]
@@ -49,7 +51,9 @@ impl EdgeError {
             EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } | EdgeError::EnginePath { .. } => StatusCode::NOT_FOUND,
             EdgeError::Unauthorized { .. } | EdgeError::AdminToken => StatusCode::UNAUTHORIZED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } | EdgeError::Cordoned { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             EdgeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -65,6 +69,7 @@ impl EdgeError {
             EdgeError::Unauthorized { .. } => "invalid_api_key",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",
             EdgeError::NoMachine { .. } => "no_machine_available",
+            EdgeError::Cordoned { .. } => "machines_cordoned",
             EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
@@ -79,7 +84,9 @@ impl EdgeError {
         match self {
             EdgeError::Upstream { .. } => "upstream",
             EdgeError::Internal(_) => "internal",
-            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } => "capacity",
+            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } | EdgeError::Cordoned { .. } => {
+                "capacity"
+            }
             _ => "client",
         }
     }

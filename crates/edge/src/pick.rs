@@ -86,6 +86,13 @@ impl Edge {
                         regions: table.regions.clone(),
                     })
                 }
+                // Every machine cordoned: nothing will come back by itself.
+                Decision::Reject(RejectReason::NoMachines) if app_routes.fleet.is_empty() && app_routes.cordoned > 0 => {
+                    return Err(EdgeError::Cordoned {
+                        app: app.to_string(),
+                        machines: app_routes.cordoned,
+                    })
+                }
                 // An app with no machines at all may get some (a deploy under way): wait.
                 Decision::Reject(RejectReason::NoMachines) | Decision::Hold => {}
             }

@@ -46,6 +46,8 @@ pub struct AppRoutes {
     pub route: Option<colo_policy::RouteMode>,
     /// The engine the app's machines run, which says where their load comes from.
     pub engine: colo_core::EngineKind,
+    /// Machines of the app taken out of routing through the machines API (cordoned).
+    pub cordoned: u32,
 }
 
 /// Per-machine request limits an app's deploy set; absent: the edge's own.
@@ -217,6 +219,10 @@ impl RouteTable {
             let Some(routes) = table.apps.get_mut(machine.app.as_str()) else {
                 continue;
             };
+            if machine.cordoned {
+                routes.cordoned += 1;
+                continue;
+            }
             let Some(phase) = phase_of(machine) else { continue };
             routes.fleet.push(FleetMachine {
                 machine_id: machine.id.clone(),
