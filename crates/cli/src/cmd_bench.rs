@@ -159,6 +159,7 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         autostop_secs: None,
         min_running: 0,
         autostop_to: Default::default(),
+        route_weights: None,
         keys: Vec::new(),
         deploy_tokens: Vec::new(),
         regions: Default::default(),

@@ -69,6 +69,11 @@ pub struct DeployArgs {
     /// queue, the default), least-loaded or round-robin.
     #[arg(long, value_parser = parse_route)]
     route: Option<colo_core::RouteMode>,
+    /// Weights of `--route score`: `prefix=3,kv=2,queue=2,rtt=1` (the defaults; keys left out
+    /// keep theirs): per share of the prompt matched, per share of KV cache free, against each
+    /// soft limit of load, against each 100 ms of RTT.
+    #[arg(long, value_parser = parse_weights)]
+    route_weights: Option<colo_core::RouteWeights>,
     /// Return once the deploy is recorded, without waiting for machines to start.
     #[arg(long)]
     detach: bool,
@@ -119,6 +124,10 @@ fn parse_engine(value: &str) -> Result<colo_core::EngineKind, String> {
 
 fn parse_idle(value: &str) -> Result<colo_core::IdleAction, String> {
     colo_core::IdleAction::parse(value).ok_or_else(|| format!("{value:?}: --autostop-to is stop or suspend"))
+}
+
+fn parse_weights(value: &str) -> Result<colo_core::RouteWeights, String> {
+    colo_core::RouteWeights::parse(value)
 }
 
 fn parse_route(value: &str) -> Result<colo_core::RouteMode, String> {
@@ -205,7 +214,8 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 "soft_limit": args.soft_limit, "hard_limit": args.hard_limit,
                 "autostop_secs": args.autostop, "autostop_to": args.autostop_to, "min_running": args.min_running,
                 "regions": args.regions.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                "engine_cmd": args.engine_cmd, "demand": demand, "engine": engine, "route": args.route}),
+                "engine_cmd": args.engine_cmd, "demand": demand, "engine": engine, "route": args.route,
+                "route_weights": args.route_weights}),
         )
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;

@@ -67,6 +67,9 @@ struct DeployRequest {
     /// `stop` (the default) or `suspend`: what autostop does to an idle machine.
     #[serde(default)]
     autostop_to: colo_core::IdleAction,
+    /// Weights of the routing score (`{"prefix": 3, "kv": 2, "queue": 2, "rtt": 1}`).
+    #[serde(default)]
+    route_weights: Option<colo_core::RouteWeights>,
     /// Machines kept started even when idle.
     min_running: Option<u32>,
     /// Machines per region code (`{"ord": 2, "ams": 1}`); replaces `machines` when given.
@@ -104,6 +107,7 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
                 hard_limit: request.hard_limit,
                 autostop_secs: request.autostop_secs,
                 autostop_to: request.autostop_to,
+                route_weights: request.route_weights,
                 min_running: request.min_running.unwrap_or(0),
                 regions: request.regions.clone(),
                 engine_cmd: request.engine_cmd.clone(),

@@ -23,6 +23,8 @@ pub struct DeployOptions {
     pub autostop_secs: Option<u64>,
     /// Whether autostop stops or suspends an idle machine.
     pub autostop_to: colo_core::IdleAction,
+    /// The weights of the score edges route by; absent: the defaults.
+    pub route_weights: Option<colo_core::RouteWeights>,
     /// Machines kept started in each region even when idle.
     pub min_running: u32,
     /// Machines wanted per region code; empty: spread over every host.
@@ -89,6 +91,17 @@ impl DeployOptions {
                 "engine_cmd",
                 "the command must contain {port}, where the engine is told to listen".into(),
             );
+        }
+        if let Some(weights) = &self.route_weights {
+            if self.route.is_some_and(|r| r != colo_core::RouteMode::Score) {
+                problem("route_weights", "weights apply to --route score only".into());
+            }
+            if weights.max() > colo_core::ROUTE_WEIGHT_MAX {
+                problem(
+                    "route_weights",
+                    format!("a weight of {} is over the limit of {}", weights.max(), colo_core::ROUTE_WEIGHT_MAX),
+                );
+            }
         }
         if self.autostop_to == colo_core::IdleAction::Suspend && self.autostop_secs.is_none() {
             problem(
@@ -212,6 +225,7 @@ impl Control {
             demand: options.demand.clone(),
             placement: placement.as_ref().map(placement::record),
             route: options.route,
+            route_weights: options.route_weights,
             engine: options.engine_for_autostop(),
         };
         let (app, previous) = self.record(app).await?;

@@ -67,6 +67,72 @@ pub struct App {
     /// How edges choose among the app's machines; `None`: the edge's default (scores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteMode>,
+    /// The weights of `RouteMode::Score`; `None`: the defaults ([`RouteWeights::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_weights: Option<RouteWeights>,
+}
+
+/// Weights of the terms `RouteMode::Score` adds up for each machine. The defaults: prefix 3,
+/// KV 2, queue 2 (llm-d's weights for its prefix, KV-cache and queue scorers), RTT 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteWeights {
+    /// Per share of the prompt's blocks the machine served lately (0 to 1).
+    pub prefix: u16,
+    /// Per share of the machine's KV cache free (0 to 1), as its engine last reported.
+    pub kv: u16,
+    /// Against each soft limit's worth of requests the machine holds (load over soft limit).
+    pub queue: u16,
+    /// Against each 100 ms of round trip from the edge to the machine's region.
+    pub rtt: u16,
+}
+
+/// The largest weight `RouteWeights` takes.
+pub const ROUTE_WEIGHT_MAX: u16 = 100;
+
+// === impl RouteWeights ===
+
+impl Default for RouteWeights {
+    fn default() -> Self {
+        RouteWeights {
+            prefix: 3,
+            kv: 2,
+            queue: 2,
+            rtt: 1,
+        }
+    }
+}
+
+impl RouteWeights {
+    /// Reads `prefix=3,kv=2,queue=2,rtt=1`; keys left out keep their defaults. The error names
+    /// the key and the limit.
+    pub fn parse(text: &str) -> Result<RouteWeights, String> {
+        let mut weights = RouteWeights::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not KEY=WEIGHT (keys: prefix, kv, queue, rtt)"))?;
+            let value: u16 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v| *v <= ROUTE_WEIGHT_MAX)
+                .ok_or_else(|| format!("{key}: {value:?} is not a whole number from 0 to {ROUTE_WEIGHT_MAX}"))?;
+            match key.trim() {
+                "prefix" => weights.prefix = value,
+                "kv" => weights.kv = value,
+                "queue" => weights.queue = value,
+                "rtt" => weights.rtt = value,
+                other => return Err(format!("{other:?} is not a weight (keys: prefix, kv, queue, rtt)")),
+            }
+        }
+        Ok(weights)
+    }
+
+    /// The largest weight, for checks against [`ROUTE_WEIGHT_MAX`].
+    pub fn max(&self) -> u16 {
+        self.prefix.max(self.kv).max(self.queue).max(self.rtt)
+    }
 }
 
 /// What autostop does to an idle machine.
@@ -101,7 +167,7 @@ impl IdleAction {
 #[serde(rename_all = "kebab-case")]
 pub enum RouteMode {
     /// The least loaded machine against those that served the prompt's start, on weighted
-    /// scores of prefix match, KV headroom and queue room.
+    /// terms of prefix match, KV headroom, load and RTT ([`RouteWeights`]).
     #[default]
     Score,
     /// The least loaded machine (under the soft limit first), closest on ties.

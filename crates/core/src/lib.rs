@@ -14,7 +14,7 @@ pub mod money;
 pub mod name;
 pub mod region;
 
-pub use app::{ApiKey, App, GpuChoice, IdleAction, RouteMode};
+pub use app::{ApiKey, App, GpuChoice, IdleAction, RouteMode, RouteWeights, ROUTE_WEIGHT_MAX};
 pub use csv::CsvError;
 pub use demand::{Demand, PlacedSlot, PlacementRecord, RegionDemand, Unmet};
 pub use engine::{EngineKind, EngineSpec, MetricNames, Readiness};

@@ -112,6 +112,7 @@ impl Edge {
             soft_limit: routes.limits.soft.unwrap_or(self.config.route.soft_limit),
             hard_limit: routes.limits.hard.unwrap_or(self.config.route.hard_limit),
             mode: routes.route.unwrap_or(self.config.route.mode),
+            weights: routes.weights.unwrap_or(self.config.route.weights),
             ..self.config.route
         }
     }

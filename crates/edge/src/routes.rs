@@ -44,6 +44,8 @@ pub struct AppRoutes {
     pub autostop: Autostop,
     /// How the pick chooses among the app's machines, where its deploy said.
     pub route: Option<colo_policy::RouteMode>,
+    /// The weights of its score, where its deploy set them.
+    pub weights: Option<colo_core::RouteWeights>,
     /// The engine the app's machines run, which says where their load comes from.
     pub engine: colo_core::EngineKind,
     /// Machines of the app taken out of routing through the machines API (cordoned).
@@ -203,6 +205,7 @@ impl RouteTable {
                         to: app.autostop_to,
                     },
                     route: app.route,
+                    weights: app.route_weights,
                     engine: app.engine.as_ref().map_or(colo_core::EngineKind::Colo, |e| e.kind),
                     ..Default::default()
                 },

@@ -16,10 +16,12 @@
 //! - `prefer` makes a region the nearest; `force` makes it the only one.
 //! - Scoring (`RouteMode::Score`, the default): the machines that served the longest start of
 //!   this prompt (the caller's prefix matches, from a [`crate::PrefixIndex`]) compete with the
-//!   least loaded one on a weighted score of prefix match (blocks matched over the prompt's
-//!   blocks), KV headroom (one less the engine's reported KV use) and queue room (one less the
-//!   load over the hard limit). A machine over its soft limit never beats one under it, so a
-//!   prefix never overrides load: prefix-only routing collapses under skewed traffic.
+//!   least loaded one on a weighted score ([`ScoreWeights`], per app): prefix match (blocks
+//!   matched over the prompt's blocks), KV headroom (one less the engine's reported KV use),
+//!   less load (requests over the soft limit) and less RTT (per 100 ms). Load is a term, so a
+//!   shared prefix gives way as its machine's queue grows (with the default weights a whole
+//!   prompt matched is worth 1.5 soft limits of load), and no machine past its hard limit is
+//!   taken: prefix-only routing collapses under skewed traffic.
 //!   `RouteMode::LeastLoaded` skips the scores; `RouteMode::RoundRobin` takes the first machine
 //!   with room after the rotating start, whatever its load.
 //! - A request may avoid machines (it already failed on them) or accept only one (a replay to
@@ -139,17 +141,9 @@ pub struct RouteParams {
     pub scan_limit: u32,
 }
 
-/// Weights of the scores `RouteMode::Score` adds up (llm-d's defaults: prefix 3, KV 2, queue 2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScoreWeights {
-    /// Share of the prompt's blocks the machine served lately.
-    pub prefix: u16,
-    /// Share of the KV cache free.
-    pub kv: u16,
-    /// Share of the hard limit free.
-    pub queue: u16,
-}
+/// Weights of the terms `RouteMode::Score` adds up: colo-core's [`colo_core::RouteWeights`],
+/// per app where its deploy set them.
+pub type ScoreWeights = colo_core::RouteWeights;
 
 /// How one request steers the pick (the `colo-prefer-region` and `colo-force-region` headers).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -306,18 +300,6 @@ pub fn permille(share: f64) -> u16 {
         return 0;
     }
     (share.clamp(0.0, 1.0) * 1000.0).round() as u16
-}
-
-// === impl ScoreWeights ===
-
-impl Default for ScoreWeights {
-    fn default() -> Self {
-        ScoreWeights {
-            prefix: 3,
-            kv: 2,
-            queue: 2,
-        }
-    }
 }
 
 /// Callers that share their entries (the edge's route table holds `Arc`s) read them directly.
@@ -530,8 +512,9 @@ fn scan_slice<M: MachineView>(
 }
 
 /// In `RouteMode::Score`, the best of `best` (the least loaded machine of the pool) and the
-/// machines that served this prompt's start, on weighted scores; a machine over its soft limit
-/// never beats one under it.
+/// machines of the same pool that served this prompt's start, on weighted terms (`score`). Load
+/// is one of the terms, so a prefix match gives way as its machine's queue grows; no machine at
+/// its hard limit is taken.
 fn with_prefix<M: MachineView>(
     app: &AppView<'_, M>,
     req: &PickRequest<'_>,
@@ -539,42 +522,44 @@ fn with_prefix<M: MachineView>(
     pool: &Pool,
     best: (u64, usize),
 ) -> usize {
-    let (best_rank, best_idx) = best;
+    let (_, best_idx) = best;
     if params.mode != RouteMode::Score || req.prefix.is_empty() {
         return best_idx;
     }
-    let over_soft = |rank: u64| rank >> 63;
     let blocks_of = |idx: usize| req.prefix.iter().find(|(i, _)| *i == idx).map_or(0, |(_, n)| *n);
-    let mut chosen = (
-        over_soft(best_rank),
-        score(app.started.get(best_idx), blocks_of(best_idx), req, params),
-        best_idx,
-    );
+    let mut chosen = (score(app, best_idx, blocks_of(best_idx), req, params), best_idx);
     for &(idx, blocks) in req.prefix {
         if idx == best_idx || !usable(req, idx) {
             continue;
         }
         let Some(machine) = app.started.get(idx) else { continue };
-        let in_pool = app.spans.iter().any(|span| {
-            (span.start as usize..span.end as usize).contains(&idx)
-                && place_of(span.region, req, params).is_some_and(|(tier, _)| tier == pool.tier)
-        });
+        let in_pool = region_of(app, idx).is_some_and(|region| place_of(region, req, params).is_some_and(|(tier, _)| tier == pool.tier));
         let load = effective_load(machine.in_flight(), machine.report(), req.now_ms, params);
         if !in_pool || !machine.healthy() || load >= params.hard_limit {
             continue;
         }
-        let candidate = (u64::from(load >= params.soft_limit), score(Some(machine), blocks, req, params), idx);
-        // Under the soft limit first, then the higher score; ties keep the earlier choice.
-        if candidate.0 < chosen.0 || (candidate.0 == chosen.0 && candidate.1 > chosen.1) {
+        let candidate = (score(app, idx, blocks, req, params), idx);
+        // The higher score; ties keep the earlier choice (the least loaded first).
+        if candidate.0 > chosen.0 {
             chosen = candidate;
         }
     }
-    chosen.2
+    chosen.1
 }
 
-/// A machine's weighted score: prefix match share, KV headroom and queue room, each 0 to 1.
-fn score<M: MachineView>(machine: Option<&M>, blocks: u32, req: &PickRequest<'_>, params: &RouteParams) -> f64 {
-    let Some(machine) = machine else { return f64::MIN };
+/// The region of `started[idx]`.
+fn region_of<M>(app: &AppView<'_, M>, idx: usize) -> Option<RegionId> {
+    app.spans
+        .iter()
+        .find(|span| (span.start as usize..span.end as usize).contains(&idx))
+        .map(|span| span.region)
+}
+
+/// A machine's weighted score: `prefix` x the share of the prompt's blocks it served, plus `kv`
+/// x its KV cache's free share, less `queue` x its load in soft limits, less `rtt` x the round
+/// trip to its region in units of 100 ms.
+fn score<M: MachineView>(app: &AppView<'_, M>, idx: usize, blocks: u32, req: &PickRequest<'_>, params: &RouteParams) -> f64 {
+    let Some(machine) = app.started.get(idx) else { return f64::MIN };
     let report = machine.report();
     let load = effective_load(machine.in_flight(), report, req.now_ms, params);
     let prefix = if req.prefix_blocks == 0 {
@@ -585,9 +570,12 @@ fn score<M: MachineView>(machine: Option<&M>, blocks: u32, req: &PickRequest<'_>
     // A stale report says nothing of the KV cache now.
     let fresh = report.filter(|r| req.now_ms.saturating_sub(r.at_ms) < params.report_stale_ms);
     let kv_free = 1.0 - f64::from(fresh.and_then(|r| r.kv_permille).unwrap_or(0).min(1000)) / 1000.0;
-    let queue_free = 1.0 - f64::from(load.min(params.hard_limit)) / f64::from(params.hard_limit.max(1));
+    let queue = f64::from(load) / f64::from(params.soft_limit.max(1));
+    let rtt = region_of(app, idx).map_or(0.0, |region| {
+        f64::from(req.rtt_ms.get(usize::from(region.0)).copied().unwrap_or(0)) / 100.0
+    });
     let w = params.weights;
-    f64::from(w.prefix) * prefix + f64::from(w.kv) * kv_free + f64::from(w.queue) * queue_free
+    f64::from(w.prefix) * prefix + f64::from(w.kv) * kv_free - f64::from(w.queue) * queue - f64::from(w.rtt) * rtt
 }
 
 /// Whether the request may go to `started[idx]` at all.

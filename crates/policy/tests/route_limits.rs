@@ -149,10 +149,17 @@ proptest! {
                     // Round robin weighs room only: the pool and limits above are what hold.
                 } else if rank(i) != best {
                     // Only a machine that served the prompt's start may beat the best-ranked one, and
-                    // never from over the soft limit when the best is under it.
+                    // only by as much load as its prefix and KV headroom (and the best one's
+                    // RTT) are worth: load is a term of the score.
                     prop_assert_eq!(s.params.mode, RouteMode::Score, "least loaded takes the best");
                     prop_assert!(s.prefix.iter().any(|(p, _)| *p == i), "machine {} is neither best nor a prefix match", i);
-                    prop_assert!(rank(i).0 <= best.0, "a prefix match over its soft limit beat one under");
+                    let w = s.params.weights;
+                    let more = f64::from(rank(i).1) - f64::from(best.1);
+                    let worth = f64::from(w.prefix) + f64::from(w.kv) + f64::from(w.rtt) * f64::from(best.2.min(100_000)) / 100.0;
+                    prop_assert!(
+                        f64::from(w.queue) * more <= worth * f64::from(s.params.soft_limit) + 1e-9,
+                        "a prefix match took {} more requests than its terms are worth", more
+                    );
                 } else {
                     prop_assert_eq!(rank(i), best, "not the best-ranked machine of its pool");
                 }

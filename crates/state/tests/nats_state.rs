@@ -164,6 +164,7 @@ fn app(app: &str) -> App {
         autostop_secs: None,
         min_running: 0,
         autostop_to: Default::default(),
+        route_weights: None,
         regions: Default::default(),
         deploy_tokens: Vec::new(),
         engine_cmd: None,

@@ -48,6 +48,7 @@ fn validates_by_table() {
                 route: Some(colo_core::RouteMode::RoundRobin),
                 engine: None,
                 autostop_to: colo_core::IdleAction::Stop,
+                route_weights: None,
             },
             "chat",
             3,
@@ -62,6 +63,40 @@ fn validates_by_table() {
             "chat",
             1,
             vec![],
+        ),
+        (
+            "weights for a mode that has none",
+            DeployOptions {
+                route: Some(colo_core::RouteMode::RoundRobin),
+                route_weights: Some(colo_core::RouteWeights::default()),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["route_weights: weights apply to --route score only"],
+        ),
+        (
+            "a weight over the limit",
+            DeployOptions {
+                route_weights: Some(colo_core::RouteWeights {
+                    prefix: 500,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["route_weights: a weight of 500 is over the limit of 100"],
+        ),
+        (
+            "suspend without autostop",
+            DeployOptions {
+                autostop_to: colo_core::IdleAction::Suspend,
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["autostop_to: suspend needs --autostop"],
         ),
         (
             "autostop of zero",

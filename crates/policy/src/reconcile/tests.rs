@@ -23,6 +23,7 @@ fn app(gpu: Option<&str>) -> App {
         autostop_secs: None,
         min_running: 0,
         autostop_to: Default::default(),
+        route_weights: None,
         keys: Vec::new(),
         deploy_tokens: Vec::new(),
         regions: BTreeMap::new(),

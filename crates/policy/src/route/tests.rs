@@ -82,6 +82,7 @@ struct Extra {
     avoid: Vec<&'static str>,
     only: Option<&'static str>,
     local_rtt_ms: Option<u32>,
+    weights: Option<ScoreWeights>,
 }
 
 fn run(machines: &[M], extra: &Extra, seed: u64) -> String {
@@ -94,6 +95,9 @@ fn run(machines: &[M], extra: &Extra, seed: u64) -> String {
     }
     if let Some(mode) = extra.mode {
         p.mode = mode;
+    }
+    if let Some(weights) = extra.weights {
+        p.weights = weights;
     }
     let app = AppView {
         started: &loads,
@@ -152,6 +156,17 @@ fn picks_by_table() {
         local_rtt_ms: Some(10),
         ..Extra::default()
     };
+    let half_in_band = |name| Extra {
+        local_rtt_ms: Some(10),
+        ..half(name)
+    };
+    let rtt_heavy = |name| Extra {
+        weights: Some(ScoreWeights {
+            rtt: 100,
+            ..ScoreWeights::default()
+        }),
+        ..half_in_band(name)
+    };
     let none = Extra::default();
     #[rustfmt::skip]
     let cases: Vec<(&str, Vec<M>, Extra, &str)> = vec![
@@ -179,8 +194,11 @@ fn picks_by_table() {
         ("report at hard excludes", vec![m("a", AMS, 0).reported(4, 0), m("b", FRA, 3)], none.clone(), "pick b"),
         ("prefix beats a lighter machine", vec![m("a", AMS, 0), m("b", AMS, 1)], affine("b"), "pick b"),
         ("half a prefix beats a lighter machine", vec![m("a", AMS, 0), m("b", AMS, 1)], half("b"), "pick b"),
-        ("prefix over soft loses to one under", vec![m("a", AMS, 1), m("b", AMS, 2)], affine("b"), "pick a"),
-        ("prefix much busier", vec![m("a", AMS, 0), m("b", AMS, 2)], affine("b"), "pick a"),
+        ("a whole prefix is worth more than a soft limit of load", vec![m("a", AMS, 1), m("b", AMS, 3)], affine("b"), "pick b"),
+        ("and no more than a soft limit and a half", vec![m("a", AMS, 0), m("b", AMS, 3)], affine("b"), "pick a"),
+        ("half a prefix against a soft limit of load", vec![m("a", AMS, 0), m("b", AMS, 2)], half("b"), "pick a"),
+        ("prefix in a farther region of the pool", vec![m("a", AMS, 0), m("b", FRA, 0)], half_in_band("b"), "pick b"),
+        ("prefix in a farther region, RTT weighed heavily", vec![m("a", AMS, 0), m("b", FRA, 0)], rtt_heavy("b"), "pick a"),
         ("least loaded ignores the prefix", vec![m("a", AMS, 0), m("b", AMS, 1)], least_loaded("b"), "pick a"),
         ("prefix against a full KV cache", vec![m("a", AMS, 0).kv(0), m("b", AMS, 1).kv(1000)], half("b"), "pick a"),
         ("prefix outside the pool", vec![m("a", AMS, 1), m("b", FRA, 0)], affine("b"), "pick a"),
@@ -475,7 +493,8 @@ fn validate_lists_every_problem() {
         ScoreWeights {
             prefix: 5,
             kv: 2,
-            queue: 2
+            queue: 2,
+            rtt: 1
         }
     );
     assert!(toml::from_str::<RouteParams>("soft_limt = 4").is_err());
