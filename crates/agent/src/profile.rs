@@ -159,26 +159,50 @@ fn profile_command(
     Ok(command)
 }
 
-/// An HTTP call the agent makes to an engine it runs: method and path (with query).
-pub(crate) type EngineCall = (&'static str, &'static str);
+/// An HTTP call the agent makes to an engine it runs: method, path (with query) and JSON body.
+pub(crate) type EngineCall = (&'static str, &'static str, &'static str);
 
-/// How to put `machine`'s engine to sleep, if its engine can be told to: vLLM's level-1 sleep
-/// (weights to host memory, KV cache dropped), SGLang's memory release. llama-server sleeps by
-/// itself when idle; colo's engine holds no KV cache while idle, so it needs no call.
-pub(crate) fn sleep_call(machine: &Machine) -> Option<EngineCall> {
+/// How deeply to put `machine`'s engine to sleep: vLLM's level 1 copies the weights to host
+/// memory, so it needs `available` bytes of host memory (MemAvailable) for them with a tenth to
+/// spare; else level 2, which drops them and reloads them from disk on waking. Unknown sizes
+/// take level 1.
+pub(crate) fn sleep_level(machine: &Machine, available: Option<u64>) -> u8 {
+    let weights = machine.hydration.as_ref().map_or(0, |h| h.bytes_total);
+    match available {
+        Some(free) if weights > 0 && free < weights + weights / 10 => 2,
+        _ => 1,
+    }
+}
+
+/// How to put `machine`'s engine to sleep at `level`, if its engine can be told to: vLLM's
+/// sleep, SGLang's memory release. llama-server sleeps by itself when idle; colo's engine holds
+/// no KV cache while idle, so it needs no call.
+pub(crate) fn sleep_call(machine: &Machine, level: u8) -> Option<EngineCall> {
     match machine.engine.as_ref().filter(|_| machine.engine_cmd.is_none())?.kind {
-        EngineKind::Vllm => Some(("POST", "/sleep?level=1")),
-        EngineKind::Sglang => Some(("POST", "/release_memory_occupation")),
+        EngineKind::Vllm if level >= 2 => Some(("POST", "/sleep?level=2", "{}")),
+        EngineKind::Vllm => Some(("POST", "/sleep?level=1", "{}")),
+        EngineKind::Sglang => Some(("POST", "/release_memory_occupation", "{}")),
         EngineKind::LlamaServer | EngineKind::Colo => None,
     }
 }
 
-/// How to wake `machine`'s engine from the sleep `sleep_call` put it in.
-pub(crate) fn wake_call(machine: &Machine) -> Option<EngineCall> {
-    match machine.engine.as_ref().filter(|_| machine.engine_cmd.is_none())?.kind {
-        EngineKind::Vllm => Some(("POST", "/wake_up")),
-        EngineKind::Sglang => Some(("POST", "/resume_memory_occupation")),
-        EngineKind::LlamaServer | EngineKind::Colo => None,
+/// The calls that wake `machine`'s engine from the sleep `sleep_call` put it in at `level`: one
+/// wake for vLLM's level 1; for level 2 the weights' memory back, the weights reloaded from
+/// disk, the KV cache back and the prefix cache emptied.
+pub(crate) fn wake_calls(machine: &Machine, level: u8) -> Vec<EngineCall> {
+    let Some(engine) = machine.engine.as_ref().filter(|_| machine.engine_cmd.is_none()) else {
+        return Vec::new();
+    };
+    match engine.kind {
+        EngineKind::Vllm if level >= 2 => vec![
+            ("POST", "/wake_up?tags=weights", "{}"),
+            ("POST", "/collective_rpc", r#"{"method":"reload_weights"}"#),
+            ("POST", "/wake_up?tags=kv_cache", "{}"),
+            ("POST", "/reset_prefix_cache", "{}"),
+        ],
+        EngineKind::Vllm => vec![("POST", "/wake_up", "{}")],
+        EngineKind::Sglang => vec![("POST", "/resume_memory_occupation", "{}")],
+        EngineKind::LlamaServer | EngineKind::Colo => Vec::new(),
     }
 }
 

@@ -332,17 +332,18 @@ async fn suspend(
         return woken_or_told(agent, machine, child, desired, None).await;
     }
     let addr = machine.addr.clone().unwrap_or_default();
-    let mut slept = false;
-    if let Some(call) = profile::sleep_call(machine) {
+    let level = profile::sleep_level(machine, host_memory_available());
+    let mut slept = 0;
+    if let Some(call) = profile::sleep_call(machine, level) {
         match engine_call(&addr, call).await {
-            Ok(()) => slept = true,
+            Ok(()) => slept = level,
             // The engine keeps running, holding its memory (it was started without its sleep
             // mode, say): still suspended as far as routing goes, and woken without the call.
             Err(reason) => tracing::warn!(machine = %machine.id, %reason, "the engine did not go to sleep"),
         }
     }
     record(agent, machine, MachineState::Suspended, desired).await;
-    tracing::info!(machine = %machine.id, "suspended");
+    tracing::info!(machine = %machine.id, level = slept, "suspended");
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -364,13 +365,14 @@ async fn suspend(
 
 /// After a suspend: wakes the engine when the machine is wanted again (timing the wake into
 /// `cold_start`), or stops it. `suspended` is `None` when the machine was wanted again before
-/// it suspended, else whether its engine was put to sleep (and so must be woken by a call).
+/// it suspended, else the level its engine was put to sleep at (0: it was not, so it needs no
+/// wake call).
 async fn woken_or_told(
     agent: &Agent,
     machine: &mut Machine,
     child: &mut Child,
     desired: &mut watch::Receiver<MachineState>,
-    suspended: Option<bool>,
+    suspended: Option<u8>,
 ) -> Result<(), Outcome> {
     if *desired.borrow() != MachineState::Started {
         stop_child(child).await;
@@ -383,7 +385,12 @@ async fn woken_or_told(
     record(agent, machine, MachineState::Starting, desired).await;
     let began = tokio::time::Instant::now();
     let addr = machine.addr.clone().unwrap_or_default();
-    if let Some(call) = profile::wake_call(machine).filter(|_| slept) {
+    let calls = if slept > 0 {
+        profile::wake_calls(machine, slept)
+    } else {
+        Vec::new()
+    };
+    for call in calls {
         if let Err(reason) = engine_call(&addr, call).await {
             let _ = child.kill().await;
             return Err(Outcome::Crashed(format!("the engine did not wake: {reason}")));
@@ -426,7 +433,7 @@ async fn woken_or_told(
 }
 
 /// One call to an engine's own endpoint (sleep, wake), which must answer 2xx within 60 s.
-async fn engine_call(addr: &str, (method, path): profile::EngineCall) -> Result<(), String> {
+async fn engine_call(addr: &str, (method, path, body): profile::EngineCall) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -435,7 +442,7 @@ async fn engine_call(addr: &str, (method, path): profile::EngineCall) -> Result<
     let response = client
         .request(method, format!("http://{addr}{path}"))
         .header("content-type", "application/json")
-        .body("{}")
+        .body(body)
         .send()
         .await
         .map_err(|e| format!("{path}: {e}"))?;
@@ -444,6 +451,14 @@ async fn engine_call(addr: &str, (method, path): profile::EngineCall) -> Result<
     } else {
         Err(format!("{path} answered {}", response.status()))
     }
+}
+
+/// The host's available memory (`MemAvailable` of /proc/meminfo), where the kernel says.
+fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// SIGTERM, then SIGKILL if the engine has not exited within 10 seconds.

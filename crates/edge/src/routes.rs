@@ -79,6 +79,8 @@ pub struct FleetMachine {
     /// cache (unless evicted since).
     pub cached: bool,
     pub phase: Phase,
+    /// What waking it is expected to cost, ms (`colo_policy::expected_wake_ms` of its last start).
+    pub wake_ms: u32,
 }
 
 /// A started machine a request may be sent to. Laid out with what the pick reads (the load and
@@ -227,11 +229,13 @@ impl RouteTable {
                 continue;
             }
             let Some(phase) = phase_of(machine) else { continue };
+            let cached = warm.contains(&(machine.host.as_str(), machine.revision.as_str()));
             routes.fleet.push(FleetMachine {
                 machine_id: machine.id.clone(),
                 region: machine.region.clone(),
-                cached: warm.contains(&(machine.host.as_str(), machine.revision.as_str())),
+                cached,
                 phase,
+                wake_ms: colo_policy::expected_wake_ms(phase, cached, machine.cold_start.as_ref()),
             });
             match (machine.state, &machine.addr) {
                 // Unhealthy, or told to stop (it drains for a grace period): no new requests.

@@ -110,6 +110,7 @@ impl Edge {
                 cached: m.cached,
                 local: m.region == self.config.region,
                 phase: m.phase,
+                wake_ms: m.wake_ms,
             };
             entry.scaler.record(ScaleEvent::MachineAdded(facts), now);
         }

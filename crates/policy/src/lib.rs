@@ -31,4 +31,4 @@ pub use route::{
     MachineView, PickRequest, RegionId, RegionSpan, RejectReason, RouteMode, RouteParams, ScoreWeights, Steer,
 };
 pub use rtt::{RttEstimator, RttSource, UNKNOWN_RTT_MS};
-pub use scale::{IdleAction, MachineFacts, Phase, ScaleAction, ScaleConfig, ScaleEvent, Scaler};
+pub use scale::{expected_wake_ms, IdleAction, MachineFacts, Phase, ScaleAction, ScaleConfig, ScaleEvent, Scaler};

@@ -87,6 +87,40 @@ pub struct MachineFacts {
     /// count towards the minimum).
     pub local: bool,
     pub phase: Phase,
+    /// What waking it is expected to cost, ms ([`expected_wake_ms`]): stopped and suspended
+    /// machines are woken cheapest first, counting the RTT to their region.
+    pub wake_ms: u32,
+}
+
+/// A suspended engine's wake when none was measured: about a second (vLLM's level-1 wake).
+pub const DEFAULT_SUSPENDED_WAKE_MS: u32 = 1_000;
+/// A stopped engine's load from cached weights when none was measured.
+pub const DEFAULT_ENGINE_LOAD_MS: u32 = 10_000;
+/// Hydrating weights the host does not cache, when no hydration was measured.
+pub const DEFAULT_HYDRATE_MS: u32 = 30_000;
+
+/// The expected cost of waking a machine in `phase`, ms: a suspended machine costs its last
+/// wake from suspend; a stopped one its last engine load, plus its last hydration (or the
+/// default) when its host does not cache the weights. `last` is the machine's last start as
+/// recorded; what was not measured takes the defaults above. Started machines cost nothing.
+pub fn expected_wake_ms(phase: Phase, cached: bool, last: Option<&colo_core::ColdStart>) -> u32 {
+    let ms = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    match phase {
+        Phase::Suspended => last
+            .filter(|c| c.from_suspended)
+            .map_or(DEFAULT_SUSPENDED_WAKE_MS, |c| ms(c.engine_load_ms)),
+        Phase::Stopped | Phase::Failed | Phase::Stopping => {
+            let cold = last.filter(|c| !c.from_suspended);
+            let load = cold.map_or(DEFAULT_ENGINE_LOAD_MS, |c| ms(c.engine_load_ms));
+            let hydrate = match (cached, cold.map(|c| c.hydrate_ms).filter(|h| *h > 0)) {
+                (true, _) => 0,
+                (false, Some(h)) => ms(h),
+                (false, None) => DEFAULT_HYDRATE_MS,
+            };
+            load.saturating_add(hydrate)
+        }
+        Phase::Starting | Phase::Started => 0,
+    }
 }
 
 /// What happened, told to [`Scaler::handle`] with the time it happened.
@@ -163,6 +197,7 @@ struct Entry {
     region: String,
     rtt_ms: u32,
     cached: bool,
+    wake_ms: u32,
     local: bool,
     /// What the scaler believes: the phase last reported, or what its own actions lead to.
     phase: Phase,
@@ -350,10 +385,11 @@ impl Scaler {
             cached,
             local,
             phase,
+            wake_ms,
         } = facts;
         match self.machines.get_mut(&id) {
             Some(m) => {
-                (m.region, m.rtt_ms, m.cached, m.local) = (region, rtt_ms, cached, local);
+                (m.region, m.rtt_ms, m.cached, m.local, m.wake_ms) = (region, rtt_ms, cached, local, wake_ms);
                 if m.reported != phase {
                     self.report(&id, phase, now_ms);
                 }
@@ -366,6 +402,7 @@ impl Scaler {
                         region,
                         rtt_ms,
                         cached,
+                        wake_ms,
                         local,
                         phase,
                         reported: phase,
@@ -459,20 +496,21 @@ impl Scaler {
         self.start_best(deficit as usize, |m| m.local, now_ms, actions);
     }
 
-    /// Starts up to `n` stopped or suspended machines that `eligible` allows, best first (no
-    /// failed start, suspended, cached, nearest, smallest id).
+    /// Starts up to `n` stopped or suspended machines that `eligible` allows, best first: no
+    /// failed start, then the least expected wake cost plus RTT (so a suspended machine before
+    /// a stopped one, cached weights before a hydration, near before far), then the smallest id.
     fn start_best(&mut self, n: usize, eligible: impl Fn(&Entry) -> bool, now_ms: u64, actions: &mut Vec<ScaleAction>) {
         if n == 0 {
             return;
         }
-        let mut wakeable: Vec<(bool, bool, bool, u32, &String)> = self
+        let mut wakeable: Vec<(bool, u32, &String)> = self
             .machines
             .iter()
             .filter(|(_, m)| matches!(m.phase, Phase::Stopped | Phase::Suspended) && eligible(m))
-            .map(|(id, m)| (m.start_failed, m.phase != Phase::Suspended, !m.cached, m.rtt_ms, id))
+            .map(|(id, m)| (m.start_failed, m.wake_ms.saturating_add(m.rtt_ms), id))
             .collect();
         wakeable.sort();
-        let chosen: Vec<String> = wakeable.into_iter().take(n).map(|(_, _, _, _, id)| id.clone()).collect();
+        let chosen: Vec<String> = wakeable.into_iter().take(n).map(|(_, _, id)| id.clone()).collect();
         for id in chosen {
             if let Some(m) = self.machines.get_mut(&id) {
                 m.phase = Phase::Starting;

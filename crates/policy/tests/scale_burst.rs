@@ -64,6 +64,7 @@ fn simulate(n_machines: u32, soft_limit: u32, edge: Edge) -> (usize, usize) {
             cached: i % 3 == 0,
             local: true,
             phase: Phase::Stopped,
+            wake_ms: colo_policy::expected_wake_ms(Phase::Stopped, i % 3 == 0, None),
         };
         sim.handle(ScaleEvent::MachineAdded(facts), 0);
     }
@@ -166,6 +167,7 @@ fn burst_prefers_cached_machines() {
             cached: i % 3 == 0,
             local: true,
             phase: Phase::Stopped,
+            wake_ms: colo_policy::expected_wake_ms(Phase::Stopped, i % 3 == 0, None),
         };
         scaler.handle(ScaleEvent::MachineAdded(facts), 0);
     }

@@ -156,3 +156,48 @@ fn a_log_tail_is_its_last_lines() {
     assert!(tail.starts_with("line 80") && tail.ends_with("line 99"), "{tail}");
     assert_eq!(log_tail(&dir.path().join("missing.log")), "");
 }
+
+#[test]
+fn sleep_depth_follows_host_memory_and_wakes_undo_it() {
+    let vllm = |bytes: u64| {
+        let mut m = machine(spec(EngineKind::Vllm, None, &[]), None, Device::Cpu { slot: 0 });
+        m.hydration = Some(colo_core::HydrationReport {
+            bytes_total: bytes,
+            ..Default::default()
+        });
+        m
+    };
+    let gib = 1 << 30;
+    // Level 1 copies the weights to host memory: only when they fit there with room to spare.
+    assert_eq!(sleep_level(&vllm(16 * gib), Some(64 * gib)), 1);
+    assert_eq!(sleep_level(&vllm(16 * gib), Some(17 * gib)), 2);
+    assert_eq!(sleep_level(&vllm(16 * gib), None), 1, "unknown memory: level 1");
+    assert_eq!(sleep_level(&vllm(0), Some(1)), 1, "unknown weights: level 1");
+    let m = vllm(16 * gib);
+    assert_eq!(sleep_call(&m, 1), Some(("POST", "/sleep?level=1", "{}")));
+    assert_eq!(sleep_call(&m, 2), Some(("POST", "/sleep?level=2", "{}")));
+    let paths = |level| wake_calls(&m, level).into_iter().map(|(_, p, _)| p).collect::<Vec<_>>();
+    assert_eq!(paths(1), vec!["/wake_up"]);
+    assert_eq!(
+        paths(2),
+        vec![
+            "/wake_up?tags=weights",
+            "/collective_rpc",
+            "/wake_up?tags=kv_cache",
+            "/reset_prefix_cache"
+        ]
+    );
+    let sglang = machine(spec(EngineKind::Sglang, None, &[]), None, Device::Cpu { slot: 0 });
+    assert_eq!(sleep_call(&sglang, 2), Some(("POST", "/release_memory_occupation", "{}")));
+    assert_eq!(wake_calls(&sglang, 2), vec![("POST", "/resume_memory_occupation", "{}")]);
+    // llama-server sleeps by itself; an engine command is the app's own: no calls.
+    let llama = machine(spec(EngineKind::LlamaServer, None, &[]), None, Device::Cpu { slot: 0 });
+    assert_eq!(sleep_call(&llama, 1), None);
+    let own = machine(
+        spec(EngineKind::Vllm, None, &[]),
+        Some("serve --port {port}"),
+        Device::Cpu { slot: 0 },
+    );
+    assert_eq!(sleep_call(&own, 1), None);
+    assert!(wake_calls(&own, 1).is_empty());
+}

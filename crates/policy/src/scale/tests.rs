@@ -22,6 +22,7 @@ fn machine(id: &str, rtt_ms: u32, cached: bool, local: bool, phase: Phase) -> Sc
         cached,
         local,
         phase,
+        wake_ms: expected_wake_ms(phase, cached, None),
     })
 }
 
@@ -295,6 +296,99 @@ fn idle_machines_suspend_and_suspended_ones_wake_first() {
     ];
     for (what, config, steps) in scenarios {
         run(what, config, steps);
+    }
+}
+
+/// A machine of `phase` whose expected wake is `wake_ms`, as measured from its last start.
+fn costed(id: &str, rtt_ms: u32, cached: bool, phase: Phase, wake_ms: u32) -> ScaleEvent {
+    ScaleEvent::MachineAdded(MachineFacts {
+        id: id.to_string(),
+        region: format!("r{rtt_ms}"),
+        rtt_ms,
+        cached,
+        local: rtt_ms == 0,
+        phase,
+        wake_ms,
+    })
+}
+
+#[test]
+fn the_cheapest_wake_goes_first() {
+    use ScaleEvent::*;
+    #[rustfmt::skip]
+    let scenarios: Vec<(&str, Vec<Step>)> = vec![
+        ("cached weights far away before a hydration nearby", vec![
+            (0, stopped("near", false), "", None),
+            (0, machine("far", 150, true, false, Phase::Stopped), "", None),
+            (1, RequestHeld, "start far", Some(5_001)),
+        ]),
+        ("a stopped machine that loads in 300 ms before a suspended one measured at 4 s", vec![
+            (0, costed("slow-wake", 0, true, Phase::Suspended, 4_000), "", None),
+            (0, costed("quick-load", 0, true, Phase::Stopped, 300), "", None),
+            (1, RequestHeld, "start quick-load", Some(5_001)),
+        ]),
+        ("equal wakes: the nearer", vec![
+            (0, costed("b", 40, true, Phase::Stopped, 2_000), "", None),
+            (0, costed("a", 80, true, Phase::Stopped, 2_000), "", None),
+            (1, RequestHeld, "start b", Some(5_001)),
+        ]),
+    ];
+    for (what, steps) in scenarios {
+        run(what, config(), steps);
+    }
+}
+
+#[test]
+fn expected_wakes_come_from_the_last_start_or_the_defaults() {
+    let cold = |hydrate_ms, engine_load_ms, from_suspended| colo_core::ColdStart {
+        hydrate_ms,
+        engine_load_ms,
+        from_suspended,
+        ..Default::default()
+    };
+    let cases = [
+        ("suspended, never woken", Phase::Suspended, true, None, DEFAULT_SUSPENDED_WAKE_MS),
+        ("suspended, woke in 250 ms", Phase::Suspended, true, Some(cold(0, 250, true)), 250),
+        (
+            "suspended, last start was cold",
+            Phase::Suspended,
+            true,
+            Some(cold(900, 7_000, false)),
+            DEFAULT_SUSPENDED_WAKE_MS,
+        ),
+        ("stopped, cached, never started", Phase::Stopped, true, None, DEFAULT_ENGINE_LOAD_MS),
+        (
+            "stopped, cached, loaded in 2 s",
+            Phase::Stopped,
+            true,
+            Some(cold(5_000, 2_000, false)),
+            2_000,
+        ),
+        (
+            "stopped, not cached, never started",
+            Phase::Stopped,
+            false,
+            None,
+            DEFAULT_ENGINE_LOAD_MS + DEFAULT_HYDRATE_MS,
+        ),
+        (
+            "stopped, not cached, hydrated in 5 s",
+            Phase::Stopped,
+            false,
+            Some(cold(5_000, 2_000, false)),
+            7_000,
+        ),
+        (
+            "stopped after a wake from suspend",
+            Phase::Stopped,
+            true,
+            Some(cold(0, 250, true)),
+            DEFAULT_ENGINE_LOAD_MS,
+        ),
+        ("started", Phase::Started, false, None, 0),
+    ];
+    for (what, phase, cached, last, expected) in cases {
+        assert_eq!(expected_wake_ms(phase, cached, last.as_ref()), expected, "{what}");
     }
 }
 
