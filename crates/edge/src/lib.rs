@@ -13,6 +13,7 @@ mod error;
 pub mod gossip;
 mod handle;
 mod headers;
+pub mod holders;
 mod keys;
 mod load;
 mod machines;

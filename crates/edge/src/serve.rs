@@ -32,6 +32,13 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process listens on the address too: with SO_REUSEPORT the kernel would split
+    /// connections between it and this edge.
+    #[error("edge address {addr} is already served by {}; stop it, or choose another address", holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "))]
+    Held {
+        addr: SocketAddr,
+        holders: Vec<crate::holders::Holder>,
+    },
     /// The thread of worker `worker` could not be started.
     #[error("starting edge worker thread {worker}")]
     Thread {
@@ -71,6 +78,13 @@ pub fn bind(addr: SocketAddr, workers: usize) -> Result<Sockets, ServeError> {
         let listener = bind_one(bound).map_err(failed)?;
         bound = listener.local_addr().map_err(failed)?;
         listeners.push(listener);
+    }
+    // A port the kernel chose is this edge's alone; a port asked for may be another's.
+    if addr.port() != 0 {
+        let holders = crate::holders::other_holders(bound, &listeners);
+        if !holders.is_empty() {
+            return Err(ServeError::Held { addr: bound, holders });
+        }
     }
     Ok(Sockets { listeners, addr: bound })
 }
