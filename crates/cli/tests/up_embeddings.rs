@@ -107,7 +107,7 @@ fn serves_minilm_through_the_edge_matching_sentence_transformers() {
     };
     settle(401);
     assert_eq!(status(None), 401);
-    assert_eq!(status(Some("colo-wrong")), 404);
+    assert_eq!(status(Some("colo-wrong")), 401, "a wrong key is answered as a missing one");
     assert_eq!(status(Some(&key)), 200);
     let keys: Value = serde_json::from_str(&colo.ok(&["keys", "ls", "minilm", "--json"])).unwrap();
     colo.ok(&["keys", "revoke", "minilm", keys[0]["id"].as_str().unwrap()]);

@@ -26,7 +26,8 @@ pub(crate) fn answer(edge: &Edge, request: &Request) -> Option<Response> {
     Some(match (request.method(), path) {
         (&Method::GET, "/health") => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
         (&Method::GET, "/metrics") => ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
-        (&Method::GET, "/v1/models") => list_models(edge),
+        (&Method::GET, "/v1/models") => list_models(edge, request.headers()),
+        (&Method::GET, p) if p.starts_with("/v1/models/") => one_model(edge, request.headers(), &p["/v1/models/".len()..]),
         (&Method::GET, "/colo/rtt") => rtt_table(edge),
         (&Method::GET, "/colo/routes") => route_summary(edge),
         (&Method::GET, "/colo/load") => axum::Json(serde_json::json!({"machines": edge.load_table()})).into_response(),
@@ -69,13 +70,39 @@ fn rtt_table(edge: &Edge) -> Response {
     axum::Json(serde_json::json!({"edge_region": edge.config.region, "regions": rows})).into_response()
 }
 
-/// The apps, in the shape of OpenAI's model list, so clients can discover them.
-fn list_models(edge: &Edge) -> Response {
+/// The apps a caller may see: those without keys, and those its bearer key is for.
+fn visible(table: &crate::routes::RouteTable, headers: &http::HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = table.app_names().into_iter().map(String::from).collect();
+    if let Some(key) = crate::keys::bearer(headers) {
+        names.extend(crate::keys::apps_of_key(table, key).into_iter().map(String::from));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn model_object(name: &str) -> serde_json::Value {
+    serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "colo"})
+}
+
+/// The apps, in the shape of OpenAI's model list, so clients can discover them: the open ones,
+/// and with a key the apps it is for.
+fn list_models(edge: &Edge, headers: &http::HeaderMap) -> Response {
     let table = edge.routes.borrow().clone();
-    let data: Vec<_> = table
-        .app_names()
-        .into_iter()
-        .map(|name| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "colo"}))
-        .collect();
+    let data: Vec<_> = visible(&table, headers).iter().map(|name| model_object(name)).collect();
     axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{id}`: the app as OpenAI describes a model, or 404 when the caller may not
+/// see it (it does not exist, or it has keys and the caller's is not one).
+fn one_model(edge: &Edge, headers: &http::HeaderMap, id: &str) -> Response {
+    let table = edge.routes.borrow().clone();
+    if visible(&table, headers).iter().any(|name| name == id) {
+        return axum::Json(model_object(id)).into_response();
+    }
+    crate::EdgeError::UnknownApp {
+        app: id.to_string(),
+        apps: table.app_names().into_iter().map(String::from).collect(),
+    }
+    .into_response()
 }

@@ -21,10 +21,10 @@ pub enum EdgeError {
     NoMachine { app: String, secs: u64 },
     #[error("app {app:?} already has {limit} requests waiting for a machine; try again shortly")]
     QueueFull { app: String, limit: u32 },
-    #[error("app {app:?} requires an API key: send Authorization: Bearer <key>")]
-    Unauthorized { app: String },
-    #[error("app {app:?} not found")]
-    NotFound { app: String },
+    #[error("a valid API key is required: send Authorization: Bearer <key>")]
+    Unauthorized,
+    #[error("app {app:?} not found; this key is for: {}", keys_apps.join(", "))]
+    NotFound { app: String, keys_apps: Vec<String> },
     #[error("rate limit of {limit} {what} reached for this key; retry in {retry_after_s}s")]
     RateLimited {
         what: &'static str,
@@ -49,7 +49,7 @@ impl EdgeError {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
             EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } | EdgeError::EnginePath { .. } => StatusCode::NOT_FOUND,
-            EdgeError::Unauthorized { .. } | EdgeError::AdminToken => StatusCode::UNAUTHORIZED,
+            EdgeError::Unauthorized | EdgeError::AdminToken => StatusCode::UNAUTHORIZED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } | EdgeError::Cordoned { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -66,7 +66,7 @@ impl EdgeError {
             EdgeError::BadJson { .. } => "invalid_json",
             EdgeError::NoModel { .. } => "missing_model",
             EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => "model_not_found",
-            EdgeError::Unauthorized { .. } => "invalid_api_key",
+            EdgeError::Unauthorized => "invalid_api_key",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",
             EdgeError::NoMachine { .. } => "no_machine_available",
             EdgeError::Cordoned { .. } => "machines_cordoned",

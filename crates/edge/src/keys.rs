@@ -7,32 +7,62 @@ use crate::EdgeError;
 use colo_policy::{KeyLimits, RateLimited};
 use http::{header, HeaderMap};
 
+/// The bearer key a request presents.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// How keys are stored: the hex BLAKE3 digest.
+fn key_hash(key: &str) -> String {
+    blake3::hash(key.trim().as_bytes()).to_hex().to_string()
+}
+
+/// The apps `key` is a key of.
+pub(crate) fn apps_of_key<'t>(table: &'t RouteTable, key: &str) -> Vec<&'t str> {
+    let hash = key_hash(key);
+    table
+        .apps
+        .iter()
+        .filter(|(_, routes)| routes.keys.iter().any(|k| k.hash == hash))
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
 // === impl Edge ===
 
 impl Edge {
     /// Checks the bearer key of a request to an app that has keys, and charges the key's rate
-    /// limits: one request, and for LLM calls `llm_tokens`. A key of another app gets the same
-    /// 404 as an app that does not exist, so keys do not reveal other apps' names.
+    /// limits: one request, and for LLM calls `llm_tokens`. A missing key and a wrong one (for
+    /// no app, or for another app) get the same 401, which names no app. A valid key for an app
+    /// that does not exist gets a 404 naming the apps that key is for, and no others.
     pub(crate) fn authorize(&self, table: &RouteTable, app: &str, headers: &HeaderMap, llm_tokens: Option<u32>) -> Result<(), EdgeError> {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let presented = bearer(headers);
         let Some(routes) = table.apps.get(app) else {
-            return match presented {
-                Some(_) => Err(EdgeError::NotFound { app: app.to_string() }),
-                None => Ok(()), // the pick answers with the list of apps
+            let Some(presented) = presented else {
+                return Ok(()); // the pick answers with the list of open apps
             };
+            let keys_apps: Vec<String> = apps_of_key(table, presented).into_iter().map(String::from).collect();
+            return Err(match keys_apps.is_empty() {
+                true => EdgeError::Unauthorized,
+                false => EdgeError::NotFound {
+                    app: app.to_string(),
+                    keys_apps,
+                },
+            });
         };
         if routes.keys.is_empty() {
             return Ok(());
         }
         let Some(presented) = presented else {
-            return Err(EdgeError::Unauthorized { app: app.to_string() });
+            return Err(EdgeError::Unauthorized);
         };
-        let hash = blake3::hash(presented.trim().as_bytes()).to_hex().to_string();
+        let hash = key_hash(presented);
         let Some(key) = routes.keys.iter().find(|k| k.hash == hash) else {
-            return Err(EdgeError::NotFound { app: app.to_string() });
+            return Err(EdgeError::Unauthorized);
         };
         let now = self.now_ms();
         let mut keys = lock(&self.keys);

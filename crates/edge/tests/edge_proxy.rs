@@ -464,15 +464,29 @@ async fn api_keys_guard_apps_and_rate_limit_them() {
         request.send()
     };
 
-    let r = send("/v1/embeddings", "alpha", None, "").await.unwrap();
-    assert_eq!(r.status(), 401);
-    // Another app's key, or any key for an unknown app: 404 that names no other app.
-    for (app, bearer) in [("alpha", "secret-b"), ("nope", "secret-a")] {
-        let r = send("/v1/embeddings", app, Some(bearer), "").await.unwrap();
-        assert_eq!(r.status(), 404);
+    // No key, another app's key, a key of no app: the same 401, naming no app.
+    for (app, bearer) in [
+        ("alpha", None),
+        ("alpha", Some("secret-b")),
+        ("alpha", Some("guess")),
+        ("nope", Some("guess")),
+    ] {
+        let r = send("/v1/embeddings", app, bearer, "").await.unwrap();
+        assert_eq!(r.status(), 401, "{app} with {bearer:?}");
         let text = r.text().await.unwrap();
-        assert!(!text.contains("beta") && !text.contains("gamma"), "{text}");
+        assert!(
+            !text.contains("alpha") && !text.contains("beta") && !text.contains("gamma") && !text.contains("nope"),
+            "{text}"
+        );
     }
+    // A valid key and a name that is no app: 404 naming the key's own app only.
+    let r = send("/v1/embeddings", "nope", Some("secret-a"), "").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("alpha") && !text.contains("beta") && !text.contains("gamma"),
+        "{text}"
+    );
     // Two requests per second for alpha's key; the third waits.
     for _ in 0..2 {
         assert_eq!(send("/v1/embeddings", "alpha", Some("secret-a"), "").await.unwrap().status(), 200);
@@ -516,6 +530,33 @@ async fn apps_with_keys_are_not_listed_to_strangers() {
     assert!(text.contains("apps: open") && !text.contains("secret"), "{text}");
     let models = client.get(format!("{edge}/v1/models")).send().await.unwrap().text().await.unwrap();
     assert!(models.contains("open") && !models.contains("secret"), "{models}");
+    // With its key, the app is listed and described; without, it does not exist.
+    let models = client
+        .get(format!("{edge}/v1/models"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(models.contains("\"open\"") && models.contains("\"secret\""), "{models}");
+    let one = |id: &str, key: Option<&str>| {
+        let mut request = client.get(format!("{edge}/v1/models/{id}"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    let r = one("secret", Some("s3cret")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["id"], "secret");
+    assert_eq!(one("open", None).await.unwrap().status(), 200);
+    let r = one("secret", None).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("apps: open") && !text.contains("apps: open, secret"), "{text}");
+    assert_eq!(one("nope", Some("s3cret")).await.unwrap().status(), 404);
 }
 
 /// An upstream that accepts connections, reads the request and hangs up without answering:
