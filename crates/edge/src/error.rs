@@ -37,6 +37,10 @@ pub enum EdgeError {
     Upstream { machine: String, addr: String, reason: String },
     #[error("{path} is the engine's own control endpoint; the edge does not pass it on")]
     EnginePath { path: String },
+    #[error("{path} takes {allow} only")]
+    MethodNotAllowed { path: String, allow: &'static str },
+    #[error("no endpoint {path}: the edge serves POST /v1/chat/completions, /v1/completions and /v1/embeddings, GET /v1/models, and any path of an app named in the Host (<app>.{domain})")]
+    UnknownEndpoint { path: String, domain: String },
     #[error("this endpoint needs the cluster token")]
     AdminToken,
     #[error("the edge failed: {0}")]
@@ -48,7 +52,11 @@ impl EdgeError {
         match self {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
-            EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } | EdgeError::EnginePath { .. } => StatusCode::NOT_FOUND,
+            EdgeError::UnknownApp { .. }
+            | EdgeError::NotFound { .. }
+            | EdgeError::EnginePath { .. }
+            | EdgeError::UnknownEndpoint { .. } => StatusCode::NOT_FOUND,
+            EdgeError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             EdgeError::Unauthorized | EdgeError::AdminToken => StatusCode::UNAUTHORIZED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } | EdgeError::Cordoned { .. } => {
@@ -73,7 +81,8 @@ impl EdgeError {
             EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
-            EdgeError::EnginePath { .. } => "unknown_endpoint",
+            EdgeError::EnginePath { .. } | EdgeError::UnknownEndpoint { .. } => "unknown_endpoint",
+            EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
             EdgeError::AdminToken => "unauthorized",
             EdgeError::Internal(_) => "internal_error",
         }
@@ -105,6 +114,9 @@ impl IntoResponse for EdgeError {
         let mut response = (status, [("content-type", "application/json")], body.to_string()).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
+        }
+        if let EdgeError::MethodNotAllowed { allow, .. } = &self {
+            response.headers_mut().insert("allow", HeaderValue::from_static(allow));
         }
         if let EdgeError::RateLimited { retry_after_s, .. } = &self {
             if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {

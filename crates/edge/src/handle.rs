@@ -5,7 +5,7 @@ use crate::admin;
 use crate::body::read_body;
 use crate::edge::Edge;
 use crate::metrics::{ErrorLabels, RequestLabels};
-use crate::request::{app_from_host, is_engine_path, RequestFacts};
+use crate::request::{app_from_host, is_engine_path, wrong_endpoint, RequestFacts};
 use crate::respond::respond;
 use crate::send::{send, Outgoing};
 use crate::sse::{held_stream, joined, AbortOnDrop};
@@ -91,7 +91,11 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
     let (app, facts) = match host_app {
         // The Host named the app: the body need not be JSON at all.
         Some(app) => (app, RequestFacts::parse(&body).unwrap_or_default()),
-        None => RequestFacts::app(&body, &edge.config.domain).map_err(|e| (unknown(), e))?,
+        // A body that names no app: the method or path may say why better than the body can.
+        None => RequestFacts::app(&body, &edge.config.domain).map_err(|e| {
+            let better = wrong_endpoint(&parts.method, parts.uri.path(), &edge.config.domain);
+            (unknown(), better.unwrap_or(e))
+        })?,
     };
     let is_llm = parts.uri.path().ends_with("completions");
     let table = edge.routes.borrow().clone();

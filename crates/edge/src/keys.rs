@@ -36,23 +36,26 @@ pub(crate) fn apps_of_key<'t>(table: &'t RouteTable, key: &str) -> Vec<&'t str> 
 
 impl Edge {
     /// Checks the bearer key of a request to an app that has keys, and charges the key's rate
-    /// limits: one request, and for LLM calls `llm_tokens`. A missing key and a wrong one (for
-    /// no app, or for another app) get the same 401, which names no app. A valid key for an app
-    /// that does not exist gets a 404 naming the apps that key is for, and no others.
+    /// limits: one request, and for LLM calls `llm_tokens`. For an app with keys, a missing key
+    /// and a wrong one (of no app, or of another app) get the same 401, which names no app. For
+    /// a name that is no app, a valid key gets a 404 naming the apps that key is for and no
+    /// others; any other key is ignored, as open apps ignore it.
     pub(crate) fn authorize(&self, table: &RouteTable, app: &str, headers: &HeaderMap, llm_tokens: Option<u32>) -> Result<(), EdgeError> {
         let presented = bearer(headers);
         let Some(routes) = table.apps.get(app) else {
             let Some(presented) = presented else {
                 return Ok(()); // the pick answers with the list of open apps
             };
+            // A key of no app is what clients that must send one send to open apps: the pick
+            // answers with the list of open apps, as without a key.
             let keys_apps: Vec<String> = apps_of_key(table, presented).into_iter().map(String::from).collect();
-            return Err(match keys_apps.is_empty() {
-                true => EdgeError::Unauthorized,
-                false => EdgeError::NotFound {
+            return match keys_apps.is_empty() {
+                true => Ok(()),
+                false => Err(EdgeError::NotFound {
                     app: app.to_string(),
                     keys_apps,
-                },
-            });
+                }),
+            };
         };
         if routes.keys.is_empty() {
             return Ok(());

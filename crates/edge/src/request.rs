@@ -101,6 +101,32 @@ fn percent_decoded(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// OpenAI's endpoints that take a JSON body naming the model.
+const POST_ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
+/// Why a request with no app in its Host and no JSON body naming one cannot be routed, when
+/// its method or path says more than "bad JSON": a GET of a POST endpoint (405), a path that is
+/// no endpoint of OpenAI's (404). `None`: the body is at fault.
+pub(crate) fn wrong_endpoint(method: &http::Method, path: &str, domain: &str) -> Option<EdgeError> {
+    let path = path.trim_end_matches('/');
+    if POST_ENDPOINTS.contains(&path) {
+        return (method != http::Method::POST).then(|| EdgeError::MethodNotAllowed {
+            path: path.to_string(),
+            allow: "POST",
+        });
+    }
+    if path == "/v1/models" || path.starts_with("/v1/models/") {
+        return Some(EdgeError::MethodNotAllowed {
+            path: path.to_string(),
+            allow: "GET",
+        });
+    }
+    Some(EdgeError::UnknownEndpoint {
+        path: if path.is_empty() { "/".to_string() } else { path.to_string() },
+        domain: domain.to_string(),
+    })
+}
+
 /// The fields of a request body the edge reads; everything else passes through untouched.
 #[derive(Debug, Default)]
 pub(crate) struct RequestFacts {
@@ -265,6 +291,25 @@ mod tests {
         }
         let err = EdgeError::EnginePath { path: "/sleep".into() };
         assert_eq!(err.status(), http::StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn wrong_methods_and_paths_are_named() {
+        use http::Method;
+        let status = |method: Method, path: &str| wrong_endpoint(&method, path, "localhost").map(|e| e.status().as_u16());
+        assert_eq!(status(Method::GET, "/v1/completions"), Some(405));
+        assert_eq!(status(Method::PUT, "/v1/chat/completions"), Some(405));
+        assert_eq!(
+            status(Method::POST, "/v1/embeddings"),
+            None,
+            "a POST with bad JSON is the body's fault"
+        );
+        assert_eq!(status(Method::POST, "/v1/embeddings/"), None);
+        assert_eq!(status(Method::DELETE, "/v1/models"), Some(405));
+        assert_eq!(status(Method::GET, "/v2/whatever"), Some(404));
+        assert_eq!(status(Method::GET, "/"), Some(404));
+        let err = wrong_endpoint(&Method::GET, "/v1/completions", "localhost").unwrap();
+        assert!(err.to_string().contains("POST"), "{err}");
     }
 
     #[test]

@@ -465,12 +465,7 @@ async fn api_keys_guard_apps_and_rate_limit_them() {
     };
 
     // No key, another app's key, a key of no app: the same 401, naming no app.
-    for (app, bearer) in [
-        ("alpha", None),
-        ("alpha", Some("secret-b")),
-        ("alpha", Some("guess")),
-        ("nope", Some("guess")),
-    ] {
+    for (app, bearer) in [("alpha", None), ("alpha", Some("secret-b")), ("alpha", Some("guess"))] {
         let r = send("/v1/embeddings", app, bearer, "").await.unwrap();
         assert_eq!(r.status(), 401, "{app} with {bearer:?}");
         let text = r.text().await.unwrap();
@@ -479,6 +474,14 @@ async fn api_keys_guard_apps_and_rate_limit_them() {
             "{text}"
         );
     }
+    // A key of no app and a name that is no app: 404, listing the open apps (none here).
+    let r = send("/v1/embeddings", "nope", Some("guess"), "").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("alpha") && !text.contains("beta") && !text.contains("gamma"),
+        "{text}"
+    );
     // A valid key and a name that is no app: 404 naming the key's own app only.
     let r = send("/v1/embeddings", "nope", Some("secret-a"), "").await.unwrap();
     assert_eq!(r.status(), 404);
@@ -557,6 +560,34 @@ async fn apps_with_keys_are_not_listed_to_strangers() {
     let text = r.text().await.unwrap();
     assert!(text.contains("apps: open") && !text.contains("apps: open, secret"), "{text}");
     assert_eq!(one("nope", Some("s3cret")).await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn wrong_methods_get_405_and_wrong_paths_404_not_invalid_json() {
+    let up = upstream("a", Duration::ZERO).await;
+    let table = RouteTable::single("open", vec![Endpoint::new("m1", &up, "local").unwrap()]);
+    let (edge, _tx) = start_edge(EdgeConfig::default(), Arc::new(table)).await;
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{edge}/v1/completions")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let r = client.delete(format!("{edge}/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+    let r = client.get(format!("{edge}/v1/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("/v1/chat/completions") && !text.contains("JSON"), "{text}");
+    // A POST endpoint with a bad body is still the body's fault; a good one is routed.
+    let r = client.post(format!("{edge}/v1/embeddings")).body("{").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .post(format!("{edge}/v1/embeddings"))
+        .body(embed_body("open"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// An upstream that accepts connections, reads the request and hangs up without answering:
