@@ -60,6 +60,10 @@ const ENGINE_PATHS: &[&str] = &[
 /// endpoints, which the edge answers 404 instead of passing on. The path is read as an engine's
 /// router would read it: percent-escapes decoded, empty and `.` segments dropped, `..` applied.
 pub(crate) fn is_engine_path(path: &str) -> bool {
+    // The common path, written plainly, is matched as it is, with nothing allocated.
+    if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
+        return matches_engine_path(path.trim_end_matches('/'));
+    }
     let decoded = percent_decoded(path);
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
@@ -71,9 +75,19 @@ pub(crate) fn is_engine_path(path: &str) -> bool {
             s => segments.push(s),
         }
     }
-    let path = format!("/{}", segments.join("/"));
+    matches_engine_path(&format!("/{}", segments.join("/")))
+}
+
+/// Whether a normalised `path` is, or lies under, one of [`ENGINE_PATHS`] (or SGLang's expert
+/// distribution recorder).
+fn matches_engine_path(path: &str) -> bool {
     let under = |p: &str| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    ENGINE_PATHS.iter().any(|p| under(p)) || segments.first().is_some_and(|s| s.ends_with("_expert_distribution_record"))
+    ENGINE_PATHS.iter().any(|p| under(p))
+        || path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .is_some_and(|s| s.ends_with("_expert_distribution_record"))
 }
 
 /// `path` with its `%XX` escapes decoded (bytes that are not UTF-8 are replaced).
