@@ -41,6 +41,8 @@ pub enum EdgeError {
     MethodNotAllowed { path: String, allow: &'static str },
     #[error("no endpoint {path}: the edge serves POST /v1/chat/completions, /v1/completions and /v1/embeddings, GET /v1/models, and any path of an app named in the Host (<app>.{domain})")]
     UnknownEndpoint { path: String, domain: String },
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
     #[error("this endpoint needs the cluster token")]
     AdminToken,
     #[error("the edge failed: {0}")]
@@ -51,7 +53,9 @@ impl EdgeError {
     pub fn status(&self) -> StatusCode {
         match self {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } => StatusCode::BAD_REQUEST,
+            EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } | EdgeError::DuplicateHost => {
+                StatusCode::BAD_REQUEST
+            }
             EdgeError::UnknownApp { .. }
             | EdgeError::NotFound { .. }
             | EdgeError::EnginePath { .. }
@@ -73,6 +77,7 @@ impl EdgeError {
             EdgeError::BodyRead(_) => "body_read_failed",
             EdgeError::BadJson { .. } => "invalid_json",
             EdgeError::NoModel { .. } => "missing_model",
+            EdgeError::DuplicateHost => "duplicate_host",
             EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => "model_not_found",
             EdgeError::Unauthorized => "invalid_api_key",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",

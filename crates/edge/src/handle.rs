@@ -30,6 +30,10 @@ const NO_APP: &str = "-";
 /// Answers one request: the edge's own endpoints, or the app's machine's answer. What `router`
 /// serves, for servers that drive connections themselves.
 pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
+    // Two Hosts (RFC 9112 says 400): a proxy in front may route by the other one.
+    if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
+        return EdgeError::DuplicateHost.into_response();
+    }
     let host_app = app_from_host(request.headers(), request.uri(), &edge.config.domain);
     if host_app.is_none() {
         if let Some(response) = admin::answer(&edge, &request) {

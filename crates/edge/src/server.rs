@@ -150,7 +150,16 @@ fn parse_request(buf: &mut BytesMut, max_body: u64) -> Parsed {
             return rewind(buf, head);
         };
         if name == header::CONTENT_LENGTH {
-            match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            // Digits only (RFC 9112): Rust's parse would also take "+44", which a proxy in
+            // front may read otherwise. Anything else goes to hyper, which refuses it.
+            let digits = |v: &str| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit());
+            match value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|v| digits(v))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
                 Some(n) if body_len.is_none_or(|l| l == n) => body_len = Some(n),
                 _ => return rewind(buf, head),
             }

@@ -843,6 +843,26 @@ async fn raw_exchange(edge: &str, raw: &[u8]) -> String {
 }
 
 #[tokio::test]
+async fn two_hosts_and_signed_lengths_are_refused() {
+    let up = upstream("a", Duration::ZERO).await;
+    let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
+    let cases = [
+        ("two Hosts", "host: app.localhost\r\nhost: other.localhost\r\ncontent-length: 2\r\n"),
+        ("a signed length", "host: app.localhost\r\ncontent-length: +2\r\n"),
+        ("a length with a space inside", "host: app.localhost\r\ncontent-length: 1 2\r\n"),
+    ];
+    for (what, headers) in cases {
+        let raw = format!("POST /v1/embeddings HTTP/1.1\r\n{headers}connection: close\r\n\r\n{{}}");
+        let answer = raw_exchange(&edge, raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+    }
+    // The same request, written right, is served.
+    let raw = "POST /v1/embeddings HTTP/1.1\r\nhost: app.localhost\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+    let answer = raw_exchange(&edge, raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let up = upstream("a", Duration::ZERO).await;
     let (edge, _tx) = start_edge(EdgeConfig::default(), table("app", &[("m1", &up)])).await;
