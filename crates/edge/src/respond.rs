@@ -3,7 +3,7 @@
 
 use crate::edge::Edge;
 use crate::error::error_event;
-use crate::headers::{COLO_COLD_START, COLO_MACHINE, COLO_REGION};
+use crate::headers::{COLO_COLD_START, COLO_LOAD, COLO_MACHINE, COLO_REGION};
 use crate::routes::Endpoint;
 use crate::upstream;
 use axum::body::Body;
@@ -36,6 +36,8 @@ pub(crate) fn respond(answered: Answered) -> Response {
     } = answered;
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The engine's load report is for edges, not callers: it shows the machine's queue.
+    parts.headers.remove(COLO_LOAD);
     if let Some(cold) = woke {
         // The request that woke a machine says what the wait was made of.
         let value = format!(

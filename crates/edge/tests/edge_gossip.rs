@@ -142,6 +142,10 @@ async fn publishes_the_reports_its_machines_sent_on_its_region_subject() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
+    assert!(
+        answer.headers().get("colo-load").is_none(),
+        "the engine's load report is kept from callers"
+    );
 
     let message = tokio::time::timeout(gossip::SHARE_EVERY * 8, heard.next())
         .await
