@@ -59,13 +59,19 @@ impl Agent {
         })
     }
 
-    /// Changes the marks of machine `id` and records them at once.
-    async fn mark(&self, id: &str, change: impl FnOnce(&mut Marks) -> Result<(), AgentError>) -> Result<Machine, AgentError> {
-        let _writing = self.writing.lock().await;
-        let mut machine = self.machine(id).await?;
+    /// Machine `id`, unless it is destroyed (an error then).
+    async fn not_destroyed(&self, id: &str) -> Result<Machine, AgentError> {
+        let machine = self.machine(id).await?;
         if machine.state == MachineState::Destroyed {
             return Err(AgentError::Destroyed(id.to_string()));
         }
+        Ok(machine)
+    }
+
+    /// Changes the marks of machine `id` and records them at once.
+    async fn mark(&self, id: &str, change: impl FnOnce(&mut Marks) -> Result<(), AgentError>) -> Result<Machine, AgentError> {
+        let _writing = self.writing.lock().await;
+        let mut machine = self.not_destroyed(id).await?;
         let mut marks = {
             let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
             marks.get(id).cloned().unwrap_or(Marks {
@@ -122,10 +128,7 @@ impl Agent {
     /// Applies `update` to machine `id`: a running machine is stopped, changed and started
     /// again; a stopped one is only changed.
     pub async fn update(self: &Arc<Self>, id: &str, update: UpdateMachine) -> Result<Machine, AgentError> {
-        let machine = self.machine(id).await?;
-        if machine.state == MachineState::Destroyed {
-            return Err(AgentError::Destroyed(id.to_string()));
-        }
+        let machine = self.not_destroyed(id).await?;
         if let Some(metadata) = &update.metadata {
             if metadata.len() > colo_core::METADATA_MAX_KEYS {
                 return Err(AgentError::Invalid {
@@ -183,10 +186,7 @@ impl Agent {
 
     /// Stops machine `id` (its requests in flight get the stop grace) and starts it again.
     pub async fn restart(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
-        let machine = self.machine(id).await?;
-        if machine.state == MachineState::Destroyed {
-            return Err(AgentError::Destroyed(id.to_string()));
-        }
+        let machine = self.not_destroyed(id).await?;
         if machine.state != MachineState::Stopped {
             self.stop(id).await?;
             self.wait(id, MachineState::Stopped, STOP_WAIT).await?;
@@ -213,10 +213,7 @@ impl Agent {
         owner: &str,
         description: &str,
     ) -> Result<Lease, AgentError> {
-        let machine = self.machine(id).await?;
-        if machine.state == MachineState::Destroyed {
-            return Err(AgentError::Destroyed(id.to_string()));
-        }
+        self.not_destroyed(id).await?;
         let new_nonce = format!("{:032x}", rand::random::<u128>());
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let ask = crate::lease::Ask {

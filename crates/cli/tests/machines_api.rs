@@ -10,7 +10,6 @@ use common::Colo;
 use reqwest::blocking::{Client, Response};
 use reqwest::Method;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Fly's Machines API as published (fly-go's flaps client and fly.io/docs/machines/api): verb and
@@ -40,12 +39,6 @@ const FLY: &[(&str, &str)] = &[
     ("GET", "/v1/platform/regions"),
     ("GET", "/v1/platform/placements"),
 ];
-
-fn standin() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_colo")).with_file_name("colo-standin");
-    assert!(path.exists(), "{} is missing: scripts/test builds the workspace", path.display());
-    path
-}
 
 /// The rows of docs/MACHINES-API.md's table: (verb, path, whether colo has it).
 fn documented() -> Vec<(String, String, bool)> {
@@ -133,19 +126,7 @@ fn the_machines_api_has_flys_shape_and_the_docs_say_what_it_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let colo = Colo::up_with(&dir.path().join("data"), &["--cpu-slots", "2"]);
     colo.push_tiny("tiny");
-    let standin = standin();
-    colo.ok(&[
-        "deploy",
-        "fa",
-        "--model",
-        "tiny",
-        "--engine",
-        "vllm",
-        "--engine-bin",
-        standin.to_str().unwrap(),
-        "--engine-args",
-        "--flavor vllm --load-ms 50 --ttft-ms 2 --itl-ms 2",
-    ]);
+    colo.deploy_standin("fa", "tiny", "vllm", "--flavor vllm --load-ms 50 --ttft-ms 2 --itl-ms 2", &[]);
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(colo.data_dir.join("colo.json")).unwrap()).unwrap();
     let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     let mut api = Api {

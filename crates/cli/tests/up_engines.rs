@@ -7,20 +7,9 @@
 
 mod common;
 
-use common::Colo;
+use common::{standin, Colo};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// The stand-in engine, built beside the `colo` binary by `cargo test --workspace`.
-fn standin() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_colo")).with_file_name("colo-standin");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --release -p colo-standin` (scripts/test builds the workspace)",
-        path.display()
-    );
-    path
-}
 
 /// A directory holding a small valid GGUF file, as a llama.cpp model directory would.
 fn gguf_model(dir: &std::path::Path) -> PathBuf {
@@ -72,7 +61,6 @@ fn load_of(client: &reqwest::blocking::Client, edge: &str, machine: &str) -> ser
 fn engine_profiles_start_when_ready_and_route_by_their_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let colo = Colo::up_with(&dir.path().join("data"), &["--cpu-slots", "4"]);
-    let standin = standin();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -80,18 +68,13 @@ fn engine_profiles_start_when_ready_and_route_by_their_metrics() {
     colo.push_tiny("tiny");
 
     // vLLM refuses connections while it loads: the machine is started only once it answers.
-    colo.ok(&[
-        "deploy",
+    colo.deploy_standin(
         "vl",
-        "--model",
         "tiny",
-        "--engine",
         "vllm",
-        "--engine-bin",
-        standin.to_str().unwrap(),
-        "--engine-args",
         "--flavor vllm --load-ms 700 --ttft-ms 5 --itl-ms 40 --max-running 2",
-    ]);
+        &[],
+    );
     let machines = colo.machines();
     let vl = machines.iter().find(|m| m["app"] == "vl").unwrap();
     assert_eq!(vl["state"], "started");
@@ -129,18 +112,7 @@ fn engine_profiles_start_when_ready_and_route_by_their_metrics() {
     // llama-server answers 503 while it loads, on a GGUF model.
     let model = gguf_model(dir.path());
     colo.ok(&["model", "push", model.to_str().unwrap(), "--name", "tiny-gguf"]);
-    colo.ok(&[
-        "deploy",
-        "ll",
-        "--model",
-        "tiny-gguf",
-        "--engine",
-        "llama-server",
-        "--engine-bin",
-        standin.to_str().unwrap(),
-        "--engine-args",
-        "--flavor llama --load-ms 300",
-    ]);
+    colo.deploy_standin("ll", "tiny-gguf", "llama-server", "--flavor llama --load-ms 300", &[]);
     let r = complete(&client, &colo.edge, "ll", 2);
     assert_eq!(r.status(), 200);
     let ll = r.headers()["colo-machine"].to_str().unwrap().to_string();
@@ -214,28 +186,18 @@ fn wrong_engines_are_clear_errors_at_deploy() {
 fn idle_machines_suspend_and_wake_without_reloading() {
     let dir = tempfile::tempdir().unwrap();
     let colo = Colo::up_with(&dir.path().join("data"), &["--cpu-slots", "2"]);
-    let standin = standin();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     colo.push_tiny("tiny");
-    colo.ok(&[
-        "deploy",
+    colo.deploy_standin(
         "sv",
-        "--model",
         "tiny",
-        "--engine",
         "vllm",
-        "--engine-bin",
-        standin.to_str().unwrap(),
-        "--engine-args",
         "--flavor vllm --load-ms 1500 --wake-ms 30 --ttft-ms 5 --itl-ms 5",
-        "--autostop",
-        "1",
-        "--autostop-to",
-        "suspend",
-    ]);
+        &["--autostop", "1", "--autostop-to", "suspend"],
+    );
     let r = complete(&client, &colo.edge, "sv", 2);
     assert_eq!(r.status(), 200);
 

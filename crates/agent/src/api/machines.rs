@@ -170,6 +170,11 @@ async fn owned(hosts: &Hosts, app: &str, id: &str) -> Result<Arc<Agent>, AgentEr
     Err(AgentError::NoSuchMachine(id.to_string()))
 }
 
+/// The answer to a machine verb: the machine as JSON, or the error's status and message.
+fn answer(result: Result<colo_core::Machine, AgentError>) -> Response {
+    result.map(Json).into_response()
+}
+
 /// The lease nonce a request carries.
 fn nonce(headers: &HeaderMap) -> Option<&str> {
     headers.get(LEASE_NONCE).and_then(|v| v.to_str().ok())
@@ -183,10 +188,7 @@ async fn leased(hosts: &Hosts, app: &str, id: &str, headers: &HeaderMap) -> Resu
 }
 
 async fn show(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent.machine(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { owned(&hosts, &app, &id).await?.machine(&id).await }.await)
 }
 
 async fn update(
@@ -199,48 +201,30 @@ async fn update(
         Ok(r) => r,
         Err(e) => return bad_request(format!("body: {e}")),
     };
-    match leased(&hosts, &app, &id, &headers).await {
-        Ok(agent) => agent.update(&id, request).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { leased(&hosts, &app, &id, &headers).await?.update(&id, request).await }.await)
 }
 
 async fn destroy(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    match leased(&hosts, &app, &id, &headers).await {
-        Ok(agent) => agent.destroy(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { leased(&hosts, &app, &id, &headers).await?.destroy(&id).await }.await)
 }
 
 // Start, stop and suspend are the verbs edges use to scale: a lease never keeps a machine
 // from waking for callers or parking when idle, so they do not check it.
 
 async fn start(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent.start(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { owned(&hosts, &app, &id).await?.start(&id).await }.await)
 }
 
 async fn stop(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent.stop(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { owned(&hosts, &app, &id).await?.stop(&id).await }.await)
 }
 
 async fn suspend(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
-    match owned(&hosts, &app, &id).await {
-        Ok(agent) => agent.suspend(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { owned(&hosts, &app, &id).await?.suspend(&id).await }.await)
 }
 
 async fn restart(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    match leased(&hosts, &app, &id, &headers).await {
-        Ok(agent) => agent.restart(&id).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { leased(&hosts, &app, &id, &headers).await?.restart(&id).await }.await)
 }
 
 #[derive(Deserialize)]
@@ -346,17 +330,11 @@ async fn release_lease(State(hosts): State<Hosts>, Path((app, id)): Path<(String
 }
 
 async fn cordon(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    match leased(&hosts, &app, &id, &headers).await {
-        Ok(agent) => agent.cordon(&id, true).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { leased(&hosts, &app, &id, &headers).await?.cordon(&id, true).await }.await)
 }
 
 async fn uncordon(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    match leased(&hosts, &app, &id, &headers).await {
-        Ok(agent) => agent.cordon(&id, false).await.map(Json).into_response(),
-        Err(e) => e.into_response(),
-    }
+    answer(async { leased(&hosts, &app, &id, &headers).await?.cordon(&id, false).await }.await)
 }
 
 async fn metadata(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
@@ -387,21 +365,22 @@ async fn set_metadata(
         Ok(v) => v,
         Err(e) => return bad_request(format!("body: {e} (send {{\"value\": \"...\"}})")),
     };
-    match leased(&hosts, &app, &id, &headers).await {
-        Ok(agent) => match agent.set_metadata(&id, &key, &value.value).await {
-            Ok(_) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => e.into_response(),
-        },
+    match async {
+        leased(&hosts, &app, &id, &headers)
+            .await?
+            .set_metadata(&id, &key, &value.value)
+            .await
+    }
+    .await
+    {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn remove_metadata(State(hosts): State<Hosts>, Path((app, id, key)): Path<(String, String, String)>, headers: HeaderMap) -> Response {
-    match leased(&hosts, &app, &id, &headers).await {
-        Ok(agent) => match agent.remove_metadata(&id, &key).await {
-            Ok(_) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => e.into_response(),
-        },
+    match async { leased(&hosts, &app, &id, &headers).await?.remove_metadata(&id, &key).await }.await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
 }

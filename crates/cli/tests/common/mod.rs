@@ -65,6 +65,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// A running `colo up`, stopped with SIGTERM when dropped.
+/// The stand-in engine (crates/standin, `colo-standin`), built beside the `colo` binary by the
+/// workspace build that runs the tests.
+pub fn standin() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_colo")).with_file_name("colo-standin");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --release -p colo-standin` (scripts/test builds the workspace)",
+        path.display()
+    );
+    path
+}
+
 pub struct Colo {
     pub data_dir: PathBuf,
     pub edge: String,
@@ -173,6 +185,26 @@ impl Colo {
         let dir = self.data_dir.join(format!("synth-{name}"));
         self.ok(&["model", "synth", dir.to_str().unwrap()]);
         self.ok(&["model", "push", dir.to_str().unwrap(), "--name", name]);
+    }
+
+    /// `colo deploy APP --model MODEL --engine ENGINE` run by the stand-in engine with
+    /// `--engine-args ARGS`, and `more` flags after.
+    pub fn deploy_standin(&self, app: &str, model: &str, engine: &str, args: &str, more: &[&str]) -> String {
+        let standin = standin();
+        let mut argv = vec![
+            "deploy",
+            app,
+            "--model",
+            model,
+            "--engine",
+            engine,
+            "--engine-bin",
+            standin.to_str().unwrap(),
+            "--engine-args",
+            args,
+        ];
+        argv.extend_from_slice(more);
+        self.ok(&argv)
     }
 
     /// Waits until `check` holds for the machines of `colo ps --json`; panics after `secs`.
