@@ -124,8 +124,26 @@ fn raise_open_files() {
     }
 }
 
+/// Lets a closed pipe end the command quietly, as Unix tools do (`colo ps | head`): Rust ignores
+/// SIGPIPE, so a write to a closed pipe would be an error and `println!` would panic. Not for
+/// the daemons, which write only to sockets (Rust sends on those without raising SIGPIPE) and
+/// must never die of a reader going away.
+fn quiet_broken_pipe(command: &Command) {
+    let daemon = matches!(
+        command,
+        Command::Up(_) | Command::Control(_) | Command::Agent(_) | Command::Edge(_) | Command::Engine(_) | Command::Bench(_)
+    );
+    if !daemon {
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    quiet_broken_pipe(&cli.command);
     raise_open_files();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COLO_LOG").unwrap_or_else(|_| "info".into()))

@@ -280,3 +280,31 @@ fn a_gguf_model_is_planned_as_it_is_stored() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("llama-q4_k.gguf") && err.contains("past its end"), "{err}");
 }
+
+/// `colo plan ... | head -1`: the reader goes away and colo ends quietly (killed
+/// by SIGPIPE, as Unix tools are), not with a panic and exit code 101.
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_colo"))
+        .args(["plan", "testdata/configs/llama-3.1-70b"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running colo");
+    // The reader is gone before colo writes a byte.
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    assert!(
+        status.signal() == Some(libc::SIGPIPE),
+        "colo ended with {status:?}: {stderr}"
+    );
+}
