@@ -20,7 +20,8 @@ impl AgentError {
         match self {
             AgentError::NoSuchMachine(_) => StatusCode::NOT_FOUND,
             AgentError::Destroyed(_) => StatusCode::CONFLICT,
-            AgentError::NoFreeDevice { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            // Capacity: another machine may free one.
+            AgentError::NoFreeDevice { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AgentError::EngineMissing { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::WaitTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             AgentError::WaitFailed { .. } => StatusCode::CONFLICT,

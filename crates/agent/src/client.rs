@@ -28,6 +28,20 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// What went wrong, for a person: the agent's own message when it refused, else the
+    /// whole error.
+    pub fn reason(&self) -> String {
+        if let ClientError::Refused { body, .. } = self {
+            let said = serde_json::from_str::<serde_json::Value>(body).ok();
+            if let Some(message) = said.as_ref().and_then(|v| v["error"].as_str()) {
+                return message.to_string();
+            }
+        }
+        self.to_string()
+    }
+}
+
 /// One agent's API, reached at its base URL with the cluster token.
 #[derive(Clone, Debug)]
 pub struct AgentClient {

@@ -14,7 +14,7 @@ pub enum AgentError {
         program: String,
         host: String,
     },
-    #[error("host {host} has no free device of kind {kind} ({total} devices in all)")]
+    #[error("host {host} has no free {} ({total} in all, each held by a machine that is started, starting or suspended; stopped machines hold none)", if kind == "any" { "device".to_string() } else { format!("{kind} device") })]
     NoFreeDevice { host: String, kind: String, total: usize },
     #[error("machine {id} did not reach {wanted} within {secs}s (it is {current})")]
     WaitTimeout {

@@ -1,7 +1,7 @@
 //! What a host's devices are in catalogue terms, and how many are free: one answer for the
 //! agent (its own devices) and for control (a host known from its record in the state).
 
-use colo_core::{Catalogue, Device, Machine, MachineState};
+use colo_core::{Catalogue, Device, Machine};
 
 /// The catalogue kind of a device (`l40s`); `None` for CPU slots and GPUs the catalogue does
 /// not know.
@@ -20,10 +20,10 @@ pub fn gpu_kinds(catalogue: &Catalogue, devices: &[Device]) -> Vec<String> {
     kinds
 }
 
-/// How many of a host's `devices` no machine holds, given the host's `machines` (a destroyed
-/// machine holds none).
+/// How many of a host's `devices` no machine holds, given the host's `machines`
+/// (`Machine::holds_device`: destroyed, stopped and failed machines hold none).
 pub fn free_devices(devices: &[Device], machines: &[Machine]) -> usize {
-    let taken = machines.iter().filter(|m| m.state != MachineState::Destroyed).count();
+    let taken = machines.iter().filter(|m| m.holds_device()).count();
     devices.len().saturating_sub(taken)
 }
 
@@ -58,10 +58,12 @@ mod tests {
     }
 
     #[test]
-    fn destroyed_machines_hold_no_device() {
+    fn only_machines_meant_to_run_hold_a_device() {
+        use colo_core::MachineState::{self, *};
         let devices = [Device::Cpu { slot: 0 }, Device::Cpu { slot: 1 }];
-        let machine = |state| Machine {
+        let machine = |(state, desired)| Machine {
             state,
+            desired,
             ..Machine::new(
                 "m".into(),
                 AppName::new("a").unwrap(),
@@ -72,13 +74,17 @@ mod tests {
                 "fra".into(),
             )
         };
-        // (machine states, free devices)
-        let cases: &[(&[MachineState], usize)] = &[
+        // ((state, desired) of each machine, free devices)
+        let cases: &[(&[(MachineState, MachineState)], usize)] = &[
             (&[], 2),
-            (&[MachineState::Started], 1),
-            (&[MachineState::Started, MachineState::Destroyed], 1),
-            (&[MachineState::Stopped, MachineState::Failed], 0),
-            (&[MachineState::Started, MachineState::Started, MachineState::Started], 0),
+            (&[(Started, Started)], 1),
+            (&[(Started, Started), (Destroyed, Destroyed)], 1),
+            // Scaled to zero, and failed for good: both give their device back.
+            (&[(Stopped, Stopped), (Failed, Started)], 2),
+            // Stopped by a shutdown of its agent, or about to start: still its device.
+            (&[(Stopped, Started)], 1),
+            (&[(Suspended, Suspended), (Stopping, Stopped)], 0),
+            (&[(Started, Started), (Started, Started), (Started, Started)], 0),
         ];
         for (states, free) in cases {
             let machines: Vec<Machine> = states.iter().map(|s| machine(*s)).collect();

@@ -325,23 +325,7 @@ impl Agent {
         }
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
-        let machines = self.machines().await?;
-        let taken: Vec<&Device> = machines
-            .iter()
-            .filter(|m| m.state != MachineState::Destroyed)
-            .map(|m| &m.device)
-            .collect();
-        let device = self
-            .devices
-            .iter()
-            .filter(|d| gpu_kind.is_none() || self.device_kind(d).as_deref() == gpu_kind)
-            .find(|d| !taken.contains(d))
-            .cloned()
-            .ok_or_else(|| AgentError::NoFreeDevice {
-                host: self.config.host.clone(),
-                kind: gpu_kind.unwrap_or("any").to_string(),
-                total: self.devices.len(),
-            })?;
+        let device = self.free_device(&self.machines().await?, gpu_kind, None)?;
         let id = format!("m-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let machine = Machine {
             gpu_kind: self.device_kind(&device),
@@ -367,7 +351,45 @@ impl Agent {
         Ok(machine)
     }
 
+    /// A device of this host that no machine holds, of GPU `kind` when given: `preferred` (a
+    /// machine's last device, whose engine state a restart may find warm) when it is free,
+    /// else the first free one. Called under `lease_lock`.
+    fn free_device(&self, machines: &[Machine], kind: Option<&str>, preferred: Option<&Device>) -> Result<Device, AgentError> {
+        let taken: Vec<&Device> = machines.iter().filter(|m| m.holds_device()).map(|m| &m.device).collect();
+        let fits = |d: &&Device| (kind.is_none() || self.device_kind(d).as_deref() == kind) && !taken.contains(d);
+        preferred
+            .filter(|d| self.devices.contains(d))
+            .filter(fits)
+            .or_else(|| self.devices.iter().find(fits))
+            .cloned()
+            .ok_or_else(|| AgentError::NoFreeDevice {
+                host: self.config.host.clone(),
+                kind: kind.unwrap_or("any").to_string(),
+                total: self.devices.len(),
+            })
+    }
+
+    /// Starts a machine. One that holds no device (stopped, or failed) leases one first, its
+    /// last when free; with none free the start is refused (`NoFreeDevice`), and the machine
+    /// stays as it was.
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<Machine, AgentError> {
+        let machine = self.machine(id).await?;
+        if machine.state == MachineState::Destroyed || machine.holds_device() {
+            return self.set_desired(id, MachineState::Started).await;
+        }
+        let _lease = self.lease_lock.lock().await;
+        let mut machine = self.machine(id).await?;
+        if !machine.holds_device() {
+            let kind = machine.gpu_kind.clone();
+            let device = self.free_device(&self.machines().await?, kind.as_deref(), Some(&machine.device))?;
+            if device != machine.device {
+                tracing::info!(machine = %id, from = %machine.device, to = %device, "its last device is taken; starting on another");
+            }
+            machine.device = device;
+            machine.desired = MachineState::Started;
+            // Recorded before the lock is let go, so that no other start takes the same device.
+            self.put(&machine).await?;
+        }
         self.set_desired(id, MachineState::Started).await
     }
 

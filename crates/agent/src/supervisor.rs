@@ -49,6 +49,10 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
                 }
             }
         }
+        // A start may have leased the machine another device while it was stopped.
+        if let Ok(current) = agent.machine(&machine.id).await {
+            machine.device = current.device;
+        }
         record(&agent, &mut machine, MachineState::Starting, &desired).await;
         // A restart after a crash has no request behind it: its clock starts now.
         let requested_at_ms = agent.take_start_request(&machine.id).unwrap_or_else(now_ms);

@@ -223,10 +223,24 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if !args.detach {
         for machine in machines.iter_mut() {
             let timeout = std::time::Duration::from_secs(args.timeout.min(3600));
-            *machine = api
+            let started = api
                 .wait_machine(app.name.as_str(), &machine.id, "started", timeout)
                 .await
-                .with_context(|| format!("waiting for machine {} to start", machine.id))?;
+                .with_context(|| format!("waiting for machine {} to start", machine.id));
+            match started {
+                Ok(started) => *machine = started,
+                // A deploy is all or nothing: a new app whose machine does not start is removed
+                // (a redeploy's control keeps the previous version on a failed rollout).
+                Err(e) if app.version == 1 => {
+                    let removed = api.delete(&format!("/v1/apps/{}", app.name)).await;
+                    let what = match removed {
+                        Ok(()) => format!("app {} was not deployed (nothing is recorded)", app.name),
+                        Err(r) => format!("app {} did not start, and removing it failed ({r:#}): colo destroy {0}", app.name),
+                    };
+                    return Err(e.context(what));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     if args.common.json {
@@ -338,7 +352,8 @@ fn machines_table(machines: &[Machine]) -> String {
                     (MachineState::Started, false) => "started (unhealthy)".to_string(),
                     (state, _) => state.to_string(),
                 },
-                m.device.to_string(),
+                // A stopped machine holds no device; it leases one when it starts.
+                if m.holds_device() { m.device.to_string() } else { "-".to_string() },
                 m.host.clone(),
                 m.region.clone(),
                 m.addr.clone().unwrap_or_else(|| "-".into()),

@@ -169,8 +169,11 @@ fn wrong_engines_are_clear_errors_at_deploy() {
         "60",
     ]);
     assert!(err.contains("no-such-flag"), "the engine's own complaint is in the error: {err}");
-    let machines = colo.machines();
+    assert!(err.contains("app dies was not deployed"), "a deploy is all or nothing: {err}");
+    // The machine was destroyed with the app; its record keeps the reason.
+    let machines: Vec<serde_json::Value> = serde_json::from_str(&colo.ok(&["ps", "--all", "--json"])).unwrap();
     let dies = machines.iter().find(|m| m["app"] == "dies").unwrap();
+    assert_eq!(dies["state"], "destroyed");
     let last_error = dies["last_error"].as_str().unwrap_or_default();
     assert!(
         last_error.contains("exited during start") && last_error.contains("no-such-flag"),

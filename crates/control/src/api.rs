@@ -18,11 +18,17 @@ impl ControlError {
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::Store(colo_store::StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
             ControlError::Agent(e) => e.http_status(),
-            // A host control drives is out of reach, full, or answered with an error.
+            // Capacity: every device is held; stopping or destroying a machine frees one.
+            ControlError::HostFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::AgentCall {
+                source: colo_agent::client::ClientError::Refused { status, .. },
+                ..
+            } if *status == StatusCode::SERVICE_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::NotDeployed { cause, .. } => cause.http_status(),
+            // A host control drives is out of reach, or answered with an error.
             ControlError::AgentCall { .. }
             | ControlError::MachineHostGone { .. }
             | ControlError::HostGone { .. }
-            | ControlError::HostFull { .. }
             | ControlError::NoSuchMachine { .. } => StatusCode::BAD_GATEWAY,
             ControlError::Rollout { .. } | ControlError::Unplaced { .. } => StatusCode::CONFLICT,
             ControlError::Store(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -230,13 +230,35 @@ impl Control {
         };
         let (app, previous) = self.record(app).await?;
         if let Err(e) = self.reconcile(&app).await {
-            // A rollout that failed leaves the previous version serving, and on record.
-            if let (ControlError::Rollout { .. }, Some(previous)) = (&e, previous) {
-                self.state.put_app(&previous).await?;
-            }
-            return Err(e);
+            return Err(self.undo(&app, previous, e).await);
         }
         Ok(app)
+    }
+
+    /// A deploy is all or nothing: when its reconcile fails (no device free, a new machine
+    /// that did not become healthy), a new app is removed with any machine made for it, and a
+    /// redeployed one gets its previous record back and is reconciled to it (best effort: the
+    /// next pass finishes the job). Returns the error to answer with.
+    async fn undo(&self, app: &App, previous: Option<App>, cause: ControlError) -> ControlError {
+        let undone = match &previous {
+            Some(previous) => match self.state.put_app(previous).await {
+                Ok(()) => self.reconcile(previous).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            None => self.remove(&app.name).await.map(|_| ()).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &undone {
+            tracing::warn!(app = %app.name, error = %e, "undoing a failed deploy");
+        }
+        match (cause, previous) {
+            // Its message says the previous version keeps serving.
+            (cause @ ControlError::Rollout { .. }, _) => cause,
+            (cause, previous) => ControlError::NotDeployed {
+                app: app.name.to_string(),
+                kept: previous.map(|p| p.version),
+                cause: Box::new(cause),
+            },
+        }
     }
 
     /// The deploy's GPU kind, and with a demand its placement: the planner places the machines
@@ -281,16 +303,24 @@ impl Control {
     /// Removes an app and destroys its machines.
     pub async fn destroy_app(&self, app: &str) -> Result<(), ControlError> {
         let name = AppName::new(app).map_err(|e| ControlError::invalid("app", e.to_string()))?;
-        if !self.state.delete_app(&name).await? {
+        if !self.remove(&name).await? {
             return Err(ControlError::NoSuchApp(app.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Deletes app `name`'s record and destroys its machines; false when there was no record.
+    async fn remove(&self, name: &AppName) -> Result<bool, ControlError> {
+        if !self.state.delete_app(name).await? {
+            return Ok(false);
         }
         let hosts = self.hosts.live().await?;
         for machine in Self::machines_on(&hosts).await? {
-            if machine.app == name && machine.state != MachineState::Destroyed {
+            if &machine.app == name && machine.state != MachineState::Destroyed {
                 Self::host_of(&hosts, &machine.id, &machine.host)?.destroy(&machine.id).await?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

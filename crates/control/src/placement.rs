@@ -55,7 +55,7 @@ pub fn fleet_for(app: &AppName, hosts: &[HostGpus], machines: &[Machine], region
             let Some(kind) = kind else { continue };
             // A kind all taken stays listed at 0, so that unmet demand reads "ran out".
             let free = gpus.entry(kind.clone()).or_default();
-            if others.iter().all(|m| &m.device != device) {
+            if others.iter().all(|m| !m.holds_device() || &m.device != device) {
                 *free += 1;
             }
         }

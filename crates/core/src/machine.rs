@@ -236,6 +236,18 @@ impl Machine {
             cordoned: false,
         }
     }
+
+    /// Whether the machine holds its device. A stopped machine gives it back (on a GPU host a
+    /// whole card; scale to zero must not keep one) and leases one again when it starts, as
+    /// does a machine that failed and is not being restarted; one stopped only because its
+    /// agent shut down keeps it, being meant to run. `device` then names the last one held.
+    pub fn holds_device(&self) -> bool {
+        match self.state {
+            MachineState::Destroyed | MachineState::Failed => false,
+            MachineState::Stopped => self.desired == MachineState::Started,
+            _ => true,
+        }
+    }
 }
 
 /// The phases of one machine start, in milliseconds, as the agent that ran it saw them. The

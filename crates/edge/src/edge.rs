@@ -27,6 +27,8 @@ pub(crate) struct AppScaler {
 }
 
 pub struct Edge {
+    /// This edge, for the callbacks of the starts it asks for.
+    pub(crate) me: Weak<Edge>,
     pub(crate) config: EdgeConfig,
     pub(crate) routes: watch::Receiver<Arc<RouteTable>>,
     /// Counts picks, so that ties go to a different machine each time.
@@ -56,7 +58,8 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(config: EdgeConfig, routes: watch::Receiver<Arc<RouteTable>>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             config,
             routes,
             picks: AtomicU64::new(0),

@@ -19,6 +19,8 @@ pub enum EdgeError {
     Cordoned { app: String, machines: u32 },
     #[error("no machine of app {app:?} had room within {secs}s")]
     NoMachine { app: String, secs: u64 },
+    #[error("no machine of app {app:?} can start now: {reasons}")]
+    CannotStart { app: String, reasons: String },
     #[error("app {app:?} already has {limit} requests waiting for a machine; try again shortly")]
     QueueFull { app: String, limit: u32 },
     #[error("a valid API key is required: send Authorization: Bearer <key>")]
@@ -63,9 +65,11 @@ impl EdgeError {
             EdgeError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             EdgeError::Unauthorized | EdgeError::AdminToken => StatusCode::UNAUTHORIZED,
             EdgeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } | EdgeError::Cordoned { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            EdgeError::NoMachine { .. }
+            | EdgeError::CannotStart { .. }
+            | EdgeError::QueueFull { .. }
+            | EdgeError::NoRegion { .. }
+            | EdgeError::Cordoned { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             EdgeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -82,6 +86,7 @@ impl EdgeError {
             EdgeError::Unauthorized => "invalid_api_key",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",
             EdgeError::NoMachine { .. } => "no_machine_available",
+            EdgeError::CannotStart { .. } => "no_machine_can_start",
             EdgeError::Cordoned { .. } => "machines_cordoned",
             EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
@@ -98,9 +103,11 @@ impl EdgeError {
         match self {
             EdgeError::Upstream { .. } => "upstream",
             EdgeError::Internal(_) => "internal",
-            EdgeError::NoMachine { .. } | EdgeError::QueueFull { .. } | EdgeError::NoRegion { .. } | EdgeError::Cordoned { .. } => {
-                "capacity"
-            }
+            EdgeError::NoMachine { .. }
+            | EdgeError::CannotStart { .. }
+            | EdgeError::QueueFull { .. }
+            | EdgeError::NoRegion { .. }
+            | EdgeError::Cordoned { .. } => "capacity",
             _ => "client",
         }
     }

@@ -37,7 +37,7 @@ pub use edge::Edge;
 pub use error::EdgeError;
 pub use handle::{handle, router};
 pub use load::{Load, SharedLoad};
-pub use machines::Machines;
+pub use machines::{Machines, Refused};
 pub use routes::{follow_state, RouteTable};
 pub use server::serve_connection;
 

@@ -104,6 +104,9 @@ impl Edge {
                 held = Some(self.hold(app, bound, &table)?);
             }
             let Some(waiting) = &held else { continue };
+            if let Some(stuck) = self.stuck(app, app_routes) {
+                return Err(stuck);
+            }
             tokio::select! {
                 changed = routes.changed() => if changed.is_err() { return Err(self.no_machine(app)) },
                 _ = released => {}

@@ -81,6 +81,8 @@ pub struct FleetMachine {
     pub phase: Phase,
     /// What waking it is expected to cost, ms (`colo_policy::expected_wake_ms` of its last start).
     pub wake_ms: u32,
+    /// Why it failed, when its phase is `Failed`.
+    pub error: Option<String>,
 }
 
 /// A started machine a request may be sent to. Laid out with what the pick reads (the load and
@@ -236,6 +238,7 @@ impl RouteTable {
                 cached,
                 phase,
                 wake_ms: colo_policy::expected_wake_ms(phase, cached, machine.cold_start.as_ref()),
+                error: (phase == Phase::Failed).then(|| machine.last_error.clone()).flatten(),
             });
             match (machine.state, &machine.addr) {
                 // Unhealthy, or told to stop (it drains for a grace period): no new requests.

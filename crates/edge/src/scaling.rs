@@ -90,6 +90,8 @@ impl Edge {
         }
         entry.table = Arc::downgrade(table);
         entry.scaler.set_config(self.scale_config(routes));
+        // Machines changed: a start refused for want of a device may go through now.
+        entry.scaler.forget_refusals();
         let rtt = self.rtt_row(table);
         let present: HashSet<&str> = routes.fleet.iter().map(|m| m.machine_id.as_str()).collect();
         let gone: Vec<String> = entry
@@ -126,7 +128,15 @@ impl Edge {
                 ScaleAction::StartMachine(id) => {
                     tracing::info!(app, machine = %id, held = scaler.held(), "waking a stopped machine");
                     self.metrics.wakes.get_or_create(&AppLabel { app: app.to_string() }).inc();
-                    machines.start(id);
+                    let (edge, app, machine) = (self.me.clone(), app.to_string(), id.clone());
+                    machines.start(
+                        id,
+                        Box::new(move |reason| {
+                            if let Some(edge) = edge.upgrade() {
+                                edge.start_refused(&app, machine, reason);
+                            }
+                        }),
+                    );
                 }
                 ScaleAction::StopMachine(id) | ScaleAction::SuspendMachine(id) => {
                     let suspend = matches!(action, ScaleAction::SuspendMachine(_));
@@ -202,6 +212,39 @@ impl Edge {
                 }
             }
         });
+    }
+
+    /// A start of `machine` was refused: its scaler wakes another machine if it can, and held
+    /// requests look again (they are answered at once when nothing is left to wake).
+    fn start_refused(&self, app: &str, machine: String, reason: String) {
+        tracing::warn!(app, %machine, %reason, "a wake was refused");
+        let table = self.routes.borrow().clone();
+        self.scale(app, &table, ScaleEvent::StartRefused { id: machine, reason });
+        self.released.notify_waiters();
+    }
+
+    /// When requests to `app` are held and none of its machines is running, starting or may be
+    /// woken, the error that answers them at once, naming each machine and why.
+    pub(crate) fn stuck(&self, app: &str, routes: &AppRoutes) -> Option<EdgeError> {
+        let scalers = lock(&self.scalers);
+        let stuck = scalers.get(app)?.scaler.stuck(self.now_ms());
+        if stuck.is_empty() {
+            return None;
+        }
+        let reasons: Vec<String> = stuck
+            .iter()
+            .map(|(id, refused)| {
+                let failed = || routes.fleet.iter().find(|m| m.machine_id == *id).and_then(|m| m.error.as_deref());
+                match refused {
+                    Some(why) => format!("{id}: {why}"),
+                    None => format!("{id} failed: {}", failed().unwrap_or("no reason recorded")),
+                }
+            })
+            .collect();
+        Some(EdgeError::CannotStart {
+            app: app.to_string(),
+            reasons: reasons.join("; "),
+        })
     }
 
     /// Joins `app`'s hold queue (bound to `region` when the request may only go there), or

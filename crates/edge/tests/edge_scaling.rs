@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use colo_core::{App, AppName, Device, Machine, MachineState};
-use colo_edge::{handle, Edge, EdgeConfig, Machines, RouteTable};
+use colo_edge::{handle, Edge, EdgeConfig, Machines, Refused, RouteTable};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -14,7 +14,7 @@ use tokio::sync::watch;
 struct Recorded(Mutex<Vec<String>>);
 
 impl Machines for Recorded {
-    fn start(&self, machine_id: &str) {
+    fn start(&self, machine_id: &str, _refused: Refused) {
         self.0.lock().unwrap().push(format!("start {machine_id}"));
     }
     fn stop(&self, machine_id: &str) {

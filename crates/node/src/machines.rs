@@ -1,10 +1,13 @@
 //! How an edge wakes, stops and suspends machines (`colo_edge::Machines`): through the agents of its own
 //! process (`colo up`), or through the API of each machine's agent (`colo edge`). The edge does
-//! not wait for an answer, so both act in a task and log what failed.
+//! not wait for an answer, so both act in a task and log what failed; a start that fails is
+//! also told to the edge (`colo_edge::Refused`), which then wakes another machine or answers
+//! its held requests with the reason.
 
 use colo_agent::client::AgentClient;
 use colo_agent::Agent;
 use colo_control::auth::TokenFile;
+use colo_edge::Refused;
 use colo_state::StateStore;
 use std::sync::Arc;
 
@@ -31,7 +34,7 @@ pub struct RemoteMachines {
 // === impl AgentMachines ===
 
 impl AgentMachines {
-    fn act(&self, machine_id: &str, verb: Verb) {
+    fn act(&self, machine_id: &str, verb: Verb, refused: Option<Refused>) {
         let (agents, id) = (self.0.clone(), machine_id.to_string());
         tokio::spawn(async move {
             for agent in agents {
@@ -45,6 +48,9 @@ impl AgentMachines {
                 };
                 if let Err(e) = done {
                     tracing::warn!(machine = %id, error = %e, ?verb, "waking or stopping a machine");
+                    if let Some(refused) = refused {
+                        refused(e.to_string());
+                    }
                 }
                 return;
             }
@@ -53,23 +59,23 @@ impl AgentMachines {
 }
 
 impl colo_edge::Machines for AgentMachines {
-    fn start(&self, machine_id: &str) {
-        self.act(machine_id, Verb::Start);
+    fn start(&self, machine_id: &str, refused: Refused) {
+        self.act(machine_id, Verb::Start, Some(refused));
     }
 
     fn stop(&self, machine_id: &str) {
-        self.act(machine_id, Verb::Stop);
+        self.act(machine_id, Verb::Stop, None);
     }
 
     fn suspend(&self, machine_id: &str) {
-        self.act(machine_id, Verb::Suspend);
+        self.act(machine_id, Verb::Suspend, None);
     }
 }
 
 // === impl RemoteMachines ===
 
 impl RemoteMachines {
-    fn act(&self, machine_id: &str, verb: Verb) {
+    fn act(&self, machine_id: &str, verb: Verb, refused: Option<Refused>) {
         let (state, token, http, id) = (self.state.clone(), self.token.clone(), self.http.clone(), machine_id.to_string());
         tokio::spawn(async move {
             let machines = state.machines().await.unwrap_or_default();
@@ -78,7 +84,11 @@ impl RemoteMachines {
             };
             let hosts = state.hosts().await.unwrap_or_default();
             let Some(host) = hosts.iter().find(|h| h.name == machine.host) else {
-                return tracing::warn!(machine = %id, host = %machine.host, "no record of the machine's host");
+                tracing::warn!(machine = %id, host = %machine.host, "no record of the machine's host");
+                if let Some(refused) = refused {
+                    refused(format!("no record of its host {}", machine.host));
+                }
+                return;
             };
             let agent = AgentClient::new(&host.addr, token.current(), http);
             let done = match verb {
@@ -88,21 +98,24 @@ impl RemoteMachines {
             };
             if let Err(e) = done {
                 tracing::warn!(machine = %id, error = %e, ?verb, "agent refused or unreachable");
+                if let Some(refused) = refused {
+                    refused(e.reason());
+                }
             }
         });
     }
 }
 
 impl colo_edge::Machines for RemoteMachines {
-    fn start(&self, machine_id: &str) {
-        self.act(machine_id, Verb::Start);
+    fn start(&self, machine_id: &str, refused: Refused) {
+        self.act(machine_id, Verb::Start, Some(refused));
     }
 
     fn stop(&self, machine_id: &str) {
-        self.act(machine_id, Verb::Stop);
+        self.act(machine_id, Verb::Stop, None);
     }
 
     fn suspend(&self, machine_id: &str) {
-        self.act(machine_id, Verb::Suspend);
+        self.act(machine_id, Verb::Suspend, None);
     }
 }

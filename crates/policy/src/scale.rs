@@ -13,6 +13,12 @@
 //!   caches the model's weights, then the nearest (lowest RTT from this region), then the
 //!   smallest id. Machines of other regions may be registered as non-local, so that they can be
 //!   woken too.
+//! - A start the machine's host refuses at once (`StartRefused`: no device free, say) puts the
+//!   machine back as it was and keeps it from being woken for `REFUSED_RETRY_MS` (or until
+//!   `forget_refusals`, when the world changed), so another
+//!   machine is woken instead. When requests are held and no machine is running, starting, or
+//!   may be woken (each refused lately or failed), the app is `stuck`: the edge answers its held
+//!   requests at once with the reasons instead of letting them wait out the hold.
 //! - A start not confirmed within `start_timeout_ms` stops counting against the herd cap, and
 //!   the machine may be woken again (after the others); a stop not confirmed within that time
 //!   leaves the machine started again.
@@ -92,6 +98,10 @@ pub struct MachineFacts {
     pub wake_ms: u32,
 }
 
+/// How long a machine whose start was refused is not woken again: its host said no, and asking
+/// again at once would get the same answer.
+pub const REFUSED_RETRY_MS: u64 = 5_000;
+
 /// A suspended engine's wake when none was measured: about a second (vLLM's level-1 wake).
 pub const DEFAULT_SUSPENDED_WAKE_MS: u32 = 1_000;
 /// A stopped engine's load from cached weights when none was measured.
@@ -153,6 +163,11 @@ pub enum ScaleEvent {
     MachineFailed {
         id: String,
     },
+    /// The machine's host refused a start the scaler asked for, saying why (no device free).
+    StartRefused {
+        id: String,
+        reason: String,
+    },
     /// The machine has had nothing in flight since `since_ms`.
     MachineIdle {
         id: String,
@@ -210,6 +225,21 @@ struct Entry {
     busy_at_ms: u64,
     /// Its last start failed or timed out: woken only after machines without that mark.
     start_failed: bool,
+    /// The last refused start: when, and the host's reason.
+    refused: Option<(u64, String)>,
+}
+
+// === impl Entry ===
+
+impl Entry {
+    /// Stopped or suspended, and not refused a start in the last `REFUSED_RETRY_MS`.
+    fn wakeable(&self, now_ms: u64) -> bool {
+        matches!(self.phase, Phase::Stopped | Phase::Suspended)
+            && self
+                .refused
+                .as_ref()
+                .is_none_or(|(at, _)| now_ms >= at.saturating_add(REFUSED_RETRY_MS))
+    }
 }
 
 // === impl ScaleConfig ===
@@ -317,6 +347,7 @@ impl Scaler {
             .filter_map(|m| match m.phase {
                 Phase::Starting if held => Some(m.phase_at_ms.saturating_add(timeout)),
                 Phase::Started if held => Some(m.phase_at_ms.saturating_add(self.config.settle_ms)),
+                Phase::Stopped | Phase::Suspended if held => m.refused.as_ref().map(|(at, _)| at.saturating_add(REFUSED_RETRY_MS)),
                 Phase::Started if can_stop && m.local => m
                     .idle_since_ms
                     .zip(self.config.idle_stop_ms)
@@ -351,6 +382,16 @@ impl Scaler {
             ScaleEvent::MachineStarted { id } => self.report(&id, Phase::Started, now_ms),
             ScaleEvent::MachineStopped { id } => self.report(&id, Phase::Stopped, now_ms),
             ScaleEvent::MachineFailed { id } => self.report(&id, Phase::Failed, now_ms),
+            ScaleEvent::StartRefused { id, reason } => {
+                if let Some(m) = self.machines.get_mut(&id) {
+                    if m.phase == Phase::Starting {
+                        m.phase = m.reported;
+                        m.phase_at_ms = now_ms;
+                    }
+                    m.start_failed = true;
+                    m.refused = Some((now_ms, reason));
+                }
+            }
             ScaleEvent::MachineIdle { id, since_ms } => {
                 if let Some(m) = self.machines.get_mut(&id) {
                     // Idle time counts from the start, and from the last time the machine was
@@ -410,6 +451,7 @@ impl Scaler {
                         idle_since_ms,
                         busy_at_ms: 0,
                         start_failed: false,
+                        refused: None,
                     },
                 );
             }
@@ -422,7 +464,10 @@ impl Scaler {
             m.reported = phase;
             match phase {
                 Phase::Failed => m.start_failed = true,
-                Phase::Started => m.start_failed = false,
+                Phase::Started => {
+                    m.start_failed = false;
+                    m.refused = None;
+                }
                 _ => {}
             }
             m.phase = phase;
@@ -506,7 +551,7 @@ impl Scaler {
         let mut wakeable: Vec<(bool, u32, &String)> = self
             .machines
             .iter()
-            .filter(|(_, m)| matches!(m.phase, Phase::Stopped | Phase::Suspended) && eligible(m))
+            .filter(|(_, m)| m.wakeable(now_ms) && eligible(m))
             .map(|(id, m)| (m.start_failed, m.wake_ms.saturating_add(m.rtt_ms), id))
             .collect();
         wakeable.sort();
@@ -552,6 +597,36 @@ impl Scaler {
     }
 
     /// Local machines started or starting.
+    /// Lets machines that were refused a start be woken again at once: the world changed (a
+    /// machine somewhere stopped or went away), so a device may be free now.
+    pub fn forget_refusals(&mut self) {
+        for m in self.machines.values_mut() {
+            m.refused = None;
+        }
+    }
+
+    /// When requests are held and none of the app's machines is running, starting or may be
+    /// woken (each was refused a start lately, or failed), why: each such machine with its
+    /// reason (`None` for a failed one: its record says why). Empty when the held requests may
+    /// still be served, or the app has no machines at all (a deploy may be making them).
+    pub fn stuck(&self, now_ms: u64) -> Vec<(&str, Option<&str>)> {
+        if self.held == 0 {
+            return Vec::new();
+        }
+        let hopeful = self.machines.values().any(|m| match m.phase {
+            Phase::Starting | Phase::Started | Phase::Stopping => true,
+            Phase::Stopped | Phase::Suspended => m.wakeable(now_ms),
+            Phase::Failed => false,
+        });
+        if hopeful {
+            return Vec::new();
+        }
+        self.machines
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.refused.as_ref().map(|(_, why)| why.as_str())))
+            .collect()
+    }
+
     fn local_running(&self) -> u32 {
         self.machines
             .values()

@@ -419,3 +419,63 @@ fn validate_lists_every_problem() {
     assert_eq!(bad.validate().len(), 3);
     assert!(ScaleConfig::default().validate().is_empty());
 }
+
+/// A start the host refuses (no device free) wakes another machine instead; with none left to
+/// try the app is stuck, with the reasons, until the refusal ages out and the start is tried
+/// again.
+#[test]
+fn refused_starts_try_another_machine_then_say_why() {
+    let mut scaler = Scaler::new(config());
+    scaler.handle(stopped("a", true), 0);
+    scaler.handle(stopped("b", false), 0);
+    let refused = |id: &str| ScaleEvent::StartRefused {
+        id: id.to_string(),
+        reason: format!("host of {id} has no free device"),
+    };
+    assert_eq!(show(&scaler.handle(ScaleEvent::RequestHeld, 10)), "start a", "the cached machine first");
+    assert!(scaler.stuck(10).is_empty(), "a is starting");
+    assert_eq!(show(&scaler.handle(refused("a"), 20)), "start b", "a refused: b is woken instead");
+    assert_eq!(scaler.phase("a"), Some(Phase::Stopped));
+    assert!(scaler.stuck(20).is_empty(), "b is starting");
+    assert_eq!(show(&scaler.handle(refused("b"), 30)), "", "nothing left to wake");
+    let stuck = scaler.stuck(30);
+    assert_eq!(
+        stuck,
+        [("a", Some("host of a has no free device")), ("b", Some("host of b has no free device"))]
+    );
+    assert_eq!(scaler.next_deadline(), Some(20 + REFUSED_RETRY_MS), "a is tried again when its refusal ages out");
+    assert_eq!(show(&scaler.handle(ScaleEvent::Tick, 20 + REFUSED_RETRY_MS)), "start a");
+    assert!(scaler.stuck(20 + REFUSED_RETRY_MS).is_empty());
+    // A start that goes through clears the mark.
+    scaler.handle(ScaleEvent::MachineStarted { id: id("a") }, 20 + REFUSED_RETRY_MS + 5);
+    scaler.handle(ScaleEvent::RequestReleased, 20 + REFUSED_RETRY_MS + 6);
+    assert!(scaler.stuck(20 + REFUSED_RETRY_MS + 6).is_empty(), "nothing held");
+}
+
+/// An app whose every machine failed is stuck as soon as a request is held; one with no
+/// machines at all is not (a deploy may be making them).
+#[test]
+fn failed_machines_leave_held_requests_stuck() {
+    let mut scaler = Scaler::new(config());
+    scaler.handle(ScaleEvent::RequestHeld, 0);
+    assert!(scaler.stuck(0).is_empty(), "no machines yet");
+    scaler.handle(machine("f", 0, true, true, Phase::Failed), 1);
+    assert_eq!(scaler.stuck(1), [("f", None)]);
+    scaler.handle(stopped("s", true), 2);
+    assert!(scaler.stuck(2).is_empty(), "s is being woken");
+}
+
+#[test]
+fn forgotten_refusals_are_tried_again_at_once() {
+    let mut scaler = Scaler::new(config());
+    scaler.handle(stopped("a", true), 0);
+    assert_eq!(show(&scaler.handle(ScaleEvent::RequestHeld, 1)), "start a");
+    let refused = ScaleEvent::StartRefused {
+        id: id("a"),
+        reason: "full".into(),
+    };
+    assert_eq!(show(&scaler.handle(refused, 2)), "");
+    assert_eq!(scaler.stuck(3), [("a", Some("full"))]);
+    scaler.forget_refusals();
+    assert_eq!(show(&scaler.handle(ScaleEvent::Tick, 4)), "start a");
+}
