@@ -4,7 +4,7 @@
 
 use crate::profile::{self, Health};
 use crate::{now_ms, Agent};
-use colo_core::{ColdStart, HydrationReport, Machine, MachineState};
+use colo_core::{ColdStart, HydrationReport, Machine, MachineState, StartPhase, StartProgress};
 use colo_store::no_progress;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ const MAX_START_FAILURES: u32 = 3;
 /// Consecutive failed health checks after which a started engine is restarted.
 const MAX_HEALTH_FAILURES: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a starting machine's record shows how far its hydration has got.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 enum Outcome {
     /// The engine exited or stopped answering; restart it.
@@ -62,6 +64,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
             Ok(Some(child)) => child,
             Ok(None) => continue,
             Err(reason) => {
+                machine.progress = None;
                 start_failures += 1;
                 tracing::warn!(machine = %machine.id, %reason, start_failures, "machine failed to start");
                 machine.last_error = Some(reason);
@@ -118,8 +121,24 @@ async fn record(agent: &Agent, machine: &mut Machine, state: MachineState, desir
     }
     machine.state = state;
     machine.updated_at_ms = now_ms();
+    if state != MachineState::Starting {
+        machine.progress = None;
+    }
     if let Err(e) = agent.save_machine(machine).await {
         tracing::error!(machine = %machine.id, error = %e, "recording machine state");
+    }
+}
+
+/// Writes how far the machine's start has got, leaving its state and when it changed as they
+/// are (the desired state is taken from the channel, as `record` does).
+async fn note_progress(agent: &Agent, machine: &mut Machine, progress: StartProgress, desired: &watch::Receiver<MachineState>) {
+    let want = *desired.borrow();
+    if want != MachineState::Stopping {
+        machine.desired = want;
+    }
+    machine.progress = Some(progress);
+    if let Err(e) = agent.save_machine(machine).await {
+        tracing::debug!(machine = %machine.id, error = %e, "recording a start's progress");
     }
 }
 
@@ -160,7 +179,27 @@ async fn start(
         None => {
             // One pull per model on this host: machines starting together share it.
             let pull = agent.cache.pull(&agent.store, &manifest, &agent.hydrate_options(), no_progress());
-            let report = pull.finish().await.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+            // Verified bytes per file, as they grow (the same for a pull this machine joined).
+            let files: Vec<watch::Receiver<u64>> = manifest.files.iter().filter_map(|f| pull.file_progress(&f.path)).collect();
+            let began_ms = now_ms();
+            let finish = pull.finish();
+            tokio::pin!(finish);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+            let report = loop {
+                tokio::select! {
+                    report = &mut finish => break report,
+                    _ = tick.tick() => {
+                        let progress = StartProgress {
+                            phase: StartPhase::Hydrating,
+                            bytes_done: files.iter().map(|f| *f.borrow()).sum(),
+                            bytes_total: manifest.total_bytes(),
+                            since_ms: began_ms,
+                        };
+                        note_progress(agent, machine, progress, desired).await;
+                    }
+                }
+            };
+            let report = report.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
             tracing::info!(
                 machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
                 from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
@@ -198,6 +237,13 @@ async fn start(
             Ok(())
         });
     }
+    let loading = StartProgress {
+        phase: StartPhase::Loading,
+        bytes_done: 0,
+        bytes_total: report.bytes_total,
+        since_ms: now_ms(),
+    };
+    note_progress(agent, machine, loading, desired).await;
     let spawned = tokio::time::Instant::now();
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let mut child = command.spawn().map_err(|e| format!("spawning the engine {program}: {e}"))?;

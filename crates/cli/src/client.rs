@@ -6,6 +6,7 @@ use colo_node::RunInfo;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
+#[derive(Clone)]
 pub struct Api {
     base: String,
     token: String,

@@ -4,7 +4,9 @@ use crate::client::Api;
 use crate::output::{age, bytes, print_json, table};
 use crate::Common;
 use anyhow::Context;
-use colo_core::{App, Demand, Machine, MachineState};
+use colo_core::{App, Demand, Machine, MachineState, StartPhase};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -220,6 +222,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
     let mut machines: Vec<Machine> = machines.into_iter().filter(|m| m.state != MachineState::Destroyed).collect();
+    let watch = (!args.detach && !args.common.json && std::io::stderr().is_terminal()).then(|| watch_starts(api.clone(), app.name.to_string()));
     if !args.detach {
         for machine in machines.iter_mut() {
             let timeout = std::time::Duration::from_secs(args.timeout.min(3600));
@@ -243,6 +246,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             }
         }
     }
+    drop(watch);
     if args.common.json {
         return print_json(&json!({"app": app, "machines": machines}));
     }
@@ -268,6 +272,62 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     println!("{}", machines_table(&machines));
     Ok(())
+}
+
+/// Shows on the terminal how far an app's machines have got in starting (hydrating: bytes and
+/// rate; loading: seconds) until dropped.
+struct StartWatch {
+    task: tokio::task::JoinHandle<()>,
+    bar: ProgressBar,
+}
+
+impl Drop for StartWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+fn watch_starts(api: Api, app: String) -> StartWatch {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message(format!("{app}: starting"));
+    let shown = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(machines) = api.get::<Vec<Machine>>(&format!("/v1/apps/{app}/machines")).await {
+                shown.set_message(start_line(&app, &machines, colo_core::unix_ms()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    });
+    StartWatch { task, bar }
+}
+
+/// One line on an app's start: machines started of all, and each starting one's phase.
+fn start_line(app: &str, machines: &[Machine], now_ms: u64) -> String {
+    let live: Vec<&Machine> = machines.iter().filter(|m| m.state != MachineState::Destroyed).collect();
+    let started = live.iter().filter(|m| m.state == MachineState::Started).count();
+    let mut line = format!("{app}: {started}/{} started", live.len());
+    for m in live.iter().filter(|m| m.state != MachineState::Started) {
+        let secs = |since_ms: u64| now_ms.saturating_sub(since_ms) as f64 / 1000.0;
+        let phase = match &m.progress {
+            Some(p) if p.phase == StartPhase::Hydrating => {
+                let rate = p.bytes_done as f64 / secs(p.since_ms).max(0.001);
+                format!(
+                    "hydrating {} of {} at {}/s",
+                    bytes(p.bytes_done),
+                    bytes(p.bytes_total),
+                    bytes(rate as u64)
+                )
+            }
+            Some(p) => format!("loading the engine, {:.1}s", secs(p.since_ms)),
+            None => m.state.to_string(),
+        };
+        line.push_str(&format!("; {} {phase}", m.id));
+    }
+    line
 }
 
 pub async fn destroy(args: DestroyArgs) -> anyhow::Result<()> {
@@ -348,9 +408,10 @@ fn machines_table(machines: &[Machine]) -> String {
             vec![
                 m.id.clone(),
                 m.app.to_string(),
-                match (m.state, m.healthy) {
-                    (MachineState::Started, false) => "started (unhealthy)".to_string(),
-                    (state, _) => state.to_string(),
+                match (m.state, m.healthy, &m.progress) {
+                    (MachineState::Started, false, _) => "started (unhealthy)".to_string(),
+                    (MachineState::Starting, _, Some(progress)) => format!("starting: {progress}"),
+                    (state, _, _) => state.to_string(),
                 },
                 // A stopped machine holds no device; it leases one when it starts.
                 if m.holds_device() { m.device.to_string() } else { "-".to_string() },
@@ -514,7 +575,48 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_args;
+    use super::{split_args, start_line};
+    use colo_core::{AppName, Device, Machine, MachineState, StartPhase, StartProgress};
+
+    #[test]
+    fn a_start_shows_bytes_and_rate_then_load_time() {
+        let machine = |id: &str, state, progress| Machine {
+            state,
+            progress,
+            ..Machine::new(
+                id.into(),
+                AppName::new("chat").unwrap(),
+                AppName::new("big").unwrap(),
+                "r".into(),
+                Device::Cpu { slot: 0 },
+                "vm".into(),
+                "local".into(),
+            )
+        };
+        let hydrating = StartProgress {
+            phase: StartPhase::Hydrating,
+            bytes_done: 1_500_000_000,
+            bytes_total: 4_000_000_000,
+            since_ms: 10_000,
+        };
+        let loading = StartProgress {
+            phase: StartPhase::Loading,
+            bytes_done: 0,
+            bytes_total: 4_000_000_000,
+            since_ms: 11_500,
+        };
+        let machines = [
+            machine("m-1", MachineState::Started, None),
+            machine("m-2", MachineState::Starting, Some(hydrating.clone())),
+            machine("m-3", MachineState::Starting, Some(loading)),
+            machine("m-4", MachineState::Destroyed, None),
+        ];
+        assert_eq!(
+            start_line("chat", &machines, 13_000),
+            "chat: 1/3 started; m-2 hydrating 1.5 GB of 4.0 GB at 500.0 MB/s; m-3 loading the engine, 1.5s"
+        );
+        assert_eq!(hydrating.to_string(), "hydrating 37%");
+    }
 
     #[test]
     fn engine_args_split_like_a_shell() {

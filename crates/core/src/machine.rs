@@ -180,6 +180,40 @@ pub struct Machine {
     /// Out of routing: edges send it nothing and neither wake nor stop it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cordoned: bool,
+    /// How far a start has got while the machine is starting (what `colo deploy` shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<StartProgress>,
+}
+
+/// A start under way: hydrating the weights into the host cache (bytes verified so far), or the
+/// engine loading them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartProgress {
+    pub phase: StartPhase,
+    /// Bytes of the model in the host cache and verified (hydrating).
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// When the phase began, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPhase {
+    Hydrating,
+    Loading,
+}
+
+impl fmt::Display for StartProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.phase {
+            StartPhase::Hydrating if self.bytes_total > 0 => {
+                write!(f, "hydrating {}%", self.bytes_done.min(self.bytes_total) * 100 / self.bytes_total)
+            }
+            StartPhase::Hydrating => f.write_str("hydrating"),
+            StartPhase::Loading => f.write_str("loading"),
+        }
+    }
 }
 
 /// Most metadata keys one machine holds.
@@ -234,6 +268,7 @@ impl Machine {
             cold_start: None,
             metadata: BTreeMap::new(),
             cordoned: false,
+            progress: None,
         }
     }
 
