@@ -23,5 +23,18 @@ for chunk in stream:
         finish = choice.finish_reason or finish
 whole = client.chat.completions.create(model=sys.argv[2], messages=messages, max_tokens=10, seed=11,
                                        temperature=0.8, extra_body=extra)
+# Parameters colo's engine cannot honour are refused, naming them, never ignored.
+refused = {}
+tries = {
+    "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+    "response_format": {"response_format": {"type": "json_object"}},
+    "logprobs": {"logprobs": True, "top_logprobs": 2},
+}
+for name, params in tries.items():
+    try:
+        client.chat.completions.create(model=sys.argv[2], messages=messages, max_tokens=2, **params)
+        refused[name] = None
+    except openai.BadRequestError as e:
+        refused[name] = {"param": e.body.get("param"), "code": e.body.get("code"), "message": e.body.get("message")}
 print(json.dumps({"stream_text": text, "stream_finish": finish, "stream_usage": usage, "chunks": chunks,
-                  "whole_text": whole.choices[0].message.content}))
+                  "whole_text": whole.choices[0].message.content, "refused": refused}))

@@ -133,6 +133,11 @@ fn chat_seeds_stops_and_the_openai_client() {
     assert_eq!(result["stream_finish"], "length");
     assert_eq!(result["stream_usage"]["completion_tokens"], 10);
     assert!(result["chunks"].as_u64().unwrap() >= 2);
+    for param in ["tools", "response_format", "logprobs"] {
+        let refused = &result["refused"][param];
+        assert_eq!(refused["param"], param, "{param} must be refused with a 400 naming it: {refused}");
+        assert_eq!(refused["code"], "unsupported_parameter", "{refused}");
+    }
     colo.stop();
 }
 

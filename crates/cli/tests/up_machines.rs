@@ -129,6 +129,24 @@ fn idle_machines_stop_and_the_next_request_wakes_them() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Bad requests are answered by the edge, naming the parameter, and wake nothing.
+    let bad = [
+        (json!({"model": "minilm"}), "input", "'input' is required"),
+        (json!({"model": "minilm", "input": []}), "input", "empty list"),
+        (json!({"model": "minilm", "input": "x", "encoding_format": "hex"}), "encoding_format", "\"float\" or \"base64\""),
+        (json!({"model": "minilm", "input": [[1, 2]]}), "input", "not token ids"),
+    ];
+    for (body, param, part) in bad {
+        let response = client.post(format!("{}/v1/embeddings", colo.edge)).json(&body).send().unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        assert!(response.headers().get("colo-cold-start").is_none(), "{body} woke a machine");
+        let answer: Value = response.json().unwrap();
+        assert_eq!(answer["error"]["param"], param, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(part), "{answer}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(colo.machines()[0]["state"], "stopped", "bad requests woke the machine");
+
     // A burst against the stopped app wakes it once and every request is answered.
     let started = Instant::now();
     let handles: Vec<_> = (0..16)

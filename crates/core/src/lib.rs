@@ -12,6 +12,7 @@ pub mod host;
 pub mod machine;
 pub mod money;
 pub mod name;
+pub mod openai;
 pub mod region;
 
 pub use app::{ApiKey, App, GpuChoice, IdleAction, RouteMode, RouteWeights, ROUTE_WEIGHT_MAX};

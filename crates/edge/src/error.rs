@@ -45,6 +45,9 @@ pub enum EdgeError {
     UnknownEndpoint { path: String, domain: String },
     #[error("the request has more than one Host header")]
     DuplicateHost,
+    /// Checked before a request is held or wakes a machine.
+    #[error("{0}")]
+    BadParam(colo_core::openai::BadParam),
     #[error("this endpoint needs the cluster token")]
     AdminToken,
     #[error("the edge failed: {0}")]
@@ -55,9 +58,11 @@ impl EdgeError {
     pub fn status(&self) -> StatusCode {
         match self {
             EdgeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EdgeError::BodyRead(_) | EdgeError::BadJson { .. } | EdgeError::NoModel { .. } | EdgeError::DuplicateHost => {
-                StatusCode::BAD_REQUEST
-            }
+            EdgeError::BodyRead(_)
+            | EdgeError::BadJson { .. }
+            | EdgeError::NoModel { .. }
+            | EdgeError::DuplicateHost
+            | EdgeError::BadParam(_) => StatusCode::BAD_REQUEST,
             EdgeError::UnknownApp { .. }
             | EdgeError::NotFound { .. }
             | EdgeError::EnginePath { .. }
@@ -82,6 +87,7 @@ impl EdgeError {
             EdgeError::BadJson { .. } => "invalid_json",
             EdgeError::NoModel { .. } => "missing_model",
             EdgeError::DuplicateHost => "duplicate_host",
+            EdgeError::BadParam(bad) => bad.code,
             EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. } => "model_not_found",
             EdgeError::Unauthorized => "invalid_api_key",
             EdgeError::RateLimited { .. } => "rate_limit_exceeded",
@@ -122,7 +128,11 @@ impl IntoResponse for EdgeError {
             500 => "internal_error",
             _ => "unavailable_error",
         };
-        let body = serde_json::json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": self.code()}});
+        let param = match &self {
+            EdgeError::BadParam(bad) => bad.param.as_deref(),
+            _ => None,
+        };
+        let body = serde_json::json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": self.code()}});
         let mut response = (status, [("content-type", "application/json")], body.to_string()).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert("retry-after", HeaderValue::from_static("5"));

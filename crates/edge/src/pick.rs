@@ -5,7 +5,7 @@
 
 use crate::edge::{lock, Edge};
 use crate::headers::{COLO_FORCE_REGION, COLO_PREFER_REGION};
-use crate::routes::{Endpoint, RouteTable};
+use crate::routes::{AppRoutes, Endpoint, RouteTable};
 use crate::EdgeError;
 use colo_policy::{pick, AppView, Attempts, Decision, PickRequest, PrefixKey, RegionId, RejectReason, Steer};
 use http::{HeaderMap, HeaderName};
@@ -23,12 +23,15 @@ impl Edge {
     /// Picks the machine for a request to `app`, holding the request while no machine has room
     /// (none started yet, or all at their hard limit) until one does or the hold's deadline
     /// passes. `attempts` says which machines the request must avoid and whether it may wait.
+    /// Before the request is held (and may wake a machine), `check` is given the app's routes
+    /// and may refuse it: a bad request must cost no cold start.
     pub(crate) async fn pick(
         &self,
         app: &str,
         headers: &HeaderMap,
         attempts: &Attempts,
         prefix: &[PrefixKey],
+        check: &(dyn Fn(&AppRoutes) -> Result<(), EdgeError> + Sync),
     ) -> Result<Arc<Endpoint>, EdgeError> {
         let mut routes = self.routes.clone();
         let mut held = None;
@@ -100,6 +103,7 @@ impl Edge {
                 return Err(self.no_machine(app));
             }
             if held.is_none() {
+                check(app_routes)?;
                 let bound = steer.force.and_then(|r| table.regions.get(usize::from(r.0)).cloned());
                 held = Some(self.hold(app, bound, &table)?);
             }

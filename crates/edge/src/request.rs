@@ -176,6 +176,10 @@ struct Fields<'a> {
 impl RequestFacts {
     /// Reads the body once. An error only when it is not a JSON object.
     pub(crate) fn parse(body: &[u8]) -> Result<RequestFacts, serde_json::Error> {
+        // A struct would also be read from a list; only an object names its fields.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(serde::de::Error::custom("the body is not a JSON object"));
+        }
         let fields: Fields<'_> = serde_json::from_slice(body)?;
         let string = |raw: Option<&RawValue>| raw.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
         let number = |raw: Option<&RawValue>| raw.and_then(|raw| raw.get().parse::<u64>().ok());
@@ -198,15 +202,27 @@ impl RequestFacts {
 
     /// The app the body names, or why it names none.
     pub(crate) fn app(body: &[u8], domain: &str) -> Result<(String, RequestFacts), EdgeError> {
+        // The errors are looked into again only when there is one: the body as a whole value.
+        let whole = || serde_json::from_slice::<serde_json::Value>(body).ok();
         let mut facts = Self::parse(body).map_err(|e| EdgeError::BadJson {
-            reason: e.to_string(),
+            reason: match whole() {
+                Some(value) => format!("it is {}, not a JSON object", colo_core::openai::kind(&value)),
+                None => e.to_string(),
+            },
             domain: domain.to_string(),
         })?;
         match facts.model.take() {
             Some(app) => Ok((app, facts)),
-            None => Err(EdgeError::NoModel {
-                domain: domain.to_string(),
-            }),
+            None => match whole().as_ref().and_then(|v| v.get("model")).filter(|m| !m.is_null() && !m.is_string()) {
+                Some(model) => Err(EdgeError::BadParam(colo_core::openai::BadParam {
+                    param: Some("model".into()),
+                    message: format!("'model' must be a string naming the app, got {}", colo_core::openai::kind(model)),
+                    code: "invalid_value",
+                })),
+                None => Err(EdgeError::NoModel {
+                    domain: domain.to_string(),
+                }),
+            },
         }
     }
 
@@ -332,7 +348,10 @@ mod tests {
         assert_eq!(app(br#"{"model":"minilm","input":"x"}"#).unwrap(), "minilm");
         assert!(matches!(app(b"{"), Err(EdgeError::BadJson { .. })));
         assert!(matches!(app(br#"{"input":"x"}"#), Err(EdgeError::NoModel { .. })));
-        assert!(matches!(app(br#"{"model":7}"#), Err(EdgeError::NoModel { .. })));
+        let wrong_type = app(br#"{"model":7}"#).unwrap_err().to_string();
+        assert_eq!(wrong_type, "'model' must be a string naming the app, got a number");
+        let list = app(b"[1,2]").unwrap_err().to_string();
+        assert!(list.contains("it is a list, not a JSON object"), "{list}");
         assert!(matches!(app(br#"{"model":""}"#), Err(EdgeError::NoModel { .. })));
         let err = EdgeError::UnknownApp {
             app: "x".into(),

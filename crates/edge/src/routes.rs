@@ -48,6 +48,8 @@ pub struct AppRoutes {
     pub weights: Option<colo_core::RouteWeights>,
     /// The engine the app's machines run, which says where their load comes from.
     pub engine: colo_core::EngineKind,
+    /// The app brings its own engine command: colo knows nothing of what it supports.
+    pub own_engine: bool,
     /// Machines of the app taken out of routing through the machines API (cordoned).
     pub cordoned: u32,
 }
@@ -211,6 +213,7 @@ impl RouteTable {
                     route: app.route,
                     weights: app.route_weights,
                     engine: app.engine.as_ref().map_or(colo_core::EngineKind::Colo, |e| e.kind),
+                    own_engine: app.engine_cmd.is_some(),
                     ..Default::default()
                 },
             );

@@ -27,13 +27,27 @@ pub(crate) struct Outgoing {
     pub prefix: Vec<PrefixKey>,
 }
 
+// === impl Outgoing ===
+
+impl Outgoing {
+    /// Checks an OpenAI request's body (types, ranges, and parameters the app's engine cannot
+    /// honour) before it is held: the machine it would wake would refuse it anyway.
+    fn check(&self, routes: &crate::routes::AppRoutes) -> Result<(), EdgeError> {
+        let Some(endpoint) = colo_core::openai::Endpoint::of_path(self.path.path()) else {
+            return Ok(());
+        };
+        let engine = (!routes.own_engine).then_some(routes.engine);
+        colo_core::openai::check(endpoint, &self.body, engine).map_err(EdgeError::BadParam)
+    }
+}
+
 /// Picks a machine and sends the request, until a machine answers or the policy gives up.
 pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError> {
     let mut attempts = Attempts::new();
     let mut last_error: Option<EdgeError> = None;
     let nominated = nominated(&out.headers);
     loop {
-        let endpoint = match edge.pick(&out.app, &out.headers, &attempts, &out.prefix).await {
+        let endpoint = match edge.pick(&out.app, &out.headers, &attempts, &out.prefix, &|routes| out.check(routes)).await {
             Ok(endpoint) => endpoint,
             Err(e) => return Err(last_error.unwrap_or(e)),
         };

@@ -2,6 +2,7 @@
 
 use crate::chat::Message;
 use crate::EngineError;
+use colo_core::openai::Endpoint;
 use serde_json::{Map, Value};
 
 /// Stop strings per request at most, as OpenAI allows.
@@ -156,6 +157,13 @@ pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, EngineError
 /// Parses a completions (`chat` false) or chat completions request body.
 pub fn parse(body: &[u8], chat: bool) -> Result<GenParams, EngineError> {
     let fields = json_object(body)?;
+    // What this engine cannot do is refused, never ignored.
+    let endpoint = if chat { Endpoint::Chat } else { Endpoint::Completions };
+    colo_core::openai::unsupported(endpoint, &fields, colo_core::EngineKind::Colo).map_err(|bad| EngineError::BadRequest {
+        message: bad.message,
+        param: bad.param,
+        code: bad.code,
+    })?;
     let model = match present(&fields, "model") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -302,6 +310,13 @@ mod tests {
             (r#"{"prompt":"x","temperature":3}"#, false, "between 0 and 2"),
             (r#"{"prompt":"x","top_p":1.5}"#, false, "'top_p'"),
             (r#"{"prompt":"x","n":2}"#, false, "n = 1"),
+            (r#"{"prompt":"x","logprobs":2}"#, false, "'logprobs' is not supported"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+                true,
+                "'response_format' is not supported",
+            ),
+            (r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, true, "'tools'"),
             (r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, false, "'stop'"),
             (r#"{"prompt":[-1]}"#, false, "non-negative token id"),
             (r#"{"prompt":["a","b"]}"#, false, "several prompts"),
