@@ -87,7 +87,7 @@ pub async fn run(args: PlanArgs) -> anyhow::Result<()> {
     if args.common.json {
         return print_json(&plan);
     }
-    print_plan(&args.model, &plan, !args.n_gpus.is_empty());
+    print_plan(&args.model, &plan, !args.n_gpus.is_empty(), request.prompt_tokens);
     Ok(())
 }
 
@@ -255,30 +255,35 @@ fn gib(bytes: f64) -> String {
 }
 
 fn money(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if v >= 1.0 => format!("${v:.2}"),
-        Some(v) => format!("${v:.3}"),
+    v.map_or_else(|| "-".into(), colo_core::usd_figure)
+}
+
+/// Milliseconds with two decimals below 10 ms, whole above.
+fn ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.0}")
     }
 }
 
-fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
+fn print_plan(model: &str, plan: &Plan, all_degrees: bool, prompt_tokens: u64) {
     let m = &plan.model;
+    let encoder = m.arch == colo_model::Arch::Encoder;
+    let name_of = |v: serde_json::Result<serde_json::Value>| v.ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    // An encoder keeps no KV cache: it embeds its input in one pass.
+    let kv = match encoder {
+        true => String::new(),
+        false => format!(", KV {} KiB per token", m.kv_bytes_per_token / 1024),
+    };
     println!(
-        "{model}: {} ({}), {:.2} B parameters, {:.1} GB of weights in {}, KV {} KiB per token (from {})",
+        "{model}: {} ({}), {:.2} B parameters, {:.2} GiB of weights in {}{kv} (from {})",
         m.model_type,
-        serde_json::to_value(m.arch)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
+        name_of(serde_json::to_value(m.arch)),
         m.params as f64 / 1e9,
-        m.weights_bytes as f64 / 1e9,
+        m.weights_bytes as f64 / GIB,
         m.dtype,
-        m.kv_bytes_per_token / 1024,
-        serde_json::to_value(m.source)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
+        name_of(serde_json::to_value(m.source)),
     );
     // Per kind and format: the fewest cards that fit and the cheapest per token, unless
     // --n-gpus asked for every count.
@@ -295,6 +300,54 @@ fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
             shown.push(o);
         }
     }
+    let hidden = plan.options.iter().filter(|o| o.fits).count() - shown.len();
+    if encoder {
+        print_encoder_rows(&shown, m.priced_tokens, prompt_tokens);
+    } else {
+        print_decoder_rows(&shown, m.priced_tokens);
+    }
+    if hidden > 0 {
+        println!(
+            "{hidden} more options that fit are not shown: per GPU and format only the fewest cards and the cheapest per token are; --n-gpus 1,2,4,8 lists every count"
+        );
+    }
+    print_reasons(plan);
+}
+
+/// The table for an encoder: what it does is embed, so inputs per second and the time to embed
+/// one, and no KV cache.
+fn print_encoder_rows(shown: &[&PlanOption], priced_tokens: &str, prompt_tokens: u64) {
+    let rows = shown
+        .iter()
+        .map(|o| {
+            vec![
+                o.gpu.clone(),
+                o.n_gpus.to_string(),
+                o.quant.to_string(),
+                o.batch.to_string(),
+                format!("{:.0}", o.embeddings_per_s.unwrap_or(0.0)),
+                format!("{:.0}", o.tokens_per_s),
+                ms(o.prefill_ms),
+                money(o.usd_per_hour),
+                money(o.usd_per_million_tokens),
+            ]
+        })
+        .collect();
+    let header = [
+        "GPU",
+        "N",
+        "QUANT",
+        "BATCH",
+        &format!("EMBEDDINGS/S ({prompt_tokens} TOKENS)"),
+        "TOKENS/S",
+        "MS PER INPUT",
+        "$/H",
+        &format!("$/M {}", priced_tokens.to_uppercase()),
+    ];
+    println!("{}", table(&header, rows));
+}
+
+fn print_decoder_rows(shown: &[&PlanOption], priced_tokens: &str) {
     let rows = shown
         .iter()
         .map(|o| {
@@ -307,7 +360,7 @@ fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
                 o.max_concurrency.to_string(),
                 format!("{:.0} / {:.0}", o.decode_tokens_per_s, o.decode_tokens_per_s_per_sequence),
                 o.bound.map(|b| format!("{b:?}").to_lowercase()).unwrap_or_default(),
-                format!("{:.0}", o.prefill_ms),
+                ms(o.prefill_ms),
                 money(o.usd_per_hour),
                 money(o.usd_per_million_tokens),
             ]
@@ -324,9 +377,12 @@ fn print_plan(model: &str, plan: &Plan, all_degrees: bool) {
         "BOUND",
         "PREFILL MS",
         "$/H",
-        &format!("$/M {}", m.priced_tokens.to_uppercase()),
+        &format!("$/M {}", priced_tokens.to_uppercase()),
     ];
     println!("{}", table(&header, rows));
+}
+
+fn print_reasons(plan: &Plan) {
     // Why the rest do not fit: for each kind and format, the reason at its largest card count
     // when none fits, or at one card when only more cards do.
     let mut reasons = Vec::new();

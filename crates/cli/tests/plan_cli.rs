@@ -308,3 +308,27 @@ fn a_closed_pipe_ends_the_command_quietly() {
         "colo ended with {status:?}: {stderr}"
     );
 }
+
+/// An encoder is planned by what it does: embeddings per second and the time to embed one
+/// input, with its (small) price per million input tokens in enough digits to read; no KV
+/// columns; hidden rows are said to be hidden; memory in GiB throughout.
+#[test]
+fn encoders_are_planned_by_embeddings() {
+    let out = colo(&["plan", "testdata/configs/all-minilm-l6-v2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("EMBEDDINGS/S (128 TOKENS)") && text.contains("MS PER INPUT"), "{text}");
+    assert!(!text.contains("KV") && !text.contains("DECODE"), "no KV or decode figures for an encoder:\n{text}");
+    assert!(text.contains("GiB of weights") && !text.contains(" GB"), "one unit system:\n{text}");
+    assert!(text.contains("more options that fit are not shown"), "{text}");
+    let recommended = text.lines().find(|l| l.starts_with("recommended")).unwrap();
+    assert!(!recommended.contains("$0.000 ") && !recommended.contains("$0.000)"), "{recommended}");
+    let price: f64 = recommended.split("($").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+    assert!(price > 0.0 && price < 0.01, "{recommended}");
+
+    let v = json(&["plan", "testdata/configs/all-minilm-l6-v2", "--json"]);
+    let best = &v["recommended"];
+    let embeddings = best["embeddings_per_s"].as_f64().unwrap();
+    let tokens = best["tokens_per_s"].as_f64().unwrap();
+    assert!((embeddings * 128.0 - tokens).abs() < 1e-6 * tokens, "{best}");
+}

@@ -79,9 +79,38 @@ impl fmt::Display for Usd {
     }
 }
 
+/// A price for people with at least three significant digits, so that a small per-token
+/// price never reads as $0.000: `$7.52`, `$0.500`, `$0.0123`, `$0.000296`.
+pub fn usd_figure(value: f64) -> String {
+    if !value.is_finite() || value <= 0.0 {
+        return format!("${value:.2}");
+    }
+    if value >= 1.0 {
+        return format!("${value:.2}");
+    }
+    // Digits after the point: up to the first significant one, plus two more.
+    let decimals = (-value.log10()).floor() as usize + 3;
+    format!("${value:.decimals$}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_keep_three_significant_digits() {
+        let cases = [
+            (7.521, "$7.52"),
+            (0.5, "$0.500"),
+            (0.0123, "$0.0123"),
+            (0.000296, "$0.000296"),
+            (0.0000041, "$0.00000410"),
+            (0.0, "$0.00"),
+        ];
+        for (value, shown) in cases {
+            assert_eq!(usd_figure(value), shown, "{value}");
+        }
+    }
 
     #[test]
     fn prices_by_table() {

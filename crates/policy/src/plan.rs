@@ -170,8 +170,12 @@ pub struct PlanOption {
     pub bound: Option<Bound>,
     /// Batch at which decoding turns compute-bound.
     pub ridge_batch: Option<f64>,
-    /// Prefill time of one prompt on an idle machine: the floor of time to first token.
+    /// Prefill time of one prompt on an idle machine: the floor of time to first token (for an
+    /// encoder, the time to embed one input).
     pub prefill_ms: f64,
+    /// For an encoder: inputs of the request's prompt length embedded per second, batched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embeddings_per_s: Option<f64>,
     pub usd_per_hour: Option<f64>,
     pub usd_per_million_tokens: Option<f64>,
 }
@@ -311,6 +315,7 @@ fn option(facts: &ModelFacts, gpu: &GpuKind, n_gpus: u32, quant: Quant, request:
         bound: None,
         ridge_batch: None,
         prefill_ms: 0.0,
+        embeddings_per_s: None,
         usd_per_hour: gpu.price(&request.prices).map(|p| p.times(n_gpus).as_f64()),
         usd_per_million_tokens: None,
     };
@@ -395,6 +400,7 @@ fn speed_and_cost(facts: &ModelFacts, gpu: &GpuKind, n_gpus: u32, quant: Quant, 
         row.decode_tokens_per_s = row.tokens_per_s;
         row.decode_tokens_per_s_per_sequence = prompt as f64 / (row.prefill_ms / 1000.0);
         row.bound = Some(Bound::Compute);
+        row.embeddings_per_s = Some(row.tokens_per_s / prompt.max(1) as f64);
     } else {
         // The KV cache holds, on average, the prompt and half of the output during decoding.
         let mean_context = (prompt + output / 2).min(request.context);
@@ -439,7 +445,7 @@ fn choose(options: &[PlanOption], request: &PlanRequest, priced_tokens: &str) ->
         cost(a).total_cmp(&cost(b)).then(options[a].n_gpus.cmp(&options[b].n_gpus))
     });
     let best = &options[ranked[0]];
-    let money = |v: Option<f64>| format!("${:.3}", v.unwrap_or(0.0));
+    let money = |v: Option<f64>| colo_core::usd_figure(v.unwrap_or(0.0));
     let mut why = format!(
         "{} x{} in {}: the lowest cost per million {} tokens ({}) of the {} priced options that fit in {}",
         best.gpu,
