@@ -358,29 +358,39 @@ pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.common.data_dir)?;
     let apps: Vec<App> = api.get("/v1/apps").await?;
     let machines: Vec<Machine> = api.get("/v1/machines").await?;
-    let started = |app: &App| {
-        machines
-            .iter()
-            .filter(|m| m.app == app.name && m.state == MachineState::Started)
-            .count()
-    };
     if args.common.json {
-        let out: Vec<_> = apps.iter().map(|a| json!({"app": a, "machines_started": started(a)})).collect();
+        let out: Vec<_> = apps
+            .iter()
+            .map(|a| {
+                let m = AppMachines::of(a, &machines);
+                json!({"app": a, "machines_started": m.started, "machines_by_state": m.by_state, "scaled_to_zero": m.scaled_to_zero})
+            })
+            .collect();
         return print_json(&out);
     }
     let rows = apps
         .iter()
         .map(|a| {
+            let autostop = match a.autostop_secs {
+                Some(secs) if a.autostop_to.is_stop() => format!("stop after {secs}s idle"),
+                Some(secs) => format!("suspend after {secs}s idle"),
+                None => "-".to_string(),
+            };
             vec![
                 a.name.to_string(),
                 a.model.to_string(),
                 a.revision.clone(),
-                format!("{}/{}", started(a), a.machines),
+                AppMachines::of(a, &machines).to_string(),
+                autostop,
+                a.keys.len().to_string(),
                 age(a.deployed_at_ms),
             ]
         })
         .collect();
-    println!("{}", table(&["APP", "MODEL", "REVISION", "STARTED", "DEPLOYED"], rows));
+    println!(
+        "{}",
+        table(&["APP", "MODEL", "REVISION", "MACHINES", "AUTOSTOP", "KEYS", "DEPLOYED"], rows)
+    );
     for app in &apps {
         for u in app.placement.iter().flat_map(|p| &p.unmet) {
             println!(
@@ -390,6 +400,45 @@ pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An app's machines as `colo apps` shows them: started of wanted, how many are in each other
+/// state, and whether autostop has scaled the app to zero (it wakes on the next request).
+struct AppMachines {
+    wanted: u32,
+    started: usize,
+    by_state: std::collections::BTreeMap<String, usize>,
+    scaled_to_zero: bool,
+}
+
+impl AppMachines {
+    fn of(app: &App, machines: &[Machine]) -> Self {
+        let mut by_state = std::collections::BTreeMap::new();
+        for m in machines.iter().filter(|m| m.app == app.name && m.state != MachineState::Destroyed) {
+            *by_state.entry(m.state.to_string()).or_insert(0) += 1;
+        }
+        let count = |state: MachineState| by_state.get(state.as_str()).copied().unwrap_or(0);
+        let (started, parked) = (count(MachineState::Started), count(MachineState::Stopped) + count(MachineState::Suspended));
+        AppMachines {
+            wanted: app.machines,
+            started,
+            scaled_to_zero: app.autostop_secs.is_some() && started == 0 && parked > 0 && parked == by_state.values().sum::<usize>(),
+            by_state,
+        }
+    }
+}
+
+impl std::fmt::Display for AppMachines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} started", self.started, self.wanted)?;
+        if self.scaled_to_zero {
+            return f.write_str(", scaled to zero (wakes on a request)");
+        }
+        for (state, n) in self.by_state.iter().filter(|(state, _)| *state != "started") {
+            write!(f, ", {n} {state}")?;
+        }
+        Ok(())
+    }
 }
 
 fn machines_table(machines: &[Machine]) -> String {

@@ -66,6 +66,12 @@ fn stopped_machines_free_their_device_and_capacity_errors_come_at_once() {
 
     // Scaled to zero, `idle` holds no device: `extra` now fits, and `colo ps` shows no device.
     colo.wait_machines(30, "idle stopped by autostop", |ms| state_of(ms, "idle") == ["stopped"]);
+    let apps_table = colo.ok(&["apps"]);
+    let idle_app = apps_table.lines().find(|l| l.contains("idle")).unwrap();
+    assert!(
+        idle_app.contains("0/1 started, scaled to zero") && idle_app.contains("stop after 1s idle"),
+        "colo apps says an autostopped app is scaled to zero: {idle_app}"
+    );
     let table = colo.ok(&["ps"]);
     let idle_row = table.lines().find(|l| l.contains("idle")).unwrap();
     assert!(!idle_row.contains("cpu"), "a stopped machine shows no device: {idle_row}");
