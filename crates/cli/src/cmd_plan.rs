@@ -324,12 +324,12 @@ fn print_encoder_rows(shown: &[&PlanOption], priced_tokens: &str, prompt_tokens:
                 o.gpu.clone(),
                 o.n_gpus.to_string(),
                 o.quant.to_string(),
-                o.batch.to_string(),
-                format!("{:.0}", o.embeddings_per_s.unwrap_or(0.0)),
-                format!("{:.0}", o.tokens_per_s),
-                ms(o.prefill_ms),
-                money(o.usd_per_hour),
                 money(o.usd_per_million_tokens),
+                money(o.usd_per_hour),
+                format!("{:.0}", o.embeddings_per_s.unwrap_or(0.0)),
+                ms(o.prefill_ms),
+                format!("{:.0}", o.tokens_per_s),
+                o.batch.to_string(),
             ]
         })
         .collect();
@@ -337,12 +337,12 @@ fn print_encoder_rows(shown: &[&PlanOption], priced_tokens: &str, prompt_tokens:
         "GPU",
         "N",
         "QUANT",
-        "BATCH",
-        &format!("EMBEDDINGS/S ({prompt_tokens} TOKENS)"),
-        "TOKENS/S",
-        "MS PER INPUT",
-        "$/H",
         &format!("$/M {}", priced_tokens.to_uppercase()),
+        "$/H",
+        &format!("EMBEDDINGS/S ({prompt_tokens} TOKENS)"),
+        "MS PER INPUT",
+        "TOKENS/S",
+        "BATCH",
     ];
     println!("{}", table(&header, rows));
 }
@@ -355,29 +355,30 @@ fn print_decoder_rows(shown: &[&PlanOption], priced_tokens: &str) {
                 o.gpu.clone(),
                 o.n_gpus.to_string(),
                 o.quant.to_string(),
+                money(o.usd_per_million_tokens),
+                money(o.usd_per_hour),
+                format!("{:.0} / {:.0}", o.decode_tokens_per_s, o.decode_tokens_per_s_per_sequence),
+                ms(o.prefill_ms),
+                o.max_concurrency.to_string(),
                 gib(o.kv_budget_bytes as f64),
                 o.kv_capacity_tokens.to_string(),
-                o.max_concurrency.to_string(),
-                format!("{:.0} / {:.0}", o.decode_tokens_per_s, o.decode_tokens_per_s_per_sequence),
                 o.bound.map(|b| format!("{b:?}").to_lowercase()).unwrap_or_default(),
-                ms(o.prefill_ms),
-                money(o.usd_per_hour),
-                money(o.usd_per_million_tokens),
             ]
         })
         .collect();
+    // The columns most asked for first: a narrow terminal leaves out the last ones.
     let header = [
         "GPU",
         "N",
         "QUANT",
+        &format!("$/M {}", priced_tokens.to_uppercase()),
+        "$/H",
+        "DECODE TOK/S (ALL / ONE)",
+        "PREFILL MS",
+        "MAX SEQS",
         "KV GIB",
         "KV TOKENS",
-        "MAX SEQS",
-        "DECODE TOK/S (ALL / ONE)",
         "BOUND",
-        "PREFILL MS",
-        "$/H",
-        &format!("$/M {}", priced_tokens.to_uppercase()),
     ];
     println!("{}", table(&header, rows));
 }

@@ -15,6 +15,7 @@ fn colo(args: &[&str]) -> Output {
         .arg("--data-dir")
         .arg(data_dir.path())
         .current_dir(repo())
+        .env_remove("COLUMNS")
         .output()
         .expect("running colo")
 }
@@ -331,4 +332,25 @@ fn encoders_are_planned_by_embeddings() {
     let embeddings = best["embeddings_per_s"].as_f64().unwrap();
     let tokens = best["tokens_per_s"].as_f64().unwrap();
     assert!((embeddings * 128.0 - tokens).abs() < 1e-6 * tokens, "{best}");
+}
+
+/// Tables fit the terminal: at 80 columns no line is wider, the columns that matter most come
+/// first, and the line after says which were left out; into a pipe every column is there.
+#[test]
+fn tables_fit_the_terminal_width() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_colo"))
+        .args(["plan", "testdata/configs/llama-3.1-8b", "--data-dir"])
+        .arg(data_dir.path())
+        .current_dir(repo())
+        .env("COLUMNS", "80")
+        .output()
+        .expect("running colo");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let table: Vec<&str> = text.lines().skip(1).take_while(|l| !l.starts_with("(")).collect();
+    assert!(table.iter().all(|l| l.chars().count() <= 80), "{text}");
+    assert!(table[0].contains("$/M OUTPUT") && table[0].contains("$/H"), "{text}");
+    assert!(text.contains("left out to fit 80 columns; --json has every field"), "{text}");
+    let piped = String::from_utf8(colo(&["plan", "testdata/configs/llama-3.1-8b"]).stdout).unwrap();
+    assert!(piped.contains("KV TOKENS") && !piped.contains("left out"), "{piped}");
 }

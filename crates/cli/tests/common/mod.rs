@@ -139,6 +139,8 @@ impl Colo {
             .args(args)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            // Tables are whole into a pipe; a COLUMNS from the caller's shell would cut them.
+            .env_remove("COLUMNS")
             .output()
             .expect("running colo")
     }
