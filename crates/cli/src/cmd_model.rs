@@ -20,6 +20,8 @@ pub enum ModelCommand {
     Inspect(InspectArgs),
     /// List the models in the store.
     Ls(LsArgs),
+    /// Delete a model, or one revision of it, from the store (refused while an app uses it).
+    Rm(RmArgs),
     /// Write a small random-weight Llama model (for tests and demos; no download needed).
     Synth(SynthArgs),
 }
@@ -136,6 +138,16 @@ pub struct InspectArgs {
 }
 
 #[derive(clap::Args)]
+pub struct RmArgs {
+    /// NAME for every revision, or NAME@REVISION (a prefix of the revision will do) for one.
+    model: String,
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
 pub struct LsArgs {
     #[command(flatten)]
     store: StoreArg,
@@ -149,8 +161,65 @@ pub async fn run(cmd: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Pull(args) => pull(args).await,
         ModelCommand::Inspect(args) => inspect(args).await,
         ModelCommand::Ls(args) => ls(args).await,
+        ModelCommand::Rm(args) => rm(args).await,
         ModelCommand::Synth(args) => synth(args),
     }
+}
+
+async fn rm(args: RmArgs) -> anyhow::Result<()> {
+    let (name, revision) = match args.model.split_once('@') {
+        Some((name, revision)) if !revision.is_empty() => (name, Some(revision)),
+        Some(_) => anyhow::bail!("{:?}: give a revision after @, or the name alone for every revision", args.model),
+        None => (args.model.as_str(), None),
+    };
+    colo_core::AppName::new(name).map_err(|e| anyhow::anyhow!("{name:?}: {e}"))?;
+    // With colo running on this data dir, a model an app runs is kept: its machines hydrate
+    // from it whenever they start.
+    if RunInfo::read(&args.common.data_dir).is_some() {
+        let api = crate::client::Api::connect(&args.common.data_dir)?;
+        let apps: Vec<colo_core::App> = api.get("/v1/apps").await?;
+        let machines: Vec<colo_core::Machine> = api.get("/v1/machines").await?;
+        let uses = |model: &colo_core::AppName, rev: &str| model.as_str() == name && revision.is_none_or(|r| rev.starts_with(r));
+        let mut users: Vec<String> = apps
+            .iter()
+            .filter(|a| uses(&a.model, &a.revision))
+            .map(|a| format!("app {} (revision {})", a.name, a.revision))
+            .collect();
+        users.extend(
+            machines
+                .iter()
+                .filter(|m| m.state != colo_core::MachineState::Destroyed && uses(&m.model, &m.revision))
+                .filter(|m| !apps.iter().any(|a| a.name == m.app && uses(&a.model, &a.revision)))
+                .map(|m| format!("machine {} of app {} (revision {})", m.id, m.app, m.revision)),
+        );
+        if !users.is_empty() {
+            anyhow::bail!(
+                "model {} is in use by {}; destroy or redeploy those apps first",
+                args.model,
+                users.join(", ")
+            );
+        }
+    }
+    let store = args.store.open(&args.common)?;
+    let (removed, latest) = store.remove(name, revision).await?;
+    let freed: u64 = removed.iter().map(|m| m.total_bytes()).sum();
+    if args.common.json {
+        let revisions: Vec<&str> = removed.iter().map(|m| m.revision.as_str()).collect();
+        return print_json(&serde_json::json!({"model": name, "removed": revisions, "bytes": freed, "latest": latest}));
+    }
+    let revisions: Vec<&str> = removed.iter().map(|m| m.revision.as_str()).collect();
+    let left = match &latest {
+        Some(latest) => format!("; the latest revision is now {latest}"),
+        None => format!("; model {name} is gone"),
+    };
+    println!(
+        "removed {name} revision{} {} ({}){left}",
+        if revisions.len() == 1 { "" } else { "s" },
+        revisions.join(", "),
+        bytes(freed)
+    );
+    println!("host caches keep their copies until evicted (colo cache evict {name})");
+    Ok(())
 }
 
 fn synth(args: SynthArgs) -> anyhow::Result<()> {

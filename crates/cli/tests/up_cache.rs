@@ -128,3 +128,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `colo model rm NAME[@REVISION]`: refused while an app runs the model, one revision at a
+/// time or every one, the latest moving to the newest left, and the store's files gone.
+#[test]
+fn models_are_removed_from_the_store_unless_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let colo = Colo::up(dir.path());
+    let mut revisions = Vec::new();
+    for seed in ["1", "2"] {
+        let model = dir.path().join(format!("synth-{seed}"));
+        colo.ok(&["model", "synth", model.to_str().unwrap(), "--seed", seed]);
+        colo.ok(&["model", "push", model.to_str().unwrap(), "--name", "tiny"]);
+        let manifest: serde_json::Value = serde_json::from_str(&colo.ok(&["model", "inspect", "tiny", "--json"])).unwrap();
+        revisions.push(manifest["revision"].as_str().unwrap().to_string());
+    }
+    let (old, new) = (&revisions[0], &revisions[1]);
+    assert_ne!(old, new);
+    colo.ok(&["deploy", "chat", "--model", "tiny"]);
+
+    // In use: refused, naming the app; nothing deleted.
+    let out = colo.cli(&["model", "rm", "tiny"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("app chat"), "{stderr}");
+    let refused = colo.cli(&["model", "rm", &format!("tiny@{}", &new[..8])]);
+    assert!(!refused.status.success(), "the revision chat runs is kept");
+
+    // The revision no app runs goes; the latest stays.
+    let removed = colo.ok(&["model", "rm", &format!("tiny@{old}"), "--json"]);
+    let removed: serde_json::Value = serde_json::from_str(&removed).unwrap();
+    assert_eq!(removed["removed"], serde_json::json!([old]));
+    assert_eq!(removed["latest"], new.as_str());
+    let store = dir.path().join("store/models/tiny");
+    assert!(!store.join("rev").join(old).exists(), "the old revision's files are gone");
+
+    // Once the app is gone, the whole model goes.
+    colo.ok(&["destroy", "chat"]);
+    colo.wait_machines(30, "chat's machine destroyed", |ms| ms.iter().all(|m| m["app"] != "chat"));
+    let out = colo.ok(&["model", "rm", "tiny"]);
+    assert!(out.contains("model tiny is gone"), "{out}");
+    assert!(!colo.ok(&["model", "ls"]).contains("tiny"));
+    assert!(!store.join("rev").exists(), "no files are left: {:?}", std::fs::read_dir(&store).ok().map(|d| d.count()));
+    let again = colo.cli(&["model", "rm", "tiny"]);
+    assert!(!again.status.success(), "a model that is not there is an error");
+    colo.stop();
+}

@@ -67,7 +67,10 @@ impl Store {
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-            let local = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+            // Deleting a model's last file takes its empty directories with it.
+            let local = LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| bad(e.to_string()))?
+                .with_automatic_cleanup(true);
             Arc::new(local)
         };
         Ok(Self {
@@ -191,6 +194,83 @@ impl Store {
             name: name.to_string(),
             source,
         })
+    }
+
+    /// Every revision of model `name` the store keeps, oldest push first.
+    pub async fn revisions(&self, name: &str) -> Result<Vec<Manifest>, StoreError> {
+        use futures::TryStreamExt;
+        let prefix = ObjectPath::from(format!("models/{name}/revs"));
+        let listed: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::object(&prefix, e))?;
+        let mut manifests = Vec::new();
+        for meta in listed {
+            if let Some(revision) = meta.location.filename().and_then(|f| f.strip_suffix(".json")) {
+                manifests.push(self.manifest_at(name, revision).await?);
+            }
+        }
+        manifests.sort_by_key(|m| (m.pushed_at_ms, m.revision.clone()));
+        Ok(manifests)
+    }
+
+    /// Deletes one revision of model `name`, or every one (`revision` absent). When the latest
+    /// goes and others stay, the newest of them becomes the latest first, so a reader never
+    /// finds the latest naming a revision that is going. Returns the revisions deleted with
+    /// their bytes, and the latest revision left (`None`: the model is gone).
+    pub async fn remove(&self, name: &str, revision: Option<&str>) -> Result<(Vec<Manifest>, Option<String>), StoreError> {
+        use futures::TryStreamExt;
+        let all = self.revisions(name).await?;
+        let latest = self.manifest(name).await.ok().map(|m| m.revision);
+        let (going, staying): (Vec<Manifest>, Vec<Manifest>) = all
+            .into_iter()
+            .partition(|m| revision.is_none_or(|r| m.revision == r || m.revision.starts_with(r)));
+        if going.is_empty() {
+            return Err(StoreError::NotFound {
+                name: name.to_string(),
+                path: match revision {
+                    Some(r) => Self::revision_manifest_path(name, r).to_string(),
+                    None => Self::manifest_path(name).to_string(),
+                },
+            });
+        }
+        let put = |path: ObjectPath, manifest: &Manifest| {
+            let payload = object_store::PutPayload::from(manifest.to_json());
+            async move { self.inner.put(&path, payload).await.map_err(|e| StoreError::object(&path, e)) }
+        };
+        let delete = |path: ObjectPath| async move {
+            match self.inner.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(StoreError::object(&path, e)),
+            }
+        };
+        let left = match staying.last() {
+            Some(newest) if latest.as_ref().is_none_or(|l| going.iter().any(|g| &g.revision == l)) => {
+                put(Self::manifest_path(name), newest).await?;
+                Some(newest.revision.clone())
+            }
+            Some(_) => latest,
+            None => {
+                delete(Self::manifest_path(name)).await?;
+                None
+            }
+        };
+        for manifest in &going {
+            delete(Self::revision_manifest_path(name, &manifest.revision)).await?;
+            let files = ObjectPath::from(format!("models/{name}/rev/{}", manifest.revision));
+            let listed: Vec<object_store::ObjectMeta> = self
+                .inner
+                .list(Some(&files))
+                .try_collect()
+                .await
+                .map_err(|e| StoreError::object(&files, e))?;
+            for meta in listed {
+                delete(meta.location).await?;
+            }
+        }
+        Ok((going, left))
     }
 
     /// Names of the models whose manifest is present.
