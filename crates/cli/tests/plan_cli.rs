@@ -354,3 +354,46 @@ fn tables_fit_the_terminal_width() {
     let piped = String::from_utf8(colo(&["plan", "testdata/configs/llama-3.1-8b"]).stdout).unwrap();
     assert!(piped.contains("KV TOKENS") && !piped.contains("left out"), "{piped}");
 }
+
+/// A push whose config.json contradicts its weights is refused, naming each tensor that
+/// disagrees (an engine would fail to load it at deploy); a consistent one goes through.
+#[test]
+fn push_refuses_a_config_that_contradicts_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_colo"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("running colo")
+    };
+    let model = dir.path().join("tiny");
+    assert!(run(&["model", "synth", model.to_str().unwrap()]).status.success());
+    assert!(run(&["model", "push", model.to_str().unwrap(), "--name", "tiny"]).status.success());
+    let config = model.join("config.json");
+    let mut fields: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    fields["hidden_size"] = serde_json::json!(fields["hidden_size"].as_u64().unwrap() * 2);
+    fields["num_hidden_layers"] = serde_json::json!(7);
+    std::fs::write(&config, fields.to_string()).unwrap();
+    let out = run(&["model", "push", model.to_str().unwrap(), "--name", "wrong"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a contradicting config.json must be refused");
+    assert!(
+        stderr.contains("config.json contradicts the weights")
+            && stderr.contains("model.embed_tokens.weight is [512, 64]")
+            && stderr.contains("the weights have 2 layers, and config.json says num_hidden_layers = 7"),
+        "{stderr}"
+    );
+    let listed = String::from_utf8(run(&["model", "ls"]).stdout).unwrap();
+    assert!(!listed.contains("wrong"), "nothing stored: {listed}");
+
+    // A truncated weights file: the reason once, not repeated by its cause.
+    let weights = model.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(len / 2).unwrap();
+    let out = run(&["model", "push", model.to_str().unwrap(), "--name", "cut"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches("past its end").count(), 1, "{stderr}");
+}

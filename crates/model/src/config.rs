@@ -141,6 +141,63 @@ impl ModelFacts {
         }
     }
 
+    /// Where config.json and the weights' tensor `shapes` disagree, one line each: the tensors
+    /// colo knows by name (the token embedding, the first layer's attention and feed-forward
+    /// projections) against the sizes the config gives them, and the number of layers. An
+    /// engine would fail to load such a model; a push refuses it.
+    pub fn contradictions(&self, shapes: &std::collections::BTreeMap<String, Vec<u64>>) -> Vec<String> {
+        let (h, v, ff) = (self.hidden, self.vocab, self.intermediate);
+        let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let (expected, layer_prefix): (Vec<(&str, [u64; 2], &str)>, &str) = match self.arch {
+            Arch::Decoder => (
+                vec![
+                    ("embed_tokens.weight", [v, h], "vocab_size x hidden_size"),
+                    ("layers.0.self_attn.q_proj.weight", [q, h], "num_attention_heads x head_dim, hidden_size"),
+                    ("layers.0.self_attn.k_proj.weight", [kv, h], "num_key_value_heads x head_dim, hidden_size"),
+                    ("layers.0.mlp.gate_proj.weight", [ff, h], "intermediate_size x hidden_size"),
+                ],
+                "layers.",
+            ),
+            Arch::Encoder => (
+                vec![
+                    ("embeddings.word_embeddings.weight", [v, h], "vocab_size x hidden_size"),
+                    ("encoder.layer.0.intermediate.dense.weight", [ff, h], "intermediate_size x hidden_size"),
+                ],
+                "encoder.layer.",
+            ),
+            Arch::EncoderDecoder => return Vec::new(),
+        };
+        let named = |suffix: &str| {
+            shapes
+                .iter()
+                .find(|(name, _)| name.as_str() == suffix || name.ends_with(&format!(".{suffix}")))
+        };
+        let mut wrong: Vec<String> = expected
+            .iter()
+            .filter_map(|(suffix, want, what)| {
+                let (name, shape) = named(suffix)?;
+                (shape.as_slice() != want.as_slice())
+                    .then(|| format!("{name} is {shape:?} in the weights, and config.json makes it {want:?} ({what})"))
+            })
+            .collect();
+        // Layer indices as they appear in tensor names: `...layers.<n>.` or `encoder.layer.<n>.`.
+        let layers = shapes
+            .keys()
+            .filter_map(|name| {
+                let at = name.find(layer_prefix)? + layer_prefix.len();
+                name[at..].split('.').next()?.parse::<u64>().ok()
+            })
+            .max()
+            .map(|n| n + 1);
+        if let Some(found) = layers.filter(|&n| n != self.layers) {
+            wrong.push(format!(
+                "the weights have {found} layers, and config.json says num_hidden_layers = {}",
+                self.layers
+            ));
+        }
+        wrong
+    }
+
     /// Replaces the counted weights with the exact ones from safetensors headers.
     pub fn with_tensors(mut self, headers: &[HeaderSummary], source: FactsSource) -> Result<ModelFacts, ConfigError> {
         let params: u64 = headers.iter().map(|h| h.parameters).sum();

@@ -124,6 +124,17 @@ struct RawTensor {
     data_offsets: (u64, u64),
 }
 
+/// Each tensor's shape, by name, from a JSON header (checked by `parse_header`).
+pub fn tensor_shapes(header: &[u8]) -> Result<BTreeMap<String, Vec<u64>>, SafetensorsError> {
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| SafetensorsError::InvalidJson { reason: e.to_string() })?;
+    Ok(raw
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .filter_map(|(name, value)| Some((name, serde_json::from_value::<RawTensor>(value).ok()?.shape)))
+        .collect())
+}
+
 /// Reads the header length from the first 8 bytes of a file of `file_len` bytes and checks
 /// that the header fits. Returns how many bytes after those 8 hold the JSON header.
 pub fn header_len(prefix: &[u8], file_len: u64) -> Result<u64, SafetensorsError> {

@@ -59,6 +59,7 @@ pub async fn push_dir(store: &Store, dir: &Path, name: &str, opts: &PushOptions,
         .await
         .map_err(|e| StoreError::Internal(format!("hashing the model's files: {e}")))??
     };
+    check_config(dir, &files)?;
     let manifest = Manifest::new(name, chunk_size, entries, now_ms());
 
     let uploaded: Vec<u64> = futures::stream::iter(files.iter().map(|(rel, abs)| {
@@ -170,6 +171,40 @@ fn describe_file(rel: &str, abs: &Path, chunk_size: u64) -> Result<FileEntry, St
         chunks,
         safetensors: summary,
         gguf,
+    })
+}
+
+/// Refuses a config.json whose sizes contradict the safetensors weights beside it, naming each
+/// tensor that disagrees. A config colo cannot read (another architecture) is not judged.
+fn check_config(dir: &Path, files: &[(String, PathBuf)]) -> Result<(), StoreError> {
+    let Some((_, config)) = files.iter().find(|(rel, _)| rel == "config.json") else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(config).map_err(|e| StoreError::io(config.display(), e))?;
+    let Ok(facts) = colo_model::ModelFacts::from_config(&bytes) else {
+        return Ok(());
+    };
+    let mut shapes = std::collections::BTreeMap::new();
+    for (_, abs) in files.iter().filter(|(rel, _)| rel.ends_with(".safetensors")) {
+        let mut file = std::fs::File::open(abs).map_err(|e| StoreError::io(abs.display(), e))?;
+        let size = file.metadata().map_err(|e| StoreError::io(abs.display(), e))?.len();
+        let fail = |source| StoreError::Safetensors {
+            path: abs.display().to_string(),
+            source,
+        };
+        let mut prefix = [0u8; 8];
+        let n = file.read(&mut prefix).map_err(|e| StoreError::io(abs.display(), e))?;
+        let mut header = vec![0u8; safetensors::header_len(&prefix[..n], size).map_err(fail)? as usize];
+        file.read_exact(&mut header).map_err(|e| StoreError::io(abs.display(), e))?;
+        shapes.extend(safetensors::tensor_shapes(&header).map_err(fail)?);
+    }
+    let wrong = facts.contradictions(&shapes);
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::BadDir {
+        dir: dir.display().to_string(),
+        reason: format!("config.json contradicts the weights: {}", wrong.join("; ")),
     })
 }
 
