@@ -283,6 +283,14 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
     };
     let report = push_dir(&store, &args.dir, &args.name, &opts, progress).await?;
     bar.finish_and_clear();
+    if args.store.store.is_none() && RunInfo::read(&args.common.data_dir).is_none() {
+        // A push into a data dir no colo runs on: the colo the user has in mind (started with
+        // another --data-dir) will not see the model.
+        let dir = args.common.data_dir.display();
+        eprintln!(
+            "note: no colo is running with data dir {dir}; the model went to {dir}/store, which only a colo started with --data-dir {dir} reads (give --data-dir DIR of the running colo, or --store URL)"
+        );
+    }
     let m = &report.manifest;
     if args.common.json {
         return print_json(&serde_json::json!({

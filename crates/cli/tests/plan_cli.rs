@@ -370,7 +370,13 @@ fn push_refuses_a_config_that_contradicts_the_weights() {
     };
     let model = dir.path().join("tiny");
     assert!(run(&["model", "synth", model.to_str().unwrap()]).status.success());
-    assert!(run(&["model", "push", model.to_str().unwrap(), "--name", "tiny"]).status.success());
+    let pushed = run(&["model", "push", model.to_str().unwrap(), "--name", "tiny"]);
+    assert!(pushed.status.success());
+    let note = String::from_utf8_lossy(&pushed.stderr);
+    assert!(
+        note.contains("note: no colo is running with data dir") && note.contains("--store URL"),
+        "a push into a data dir no colo uses says so: {note}"
+    );
     let config = model.join("config.json");
     let mut fields: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     fields["hidden_size"] = serde_json::json!(fields["hidden_size"].as_u64().unwrap() * 2);

@@ -16,9 +16,14 @@ fn serves_minilm_through_the_edge_matching_sentence_transformers() {
     let client = reqwest::blocking::Client::new();
     let url = format!("{}/v1/embeddings", colo.edge);
 
-    // All inputs in one request.
+    // All inputs in one request. The last is past the model's 256 tokens: truncated, as
+    // sentence-transformers does, because the request asks for it.
     let inputs: Vec<&str> = cases.iter().map(|c| c.input.as_str()).collect();
-    let response = client.post(&url).json(&json!({"model": "minilm", "input": inputs})).send().unwrap();
+    let response = client
+        .post(&url)
+        .json(&json!({"model": "minilm", "input": inputs, "truncate": true}))
+        .send()
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().unwrap();
     assert_eq!(body["object"], "list");
@@ -37,7 +42,7 @@ fn serves_minilm_through_the_edge_matching_sentence_transformers() {
         .map(|case| {
             let (client, url, input) = (client.clone(), url.clone(), case.input.clone());
             std::thread::spawn(move || {
-                let body = json!({"model": "minilm", "input": input, "encoding_format": "base64"});
+                let body = json!({"model": "minilm", "input": input, "encoding_format": "base64", "truncate": true});
                 client.post(url).json(&body).send().unwrap().json::<Value>().unwrap()
             })
         })
@@ -166,11 +171,21 @@ fn bad_requests_and_bad_models_get_clear_errors() {
         assert!(message.contains(needle), "{}: {error}", &body[..body.len().min(80)]);
         assert!(error["error"]["type"].is_string());
     }
-    // A very long input is truncated as sentence-transformers does, not refused.
+    // An input past the model's 256 tokens is refused as OpenAI refuses it, naming the input
+    // and the way out; asked to, it is truncated as sentence-transformers does.
     let long = "word ".repeat(5000);
+    let response = client
+        .post(&url)
+        .json(&json!({"model": "minilm", "input": ["short", long]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("'input[1]' is longer than the 256 tokens") && message.contains("\"truncate\": true"), "{message}");
     let response: Value = client
         .post(&url)
-        .json(&json!({"model": "minilm", "input": long}))
+        .json(&json!({"model": "minilm", "input": long, "truncate": true}))
         .send()
         .unwrap()
         .json()

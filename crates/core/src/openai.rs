@@ -308,6 +308,7 @@ fn embeddings(fields: &Map<String, Value>) -> Result<(), BadParam> {
         }
     }
     integer_in(fields, "dimensions", 1, i64::MAX)?;
+    of_type(fields, "truncate", Value::is_boolean, "a boolean")?;
     of_type(fields, "user", Value::is_string, "a string")
 }
 

@@ -23,6 +23,8 @@ struct EmbeddingsRequest {
     model: Option<String>,
     inputs: Vec<String>,
     encoding: Encoding,
+    /// `"truncate": true`: inputs past the model's limit are cut to it instead of refused.
+    truncate: bool,
 }
 
 fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineError> {
@@ -97,7 +99,17 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
             ))
         }
     }
-    Ok(EmbeddingsRequest { model, inputs, encoding })
+    let truncate = match fields.get("truncate") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(EngineError::bad("truncate", format!("'truncate' must be a boolean, got {}", kind(other)))),
+    };
+    Ok(EmbeddingsRequest {
+        model,
+        inputs,
+        encoding,
+        truncate,
+    })
 }
 
 /// Answers one embeddings request, or says what was wrong with it.
@@ -118,11 +130,21 @@ async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError
     let active = batcher.begin();
     let embedder = batcher.embedder();
     let request = parse_request(body, embedder.dim)?;
-    let ids: Vec<Vec<u32>> = request
-        .inputs
-        .iter()
-        .map(|text| embedder.tokenize(text))
-        .collect::<Result<_, _>>()?;
+    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(request.inputs.len());
+    for (i, text) in request.inputs.iter().enumerate() {
+        let (tokens, cut) = embedder.tokenize_checked(text)?;
+        if cut && !request.truncate {
+            let at = if request.inputs.len() == 1 { "'input'".to_string() } else { format!("'input[{i}]'") };
+            return Err(EngineError::bad(
+                "input",
+                format!(
+                    "{at} is longer than the {} tokens this model takes; shorten it, or send \"truncate\": true to embed its first {0} tokens",
+                    embedder.max_tokens
+                ),
+            ));
+        }
+        ids.push(tokens);
+    }
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     let n_inputs = ids.len();
     let vectors = batcher.embed(ids, active).await?;

@@ -127,11 +127,17 @@ impl Embedder {
 
     /// Token ids of one input, special tokens added, truncated to `max_tokens`.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self.tokenize_checked(text)?.0)
+    }
+
+    /// Token ids of one input as `tokenize` gives them, and whether it was longer than
+    /// `max_tokens` (and so cut).
+    pub fn tokenize_checked(&self, text: &str) -> Result<(Vec<u32>, bool), EngineError> {
         let encoding = self
             .tokenizer
             .encode(text, true)
             .map_err(|e| EngineError::Inference(format!("tokenizer: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
+        Ok((encoding.get_ids().to_vec(), !encoding.get_overflowing().is_empty()))
     }
 
     /// Embeds a batch of tokenized inputs in one forward pass over the packed tokens.
