@@ -29,6 +29,8 @@ pub struct ControlArgs {
 pub struct AgentArgs {
     #[command(flatten)]
     common: DaemonCommon,
+    /// Model store the host's cache hydrates from: s3://bucket/prefix (AWS_* variables) or a
+    /// directory this host can read.
     #[arg(long)]
     store: String,
     /// Region code of this host.

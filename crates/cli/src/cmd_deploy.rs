@@ -505,12 +505,13 @@ pub enum KeysCommand {
 
 #[derive(clap::Args)]
 pub struct KeyCreateArgs {
+    /// App the key calls.
     app: String,
     /// Requests per second the key may make.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rps: Option<u32>,
     /// LLM tokens per minute the key may use (prompt estimate plus max_tokens).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     tokens_per_minute: Option<u32>,
     #[command(flatten)]
     common: Common,
@@ -518,6 +519,7 @@ pub struct KeyCreateArgs {
 
 #[derive(clap::Args)]
 pub struct KeyAppArgs {
+    /// App whose keys to list.
     app: String,
     #[command(flatten)]
     common: Common,
@@ -525,6 +527,7 @@ pub struct KeyAppArgs {
 
 #[derive(clap::Args)]
 pub struct KeyRevokeArgs {
+    /// App the key belongs to.
     app: String,
     /// The key's id (`colo keys ls`).
     id: String,
@@ -587,6 +590,7 @@ pub enum TokenCommand {
 
 #[derive(clap::Args)]
 pub struct TokenAppArgs {
+    /// App the deploy token may redeploy (and nothing else).
     app: String,
     #[command(flatten)]
     common: Common,

@@ -31,14 +31,19 @@ pub struct SynthArgs {
     /// Architecture; only llama is synthesized.
     #[arg(long, default_value = "llama")]
     arch: String,
+    /// Transformer layers.
     #[arg(long, default_value_t = 2)]
     layers: usize,
+    /// Hidden size (width of the residual stream).
     #[arg(long, default_value_t = 64)]
     hidden: usize,
+    /// Attention heads (--hidden must divide by it).
     #[arg(long, default_value_t = 4)]
     heads: usize,
+    /// Key/value heads (grouped-query attention; --heads must divide by it).
     #[arg(long, default_value_t = 2)]
     kv_heads: usize,
+    /// Vocabulary size of the byte-level tokenizer written with it.
     #[arg(long, default_value_t = 512)]
     vocab: usize,
     /// Feed-forward width (0: about 8/3 of --hidden).
@@ -47,6 +52,7 @@ pub struct SynthArgs {
     /// Context length in tokens.
     #[arg(long, default_value_t = 2048)]
     context: usize,
+    /// Seed of the random weights: the same seed writes the same model.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Weight dtype: f32, f16 or bf16.

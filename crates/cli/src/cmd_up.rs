@@ -77,10 +77,16 @@ impl UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let json = args.common.json;
     let config = args.config()?;
     let drain_secs = config.edge.drain_timeout_secs;
     let mut running = colo_node::up(config).await.context("starting colo up")?;
-    eprintln!("{}", banner(&running));
+    if json {
+        // One line on stdout for a script that starts colo: where everything is.
+        println!("{}", serde_json::to_string(&banner_json(&running))?);
+    } else {
+        eprintln!("{}", banner(&running));
+    }
 
     colo_node::shutdown_signal().await;
     // Drain: the edges stop accepting and in-flight requests get up to the drain timeout to
@@ -94,7 +100,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("colo: stopping machines");
     running.shutdown().await;
+    eprintln!("colo: stopped");
     Ok(())
+}
+
+/// The banner's facts for scripts (`colo up --json`).
+fn banner_json(running: &Running) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = running
+        .agents()
+        .iter()
+        .map(|a| {
+            let devices: Vec<String> = a.devices().iter().map(|d| d.to_string()).collect();
+            serde_json::json!({"host": a.host(), "region": a.region(), "devices": devices})
+        })
+        .collect();
+    let edges: std::collections::BTreeMap<&String, String> =
+        running.edges.iter().map(|(region, addr)| (region, format!("http://{addr}"))).collect();
+    serde_json::json!({
+        "edges": edges,
+        "api": format!("http://{}", running.api_addr),
+        "store": running.store_url,
+        "data_dir": running.data_dir,
+        "s3": running.s3_addr.map(|addr| format!("http://{addr}")),
+        "hosts": hosts,
+        "pid": std::process::id(),
+    })
 }
 
 /// What runs where: every edge, the API, the store, the data dir, each host's devices, and the

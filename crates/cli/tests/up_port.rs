@@ -46,3 +46,21 @@ fn a_second_colo_on_a_served_edge_address_fails_naming_the_holder() {
     assert_eq!(health.status(), 200);
     first.stop();
 }
+
+/// `colo up --json` says where everything is as one JSON line for the script that started it,
+/// and ends its log with "stopped".
+#[test]
+fn colo_up_json_prints_where_everything_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let colo = Colo::up_with(dir.path(), &["--json"]);
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    let line = log.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in\n{log}"));
+    let info: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(info["edges"]["local"].as_str(), Some(colo.edge.as_str()), "{info}");
+    assert!(info["api"].as_str().unwrap().starts_with("http://"), "{info}");
+    assert!(info["hosts"][0]["devices"].as_array().is_some_and(|d| !d.is_empty()), "{info}");
+    assert!(!log.contains("colo is up"), "the table-for-people banner is left out: {log}");
+    colo.stop();
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    assert!(log.trim_end().ends_with("colo: stopped"), "{log}");
+}
