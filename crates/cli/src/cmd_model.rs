@@ -63,8 +63,12 @@ pub struct SynthArgs {
     tie_embeddings: bool,
     /// Directory to write (created; files in it are replaced).
     dir: PathBuf,
-    #[command(flatten)]
-    common: Common,
+    /// Print JSON for scripts instead of a sentence.
+    #[arg(long)]
+    json: bool,
+    /// Accepted for scripts that give every colo command one; synth writes only to DIR.
+    #[arg(long, hide = true)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -252,7 +256,7 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         std::fs::write(&path, bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         total += bytes.len() as u64;
     }
-    if args.common.json {
+    if args.json {
         return print_json(&serde_json::json!({"dir": args.dir, "bytes": total, "files": files.iter().map(|f| &f.0).collect::<Vec<_>>()}));
     }
     println!(
@@ -273,7 +277,7 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
     let total: u64 = walk_size(&args.dir);
     let bar = if std::io::stderr().is_terminal() && !args.common.json {
         let bar = ProgressBar::new(total);
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template"));
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}").expect("valid template"));
         bar.set_message(format!("pushing {}", args.name));
         bar
     } else {
@@ -329,7 +333,7 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let cache = colo_store::HostCache::new(args.cache_dir.clone().unwrap_or_else(|| args.common.data_dir.join("cache")));
     let bar = if std::io::stderr().is_terminal() && !args.common.json {
         let bar = ProgressBar::new(manifest.total_bytes());
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template"));
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}").expect("valid template"));
         bar.set_message(format!("pulling {}", args.name));
         bar
     } else {
@@ -400,7 +404,11 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         "model {}  revision {}  chunk size {}  pushed {}",
         manifest.name,
         manifest.revision,
-        bytes(manifest.chunk_size),
+        // Chunk sizes are powers of two: said in MiB, as they were given.
+        match manifest.chunk_size % (1 << 20) {
+            0 => format!("{} MiB", manifest.chunk_size >> 20),
+            _ => bytes(manifest.chunk_size),
+        },
         crate::output::age(manifest.pushed_at_ms)
     );
     let rows = manifest

@@ -146,7 +146,9 @@ fn main() -> std::process::ExitCode {
     quiet_broken_pipe(&cli.command);
     raise_open_files();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COLO_LOG").unwrap_or_else(|_| "info".into()))
+        // s3s logs every client's mistake on the S3 endpoint (a bad signature, a refused write)
+        // as an error with the whole response; the client gets the answer, the log need not.
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COLO_LOG").unwrap_or_else(|_| "info,s3s=off".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -122,10 +122,13 @@ impl EdgeError {
 impl IntoResponse for EdgeError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let kind = match status.as_u16() {
-            400..=499 => "invalid_request_error",
-            502 => "upstream_error",
-            500 => "internal_error",
+        let kind = match (status.as_u16(), &self) {
+            // OpenAI names the limit that was reached.
+            (429, EdgeError::RateLimited { what, .. }) if what.contains("token") => "tokens",
+            (429, _) => "requests",
+            (400..=499, _) => "invalid_request_error",
+            (502, _) => "upstream_error",
+            (500, _) => "internal_error",
             _ => "unavailable_error",
         };
         let param = match &self {

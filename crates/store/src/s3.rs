@@ -10,8 +10,8 @@
 use crate::{no_progress, HostCache, HydrateOptions, Store, StoreError};
 use colo_model::{FileEntry, Manifest};
 use s3s::dto::{
-    CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output,
-    Object, StreamingBlob, Timestamp,
+    Bucket, CommonPrefix, ETag, GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, Object, StreamingBlob, Timestamp,
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 use std::collections::BTreeSet;
@@ -61,6 +61,7 @@ pub async fn serve_s3(
     };
     let mut builder = s3s::service::S3ServiceBuilder::new(endpoint);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(config.access_key, config.secret_key));
+    builder.set_access(ReadOnly);
     let service = builder.build();
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     loop {
@@ -74,6 +75,26 @@ pub async fn serve_s3(
                 tracing::debug!(error = %e, "s3 connection ended");
             }
         });
+    }
+}
+
+/// Lets signed reads through and refuses every write, saying why: the endpoint serves the host
+/// cache, and models reach the store through `colo model push`.
+struct ReadOnly;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for ReadOnly {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3_error!(AccessDenied, "a signed request is required"));
+        }
+        match cx.s3_op().name() {
+            "GetObject" | "HeadObject" | "ListObjects" | "ListObjectsV2" | "ListBuckets" | "HeadBucket" | "GetBucketLocation" => Ok(()),
+            op => Err(s3_error!(
+                AccessDenied,
+                "{op} is refused: this endpoint serves the host cache read-only (models go into the store with colo model push)"
+            )),
+        }
     }
 }
 
@@ -96,7 +117,10 @@ fn pushed_at(manifest: &Manifest) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(manifest.pushed_at_ms))
 }
 
+/// An error of this endpoint's own (its log keeps it: s3s's logging is off, as it would log
+/// every client's mistake too).
 fn internal(e: impl std::fmt::Display) -> s3s::S3Error {
+    tracing::warn!(error = %e, "the S3 endpoint failed a read");
     s3_error!(InternalError, "{e}")
 }
 
@@ -193,6 +217,17 @@ impl S3 for CacheS3 {
             ..Default::default()
         };
         Ok(S3Response::new(output))
+    }
+
+    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let bucket = Bucket {
+            name: Some(self.bucket.clone()),
+            ..Default::default()
+        };
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(vec![bucket]),
+            ..Default::default()
+        }))
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {

@@ -74,6 +74,11 @@ async fn boto3_reads_cached_and_origin_models_with_ranged_gets() {
         let expected: Vec<String> = manifest.files.iter().map(|f| format!("{prefix}{}", f.path)).collect();
         assert_eq!(keys, expected, "ListObjectsV2 lists the model's files");
         assert!(answer["ranged_gets"].as_u64().unwrap() > keys.len() as u64, "{answer}");
+        assert_eq!(answer["buckets"], serde_json::json!(["colo"]), "ListBuckets names the one bucket");
+        // A write is refused as a denial that says why, not a 501.
+        assert_eq!(answer["put"]["status"], 403, "{answer}");
+        assert_eq!(answer["put"]["code"], "AccessDenied", "{answer}");
+        assert!(answer["put"]["message"].as_str().unwrap().contains("read-only"), "{answer}");
         common::assert_same_model(manifest, &root.path().join(&manifest.name), &out.join(&prefix));
     }
     assert!(

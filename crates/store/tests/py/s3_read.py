@@ -3,7 +3,8 @@ list the model's keys, head each, then read every file in ranged GETs of random 
 write each file's bytes under an output directory for the Rust test to compare.
 
 usage: s3_read.py ENDPOINT BUCKET PREFIX OUT_DIR
-prints one JSON line: {"keys": [...], "sizes": {...}, "ranged_gets": n}
+then lists the buckets and tries one PutObject, which the read-only endpoint must refuse.
+prints one JSON line: {"keys": [...], "sizes": {...}, "ranged_gets": n, "buckets": [...], "put": {...}}
 """
 
 import json
@@ -12,6 +13,7 @@ import random
 import sys
 
 import boto3
+import botocore.exceptions
 from botocore.config import Config
 
 
@@ -48,7 +50,14 @@ def main():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(b"".join(parts))
-    print(json.dumps({"keys": keys, "sizes": sizes, "ranged_gets": gets}))
+    buckets = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    try:
+        s3.put_object(Bucket=bucket, Key=prefix + "new", Body=b"x")
+        refused = None
+    except botocore.exceptions.ClientError as e:
+        refused = {"status": e.response["ResponseMetadata"]["HTTPStatusCode"], "code": e.response["Error"]["Code"],
+                   "message": e.response["Error"]["Message"]}
+    print(json.dumps({"keys": keys, "sizes": sizes, "ranged_gets": gets, "buckets": buckets, "put": refused}))
 
 
 if __name__ == "__main__":
