@@ -6,8 +6,8 @@ use crate::Common;
 use anyhow::Context;
 use colo_core::{App, Demand, Machine, MachineState, StartPhase};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use serde_json::json;
+use std::io::IsTerminal;
 
 #[derive(clap::Args)]
 pub struct DeployArgs {
@@ -222,7 +222,8 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         .await?;
     let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", app.name)).await?;
     let mut machines: Vec<Machine> = machines.into_iter().filter(|m| m.state != MachineState::Destroyed).collect();
-    let watch = (!args.detach && !args.common.json && std::io::stderr().is_terminal()).then(|| watch_starts(api.clone(), app.name.to_string()));
+    let watch =
+        (!args.detach && !args.common.json && std::io::stderr().is_terminal()).then(|| watch_starts(api.clone(), app.name.to_string()));
     if !args.detach {
         for machine in machines.iter_mut() {
             let timeout = std::time::Duration::from_secs(args.timeout.min(3600));
@@ -418,7 +419,10 @@ impl AppMachines {
             *by_state.entry(m.state.to_string()).or_insert(0) += 1;
         }
         let count = |state: MachineState| by_state.get(state.as_str()).copied().unwrap_or(0);
-        let (started, parked) = (count(MachineState::Started), count(MachineState::Stopped) + count(MachineState::Suspended));
+        let (started, parked) = (
+            count(MachineState::Started),
+            count(MachineState::Stopped) + count(MachineState::Suspended),
+        );
         AppMachines {
             wanted: app.machines,
             started,

@@ -277,7 +277,10 @@ async fn push(args: PushArgs) -> anyhow::Result<()> {
     let total: u64 = walk_size(&args.dir);
     let bar = if std::io::stderr().is_terminal() && !args.common.json {
         let bar = ProgressBar::new(total);
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}")
+                .expect("valid template"),
+        );
         bar.set_message(format!("pushing {}", args.name));
         bar
     } else {
@@ -333,7 +336,10 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let cache = colo_store::HostCache::new(args.cache_dir.clone().unwrap_or_else(|| args.common.data_dir.join("cache")));
     let bar = if std::io::stderr().is_terminal() && !args.common.json {
         let bar = ProgressBar::new(manifest.total_bytes());
-        bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}")
+                .expect("valid template"),
+        );
         bar.set_message(format!("pulling {}", args.name));
         bar
     } else {

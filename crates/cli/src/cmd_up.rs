@@ -114,8 +114,11 @@ fn banner_json(running: &Running) -> serde_json::Value {
             serde_json::json!({"host": a.host(), "region": a.region(), "devices": devices})
         })
         .collect();
-    let edges: std::collections::BTreeMap<&String, String> =
-        running.edges.iter().map(|(region, addr)| (region, format!("http://{addr}"))).collect();
+    let edges: std::collections::BTreeMap<&String, String> = running
+        .edges
+        .iter()
+        .map(|(region, addr)| (region, format!("http://{addr}")))
+        .collect();
     serde_json::json!({
         "edges": edges,
         "api": format!("http://{}", running.api_addr),

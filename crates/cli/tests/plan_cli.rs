@@ -304,10 +304,7 @@ fn a_closed_pipe_ends_the_command_quietly() {
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let status = child.wait().unwrap();
     assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
-    assert!(
-        status.signal() == Some(libc::SIGPIPE),
-        "colo ended with {status:?}: {stderr}"
-    );
+    assert!(status.signal() == Some(libc::SIGPIPE), "colo ended with {status:?}: {stderr}");
 }
 
 /// An encoder is planned by what it does: embeddings per second and the time to embed one
@@ -318,12 +315,21 @@ fn encoders_are_planned_by_embeddings() {
     let out = colo(&["plan", "testdata/configs/all-minilm-l6-v2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("EMBEDDINGS/S (128 TOKENS)") && text.contains("MS PER INPUT"), "{text}");
-    assert!(!text.contains("KV") && !text.contains("DECODE"), "no KV or decode figures for an encoder:\n{text}");
+    assert!(
+        text.contains("EMBEDDINGS/S (128 TOKENS)") && text.contains("MS PER INPUT"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("KV") && !text.contains("DECODE"),
+        "no KV or decode figures for an encoder:\n{text}"
+    );
     assert!(text.contains("GiB of weights") && !text.contains(" GB"), "one unit system:\n{text}");
     assert!(text.contains("more options that fit are not shown"), "{text}");
     let recommended = text.lines().find(|l| l.starts_with("recommended")).unwrap();
-    assert!(!recommended.contains("$0.000 ") && !recommended.contains("$0.000)"), "{recommended}");
+    assert!(
+        !recommended.contains("$0.000 ") && !recommended.contains("$0.000)"),
+        "{recommended}"
+    );
     let price: f64 = recommended.split("($").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
     assert!(price > 0.0 && price < 0.01, "{recommended}");
 
@@ -397,7 +403,12 @@ fn push_refuses_a_config_that_contradicts_the_weights() {
     // A truncated weights file: the reason once, not repeated by its cause.
     let weights = model.join("model.safetensors");
     let len = std::fs::metadata(&weights).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let out = run(&["model", "push", model.to_str().unwrap(), "--name", "cut"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

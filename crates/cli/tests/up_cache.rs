@@ -168,7 +168,11 @@ fn models_are_removed_from_the_store_unless_in_use() {
     let out = colo.ok(&["model", "rm", "tiny"]);
     assert!(out.contains("model tiny is gone"), "{out}");
     assert!(!colo.ok(&["model", "ls"]).contains("tiny"));
-    assert!(!store.join("rev").exists(), "no files are left: {:?}", std::fs::read_dir(&store).ok().map(|d| d.count()));
+    assert!(
+        !store.join("rev").exists(),
+        "no files are left: {:?}",
+        std::fs::read_dir(&store).ok().map(|d| d.count())
+    );
     let again = colo.cli(&["model", "rm", "tiny"]);
     assert!(!again.status.success(), "a model that is not there is an error");
     colo.stop();

@@ -182,7 +182,10 @@ fn bad_requests_and_bad_models_get_clear_errors() {
     assert_eq!(response.status(), 400);
     let error: Value = response.json().unwrap();
     let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.contains("'input[1]' is longer than the 256 tokens") && message.contains("\"truncate\": true"), "{message}");
+    assert!(
+        message.contains("'input[1]' is longer than the 256 tokens") && message.contains("\"truncate\": true"),
+        "{message}"
+    );
     let response: Value = client
         .post(&url)
         .json(&json!({"model": "minilm", "input": long, "truncate": true}))

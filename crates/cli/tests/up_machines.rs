@@ -133,7 +133,11 @@ fn idle_machines_stop_and_the_next_request_wakes_them() {
     let bad = [
         (json!({"model": "minilm"}), "input", "'input' is required"),
         (json!({"model": "minilm", "input": []}), "input", "empty list"),
-        (json!({"model": "minilm", "input": "x", "encoding_format": "hex"}), "encoding_format", "\"float\" or \"base64\""),
+        (
+            json!({"model": "minilm", "input": "x", "encoding_format": "hex"}),
+            "encoding_format",
+            "\"float\" or \"base64\"",
+        ),
         (json!({"model": "minilm", "input": [[1, 2]]}), "input", "not token ids"),
     ];
     for (body, param, part) in bad {

@@ -54,7 +54,10 @@ fn colo_up_json_prints_where_everything_is() {
     let dir = tempfile::tempdir().unwrap();
     let colo = Colo::up_with(dir.path(), &["--json"]);
     let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
-    let line = log.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in\n{log}"));
+    let line = log
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in\n{log}"));
     let info: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(info["edges"]["local"].as_str(), Some(colo.edge.as_str()), "{info}");
     assert!(info["api"].as_str().unwrap().starts_with("http://"), "{info}");

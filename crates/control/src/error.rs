@@ -38,7 +38,11 @@ pub enum ControlError {
     /// A deploy failed and was undone: a new app is not recorded; a redeployed one keeps its
     /// previous version.
     #[error("{}: {cause}", match kept { Some(v) => format!("app {app:?} keeps version {v}, its previous deploy"), None => format!("app {app:?} was not deployed (nothing is recorded)") })]
-    NotDeployed { app: String, kept: Option<u64>, cause: Box<ControlError> },
+    NotDeployed {
+        app: String,
+        kept: Option<u64>,
+        cause: Box<ControlError>,
+    },
 }
 
 /// One thing wrong with a request: the field and why.

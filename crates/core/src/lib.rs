@@ -21,7 +21,9 @@ pub use demand::{Demand, PlacedSlot, PlacementRecord, RegionDemand, Unmet};
 pub use engine::{EngineKind, EngineSpec, MetricNames, Readiness};
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use host::HostRecord;
-pub use machine::{check_metadata, ColdStart, Device, HydrationReport, Machine, MachineState, StartPhase, StartProgress, METADATA_MAX_KEYS};
+pub use machine::{
+    check_metadata, ColdStart, Device, HydrationReport, Machine, MachineState, StartPhase, StartProgress, METADATA_MAX_KEYS,
+};
 pub use money::{usd_figure, MoneyError, Usd};
 pub use name::{AppName, NameError};
 pub use region::{Region, Regions};

@@ -110,20 +110,39 @@ pub fn unsupported(endpoint: Endpoint, fields: &Map<String, Value>, engine: Engi
     let number = |name: &str| set(name).and_then(Value::as_f64);
     if endpoint == Endpoint::Embeddings {
         return match set("input") {
-            Some(Value::Array(items)) if items.iter().any(|v| v.is_number() || v.is_array()) => Err(BadParam::unsupported(
-                "input",
-                "it takes text, not token ids; send strings",
-            )),
+            Some(Value::Array(items)) if items.iter().any(|v| v.is_number() || v.is_array()) => {
+                Err(BadParam::unsupported("input", "it takes text, not token ids; send strings"))
+            }
             _ => Ok(()),
         };
     }
     let refused: &[(&str, bool, &str)] = &[
-        ("n", number("n").is_some_and(|n| n != 1.0), "it returns one choice per request (n = 1)"),
-        ("best_of", number("best_of").is_some_and(|n| n != 1.0), "it returns one choice per request"),
-        ("tools", set("tools").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())), "it does not call tools"),
-        ("tool_choice", set("tool_choice").is_some_and(|c| c != "none"), "it does not call tools"),
+        (
+            "n",
+            number("n").is_some_and(|n| n != 1.0),
+            "it returns one choice per request (n = 1)",
+        ),
+        (
+            "best_of",
+            number("best_of").is_some_and(|n| n != 1.0),
+            "it returns one choice per request",
+        ),
+        (
+            "tools",
+            set("tools").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())),
+            "it does not call tools",
+        ),
+        (
+            "tool_choice",
+            set("tool_choice").is_some_and(|c| c != "none"),
+            "it does not call tools",
+        ),
         ("functions", set("functions").is_some(), "it does not call functions"),
-        ("function_call", set("function_call").is_some_and(|c| c != "none"), "it does not call functions"),
+        (
+            "function_call",
+            set("function_call").is_some_and(|c| c != "none"),
+            "it does not call functions",
+        ),
         (
             "response_format",
             set("response_format").is_some_and(|f| f.get("type").and_then(Value::as_str) != Some("text")),
@@ -134,17 +153,39 @@ pub fn unsupported(endpoint: Endpoint, fields: &Map<String, Value>, engine: Engi
             set("logprobs").is_some_and(|l| l != &Value::Bool(false) && l.as_f64() != Some(0.0)),
             "it does not return log probabilities",
         ),
-        ("top_logprobs", number("top_logprobs").is_some_and(|n| n != 0.0), "it does not return log probabilities"),
-        ("logit_bias", set("logit_bias").and_then(Value::as_object).is_some_and(|m| !m.is_empty()), "it does not bias tokens"),
-        ("presence_penalty", number("presence_penalty").is_some_and(|p| p != 0.0), "it applies no penalties"),
-        ("frequency_penalty", number("frequency_penalty").is_some_and(|p| p != 0.0), "it applies no penalties"),
+        (
+            "top_logprobs",
+            number("top_logprobs").is_some_and(|n| n != 0.0),
+            "it does not return log probabilities",
+        ),
+        (
+            "logit_bias",
+            set("logit_bias").and_then(Value::as_object).is_some_and(|m| !m.is_empty()),
+            "it does not bias tokens",
+        ),
+        (
+            "presence_penalty",
+            number("presence_penalty").is_some_and(|p| p != 0.0),
+            "it applies no penalties",
+        ),
+        (
+            "frequency_penalty",
+            number("frequency_penalty").is_some_and(|p| p != 0.0),
+            "it applies no penalties",
+        ),
         ("echo", set("echo") == Some(&Value::Bool(true)), "it does not echo the prompt"),
-        ("suffix", set("suffix").and_then(Value::as_str).is_some_and(|s| !s.is_empty()), "it does not insert text"),
+        (
+            "suffix",
+            set("suffix").and_then(Value::as_str).is_some_and(|s| !s.is_empty()),
+            "it does not insert text",
+        ),
         ("audio", set("audio").is_some(), "it writes text only"),
         ("prediction", set("prediction").is_some(), "it takes no predicted output"),
         (
             "modalities",
-            set("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|x| x != "text")),
+            set("modalities")
+                .and_then(Value::as_array)
+                .is_some_and(|m| m.iter().any(|x| x != "text")),
             "it writes text only",
         ),
     ];
@@ -175,7 +216,10 @@ fn number_in(fields: &Map<String, Value>, name: &str, min: f64, max: f64) -> Res
     match present(fields, name) {
         None => Ok(()),
         Some(Value::Number(n)) if n.as_f64().is_some_and(|v| (min..=max).contains(&v)) => Ok(()),
-        Some(Value::Number(n)) => Err(BadParam::invalid(name, format!("'{name}' is {n}; it must be between {min} and {max}"))),
+        Some(Value::Number(n)) => Err(BadParam::invalid(
+            name,
+            format!("'{name}' is {n}; it must be between {min} and {max}"),
+        )),
         Some(other) => Err(BadParam::invalid(name, format!("'{name}' must be a number, got {}", kind(other)))),
     }
 }
@@ -200,7 +244,8 @@ fn of_type(fields: &Map<String, Value>, name: &str, fits: fn(&Value) -> bool, wh
 }
 
 fn is_token_ids(v: &Value) -> bool {
-    v.as_array().is_some_and(|ids| !ids.is_empty() && ids.iter().all(|id| id.as_u64().is_some()))
+    v.as_array()
+        .is_some_and(|ids| !ids.is_empty() && ids.iter().all(|id| id.as_u64().is_some()))
 }
 
 /// Completions and chat completions.
@@ -217,9 +262,7 @@ fn generation(endpoint: Endpoint, fields: &Map<String, Value>) -> Result<(), Bad
         match present(fields, "prompt") {
             None => return Err(BadParam::invalid("prompt", "'prompt' is required".into())),
             Some(Value::String(_)) => {}
-            Some(Value::Array(items)) if items.is_empty() => {
-                return Err(BadParam::invalid("prompt", "'prompt' is an empty list".into()))
-            }
+            Some(Value::Array(items)) if items.is_empty() => return Err(BadParam::invalid("prompt", "'prompt' is an empty list".into())),
             Some(p @ Value::Array(items)) if is_token_ids(p) || items.iter().all(|i| i.is_string() || is_token_ids(i)) => {}
             Some(other) => {
                 return Err(BadParam::invalid(
@@ -286,9 +329,7 @@ fn embeddings(fields: &Map<String, Value>) -> Result<(), BadParam> {
     match present(fields, "input") {
         None => return Err(BadParam::invalid("input", "'input' is required".into())),
         Some(Value::String(_)) => {}
-        Some(Value::Array(items)) if items.is_empty() => {
-            return Err(BadParam::invalid("input", "'input' is an empty list".into()))
-        }
+        Some(Value::Array(items)) if items.is_empty() => return Err(BadParam::invalid("input", "'input' is an empty list".into())),
         Some(i @ Value::Array(items)) if is_token_ids(i) || items.iter().all(|x| x.is_string() || is_token_ids(x)) => {}
         Some(other) => {
             return Err(BadParam::invalid(
@@ -325,46 +366,166 @@ mod tests {
         let colo = Some(EngineKind::Colo);
         let vllm = Some(EngineKind::Vllm);
         let cases: Vec<Case> = vec![
-            (Completions, r#"{"model":"m","prompt":"hi","max_tokens":4,"temperature":0.5,"stop":["a"],"seed":3}"#, colo, None),
+            (
+                Completions,
+                r#"{"model":"m","prompt":"hi","max_tokens":4,"temperature":0.5,"stop":["a"],"seed":3}"#,
+                colo,
+                None,
+            ),
             (Completions, r#"{"prompt":[1,2,3]}"#, colo, None),
-            (Completions, r#"{"prompt":["one"],"logprobs":0,"n":1,"stream":true,"stream_options":{"include_usage":true}}"#, colo, None),
-            (Chat, r#"{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":3,"response_format":{"type":"text"}}"#, colo, None),
-            (Chat, r#"{"messages":[{"role":"user","content":"hi"}],"tools":[],"tool_choice":"none","logprobs":false}"#, colo, None),
-            (Embeddings, r#"{"input":["a","b"],"encoding_format":"base64","dimensions":384}"#, colo, None),
+            (
+                Completions,
+                r#"{"prompt":["one"],"logprobs":0,"n":1,"stream":true,"stream_options":{"include_usage":true}}"#,
+                colo,
+                None,
+            ),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":3,"response_format":{"type":"text"}}"#,
+                colo,
+                None,
+            ),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"hi"}],"tools":[],"tool_choice":"none","logprobs":false}"#,
+                colo,
+                None,
+            ),
+            (
+                Embeddings,
+                r#"{"input":["a","b"],"encoding_format":"base64","dimensions":384}"#,
+                colo,
+                None,
+            ),
             // Types and ranges, for every engine.
             (Completions, r#"[1,2]"#, vllm, Some(("", "must be a JSON object, got a list"))),
             (Completions, r#"{"prompt":"x""#, vllm, Some(("", "not valid JSON"))),
             (Completions, r#"{"max_tokens":3}"#, vllm, Some(("prompt", "'prompt' is required"))),
             (Completions, r#"{"prompt":{}}"#, vllm, Some(("prompt", "got an object"))),
-            (Completions, r#"{"prompt":"x","max_tokens":-1}"#, vllm, Some(("max_tokens", "from 1 to"))),
-            (Completions, r#"{"prompt":"x","max_tokens":"5"}"#, vllm, Some(("max_tokens", "must be an integer"))),
-            (Completions, r#"{"prompt":"x","max_tokens":2.5}"#, vllm, Some(("max_tokens", "must be an integer"))),
-            (Completions, r#"{"prompt":"x","temperature":3}"#, vllm, Some(("temperature", "between 0 and 2"))),
-            (Completions, r#"{"prompt":"x","top_p":"high"}"#, vllm, Some(("top_p", "must be a number"))),
+            (
+                Completions,
+                r#"{"prompt":"x","max_tokens":-1}"#,
+                vllm,
+                Some(("max_tokens", "from 1 to")),
+            ),
+            (
+                Completions,
+                r#"{"prompt":"x","max_tokens":"5"}"#,
+                vllm,
+                Some(("max_tokens", "must be an integer")),
+            ),
+            (
+                Completions,
+                r#"{"prompt":"x","max_tokens":2.5}"#,
+                vllm,
+                Some(("max_tokens", "must be an integer")),
+            ),
+            (
+                Completions,
+                r#"{"prompt":"x","temperature":3}"#,
+                vllm,
+                Some(("temperature", "between 0 and 2")),
+            ),
+            (
+                Completions,
+                r#"{"prompt":"x","top_p":"high"}"#,
+                vllm,
+                Some(("top_p", "must be a number")),
+            ),
             (Completions, r#"{"prompt":"x","n":0}"#, vllm, Some(("n", "from 1 to 128"))),
             (Completions, r#"{"prompt":"x","stream":"yes"}"#, vllm, Some(("stream", "a boolean"))),
-            (Completions, r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, vllm, Some(("stop", "at most 4"))),
+            (
+                Completions,
+                r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#,
+                vllm,
+                Some(("stop", "at most 4")),
+            ),
             (Completions, r#"{"prompt":"x","seed":"7"}"#, vllm, Some(("seed", "an integer"))),
-            (Completions, r#"{"prompt":"x","logprobs":9}"#, vllm, Some(("logprobs", "from 0 to 5"))),
-            (Completions, r#"{"prompt":"x","model":5}"#, vllm, Some(("model", "must be a string"))),
+            (
+                Completions,
+                r#"{"prompt":"x","logprobs":9}"#,
+                vllm,
+                Some(("logprobs", "from 0 to 5")),
+            ),
+            (
+                Completions,
+                r#"{"prompt":"x","model":5}"#,
+                vllm,
+                Some(("model", "must be a string")),
+            ),
             (Chat, r#"{"messages":[]}"#, vllm, Some(("messages", "empty"))),
             (Chat, r#"{"messages":"hi"}"#, vllm, Some(("messages", "must be a list"))),
-            (Chat, r#"{"messages":[{"role":"wizard","content":"x"}]}"#, vllm, Some(("messages", "wizard"))),
-            (Chat, r#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":0}"#, vllm, Some(("max_completion_tokens", "from 1"))),
-            (Chat, r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":30}"#, vllm, Some(("top_logprobs", "from 0 to 20"))),
+            (
+                Chat,
+                r#"{"messages":[{"role":"wizard","content":"x"}]}"#,
+                vllm,
+                Some(("messages", "wizard")),
+            ),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":0}"#,
+                vllm,
+                Some(("max_completion_tokens", "from 1")),
+            ),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":30}"#,
+                vllm,
+                Some(("top_logprobs", "from 0 to 20")),
+            ),
             (Embeddings, r#"{"model":"m"}"#, vllm, Some(("input", "'input' is required"))),
             (Embeddings, r#"{"input":[]}"#, vllm, Some(("input", "empty list"))),
-            (Embeddings, r#"{"input":"a","encoding_format":"hex"}"#, vllm, Some(("encoding_format", "\"float\" or \"base64\""))),
+            (
+                Embeddings,
+                r#"{"input":"a","encoding_format":"hex"}"#,
+                vllm,
+                Some(("encoding_format", "\"float\" or \"base64\"")),
+            ),
             (Embeddings, r#"{"input":"a","dimensions":0}"#, vllm, Some(("dimensions", "from 1"))),
             // What vLLM supports and colo's engine does not.
-            (Chat, r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, vllm, None),
-            (Chat, r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, colo, Some(("tools", "does not call tools"))),
-            (Chat, r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#, colo, Some(("response_format", "plain text only"))),
-            (Chat, r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":2}"#, colo, Some(("logprobs", "log probabilities"))),
-            (Completions, r#"{"prompt":"x","logprobs":2}"#, colo, Some(("logprobs", "log probabilities"))),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+                vllm,
+                None,
+            ),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+                colo,
+                Some(("tools", "does not call tools")),
+            ),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+                colo,
+                Some(("response_format", "plain text only")),
+            ),
+            (
+                Chat,
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":2}"#,
+                colo,
+                Some(("logprobs", "log probabilities")),
+            ),
+            (
+                Completions,
+                r#"{"prompt":"x","logprobs":2}"#,
+                colo,
+                Some(("logprobs", "log probabilities")),
+            ),
             (Completions, r#"{"prompt":"x","n":2}"#, colo, Some(("n", "n = 1"))),
-            (Completions, r#"{"prompt":"x","presence_penalty":0.5}"#, colo, Some(("presence_penalty", "no penalties"))),
-            (Completions, r#"{"prompt":"x","logit_bias":{"50256":-100}}"#, colo, Some(("logit_bias", "does not bias"))),
+            (
+                Completions,
+                r#"{"prompt":"x","presence_penalty":0.5}"#,
+                colo,
+                Some(("presence_penalty", "no penalties")),
+            ),
+            (
+                Completions,
+                r#"{"prompt":"x","logit_bias":{"50256":-100}}"#,
+                colo,
+                Some(("logit_bias", "does not bias")),
+            ),
             (Completions, r#"{"prompt":"x","echo":true}"#, colo, Some(("echo", "echo"))),
             (Embeddings, r#"{"input":[[1,2],[3]]}"#, colo, Some(("input", "not token ids"))),
             (Embeddings, r#"{"input":[[1,2],[3]]}"#, vllm, None),

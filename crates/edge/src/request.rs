@@ -213,7 +213,11 @@ impl RequestFacts {
         })?;
         match facts.model.take() {
             Some(app) => Ok((app, facts)),
-            None => match whole().as_ref().and_then(|v| v.get("model")).filter(|m| !m.is_null() && !m.is_string()) {
+            None => match whole()
+                .as_ref()
+                .and_then(|v| v.get("model"))
+                .filter(|m| !m.is_null() && !m.is_string())
+            {
                 Some(model) => Err(EdgeError::BadParam(colo_core::openai::BadParam {
                     param: Some("model".into()),
                     message: format!("'model' must be a string naming the app, got {}", colo_core::openai::kind(model)),

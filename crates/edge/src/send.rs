@@ -47,7 +47,10 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
     let mut last_error: Option<EdgeError> = None;
     let nominated = nominated(&out.headers);
     loop {
-        let endpoint = match edge.pick(&out.app, &out.headers, &attempts, &out.prefix, &|routes| out.check(routes)).await {
+        let endpoint = match edge
+            .pick(&out.app, &out.headers, &attempts, &out.prefix, &|routes| out.check(routes))
+            .await
+        {
             Ok(endpoint) => endpoint,
             Err(e) => return Err(last_error.unwrap_or(e)),
         };

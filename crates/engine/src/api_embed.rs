@@ -102,7 +102,12 @@ fn parse_request(body: &[u8], dim: usize) -> Result<EmbeddingsRequest, EngineErr
     let truncate = match fields.get("truncate") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(EngineError::bad("truncate", format!("'truncate' must be a boolean, got {}", kind(other)))),
+        Some(other) => {
+            return Err(EngineError::bad(
+                "truncate",
+                format!("'truncate' must be a boolean, got {}", kind(other)),
+            ))
+        }
     };
     Ok(EmbeddingsRequest {
         model,
@@ -134,7 +139,11 @@ async fn embed(state: &EngineState, body: &[u8]) -> Result<Response, EngineError
     for (i, text) in request.inputs.iter().enumerate() {
         let (tokens, cut) = embedder.tokenize_checked(text)?;
         if cut && !request.truncate {
-            let at = if request.inputs.len() == 1 { "'input'".to_string() } else { format!("'input[{i}]'") };
+            let at = if request.inputs.len() == 1 {
+                "'input'".to_string()
+            } else {
+                format!("'input[{i}]'")
+            };
             return Err(EngineError::bad(
                 "input",
                 format!(

@@ -316,7 +316,11 @@ mod tests {
                 true,
                 "'response_format' is not supported",
             ),
-            (r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, true, "'tools'"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+                true,
+                "'tools'",
+            ),
             (r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, false, "'stop'"),
             (r#"{"prompt":[-1]}"#, false, "non-negative token id"),
             (r#"{"prompt":["a","b"]}"#, false, "several prompts"),

@@ -152,8 +152,16 @@ impl ModelFacts {
             Arch::Decoder => (
                 vec![
                     ("embed_tokens.weight", [v, h], "vocab_size x hidden_size"),
-                    ("layers.0.self_attn.q_proj.weight", [q, h], "num_attention_heads x head_dim, hidden_size"),
-                    ("layers.0.self_attn.k_proj.weight", [kv, h], "num_key_value_heads x head_dim, hidden_size"),
+                    (
+                        "layers.0.self_attn.q_proj.weight",
+                        [q, h],
+                        "num_attention_heads x head_dim, hidden_size",
+                    ),
+                    (
+                        "layers.0.self_attn.k_proj.weight",
+                        [kv, h],
+                        "num_key_value_heads x head_dim, hidden_size",
+                    ),
                     ("layers.0.mlp.gate_proj.weight", [ff, h], "intermediate_size x hidden_size"),
                 ],
                 "layers.",
@@ -161,7 +169,11 @@ impl ModelFacts {
             Arch::Encoder => (
                 vec![
                     ("embeddings.word_embeddings.weight", [v, h], "vocab_size x hidden_size"),
-                    ("encoder.layer.0.intermediate.dense.weight", [ff, h], "intermediate_size x hidden_size"),
+                    (
+                        "encoder.layer.0.intermediate.dense.weight",
+                        [ff, h],
+                        "intermediate_size x hidden_size",
+                    ),
                 ],
                 "encoder.layer.",
             ),

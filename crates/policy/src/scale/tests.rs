@@ -432,7 +432,11 @@ fn refused_starts_try_another_machine_then_say_why() {
         id: id.to_string(),
         reason: format!("host of {id} has no free device"),
     };
-    assert_eq!(show(&scaler.handle(ScaleEvent::RequestHeld, 10)), "start a", "the cached machine first");
+    assert_eq!(
+        show(&scaler.handle(ScaleEvent::RequestHeld, 10)),
+        "start a",
+        "the cached machine first"
+    );
     assert!(scaler.stuck(10).is_empty(), "a is starting");
     assert_eq!(show(&scaler.handle(refused("a"), 20)), "start b", "a refused: b is woken instead");
     assert_eq!(scaler.phase("a"), Some(Phase::Stopped));
@@ -441,9 +445,16 @@ fn refused_starts_try_another_machine_then_say_why() {
     let stuck = scaler.stuck(30);
     assert_eq!(
         stuck,
-        [("a", Some("host of a has no free device")), ("b", Some("host of b has no free device"))]
+        [
+            ("a", Some("host of a has no free device")),
+            ("b", Some("host of b has no free device"))
+        ]
     );
-    assert_eq!(scaler.next_deadline(), Some(20 + REFUSED_RETRY_MS), "a is tried again when its refusal ages out");
+    assert_eq!(
+        scaler.next_deadline(),
+        Some(20 + REFUSED_RETRY_MS),
+        "a is tried again when its refusal ages out"
+    );
     assert_eq!(show(&scaler.handle(ScaleEvent::Tick, 20 + REFUSED_RETRY_MS)), "start a");
     assert!(scaler.stuck(20 + REFUSED_RETRY_MS).is_empty());
     // A start that goes through clears the mark.
