@@ -148,7 +148,9 @@ impl ModelFacts {
     pub fn contradictions(&self, shapes: &std::collections::BTreeMap<String, Vec<u64>>) -> Vec<String> {
         let (h, v, ff) = (self.hidden, self.vocab, self.intermediate);
         let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let (expected, layer_prefix): (Vec<(&str, [u64; 2], &str)>, &str) = match self.arch {
+        // (tensor name's end, its shape by the config, which config fields make it)
+        type Expected<'a> = Vec<(&'a str, [u64; 2], &'a str)>;
+        let (expected, layer_prefix): (Expected<'_>, &str) = match self.arch {
             Arch::Decoder => (
                 vec![
                     ("embed_tokens.weight", [v, h], "vocab_size x hidden_size"),
