@@ -33,6 +33,25 @@ pub struct EdgeFlags {
     /// `colo up`).
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Seconds a client may take to send a request head, from its first byte (then 408).
+    #[arg(long, default_value_t = colo_node::EdgeLimits::DEFAULT.head_timeout.as_secs())]
+    head_timeout: u64,
+    /// Seconds a request body may go without bytes arriving (then 408).
+    #[arg(long, default_value_t = colo_node::EdgeLimits::DEFAULT.body_timeout.as_secs())]
+    body_timeout: u64,
+    /// Seconds an idle keep-alive client connection stays open.
+    #[arg(long, default_value_t = colo_node::EdgeLimits::DEFAULT.idle_timeout.as_secs())]
+    idle_timeout: u64,
+    /// Seconds a machine may take to start its answer (a non-streaming generation answers
+    /// when done; then 504).
+    #[arg(long, default_value_t = colo_node::EdgeLimits::DEFAULT.upstream_head_timeout.as_secs())]
+    upstream_timeout: u64,
+    /// Client connections the edge holds at most; more are answered 503 and closed.
+    #[arg(long, default_value_t = colo_node::EdgeLimits::DEFAULT.max_connections)]
+    max_connections: usize,
+    /// Client connections one address may hold at most; more are answered 503 and closed.
+    #[arg(long, default_value_t = colo_node::EdgeLimits::DEFAULT.max_connections_per_addr)]
+    max_connections_per_addr: usize,
 }
 
 impl EdgeFlags {
@@ -48,6 +67,12 @@ impl EdgeFlags {
             sse_keepalive_ms: self.sse_keepalive_ms,
             drain_timeout_secs: self.drain_timeout,
             workers,
+            head_timeout_secs: self.head_timeout,
+            body_timeout_secs: self.body_timeout,
+            idle_timeout_secs: self.idle_timeout,
+            upstream_timeout_secs: self.upstream_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_addr: self.max_connections_per_addr,
         }
     }
 }

@@ -46,8 +46,15 @@ fn complete(client: &reqwest::blocking::Client, edge: &str, app: &str, max_token
 }
 
 /// The edge's load record of `app`'s one machine.
-fn load_of(client: &reqwest::blocking::Client, edge: &str, machine: &str) -> serde_json::Value {
-    let table: serde_json::Value = client.get(format!("{edge}/colo/load")).send().unwrap().json().unwrap();
+fn load_of(client: &reqwest::blocking::Client, colo: &Colo, machine: &str) -> serde_json::Value {
+    let edge = &colo.edge;
+    let table: serde_json::Value = client
+        .get(format!("{edge}/colo/load"))
+        .bearer_auth(colo.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     table["machines"]
         .as_array()
         .unwrap()
@@ -95,7 +102,7 @@ fn engine_profiles_start_when_ready_and_route_by_their_metrics() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
-        let load = load_of(&client, &colo.edge, &id);
+        let load = load_of(&client, &colo, &id);
         if load["report"]["waiting"].as_u64().unwrap_or(0) > 0 {
             break load;
         }
@@ -117,7 +124,7 @@ fn engine_profiles_start_when_ready_and_route_by_their_metrics() {
     assert_eq!(r.status(), 200);
     let ll = r.headers()["colo-machine"].to_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while load_of(&client, &colo.edge, &ll)["report"]["source"] != "metrics" {
+    while load_of(&client, &colo, &ll)["report"]["source"] != "metrics" {
         assert!(Instant::now() < deadline, "llama-server's metrics never read");
         std::thread::sleep(Duration::from_millis(50));
     }

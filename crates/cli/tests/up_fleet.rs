@@ -165,7 +165,13 @@ region = "ams"
     // The edge measures the distance it is configured to simulate.
     let deadline = Instant::now() + Duration::from_secs(10);
     let rtt_ams = loop {
-        let table: serde_json::Value = client.get(format!("{ord}/colo/rtt")).send().unwrap().json().unwrap();
+        let table: serde_json::Value = client
+            .get(format!("{ord}/colo/rtt"))
+            .bearer_auth(colo.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         let row = table["regions"].as_array().unwrap().iter().find(|r| r["region"] == "ams").cloned();
         if let Some(row) = row.filter(|r| r["measured"] == true) {
             break row["rtt_ms"].as_u64().unwrap();
@@ -299,7 +305,13 @@ fn stopped_machines_wake_for_a_burst_held_streams_get_keepalives_and_sigterm_dra
         let machines: std::collections::BTreeSet<String> = futures::future::join_all(requests).await.into_iter().collect();
         machines
     });
-    let metrics = client.get(format!("{}/metrics", colo.edge)).send().unwrap().text().unwrap();
+    let metrics = client
+        .get(format!("{}/metrics", colo.edge))
+        .bearer_auth(colo.token())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let wakes: u64 = metrics
         .lines()
         .find(|l| l.starts_with("colo_edge_wakes_total{app=\"nap\"}"))

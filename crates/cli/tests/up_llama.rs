@@ -145,7 +145,13 @@ fn llama_server_through_colo_answers_as_it_does_directly() {
     let machine = colo.machines().into_iter().find(|m| m["app"] == "ll").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let load: serde_json::Value = client.get(format!("{}/colo/load", colo.edge)).send().unwrap().json().unwrap();
+        let load: serde_json::Value = client
+            .get(format!("{}/colo/load", colo.edge))
+            .bearer_auth(colo.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         let mine = load["machines"]
             .as_array()
             .unwrap()

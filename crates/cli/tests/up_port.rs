@@ -63,6 +63,17 @@ fn colo_up_json_prints_where_everything_is() {
     assert!(info["api"].as_str().unwrap().starts_with("http://"), "{info}");
     assert!(info["hosts"][0]["devices"].as_array().is_some_and(|d| !d.is_empty()), "{info}");
     assert!(!log.contains("colo is up"), "the table-for-people banner is left out: {log}");
+
+    // The edge's own endpoints want the API token, as `colo edge`'s want the cluster token.
+    let client = reqwest::blocking::Client::new();
+    for path in ["/metrics", "/colo/routes", "/colo/load", "/colo/rtt"] {
+        let bare = client.get(format!("{}{path}", colo.edge)).send().unwrap();
+        assert_eq!(bare.status(), 401, "{path} without the token");
+        let with = client.get(format!("{}{path}", colo.edge)).bearer_auth(colo.token()).send().unwrap();
+        assert_eq!(with.status(), 200, "{path} with the token");
+    }
+    let health = client.get(format!("{}/health", colo.edge)).send().unwrap();
+    assert_eq!(health.status(), 200, "/health stays open for load balancers");
     colo.stop();
     let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
     assert!(log.trim_end().ends_with("colo: stopped"), "{log}");

@@ -25,7 +25,10 @@ pub(crate) fn answer(edge: &Edge, request: &Request) -> Option<Response> {
     }
     Some(match (request.method(), path) {
         (&Method::GET, "/health") => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
-        (&Method::GET, "/metrics") => ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response(),
+        (&Method::GET, "/metrics") => {
+            edge.metrics.connections.set(edge.connections.held() as i64);
+            ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response()
+        }
         (&Method::GET, "/v1/models") => list_models(edge, request.headers()),
         (&Method::GET, p) if p.starts_with("/v1/models/") => one_model(edge, request.headers(), &p["/v1/models/".len()..]),
         (&Method::GET, "/colo/rtt") => rtt_table(edge),

@@ -11,12 +11,9 @@ use std::time::Duration;
 /// a client that is cut off mid-upload often never sees the answer that explains why.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// How long a body that did not arrive with its head may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The whole body, or why it cannot be had: over `limit` bytes (declared or sent), or not
-/// arriving in time.
-pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, EdgeError> {
+/// The whole body, or why it cannot be had: over `limit` bytes (declared or sent), or a wait
+/// of more than `progress` for its next bytes.
+pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize, progress: Duration) -> Result<Bytes, EdgeError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -30,15 +27,11 @@ pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize)
     if declared.is_some_and(|size| size > DRAIN_LIMIT) {
         return Err(too_large(0));
     }
-    let mut drain = None;
     while !hyper::body::Body::is_end_stream(&body) {
         // A small body has usually arrived with its head: take it without arming a timer.
         let next = match futures::FutureExt::now_or_never(body.frame()) {
             Some(next) => Ok(next),
-            None => {
-                let deadline = *drain.get_or_insert_with(|| tokio::time::Instant::now() + BODY_TIMEOUT);
-                tokio::time::timeout_at(deadline, body.frame()).await
-            }
+            None => tokio::time::timeout(progress, body.frame()).await,
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => frame,

@@ -52,6 +52,8 @@ pub struct Edge {
     /// Measured RTT per region and the row picks read.
     pub(crate) rtt: Mutex<RttState>,
     pub(crate) retry: RetryPolicy,
+    /// Client connections held, in all and per address (`Limits`' caps).
+    pub(crate) connections: Arc<crate::limits::Connections>,
 }
 
 // === impl Edge ===
@@ -74,6 +76,7 @@ impl Edge {
             scalers: Mutex::default(),
             rtt: Mutex::default(),
             retry: RetryPolicy::default(),
+            connections: Arc::default(),
         })
     }
 

@@ -37,6 +37,8 @@ pub enum EdgeError {
     NoRegion { region: String, regions: Vec<String> },
     #[error("machine {machine} at {addr} failed: {reason}")]
     Upstream { machine: String, addr: String, reason: String },
+    #[error("machine {machine} did not start its answer within {secs}s")]
+    UpstreamTimeout { machine: String, secs: f64 },
     #[error("{path} is the engine's own control endpoint; the edge does not pass it on")]
     EnginePath { path: String },
     #[error("{path} takes {allow} only")]
@@ -76,6 +78,7 @@ impl EdgeError {
             | EdgeError::NoRegion { .. }
             | EdgeError::Cordoned { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            EdgeError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             EdgeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,6 +100,7 @@ impl EdgeError {
             EdgeError::QueueFull { .. } => "queue_full",
             EdgeError::NoRegion { .. } => "no_machine_in_region",
             EdgeError::Upstream { .. } => "upstream_failed",
+            EdgeError::UpstreamTimeout { .. } => "upstream_timeout",
             EdgeError::EnginePath { .. } | EdgeError::UnknownEndpoint { .. } => "unknown_endpoint",
             EdgeError::MethodNotAllowed { .. } => "method_not_allowed",
             EdgeError::AdminToken => "unauthorized",
@@ -107,7 +111,7 @@ impl EdgeError {
     /// Where the failure came from, for metrics and logs.
     pub fn source_label(&self) -> &'static str {
         match self {
-            EdgeError::Upstream { .. } => "upstream",
+            EdgeError::Upstream { .. } | EdgeError::UpstreamTimeout { .. } => "upstream",
             EdgeError::Internal(_) => "internal",
             EdgeError::NoMachine { .. }
             | EdgeError::CannotStart { .. }
@@ -127,7 +131,7 @@ impl IntoResponse for EdgeError {
             (429, EdgeError::RateLimited { what, .. }) if what.contains("token") => "tokens",
             (429, _) => "requests",
             (400..=499, _) => "invalid_request_error",
-            (502, _) => "upstream_error",
+            (502 | 504, _) => "upstream_error",
             (500, _) => "internal_error",
             _ => "unavailable_error",
         };

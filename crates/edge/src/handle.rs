@@ -89,7 +89,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
         let path = parts.uri.path().to_string();
         return Err((unknown(), EdgeError::EnginePath { path }));
     }
-    let body = read_body(&parts.headers, body, edge.config.max_body)
+    let body = read_body(&parts.headers, body, edge.config.max_body, edge.config.limits.body_timeout)
         .await
         .map_err(|e| (unknown(), e))?;
     let (app, facts) = match host_app {

@@ -15,6 +15,7 @@ mod handle;
 mod headers;
 pub mod holders;
 mod keys;
+mod limits;
 mod load;
 mod machines;
 mod metrics;
@@ -37,6 +38,7 @@ pub use edge::Edge;
 pub use error::EdgeError;
 pub use handle::{handle, router};
 pub use load::{Load, SharedLoad};
+pub use limits::Limits;
 pub use machines::{Machines, Refused};
 pub use routes::{follow_state, RouteTable};
 pub use server::serve_connection;
@@ -67,6 +69,8 @@ pub struct EdgeConfig {
     /// When set, `/metrics` and `/colo/*` ask for a bearer token this accepts (the cluster
     /// token of a multi-host colo).
     pub admin_token: Option<AdminCheck>,
+    /// Timeouts and connection caps against bad clients and stuck machines.
+    pub limits: Limits,
 }
 
 /// Checks a presented bearer token for the edge's admin endpoints.
@@ -100,6 +104,7 @@ impl Default for EdgeConfig {
             sse_keepalive: Duration::from_secs(5),
             inter_region_delay: Duration::ZERO,
             admin_token: None,
+            limits: Limits::default(),
         }
     }
 }

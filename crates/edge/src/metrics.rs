@@ -61,6 +61,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub in_flight: Gauge,
     pub held: Gauge,
+    /// Client connections held, set when the page is read.
+    pub connections: Gauge,
     pub queue_depth: Family<AppLabel, Gauge>,
     pub wakes: Family<AppLabel, Counter>,
     pub retries: Family<RetryLabels, Counter>,
@@ -80,6 +82,7 @@ impl Metrics {
             errors: Family::default(),
             in_flight: Gauge::default(),
             held: Gauge::default(),
+            connections: Gauge::default(),
             queue_depth: Family::default(),
             wakes: Family::default(),
             retries: Family::default(),
@@ -105,6 +108,11 @@ impl Metrics {
         );
         registry.register("in_flight", "Requests being proxied", metrics.in_flight.clone());
         registry.register("held", "Requests waiting for a machine with room", metrics.held.clone());
+        registry.register(
+            "connections",
+            "Client connections the edge holds (its cap and each address's are the --max-connections flags)",
+            metrics.connections.clone(),
+        );
         registry.register("queue_depth", "Requests held, by app", metrics.queue_depth.clone());
         registry.register("wakes", "Stopped machines this edge asked to start, by app", metrics.wakes.clone());
         registry.register(

@@ -19,6 +19,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// A response's last bytes may still sit in its connection's write buffer when its request
 /// stops counting as busy; a drained worker gives them this long to go out.
 const DRAIN_FLUSH: Duration = Duration::from_millis(100);
+/// How long the 503 to a connection over a cap may take to write.
+const REFUSE_WRITE: Duration = Duration::from_secs(1);
 /// Connections the kernel queues per socket before the edge accepts them.
 const BACKLOG: u32 = 4096;
 
@@ -165,14 +167,29 @@ fn run_worker(listener: std::net::TcpListener, edge: Arc<Edge>, stop: watch::Rec
 /// request is answered.
 async fn accept_until_stopped(listener: &TcpListener, edge: &Arc<Edge>, mut stop: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             accepted = accept(listener) => accepted,
             _ = stop.wait_for(|stopped| *stopped) => return,
         };
         // Small writes (one SSE event, one token) go out at once instead of waiting to be
         // coalesced (Nagle), which with delayed ACKs would stall a stream by tens of ms.
         let _ = stream.set_nodelay(true);
-        tokio::spawn(crate::serve_connection(edge.clone(), stream, stop.clone()));
+        match edge.connections.admit(peer.ip(), &edge.config.limits) {
+            Ok(admitted) => {
+                let (edge, stop) = (edge.clone(), stop.clone());
+                tokio::spawn(async move {
+                    crate::serve_connection(edge, stream, stop).await;
+                    drop(admitted);
+                });
+            }
+            // Over a cap: said in a 503 and closed, without reading the request.
+            Err(refused) => {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tokio::time::timeout(REFUSE_WRITE, stream.write_all(&refused.response())).await;
+                });
+            }
+        }
     }
 }
 

@@ -31,6 +31,20 @@ const MAX_BODY: u64 = 1024 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Room made for a body at a time: never the whole declared length before its bytes come.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// The answer to a client too slow with its request (a head past `head_timeout`, a body that
+/// stalled past `body_timeout`).
+fn timed_out() -> Vec<u8> {
+    let body = r#"{"error":{"message":"the request did not arrive in time","type":"invalid_request_error","param":null,"code":"timeout"}}"#;
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Serves one client connection until the client closes it, an error ends it, or `stop` turns
 /// true (the request in flight is finished first).
 pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watch::Receiver<bool>) {
@@ -38,7 +52,14 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
     // Made once: waiting on it again between requests costs no new registration.
     let stopping = stopped(stop.clone());
     tokio::pin!(stopping);
+    let limits = edge.config.limits.clone();
+    // One timer per connection, moved for each wait: the idle time between requests, then the
+    // time the head may take from its first byte, then each wait for body bytes.
+    let timer = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(timer);
     loop {
+        let mut head_deadline = None;
+        timer.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
         let request = loop {
             match parse_request(&mut buf, edge.config.max_body as u64) {
                 Parsed::Request(request) => break request,
@@ -47,11 +68,23 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
             }
             buf.reserve(READ_CHUNK);
             let idle = buf.is_empty();
+            if !idle && head_deadline.is_none() {
+                let deadline = tokio::time::Instant::now() + limits.head_timeout;
+                head_deadline = Some(deadline);
+                timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
                 read = stream.read_buf(&mut buf) => read,
                 // Between requests a stopping edge closes the connection at once; mid-request
                 // it waits for the rest of the request.
                 _ = &mut stopping, if idle => return,
+                // Idle too long: closed quietly. A head too slow: told so, then closed.
+                _ = &mut timer => {
+                    if !idle {
+                        let _ = stream.write_all(&timed_out()).await;
+                    }
+                    return;
+                }
             };
             match read {
                 Ok(0) | Err(_) => return,
@@ -64,8 +97,16 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
             keep_alive,
         } = request;
         while (buf.len() as u64) < body_len {
-            buf.reserve(READ_CHUNK.max(body_len as usize - buf.len()));
-            match stream.read_buf(&mut buf).await {
+            buf.reserve((body_len as usize - buf.len()).clamp(READ_CHUNK, BODY_CHUNK));
+            timer.as_mut().reset(tokio::time::Instant::now() + limits.body_timeout);
+            let read = tokio::select! {
+                read = stream.read_buf(&mut buf) => read,
+                _ = &mut timer => {
+                    let _ = stream.write_all(&timed_out()).await;
+                    return;
+                }
+            };
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -305,13 +346,18 @@ async fn write_response(stream: &mut TcpStream, response: axum::response::Respon
 
 /// Hands the connection to hyper, with the bytes already read from it in front.
 async fn serve_with_hyper(edge: Arc<Edge>, stream: TcpStream, read: Bytes, stop: watch::Receiver<bool>) {
+    let head_timeout = edge.config.limits.head_timeout;
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let edge = edge.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(edge, request.map(Body::new)).await) }
     });
     let io = hyper_util::rt::TokioIo::new(Rewind { read, stream });
+    // The same limits as the fast path: hyper's header timeout needs its timer.
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .max_headers(MAX_HEADERS)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(connection);

@@ -27,6 +27,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(300);
 /// signalled.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// The longest any edge timeout may be set to: a day.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// The edge's default limits.
+const LIMITS: colo_edge::Limits = colo_edge::Limits::DEFAULT;
+
 /// Settings of an edge that `colo up` and `colo edge` share; [`EdgeSettings::edge_config`] is
 /// the one place an `EdgeConfig` is built from them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +57,18 @@ pub struct EdgeSettings {
     pub drain_timeout_secs: u64,
     /// Threads serving the edge, each with its own runtime and socket (0: one per core).
     pub workers: usize,
+    /// Seconds a request head may take from its first byte (then 408).
+    pub head_timeout_secs: u64,
+    /// Seconds a request body may go without bytes arriving (then 408).
+    pub body_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    pub idle_timeout_secs: u64,
+    /// Seconds a machine may take to start its answer (then 504).
+    pub upstream_timeout_secs: u64,
+    /// Client connections the edge holds at most (more: 503 and closed).
+    pub max_connections: usize,
+    /// Client connections one address may hold at most (more: 503 and closed).
+    pub max_connections_per_addr: usize,
 }
 
 /// The engine program each machine runs, and the arguments before the per-machine flags.
@@ -73,6 +91,28 @@ impl EdgeSettings {
         }
         if self.domain.is_empty() {
             problems.add("edge.domain", "must not be empty");
+        }
+        let timeouts = [
+            ("edge.head_timeout_secs", self.head_timeout_secs),
+            ("edge.body_timeout_secs", self.body_timeout_secs),
+            ("edge.idle_timeout_secs", self.idle_timeout_secs),
+            ("edge.upstream_timeout_secs", self.upstream_timeout_secs),
+        ];
+        for (field, secs) in timeouts {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                problems.add(field, format!("{secs} is outside 1 to {MAX_TIMEOUT_SECS} seconds"));
+            }
+        }
+        if self.max_connections == 0 || self.max_connections_per_addr == 0 {
+            problems.add("edge.max_connections", "both caps must be at least 1");
+        } else if self.max_connections_per_addr > self.max_connections {
+            problems.add(
+                "edge.max_connections_per_addr",
+                format!(
+                    "{} is more than the edge's cap of {}",
+                    self.max_connections_per_addr, self.max_connections
+                ),
+            );
         }
     }
 
@@ -103,6 +143,14 @@ impl EdgeSettings {
             sse_keepalive: Duration::from_millis(self.sse_keepalive_ms),
             inter_region_delay,
             admin_token,
+            limits: colo_edge::Limits {
+                head_timeout: Duration::from_secs(self.head_timeout_secs),
+                body_timeout: Duration::from_secs(self.body_timeout_secs),
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+                upstream_head_timeout: Duration::from_secs(self.upstream_timeout_secs),
+                max_connections: self.max_connections,
+                max_connections_per_addr: self.max_connections_per_addr,
+            },
             ..EdgeConfig::default()
         }
     }
@@ -124,6 +172,12 @@ impl Default for EdgeSettings {
             sse_keepalive_ms: 5000,
             drain_timeout_secs: 30,
             workers: 0,
+            head_timeout_secs: LIMITS.head_timeout.as_secs(),
+            body_timeout_secs: LIMITS.body_timeout.as_secs(),
+            idle_timeout_secs: LIMITS.idle_timeout.as_secs(),
+            upstream_timeout_secs: LIMITS.upstream_head_timeout.as_secs(),
+            max_connections: LIMITS.max_connections,
+            max_connections_per_addr: LIMITS.max_connections_per_addr,
         }
     }
 }

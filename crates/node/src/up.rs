@@ -97,12 +97,19 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
 
     let routes = colo_edge::follow_state(state.clone()).await;
     let machines: Arc<dyn colo_edge::Machines> = Arc::new(AgentMachines(agents.clone()));
+    // The edge's /metrics and /colo/* want the API token, as `colo edge`'s want the cluster
+    // token: an edge on a public address must not show its routes and load to anyone.
+    let admin = {
+        let token_path = data_dir.join(auth::TOKEN_FILE);
+        let token = auth::TokenFile::open(&token_path).map_err(NodeError::io(format!("reading {}", token_path.display())))?;
+        colo_edge::AdminCheck(Arc::new(move |presented: &str| auth::same(presented, &token.current())))
+    };
     let (stop, stop_rx) = watch::channel(false);
     let drain_timeout = config.edge.drain_timeout();
     let mut edges = Vec::new();
     let mut edge_workers = Vec::new();
     for (region, sockets) in edge_sockets {
-        let edge_config = config.edge.edge_config(&region, layout.inter_region_delay, None);
+        let edge_config = config.edge.edge_config(&region, layout.inter_region_delay, Some(admin.clone()));
         let edge = Edge::new(edge_config, routes.clone()).with_machines(machines.clone());
         // Each edge stops the idle machines of its own region.
         edge.spawn_scaling();

@@ -163,6 +163,11 @@ impl Colo {
         self.ok(&["deploy", "minilm", "--model", "minilm"]);
     }
 
+    /// The API token of this colo: its edges' /metrics and /colo/* want it.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("api-token")).unwrap().trim().to_string()
+    }
+
     pub fn machines(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["ps", "--json"])).unwrap()
     }

@@ -79,6 +79,25 @@ fn each_bad_edge_setting_names_its_field() {
             "edge.domain",
             "empty",
         ),
+        (
+            "no head timeout",
+            EdgeSettings {
+                head_timeout_secs: 0,
+                ..EdgeSettings::default()
+            },
+            "edge.head_timeout_secs",
+            "outside 1 to 86400",
+        ),
+        (
+            "a per-address cap over the edge's",
+            EdgeSettings {
+                max_connections: 10,
+                max_connections_per_addr: 11,
+                ..EdgeSettings::default()
+            },
+            "edge.max_connections_per_addr",
+            "more than the edge's cap of 10",
+        ),
     ];
     for (case, settings, field, says) in cases {
         let problems = settings.validate().expect_err(case);
@@ -207,6 +226,10 @@ fn edge_settings_make_the_edge_config() {
         sse_keepalive_ms: 0,
         drain_timeout_secs: 1,
         workers: 1,
+        head_timeout_secs: 5,
+        max_connections: 10,
+        max_connections_per_addr: 2,
+        ..EdgeSettings::default()
     };
     let config = settings.edge_config("ams", Duration::from_millis(40), None);
     assert_eq!(config.domain, "example.com");
@@ -217,4 +240,7 @@ fn edge_settings_make_the_edge_config() {
     assert_eq!(config.sse_keepalive, Duration::ZERO);
     assert_eq!(config.inter_region_delay, Duration::from_millis(40));
     assert!(config.admin_token.is_none());
+    assert_eq!(config.limits.head_timeout, Duration::from_secs(5));
+    assert_eq!((config.limits.max_connections, config.limits.max_connections_per_addr), (10, 2));
+    assert_eq!(config.limits.idle_timeout, colo_edge::Limits::DEFAULT.idle_timeout);
 }
