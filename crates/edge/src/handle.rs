@@ -53,11 +53,11 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
             if err.status().is_server_error() {
                 tracing::warn!(app = %app, error = %err, "request failed");
             }
-            let app = if matches!(err, EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. }) {
-                NO_APP.to_string()
-            } else {
-                app
-            };
+            // Labels name only apps that exist: a name a client made up (in the body or the
+            // Host) would otherwise add series to /metrics for ever.
+            let known =
+                !matches!(err, EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. }) && edge.routes.borrow().apps.contains_key(&app);
+            let app = if known { app } else { NO_APP.to_string() };
             (app, err.into_response())
         }
     };

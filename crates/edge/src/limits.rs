@@ -124,7 +124,9 @@ impl Refused {
             Refused::Full(n) => format!("the edge holds its limit of {n} connections; retry shortly"),
             Refused::AddrFull(n) => format!("your address holds this edge's limit of {n} connections; reuse them, or close some"),
         };
-        let body = serde_json::json!({"error": {"message": message, "type": "unavailable_error", "param": null, "code": "too_many_connections"}}).to_string();
+        let body =
+            serde_json::json!({"error": {"message": message, "type": "unavailable_error", "param": null, "code": "too_many_connections"}})
+                .to_string();
         format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
@@ -156,6 +158,9 @@ mod tests {
         assert_eq!(connections.held(), 2);
         let _again = connections.admit(a, &limits).unwrap();
         let answer = String::from_utf8(Refused::Full(3).response()).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"),
+            "{answer}"
+        );
     }
 }

@@ -79,7 +79,11 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
         }
         let started = tokio::time::Instant::now();
         let head_timeout = edge.config.limits.upstream_head_timeout;
-        let sent = tokio::time::timeout(head_timeout, upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout)).await;
+        let sent = tokio::time::timeout(
+            head_timeout,
+            upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout),
+        )
+        .await;
         let response = match sent {
             Ok(Ok(response)) => response,
             // Not sent elsewhere: the machine may still be working on it.

@@ -53,13 +53,16 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
     let stopping = stopped(stop.clone());
     tokio::pin!(stopping);
     let limits = edge.config.limits.clone();
-    // One timer per connection, moved for each wait: the idle time between requests, then the
-    // time the head may take from its first byte, then each wait for body bytes.
+    // One timer per connection, registered once and moved as little as possible: it is moved
+    // earlier only when a head arrives in pieces or a body has to be waited for (both rare),
+    // and when it fires before the deadline that applies now (the connection was busy since),
+    // it is moved to that deadline. Between requests nothing is re-registered.
     let timer = tokio::time::sleep(limits.idle_timeout);
     tokio::pin!(timer);
     loop {
+        // The idle time counts from the end of the last request (or the connection's start).
+        let last_active = tokio::time::Instant::now();
         let mut head_deadline = None;
-        timer.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
         let request = loop {
             match parse_request(&mut buf, edge.config.max_body as u64) {
                 Parsed::Request(request) => break request,
@@ -71,24 +74,32 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
             if !idle && head_deadline.is_none() {
                 let deadline = tokio::time::Instant::now() + limits.head_timeout;
                 head_deadline = Some(deadline);
-                timer.as_mut().reset(deadline);
+                if timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
             }
-            let read = tokio::select! {
-                read = stream.read_buf(&mut buf) => read,
+            let wait = tokio::select! {
+                read = stream.read_buf(&mut buf) => Wait::Read(read),
                 // Between requests a stopping edge closes the connection at once; mid-request
                 // it waits for the rest of the request.
                 _ = &mut stopping, if idle => return,
-                // Idle too long: closed quietly. A head too slow: told so, then closed.
-                _ = &mut timer => {
+                _ = &mut timer => Wait::Fired,
+            };
+            match wait {
+                Wait::Read(Ok(0) | Err(_)) => return,
+                Wait::Read(Ok(_)) => {}
+                Wait::Fired => {
+                    let due = head_deadline.unwrap_or(last_active + limits.idle_timeout);
+                    if tokio::time::Instant::now() < due {
+                        timer.as_mut().reset(due);
+                        continue;
+                    }
+                    // Idle too long: closed quietly. A head too slow: told so, then closed.
                     if !idle {
                         let _ = stream.write_all(&timed_out()).await;
                     }
                     return;
                 }
-            };
-            match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
             }
         };
         let Incoming {
@@ -96,19 +107,26 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
             body_len,
             keep_alive,
         } = request;
+        let mut progress = tokio::time::Instant::now();
         while (buf.len() as u64) < body_len {
             buf.reserve((body_len as usize - buf.len()).clamp(READ_CHUNK, BODY_CHUNK));
-            timer.as_mut().reset(tokio::time::Instant::now() + limits.body_timeout);
-            let read = tokio::select! {
-                read = stream.read_buf(&mut buf) => read,
-                _ = &mut timer => {
+            if timer.deadline() > progress + limits.body_timeout {
+                timer.as_mut().reset(progress + limits.body_timeout);
+            }
+            let wait = tokio::select! {
+                read = stream.read_buf(&mut buf) => Wait::Read(read),
+                _ = &mut timer => Wait::Fired,
+            };
+            match wait {
+                Wait::Read(Ok(0) | Err(_)) => return,
+                Wait::Read(Ok(_)) => progress = tokio::time::Instant::now(),
+                Wait::Fired if tokio::time::Instant::now() < progress + limits.body_timeout => {
+                    timer.as_mut().reset(progress + limits.body_timeout);
+                }
+                Wait::Fired => {
                     let _ = stream.write_all(&timed_out()).await;
                     return;
                 }
-            };
-            match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
             }
         }
         let body = buf.split_to(body_len as usize).freeze();
@@ -120,6 +138,13 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
             _ => return,
         }
     }
+}
+
+/// What a wait on a client connection came to.
+enum Wait {
+    Read(io::Result<usize>),
+    /// The connection's timer fired; whether a deadline has passed is for the waiter to see.
+    Fired,
 }
 
 /// Resolves once `stop` turns true; never, when its sender is gone without saying so.

@@ -163,9 +163,15 @@ async fn slow_and_greedy_clients_are_cut_off_at_the_limits() {
     idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let began = std::time::Instant::now();
     let (answer, closed) = read_to_close(&mut idle).await;
-    assert!(answer.starts_with("HTTP/1.1 200") && answer.matches("HTTP/1.1").count() == 1, "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.matches("HTTP/1.1").count() == 1,
+        "{answer}"
+    );
     let idle_for = closed.expect("an idle connection is closed").duration_since(began);
-    assert!(idle_for >= Duration::from_millis(500) && idle_for < Duration::from_secs(2), "{idle_for:?}");
+    assert!(
+        idle_for >= Duration::from_millis(500) && idle_for < Duration::from_secs(2),
+        "{idle_for:?}"
+    );
 
     // A chunked upload goes to hyper, whose header timeout is the same.
     let mut hyper_head = connect().await.unwrap();
@@ -186,7 +192,10 @@ async fn slow_and_greedy_clients_are_cut_off_at_the_limits() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut fifth = connect().await.unwrap();
     let (answer, closed) = read_to_close(&mut fifth).await;
-    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"),
+        "{answer}"
+    );
     assert!(closed.is_some());
     drop(held);
 }
