@@ -31,8 +31,14 @@ const NO_APP: &str = "-";
 /// serves, for servers that drive connections themselves.
 pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
     // Two Hosts (RFC 9112 says 400): a proxy in front may route by the other one.
+    // The connection closes after the answer: what follows on it was framed by a request the
+    // edge would not read.
     if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
-        return EdgeError::DuplicateHost.into_response();
+        let mut response = EdgeError::DuplicateHost.into_response();
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return response;
     }
     let host_app = app_from_host(request.headers(), request.uri(), &edge.config.domain);
     if host_app.is_none() {

@@ -94,7 +94,7 @@ impl Edge {
             tokio::time::sleep(delay).await;
         }
         let answered = tokio::time::timeout(PROBE_TIMEOUT, async {
-            let response = upstream::send(&target.addr, &wire, &Method::GET, self.config.connect_timeout)
+            let response = upstream::send(&target.addr, &wire, &Method::GET, self.config.connect_timeout, PROBE_TIMEOUT)
                 .await
                 .ok()?;
             response.into_body().collect().await.ok()?;

@@ -245,8 +245,13 @@ impl RequestFacts {
 }
 
 /// The app named by a Host of `<app>.<domain>`, if the request has one.
+/// A target in absolute form (`GET http://app.localhost/...`) names the app by its authority,
+/// whatever the Host says (RFC 9112, 3.2.2).
 pub(crate) fn app_from_host(headers: &HeaderMap, uri: &Uri, domain: &str) -> Option<String> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.host())?;
+    let host = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => headers.get(header::HOST).and_then(|h| h.to_str().ok())?,
+    };
     let host = match host.rsplit_once(':') {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
         _ => host,
@@ -280,6 +285,10 @@ mod tests {
                 "{host}"
             );
         }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("other.localhost"));
+        let absolute = Uri::from_static("http://minilm.localhost:8080/v1/models");
+        assert_eq!(app_from_host(&headers, &absolute, "localhost").as_deref(), Some("minilm"));
     }
 
     #[test]

@@ -79,24 +79,21 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
         }
         let started = tokio::time::Instant::now();
         let head_timeout = edge.config.limits.upstream_head_timeout;
-        let sent = tokio::time::timeout(
-            head_timeout,
-            upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout),
-        )
-        .await;
+        let sent = upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout, head_timeout).await;
         let response = match sent {
-            Ok(Ok(response)) => response,
+            Ok(response) => response,
             // Not sent elsewhere: the machine may still be working on it.
-            Err(_) => {
+            Err(SendError::HeadTimeout) => {
                 return Err(EdgeError::UpstreamTimeout {
                     machine: endpoint.machine_id.clone(),
                     secs: head_timeout.as_secs_f64(),
                 })
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 let (failure, kind, reason) = match e {
                     SendError::Connect(reason) => (SendFailure::Connect, "connect", reason),
                     SendError::Sent(reason) => (SendFailure::AfterSend, "after_send", reason),
+                    SendError::HeadTimeout => (SendFailure::AfterSend, "after_send", "no response head in time".into()),
                 };
                 let error = upstream_failed(reason);
                 if attempts

@@ -132,7 +132,9 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
         let body = buf.split_to(body_len as usize).freeze();
         let head_only = parts.method == Method::HEAD;
         let response = handle(edge.clone(), http::Request::from_parts(parts, Body::from(body))).await;
-        let keep_alive = keep_alive && !*stop.borrow();
+        // The edge's own answer may ask to close (it refused how the request was framed).
+        let closing = response.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
+        let keep_alive = keep_alive && !closing && !*stop.borrow();
         match write_response(&mut stream, response, head_only, keep_alive).await {
             Ok(true) if keep_alive => {}
             _ => return,

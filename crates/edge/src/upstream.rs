@@ -53,6 +53,8 @@ pub(crate) enum SendError {
     Connect(String),
     /// The request may have reached the machine.
     Sent(String),
+    /// The machine took longer than the head timeout to start its answer.
+    HeadTimeout,
 }
 
 /// An open connection to a machine and the bytes read from it but not yet used.
@@ -60,6 +62,9 @@ pub(crate) struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     addr: Arc<str>,
+    /// The response-head timer, registered once per connection and moved only when it fires
+    /// before the deadline of the exchange under way (see `exchange`).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Conn {
@@ -140,13 +145,21 @@ pub(crate) fn request<'a>(
 /// A pooled connection that the machine closed while it sat idle is dropped and the next one
 /// tried, and so is one that the machine closes without a byte of answer (it closed an idle
 /// connection just as the request went out): neither counts as a failed request.
-pub(crate) async fn send(addr: &str, wire: &Wire, method: &Method, connect_timeout: Duration) -> Result<http::Response<Body>, SendError> {
+/// A machine that sends no response head within `head_timeout` of the request is given up on
+/// (`SendError::HeadTimeout`).
+pub(crate) async fn send(
+    addr: &str,
+    wire: &Wire,
+    method: &Method,
+    connect_timeout: Duration,
+    head_timeout: Duration,
+) -> Result<http::Response<Body>, SendError> {
     loop {
         let (mut conn, reused) = match take_idle(addr) {
             Some(conn) => (conn, true),
             None => (connect(addr, connect_timeout).await?, false),
         };
-        match exchange(&mut conn, wire, method).await {
+        match exchange(&mut conn, wire, method, head_timeout).await {
             Ok((parts, framing, reusable)) => {
                 let body = Body {
                     conn: Some(conn),
@@ -157,6 +170,7 @@ pub(crate) async fn send(addr: &str, wire: &Wire, method: &Method, connect_timeo
             }
             Err(Failure::Unanswered(_)) if reused => continue,
             Err(Failure::Unanswered(reason) | Failure::Broken(reason)) => return Err(SendError::Sent(reason)),
+            Err(Failure::TimedOut) => return Err(SendError::HeadTimeout),
         }
     }
 }
@@ -166,9 +180,21 @@ enum Failure {
     Unanswered(String),
     /// Anything after: a broken or malformed answer.
     Broken(String),
+    /// No response head within the head timeout.
+    TimedOut,
 }
 
-async fn exchange(conn: &mut Conn, wire: &Wire, method: &Method) -> Result<(http::response::Parts, Framing, bool), Failure> {
+async fn exchange(
+    conn: &mut Conn,
+    wire: &Wire,
+    method: &Method,
+    head_timeout: Duration,
+) -> Result<(http::response::Parts, Framing, bool), Failure> {
+    // The deadline of this exchange; the connection's timer is not moved unless it fires first.
+    let deadline = tokio::time::Instant::now() + head_timeout;
+    if conn.timer.deadline() > deadline {
+        conn.timer.as_mut().reset(deadline);
+    }
     let written = match (conn.stream.write_all(&wire.bytes).await, &wire.body) {
         (Ok(()), Some(body)) => conn.stream.write_all(body).await,
         (result, _) => result,
@@ -185,7 +211,17 @@ async fn exchange(conn: &mut Conn, wire: &Wire, method: &Method) -> Result<(http
             return Err(Failure::Broken(format!("the response head is over {MAX_HEAD} bytes")));
         }
         conn.buf.reserve(READ_CHUNK);
-        match conn.stream.read_buf(&mut conn.buf).await {
+        let read = tokio::select! {
+            read = conn.stream.read_buf(&mut conn.buf) => read,
+            _ = conn.timer.as_mut() => {
+                if tokio::time::Instant::now() < deadline {
+                    conn.timer.as_mut().reset(deadline);
+                    continue;
+                }
+                return Err(Failure::TimedOut);
+            }
+        };
+        match read {
             Ok(0) if conn.buf.is_empty() => return Err(Failure::Unanswered("the machine closed the connection without answering".into())),
             Ok(0) => {
                 return Err(Failure::Broken(
@@ -342,6 +378,8 @@ async fn connect(addr: &str, timeout: Duration) -> Result<Conn, SendError> {
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
         addr: Arc::from(addr),
+        // Armed at the first exchange's deadline.
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(365 * 86_400))),
     })
 }
 
