@@ -10,6 +10,8 @@ mod admin;
 mod body;
 mod edge;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gossip;
 mod handle;
 mod headers;

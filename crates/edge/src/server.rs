@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 /// Request heads larger than this, or with more header lines, go to hyper (which answers 431).
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// Request bodies up to this size are read here; larger ones are streamed by hyper.
 const MAX_BODY: u64 = 1024 * 1024;
@@ -262,6 +262,27 @@ fn parse_request(buf: &mut BytesMut, max_body: u64) -> Parsed {
         body_len,
         keep_alive,
     })
+}
+
+/// What `parse_request` made of a buffer, for the fuzz target (`crate::fuzzing`).
+pub(crate) enum FuzzVerdict {
+    Request { body_len: u64, keep_alive: bool, head_len: usize },
+    Partial,
+    Elsewhere,
+}
+
+/// `parse_request` with its verdict laid bare for the fuzz target.
+pub(crate) fn parse_for_fuzzing(buf: &mut BytesMut, max_body: u64) -> FuzzVerdict {
+    let before = buf.len();
+    match parse_request(buf, max_body) {
+        Parsed::Request(request) => FuzzVerdict::Request {
+            body_len: request.body_len,
+            keep_alive: request.keep_alive,
+            head_len: before - buf.len(),
+        },
+        Parsed::Partial => FuzzVerdict::Partial,
+        Parsed::Elsewhere => FuzzVerdict::Elsewhere,
+    }
 }
 
 /// Puts a head taken from `buf` back in front of it, for hyper to read.
