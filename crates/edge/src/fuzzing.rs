@@ -14,7 +14,11 @@ pub fn request(bytes: &[u8]) {
     let mut reference = httparse::Request::new(&mut lines);
     let verdict = reference.parse(bytes);
     match crate::server::parse_for_fuzzing(&mut buf, 10 * 1024 * 1024) {
-        crate::server::FuzzVerdict::Request { body_len, keep_alive, head_len } => {
+        crate::server::FuzzVerdict::Request {
+            body_len,
+            keep_alive,
+            head_len,
+        } => {
             let Ok(httparse::Status::Complete(len)) = verdict else {
                 panic!("served a head httparse does not read whole: {verdict:?}");
             };
@@ -25,7 +29,10 @@ pub fn request(bytes: &[u8]) {
             let mut length = None;
             let mut close = false;
             for h in reference.headers.iter() {
-                assert!(!h.name.eq_ignore_ascii_case("transfer-encoding"), "served a request with Transfer-Encoding");
+                assert!(
+                    !h.name.eq_ignore_ascii_case("transfer-encoding"),
+                    "served a request with Transfer-Encoding"
+                );
                 if h.name.eq_ignore_ascii_case("content-length") {
                     let v = std::str::from_utf8(h.value).expect("a served length is text").trim();
                     assert!(!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()), "served a length {v:?}");
@@ -44,7 +51,10 @@ pub fn request(bytes: &[u8]) {
             assert_eq!(keep_alive, !close, "keep-alive differs from Connection");
         }
         crate::server::FuzzVerdict::Partial => {
-            assert!(!matches!(verdict, Ok(httparse::Status::Complete(_))) || bytes.is_empty(), "waited on a complete head");
+            assert!(
+                !matches!(verdict, Ok(httparse::Status::Complete(_))) || bytes.is_empty(),
+                "waited on a complete head"
+            );
         }
         crate::server::FuzzVerdict::Elsewhere => {
             assert_eq!(&buf[..], bytes, "bytes handed to hyper were changed");

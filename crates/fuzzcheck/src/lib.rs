@@ -27,7 +27,9 @@ pub fn edge_request(data: &[u8]) {
 /// passes says only what fits in the file.
 pub fn safetensors_header(data: &[u8]) {
     let len = data.len() as u64;
-    let Ok(header_len) = colo_model::safetensors::header_len(data, len) else { return };
+    let Ok(header_len) = colo_model::safetensors::header_len(data, len) else {
+        return;
+    };
     let Some(header) = data.get(8..8 + header_len as usize) else {
         panic!("header_len {header_len} accepted past the end of {len} bytes");
     };
