@@ -5,8 +5,11 @@
 
 use colo_core::{Demand, Regions};
 
+/// A target's check: any bytes in, a panic only when colo misbehaves.
+pub type Check = fn(&[u8]);
+
 /// Every target: its name (the directory of its corpus under `fuzz/corpus/`) and its check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("edge_request", edge_request),
     ("safetensors_header", safetensors_header),
     ("gguf_header", gguf_header),
