@@ -204,7 +204,7 @@ async fn exchange(
     }
     conn.buf.clear();
     loop {
-        if let Some(answer) = parse_head(conn, method)? {
+        if let Some(answer) = parse_head(&mut conn.buf, method)? {
             return Ok(answer);
         }
         if conn.buf.len() > MAX_HEAD {
@@ -238,7 +238,7 @@ async fn exchange(
 /// The response head in `conn.buf`, once it is whole: its parts, how its body is framed, and
 /// whether the connection can carry another request after it. Interim (1xx) answers are
 /// skipped.
-fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response::Parts, Framing, bool)>, Failure> {
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(http::response::Parts, Framing, bool)>, Failure> {
     loop {
         // Where each header line lies in the buffer, so the head can be split off and its values
         // shared with the response rather than copied.
@@ -246,12 +246,12 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response
         let (len, code, version, count) = {
             let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut []);
-            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, &conn.buf, &mut lines) {
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut lines) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(Failure::Broken(format!("malformed response head: {e}"))),
             };
-            let base = conn.buf.as_ptr();
+            let base = buf.as_ptr();
             for (span, line) in spans.iter_mut().zip(parsed.headers.iter()) {
                 *span = Span::of(base, line);
             }
@@ -264,14 +264,15 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response
                     "the machine switched protocols, which the edge does not relay".into(),
                 ));
             }
-            conn.buf.advance(len);
+            buf.advance(len);
             continue;
         }
         let version = if version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        let head = conn.buf.split_to(len).freeze();
+        let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let mut close = version == Version::HTTP_10;
-        let mut chunked = false;
+        // Some(true): chunked is the final coding; Some(false): another coding is.
+        let mut chunked: Option<bool> = None;
         let mut length: Option<u64> = None;
         for span in &spans[..count] {
             let raw_name = &head[span.name()];
@@ -280,19 +281,26 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response
             let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
                 .map_err(|_| Failure::Broken(format!("malformed value of header {name}")))?;
             if name == http::header::CONTENT_LENGTH {
+                // Digits only (RFC 9112): Rust's parse would also take "+5".
+                let digits = |v: &str| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit());
                 let n = value
                     .to_str()
                     .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(str::trim)
+                    .filter(|v| digits(v))
+                    .and_then(|v| v.parse::<u64>().ok())
                     .ok_or_else(|| Failure::Broken(format!("malformed content-length {value:?}")))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(Failure::Broken("conflicting content-length headers".into()));
                 }
                 length = Some(n);
             } else if name == http::header::TRANSFER_ENCODING {
-                chunked = value
-                    .to_str()
-                    .is_ok_and(|v| v.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
+                // The last coding of the last Transfer-Encoding line decides.
+                chunked = Some(
+                    value
+                        .to_str()
+                        .is_ok_and(|v| v.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))),
+                );
             } else if name == http::header::CONNECTION {
                 let tokens = value.to_str().unwrap_or("");
                 if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
@@ -304,15 +312,16 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<(http::response
             headers.append(name, value);
         }
         let no_body = *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let framing = if no_body {
-            Framing::Length(0)
-        } else if chunked {
-            Framing::Chunked(Chunk::Size)
-        } else if let Some(n) = length {
-            Framing::Length(n)
-        } else {
-            close = true;
-            Framing::UntilClose
+        // Transfer-Encoding overrides Content-Length; a coding other than chunked last means the
+        // body ends when the connection does (RFC 9112 6.3).
+        let framing = match (no_body, chunked, length) {
+            (true, _, _) => Framing::Length(0),
+            (false, Some(true), _) => Framing::Chunked(Chunk::Size),
+            (false, None, Some(n)) => Framing::Length(n),
+            (false, Some(false) | None, _) => {
+                close = true;
+                Framing::UntilClose
+            }
         };
         let mut response = http::Response::new(());
         *response.status_mut() = status;
@@ -381,6 +390,35 @@ async fn connect(addr: &str, timeout: Duration) -> Result<Conn, SendError> {
         // Armed at the first exchange's deadline.
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(365 * 86_400))),
     })
+}
+
+/// What `parse_head` made of a machine's answer, for the fuzz target (`crate::fuzzing`):
+/// `None` while more bytes are needed; the status, how the body is framed, whether the
+/// connection may be reused, and how many bytes the head took.
+pub(crate) fn parse_head_for_fuzzing(bytes: &[u8], head: bool) -> Result<Option<(u16, FuzzFraming, bool, usize)>, ()> {
+    let mut buf = BytesMut::from(bytes);
+    let method = if head { Method::HEAD } else { Method::GET };
+    match parse_head(&mut buf, &method) {
+        Ok(Some((parts, framing, reusable))) => {
+            let framing = match framing {
+                Framing::Length(n) => FuzzFraming::Length(n),
+                Framing::Done => FuzzFraming::Length(0),
+                Framing::Chunked(_) => FuzzFraming::Chunked,
+                Framing::UntilClose => FuzzFraming::UntilClose,
+            };
+            Ok(Some((parts.status.as_u16(), framing, reusable, bytes.len() - buf.len())))
+        }
+        Ok(None) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// How a response body ends, as the fuzz target compares it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FuzzFraming {
+    Length(u64),
+    Chunked,
+    UntilClose,
 }
 
 /// How a response body ends.

@@ -11,6 +11,7 @@ pub type Check = fn(&[u8]);
 /// Every target: its name (the directory of its corpus under `fuzz/corpus/`) and its check.
 pub const TARGETS: &[(&str, Check)] = &[
     ("edge_request", edge_request),
+    ("edge_response", edge_response),
     ("safetensors_header", safetensors_header),
     ("gguf_header", gguf_header),
     ("manifest", manifest),
@@ -24,6 +25,13 @@ pub const TARGETS: &[(&str, Check)] = &[
 /// The edge's own HTTP/1.1 request parser against httparse and RFC 9112's framing rules.
 pub fn edge_request(data: &[u8]) {
     colo_edge::fuzzing::request(data);
+}
+
+/// A machine's answer as the edge's upstream client reads it, to a GET and to a HEAD, against
+/// httparse and RFC 9112's framing rules.
+pub fn edge_response(data: &[u8]) {
+    colo_edge::fuzzing::response(data, false);
+    colo_edge::fuzzing::response(data, true);
 }
 
 /// A safetensors file: its 8-byte length, then the JSON header, then the data. A header that
