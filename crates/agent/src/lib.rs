@@ -7,6 +7,7 @@ pub mod client;
 mod devices;
 mod error;
 pub mod facts;
+mod forward;
 pub mod lease;
 mod manage;
 mod metrics;
@@ -67,6 +68,9 @@ pub struct AgentConfig {
     /// Address engines listen on and machine records give edges (`127.0.0.1` when every edge
     /// runs on this host; the host's own address when edges elsewhere must reach its engines).
     pub engine_host: std::net::IpAddr,
+    /// When set, engines listen on loopback and a forwarder on `engine_host` admits only
+    /// connections that open with this machine key (`forward.rs`): edges of a multi-host colo.
+    pub forward_key: Option<String>,
 }
 
 pub struct Agent {
@@ -264,6 +268,7 @@ impl Agent {
             // No engine survives its agent (they die with it), so nothing is running now.
             machine.pid = None;
             machine.addr = None;
+            machine.engine_addr = None;
             if machine.desired == MachineState::Started {
                 self.spawn_supervisor(machine);
             } else if machine.state != MachineState::Stopped && machine.state != MachineState::Created {

@@ -60,8 +60,9 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
         let requested_at_ms = agent.take_start_request(&machine.id).unwrap_or_else(now_ms);
         // The model stays pinned in the host cache for as long as this engine may run.
         let _pin = agent.cache.pin(machine.model.as_str(), &machine.revision);
-        let child = match start(&agent, &mut machine, &mut desired, requested_at_ms).await {
-            Ok(Some(child)) => child,
+        // The forwarder in front of the engine, if any, lives as long as this run of it.
+        let (child, _forwarder) = match start(&agent, &mut machine, &mut desired, requested_at_ms).await {
+            Ok(Some(started)) => started,
             Ok(None) => continue,
             Err(reason) => {
                 machine.progress = None;
@@ -92,6 +93,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
                 record(&agent, &mut machine, MachineState::Stopping, &desired).await;
                 machine.pid = None;
                 machine.addr = None;
+                machine.engine_addr = None;
             }
             Outcome::Crashed(reason) => {
                 tracing::warn!(machine = %machine.id, %reason, "engine crashed; restarting");
@@ -99,6 +101,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut machine: Machine, mut desired: wa
                 machine.last_error = Some(reason);
                 machine.pid = None;
                 machine.addr = None;
+                machine.engine_addr = None;
                 // A machine that ran for a while earns a fresh backoff.
                 if ran_since.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(250);
@@ -157,7 +160,7 @@ async fn start(
     machine: &mut Machine,
     desired: &mut watch::Receiver<MachineState>,
     requested_at_ms: u64,
-) -> Result<Option<Child>, String> {
+) -> Result<Option<(Child, Option<crate::forward::Forwarder>)>, String> {
     let hydrate_began = tokio::time::Instant::now();
     let queued_ms = now_ms().saturating_sub(requested_at_ms);
     let manifest = agent
@@ -215,7 +218,12 @@ async fn start(
     };
     let hydrate_ms = hydrate_began.elapsed().as_millis() as u64;
 
-    let host = agent.config.engine_host;
+    // Behind a forwarder the engine listens on loopback only; the forwarder takes the host's
+    // address.
+    let host = match agent.config.forward_key {
+        Some(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        None => agent.config.engine_host,
+    };
     let port = free_port(host).map_err(|e| format!("finding a free port on {host}: {e}"))?;
     let log_dir = agent.config.data_dir.join("machines").join(&machine.id);
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
@@ -249,7 +257,16 @@ async fn start(
     let mut child = command.spawn().map_err(|e| format!("spawning the engine {program}: {e}"))?;
     machine.pid = child.id();
     let addr = std::net::SocketAddr::new(host, port);
-    machine.addr = Some(addr.to_string());
+    let forwarder = match &agent.config.forward_key {
+        Some(key) => Some(
+            crate::forward::start(agent.config.engine_host, addr, key.clone())
+                .await
+                .map_err(|e| format!("starting the forwarder on {}: {e}", agent.config.engine_host))?,
+        ),
+        None => None,
+    };
+    machine.addr = Some(forwarder.as_ref().map_or(addr, |f| f.addr).to_string());
+    machine.engine_addr = forwarder.is_some().then(|| addr.to_string());
 
     let health = format!("http://{addr}/health");
     let client = reqwest::Client::builder()
@@ -282,7 +299,7 @@ async fn start(
                 first_response_ms: now_ms().saturating_sub(requested_at_ms),
                 from_suspended: false,
             });
-            return Ok(Some(child));
+            return Ok(Some((child, forwarder)));
         }
         if tokio::time::Instant::now() > deadline {
             let _ = child.kill().await;
@@ -312,7 +329,7 @@ fn start_failed(what: &str, log_path: &std::path::Path) -> String {
 /// first failed check marks the machine unhealthy (edges stop routing to it); a passing one
 /// marks it healthy again.
 async fn watch_engine(agent: &Agent, machine: &mut Machine, mut child: Child, desired: &mut watch::Receiver<MachineState>) -> Outcome {
-    let health = format!("http://{}/health", machine.addr.as_deref().unwrap_or_default());
+    let health = format!("http://{}/health", machine.local_addr().unwrap_or_default());
     // A check may take no longer than the interval, so a hung engine is seen within about one.
     let check_timeout = agent
         .config
@@ -381,7 +398,7 @@ async fn suspend(
     if sleep_or_told(desired, agent.config.stop_grace).await && *desired.borrow() != MachineState::Suspended {
         return woken_or_told(agent, machine, child, desired, None).await;
     }
-    let addr = machine.addr.clone().unwrap_or_default();
+    let addr = machine.local_addr().unwrap_or_default().to_string();
     let level = profile::sleep_level(machine, host_memory_available());
     let mut slept = 0;
     if let Some(call) = profile::sleep_call(machine, level) {
@@ -434,7 +451,7 @@ async fn woken_or_told(
     let requested_at_ms = agent.take_start_request(&machine.id).unwrap_or_else(now_ms);
     record(agent, machine, MachineState::Starting, desired).await;
     let began = tokio::time::Instant::now();
-    let addr = machine.addr.clone().unwrap_or_default();
+    let addr = machine.local_addr().unwrap_or_default().to_string();
     let calls = if slept > 0 {
         profile::wake_calls(machine, slept)
     } else {

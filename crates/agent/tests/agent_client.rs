@@ -35,6 +35,7 @@ async fn serve_agent(root: &std::path::Path) -> String {
         stop_grace: Duration::ZERO,
         health_interval: Duration::from_secs(1),
         engine_host: std::net::Ipv4Addr::LOCALHOST.into(),
+        forward_key: None,
     };
     let devices = vec![Device::Cpu { slot: 0 }, Device::Cpu { slot: 1 }];
     let agent = Agent::new(config, state, store, HostCache::new(root.join("cache")), devices);

@@ -60,6 +60,17 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
         }
     }
 
+    // Machines are reached only through the edges: the address edges use answers anyone
+    // else 403 (the agent's forwarder wants the machine key first), and the engine itself
+    // listens on loopback.
+    for m in &machines {
+        let addr = m["addr"].as_str().unwrap();
+        let stranger = client.get(format!("http://{addr}/health")).send().unwrap();
+        assert_eq!(stranger.status(), 403, "{addr} let a caller in around the edge");
+        let engine = m["engine_addr"].as_str().unwrap_or_default();
+        assert!(engine.starts_with("127.0.0.1:") && engine != addr, "{m}");
+    }
+
     // Engine load reports travel between regions: after ams's machine answered the ams edge,
     // the ord edge holds a relayed report for it (edges publish at most 4 times a second).
     let ams_machine = machines.iter().find(|m| m["host"] == "ams-1").unwrap()["id"]

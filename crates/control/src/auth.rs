@@ -86,6 +86,13 @@ impl TokenFile {
 }
 
 /// Compares without an early exit, so the time taken does not reveal a matching prefix.
+/// The key a multi-host colo's edges open each connection to a machine with, and its agents'
+/// forwarders check: derived from the cluster token, so the token itself never crosses the wire
+/// to a machine. A rotated token gives a new key to daemons started after it.
+pub fn machine_key(token: &str) -> String {
+    crate::secret::digest(&format!("colo machine key\n{token}"))
+}
+
 pub fn same(presented: &str, token: &str) -> bool {
     presented.len() == token.len() && presented.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }

@@ -13,6 +13,10 @@ pub mod machine;
 pub mod money;
 pub mod name;
 pub mod openai;
+
+/// What a connection to a machine behind a forwarder opens with, followed by the machine key
+/// and CRLF (colo-agent's forwarder checks it; colo-edge's upstream client sends it).
+pub const MACHINE_KEY_PREFACE: &str = "COLO-KEY ";
 pub mod region;
 
 pub use app::{ApiKey, App, GpuChoice, IdleAction, RouteMode, RouteWeights, ROUTE_WEIGHT_MAX};

@@ -151,8 +151,13 @@ pub struct Machine {
     pub host: String,
     /// Region code of that host.
     pub region: String,
-    /// `ip:port` of the engine once it listens.
+    /// `ip:port` where edges reach the engine once it listens (a forwarder in front of it on a
+    /// host of a multi-host colo).
     pub addr: Option<String>,
+    /// The engine's own address on its host, when it differs from `addr` (loopback behind a
+    /// forwarder): where its agent checks and calls it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_addr: Option<String>,
     /// Process id of the engine while it runs.
     pub pid: Option<u32>,
     /// How many times the engine was restarted after a crash.
@@ -257,6 +262,7 @@ impl Machine {
             host,
             region,
             addr: None,
+            engine_addr: None,
             pid: None,
             restarts: 0,
             last_error: None,
@@ -270,6 +276,11 @@ impl Machine {
             cordoned: false,
             progress: None,
         }
+    }
+
+    /// Where its agent reaches the engine: its own address, or `addr` when that is the same.
+    pub fn local_addr(&self) -> Option<&str> {
+        self.engine_addr.as_deref().or(self.addr.as_deref())
     }
 
     /// Whether the machine holds its device. A stopped machine gives it back (on a GPU host a

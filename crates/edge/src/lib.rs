@@ -73,6 +73,9 @@ pub struct EdgeConfig {
     pub admin_token: Option<AdminCheck>,
     /// Timeouts and connection caps against bad clients and stuck machines.
     pub limits: Limits,
+    /// The key each new connection to a machine opens with (a multi-host colo's machines sit
+    /// behind their agents' forwarders, which admit only it); `None` in `colo up`.
+    pub machine_key: Option<String>,
 }
 
 /// Checks a presented bearer token for the edge's admin endpoints.
@@ -107,6 +110,7 @@ impl Default for EdgeConfig {
             inter_region_delay: Duration::ZERO,
             admin_token: None,
             limits: Limits::default(),
+            machine_key: None,
         }
     }
 }

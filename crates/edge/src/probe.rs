@@ -94,9 +94,16 @@ impl Edge {
             tokio::time::sleep(delay).await;
         }
         let answered = tokio::time::timeout(PROBE_TIMEOUT, async {
-            let response = upstream::send(&target.addr, &wire, &Method::GET, self.config.connect_timeout, PROBE_TIMEOUT)
-                .await
-                .ok()?;
+            let response = upstream::send(
+                &target.addr,
+                &wire,
+                &Method::GET,
+                self.config.connect_timeout,
+                PROBE_TIMEOUT,
+                self.config.machine_key.as_deref(),
+            )
+            .await
+            .ok()?;
             response.into_body().collect().await.ok()?;
             Some(())
         })

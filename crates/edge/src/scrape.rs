@@ -67,9 +67,16 @@ impl Edge {
     async fn scrape(&self, endpoint: &Endpoint, names: &MetricNames) -> Result<(), String> {
         let wire = upstream::request(&Method::GET, "/metrics", &endpoint.host_header, std::iter::empty(), &Bytes::new());
         let page = tokio::time::timeout(SCRAPE_TIMEOUT, async {
-            let response = upstream::send(&endpoint.addr, &wire, &Method::GET, self.config.connect_timeout, SCRAPE_TIMEOUT)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
+            let response = upstream::send(
+                &endpoint.addr,
+                &wire,
+                &Method::GET,
+                self.config.connect_timeout,
+                SCRAPE_TIMEOUT,
+                self.config.machine_key.as_deref(),
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))?;
             if !response.status().is_success() {
                 return Err(format!("/metrics answered {}", response.status()));
             }

@@ -79,7 +79,8 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
         }
         let started = tokio::time::Instant::now();
         let head_timeout = edge.config.limits.upstream_head_timeout;
-        let sent = upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout, head_timeout).await;
+        let key = edge.config.machine_key.as_deref();
+        let sent = upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout, head_timeout, key).await;
         let response = match sent {
             Ok(response) => response,
             // Not sent elsewhere: the machine may still be working on it.

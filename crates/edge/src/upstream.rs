@@ -147,17 +147,19 @@ pub(crate) fn request<'a>(
 /// connection just as the request went out): neither counts as a failed request.
 /// A machine that sends no response head within `head_timeout` of the request is given up on
 /// (`SendError::HeadTimeout`).
+/// A new connection opens with `key` when given (the machine sits behind a forwarder).
 pub(crate) async fn send(
     addr: &str,
     wire: &Wire,
     method: &Method,
     connect_timeout: Duration,
     head_timeout: Duration,
+    key: Option<&str>,
 ) -> Result<http::Response<Body>, SendError> {
     loop {
         let (mut conn, reused) = match take_idle(addr) {
             Some(conn) => (conn, true),
-            None => (connect(addr, connect_timeout).await?, false),
+            None => (connect(addr, connect_timeout, key).await?, false),
         };
         match exchange(&mut conn, wire, method, head_timeout).await {
             Ok((parts, framing, reusable)) => {
@@ -376,13 +378,20 @@ fn take_idle(addr: &str) -> Option<Conn> {
     })
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<Conn, SendError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+async fn connect(addr: &str, timeout: Duration, key: Option<&str>) -> Result<Conn, SendError> {
+    let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(SendError::Connect(format!("connecting to {addr}: {e}"))),
         Err(_) => return Err(SendError::Connect(format!("connecting to {addr}: no answer in {timeout:?}"))),
     };
     let _ = stream.set_nodelay(true);
+    if let Some(key) = key {
+        // The forwarder in front of the machine reads this line before anything else.
+        let preface = format!("{}{key}\r\n", colo_core::MACHINE_KEY_PREFACE);
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut stream, preface.as_bytes()).await {
+            return Err(SendError::Connect(format!("connecting to {addr}: {e}")));
+        }
+    }
     Ok(Conn {
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),

@@ -45,6 +45,8 @@ pub async fn agent(config: AgentDaemonConfig) -> Result<RunningAgent, NodeError>
         data_dir.clone(),
         config.health_interval_secs,
         config.engine_host,
+        // Engines on loopback behind a forwarder that only edges get through.
+        Some(auth::machine_key(&token.current())),
     );
     let cache = HostCache::with_capacity(data_dir.join("cache"), config.cache_bytes());
     let agent = Agent::new(agent_config, state.clone(), store, cache, devices);

@@ -203,6 +203,7 @@ impl EngineProgram {
         data_dir: PathBuf,
         health_interval_secs: f64,
         engine_host: std::net::IpAddr,
+        forward_key: Option<String>,
     ) -> colo_agent::AgentConfig {
         colo_agent::AgentConfig {
             host,
@@ -216,6 +217,7 @@ impl EngineProgram {
             stop_grace: STOP_GRACE,
             health_interval: Duration::from_secs_f64(health_interval_secs),
             engine_host,
+            forward_key,
         }
     }
 }

@@ -42,7 +42,9 @@ pub async fn edge(config: EdgeDaemonConfig) -> Result<RunningEdge, NodeError> {
         AdminCheck(Arc::new(move |presented: &str| auth::same(presented, &token.current())))
     };
     let inter_region_delay = Duration::from_millis(config.inter_region_delay_ms);
-    let edge_config = config.edge.edge_config(&config.region, inter_region_delay, Some(admin));
+    let mut edge_config = config.edge.edge_config(&config.region, inter_region_delay, Some(admin));
+    // The agents' forwarders admit connections that open with the machine key.
+    edge_config.machine_key = Some(auth::machine_key(&token.current()));
     let machines = RemoteMachines {
         state,
         token,

@@ -178,6 +178,8 @@ fn start_agents(config: &UpConfig, hosts: Vec<layout::HostPlan>, state: &Arc<dyn
                 host.dir,
                 config.health_interval_secs,
                 std::net::Ipv4Addr::LOCALHOST.into(),
+                // Every edge is in this process, engines on loopback: no forwarder.
+                None,
             );
             Agent::new(agent_config, state.clone(), store.clone(), cache, host.devices)
         })

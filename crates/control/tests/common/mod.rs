@@ -53,6 +53,7 @@ pub fn stand_in_agent(
         stop_grace: std::time::Duration::ZERO,
         health_interval: std::time::Duration::from_secs(1),
         engine_host: std::net::Ipv4Addr::LOCALHOST.into(),
+        forward_key: None,
     };
     colo_agent::Agent::new(
         config,

@@ -49,7 +49,7 @@ async fn scripted(answers: Vec<&'static [u8]>, piece: usize, close_after: bool) 
 
 async fn get(addr: &str) -> Result<(http::response::Parts, Bytes), SendError> {
     let wire = request(&Method::GET, "/", &HeaderValue::from_static("m"), std::iter::empty(), &Bytes::new());
-    let response = send(addr, &wire, &Method::GET, Duration::from_secs(1), Duration::from_secs(5)).await?;
+    let response = send(addr, &wire, &Method::GET, Duration::from_secs(1), Duration::from_secs(5), None).await?;
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.map_err(|e| SendError::Sent(e.to_string()))?.to_bytes();
     Ok((parts, bytes))
