@@ -30,17 +30,8 @@ pub struct GenParams {
     pub return_token_ids: bool,
 }
 
-/// How a JSON value is described in error messages.
-pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
+/// How a JSON value is described in error messages: the same words as the edge's checks.
+pub(crate) use colo_core::openai::kind;
 
 fn present<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     fields.get(name).filter(|v| !v.is_null())
