@@ -168,7 +168,17 @@ impl Edge {
     fn scale_pass(&self, table: &Arc<RouteTable>) -> Option<u64> {
         let now = self.now_ms();
         let mut scalers = lock(&self.scalers);
-        scalers.retain(|app, entry| table.apps.contains_key(app) || entry.scaler.held() > 0);
+        scalers.retain(|app, entry| {
+            let keep = table.apps.contains_key(app) || entry.scaler.held() > 0;
+            if !keep {
+                // The app is gone: so are its per-app series, which would otherwise stay for
+                // ever (one set per app ever deployed).
+                let label = AppLabel { app: app.clone() };
+                self.metrics.queue_depth.remove(&label);
+                self.metrics.wakes.remove(&label);
+            }
+            keep
+        });
         for (app, routes) in &table.apps {
             let entry = scalers.entry(app.clone()).or_insert_with(|| AppScaler {
                 scaler: Scaler::new(self.scale_config(routes)),

@@ -175,3 +175,30 @@ async fn idle_machines_stop_after_the_autostop_time_but_not_while_busy() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(recorded.take(), vec!["stop m-idle"]);
 }
+
+/// An app that leaves the route table takes its per-app scaling series (queue depth, wakes)
+/// out of /metrics: junk deploys and destroys must not grow the page for ever.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_app_that_leaves_takes_its_scaling_series_with_it() {
+    let machines = [machine("m1", "ord", MachineState::Stopped, true)];
+    let (edge, recorded, tx) = edge(RouteTable::build(&[app(2, None)], &machines), Duration::from_secs(1));
+    let response = handle(edge.clone(), request(&[])).await;
+    assert_eq!(response.status(), 503, "no machine ever starts here");
+    assert_eq!(recorded.take(), vec!["start m1"]);
+    let page = |edge: &Arc<Edge>| {
+        let edge = edge.clone();
+        async move {
+            let response = handle(edge, http::Request::get("/metrics").body(Body::empty()).unwrap()).await;
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+    };
+    let before = page(&edge).await;
+    assert!(before.contains("colo_edge_wakes_total{app=\"app\"}"), "{before}");
+    assert!(before.contains("colo_edge_queue_depth{app=\"app\"}"), "{before}");
+    tx.send(Arc::new(RouteTable::default())).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = page(&edge).await;
+    assert!(!after.contains("colo_edge_wakes_total{app=\"app\"}"), "{after}");
+    assert!(!after.contains("colo_edge_queue_depth{app=\"app\"}"), "{after}");
+}
