@@ -10,6 +10,12 @@ pub enum StoreError {
     Object { path: String, source: object_store::Error },
     #[error("model {name:?} is not in the store (no manifest at {path})")]
     NotFound { name: String, path: String },
+    #[error("revision {prefix:?} of model {name:?} could be any of {}; give more of it", matches.join(", "))]
+    AmbiguousRevision {
+        name: String,
+        prefix: String,
+        matches: Vec<String>,
+    },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{path}: not a valid safetensors file: {source}")]

@@ -227,6 +227,13 @@ impl Store {
         let (going, staying): (Vec<Manifest>, Vec<Manifest>) = all
             .into_iter()
             .partition(|m| revision.is_none_or(|r| m.revision == r || m.revision.starts_with(r)));
+        if revision.is_some() && going.len() > 1 {
+            return Err(StoreError::AmbiguousRevision {
+                name: name.to_string(),
+                prefix: revision.unwrap_or_default().to_string(),
+                matches: going.iter().map(|m| m.revision.clone()).collect(),
+            });
+        }
         if going.is_empty() {
             return Err(StoreError::NotFound {
                 name: name.to_string(),
