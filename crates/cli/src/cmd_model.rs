@@ -213,11 +213,10 @@ async fn rm(args: RmArgs) -> anyhow::Result<()> {
     let store = args.store.open(&args.common)?;
     let (removed, latest) = store.remove(name, revision).await?;
     let freed: u64 = removed.iter().map(|m| m.total_bytes()).sum();
+    let revisions: Vec<&str> = removed.iter().map(|m| m.revision.as_str()).collect();
     if args.common.json {
-        let revisions: Vec<&str> = removed.iter().map(|m| m.revision.as_str()).collect();
         return print_json(&serde_json::json!({"model": name, "removed": revisions, "bytes": freed, "latest": latest}));
     }
-    let revisions: Vec<&str> = removed.iter().map(|m| m.revision.as_str()).collect();
     let left = match &latest {
         Some(latest) => format!("; the latest revision is now {latest}"),
         None => format!("; model {name} is gone"),
