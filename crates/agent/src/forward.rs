@@ -72,7 +72,7 @@ async fn forward(mut client: TcpStream, engine: SocketAddr, expected: &[u8]) -> 
     })
     .await
     .map_err(|_| "no preface in time".to_string())??;
-    if !same(&read[..line_end], expected) {
+    if !colo_core::same_secret(&read[..line_end], expected) {
         let body = r#"{"error":{"message":"machines are reached through colo's edges","type":"invalid_request_error","param":null,"code":"forbidden"}}"#;
         let answer = format!(
             "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
@@ -90,9 +90,4 @@ async fn forward(mut client: TcpStream, engine: SocketAddr, expected: &[u8]) -> 
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-/// Equal bytes, compared in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

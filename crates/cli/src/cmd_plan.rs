@@ -317,69 +317,51 @@ fn print_plan(model: &str, plan: &Plan, all_degrees: bool, prompt_tokens: u64) {
 /// The table for an encoder: what it does is embed, so inputs per second and the time to embed
 /// one, and no KV cache.
 fn print_encoder_rows(shown: &[&PlanOption], priced_tokens: &str, prompt_tokens: u64) {
-    let rows = shown
-        .iter()
-        .map(|o| {
-            vec![
-                o.gpu.clone(),
-                o.n_gpus.to_string(),
-                o.quant.to_string(),
-                money(o.usd_per_million_tokens),
-                money(o.usd_per_hour),
-                format!("{:.0}", o.embeddings_per_s.unwrap_or(0.0)),
-                ms(o.prefill_ms),
-                format!("{:.0}", o.tokens_per_s),
-                o.batch.to_string(),
-            ]
-        })
-        .collect();
-    let header = [
-        "GPU",
-        "N",
-        "QUANT",
-        &format!("$/M {}", priced_tokens.to_uppercase()),
-        "$/H",
-        &format!("EMBEDDINGS/S ({prompt_tokens} TOKENS)"),
-        "MS PER INPUT",
-        "TOKENS/S",
-        "BATCH",
-    ];
-    println!("{}", table(&header, rows));
+    let embeddings = format!("EMBEDDINGS/S ({prompt_tokens} TOKENS)");
+    print_rows(shown, priced_tokens, &[&embeddings, "MS PER INPUT", "TOKENS/S", "BATCH"], |o| {
+        vec![
+            format!("{:.0}", o.embeddings_per_s.unwrap_or(0.0)),
+            ms(o.prefill_ms),
+            format!("{:.0}", o.tokens_per_s),
+            o.batch.to_string(),
+        ]
+    });
 }
 
 fn print_decoder_rows(shown: &[&PlanOption], priced_tokens: &str) {
+    let header = ["DECODE TOK/S (ALL / ONE)", "PREFILL MS", "MAX SEQS", "KV GIB", "KV TOKENS", "BOUND"];
+    print_rows(shown, priced_tokens, &header, |o| {
+        vec![
+            format!("{:.0} / {:.0}", o.decode_tokens_per_s, o.decode_tokens_per_s_per_sequence),
+            ms(o.prefill_ms),
+            o.max_concurrency.to_string(),
+            gib(o.kv_budget_bytes as f64),
+            o.kv_capacity_tokens.to_string(),
+            o.bound.map(|b| format!("{b:?}").to_lowercase()).unwrap_or_default(),
+        ]
+    });
+}
+
+/// A plan table: the option and its prices first (a narrow terminal leaves out the last
+/// columns), then the columns of `rest`.
+fn print_rows(shown: &[&PlanOption], priced_tokens: &str, rest_header: &[&str], rest: impl Fn(&PlanOption) -> Vec<String>) {
+    let priced = format!("$/M {}", priced_tokens.to_uppercase());
+    let mut header = vec!["GPU", "N", "QUANT", &priced, "$/H"];
+    header.extend_from_slice(rest_header);
     let rows = shown
         .iter()
         .map(|o| {
-            vec![
+            let mut row = vec![
                 o.gpu.clone(),
                 o.n_gpus.to_string(),
                 o.quant.to_string(),
                 money(o.usd_per_million_tokens),
                 money(o.usd_per_hour),
-                format!("{:.0} / {:.0}", o.decode_tokens_per_s, o.decode_tokens_per_s_per_sequence),
-                ms(o.prefill_ms),
-                o.max_concurrency.to_string(),
-                gib(o.kv_budget_bytes as f64),
-                o.kv_capacity_tokens.to_string(),
-                o.bound.map(|b| format!("{b:?}").to_lowercase()).unwrap_or_default(),
-            ]
+            ];
+            row.extend(rest(o));
+            row
         })
         .collect();
-    // The columns most asked for first: a narrow terminal leaves out the last ones.
-    let header = [
-        "GPU",
-        "N",
-        "QUANT",
-        &format!("$/M {}", priced_tokens.to_uppercase()),
-        "$/H",
-        "DECODE TOK/S (ALL / ONE)",
-        "PREFILL MS",
-        "MAX SEQS",
-        "KV GIB",
-        "KV TOKENS",
-        "BOUND",
-    ];
     println!("{}", table(&header, rows));
 }
 

@@ -94,7 +94,7 @@ pub fn machine_key(token: &str) -> String {
 }
 
 pub fn same(presented: &str, token: &str) -> bool {
-    presented.len() == token.len() && presented.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    colo_core::same_secret(presented.as_bytes(), token.as_bytes())
 }
 
 fn bearer(request: &Request) -> Option<String> {

@@ -14,6 +14,12 @@ pub mod money;
 pub mod name;
 pub mod openai;
 
+/// Whether two secrets are equal, compared in time that does not depend on where they differ
+/// (tokens, keys, the machine key).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// What a connection to a machine behind a forwarder opens with, followed by the machine key
 /// and CRLF (colo-agent's forwarder checks it; colo-edge's upstream client sends it).
 pub const MACHINE_KEY_PREFACE: &str = "COLO-KEY ";

@@ -104,7 +104,8 @@ pub fn request(bytes: &[u8]) {
                     length = Some(n);
                 }
                 if h.name.eq_ignore_ascii_case("connection") {
-                    // Items of a list are separated by commas, with spaces and tabs around them.
+                    // Read on its own, not with the code under test: items of a list are
+                    // separated by commas, with spaces and tabs around them.
                     close |= h
                         .value
                         .split(|&b| b == b',')

@@ -59,11 +59,13 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
             if err.status().is_server_error() {
                 tracing::warn!(app = %app, error = %err, "request failed");
             }
-            // Labels name only apps that exist: a name a client made up (in the body or the
-            // Host) would otherwise add series to /metrics for ever.
-            let known =
-                !matches!(err, EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. }) && edge.routes.borrow().apps.contains_key(&app);
-            let app = if known { app } else { NO_APP.to_string() };
+            // Labels name only apps that exist (`proxy` already gives `-` for the failures
+            // before the app is known): a made-up name would add series for ever.
+            let app = if matches!(err, EdgeError::UnknownApp { .. } | EdgeError::NotFound { .. }) {
+                NO_APP.to_string()
+            } else {
+                app
+            };
             (app, err.into_response())
         }
     };

@@ -6,6 +6,7 @@
 
 use crate::edge::Edge;
 use crate::handle::handle;
+use crate::headers::has_token;
 use crate::upstream::Span;
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
@@ -234,8 +235,6 @@ fn parse_request(buf: &mut BytesMut, max_body: u64) -> Parsed {
         } else if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
             return rewind(buf, head);
         } else if name == header::CONNECTION {
-            // Read as bytes: a value with other bytes than visible ASCII (which `to_str`
-            // refuses) may still carry the token (found by fuzzing).
             if has_token(value.as_bytes(), b"upgrade") {
                 return rewind(buf, head);
             }
@@ -284,14 +283,6 @@ pub(crate) fn parse_for_fuzzing(buf: &mut BytesMut, max_body: u64) -> FuzzVerdic
         Parsed::Partial => FuzzVerdict::Partial,
         Parsed::Elsewhere => FuzzVerdict::Elsewhere,
     }
-}
-
-/// Whether a comma-separated header value lists `token` (any case; spaces and tabs around
-/// each item, as RFC 9110's lists allow).
-pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|item| item.trim_ascii_start().trim_ascii_end().eq_ignore_ascii_case(token))
 }
 
 /// Puts a head taken from `buf` back in front of it, for hyper to read.

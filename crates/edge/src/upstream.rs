@@ -304,10 +304,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(http::respo
                         .is_ok_and(|v| v.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))),
                 );
             } else if name == http::header::CONNECTION {
-                let tokens = value.to_str().unwrap_or("");
-                if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+                if crate::headers::has_token(value.as_bytes(), b"close") {
                     close = true;
-                } else if tokens.split(',').any(|t| t.trim().eq_ignore_ascii_case("keep-alive")) {
+                } else if crate::headers::has_token(value.as_bytes(), b"keep-alive") {
                     close = false;
                 }
             }
