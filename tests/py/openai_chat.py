@@ -1,13 +1,20 @@
 """Streams and requests a chat completion through colo's edge with the openai client.
 
 Usage: python3 openai_chat.py BASE_URL MODEL
+With COLO_TEST_CA set to a PEM file, an https:// BASE_URL is trusted by that CA alone.
 """
 import json
+import os
+import ssl
 import sys
 
 import openai
 
-client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=60)
+options = {}
+if os.environ.get("COLO_TEST_CA"):
+    trust = ssl.create_default_context(cafile=os.environ["COLO_TEST_CA"])
+    options["http_client"] = openai.DefaultHttpx2Client(verify=trust)
+client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=60, **options)
 messages = [{"role": "user", "content": "Say something about locality."}]
 extra = {"ignore_eos": True}
 stream = client.chat.completions.create(model=sys.argv[2], messages=messages, max_tokens=10, seed=11,

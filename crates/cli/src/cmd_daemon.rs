@@ -168,15 +168,15 @@ pub async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         region: args.region,
         addr: args.addr,
         token_file: args.token_file,
-        edge: args.edge.settings(args.workers),
+        edge: args.edge.settings(args.workers)?,
         inter_region_delay_ms: args.inter_region_delay_ms,
         tls_ca: args.tls_ca,
     };
     let nats = config.nats.clone();
     let running = colo_node::edge(config).await.context("starting colo edge")?;
     eprintln!(
-        "colo edge is up\n  edge   http://{}   region {}\n  nats   {nats}",
-        running.addr, running.region
+        "colo edge is up\n  edge   {}://{}   region {}\n  nats   {nats}",
+        running.scheme, running.addr, running.region
     );
     colo_node::shutdown_signal().await;
     running.drain().await;

@@ -67,7 +67,7 @@ impl UpArgs {
             region: self.region,
             cpu_slots: self.cpu_slots,
             fleet,
-            edge: self.edge.settings(self.edge_workers),
+            edge: self.edge.settings(self.edge_workers)?,
             health_interval_secs: self.health_interval,
             s3_addr: self.s3_addr,
             cache_gb: self.cache_gb,
@@ -117,7 +117,7 @@ fn banner_json(running: &Running) -> serde_json::Value {
     let edges: std::collections::BTreeMap<&String, String> = running
         .edges
         .iter()
-        .map(|(region, addr)| (region, format!("http://{addr}")))
+        .map(|(region, addr)| (region, format!("{}://{addr}", running.edge_scheme)))
         .collect();
     serde_json::json!({
         "edges": edges,
@@ -136,7 +136,7 @@ fn banner(running: &Running) -> String {
     let edges: Vec<String> = running
         .edges
         .iter()
-        .map(|(region, addr)| format!("  edge   http://{addr}   region {region}"))
+        .map(|(region, addr)| format!("  edge   {}://{addr}   region {region}", running.edge_scheme))
         .collect();
     let hosts: Vec<String> = running
         .agents()

@@ -52,12 +52,34 @@ pub struct EdgeFlags {
     /// Client connections one address may hold at most; more are answered 503 and closed.
     #[arg(long, default_value_t = colo_node::EdgeLimits::DEFAULT.max_connections_per_addr)]
     max_connections_per_addr: usize,
+    /// PEM certificate chain the edge serves TLS with; repeat with --tls-key for one certificate
+    /// per app host name (picked by SNI; the first also answers names no other covers). With
+    /// any, the edge's address speaks HTTPS only, HTTP/2 included; files are reloaded when
+    /// they change.
+    #[arg(long = "tls-cert", value_name = "PEM")]
+    tls_certs: Vec<PathBuf>,
+    /// PEM private key of the --tls-cert at the same position.
+    #[arg(long = "tls-key", value_name = "PEM")]
+    tls_keys: Vec<PathBuf>,
 }
 
 impl EdgeFlags {
     /// The edge's settings, served by `workers` threads (0: one per core).
-    pub fn settings(&self, workers: usize) -> EdgeSettings {
-        EdgeSettings {
+    pub fn settings(&self, workers: usize) -> anyhow::Result<EdgeSettings> {
+        if self.tls_certs.len() != self.tls_keys.len() {
+            anyhow::bail!(
+                "--tls-cert and --tls-key go in pairs: {} certificates and {} keys given",
+                self.tls_certs.len(),
+                self.tls_keys.len()
+            );
+        }
+        let tls = (self.tls_certs.iter().zip(&self.tls_keys))
+            .map(|(cert, key)| colo_node::EdgeCertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect();
+        Ok(EdgeSettings {
             domain: self.domain.clone(),
             soft_limit: self.soft_limit,
             hard_limit: self.hard_limit,
@@ -73,7 +95,8 @@ impl EdgeFlags {
             upstream_timeout_secs: self.upstream_timeout,
             max_connections: self.max_connections,
             max_connections_per_addr: self.max_connections_per_addr,
-        }
+            tls,
+        })
     }
 }
 

@@ -34,6 +34,7 @@ mod send;
 pub mod serve;
 mod server;
 mod sse;
+pub mod tls;
 mod upstream;
 
 pub use edge::Edge;
@@ -76,6 +77,8 @@ pub struct EdgeConfig {
     /// The key each new connection to a machine opens with (a multi-host colo's machines sit
     /// behind their agents' forwarders, which admit only it); `None` in `colo up`.
     pub machine_key: Option<String>,
+    /// When set, the edge's address speaks TLS only (HTTP/1.1 and HTTP/2 through ALPN).
+    pub tls: Option<std::sync::Arc<tls::EdgeTls>>,
 }
 
 /// Checks a presented bearer token for the edge's admin endpoints.
@@ -111,6 +114,7 @@ impl Default for EdgeConfig {
             admin_token: None,
             limits: Limits::default(),
             machine_key: None,
+            tls: None,
         }
     }
 }

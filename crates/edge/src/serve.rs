@@ -19,7 +19,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// A response's last bytes may still sit in its connection's write buffer when its request
 /// stops counting as busy; a drained worker gives them this long to go out.
 const DRAIN_FLUSH: Duration = Duration::from_millis(100);
-/// How long the 503 to a connection over a cap may take to write.
+/// How long the 503 to a connection over a cap may take to write (and the client's request to
+/// drain).
 const REFUSE_WRITE: Duration = Duration::from_secs(1);
 /// Connections the kernel queues per socket before the edge accepts them.
 const BACKLOG: u32 = 4096;
@@ -162,8 +163,8 @@ fn run_worker(listener: std::net::TcpListener, edge: Arc<Edge>, stop: watch::Rec
 }
 
 /// Accepts connections until `stop` turns true, each served by `serve_connection` in its own
-/// task (HTTP/1.1: clients of an OpenAI-style API speak it, and sniffing for HTTP/2 would cost
-/// every request). Connections in flight live on; they close once `stop` is true and their
+/// task (HTTP/1.1 in the clear: clients of an OpenAI-style API speak it, and sniffing for
+/// HTTP/2 would cost every request; over TLS, HTTP/2 too when the client offers it). Connections in flight live on; they close once `stop` is true and their
 /// request is answered.
 async fn accept_until_stopped(listener: &TcpListener, edge: &Arc<Edge>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -178,15 +179,17 @@ async fn accept_until_stopped(listener: &TcpListener, edge: &Arc<Edge>, mut stop
             Ok(admitted) => {
                 let (edge, stop) = (edge.clone(), stop.clone());
                 tokio::spawn(async move {
-                    crate::serve_connection(edge, stream, stop).await;
+                    match edge.config.tls.clone() {
+                        None => crate::serve_connection(edge, stream, stop).await,
+                        Some(tls) => crate::tls::serve(edge, tls, stream, stop).await,
+                    }
                     drop(admitted);
                 });
             }
             // Over a cap: said in a 503 and closed, without reading the request.
             Err(refused) => {
                 tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let _ = tokio::time::timeout(REFUSE_WRITE, stream.write_all(&refused.response())).await;
+                    crate::server::answer_and_close(&mut stream, &refused.response(), REFUSE_WRITE).await;
                 });
             }
         }

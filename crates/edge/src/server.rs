@@ -19,11 +19,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Request heads larger than this, or with more header lines, go to hyper (which answers 431).
-const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 pub(crate) const MAX_HEADERS: usize = 64;
 
 /// Request bodies up to this size are read here; larger ones are streamed by hyper.
@@ -46,9 +45,37 @@ fn timed_out() -> Vec<u8> {
     .into_bytes()
 }
 
+/// How long a last answer may take to write, and the client's remaining bytes to drain.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Bytes drained from a client after its last answer at most.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Writes a last answer and closes the connection, first reading (and dropping) what the client
+/// still sends, for up to `within` in all: a socket closed with unread bytes is reset by the
+/// kernel, and the reset can destroy the answer before the client reads it.
+pub(crate) async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, answer: &[u8], within: std::time::Duration) {
+    let _ = tokio::time::timeout(within, async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
 /// Serves one client connection until the client closes it, an error ends it, or `stop` turns
 /// true (the request in flight is finished first).
-pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watch::Receiver<bool>) {
+pub async fn serve_connection<S>(edge: Arc<Edge>, mut stream: S, stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // Made once: waiting on it again between requests costs no new registration.
     let stopping = stopped(stop.clone());
@@ -97,7 +124,7 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
                     }
                     // Idle too long: closed quietly. A head too slow: told so, then closed.
                     if !idle {
-                        let _ = stream.write_all(&timed_out()).await;
+                        answer_and_close(&mut stream, &timed_out(), LINGER).await;
                     }
                     return;
                 }
@@ -125,7 +152,7 @@ pub async fn serve_connection(edge: Arc<Edge>, mut stream: TcpStream, stop: watc
                     timer.as_mut().reset(progress + limits.body_timeout);
                 }
                 Wait::Fired => {
-                    let _ = stream.write_all(&timed_out()).await;
+                    answer_and_close(&mut stream, &timed_out(), LINGER).await;
                     return;
                 }
             }
@@ -151,7 +178,7 @@ enum Wait {
 }
 
 /// Resolves once `stop` turns true; never, when its sender is gone without saying so.
-async fn stopped(mut stop: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -297,7 +324,12 @@ fn rewind(buf: &mut BytesMut, head: Bytes) -> Parsed {
 /// Writes `response` on the connection: its head, then its body frame by frame as the frames
 /// come, coalescing those already there into one write. Returns whether the connection can
 /// carry another request.
-async fn write_response(stream: &mut TcpStream, response: axum::response::Response, head_only: bool, keep_alive: bool) -> io::Result<bool> {
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: axum::response::Response,
+    head_only: bool,
+    keep_alive: bool,
+) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let bodiless = head_only || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -393,7 +425,10 @@ async fn write_response(stream: &mut TcpStream, response: axum::response::Respon
 }
 
 /// Hands the connection to hyper, with the bytes already read from it in front.
-async fn serve_with_hyper(edge: Arc<Edge>, stream: TcpStream, read: Bytes, stop: watch::Receiver<bool>) {
+async fn serve_with_hyper<S>(edge: Arc<Edge>, stream: S, read: Bytes, stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let head_timeout = edge.config.limits.head_timeout;
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let edge = edge.clone();
@@ -420,12 +455,12 @@ async fn serve_with_hyper(edge: Arc<Edge>, stream: TcpStream, read: Bytes, stop:
 }
 
 /// A connection whose first bytes were already read: they are read again first.
-struct Rewind {
+struct Rewind<S> {
     read: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.read.is_empty() {
             let n = self.read.len().min(out.remaining());
@@ -437,7 +472,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, data)
     }

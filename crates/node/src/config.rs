@@ -69,6 +69,9 @@ pub struct EdgeSettings {
     pub max_connections: usize,
     /// Client connections one address may hold at most (more: 503 and closed).
     pub max_connections_per_addr: usize,
+    /// Certificates the edge serves TLS with, the first also for names no other covers; when
+    /// any is given the edge's address speaks HTTPS only (HTTP/1.1, and HTTP/2 through ALPN).
+    pub tls: Vec<colo_edge::tls::CertFiles>,
 }
 
 /// The engine program each machine runs, and the arguments before the per-machine flags.
@@ -155,6 +158,25 @@ impl EdgeSettings {
         }
     }
 
+    /// The edge's TLS, when certificates are given, watched for changes from now on.
+    pub(crate) fn start_tls(&self) -> Result<Option<std::sync::Arc<colo_edge::tls::EdgeTls>>, crate::error::NodeError> {
+        if self.tls.is_empty() {
+            return Ok(None);
+        }
+        let tls = colo_edge::tls::EdgeTls::load(self.tls.clone())?;
+        colo_edge::tls::EdgeTls::watch(&tls, colo_edge::tls::RELOAD_EVERY);
+        Ok(Some(tls))
+    }
+
+    /// `https` when the edge serves TLS, else `http`.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls.is_empty() {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
@@ -178,6 +200,7 @@ impl Default for EdgeSettings {
             upstream_timeout_secs: LIMITS.upstream_head_timeout.as_secs(),
             max_connections: LIMITS.max_connections,
             max_connections_per_addr: LIMITS.max_connections_per_addr,
+            tls: Vec::new(),
         }
     }
 }

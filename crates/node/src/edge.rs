@@ -22,6 +22,8 @@ pub struct RunningEdge {
     pub addr: SocketAddr,
     /// The region it serves.
     pub region: String,
+    /// `https` when it serves TLS, else `http`.
+    pub scheme: &'static str,
     stop: watch::Sender<bool>,
     workers: serve::Workers,
     run_file: PathBuf,
@@ -31,6 +33,7 @@ pub struct RunningEdge {
 /// Connects to NATS, builds the edge and serves it; returns once it listens.
 pub async fn edge(config: EdgeDaemonConfig) -> Result<RunningEdge, NodeError> {
     config.validate()?;
+    let tls = config.edge.start_tls()?;
     let client_name = format!("colo-edge-{}", config.region);
     let (nats, data_dir) = crate::nats::connect(&config.nats, &config.data_dir, &client_name).await?;
     let token = auth::TokenFile::open(&config.token_file).map_err(NodeError::io(format!("reading {}", config.token_file.display())))?;
@@ -45,6 +48,7 @@ pub async fn edge(config: EdgeDaemonConfig) -> Result<RunningEdge, NodeError> {
     let mut edge_config = config.edge.edge_config(&config.region, inter_region_delay, Some(admin));
     // The agents' forwarders admit connections that open with the machine key.
     edge_config.machine_key = Some(auth::machine_key(&token.current()));
+    edge_config.tls = tls;
     let machines = RemoteMachines {
         state,
         token,
@@ -58,7 +62,7 @@ pub async fn edge(config: EdgeDaemonConfig) -> Result<RunningEdge, NodeError> {
 
     let sockets = serve::bind(config.addr, config.edge.workers)?;
     let addr = sockets.addr();
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", config.edge.scheme());
     let run_file = RunInfo {
         edge: url.clone(),
         edges: [(config.region.clone(), url)].into_iter().collect(),
@@ -73,6 +77,7 @@ pub async fn edge(config: EdgeDaemonConfig) -> Result<RunningEdge, NodeError> {
     Ok(RunningEdge {
         addr,
         region: config.region,
+        scheme: config.edge.scheme(),
         stop,
         workers,
         run_file,

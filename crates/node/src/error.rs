@@ -39,6 +39,8 @@ pub enum NodeError {
     Serve(#[from] colo_edge::serve::ServeError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    EdgeTls(#[from] colo_edge::tls::TlsError),
 }
 
 // === impl Problems ===

@@ -21,6 +21,7 @@ pub mod tls;
 mod up;
 
 pub use agent::{agent, RunningAgent};
+pub use colo_edge::tls::CertFiles as EdgeCertFiles;
 pub use colo_edge::Limits as EdgeLimits;
 pub use config::{AgentDaemonConfig, ControlConfig, EdgeDaemonConfig, EdgeSettings, EngineProgram, UpConfig};
 pub use control::{control, RunningControl};

@@ -30,6 +30,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Each edge's region and address, the first one at the configured `edge_addr`.
     pub edges: Vec<(String, SocketAddr)>,
+    /// `https` when the edges serve TLS, else `http`.
+    pub edge_scheme: &'static str,
     /// Where the first host's cache is served over S3, when asked for.
     pub s3_addr: Option<SocketAddr>,
     /// The model store's URL.
@@ -57,6 +59,8 @@ pub struct Drain {
 /// last, so a command that finds it finds everything serving.
 pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     config.validate()?;
+    // Certificates that do not load stop the start before anything runs.
+    let tls = config.edge.start_tls()?;
     std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!("creating data dir {}", config.data_dir.display())))?;
     let data_dir = config
         .data_dir
@@ -109,7 +113,8 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     let mut edges = Vec::new();
     let mut edge_workers = Vec::new();
     for (region, sockets) in edge_sockets {
-        let edge_config = config.edge.edge_config(&region, layout.inter_region_delay, Some(admin.clone()));
+        let mut edge_config = config.edge.edge_config(&region, layout.inter_region_delay, Some(admin.clone()));
+        edge_config.tls = tls.clone();
         let edge = Edge::new(edge_config, routes.clone()).with_machines(machines.clone());
         // Each edge stops the idle machines of its own region.
         edge.spawn_scaling();
@@ -121,12 +126,13 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     let api = api_router(control, &agents, &data_dir, state)?;
     let api_server = crate::api::spawn(api_listener, api, None, stop_rx);
 
+    let scheme = config.edge.scheme();
     let run_file = RunInfo {
         api: format!("http://{api_addr}"),
-        edge: edges.first().map(|(_, addr)| format!("http://{addr}")).unwrap_or_default(),
+        edge: edges.first().map(|(_, addr)| format!("{scheme}://{addr}")).unwrap_or_default(),
         edges: edges
             .iter()
-            .map(|(region, addr)| (region.clone(), format!("http://{addr}")))
+            .map(|(region, addr)| (region.clone(), format!("{scheme}://{addr}")))
             .collect(),
         store: store_url.clone(),
         pid: std::process::id(),
@@ -137,6 +143,7 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     Ok(Running {
         api_addr,
         edges,
+        edge_scheme: scheme,
         s3_addr,
         store_url,
         data_dir,

@@ -128,8 +128,11 @@ impl Colo {
             edges,
             child,
         };
-        let health = reqwest::blocking::get(format!("{}/health", colo.edge)).expect("edge health");
-        assert_eq!(health.status(), 200);
+        // An edge serving TLS is checked by its test, which knows the CA.
+        if colo.edge.starts_with("http://") {
+            let health = reqwest::blocking::get(format!("{}/health", colo.edge)).expect("edge health");
+            assert_eq!(health.status(), 200);
+        }
         colo
     }
 
