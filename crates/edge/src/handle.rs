@@ -25,7 +25,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
 
 /// The app label of requests whose app is not in the route table: junk names a client sends
 /// must not each make their own metric series.
-const NO_APP: &str = "-";
+pub(crate) const NO_APP: &str = "-";
 
 /// Answers one request: the edge's own endpoints, or the app's machine's answer. What `router`
 /// serves, for servers that drive connections themselves.

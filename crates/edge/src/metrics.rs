@@ -6,7 +6,8 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -70,6 +71,8 @@ pub struct Metrics {
     pub rtt_ms: Family<RegionLabel, Gauge>,
     pub cold_start_seconds: Family<PhaseLabel, Histogram, LatencyBuckets>,
     pub upstream_seconds: Histogram,
+    /// Every region a route table has named: the `region` labels a request series may carry.
+    regions_seen: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Metrics {
@@ -90,6 +93,7 @@ impl Metrics {
             rtt_ms: Family::default(),
             cold_start_seconds: Family::new_with_constructor(LatencyBuckets),
             upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            regions_seen: Arc::default(),
         };
         registry.register(
             "requests",
@@ -139,6 +143,39 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             ..metrics
+        }
+    }
+
+    /// Remembers the regions of a route table (once per table, not per request).
+    pub fn note_regions(&self, regions: &[String]) {
+        let mut seen = self.regions_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for region in regions {
+            if !seen.contains(region) {
+                seen.insert(region.clone());
+            }
+        }
+    }
+
+    /// Drops every request series of `app`, which has left the route table: otherwise each app
+    /// ever deployed would keep its series until the edge restarts. Series are found by their
+    /// possible labels (each region seen, `-`, each status), so requests pay nothing for it.
+    pub fn forget_app(&self, app: &str) {
+        let regions: Vec<String> = {
+            let seen = self.regions_seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.iter().cloned().chain([crate::handle::NO_APP.to_string()]).collect()
+        };
+        let mut labels = RequestLabels {
+            app: app.to_string(),
+            region: String::new(),
+            status: 0,
+        };
+        for region in regions {
+            labels.region = region;
+            for status in 100..=599 {
+                labels.status = status;
+                self.requests.remove(&labels);
+                self.request_seconds.remove(&labels);
+            }
         }
     }
 

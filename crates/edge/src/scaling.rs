@@ -167,6 +167,7 @@ impl Edge {
     /// scalers ticked. Returns the earliest deadline any scaler has, on the edge's clock.
     fn scale_pass(&self, table: &Arc<RouteTable>) -> Option<u64> {
         let now = self.now_ms();
+        self.metrics.note_regions(&table.regions);
         let mut scalers = lock(&self.scalers);
         scalers.retain(|app, entry| {
             let keep = table.apps.contains_key(app) || entry.scaler.held() > 0;
@@ -176,6 +177,7 @@ impl Edge {
                 let label = AppLabel { app: app.clone() };
                 self.metrics.queue_depth.remove(&label);
                 self.metrics.wakes.remove(&label);
+                self.metrics.forget_app(app);
             }
             keep
         });

@@ -176,8 +176,8 @@ async fn idle_machines_stop_after_the_autostop_time_but_not_while_busy() {
     assert_eq!(recorded.take(), vec!["stop m-idle"]);
 }
 
-/// An app that leaves the route table takes its per-app scaling series (queue depth, wakes)
-/// out of /metrics: junk deploys and destroys must not grow the page for ever.
+/// An app that leaves the route table takes its per-app series (queue depth, wakes, requests
+/// and their latency) out of /metrics: junk deploys and destroys must not grow the page for ever.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn an_app_that_leaves_takes_its_scaling_series_with_it() {
     let machines = [machine("m1", "ord", MachineState::Stopped, true)];
@@ -196,9 +196,12 @@ async fn an_app_that_leaves_takes_its_scaling_series_with_it() {
     let before = page(&edge).await;
     assert!(before.contains("colo_edge_wakes_total{app=\"app\"}"), "{before}");
     assert!(before.contains("colo_edge_queue_depth{app=\"app\"}"), "{before}");
+    assert!(before.contains("colo_edge_requests_total{app=\"app\""), "{before}");
+    assert!(before.contains("colo_edge_request_seconds_count{app=\"app\""), "{before}");
     tx.send(Arc::new(RouteTable::default())).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = page(&edge).await;
     assert!(!after.contains("colo_edge_wakes_total{app=\"app\"}"), "{after}");
     assert!(!after.contains("colo_edge_queue_depth{app=\"app\"}"), "{after}");
+    assert!(!after.contains("app=\"app\""), "a series of the app that left stayed: {after}");
 }
