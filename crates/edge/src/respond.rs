@@ -8,7 +8,7 @@ use crate::routes::Endpoint;
 use crate::upstream;
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::gauge::Gauge;
 use std::pin::Pin;
@@ -63,6 +63,7 @@ pub(crate) fn respond(answered: Answered) -> Response {
         inner: incoming,
         _guard: guard,
         sse_machine: is_sse.then(|| endpoint.machine_id.clone()),
+        partial: BytesMut::new(),
         done: false,
     });
     Response::from_parts(parts, body)
@@ -144,15 +145,48 @@ impl Drop for InFlight {
     }
 }
 
+/// A stream's bytes held back without an event's end this long are passed on anyway: the
+/// machine is not sending events.
+const MAX_PARTIAL_EVENT: usize = 1024 * 1024;
+
 /// A response body that holds its request's in-flight count until it ends. Frames pass
-/// through as they arrive: nothing is buffered.
+/// through as they arrive, except that a stream of server-sent events is passed on in whole
+/// events: the bytes after the last blank line wait for the rest of their event (engines write
+/// an event at a time, so this holds back only what a TCP read split), so that an error event
+/// after a machine's failure is never glued to half an event.
 struct Tracked<B> {
     inner: B,
     _guard: InFlight,
     /// For server-sent events: the machine that the error event names if the stream breaks.
     sse_machine: Option<String>,
+    /// For server-sent events: what came after the last whole event.
+    partial: BytesMut,
     /// Set once the stream has ended, cleanly or with an error event.
     done: bool,
+}
+
+/// The offset just past the last blank line (`\n\n` or `\n\r\n`) in `bytes`: the end of its
+/// last whole event.
+fn events_end(bytes: &[u8]) -> Option<usize> {
+    let lf = bytes.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = bytes.windows(3).rposition(|w| w == b"\n\r\n").map(|i| i + 3);
+    lf.max(crlf)
+}
+
+impl<B> Tracked<B> {
+    /// The whole events `data` completes, if any; the rest waits in `partial`.
+    fn whole_events(&mut self, data: Bytes) -> Option<Bytes> {
+        if self.partial.is_empty() && (data.ends_with(b"\n\n") || data.ends_with(b"\n\r\n")) {
+            return Some(data);
+        }
+        self.partial.extend_from_slice(&data);
+        let end = match events_end(&self.partial) {
+            Some(end) => end,
+            None if self.partial.len() > MAX_PARTIAL_EVENT => self.partial.len(),
+            None => return None,
+        };
+        Some(self.partial.split_to(end).freeze())
+    }
 }
 
 impl<B> hyper::body::Body for Tracked<B>
@@ -167,24 +201,40 @@ where
         if self.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            // A stream whose machine died mid-way ends with an error event the client can see,
-            // never with a silent cut that looks like a finished answer.
-            Poll::Ready(Some(Err(e))) if self.sse_machine.is_some() => {
-                self.done = true;
-                let machine = self.sse_machine.take().unwrap_or_default();
-                let message = format!("machine {machine} failed mid-stream: {e}");
-                Poll::Ready(Some(Ok(hyper::body::Frame::data(error_event(
-                    &message,
-                    "upstream_error",
-                    Some("upstream_failed"),
-                )))))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            other => other,
+        loop {
+            return match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if self.sse_machine.is_some() => match frame.into_data() {
+                    Ok(data) => match self.whole_events(data) {
+                        Some(events) => Poll::Ready(Some(Ok(hyper::body::Frame::data(events)))),
+                        None => continue,
+                    },
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                // A stream whose machine died mid-way ends with an error event the client can
+                // see, never with a silent cut that looks like a finished answer; half an event
+                // it had sent is dropped, so the error event stands alone.
+                Poll::Ready(Some(Err(e))) if self.sse_machine.is_some() => {
+                    self.done = true;
+                    self.partial.clear();
+                    let machine = self.sse_machine.take().unwrap_or_default();
+                    let message = format!("machine {machine} failed mid-stream: {e}");
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(error_event(
+                        &message,
+                        "upstream_error",
+                        Some("upstream_failed"),
+                    )))))
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    // A machine that ended cleanly without a last blank line: its bytes go as
+                    // they are.
+                    match self.partial.is_empty() {
+                        true => Poll::Ready(None),
+                        false => Poll::Ready(Some(Ok(hyper::body::Frame::data(self.partial.split().freeze())))),
+                    }
+                }
+                other => other,
+            };
         }
     }
 
@@ -200,6 +250,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_end_after_the_last_blank_line() {
+        let cases: [(&[u8], Option<usize>); 6] = [
+            (b"data: a\n\n", Some(9)),
+            (b"data: a\n\ndata: b", Some(9)),
+            (b"data: a\r\n\r\ndata: b\r\n", Some(11)),
+            (b"data: a\n", None),
+            (b"", None),
+            (b"data: a\n\ndata: b\n\ndata: c\n", Some(18)),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(events_end(bytes), want, "{:?}", String::from_utf8_lossy(bytes));
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
