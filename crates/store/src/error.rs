@@ -39,6 +39,8 @@ pub enum StoreError {
     },
     #[error("{file}: the range at byte {start} came back with {got} bytes, expected {expected}")]
     ShortRead { file: String, start: u64, got: u64, expected: u64 },
+    #[error("{path}: no byte from the store for {secs} s")]
+    Stalled { path: String, secs: f64 },
     #[error("host cache cannot take model {model} ({}): it holds at most {}", crate::fmt_bytes(*bytes), crate::fmt_bytes(*capacity))]
     CacheTooSmall { model: String, bytes: u64, capacity: u64 },
     #[error(

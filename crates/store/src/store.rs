@@ -22,7 +22,14 @@ pub struct Store {
     /// Bytes that pulls read from this store (ranged reads of model files): the egress an
     /// operator pays for when the store is remote.
     bytes_read: Arc<AtomicU64>,
+    /// How long a ranged read may go without a byte (its answer's head included) before it
+    /// fails as stalled, to be read again.
+    stall_timeout: std::time::Duration,
 }
+
+/// A ranged read that brings no byte for this long has stalled (a link that went quiet, a
+/// server stuck): it fails and is read again, rather than waiting out the request timeout.
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 // === impl Store ===
 
@@ -77,6 +84,7 @@ impl Store {
             inner,
             url: url.to_string(),
             bytes_read: Arc::default(),
+            stall_timeout: STALL_TIMEOUT,
         })
     }
 
@@ -94,6 +102,12 @@ impl Store {
 
     /// Reads `range` of a model file as its bytes arrive, counting them as egress. A local
     /// directory answers in one piece (its stream would read the file in small blocks).
+    /// This store with ranged reads failing as stalled after `timeout` without a byte.
+    pub fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
     pub(crate) async fn read_range_stream(
         &self,
         path: &ObjectPath,
@@ -108,16 +122,35 @@ impl Store {
             range: Some(range.into()),
             ..Default::default()
         };
-        let answer = self.inner.get_opts(path, options).await.map_err(|e| StoreError::object(path, e))?;
+        let stall = self.stall_timeout;
+        let stalled = move |path: &ObjectPath| StoreError::Stalled {
+            path: path.to_string(),
+            secs: stall.as_secs_f64(),
+        };
+        let answer = tokio::time::timeout(stall, self.inner.get_opts(path, options))
+            .await
+            .map_err(|_| stalled(path))?
+            .map_err(|e| StoreError::object(path, e))?;
         let (counter, path) = (self.bytes_read.clone(), path.clone());
-        Ok(answer
-            .into_stream()
-            .map(move |frame| {
-                let bytes = frame.map_err(|e| StoreError::object(&path, e))?;
-                counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(bytes)
-            })
-            .boxed())
+        let frames = answer.into_stream();
+        // Each frame must come within the stall timeout; after a stall the stream ends.
+        Ok(futures::stream::unfold(Some(frames), move |frames| {
+            let (counter, path) = (counter.clone(), path.clone());
+            async move {
+                let mut frames = frames?;
+                match tokio::time::timeout(stall, frames.next()).await {
+                    Err(_) => Some((Err(stalled(&path)), None)),
+                    Ok(None) => None,
+                    Ok(Some(frame)) => {
+                        let item = frame.map_err(|e| StoreError::object(&path, e)).inspect(|bytes| {
+                            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        });
+                        Some((item, Some(frames)))
+                    }
+                }
+            }
+        })
+        .boxed())
     }
 
     pub fn url(&self) -> &str {

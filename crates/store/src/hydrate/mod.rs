@@ -309,8 +309,26 @@ async fn fetch_range(
     Ok(moved)
 }
 
+/// Tries of a ranged read from the origin that fails on the way (a body cut short or stalled,
+/// a connection reset): the chunks verified are kept, the rest is read again after a pause.
+const ORIGIN_TRIES: u32 = 4;
+
+/// Whether a failed read from the origin may succeed when tried again.
+fn worth_retrying(error: &StoreError) -> bool {
+    !matches!(
+        error,
+        StoreError::Object {
+            source: object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. },
+            ..
+        }
+    )
+}
+
 /// Reads chunks `first .. first + n` from the origin into the file; returns the chunks whose
-/// digest did not match.
+/// digest did not match. A read that fails part way is taken up again from the first chunk it
+/// did not deliver whole, up to `ORIGIN_TRIES` times.
 async fn from_origin(
     sources: &Sources,
     writers: &tokio::sync::Semaphore,
@@ -321,20 +339,47 @@ async fn from_origin(
     moved: &mut Moved,
 ) -> Result<Vec<u64>, StoreError> {
     let file = &job.entry.path;
-    let (start, end) = span(job, first, n);
-    let frames = sources.origin_stream(file, start, end).await?;
-    let wrong_length = |got: u64| StoreError::ShortRead {
-        file: file.clone(),
-        start,
-        got,
-        expected: end - start,
-    };
-    let got = stream_into(writers, job, first, n, frames, durable, wrong_length).await?;
-    if let Some(e) = got.error {
-        return Err(e);
+    let mut todo: Vec<u64> = (first..first + n).collect();
+    let mut bad = Vec::new();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut failed = None;
+        let mut left = Vec::new();
+        for (run_first, run_n) in runs(&todo) {
+            let (start, end) = span(job, run_first, run_n);
+            let frames = match sources.origin_stream(file, start, end).await {
+                Ok(frames) => frames,
+                Err(e) => {
+                    left.extend(run_first..run_first + run_n);
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            let wrong_length = |got: u64| StoreError::ShortRead {
+                file: file.clone(),
+                start,
+                got,
+                expected: end - start,
+            };
+            let got = stream_into(writers, job, run_first, run_n, frames, durable, wrong_length).await?;
+            moved.origin += got.verified.iter().chain(&got.bad).map(|&i| range_len(job, i)).sum::<u64>();
+            bad.extend_from_slice(&got.bad);
+            if let Some(e) = got.error {
+                left.extend((run_first..run_first + run_n).filter(|i| !got.verified.contains(i) && !got.bad.contains(i)));
+                failed = Some(e);
+            }
+        }
+        match failed {
+            None => return Ok(bad),
+            Some(e) if tries >= ORIGIN_TRIES || !worth_retrying(&e) => return Err(e),
+            Some(e) => {
+                tracing::warn!(file = %file, error = %e, chunks_left = left.len(), "a read from the store failed part way; reading the rest again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << tries)).await;
+                todo = left;
+            }
+        }
     }
-    moved.origin += end - start;
-    Ok(got.bad)
 }
 
 /// Byte span of chunks `first .. first + n`.
