@@ -5,11 +5,14 @@
 runs it as each machine's engine. It answers GET /health with 200, and any POST with a JSON
 body naming its port after --delay-ms; a POST whose JSON asks for "stream": true gets
 server-sent events instead: --events events, --delay-ms apart, then [DONE]. Requests are
-counted, and GET /count returns the count, so tests can see where traffic went.
+counted, and GET /count returns the count, so tests can see where traffic went. With
+--ledger FILE, the "prompt" of each POST is appended to FILE as a line when its execution
+starts (engines of one test may share the file), so a test can see that nothing ran twice.
 """
 
 import argparse
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +24,9 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--events", type=int, default=3)
+    parser.add_argument("--ledger")
     args = parser.parse_args()
+    ledger = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if args.ledger else None
     delay = args.delay_ms / 1000.0
     lock = threading.Lock()
     count = [0]
@@ -68,6 +73,9 @@ def main():
                 request = json.loads(raw or b"{}")
             except ValueError:
                 request = {}
+            if ledger is not None and isinstance(request, dict) and isinstance(request.get("prompt"), str):
+                # One write per line: appends from several engines do not interleave.
+                os.write(ledger, (request["prompt"] + "\n").encode())
             if isinstance(request, dict) and request.get("stream"):
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")

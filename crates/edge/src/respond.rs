@@ -54,11 +54,7 @@ pub(crate) fn respond(answered: Answered) -> Response {
     }
     parts.headers.insert(COLO_MACHINE, endpoint.machine_header.clone());
     parts.headers.insert(COLO_REGION, endpoint.region_header.clone());
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = crate::send::is_event_stream(&parts.headers);
     let body = Body::new(Tracked {
         inner: incoming,
         _guard: guard,

@@ -13,6 +13,18 @@ use colo_policy::{idempotent, Attempts, PrefixKey, Replay, SendFailure};
 use http::{header, HeaderMap, Method};
 use std::sync::Arc;
 
+/// Answers of known length up to this size are read whole before their head goes to the
+/// client (larger ones stream).
+const WHOLE_ANSWER: u64 = 4 * 1024 * 1024;
+
+/// Whether a response is a stream of server-sent events.
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
 /// A request as the edge keeps it while it may be sent more than once (retries, replays).
 pub(crate) struct Outgoing {
     /// Wall-clock ms when the request arrived: a machine whose start was asked for after this
@@ -81,7 +93,7 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
         let head_timeout = edge.config.limits.upstream_head_timeout;
         let key = edge.config.machine_key.as_deref();
         let sent = upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout, head_timeout, key).await;
-        let response = match sent {
+        let mut response = match sent {
             Ok(response) => response,
             // Not sent elsewhere: the machine may still be working on it.
             Err(SendError::HeadTimeout) => {
@@ -111,6 +123,21 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
         };
         edge.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
         edge.record_report(&endpoint.load, response.headers());
+        // A whole answer (not a stream) is read to its end before its status goes out: a
+        // machine that fails part way then gets the client a clear 502, not a 200 cut short.
+        let (is_stream, limit) = (is_event_stream(response.headers()), WHOLE_ANSWER.min(edge.config.max_body as u64));
+        if !is_stream {
+            match tokio::time::timeout(head_timeout, response.body_mut().read_whole(limit)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(upstream_failed(format!("failed part way through its answer: {e}"))),
+                Err(_) => {
+                    return Err(EdgeError::UpstreamTimeout {
+                        machine: endpoint.machine_id.clone(),
+                        secs: head_timeout.as_secs_f64(),
+                    })
+                }
+            }
+        }
         let Some(replay) = response.headers().get(COLO_REPLAY) else {
             return Ok(answered(&edge, &out, guard, response));
         };

@@ -25,6 +25,13 @@ use tokio::net::TcpStream;
 /// Idle connections kept per machine address and thread at most; more are closed.
 const IDLE_PER_ADDR: usize = 512;
 
+/// Pooled connections idle longer than this are closed rather than reused: engines close idle
+/// keep-alive connections after 5 s or more (uvicorn, which vLLM and SGLang run, and
+/// llama-server's httplib), so a connection reused within this time was not closed by a
+/// keep-alive timeout, and one that closes without answering means the machine failed, with
+/// the request perhaps executed.
+const POOL_IDLE: Duration = Duration::from_secs(2);
+
 /// Returns between sweeps of closed connections to machines that are gone.
 const SWEEP_EVERY: u32 = 4096;
 
@@ -65,10 +72,13 @@ pub(crate) struct Conn {
     /// The response-head timer, registered once per connection and moved only when it fires
     /// before the deadline of the exchange under way (see `exchange`).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When it was last put back in the pool.
+    idle_since: std::time::Instant,
 }
 
 impl Conn {
-    fn release(self) {
+    fn release(mut self) {
+        self.idle_since = std::time::Instant::now();
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let sweep = RETURNS.with(|n| {
@@ -143,8 +153,10 @@ pub(crate) fn request<'a>(
 /// thread, or on a new one, and reads the response head.
 ///
 /// A pooled connection that the machine closed while it sat idle is dropped and the next one
-/// tried, and so is one that the machine closes without a byte of answer (it closed an idle
-/// connection just as the request went out): neither counts as a failed request.
+/// tried. One that the machine closes without a byte of answer is tried again on another
+/// connection only for an idempotent request: pooled connections are reused only within
+/// `POOL_IDLE`, well inside engines' keep-alive timeouts, so such a close means the machine
+/// failed with the request perhaps executed, and a POST must not run twice.
 /// A machine that sends no response head within `head_timeout` of the request is given up on
 /// (`SendError::HeadTimeout`).
 /// A new connection opens with `key` when given (the machine sits behind a forwarder).
@@ -170,7 +182,7 @@ pub(crate) async fn send(
                 };
                 return Ok(http::Response::from_parts(parts, body));
             }
-            Err(Failure::Unanswered(_)) if reused => continue,
+            Err(Failure::Unanswered(_)) if reused && colo_policy::idempotent(method.as_str()) => continue,
             Err(Failure::Unanswered(reason) | Failure::Broken(reason)) => return Err(SendError::Sent(reason)),
             Err(Failure::TimedOut) => return Err(SendError::HeadTimeout),
         }
@@ -369,6 +381,11 @@ fn take_idle(addr: &str) -> Option<Conn> {
         let conns = idle.get_mut(addr)?;
         // The most recently used first: the least likely to have been closed by the machine.
         while let Some(conn) = conns.pop() {
+            if conn.idle_since.elapsed() > POOL_IDLE {
+                // Those under it are older still.
+                conns.clear();
+                return None;
+            }
             if !conn.closed() {
                 return Some(conn);
             }
@@ -397,6 +414,7 @@ async fn connect(addr: &str, timeout: Duration, key: Option<&str>) -> Result<Con
         addr: Arc::from(addr),
         // Armed at the first exchange's deadline.
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(365 * 86_400))),
+        idle_since: std::time::Instant::now(),
     })
 }
 
@@ -486,6 +504,28 @@ impl Body {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// For a body of known length up to `limit` bytes: waits until all of it has arrived, so
+    /// that the answer goes to the client whole or, when the machine fails before its end, is
+    /// replaced by an error (a status already sent could not be). A body already whole (the
+    /// usual case: an engine writes its answer at once) costs nothing here; any other body is
+    /// left to stream.
+    pub(crate) async fn read_whole(&mut self, limit: u64) -> io::Result<()> {
+        let Framing::Length(left) = self.framing else { return Ok(()) };
+        if left > limit {
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| loop {
+            if self.buffered() as u64 >= left {
+                return Poll::Ready(Ok(()));
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                self.conn = None;
+                return Poll::Ready(Err(cut_short()));
+            }
+        })
+        .await
     }
 
     fn buffered(&self) -> usize {

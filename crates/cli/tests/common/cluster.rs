@@ -75,6 +75,11 @@ pub struct Cluster {
     procs: BTreeMap<String, Child>,
     /// Certificate, key and CA (PEM files) when the daemons speak TLS to each other.
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// The NATS URL agents and edges started from now on are given, when not nats-server's
+    /// own (a fault proxy in front of it).
+    pub daemon_nats: Option<String>,
+    /// More flags for edges started from now on.
+    pub edge_flags: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -110,6 +115,16 @@ impl Cluster {
 
     pub fn nats_url(&self) -> String {
         format!("nats://{}:{}", self.host_ip, self.nats_port)
+    }
+
+    /// The NATS URL agents and edges get.
+    fn daemons_nats(&self) -> String {
+        self.daemon_nats.clone().unwrap_or_else(|| self.nats_url())
+    }
+
+    /// The port nats-server listens on.
+    pub fn nats_port(&self) -> u16 {
+        self.nats_port
     }
 
     fn s3_url(&self) -> String {
@@ -158,7 +173,7 @@ impl Cluster {
 
     /// An agent at `place` (its API and its engines on `place.ip`), with `extra` flags.
     pub fn start_agent_at(&mut self, name: &str, region: &str, place: &Place, extra: &[&str]) {
-        let (nats, data, token) = (self.nats_url(), self.data(name), self.data("control").join("api-token"));
+        let (nats, data, token) = (self.daemons_nats(), self.data(name), self.data("control").join("api-token"));
         let tls = self.tls_args(true);
         let mut command = place.colo();
         command.args([
@@ -198,7 +213,7 @@ impl Cluster {
     /// its URL.
     pub fn start_edge_at(&mut self, region: &str, place: &Place, inter_region_delay_ms: u64) -> String {
         let (nats, data, token) = (
-            self.nats_url(),
+            self.daemons_nats(),
             self.data(&format!("edge-{region}")),
             self.data("control").join("api-token"),
         );
@@ -223,7 +238,7 @@ impl Cluster {
             "--workers",
             "1",
         ]);
-        command.args(tls);
+        command.args(tls).args(&self.edge_flags);
         self.spawn(&format!("edge-{region}"), command);
         run_info(&data)["edge"].as_str().unwrap().to_string()
     }
@@ -378,6 +393,8 @@ pub fn start_cluster_at(dir: &Path, tls: Option<(PathBuf, PathBuf, PathBuf)>, ho
         s3_port: free_port(),
         procs: BTreeMap::new(),
         tls,
+        daemon_nats: None,
+        edge_flags: Vec::new(),
     };
     std::fs::create_dir_all(dir.join("s3/colo")).unwrap();
     let mut s3 = Command::new(binary("s3s-fs", "s3s-fs"));
