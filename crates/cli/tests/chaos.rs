@@ -66,7 +66,9 @@ fn one_request(client: &reqwest::blocking::Client, edge: &str, id: &str, stream:
 fn engine_pids(ledger: &std::path::Path) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         if cmdline.contains("upstream.py") && cmdline.contains(ledger.to_str().unwrap()) {
@@ -107,7 +109,18 @@ fn chaos_loses_no_request_and_runs_none_twice() {
     push_tiny(&cluster, &tmp.path().join("tiny"), 0);
     let ledger = tmp.path().join("executed.txt");
     let engine = upstream_engine(&format!("--events 3 --delay-ms 30 --ledger {}", ledger.display()));
-    cluster.cli(&["deploy", "chaos", "--model", "tiny", "--machines", "3", "--engine-cmd", &engine, "--timeout", "120"]);
+    cluster.cli(&[
+        "deploy",
+        "chaos",
+        "--model",
+        "tiny",
+        "--machines",
+        "3",
+        "--engine-cmd",
+        &engine,
+        "--timeout",
+        "120",
+    ]);
 
     // Steady traffic: four clients, every other request a stream, each with its own id.
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,7 +129,10 @@ fn chaos_loses_no_request_and_runs_none_twice() {
         .map(|c| {
             let (stop, outcomes, edge) = (stop.clone(), outcomes.clone(), edge.clone());
             std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let id = format!("c{c}-{n}");
@@ -167,7 +183,10 @@ fn chaos_loses_no_request_and_runs_none_twice() {
         *done.entry(action).or_insert(0) += 1;
     }
     // Calm again: the app must serve again within a minute.
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let healed = wait_for(90, "the app serving again after the chaos", || {
         matches!(one_request(&client, &edge, "after-0", false), Outcome::Ok)
     });
@@ -207,7 +226,11 @@ fn chaos_loses_no_request_and_runs_none_twice() {
     assert!(broken.is_empty(), "requests without a 2xx or a clear error: {broken:?}");
     let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(twice.is_empty(), "requests executed more than once: {twice:?}");
-    let unknown: Vec<_> = runs.keys().filter(|id| !outcomes.contains_key(**id) && !id.starts_with("after-")).take(5).collect();
+    let unknown: Vec<_> = runs
+        .keys()
+        .filter(|id| !outcomes.contains_key(**id) && !id.starts_with("after-"))
+        .take(5)
+        .collect();
     assert!(unknown.is_empty(), "engines executed requests no client sent: {unknown:?}");
     let ok = tally.get("Ok").copied().unwrap_or(0) + tally.get("StreamDone").copied().unwrap_or(0);
     assert!(ok * 2 > outcomes.len(), "fewer than half answered with a 2xx: {tally:?}");

@@ -126,7 +126,8 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
         // A whole answer (not a stream) is read to its end before its status goes out: a
         // machine that fails part way then gets the client a clear 502, not a 200 cut short.
         let (is_stream, limit) = (is_event_stream(response.headers()), WHOLE_ANSWER.min(edge.config.max_body as u64));
-        if !is_stream {
+        // (Checked first without a timer: usually the whole answer came with its head.)
+        if !is_stream && !response.body().whole_or_streamed(limit) {
             match tokio::time::timeout(head_timeout, response.body_mut().read_whole(limit)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(upstream_failed(format!("failed part way through its answer: {e}"))),

@@ -135,11 +135,13 @@ where
             body_len,
             keep_alive,
         } = request;
-        let mut progress = tokio::time::Instant::now();
+        // Read only when the body must be waited for: most come with their head.
+        let mut progress = None;
         while (buf.len() as u64) < body_len {
+            let since = *progress.get_or_insert_with(tokio::time::Instant::now);
             buf.reserve((body_len as usize - buf.len()).clamp(READ_CHUNK, BODY_CHUNK));
-            if timer.deadline() > progress + limits.body_timeout {
-                timer.as_mut().reset(progress + limits.body_timeout);
+            if timer.deadline() > since + limits.body_timeout {
+                timer.as_mut().reset(since + limits.body_timeout);
             }
             let wait = tokio::select! {
                 read = stream.read_buf(&mut buf) => Wait::Read(read),
@@ -147,9 +149,9 @@ where
             };
             match wait {
                 Wait::Read(Ok(0) | Err(_)) => return,
-                Wait::Read(Ok(_)) => progress = tokio::time::Instant::now(),
-                Wait::Fired if tokio::time::Instant::now() < progress + limits.body_timeout => {
-                    timer.as_mut().reset(progress + limits.body_timeout);
+                Wait::Read(Ok(_)) => progress = Some(tokio::time::Instant::now()),
+                Wait::Fired if tokio::time::Instant::now() < since + limits.body_timeout => {
+                    timer.as_mut().reset(since + limits.body_timeout);
                 }
                 Wait::Fired => {
                     answer_and_close(&mut stream, &timed_out(), LINGER).await;

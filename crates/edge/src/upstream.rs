@@ -528,6 +528,14 @@ impl Body {
         .await
     }
 
+    /// Whether [`Body::read_whole`] has nothing to wait for.
+    pub(crate) fn whole_or_streamed(&self, limit: u64) -> bool {
+        match self.framing {
+            Framing::Length(left) => left > limit || self.buffered() as u64 >= left,
+            _ => true,
+        }
+    }
+
     fn buffered(&self) -> usize {
         self.conn.as_ref().map_or(0, |c| c.buf.len())
     }
