@@ -4,7 +4,7 @@
 use crate::admin;
 use crate::body::read_body;
 use crate::edge::Edge;
-use crate::metrics::{ErrorLabels, RequestLabels};
+use crate::metrics::{ErrorLabels, RequestLabels, NO_APP};
 use crate::request::{app_from_host, is_engine_path, wrong_endpoint, RequestFacts};
 use crate::respond::respond;
 use crate::send::{send, Outgoing};
@@ -25,7 +25,6 @@ pub fn router(edge: Arc<Edge>) -> Router {
 
 /// The app label of requests whose app is not in the route table: junk names a client sends
 /// must not each make their own metric series.
-pub(crate) const NO_APP: &str = "-";
 
 /// Answers one request: the edge's own endpoints, or the app's machine's answer. What `router`
 /// serves, for servers that drive connections themselves.

@@ -44,6 +44,9 @@ pub struct RetryLabels {
     pub kind: String,
 }
 
+/// The `app` label of requests that named no app in the route table.
+pub(crate) const NO_APP: &str = "-";
+
 /// Latency buckets from 1 ms to about 65 s.
 #[derive(Clone)]
 pub struct LatencyBuckets;
@@ -162,7 +165,7 @@ impl Metrics {
     pub fn forget_app(&self, app: &str) {
         let regions: Vec<String> = {
             let seen = self.regions_seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.iter().cloned().chain([crate::handle::NO_APP.to_string()]).collect()
+            seen.iter().cloned().chain([NO_APP.to_string()]).collect()
         };
         let mut labels = RequestLabels {
             app: app.to_string(),

@@ -54,7 +54,7 @@ pub(crate) fn respond(answered: Answered) -> Response {
     }
     parts.headers.insert(COLO_MACHINE, endpoint.machine_header.clone());
     parts.headers.insert(COLO_REGION, endpoint.region_header.clone());
-    let is_sse = crate::send::is_event_stream(&parts.headers);
+    let is_sse = is_event_stream(&parts.headers);
     let body = Body::new(Tracked {
         inner: incoming,
         _guard: guard,
@@ -63,6 +63,14 @@ pub(crate) fn respond(answered: Answered) -> Response {
         done: false,
     });
     Response::from_parts(parts, body)
+}
+
+/// Whether a response is a stream of server-sent events.
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// Headers that describe one connection rather than the message (RFC 9110's fixed list); a

@@ -4,7 +4,7 @@
 use crate::edge::{lock, Edge};
 use crate::headers::COLO_REPLAY;
 use crate::metrics::RetryLabels;
-use crate::respond::{is_hop_by_hop, nominated, Answered, InFlight};
+use crate::respond::{is_event_stream, is_hop_by_hop, nominated, Answered, InFlight};
 use crate::routes::machine_key;
 use crate::upstream::{self, SendError};
 use crate::EdgeError;
@@ -16,14 +16,6 @@ use std::sync::Arc;
 /// Answers of known length up to this size are read whole before their head goes to the
 /// client (larger ones stream).
 const WHOLE_ANSWER: u64 = 4 * 1024 * 1024;
-
-/// Whether a response is a stream of server-sent events.
-pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-}
 
 /// A request as the edge keeps it while it may be sent more than once (retries, replays).
 pub(crate) struct Outgoing {
