@@ -23,9 +23,6 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .with_state(edge)
 }
 
-/// The app label of requests whose app is not in the route table: junk names a client sends
-/// must not each make their own metric series.
-
 /// Answers one request: the edge's own endpoints, or the app's machine's answer. What `router`
 /// serves, for servers that drive connections themselves.
 pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {

@@ -44,7 +44,8 @@ pub struct RetryLabels {
     pub kind: String,
 }
 
-/// The `app` label of requests that named no app in the route table.
+/// The app label of requests whose app is not in the route table: junk names a client sends
+/// must not each make their own metric series.
 pub(crate) const NO_APP: &str = "-";
 
 /// Latency buckets from 1 ms to about 65 s.
