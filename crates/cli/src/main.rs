@@ -7,6 +7,7 @@ mod cmd_daemon;
 mod cmd_deploy;
 mod cmd_model;
 mod cmd_plan;
+mod cmd_sim;
 mod cmd_up;
 mod flags;
 mod output;
@@ -72,6 +73,8 @@ enum Command {
     Cache(cmd_cache::CacheCommand),
     /// Which GPU, how many, at what cost per million tokens; with --fleet/--demand, where.
     Plan(cmd_plan::PlanArgs),
+    /// Simulate a scenario in virtual time with colo's own routing and hold decisions.
+    Sim(cmd_sim::SimArgs),
     /// Run colo's built-in inference engine (the agent starts one per machine).
     #[command(subcommand)]
     Engine(EngineCommand),
@@ -175,6 +178,7 @@ fn main() -> std::process::ExitCode {
             Command::Keys(cmd) => cmd_deploy::keys(cmd).await,
             Command::Cache(cmd) => cmd_cache::run(cmd).await,
             Command::Plan(args) => cmd_plan::run(args).await,
+            Command::Sim(args) => cmd_sim::run(args).await,
             Command::Engine(EngineCommand::Serve(args)) => engine_serve(args).await,
         }
     });
