@@ -38,12 +38,14 @@ def main():
         def log_message(self, *_):
             pass
 
-        def answer(self, status, body, content_type="application/json"):
+        def answer(self, status, body, content_type="application/json", finishing=0):
             data = body.encode()
             self.send_response(status)
             self.send_header("content-type", content_type)
-            # The load header colo's engine sends; edges share it between regions.
-            self.send_header("colo-load", f"running={in_flight[0]};waiting=0")
+            # The load header colo's engine sends; edges share it between regions. A whole
+            # answer is sent when its request is done, so, as colo's engine does, it counts
+            # only the others still running.
+            self.send_header("colo-load", f"running={in_flight[0] - finishing};waiting=0")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -88,7 +90,7 @@ def main():
                 self.wfile.write(b"0\r\n\r\n")
                 return
             time.sleep(delay)
-            self.answer(200, json.dumps({"port": args.port, "bytes": len(raw)}))
+            self.answer(200, json.dumps({"port": args.port, "bytes": len(raw)}), finishing=1)
 
         def chunk(self, text):
             data = text.encode()

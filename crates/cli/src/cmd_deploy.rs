@@ -68,7 +68,8 @@ pub struct DeployArgs {
     #[arg(long, requires = "engine", allow_hyphen_values = true)]
     engine_args: Option<String>,
     /// How the edge chooses among the app's machines: score (prefix match, KV headroom and
-    /// queue, the default), least-loaded or round-robin.
+    /// queue, the default), least-loaded, round-robin, or pack (fill one machine to its soft
+    /// limit before the next, so that autostop can stop the spare ones).
     #[arg(long, value_parser = parse_route)]
     route: Option<colo_core::RouteMode>,
     /// Weights of `--route score`: `prefix=3,kv=2,queue=2,rtt=1` (the defaults; keys left out
@@ -133,7 +134,7 @@ fn parse_weights(value: &str) -> Result<colo_core::RouteWeights, String> {
 }
 
 fn parse_route(value: &str) -> Result<colo_core::RouteMode, String> {
-    colo_core::RouteMode::parse(value).ok_or_else(|| format!("{value:?} is not a route mode: score, least-loaded or round-robin"))
+    colo_core::RouteMode::parse(value).ok_or_else(|| format!("{value:?} is not a route mode: score, least-loaded, round-robin or pack"))
 }
 
 /// Splits a shell-quoted argument string into words: whitespace separates, single quotes keep

@@ -43,6 +43,21 @@ fn colo_sim_reports_the_shipped_scenario_and_names_bad_fields() {
     let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(kept["wait_ms"], report["wait_ms"], "--out keeps the same report");
     assert!(dir.path().join("report.txt").exists());
+    for key in [
+        "ttft_ms",
+        "cold_starts",
+        "gpu_hours",
+        "egress_bytes",
+        "cost",
+        "utilisation",
+        "timeline",
+    ] {
+        assert!(!report[key].is_null(), "{key} missing from the report");
+    }
+    for plot in ["ttft.svg", "timeline.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join(plot)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{plot}");
+    }
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -56,4 +71,80 @@ fn colo_sim_reports_the_shipped_scenario_and_names_bad_fields() {
     for field in ["warmup_s", "region[0].arrival_rate", "service.sigma"] {
         assert!(stderr.contains(field), "{field} not named: {stderr}");
     }
+}
+
+/// Two scenarios in one run: each report in a directory of its own, and a comparison table
+/// and plots beside them; a scale-to-zero world reports its cold starts and cost.
+#[test]
+fn colo_sim_compares_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = |name: &str, scalable: &str, autostop: u32| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+                duration_s = 20000
+                warmup_s = 100
+                gpu = "l40s"
+                [[region]]
+                name = "ord"
+                {scalable}
+                arrival_rate = 0.005
+                [[region]]
+                name = "syd"
+                arrival_rate = 0.005
+                [service]
+                distribution = "roofline"
+                [model]
+                name = "llama-3.1-8b"
+                [tokens]
+                prompt_mean = 256
+                output_mean = 64
+                [routing]
+                hard_limit = 8
+                [scaling]
+                autostop_s = {autostop}
+                [storage]
+                origin_gbps = 4
+                "#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let zero = world("zero", "scalable = 2", 30);
+    let warm = world("warm", "machines = 1\nscalable = 1", 600);
+    let out_dir = dir.path().join("out");
+    let out = colo(&[
+        "sim",
+        zero.to_str().unwrap(),
+        warm.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("== zero") && text.contains("== warm") && text.contains("$/Mtok"),
+        "{text}"
+    );
+    for file in [
+        "zero/report.json",
+        "warm/report.json",
+        "compare-ttft.svg",
+        "compare-cost.svg",
+        "compare.txt",
+    ] {
+        assert!(out_dir.join(file).exists(), "{file} not written");
+    }
+    let report = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out_dir.join(name).join("report.json")).unwrap()).unwrap()
+    };
+    let (zero, warm) = (report("zero"), report("warm"));
+    // Scaled to zero: many cold starts, few GPU-hours; kept warm: the reverse.
+    assert!(zero["cold_starts"]["count"].as_u64().unwrap() > 50, "{}", zero["cold_starts"]);
+    assert!(warm["gpu_hours"].as_f64().unwrap() > 1.5 * zero["gpu_hours"].as_f64().unwrap());
+    assert!(zero["wait_ms"]["p50"].as_f64().unwrap() > 10_000.0, "a woken machine takes seconds");
+    assert!(warm["cost"]["usd_per_million_tokens"].as_f64().unwrap() > zero["cost"]["usd_per_million_tokens"].as_f64().unwrap());
 }

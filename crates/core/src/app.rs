@@ -174,18 +174,24 @@ pub enum RouteMode {
     LeastLoaded,
     /// The next machine with room, in turn.
     RoundRobin,
+    /// The most loaded machine under the soft limit, then the least loaded over it; closest on
+    /// ties. Fills one machine to its soft limit before the next, so that spare machines fall
+    /// idle and autostop can stop them (least-loaded spreading keeps every machine a little
+    /// busy, and none is ever idle long enough).
+    Pack,
 }
 
 // === impl RouteMode ===
 
 impl RouteMode {
-    pub const ALL: [RouteMode; 3] = [RouteMode::Score, RouteMode::LeastLoaded, RouteMode::RoundRobin];
+    pub const ALL: [RouteMode; 4] = [RouteMode::Score, RouteMode::LeastLoaded, RouteMode::RoundRobin, RouteMode::Pack];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RouteMode::Score => "score",
             RouteMode::LeastLoaded => "least-loaded",
             RouteMode::RoundRobin => "round-robin",
+            RouteMode::Pack => "pack",
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod app;
 mod csv;
 pub mod demand;
+pub mod egress;
 pub mod engine;
 pub mod gpu;
 pub mod host;
@@ -28,6 +29,7 @@ pub mod region;
 pub use app::{ApiKey, App, GpuChoice, IdleAction, RouteMode, RouteWeights, ROUTE_WEIGHT_MAX};
 pub use csv::CsvError;
 pub use demand::{Demand, PlacedSlot, PlacementRecord, RegionDemand, Unmet};
+pub use egress::{EgressPrice, EgressPrices};
 pub use engine::{EngineKind, EngineSpec, MetricNames, Readiness};
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use host::HostRecord;

@@ -23,7 +23,9 @@
 //!   prompt matched is worth 1.5 soft limits of load), and no machine past its hard limit is
 //!   taken: prefix-only routing collapses under skewed traffic.
 //!   `RouteMode::LeastLoaded` skips the scores; `RouteMode::RoundRobin` takes the first machine
-//!   with room after the rotating start, whatever its load.
+//!   with room after the rotating start, whatever its load; `RouteMode::Pack` takes the most
+//!   loaded machine under the soft limit (then the least loaded over it), filling machines one
+//!   at a time so that spare ones fall idle and autostop stops them.
 //! - A request may avoid machines (it already failed on them) or accept only one (a replay to
 //!   an instance); those count as unhealthy for it.
 //! - No machine with room: the request is held if anything in scope could take it later (a
@@ -431,7 +433,8 @@ type Best = (u64, usize);
 
 /// The best machine with room in `pool`, as (rank, index in `started`).
 fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params: &RouteParams, pool: &Pool) -> Option<Best> {
-    // Nothing beats an idle machine at the pool's smallest RTT, so the scan may stop there.
+    // Nothing beats an idle machine at the pool's smallest RTT (when packing, one with room for
+    // exactly one more below its soft limit), so the scan may stop there.
     let floor = rank(0, pool.min_rtt, params.soft_limit);
     let mut best: Best = (u64::MAX, usize::MAX);
     let mut budget = match params.scan_limit {
@@ -488,12 +491,19 @@ fn scan_slice<M: MachineView>(
     let (soft, hard, now_ms) = (params.soft_limit, params.hard_limit, req.now_ms);
     // Round robin weighs nothing but room: every machine with room ranks as if idle.
     let weighs_load = params.mode != RouteMode::RoundRobin;
+    // Packing ranks a machine under the soft limit by its room left below it: the fullest
+    // first. The best rank is still `floor` (room for exactly one more at the smallest RTT).
+    let packs = params.mode == RouteMode::Pack;
     // Most requests may go anywhere: the check per machine is skipped for them.
     let restricted = req.only.is_some() || !req.avoid.is_empty();
     for (i, machine) in machines.iter().enumerate() {
         let load = effective_load(machine.in_flight(), machine.report(), now_ms, params);
         let r = if machine.healthy() && load < hard && (!restricted || usable(req, base + i)) {
-            rank(if weighs_load { load } else { 0 }, rtt, soft)
+            match (weighs_load, packs && load < soft) {
+                (false, _) => rank(0, rtt, soft),
+                (true, true) => rank(soft - 1 - load, rtt, soft),
+                (true, false) => rank(load, rtt, soft),
+            }
         } else {
             u64::MAX
         };

@@ -56,7 +56,7 @@ fn situation() -> impl Strategy<Value = Situation> {
             report_fresh_ms: fresh,
             report_stale_ms: fresh + more,
             local_rtt_ms: local,
-            mode: [RouteMode::Score, RouteMode::LeastLoaded, RouteMode::RoundRobin][slack as usize % 3],
+            mode: RouteMode::ALL[slack as usize % RouteMode::ALL.len()],
             weights: ScoreWeights {
                 prefix: slack as u16,
                 ..ScoreWeights::default()
@@ -138,7 +138,10 @@ proptest! {
                 prop_assert!(roomy.iter().all(|&(_, t)| t >= picked_tier), "left a nearer pool with room");
                 let rank = |j: usize| {
                     let rtt = s.rtt.get(usize::from(s.machines[j].0)).copied().unwrap_or(u32::MAX);
-                    (load(j) >= s.params.soft_limit, load(j), rtt)
+                    let (l, soft) = (load(j), s.params.soft_limit);
+                    // Packing ranks machines under the soft limit fullest first.
+                    let key = if s.params.mode == RouteMode::Pack && l < soft { soft - 1 - l } else { l };
+                    (l >= soft, key, rtt)
                 };
                 let best = roomy.iter().filter(|&&(_, t)| t == picked_tier).map(|&(j, _)| rank(j)).min().unwrap();
                 let pool_size = s.machines.iter().filter(|m| tier(&s, m.0) == Some(picked_tier)).count();

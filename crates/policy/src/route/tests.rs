@@ -278,6 +278,26 @@ fn round_robin_takes_machines_in_turn_whatever_their_load() {
     assert_eq!(turns, vec!["pick a", "pick b", "pick c", "pick a", "pick a"]);
 }
 
+/// Packing fills the fullest machine still under the soft limit (2 here), so an idle one stays
+/// idle; past the soft limit everywhere, the least loaded; never one at the hard limit (4).
+#[test]
+fn pack_fills_one_machine_before_the_next() {
+    let pack = Extra {
+        mode: Some(RouteMode::Pack),
+        ..Extra::default()
+    };
+    let picks = |machines: &[M]| -> Vec<String> { (0..6).map(|seed| run(machines, &pack, seed)).collect() };
+    assert!(picks(&[m("idle", AMS, 0), m("one", AMS, 1), m("far", IAD, 1)])
+        .iter()
+        .all(|p| p == "pick one"));
+    assert!(picks(&[m("idle", AMS, 0), m("full", AMS, 2)]).iter().all(|p| p == "pick idle"));
+    assert!(picks(&[m("busy", AMS, 3), m("full", AMS, 2), m("max", AMS, 4)])
+        .iter()
+        .all(|p| p == "pick full"));
+    // Locality first, as in every mode: a half-full machine far away loses to an idle local one.
+    assert!(picks(&[m("idle", AMS, 0), m("far", IAD, 1)]).iter().all(|p| p == "pick idle"));
+}
+
 #[test]
 fn ties_rotate_with_the_seed() {
     let machines = vec![m("a", AMS, 1), m("b", AMS, 1), m("c", AMS, 1), m("d", AMS, 3)];
