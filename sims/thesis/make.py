@@ -12,7 +12,10 @@ CODES = [l.split(",")[0] for l in CSV.read_text().splitlines() if l and not l.st
 assert len(CODES) == 35, CODES
 
 # Callers: the same mean rate in every region; each region's curve peaks at 14:00 local time.
-RATE = 0.5
+# A busy app (17.5 requests a second over the world) and a small one (one request every
+# 286 s on average, about 300 a day).
+BUSY = 0.5
+SMALL = 0.0001
 # Fly.io's outbound data prices by where a machine is (data/egress.csv).
 APAC_SA = {"sin", "nrt", "syd", "hkg", "gru", "gig", "eze", "scl", "bog"}
 AFRICA_INDIA = {"jnb", "bom"}
@@ -23,7 +26,6 @@ COLO_REGIONS = ["sjc", "ord", "iad", "ams", "fra", "lhr", "sin", "nrt", "syd", "
 TOP = """seed = 1
 duration_s = 90000          # a day, after an hour's warm-up
 warmup_s = 3600
-prices = "fly-2024"
 """
 
 COMMON = """
@@ -61,10 +63,10 @@ def fly_egress(code):
     return "fly-internet-na-eu"
 
 
-def regions(machines_at, egress_of, cloud):
+def regions(rate, machines_at, egress_of, cloud):
     out = []
     for code in CODES:
-        lines = [f'[[region]]\nname = "{code}"\narrival_rate = {RATE}']
+        lines = [f'[[region]]\nname = "{code}"\narrival_rate = {rate}']
         if code in machines_at:
             lines.append(f"scalable = {machines_at[code]}")
             lines.append(f'cloud = "{cloud}"')
@@ -74,81 +76,80 @@ def regions(machines_at, egress_of, cloud):
     return "\n\n".join(out)
 
 
-def write(name, header, gpu, body, mode="pack"):
+def write(name, header, gpu, body, mode="pack", prices="fly-2024"):
     path = HERE / f"{name}.toml"
     common = COMMON.replace("{mode}", mode)
     path.write_text(
-        f"# {header}\n# Written by sims/thesis/make.py; see docs/THESIS.md.\n{TOP}gpu = \"{gpu}\"\n{common}\n{body}\n"
+        f"# {header}\n# Written by sims/thesis/make.py; see docs/THESIS.md.\n{TOP}"
+        f'gpu = "{gpu}"\nprices = "{prices}"\n{common}\n{body}\n'
     )
     print(path)
 
 
-def colo(gpu, price_note, mode="pack", suffix=""):
-    scaling = """[scaling]
-autostop_s = 300            # Fly's autostop acts after 5 to 10 minutes idle
-min_running = 0             # scale to zero
+def scaling(autostop, min_running):
+    return f"""[scaling]
+autostop_s = {autostop}
+min_running = {min_running}
 engine_load_s = 20
+"""
 
-[storage]                   # a store in every GPU region (Tigris beside Fly), no egress
+
+COLO_STORAGE = """[storage]                   # a store in every GPU region (Tigris beside Fly), no egress
 cloud = "fly"
 origin_gbps = 8
 peer_gbps = 10
 cache_gbps = 16
 """
-    body = f"{scaling}\n" + regions({c: 3 for c in COLO_REGIONS}, fly_egress, "fly")
-    write(
-        f"colo-{gpu.split('-')[0]}{suffix}",
-        f"Co-located: {gpu} ({price_note}), storage and an edge in 10 regions, scale to zero; {mode} routing.",
-        gpu,
-        body,
-        mode,
+
+# The hyperscaler's autoscaled VMs start from fresh disks: every start pulls the weights
+# across clouds. The GPU cloud's hosts keep them on local disks.
+REMOTE_STORAGE = """[storage]
+region = "iad"
+cloud = "aws"
+egress = "aws-s3"
+origin_gbps = 2
+cache_gbps = 16
+"""
+
+
+def colo(name, gpu, note, rate=BUSY, mode="pack"):
+    # Fly's autostop acts after 5 to 10 minutes idle; scale to zero.
+    body = scaling(300, 0) + "\n" + COLO_STORAGE + "\n" + regions(rate, {c: 3 for c in COLO_REGIONS}, fly_egress, "fly")
+    header = f"Co-located: {gpu} ({note}), storage and an edge in 10 regions, scale to zero; {mode} routing."
+    write(name, header, gpu, body, mode)
+
+
+def hyperscaler(name, rate=BUSY, min_running=2, prices="fly-2024", autostop=600):
+    body = (
+        scaling(autostop, min_running)
+        + "\n"
+        + REMOTE_STORAGE.replace("cache_gbps = 16", "cache = false\ncache_gbps = 16")
+        + "\n"
+        + regions(rate, {"iad": 30}, lambda _: "gcp", "gcp")
     )
+    header = (
+        f"Hyperscaler: L40S ({prices} prices) in one region (iad) of one cloud, weights in another cloud's "
+        "store (egress paid per pull), fresh hosts without a cache, answers at that cloud's internet egress."
+    )
+    write(name, header, "l40s", body, prices=prices)
 
 
-colo("l40s", "$1.25 an hour")
-colo("a10", "$1.50 an hour")
-colo("a100-80gb-sxm", "$3.50 an hour")
-colo("l40s", "$1.25 an hour", mode="score", suffix="-spread")
+def gpu_cloud(name, rate=BUSY):
+    body = scaling(600, 2) + "\n" + REMOTE_STORAGE + "\n" + regions(rate, {"ord": 30}, lambda _: None, "gpu-cloud")
+    header = (
+        "GPU cloud: L40S in one region (ord), weights in a remote store (S3 in iad, egress paid once "
+        "per host, which keeps them), no egress fee on answers."
+    )
+    write(name, header, "l40s", body)
 
-write(
-    "hyperscaler",
-    "Hyperscaler: L40S in one region (iad) of one cloud, weights in another cloud's store (egress "
-    "paid per pull), fresh hosts without a cache, answers leave at that cloud's internet egress.",
-    "l40s",
-    """[scaling]
-autostop_s = 600
-min_running = 2
-engine_load_s = 20
 
-[storage]
-region = "iad"
-cloud = "aws"
-egress = "aws-s3"
-origin_gbps = 2
-cache = false               # an autoscaled VM starts from a fresh disk
-cache_gbps = 16
-"""
-    + "\n"
-    + regions({"iad": 30}, lambda _: "gcp", "gcp"),
-)
-
-write(
-    "gpu-cloud",
-    "GPU cloud: L40S in one region (ord), weights in a remote store (S3 in iad, egress paid once "
-    "per host, which keeps them), no egress fee on answers.",
-    "l40s",
-    """[scaling]
-autostop_s = 600
-min_running = 2
-engine_load_s = 20
-
-[storage]
-region = "iad"
-cloud = "aws"
-egress = "aws-s3"
-origin_gbps = 2
-cache_gbps = 16
-"""
-    + "\n"
-    + regions({"ord": 30}, lambda _: None, "gpu-cloud"),
-)
+colo("colo-l40s", "l40s", "$1.25 an hour")
+colo("colo-l40s-spread", "l40s", "$1.25 an hour", mode="score")
+colo("colo-a10", "a10", "$1.50 an hour")
+colo("colo-a100", "a100-80gb-sxm", "$3.50 an hour")
+hyperscaler("hyperscaler")
+hyperscaler("hyperscaler-ref", prices="ref")
+gpu_cloud("gpu-cloud")
+# The small app: both shapes scale to zero.
+colo("small-colo", "l40s", "$1.25 an hour", rate=SMALL)
+hyperscaler("small-hyperscaler", rate=SMALL, min_running=0, autostop=300)

@@ -736,6 +736,12 @@ impl<'a> World<'a> {
                     return self.scale(r, ScaleEvent::StopAborted { id }, now);
                 }
                 self.accrue(m, now);
+                // A host that keeps nothing (a fresh VM each time) reads the weights again.
+                let keeps = self.scenario.storage.as_ref().is_none_or(|s| s.cache);
+                if !keeps && machine.cached {
+                    self.machines[m].cached = false;
+                    self.sites[machine.region as usize].cached_hosts -= 1;
+                }
                 self.machines[m].state = State::Stopped;
                 self.machines_on -= 1;
                 self.not_started[machine.region as usize] += 1;

@@ -46,7 +46,7 @@ fn step(max: f64, ticks: f64) -> f64 {
 fn label(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.0}k", v / 1000.0)
-    } else if v >= 10.0 || v == 0.0 {
+    } else if v >= 10.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
@@ -61,11 +61,13 @@ fn bars(title: &str, unit: &str, rows: &[(String, Vec<f64>)], series: &[(&str, &
     let max = rows.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0, f64::max).max(1e-9);
     let step = step(max, 6.0);
     let axis_max = (max / step).ceil() * step;
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let x = |v: f64| LEFT + v / axis_max * plot_w;
+    // Room on the left for the longest row name (about 7 px a character at 12 px).
+    let left = rows.iter().map(|(name, _)| name.len()).max().map_or(LEFT, |n| (n as f64 * 7.0 + 14.0).max(LEFT));
+    let plot_w = WIDTH - left - RIGHT;
+    let x = |v: f64| left + v / axis_max * plot_w;
     let mut s = open(height, title);
     // Legend.
-    let mut lx = LEFT;
+    let mut lx = left;
     for (name, colour) in series {
         let _ = writeln!(
             s,
@@ -90,7 +92,7 @@ fn bars(title: &str, unit: &str, rows: &[(String, Vec<f64>)], series: &[(&str, &
     let _ = writeln!(
         s,
         r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
+        left + plot_w / 2.0,
         bottom + 32.0,
         escape(unit)
     );
@@ -99,7 +101,7 @@ fn bars(title: &str, unit: &str, rows: &[(String, Vec<f64>)], series: &[(&str, &
         let _ = writeln!(
             s,
             r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT - 6.0,
+            left - 6.0,
             y0 + row_h / 2.0,
             escape(name)
         );
@@ -107,9 +109,9 @@ fn bars(title: &str, unit: &str, rows: &[(String, Vec<f64>)], series: &[(&str, &
             let colour = series.get(j).map_or(BLUE, |s| s.1);
             let _ = writeln!(
                 s,
-                r#"<rect x="{LEFT}" y="{:.1}" width="{:.1}" height="7" fill="{colour}"><title>{} {}: {v:.1}</title></rect>"#,
+                r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="7" fill="{colour}"><title>{} {}: {v:.1}</title></rect>"#,
                 y0 + 8.0 * j as f64,
-                (x(*v) - LEFT).max(0.5),
+                (x(*v) - left).max(0.5),
                 escape(name),
                 escape(series.get(j).map_or("", |s| s.0)),
             );
