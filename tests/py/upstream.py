@@ -34,6 +34,9 @@ def main():
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+        # holds the body until the edge's delayed ACK, 40 ms later.
+        disable_nagle_algorithm = True
 
         def log_message(self, *_):
             pass

@@ -62,7 +62,11 @@ fn bars(title: &str, unit: &str, rows: &[(String, Vec<f64>)], series: &[(&str, &
     let step = step(max, 6.0);
     let axis_max = (max / step).ceil() * step;
     // Room on the left for the longest row name (about 7 px a character at 12 px).
-    let left = rows.iter().map(|(name, _)| name.len()).max().map_or(LEFT, |n| (n as f64 * 7.0 + 14.0).max(LEFT));
+    let left = rows
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .map_or(LEFT, |n| (n as f64 * 7.0 + 14.0).max(LEFT));
     let plot_w = WIDTH - left - RIGHT;
     let x = |v: f64| left + v / axis_max * plot_w;
     let mut s = open(height, title);
