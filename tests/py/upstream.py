@@ -25,6 +25,9 @@ def main():
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--events", type=int, default=3)
     parser.add_argument("--ledger")
+    # By default a whole answer's colo-load counts the request being answered; with this flag
+    # only the others still running, as colo's engine counts them once a request is done.
+    parser.add_argument("--load-without-self", action="store_true")
     args = parser.parse_args()
     ledger = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if args.ledger else None
     delay = args.delay_ms / 1000.0
@@ -45,9 +48,7 @@ def main():
             data = body.encode()
             self.send_response(status)
             self.send_header("content-type", content_type)
-            # The load header colo's engine sends; edges share it between regions. A whole
-            # answer is sent when its request is done, so, as colo's engine does, it counts
-            # only the others still running.
+            # The load header colo's engine sends; edges share it between regions.
             self.send_header("colo-load", f"running={in_flight[0] - finishing};waiting=0")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
@@ -93,7 +94,8 @@ def main():
                 self.wfile.write(b"0\r\n\r\n")
                 return
             time.sleep(delay)
-            self.answer(200, json.dumps({"port": args.port, "bytes": len(raw)}), finishing=1)
+            finishing = 1 if args.load_without_self else 0
+            self.answer(200, json.dumps({"port": args.port, "bytes": len(raw)}), finishing=finishing)
 
         def chunk(self, text):
             data = text.encode()

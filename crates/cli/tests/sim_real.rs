@@ -116,7 +116,9 @@ region = "ams"
     let (ord, ams) = (colo.edges["ord"].clone(), colo.edges["ams"].clone());
     colo.push_tiny("tiny");
     let script = repo_root().join("tests/py/upstream.py");
-    let cmd = format!("python3 {} --port {{port}} --delay-ms {SERVICE_MS}", script.display());
+    // The load header as colo's engine sends it: the others still running, not the request
+    // being answered (else every machine looks full for a second after each answer).
+    let cmd = format!("python3 {} --port {{port}} --delay-ms {SERVICE_MS} --load-without-self", script.display());
     colo.ok(&[
         "deploy",
         "twin",
