@@ -56,6 +56,14 @@ impl MachineView for Machine {
     }
 }
 
+/// A GPU kind machines run on: its roofline (roofline service only) and its price.
+#[derive(Clone, Debug)]
+struct MachineKind {
+    name: Option<String>,
+    roofline: Option<Roofline>,
+    usd_per_hour: f64,
+}
+
 /// A request waiting at its edge.
 #[derive(Clone, Copy, Debug)]
 struct Held {
@@ -98,6 +106,7 @@ struct Tally {
 struct Site {
     served_ns: f64,
     on_ns: f64,
+    gpu_usd: f64,
     cold: Histogram,
     from_cache: u64,
     from_peer: u64,
@@ -152,15 +161,17 @@ struct World<'a> {
     warmup_ns: u64,
     end_ns: u64,
     arrivals: Vec<Arrivals>,
-    /// Per region: the roofline of its GPU kind (roofline service only).
-    rooflines: Vec<Option<Roofline>>,
+    /// The machines' GPU kinds, and each machine's.
+    kinds: Vec<MachineKind>,
+    machine_kind: Vec<u16>,
+    /// Demand the placement could not meet.
+    unmet: Vec<colo_core::Unmet>,
     /// Per region: the scaler its edge runs (scaling only).
     scalers: Vec<Option<Scaler>>,
     /// Per region: the scaler deadline a tick is queued for, ms.
     tick_at: Vec<Option<u64>>,
     weights_bytes: f64,
-    /// Per region: USD per machine-hour, and per GB of answers leaving.
-    usd_per_hour: Vec<f64>,
+    /// Per region: USD per GB of answers leaving.
     answer_usd_per_gb: Vec<f64>,
     weights_usd_per_gb: f64,
     /// Per region: whether a cold start from the store there pays its egress.
@@ -222,21 +233,84 @@ impl<'a> World<'a> {
                 order
             })
             .collect();
+        let hard = scenario.routing.hard_limit;
+        let region_gpu = |r: usize| scenario.regions[r].gpu.as_ref().or(scenario.gpu.as_ref());
+        let model = scenario.model_config();
+        let roofline_for = |kind: &str| -> Option<Roofline> {
+            let tokens = scenario.tokens.as_ref()?;
+            let gpu = catalogue.get(kind).ok()?;
+            let (config, quant) = model?;
+            (scenario.service.distribution == Distribution::Roofline)
+                .then(|| Roofline::new(config, quant, gpu, hard, tokens.prompt_mean, tokens.output_mean).ok())
+                .flatten()
+        };
+        // Kinds 0..n are the regions' own machines' (their GPU kind and price); the placement's
+        // kinds follow.
+        let mut kinds: Vec<MachineKind> = (0..n)
+            .map(|r| {
+                let spec = &scenario.regions[r];
+                let price = spec.usd_per_hour.or_else(|| {
+                    let kind = catalogue.get(region_gpu(r)?).ok()?;
+                    kind.price(&book).map(|p| p.as_f64())
+                });
+                MachineKind {
+                    name: region_gpu(r).cloned(),
+                    roofline: region_gpu(r).and_then(|k| roofline_for(k)),
+                    usd_per_hour: price.unwrap_or(0.0),
+                }
+            })
+            .collect();
+        // Machines placed by colo-policy, by region: started and stopped by the scalers when
+        // the scenario scales, else always on.
+        let mut placed: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let placement = scenario
+            .placement
+            .as_ref()
+            .map(|_| scenario.place().expect("validated: the placement succeeds"));
+        if let Some(placement) = &placement {
+            for m in &placement.machines {
+                let r = scenario
+                    .regions
+                    .iter()
+                    .position(|spec| spec.name == m.region)
+                    .expect("validated: placed in a scenario region");
+                let k = match kinds[n..].iter().position(|k| k.name.as_deref() == Some(m.gpu.as_str())) {
+                    Some(i) => n + i,
+                    None => {
+                        kinds.push(MachineKind {
+                            name: Some(m.gpu.clone()),
+                            roofline: roofline_for(&m.gpu),
+                            usd_per_hour: m.usd_per_hour,
+                        });
+                        kinds.len() - 1
+                    }
+                };
+                placed[r].push(k);
+            }
+        }
+        let scales = scenario.scaling.is_some();
         let mut machines = Vec::new();
+        let mut machine_kind = Vec::new();
         let mut spans = Vec::new();
         let mut sites: Vec<Site> = (0..n).map(|_| Site::default()).collect();
         let mut not_started = vec![0; n];
         for (r, spec) in scenario.regions.iter().enumerate() {
-            let total = spec.machines + spec.scalable;
-            if total == 0 {
+            // (scalable, kind) of each machine of the region: always-on first.
+            let mut here: Vec<(bool, usize)> = Vec::new();
+            here.extend((0..spec.machines).map(|_| (false, r)));
+            here.extend((0..spec.scalable).map(|_| (true, r)));
+            here.extend(placed[r].iter().map(|&k| (scales, k)));
+            if here.is_empty() {
                 continue;
             }
             let start = machines.len() as u32;
-            let min = scenario.scaling.as_ref().map_or(0, |s| s.min_running).min(spec.scalable);
-            for i in 0..total {
-                let scalable = i >= spec.machines;
+            let mut min = scenario.scaling.as_ref().map_or(0, |s| s.min_running);
+            for (scalable, kind) in here {
                 // The minimum a scaler keeps is started from the beginning, as after a deploy.
-                let on = !scalable || i < spec.machines + min;
+                let on = !scalable || min > 0;
+                if scalable && on {
+                    min -= 1;
+                }
                 machines.push(Machine {
                     region: r as u16,
                     in_flight: 0,
@@ -245,6 +319,7 @@ impl<'a> World<'a> {
                     cached: spec.cached || on,
                     on_since_ns: 0,
                 });
+                machine_kind.push(kind as u16);
                 if !on {
                     not_started[r] += 1;
                 }
@@ -258,33 +333,9 @@ impl<'a> World<'a> {
                 end: machines.len() as u32,
             });
         }
-        let hard = scenario.routing.hard_limit;
-        let region_gpu = |r: usize| scenario.regions[r].gpu.as_ref().or(scenario.gpu.as_ref());
-        let model = scenario.model_config();
-        let rooflines = (0..n)
-            .map(|r| {
-                let tokens = scenario.tokens.as_ref()?;
-                let gpu = catalogue.get(region_gpu(r)?).ok()?;
-                let (config, quant) = model?;
-                (scenario.service.distribution == Distribution::Roofline)
-                    .then(|| Roofline::new(config, quant, gpu, hard, tokens.prompt_mean, tokens.output_mean).ok())
-                    .flatten()
-            })
-            .collect();
         let weights_bytes = model
             .and_then(|(config, quant)| roofline::weights_bytes(config, quant).ok())
             .unwrap_or(0.0);
-        let usd_per_hour = (0..n)
-            .map(|r| {
-                let spec = &scenario.regions[r];
-                spec.usd_per_hour
-                    .or_else(|| {
-                        let kind = catalogue.get(region_gpu(r)?).ok()?;
-                        kind.price(&book).map(|p| p.as_f64())
-                    })
-                    .unwrap_or(0.0)
-            })
-            .collect();
         let answer_usd_per_gb = scenario
             .regions
             .iter()
@@ -367,11 +418,12 @@ impl<'a> World<'a> {
             warmup_ns: (scenario.warmup_s * NS_PER_S) as u64,
             end_ns,
             arrivals,
-            rooflines,
+            kinds,
+            machine_kind,
+            unmet: placement.map(|p| p.unmet).unwrap_or_default(),
             scalers: vec![None; n],
             tick_at: vec![None; n],
             weights_bytes,
-            usd_per_hour,
             answer_usd_per_gb,
             weights_usd_per_gb,
             pays_weights_egress,
@@ -587,7 +639,7 @@ impl<'a> World<'a> {
             self.scale(target, ScaleEvent::MachineBusy { id }, now);
         }
         let rtt = self.rtt_ns[region as usize][target];
-        let (service, first_token, tokens) = self.service_ns(target, batch);
+        let (service, first_token, tokens) = self.service_ns(self.machine_kind[machine] as usize, batch);
         let at = now + rtt + service;
         if arrived >= self.warmup_ns {
             let tally = &mut self.tallies[region as usize];
@@ -609,9 +661,9 @@ impl<'a> World<'a> {
         }));
     }
 
-    /// A request's service on a machine of `region` with `batch` in flight: (service, time to
-    /// its first token, output tokens), ns.
-    fn service_ns(&mut self, region: usize, batch: u32) -> (u64, u64, u64) {
+    /// A request's service on a machine of `kind` with `batch` in flight: (service, time to its
+    /// first token, output tokens), ns.
+    fn service_ns(&mut self, kind: usize, batch: u32) -> (u64, u64, u64) {
         let scenario = self.scenario;
         let tokens = scenario.tokens.as_ref().map(|t| {
             let prompt = lognormal(&mut self.rng, t.prompt_mean, t.prompt_sigma).round().max(1.0) as u64;
@@ -626,7 +678,7 @@ impl<'a> World<'a> {
             Distribution::Exponential => self.rng.exponential(mean),
             Distribution::Lognormal => lognormal(&mut self.rng, mean, service.sigma.unwrap_or(0.0)),
             Distribution::Roofline => {
-                let (Some(roofline), Some((prompt, output))) = (&self.rooflines[region], tokens) else {
+                let (Some(roofline), Some((prompt, output))) = (&self.kinds[kind].roofline, tokens) else {
                     unreachable!("validated: a roofline scenario has a model, tokens and a GPU kind wherever it has machines");
                 };
                 let prefill = roofline.prefill_s(prompt) * NS_PER_S;
@@ -823,7 +875,9 @@ impl<'a> World<'a> {
         let from = machine.on_since_ns.max(self.warmup_ns);
         let to = until.min(self.end_ns);
         if to > from {
-            self.sites[machine.region as usize].on_ns += (to - from) as f64;
+            let site = &mut self.sites[machine.region as usize];
+            site.on_ns += (to - from) as f64;
+            site.gpu_usd += (to - from) as f64 / NS_PER_S / 3600.0 * self.kinds[self.machine_kind[m] as usize].usd_per_hour;
         }
     }
 
@@ -844,6 +898,18 @@ impl<'a> World<'a> {
             all.turned_away += t.turned_away;
             all.tokens += t.tokens;
         }
+        let (mut on_here, mut scalable_here) = (vec![0u32; self.names.len()], vec![0u32; self.names.len()]);
+        let mut gpus_here = vec![std::collections::BTreeSet::new(); self.names.len()];
+        for (m, machine) in self.machines.iter().enumerate() {
+            let r = machine.region as usize;
+            match machine.scalable {
+                true => scalable_here[r] += 1,
+                false => on_here[r] += 1,
+            }
+            if let Some(name) = &self.kinds[self.machine_kind[m] as usize].name {
+                gpus_here[r].insert(name.clone());
+            }
+        }
         let mut all_cold = Histogram::default();
         let mut regions = Vec::new();
         for (r, spec) in scenario.regions.iter().enumerate() {
@@ -854,14 +920,14 @@ impl<'a> World<'a> {
                 weights_bytes: site.weights_egress_bytes,
                 answer_bytes: site.answer_bytes,
             };
-            let gpu_usd = gpu_hours * self.usd_per_hour[r];
+            let gpu_usd = site.gpu_usd;
             let egress_usd =
                 site.weights_egress_bytes / 1e9 * self.weights_usd_per_gb + site.answer_bytes / 1e9 * self.answer_usd_per_gb[r];
             regions.push(RegionReport {
                 name: spec.name.clone(),
-                machines: spec.machines,
-                scalable: spec.scalable,
-                gpu: spec.gpu.clone().or(scenario.gpu.clone()),
+                machines: on_here[r],
+                scalable: scalable_here[r],
+                gpu: (!gpus_here[r].is_empty()).then(|| gpus_here[r].iter().cloned().collect::<Vec<_>>().join(",")),
                 utilisation: if site.on_ns > 0.0 {
                     site.served_ns / (site.on_ns * hard)
                 } else {
@@ -907,6 +973,7 @@ impl<'a> World<'a> {
             measured_s: measured_ns / NS_PER_S,
             regions,
             timeline: self.timeline,
+            unmet: self.unmet,
             simulated_requests: self.simulated,
             wall_s,
         }

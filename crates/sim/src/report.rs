@@ -72,6 +72,7 @@ pub struct RegionReport {
     pub machines: u32,
     /// Machines started and stopped by the scaler.
     pub scalable: u32,
+    /// The GPU kinds of its machines (comma-separated).
     pub gpu: Option<String>,
     /// Service time given over the machines' request slots (time on × hard limit).
     pub utilisation: f64,
@@ -113,6 +114,8 @@ pub struct Report {
     pub cost: Costs,
     pub regions: Vec<RegionReport>,
     pub timeline: Vec<Sample>,
+    /// Busy-hour demand `[placement]` could not place, and why.
+    pub unmet: Vec<colo_core::Unmet>,
     /// Requests simulated, the warm-up's included.
     pub simulated_requests: u64,
     /// Wall-clock seconds the run took.

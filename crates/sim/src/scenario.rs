@@ -47,6 +47,28 @@ pub struct Scenario {
     /// RTTs between two regions, both ways, over data/regions.csv's.
     #[serde(default, rename = "rtt")]
     pub rtts: Vec<RttSpec>,
+    /// Machines placed by colo-policy's `place` on these hosts, for the callers' busy hour.
+    #[serde(default)]
+    pub placement: Option<PlacementSpec>,
+}
+
+/// Hosts with free GPUs, on which colo-policy's placement puts the machines the callers' busy
+/// hour needs (one card each), within an RTT of them, cheapest first.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    /// Longest RTT between callers and the machine serving them, ms.
+    pub rtt_limit_ms: f64,
+    /// Share of a machine's throughput the placement plans to use.
+    #[serde(default = "default_target_utilisation")]
+    pub target_utilisation: f64,
+    /// The hosts: `{ name = "ord-1", region = "ord", gpus = { l40s = 4 } }`.
+    #[serde(rename = "host")]
+    pub hosts: Vec<colo_policy::Host>,
+}
+
+fn default_target_utilisation() -> f64 {
+    0.5
 }
 
 /// The RTT between two of the scenario's regions.
@@ -325,6 +347,66 @@ impl Scenario {
         Some((config, quant))
     }
 
+    /// The busy-hour rate of a region's callers: its mean rate at the daily curve's peak.
+    pub fn peak_rate(&self, region: &RegionSpec) -> f64 {
+        let k = self.arrivals.peak_to_trough;
+        let amplitude = if self.arrivals.curve == Curve::Diurnal {
+            (k - 1.0) / (k + 1.0)
+        } else {
+            0.0
+        };
+        region.arrival_rate * (1.0 + amplitude)
+    }
+
+    /// The machines `[placement]` puts on its hosts, by colo-policy's `place`: one card each,
+    /// in the scenario's weight format and price book, for every region's busy-hour rate.
+    pub fn place(&self) -> Result<colo_policy::Placement, String> {
+        let spec = self.placement.as_ref().ok_or("no [placement]")?;
+        let (config, quant) = self.model_config().ok_or("no known [model]")?;
+        let tokens = self.tokens.as_ref().ok_or("no [tokens]")?;
+        let facts = colo_model::ModelFacts::from_config(config.as_bytes()).map_err(|e| e.to_string())?;
+        let prices = colo_core::PriceBook::parse_name(&self.prices).ok_or("unknown price book")?;
+        let (prompt, output) = (tokens.prompt_mean.ceil().max(1.0) as u64, tokens.output_mean.ceil().max(1.0) as u64);
+        let template = colo_policy::PlanRequest {
+            context: prompt + output,
+            concurrency: u64::from(self.routing.hard_limit.max(1)),
+            quants: vec![quant],
+            n_gpus: vec![1],
+            prices,
+            target_utilisation: spec.target_utilisation.clamp(1e-6, 1.0),
+            ..colo_policy::PlanRequest::default()
+        };
+        let demand = colo_core::Demand {
+            rtt_limit_ms: Some(spec.rtt_limit_ms),
+            regions: self
+                .regions
+                .iter()
+                .filter(|r| r.arrival_rate > 0.0)
+                .map(|r| colo_core::RegionDemand {
+                    region: r.name.clone(),
+                    requests_per_s: self.peak_rate(r),
+                    prompt_tokens: prompt,
+                    output_tokens: output,
+                })
+                .collect(),
+        };
+        let fleet = colo_policy::Fleet {
+            hosts: spec.hosts.clone(),
+            edges: Vec::new(),
+            inter_region_delay_ms: 0,
+        };
+        let catalogue = colo_core::Catalogue::builtin();
+        let regions = colo_core::Regions::builtin();
+        let placement =
+            colo_policy::place(&facts, &catalogue, &regions, &fleet, &demand, &template, spec.rtt_limit_ms).map_err(|e| e.to_string())?;
+        for m in &placement.machines {
+            if !self.regions.iter().any(|r| r.name == m.region) {
+                return Err(format!("host {} is in {}, which is not a region of the scenario", m.host, m.region));
+            }
+        }
+        Ok(placement)
+    }
+
     /// Every problem with the scenario, each naming its field.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let mut problems = Vec::new();
@@ -388,8 +470,8 @@ impl Scenario {
             }
         }
         let machines = |r: &RegionSpec| r.machines + r.scalable;
-        if self.regions.iter().all(|r| machines(r) == 0) {
-            problem("region.machines", "no region has a machine".into());
+        if self.regions.iter().all(|r| machines(r) == 0) && self.placement.is_none() {
+            problem("region.machines", "no region has a machine (nor a [placement])".into());
         }
         if self.regions.iter().all(|r| r.arrival_rate == 0.0) {
             problem("region.arrival_rate", "no region has arrivals".into());
@@ -483,8 +565,8 @@ impl Scenario {
             if !(scaling.engine_load_s.is_finite() && scaling.engine_load_s >= 0.0) {
                 problem("scaling.engine_load_s", format!("{} must be at least 0", scaling.engine_load_s));
             }
-            if self.regions.iter().all(|r| r.scalable == 0) {
-                problem("scaling", "no region has scalable machines".into());
+            if self.regions.iter().all(|r| r.scalable == 0) && self.placement.is_none() {
+                problem("scaling", "no region has scalable machines (nor a [placement])".into());
             }
         }
         if let Some(storage) = &self.storage {
@@ -532,6 +614,22 @@ impl Scenario {
             }
             if !(rtt.ms.is_finite() && rtt.ms >= 0.0) {
                 problem(&format!("rtt[{i}].ms"), format!("{} must be at least 0", rtt.ms));
+            }
+        }
+        if let Some(spec) = &self.placement {
+            match (self.model_config(), &self.tokens) {
+                (Some(_), Some(_)) => {
+                    if let Err(e) = self.place() {
+                        problem("placement", e);
+                    }
+                }
+                _ => problem("placement", "placing machines needs a [model] and [tokens]".into()),
+            }
+            if !(spec.target_utilisation.is_finite() && spec.target_utilisation > 0.0 && spec.target_utilisation <= 1.0) {
+                problem(
+                    "placement.target_utilisation",
+                    format!("{} must be above 0 and at most 1", spec.target_utilisation),
+                );
             }
         }
         let routing = &self.routing;
