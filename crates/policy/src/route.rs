@@ -24,8 +24,9 @@
 //!   taken: prefix-only routing collapses under skewed traffic.
 //!   `RouteMode::LeastLoaded` skips the scores; `RouteMode::RoundRobin` takes the first machine
 //!   with room after the rotating start, whatever its load; `RouteMode::Pack` takes the most
-//!   loaded machine under the soft limit (then the least loaded over it), filling machines one
-//!   at a time so that spare ones fall idle and autostop stops them.
+//!   loaded machine under the soft limit (then the least loaded over it), ties in a fixed order
+//!   (no rotating start), filling machines one at a time so that spare ones fall idle and
+//!   autostop stops them.
 //! - A request may avoid machines (it already failed on them) or accept only one (a replay to
 //!   an instance); those count as unhealthy for it.
 //! - No machine with room: the request is held if anything in scope could take it later (a
@@ -455,10 +456,12 @@ fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params
         // machine from request to request.
         // Round robin takes the machines in order; the others start anywhere, so that ties
         // spread without a pattern.
-        let spread = if params.mode == RouteMode::RoundRobin {
-            req.seed
-        } else {
-            mix(req.seed ^ (u64::from(span.region.0) << 48))
+        let spread = match params.mode {
+            RouteMode::RoundRobin => req.seed,
+            // Packing breaks ties in one fixed order, so that an idle app's requests all go to
+            // the same machine and the others stay idle.
+            RouteMode::Pack => 0,
+            _ => mix(req.seed ^ (u64::from(span.region.0) << 48)),
         };
         let turn = (spread % machines.len() as u64) as usize;
         let (wrapped, first) = machines.split_at(turn);

@@ -294,6 +294,10 @@ fn pack_fills_one_machine_before_the_next() {
     assert!(picks(&[m("busy", AMS, 3), m("full", AMS, 2), m("max", AMS, 4)])
         .iter()
         .all(|p| p == "pick full"));
+    // Ties go the same way whatever the seed: idle machines are filled in one order.
+    assert!(picks(&[m("a", AMS, 0), m("b", AMS, 0), m("c", AMS, 0)])
+        .iter()
+        .all(|p| p == "pick a"));
     // Locality first, as in every mode: a half-full machine far away loses to an idle local one.
     assert!(picks(&[m("idle", AMS, 0), m("far", IAD, 1)]).iter().all(|p| p == "pick idle"));
 }
