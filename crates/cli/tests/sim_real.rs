@@ -118,7 +118,10 @@ region = "ams"
     let script = repo_root().join("tests/py/upstream.py");
     // The load header as colo's engine sends it: the others still running, not the request
     // being answered (else every machine looks full for a second after each answer).
-    let cmd = format!("python3 {} --port {{port}} --delay-ms {SERVICE_MS} --load-without-self", script.display());
+    let cmd = format!(
+        "python3 {} --port {{port}} --delay-ms {SERVICE_MS} --load-without-self",
+        script.display()
+    );
     colo.ok(&[
         "deploy",
         "twin",
