@@ -1,6 +1,7 @@
 //! Regions as network namespaces: one namespace per region, each joined by a veth pair to a
-//! bridge in this namespace, addresses in a private /24, and `tc netem` delay on each region's
-//! link where the kernel has netem. The daemons of a region run inside its namespace
+//! bridge in this namespace, addresses in a private /24, `tc netem` delay on each region's
+//! link where the kernel has netem (none when the delay asked is 0), and `tc tbf` rate caps
+//! on both ends of a link on request (`cap`). The daemons of a region run inside its namespace
 //! (`ip netns exec`), so traffic between regions crosses real links. Needs root, `ip` and
 //! `tc`; `Netns::create` says why when it cannot, and everything it made is removed when the
 //! guard drops (and namespaces left by a test run that was killed are removed by the next).
@@ -113,13 +114,55 @@ impl Netns {
             in_ns(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &inner])?;
             in_ns(&["ip", "link", "set", &inner, "up"])?;
             in_ns(&["ip", "link", "set", "lo", "up"])?;
-            if netem.is_ok() {
+            if netem.is_ok() && one_way_delay_ms > 0 {
                 let delay = format!("{one_way_delay_ms}ms");
                 netem = in_ns(&["tc", "qdisc", "add", "dev", &inner, "root", "netem", "delay", &delay]).map(|()| one_way_delay_ms);
             }
         }
         net.netem = netem;
         Ok(net)
+    }
+
+    /// Caps the link of `region` at `mbit` megabits a second in both directions, with a token
+    /// bucket (`tc tbf`) on each end of its veth pair: what leaves the namespace and what enters
+    /// it. Only on a link without netem (a namespace made with no delay).
+    pub fn cap(&self, region: &str, mbit: u32) -> Result<(), String> {
+        let i = self
+            .regions
+            .iter()
+            .position(|(r, _, _)| r == region)
+            .ok_or_else(|| format!("no namespace for region {region}"))?;
+        let ns = &self.regions[i].1;
+        let pid = std::process::id();
+        let (outer, inner) = (format!("cth{pid}{i}"), format!("ctn{pid}{i}"));
+        // The bucket holds 10 ms of traffic (and at least 64 KiB): enough that the kernel's
+        // timer granularity does not cap below the rate, small enough to shape.
+        let burst = (u64::from(mbit) * 1_000_000 / 8 / 100).max(64 * 1024).to_string();
+        let rate = format!("{mbit}mbit");
+        let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
+        let mut inside = vec!["netns", "exec", ns.as_str(), "tc", "qdisc", "replace", "dev", &inner];
+        inside.extend_from_slice(&tbf);
+        run("ip", &inside)?;
+        let mut outside = vec!["qdisc", "replace", "dev", &outer];
+        outside.extend_from_slice(&tbf);
+        run("tc", &outside)
+    }
+
+    /// Runs `program` with `args` inside `region`'s namespace.
+    pub fn command(&self, region: &str, program: &str) -> Command {
+        let (_, ns, _) = self
+            .regions
+            .iter()
+            .find(|(r, _, _)| r == region)
+            .unwrap_or_else(|| panic!("no namespace for region {region}"));
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, program]);
+        command
+    }
+
+    /// A region's address.
+    pub fn ip(&self, region: &str) -> String {
+        self.place(region).ip
     }
 
     /// Where a region's daemons run.
