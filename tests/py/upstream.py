@@ -8,6 +8,8 @@ server-sent events instead: --events events, --delay-ms apart, then [DONE]. Requ
 counted, and GET /count returns the count, so tests can see where traffic went. With
 --ledger FILE, the "prompt" of each POST is appended to FILE as a line when its execution
 starts (engines of one test may share the file), so a test can see that nothing ran twice.
+Each answer carries a colo-load header; --load-without-self leaves the answered request out of
+it, as colo's engine does.
 """
 
 import argparse

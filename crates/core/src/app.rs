@@ -175,9 +175,9 @@ pub enum RouteMode {
     /// The next machine with room, in turn.
     RoundRobin,
     /// The most loaded machine under the soft limit, then the least loaded over it; closest on
-    /// ties, then always the same one. Fills one machine to its soft limit before the next, so that spare machines fall
-    /// idle and autostop can stop them (least-loaded spreading keeps every machine a little
-    /// busy, and none is ever idle long enough).
+    /// ties, then always the same one. Fills one machine to its soft limit before the next, so
+    /// that spare machines fall idle and autostop can stop them (least-loaded spreading keeps
+    /// every machine a little busy, and none is ever idle long enough).
     Pack,
 }
 

@@ -454,8 +454,8 @@ fn scan_pool<M: MachineView>(app: &AppView<'_, M>, req: &PickRequest<'_>, params
         }
         // Start at a seed-chosen machine and wrap around, so that ties go to a different
         // machine from request to request.
-        // Round robin takes the machines in order; the others start anywhere, so that ties
-        // spread without a pattern.
+        // Round robin takes the machines in order; pack always starts at the first; the others
+        // start anywhere, so that ties spread without a pattern.
         let spread = match params.mode {
             RouteMode::RoundRobin => req.seed,
             // Packing breaks ties in one fixed order, so that an idle app's requests all go to
