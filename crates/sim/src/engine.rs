@@ -7,7 +7,7 @@
 use crate::report::{ColdStarts, Costs, Egress, Outcome, RegionReport, Report, Sample};
 use crate::rng::Rng;
 use crate::roofline::{self, Roofline};
-use crate::scenario::{Curve, Distribution, Scenario};
+use crate::scenario::{Distribution, Scenario};
 use crate::stats::Histogram;
 use colo_policy::{
     admit_hold, check_hold, pick, AppView, Decision, HoldLimits, LoadReport, MachineFacts, MachineView, Phase, PickRequest, RegionId,
@@ -370,15 +370,10 @@ impl<'a> World<'a> {
             .regions
             .iter()
             .map(|r| {
-                let k = scenario.arrivals.peak_to_trough;
                 let lon = known.get(&r.name).map_or(0.0, |g| g.lon);
                 Arrivals {
                     mean_per_ns: r.arrival_rate / NS_PER_S,
-                    amplitude: if scenario.arrivals.curve == Curve::Diurnal {
-                        (k - 1.0) / (k + 1.0)
-                    } else {
-                        0.0
-                    },
+                    amplitude: scenario.arrivals.amplitude(),
                     phase_h: lon / 15.0 - scenario.arrivals.peak_hour,
                 }
             })
@@ -789,7 +784,7 @@ impl<'a> World<'a> {
                 }
                 self.accrue(m, now);
                 // A host that keeps nothing (a fresh VM each time) reads the weights again.
-                let keeps = self.scenario.storage.as_ref().is_none_or(|s| s.cache);
+                let keeps = self.scenario.hosts_keep_weights();
                 if !keeps && machine.cached {
                     self.machines[m].cached = false;
                     self.sites[machine.region as usize].cached_hosts -= 1;
@@ -855,7 +850,7 @@ impl<'a> World<'a> {
 
     fn started(&mut self, m: usize, now: u64) {
         let region = self.machines[m].region as usize;
-        let keeps = self.scenario.storage.as_ref().is_none_or(|s| s.cache);
+        let keeps = self.scenario.hosts_keep_weights();
         if keeps && !self.machines[m].cached {
             self.machines[m].cached = true;
             self.sites[region].cached_hosts += 1;

@@ -160,6 +160,17 @@ pub struct Arrivals {
     pub peak_hour: f64,
 }
 
+impl Arrivals {
+    /// The daily cosine's amplitude relative to the mean rate: 0 when flat, and
+    /// (k - 1) / (k + 1) for a peak k times the trough.
+    pub fn amplitude(&self) -> f64 {
+        match self.curve {
+            Curve::Flat => 0.0,
+            Curve::Diurnal => (self.peak_to_trough - 1.0) / (self.peak_to_trough + 1.0),
+        }
+    }
+}
+
 impl Default for Arrivals {
     fn default() -> Self {
         Arrivals {
@@ -349,13 +360,12 @@ impl Scenario {
 
     /// The busy-hour rate of a region's callers: its mean rate at the daily curve's peak.
     pub fn peak_rate(&self, region: &RegionSpec) -> f64 {
-        let k = self.arrivals.peak_to_trough;
-        let amplitude = if self.arrivals.curve == Curve::Diurnal {
-            (k - 1.0) / (k + 1.0)
-        } else {
-            0.0
-        };
-        region.arrival_rate * (1.0 + amplitude)
+        region.arrival_rate * (1.0 + self.arrivals.amplitude())
+    }
+
+    /// Whether a host keeps the weights after a start (no `[storage]`: nothing to read).
+    pub fn hosts_keep_weights(&self) -> bool {
+        self.storage.as_ref().is_none_or(|s| s.cache)
     }
 
     /// The machines `[placement]` puts on its hosts, by colo-policy's `place`: one card each,
