@@ -18,8 +18,9 @@ pub fn discover_devices(cpu_slots: u32) -> Vec<Device> {
 
 /// GPUs the operator declares (`colo agent --gpus l40s=2`) instead of discovering them: for
 /// hosts whose GPUs NVML cannot see, and for tests on machines without any. Each card gets its
-/// kind's catalogue name and memory, so control and placement read it as that kind. Nothing
-/// tells an engine which card it holds; colo's engine runs on the CPU either way.
+/// kind's catalogue name and memory, so control and placement read it as that kind. An engine
+/// is told its card's index as for a discovered one; colo's engine built without CUDA computes
+/// on the CPU whatever it is told.
 pub fn declared_gpus(catalogue: &Catalogue, counts: &[(String, u32)]) -> Result<Vec<Device>, String> {
     let mut out = Vec::new();
     for (kind, n) in counts {

@@ -14,8 +14,13 @@ pub enum AgentError {
         program: String,
         host: String,
     },
-    #[error("host {host} has no free {} ({total} in all, each held by a machine that is started, starting or suspended; stopped machines hold none)", if kind == "any" { "device".to_string() } else { format!("{kind} device") })]
-    NoFreeDevice { host: String, kind: String, total: usize },
+    #[error("host {host} has no {} free ({total} devices in all, each held by a machine that is started, starting or suspended; stopped machines hold none)", match (*wanted, kind.as_str()) { (1, "any") => "device".to_string(), (1, kind) => format!("{kind} device"), (n, "any") => format!("{n} GPUs of one kind"), (n, kind) => format!("{n} {kind} GPUs") })]
+    NoFreeDevice {
+        host: String,
+        kind: String,
+        wanted: usize,
+        total: usize,
+    },
     #[error("machine {id} did not reach {wanted} within {secs}s (it is {current})")]
     WaitTimeout {
         id: String,

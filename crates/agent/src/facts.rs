@@ -23,8 +23,54 @@ pub fn gpu_kinds(catalogue: &Catalogue, devices: &[Device]) -> Vec<String> {
 /// How many of a host's `devices` no machine holds, given the host's `machines`
 /// (`Machine::holds_device`: destroyed, stopped and failed machines hold none).
 pub fn free_devices(devices: &[Device], machines: &[Machine]) -> usize {
-    let taken = machines.iter().filter(|m| m.holds_device()).count();
+    let taken = machines
+        .iter()
+        .filter(|m| m.holds_device())
+        .map(|m| m.devices().count())
+        .sum::<usize>();
     devices.len().saturating_sub(taken)
+}
+
+/// `n` of a host's `devices` that none of its `machines` holds, for one machine: of GPU `kind`
+/// when given, and all of one kind (the cards of a tensor-parallel machine must match); a CPU
+/// slot only alone. `preferred` (a machine's last devices, whose engine state a restart may
+/// find warm) when they are all free, else the first that fit in device order. `None` when
+/// not enough are free.
+pub fn pick_devices(
+    catalogue: &Catalogue,
+    devices: &[Device],
+    machines: &[Machine],
+    kind: Option<&str>,
+    n: usize,
+    preferred: &[Device],
+) -> Option<Vec<Device>> {
+    let n = n.max(1);
+    let taken: Vec<&Device> = machines.iter().filter(|m| m.holds_device()).flat_map(|m| m.devices()).collect();
+    let fits = |d: &Device| {
+        devices.contains(d)
+            && !taken.contains(&d)
+            && (n == 1 || matches!(d, Device::Gpu { .. }))
+            && kind.is_none_or(|k| device_kind(catalogue, d).as_deref() == Some(k))
+    };
+    let same_kind = |group: &[&Device]| {
+        let kinds: Vec<Option<String>> = group.iter().map(|d| device_kind(catalogue, d)).collect();
+        kinds.windows(2).all(|w| w[0] == w[1])
+    };
+    if preferred.len() == n && preferred.iter().all(fits) && same_kind(&preferred.iter().collect::<Vec<_>>()) {
+        return Some(preferred.to_vec());
+    }
+    let free: Vec<&Device> = devices.iter().filter(|d| fits(d)).collect();
+    // The first free device whose kind has `n` free, then the first `n - 1` others of its kind.
+    free.iter().find_map(|first| {
+        let first_kind = device_kind(catalogue, first);
+        let group: Vec<Device> = free
+            .iter()
+            .filter(|d| device_kind(catalogue, d) == first_kind)
+            .take(n)
+            .map(|d| (*d).clone())
+            .collect();
+        (group.len() == n).then_some(group)
+    })
 }
 
 #[cfg(test)]
@@ -90,5 +136,48 @@ mod tests {
             let machines: Vec<Machine> = states.iter().map(|s| machine(*s)).collect();
             assert_eq!(free_devices(&devices, &machines), *free, "{states:?}");
         }
+    }
+
+    #[test]
+    fn a_machine_of_several_cards_takes_them_all_of_one_kind() {
+        let catalogue = Catalogue::builtin();
+        let h100 = |i| gpu(i, "NVIDIA H100 80GB HBM3", 81559);
+        let l40s = |i| gpu(i, "NVIDIA L40S", 46068);
+        let devices = [l40s(0), h100(1), h100(2), l40s(3), h100(4)];
+        let holding = |held: &[Device]| {
+            let mut m = Machine::new(
+                "m".into(),
+                AppName::new("a").unwrap(),
+                AppName::new("a").unwrap(),
+                "r".into(),
+                held[0].clone(),
+                "h".into(),
+                "fra".into(),
+            );
+            m.extra_devices = held[1..].to_vec();
+            m
+        };
+        let pick = |machines: &[Machine], kind, n, preferred: &[Device]| pick_devices(&catalogue, &devices, machines, kind, n, preferred);
+        // Two cards: the first kind that has two free, in device order (l40s 0 and 3).
+        assert_eq!(pick(&[], None, 2, &[]), Some(vec![l40s(0), l40s(3)]));
+        assert_eq!(pick(&[], Some("h100-80gb-sxm"), 3, &[]), Some(vec![h100(1), h100(2), h100(4)]));
+        assert_eq!(pick(&[], Some("h100-80gb-sxm"), 4, &[]), None);
+        // A machine of two cards holds both: one H100 is left.
+        let busy = [holding(&[h100(1), h100(4)])];
+        assert_eq!(free_devices(&devices, &busy), 3);
+        assert_eq!(pick(&busy, Some("h100-80gb-sxm"), 2, &[]), None);
+        assert_eq!(pick(&busy, Some("h100-80gb-sxm"), 1, &[]), Some(vec![h100(2)]));
+        // Its last cards again when free; others when one of them is taken.
+        assert_eq!(pick(&[], None, 2, &[h100(4), h100(2)]), Some(vec![h100(4), h100(2)]));
+        let one_taken = [holding(&[h100(2)])];
+        assert_eq!(pick(&one_taken, None, 2, &[h100(4), h100(2)]), Some(vec![l40s(0), l40s(3)]));
+        // Cards of two kinds never make one machine, and CPU slots only go alone.
+        assert_eq!(pick(&[], None, 2, &[l40s(0), h100(1)]), Some(vec![l40s(0), l40s(3)]));
+        let cpus = [Device::Cpu { slot: 0 }, Device::Cpu { slot: 1 }];
+        assert_eq!(pick_devices(&catalogue, &cpus, &[], None, 2, &[]), None);
+        assert_eq!(
+            pick_devices(&catalogue, &cpus, &[], None, 1, &[]),
+            Some(vec![Device::Cpu { slot: 0 }])
+        );
     }
 }

@@ -43,6 +43,8 @@ pub struct MachineSpec {
     pub revision: String,
     /// Catalogue GPU kind to lease; `None`: any free device.
     pub gpu_kind: Option<String>,
+    /// Whole GPUs of this host the machine leases (1, or more for a tensor-parallel engine).
+    pub gpus: u32,
     /// The app's own engine command (`{port}`, `{host}`, `{model_dir}` filled in); `None`: colo's engine.
     pub engine_cmd: Option<String>,
     /// The engine profile to run; `None`: colo's engine (or `engine_cmd`).
@@ -328,12 +330,17 @@ impl Agent {
         if let (Some(engine), None) = (&spec.engine, &spec.engine_cmd) {
             self.check_engine(engine)?;
         }
+        if let Some(reason) = colo_core::gpus_problem(spec.gpus, spec.engine.as_ref().map(|e| e.kind), spec.engine_cmd.is_some()) {
+            return Err(AgentError::Invalid { field: "gpus", reason });
+        }
         self.store.manifest_at(model.as_str(), revision).await?;
         let _lease = self.lease_lock.lock().await;
-        let device = self.free_device(&self.machines().await?, gpu_kind, None)?;
+        let mut devices = self.free_devices_for(&self.machines().await?, gpu_kind, spec.gpus as usize, &[])?;
+        let device = devices.remove(0);
         let id = format!("m-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let machine = Machine {
             gpu_kind: self.device_kind(&device),
+            extra_devices: devices,
             engine_cmd: spec.engine_cmd.clone(),
             engine: spec.engine.clone(),
             updated_at_ms: now_ms(),
@@ -356,22 +363,23 @@ impl Agent {
         Ok(machine)
     }
 
-    /// A device of this host that no machine holds, of GPU `kind` when given: `preferred` (a
-    /// machine's last device, whose engine state a restart may find warm) when it is free,
-    /// else the first free one. Called under `lease_lock`.
-    fn free_device(&self, machines: &[Machine], kind: Option<&str>, preferred: Option<&Device>) -> Result<Device, AgentError> {
-        let taken: Vec<&Device> = machines.iter().filter(|m| m.holds_device()).map(|m| &m.device).collect();
-        let fits = |d: &&Device| (kind.is_none() || self.device_kind(d).as_deref() == kind) && !taken.contains(d);
-        preferred
-            .filter(|d| self.devices.contains(d))
-            .filter(fits)
-            .or_else(|| self.devices.iter().find(fits))
-            .cloned()
-            .ok_or_else(|| AgentError::NoFreeDevice {
-                host: self.config.host.clone(),
-                kind: kind.unwrap_or("any").to_string(),
-                total: self.devices.len(),
-            })
+    /// `n` devices of this host that no machine holds, of one GPU kind (`kind` when given):
+    /// `preferred` (a machine's last devices, whose engine state a restart may find warm) when
+    /// they are free, else the first free ones (`facts::pick_devices`). Called under
+    /// `lease_lock`.
+    fn free_devices_for(
+        &self,
+        machines: &[Machine],
+        kind: Option<&str>,
+        n: usize,
+        preferred: &[Device],
+    ) -> Result<Vec<Device>, AgentError> {
+        facts::pick_devices(&self.catalogue, &self.devices, machines, kind, n, preferred).ok_or_else(|| AgentError::NoFreeDevice {
+            host: self.config.host.clone(),
+            kind: kind.unwrap_or("any").to_string(),
+            wanted: n.max(1),
+            total: self.devices.len(),
+        })
     }
 
     /// Starts a machine. One that holds no device (stopped, or failed) leases one first, its
@@ -386,11 +394,14 @@ impl Agent {
         let mut machine = self.machine(id).await?;
         if !machine.holds_device() {
             let kind = machine.gpu_kind.clone();
-            let device = self.free_device(&self.machines().await?, kind.as_deref(), Some(&machine.device))?;
-            if device != machine.device {
-                tracing::info!(machine = %id, from = %machine.device, to = %device, "its last device is taken; starting on another");
+            let last: Vec<Device> = machine.devices().cloned().collect();
+            let mut devices = self.free_devices_for(&self.machines().await?, kind.as_deref(), last.len(), &last)?;
+            if devices != last {
+                let to: Vec<String> = devices.iter().map(ToString::to_string).collect();
+                tracing::info!(machine = %id, from = %machine.device_label(), to = %to.join("+"), "its last device is taken; starting on another");
             }
-            machine.device = device;
+            machine.device = devices.remove(0);
+            machine.extra_devices = devices;
             machine.desired = MachineState::Started;
             // Recorded before the lock is let go, so that no other start takes the same device.
             self.put(&machine).await?;

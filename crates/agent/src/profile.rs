@@ -68,6 +68,7 @@ pub(crate) fn command(colo_engine: &EngineCommand, machine: &Machine, dir: &Path
         (Some(template), _) => {
             let line = template
                 .replace("{port}", &port)
+                .replace("{tp}", &machine.devices().count().to_string())
                 .replace("{host}", &host)
                 .replace("{model_dir}", &dir.display().to_string())
                 .replace("{name}", app);
@@ -78,13 +79,25 @@ pub(crate) fn command(colo_engine: &EngineCommand, machine: &Machine, dir: &Path
         (None, Some(spec)) => profile_command(colo_engine, spec, machine, dir, &host, &port)?,
         (None, None) => colo_command(colo_engine, machine, dir, &host, &port),
     };
-    // The engine sees only the card its machine leases; a CPU slot sees none.
+    // The engine sees only the cards its machine leases; a CPU slot sees none.
     match &machine.device {
-        Device::Gpu { index, .. } => command.env("CUDA_VISIBLE_DEVICES", index.to_string()),
+        Device::Gpu { .. } => command.env("CUDA_VISIBLE_DEVICES", cuda_visible(machine)),
         Device::Cpu { .. } if machine.engine.is_some() => command.env("CUDA_VISIBLE_DEVICES", ""),
         Device::Cpu { .. } => &mut command,
     };
     Ok(command)
+}
+
+/// `CUDA_VISIBLE_DEVICES` for a machine on GPUs: its cards' indices, comma-separated.
+fn cuda_visible(machine: &Machine) -> String {
+    let indices: Vec<String> = machine
+        .devices()
+        .filter_map(|d| match d {
+            Device::Gpu { index, .. } => Some(index.to_string()),
+            Device::Cpu { .. } => None,
+        })
+        .collect();
+    indices.join(",")
 }
 
 /// colo's own engine: the agent's program (the `colo` binary, `engine serve`) and its flags.
@@ -108,6 +121,7 @@ fn profile_command(
 ) -> Result<Command, String> {
     let app = machine.app.as_str();
     let on_gpu = matches!(machine.device, Device::Gpu { .. });
+    let gpus = machine.devices().count();
     let mut command = match spec.kind {
         // colo's engine takes the profile's extra arguments; its program is the agent's own.
         EngineKind::Colo => colo_command(colo_engine, machine, dir, host, port),
@@ -135,6 +149,9 @@ fn profile_command(
                 .arg("serve")
                 .arg(dir)
                 .args(["--host", host, "--port", port, "--served-model-name", app]);
+            if gpus > 1 {
+                command.args(["--tensor-parallel-size", &gpus.to_string()]);
+            }
             if sleep_after > 0 {
                 // The sleep endpoints exist only in vLLM's development mode; the engine listens
                 // where only its agent and edges reach it, and the edge never proxies them.
@@ -149,6 +166,9 @@ fn profile_command(
                 .arg("--model-path")
                 .arg(dir)
                 .args(["--host", host, "--port", port, "--served-model-name", app, "--enable-metrics"]);
+            if gpus > 1 {
+                command.args(["--tp-size", &gpus.to_string()]);
+            }
             if sleep_after > 0 {
                 command.arg("--enable-memory-saver");
             }

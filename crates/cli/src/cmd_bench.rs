@@ -153,6 +153,7 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<()> {
         machines: n as u32,
         deployed_at_ms: now_ms(),
         version: 1,
+        gpus_per_machine: 1,
         gpu: None,
         soft_limit: None,
         hard_limit: None,

@@ -23,6 +23,11 @@ pub struct DeployArgs {
     /// host's GPUs, and a host without GPUs uses CPU slots.
     #[arg(long)]
     gpu: Option<String>,
+    /// Whole GPUs of one host each machine leases, for an engine that spans them: vLLM and
+    /// SGLang get them as tensor parallelism, llama-server splits the layers over them, the
+    /// app's own --engine-cmd gets {tp}. colo's engine runs on one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+    gpus_per_machine: Option<u32>,
     /// Requests in flight per machine past which the edge prefers other machines (default: the edge's).
     #[arg(long)]
     soft_limit: Option<u32>,
@@ -214,6 +219,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         .post(
             "/v1/apps",
             &json!({"name": args.app, "model": args.model, "machines": args.machines, "gpu": args.gpu,
+                "gpus_per_machine": args.gpus_per_machine,
                 "soft_limit": args.soft_limit, "hard_limit": args.hard_limit,
                 "autostop_secs": args.autostop, "autostop_to": args.autostop_to, "min_running": args.min_running,
                 "regions": args.regions.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
@@ -260,6 +266,12 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     match (&app.gpu, &app.placement) {
+        (Some(gpu), _) if app.gpus_per_machine > 1 => {
+            println!(
+                "gpu {} x{} per machine ({}): {}",
+                gpu.kind, app.gpus_per_machine, gpu.quant, gpu.why
+            )
+        }
         (Some(gpu), _) => println!("gpu {} ({}): {}", gpu.kind, gpu.quant, gpu.why),
         (None, Some(_)) => {}
         (None, None) => println!("no GPU chosen: machines run on any free device (CPU slots on a host without GPUs)"),
@@ -468,7 +480,7 @@ fn machines_table(machines: &[Machine]) -> String {
                     (state, _, _) => state.to_string(),
                 },
                 // A stopped machine holds no device; it leases one when it starts.
-                if m.holds_device() { m.device.to_string() } else { "-".to_string() },
+                if m.holds_device() { m.device_label() } else { "-".to_string() },
                 m.host.clone(),
                 m.region.clone(),
                 m.addr.clone().unwrap_or_else(|| "-".into()),

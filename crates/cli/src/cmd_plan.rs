@@ -57,6 +57,10 @@ pub struct PlanArgs {
     /// Share of the hour the machines are busy, for cost per token and placement headroom.
     #[arg(long, default_value_t = 0.5)]
     utilisation: f64,
+    /// Sequences an engine runs in one batch at most (vLLM's max_num_seqs): the batch the speed
+    /// figures assume; 1 gives one stream's speed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_batch: u64,
     /// colo.toml with `[gpus.<kind>]` tables [default: ./colo.toml if it exists].
     #[arg(long)]
     config: Option<PathBuf>,
@@ -105,8 +109,8 @@ fn build_request(args: &PlanArgs, facts: &ModelFacts) -> anyhow::Result<PlanRequ
     Ok(PlanRequest {
         context,
         concurrency: args.concurrency,
-        prompt_tokens: args.prompt_tokens.unwrap_or((context / 4).clamp(1, 1024)),
-        output_tokens: args.output_tokens.unwrap_or((context / 16).clamp(1, 256)),
+        prompt_tokens: args.prompt_tokens.unwrap_or(PlanRequest::at_context(context).prompt_tokens),
+        output_tokens: args.output_tokens.unwrap_or(PlanRequest::at_context(context).output_tokens),
         quants,
         gpus: args.gpu.clone(),
         n_gpus: args.n_gpus.clone(),
@@ -116,6 +120,7 @@ fn build_request(args: &PlanArgs, facts: &ModelFacts) -> anyhow::Result<PlanRequ
         settings: Settings {
             mem_util: args.mem_util,
             kv_dtype,
+            max_seqs: args.max_batch,
             ..Settings::default()
         },
     })

@@ -64,6 +64,8 @@ struct DeployRequest {
     machines: Option<u32>,
     /// GPU kind (`l40s`); the planner chooses among the host's kinds when absent.
     gpu: Option<String>,
+    /// Whole GPUs of one host per machine (tensor parallel); 1 when absent.
+    gpus_per_machine: Option<u32>,
     /// Requests in flight per machine past which edges prefer other machines.
     soft_limit: Option<u32>,
     /// Requests in flight per machine at which edges send it no more.
@@ -109,6 +111,7 @@ async fn deploy(State(control): State<Arc<Control>>, body: axum::body::Bytes) ->
             request.machines.unwrap_or(1),
             &crate::DeployOptions {
                 gpu: request.gpu.clone(),
+                gpus_per_machine: request.gpus_per_machine,
                 soft_limit: request.soft_limit,
                 hard_limit: request.hard_limit,
                 autostop_secs: request.autostop_secs,

@@ -3,6 +3,7 @@
 //! reconcile, and puts the previous record back when the rollout fails. Also destroying an app.
 
 use crate::error::{Problem, Problems};
+use crate::placement::Shape;
 use crate::{now_ms, placement, Control, ControlError, HostHandle};
 use colo_core::{App, AppName, Demand, GpuChoice, MachineState, Regions};
 use colo_model::Manifest;
@@ -15,6 +16,9 @@ use std::sync::Arc;
 pub struct DeployOptions {
     /// GPU kind (`l40s`); the planner chooses among the host's kinds when absent.
     pub gpu: Option<String>,
+    /// Whole GPUs of one host per machine, for an engine that spans them (tensor parallel);
+    /// 1 when absent.
+    pub gpus_per_machine: Option<u32>,
     /// Requests in flight per machine past which edges prefer other machines.
     pub soft_limit: Option<u32>,
     /// Requests in flight per machine at which edges send it no more.
@@ -109,6 +113,9 @@ impl DeployOptions {
                 "suspend needs --autostop SECS, the idle time after which to suspend".into(),
             );
         }
+        if let Some(reason) = colo_core::gpus_problem(self.gpus(), self.engine.as_ref().map(|e| e.kind), self.engine_cmd.is_some()) {
+            problem("gpus_per_machine", reason);
+        }
         if let Some(engine) = &self.engine {
             if self.engine_cmd.is_some() {
                 problem("engine", "give an engine profile or an engine command, not both".into());
@@ -121,6 +128,11 @@ impl DeployOptions {
             (Some(name), Some(model)) if problems.is_empty() => Ok((name, model)),
             _ => Err(Problems(problems)),
         }
+    }
+
+    /// Whole GPUs per machine: as given, else 1.
+    pub fn gpus(&self) -> u32 {
+        self.gpus_per_machine.unwrap_or(1)
     }
 
     /// The engine the app runs, with its sleep mode on when autostop suspends: the engine
@@ -213,6 +225,7 @@ impl Control {
             deployed_at_ms: now_ms(),
             version: 0,
             gpu,
+            gpus_per_machine: options.gpus(),
             soft_limit: options.soft_limit,
             hard_limit: options.hard_limit,
             keys: Vec::new(),
@@ -272,14 +285,26 @@ impl Control {
     ) -> Result<(Option<GpuChoice>, Option<Placement>), ControlError> {
         let named = options.gpu.as_deref();
         let Some(demand) = &options.demand else {
-            return Ok((self.choose_gpu(manifest, named).await?, None));
+            return Ok((self.choose_gpu(manifest, named, options.gpus()).await?, None));
         };
         let gpu = match named {
-            Some(_) => self.choose_gpu(manifest, named).await?,
+            Some(_) => self.choose_gpu(manifest, named, options.gpus()).await?,
             None => None,
         };
         let kind = gpu.as_ref().map(|g| g.kind.as_str());
-        let placed = self.place(name, &manifest.name, &manifest.revision, demand, kind, live).await?;
+        let placed = self
+            .place(
+                name,
+                &manifest.name,
+                &manifest.revision,
+                demand,
+                Shape {
+                    gpu: kind,
+                    gpus: options.gpus(),
+                },
+                live,
+            )
+            .await?;
         Ok((gpu, Some(placed)))
     }
 

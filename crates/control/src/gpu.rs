@@ -25,10 +25,11 @@ const FACTS_KEPT: usize = 256;
 // === impl Control ===
 
 impl Control {
-    /// The GPU kind for a deploy: checked against the host's GPUs when named, else the
-    /// planner's choice among them. `None` when the host has no GPU (CPU slots), or when the
-    /// planner cannot read the model and no kind was named (any free device).
-    pub(crate) async fn choose_gpu(&self, manifest: &Manifest, named: Option<&str>) -> Result<Option<GpuChoice>, ControlError> {
+    /// The GPU kind for a deploy of machines of `gpus` cards each: checked against the host's
+    /// GPUs when named, else the planner's choice among them. `None` when the host has no GPU
+    /// (CPU slots), or when the planner cannot read the model and no kind was named (any free
+    /// device).
+    pub(crate) async fn choose_gpu(&self, manifest: &Manifest, named: Option<&str>, gpus: u32) -> Result<Option<GpuChoice>, ControlError> {
         let invalid = |reason: String| ControlError::invalid("gpu", reason);
         let catalogue = Catalogue::builtin();
         let mut host_kinds: Vec<String> = self.hosts.live().await?.iter().flat_map(|h| h.gpu_kinds()).collect();
@@ -49,6 +50,12 @@ impl Control {
             }
         }
         if host_kinds.is_empty() {
+            if gpus > 1 {
+                return Err(ControlError::invalid(
+                    "gpus_per_machine",
+                    format!("{gpus} GPUs per machine, and no host has a GPU (only CPU slots)"),
+                ));
+            }
             return Ok(None);
         }
         let facts = match self.model_facts(manifest).await {
@@ -59,11 +66,12 @@ impl Control {
             }
             Err(reason) => return Err(invalid(format!("the planner cannot read the model: {reason}"))),
         };
-        // One machine leases one whole GPU, so the planner considers single cards.
+        // A machine leases `gpus` whole cards of one host: the planner considers that shape, at
+        // the context `colo plan` assumes (the model's, at most 4096).
         let request = PlanRequest {
             gpus: named.map(|k| vec![k.to_string()]).unwrap_or_default(),
-            n_gpus: vec![1],
-            ..Default::default()
+            n_gpus: vec![gpus],
+            ..PlanRequest::at_context(facts.max_position.min(4096))
         };
         let choice = recommend(&facts, &catalogue, &request, &host_kinds).map_err(|e| invalid(e.to_string()))?;
         Ok(Some(GpuChoice {

@@ -22,6 +22,14 @@ pub struct HostGpus<'a> {
     pub devices: Vec<(Device, Option<String>)>,
 }
 
+/// What each machine of an app leases: `gpus` whole cards of one host, of kind `gpu` when the
+/// deploy named one.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape<'a> {
+    pub gpu: Option<&'a str>,
+    pub gpus: u32,
+}
+
 /// Why no machine of an app could be placed.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum Unplaced {
@@ -55,7 +63,7 @@ pub fn fleet_for(app: &AppName, hosts: &[HostGpus], machines: &[Machine], region
             let Some(kind) = kind else { continue };
             // A kind all taken stays listed at 0, so that unmet demand reads "ran out".
             let free = gpus.entry(kind.clone()).or_default();
-            if others.iter().all(|m| !m.holds_device() || &m.device != device) {
+            if others.iter().all(|m| !m.holds_device() || !m.uses(device)) {
                 *free += 1;
             }
         }
@@ -76,16 +84,9 @@ pub fn fleet_for(app: &AppName, hosts: &[HostGpus], machines: &[Machine], region
     (fleet, left_out)
 }
 
-/// Places `demand` on `fleet`: one whole GPU per machine (agents lease one device per
-/// machine), of kind `gpu` when the deploy named one. A placement that puts no machine
+/// Places `demand` on `fleet`, each machine of `shape`. A placement that puts no machine
 /// anywhere is an error that gives each region's reason.
-pub fn place_demand(
-    facts: &ModelFacts,
-    demand: &Demand,
-    gpu: Option<&str>,
-    fleet: &Fleet,
-    regions: &Regions,
-) -> Result<Placement, Unplaced> {
+pub fn place_demand(facts: &ModelFacts, demand: &Demand, shape: Shape, fleet: &Fleet, regions: &Regions) -> Result<Placement, Unplaced> {
     if fleet.hosts.iter().all(|h| h.gpus.values().all(|n| *n == 0)) {
         let hosts: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
         let hosts = if hosts.is_empty() { "none".to_string() } else { hosts.join(", ") };
@@ -102,10 +103,9 @@ pub fn place_demand(
     // sequences are longer.
     let longest = demand.regions.iter().map(|d| d.prompt_tokens + d.output_tokens).max().unwrap_or(0);
     let template = PlanRequest {
-        context: facts.max_position.min(4096).max(longest),
-        gpus: gpu.map(|k| vec![k.to_string()]).unwrap_or_default(),
-        n_gpus: vec![1],
-        ..Default::default()
+        gpus: shape.gpu.map(|k| vec![k.to_string()]).unwrap_or_default(),
+        n_gpus: vec![shape.gpus.max(1)],
+        ..PlanRequest::at_context(facts.max_position.min(4096).max(longest))
     };
     let placement = place(
         facts,
@@ -157,7 +157,7 @@ impl Control {
         model: &str,
         revision: &str,
         demand: &Demand,
-        gpu: Option<&str>,
+        shape: Shape<'_>,
         hosts: &[Arc<dyn HostHandle>],
     ) -> Result<Placement, ControlError> {
         let invalid = |reason: String| ControlError::invalid("demand", reason);
@@ -186,7 +186,7 @@ impl Control {
         if !left_out.is_empty() {
             tracing::debug!(%app, ?left_out, "hosts placement cannot use");
         }
-        place_demand(&facts, demand, gpu, &fleet, &regions).map_err(|e| match e {
+        place_demand(&facts, demand, shape, &fleet, &regions).map_err(|e| match e {
             Unplaced::Invalid(reason) => invalid(reason),
             Unplaced::NoCapacity(reason) => ControlError::Unplaced {
                 app: app.to_string(),

@@ -5,6 +5,7 @@
 //! waiting until the new machine is healthy before destroying the old one.
 
 use crate::error::NotHealthy;
+use crate::placement::Shape;
 use crate::{Control, ControlError, HostHandle};
 use colo_agent::MachineSpec;
 use colo_core::{App, Machine, MachineState};
@@ -94,7 +95,19 @@ impl Control {
             return Ok(Want::anywhere(app.machines as usize));
         };
         let kind = app.gpu.as_ref().map(|g| g.kind.as_str());
-        let placed = self.place(&app.name, app.model.as_str(), &app.revision, demand, kind, hosts).await;
+        let placed = self
+            .place(
+                &app.name,
+                app.model.as_str(),
+                &app.revision,
+                demand,
+                Shape {
+                    gpu: kind,
+                    gpus: app.gpus_per_machine,
+                },
+                hosts,
+            )
+            .await;
         let unmet: Vec<String> = match &placed {
             Ok(placed) => placed
                 .unmet
@@ -164,9 +177,10 @@ impl Control {
                 .iter()
                 .filter(|m| m.host == host.name() && m.app == app.name && m.state != MachineState::Destroyed)
                 .count();
-            // Devices taken by machines made this pass that the host's record does not show yet.
-            let taken = unseen.iter().filter(|m| m.host == host.name()).count();
-            let free_devices = host.free_devices().await?.saturating_sub(taken);
+            // Devices taken by machines made this pass that the host's record does not show yet;
+            // a machine of the app takes `gpus_per_machine` of what is left.
+            let taken: usize = unseen.iter().filter(|m| m.host == host.name()).map(|m| m.devices().count()).sum();
+            let free_devices = host.free_devices().await?.saturating_sub(taken) / app.gpus_per_machine.max(1) as usize;
             rooms.push(Room {
                 host: host.name(),
                 app_machines,
@@ -178,6 +192,7 @@ impl Control {
             model: app.model.clone(),
             revision: app.revision.clone(),
             gpu_kind: slot.gpu.clone().or_else(|| app.gpu.as_ref().map(|g| g.kind.clone())),
+            gpus: app.gpus_per_machine.max(1),
             engine_cmd: app.engine_cmd.clone(),
             engine: app.engine.clone(),
         };

@@ -3,6 +3,14 @@
 use crate::AppName;
 use serde::{Deserialize, Serialize};
 
+fn one_gpu() -> u32 {
+    1
+}
+
+fn is_one_gpu(n: &u32) -> bool {
+    *n == 1
+}
+
 /// An app as control records it after `colo deploy`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct App {
@@ -23,6 +31,9 @@ pub struct App {
     /// a host without GPUs is a CPU slot.
     #[serde(default)]
     pub gpu: Option<GpuChoice>,
+    /// Whole GPUs of one host each machine leases (tensor parallel); 1 for most models.
+    #[serde(default = "one_gpu", skip_serializing_if = "is_one_gpu")]
+    pub gpus_per_machine: u32,
     /// Requests in flight per machine past which edges prefer other machines; `None`: the
     /// edge's default.
     #[serde(default)]

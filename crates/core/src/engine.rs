@@ -131,6 +131,28 @@ impl EngineKind {
     pub fn wants_gguf(self) -> bool {
         self == EngineKind::LlamaServer
     }
+
+    /// Whether one engine process can use several GPUs (vLLM and SGLang by tensor parallelism,
+    /// llama.cpp by splitting the layers); colo's engine runs on one.
+    pub fn spans_gpus(self) -> bool {
+        self != EngineKind::Colo
+    }
+}
+
+/// Why a machine of `gpus` cards cannot run the engine a deploy names (`engine`, or the app's
+/// own command `engine_cmd`, which gets `{tp}`); `None` when it can.
+pub fn gpus_problem(gpus: u32, engine: Option<EngineKind>, engine_cmd: bool) -> Option<String> {
+    let kind = engine.unwrap_or(EngineKind::Colo);
+    match gpus {
+        0 => Some("must be at least 1".into()),
+        1 => None,
+        n if n > 8 => Some(format!("{n} is more than the 8 GPUs a host has at most")),
+        n if !engine_cmd && !kind.spans_gpus() => Some(format!(
+            "{kind}'s engine runs a machine on one GPU; {n} GPUs per machine need an engine that spans them \
+             (--engine vllm or sglang, tensor parallel; llama-server, layers split)"
+        )),
+        _ => None,
+    }
 }
 
 impl fmt::Display for EngineKind {

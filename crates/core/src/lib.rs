@@ -30,7 +30,7 @@ pub use app::{ApiKey, App, GpuChoice, IdleAction, RouteMode, RouteWeights, ROUTE
 pub use csv::CsvError;
 pub use demand::{Demand, PlacedSlot, PlacementRecord, RegionDemand, Unmet};
 pub use egress::{EgressPrice, EgressPrices};
-pub use engine::{EngineKind, EngineSpec, MetricNames, Readiness};
+pub use engine::{gpus_problem, EngineKind, EngineSpec, MetricNames, Readiness};
 pub use gpu::{Catalogue, CatalogueError, GpuKind, GpuSpec, Interconnect, Link, PriceBook, Prices};
 pub use host::HostRecord;
 pub use machine::{

@@ -73,7 +73,8 @@ impl fmt::Display for MachineState {
     }
 }
 
-/// What a machine runs on: a whole GPU or one CPU slot. Never a fraction of either.
+/// What a machine runs on: a whole GPU or one CPU slot. Never a fraction of either (a
+/// tensor-parallel machine leases several whole GPUs: `Machine::extra_devices`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Device {
@@ -143,8 +144,13 @@ pub struct Machine {
     /// The state the machine should reach; the supervisor works towards it.
     pub desired: MachineState,
     pub device: Device,
-    /// Catalogue kind of the leased GPU (`l40s`); `None` on a CPU slot or a GPU the catalogue
-    /// does not know. A machine leases one whole device, so one card.
+    /// The other cards of a machine that leases several GPUs of its host (tensor parallel,
+    /// `colo deploy --gpus-per-machine`), all of `device`'s kind; empty for one card or a CPU
+    /// slot. Held and given back with `device`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_devices: Vec<Device>,
+    /// Catalogue kind of the leased GPUs (`l40s`); `None` on a CPU slot or a GPU the catalogue
+    /// does not know.
     #[serde(default)]
     pub gpu_kind: Option<String>,
     /// Host name of the agent that runs it.
@@ -258,6 +264,7 @@ impl Machine {
             state: MachineState::Created,
             desired: MachineState::Started,
             device,
+            extra_devices: Vec::new(),
             gpu_kind: None,
             host,
             region,
@@ -281,6 +288,34 @@ impl Machine {
     /// Where its agent reaches the engine: its own address, or `addr` when that is the same.
     pub fn local_addr(&self) -> Option<&str> {
         self.engine_addr.as_deref().or(self.addr.as_deref())
+    }
+
+    /// Every device it leases (or last leased): `device`, then `extra_devices`.
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        std::iter::once(&self.device).chain(&self.extra_devices)
+    }
+
+    /// Whether it leases (or last leased) `device`.
+    pub fn uses(&self, device: &Device) -> bool {
+        self.devices().any(|d| d == device)
+    }
+
+    /// Its devices for a table: `gpu0 (NVIDIA H100 80GB HBM3)`, or `gpu0+gpu1 (...)` for a
+    /// machine of several cards.
+    pub fn device_label(&self) -> String {
+        match (&self.device, self.extra_devices.is_empty()) {
+            (Device::Gpu { name, .. }, false) => {
+                let cards: Vec<String> = self
+                    .devices()
+                    .map(|d| match d {
+                        Device::Gpu { index, .. } => format!("gpu{index}"),
+                        Device::Cpu { slot } => format!("cpu{slot}"),
+                    })
+                    .collect();
+                format!("{} ({name})", cards.join("+"))
+            }
+            _ => self.device.to_string(),
+        }
     }
 
     /// Whether the machine holds its device. A stopped machine gives it back (on a GPU host a

@@ -4,7 +4,7 @@
 
 use crate::encoder::{cls_pool, l2_normalize, mean_pool, Encoder, EncoderConfig};
 use crate::EngineError;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use candle_nn::VarBuilder;
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -44,7 +44,6 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
 
 impl Embedder {
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
-        let device = Device::Cpu;
         let config_path = dir.join("config.json");
         let config_json = read_json(&config_path)?.ok_or_else(|| load_err(&config_path, "missing"))?;
         let model_type = config_json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
@@ -84,10 +83,13 @@ impl Embedder {
             ));
         }
 
+        let device = crate::device::open()?;
+        let dtype = crate::device::compute_dtype(&device, crate::device::stored_dtype(&config_json));
+        tracing::info!(device = crate::device::name(&device), ?dtype, "loading a BERT model");
         let weights = dir.join("model.safetensors");
         // SAFETY: the file is mmapped read-only; the host cache publishes files atomically and
         // never rewrites them in place, so the mapping cannot change under us.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }.map_err(|e| load_err(&weights, e))?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &device) }.map_err(|e| load_err(&weights, e))?;
         let model = Encoder::load(vb, config.clone()).map_err(|e| load_err(&weights, e))?;
 
         let max_position = config.max_position;
@@ -149,7 +151,8 @@ impl Embedder {
             return Err(EngineError::Inference(format!("input {i} has no tokens")));
         }
         let lens: Vec<usize> = inputs.iter().map(|ids| ids.len()).collect();
-        let hidden = self.model.forward(inputs)?;
+        // Pooled and normalised in f32 whatever the format the model ran in.
+        let hidden = self.model.forward(inputs)?.to_dtype(DType::F32)?;
         let pooled = match self.pooling {
             Pooling::Cls => cls_pool(&hidden, &lens)?,
             Pooling::Mean => mean_pool(&hidden, &lens)?,

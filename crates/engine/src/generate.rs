@@ -98,7 +98,7 @@ impl Generator {
     pub fn spawn(model: Arc<Llama>, config: GenConfig) -> Result<Self, EngineError> {
         let (tx, rx) = mpsc::sync_channel(config.max_waiting.max(1));
         let stats = Arc::new(GenStats::default());
-        let kv_bytes_per_token = model.config.kv_bytes_per_token();
+        let kv_bytes_per_token = model.kv_bytes_per_token();
         let worker_stats = stats.clone();
         std::thread::Builder::new()
             .name("colo-scheduler".into())
@@ -159,7 +159,7 @@ fn run(model: &Llama, rx: mpsc::Receiver<GenRequest>, config: GenConfig, stats: 
                 continue;
             }
             let capacity = request.prompt.len() + request.max_tokens;
-            let kv_bytes = capacity * model.config.kv_bytes_per_token();
+            let kv_bytes = capacity * model.kv_bytes_per_token();
             if kv_used + kv_bytes > config.kv_budget_bytes && !running.is_empty() {
                 pending = Some(request);
                 break;

@@ -7,6 +7,7 @@ mod api_gen;
 pub mod batch;
 pub mod bert;
 mod chat;
+pub mod device;
 mod encoder;
 mod error;
 pub mod generate;

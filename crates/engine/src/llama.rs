@@ -1,4 +1,5 @@
-//! Llama-family decoders (Llama 2/3/3.1, Mistral, Qwen2) for continuous batching on CPU.
+//! Llama-family decoders (Llama 2/3/3.1, Mistral, Qwen2) for continuous batching, on the CPU
+//! in f32 or on a GPU in the weights' own format (bf16, f16).
 //!
 //! Like the encoder, a step packs every running sequence's new tokens end to end: the linear
 //! layers see one matrix of all new tokens, and only attention works per sequence, against that
@@ -152,9 +153,9 @@ impl LlamaConfig {
         })
     }
 
-    /// Bytes of KV cache per token in f32.
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.layers * self.kv_heads * self.head_dim * 4
+    /// Bytes of KV cache per token with `bytes` per value (4 in f32, 2 in bf16).
+    pub fn kv_bytes_per_token(&self, bytes: usize) -> usize {
+        2 * self.layers * self.kv_heads * self.head_dim * bytes
     }
 
     /// Inverse frequencies of the rotary embedding, with Llama 3.1 scaling when configured.
@@ -185,7 +186,8 @@ impl LlamaConfig {
 
 /// A linear layer's (inputs, outputs) weight kept as column blocks, one per core, multiplied
 /// in parallel. candle runs a decode-sized product (one row, or a few) on one core; split, each
-/// core streams its own share of the weights, and decoding is bound by memory bandwidth.
+/// core streams its own share of the weights, and decoding is bound by memory bandwidth. On a
+/// GPU the weight stays whole: one product already uses the whole card.
 struct Split {
     parts: Vec<Tensor>,
 }
@@ -195,7 +197,8 @@ struct Split {
 impl Split {
     fn new(w: &Tensor) -> candle_core::Result<Self> {
         let outputs = w.dim(1)?;
-        let n = rayon::current_num_threads().clamp(1, 8).min(outputs);
+        let cores = if w.device().is_cpu() { rayon::current_num_threads() } else { 1 };
+        let n = cores.clamp(1, 8).min(outputs);
         let per = outputs.div_ceil(n);
         let parts = (0..outputs)
             .step_by(per)
@@ -233,6 +236,8 @@ pub struct Llama {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// The format weights, activations and the KV cache are held in.
+    dtype: DType,
 }
 
 /// One sequence's KV cache: per layer, keys and values of every token seen so far.
@@ -248,23 +253,27 @@ pub struct StepInput<'a> {
 }
 
 fn weight_t(vb: &VarBuilder, name: &str, out: usize, inp: usize) -> candle_core::Result<Tensor> {
-    vb.get((out, inp), name)?.to_dtype(DType::F32)?.t()?.contiguous()
+    vb.get((out, inp), name)?.t()?.contiguous()
 }
 
 // === impl Llama ===
 
 impl Llama {
     /// Loads `config.json` and the safetensors weights (single file or sharded with
-    /// `model.safetensors.index.json`) from `dir`, computing in f32 whatever the stored dtype.
+    /// `model.safetensors.index.json`) from `dir` onto the device `crate::device::open` picks:
+    /// in f32 on the CPU whatever the stored format, in the stored format on a GPU.
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
         let json: Value =
             serde_json::from_slice(&std::fs::read(&config_path).map_err(|e| bad("config.json", e))?).map_err(|e| bad("config.json", e))?;
         let config = LlamaConfig::from_json(&json)?;
         let files = weight_files(dir)?;
-        let device = Device::Cpu;
+        let device = crate::device::open()?;
+        let dtype = crate::device::compute_dtype(&device, crate::device::stored_dtype(&json));
+        tracing::info!(device = crate::device::name(&device), ?dtype, "loading a Llama-family model");
         // SAFETY: read-only mmap of files the host cache publishes atomically and never rewrites.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &device) }.map_err(|e| EngineError::Load {
+        // Each tensor is read from the mapping straight onto the device as it is built.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }.map_err(|e| EngineError::Load {
             file: dir.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -278,7 +287,7 @@ impl Llama {
         let c = &config;
         let (h, q_dim, kv_dim) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let m = vb.pp("model");
-        let embed = m.get((c.vocab, h), "embed_tokens.weight")?.to_dtype(DType::F32)?;
+        let embed = m.get((c.vocab, h), "embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let l = m.pp(format!("layers.{i}"));
@@ -286,7 +295,7 @@ impl Llama {
             let k = weight_t(&l, "self_attn.k_proj.weight", kv_dim, h)?;
             let v = weight_t(&l, "self_attn.v_proj.weight", kv_dim, h)?;
             let qkv_b = if c.attention_bias {
-                let b = |n: &str, d: usize| l.get(d, n).and_then(|t| t.to_dtype(DType::F32));
+                let b = |n: &str, d: usize| l.get(d, n);
                 Some(Tensor::cat(
                     &[
                         b("self_attn.q_proj.bias", q_dim)?,
@@ -306,11 +315,11 @@ impl Llama {
                 o_w: Split::new(&weight_t(&l, "self_attn.o_proj.weight", h, q_dim)?)?,
                 gate_up_w: Split::new(&Tensor::cat(&[&gate, &up], 1)?)?,
                 down_w: Split::new(&weight_t(&l, "mlp.down_proj.weight", h, c.intermediate)?)?,
-                attn_norm: l.get(h, "input_layernorm.weight")?.to_dtype(DType::F32)?,
-                mlp_norm: l.get(h, "post_attention_layernorm.weight")?.to_dtype(DType::F32)?,
+                attn_norm: l.get(h, "input_layernorm.weight")?,
+                mlp_norm: l.get(h, "post_attention_layernorm.weight")?,
             });
         }
-        let norm = m.get(h, "norm.weight")?.to_dtype(DType::F32)?;
+        let norm = m.get(h, "norm.weight")?;
         let lm_head = Split::new(&if c.tie_embeddings || !vb.contains_tensor("lm_head.weight") {
             embed.t()?.contiguous()?
         } else {
@@ -319,7 +328,8 @@ impl Llama {
         let inv_freq = Tensor::new(config.inv_freq(), vb.device())?;
         let positions = Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
         let freqs = positions.unsqueeze(1)?.matmul(&inv_freq.unsqueeze(0)?)?;
-        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let dtype = vb.dtype();
+        let (cos, sin) = (freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?);
         let device = vb.device().clone();
         Ok(Self {
             config,
@@ -330,7 +340,18 @@ impl Llama {
             cos,
             sin,
             device,
+            dtype,
         })
+    }
+
+    /// Bytes of KV cache per token in the format this model computes in.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config.kv_bytes_per_token(self.dtype.size_in_bytes())
+    }
+
+    /// The device it computes on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// An empty cache with room for `capacity` tokens.
@@ -400,7 +421,7 @@ impl Llama {
         }
         let last = x.index_select(&Tensor::from_vec(last, seqs.len(), &self.device)?, 0)?;
         let normed = candle_nn::ops::rms_norm(&last, &self.norm, c.rms_eps as f32)?;
-        self.lm_head.forward(&normed)
+        self.lm_head.forward(&normed)?.to_dtype(DType::F32)
     }
 
     /// Causal attention of `n` new queries (heads, n, d) over `past + n` keys and values
@@ -412,7 +433,8 @@ impl Llama {
         // Grouped queries: the heads that share a KV head attend together.
         let q = q.reshape((c.kv_heads, group * n, c.head_dim))?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        // Scores and their softmax in f32 whatever the weights' format (a no-op on the CPU).
+        let mut scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
         if n > 1 {
             let mask: Vec<f32> = (0..n)
                 .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
@@ -423,7 +445,7 @@ impl Llama {
                 .broadcast_add(&mask)?
                 .reshape((c.kv_heads, group * n, total))?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
         let out = probs.matmul(v)?; // (kv_heads, group * n, d)
         out.reshape((c.heads, n, c.head_dim))?
             .transpose(0, 1)?

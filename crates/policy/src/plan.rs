@@ -69,6 +69,21 @@ impl Default for PlanRequest {
 // === impl PlanRequest ===
 
 impl PlanRequest {
+    /// The defaults at `context` tokens, with the typical prompt and output `colo plan` assumes
+    /// for it (a quarter of the context, at most 1024; a sixteenth, at most 256).
+    pub fn at_context(context: u64) -> Self {
+        PlanRequest {
+            context,
+            prompt_tokens: (context / 4).clamp(1, 1024),
+            output_tokens: (context / 16).clamp(1, 256),
+            ..Default::default()
+        }
+    }
+}
+
+// === impl PlanRequest ===
+
+impl PlanRequest {
     /// Every problem with the request, each naming its field.
     pub fn validate(&self, catalogue: &Catalogue) -> Result<(), PlanError> {
         let mut problems = self.settings.validate();

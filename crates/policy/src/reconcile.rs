@@ -168,12 +168,19 @@ impl fmt::Display for Step {
     }
 }
 
-/// Whether `held` runs what `app`'s record says: its model, revision and engine, on a device
-/// of the app's GPU kind when it names one. A machine that does not is replaced.
+/// Whether `held` runs what `app`'s record says: its model, revision and engine, on devices
+/// of the app's GPU kind when it names one, as many as a machine of the app leases. A machine
+/// that does not is replaced.
 fn current(app: &App, held: &Held) -> bool {
     let m = held.machine;
     let right_kind = app.gpu.as_ref().is_none_or(|g| held.gpu == Some(g.kind.as_str()));
-    m.revision == app.revision && m.model == app.model && m.engine_cmd == app.engine_cmd && m.engine == app.engine && right_kind
+    let right_count = m.devices().count() == app.gpus_per_machine.max(1) as usize;
+    m.revision == app.revision
+        && m.model == app.model
+        && m.engine_cmd == app.engine_cmd
+        && m.engine == app.engine
+        && right_kind
+        && right_count
 }
 
 /// The steps that bring `app`'s machines among `machines` (every machine on the live hosts,

@@ -157,6 +157,7 @@ fn app(app: &str) -> App {
         machines: 1,
         deployed_at_ms: 1,
         version: 1,
+        gpus_per_machine: 1,
         gpu: None,
         soft_limit: None,
         hard_limit: None,

@@ -89,6 +89,9 @@ pub struct CreateMachine {
     /// GPU kind to lease (`l40s`); any free device when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
+    /// Whole GPUs of one host to lease, for an engine that spans them; 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
     /// Region of the host to run on; the first host with a free device when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
@@ -108,6 +111,7 @@ impl From<&crate::MachineSpec> for CreateMachine {
             model: spec.model.to_string(),
             revision: Some(spec.revision.clone()),
             gpu: spec.gpu_kind.clone(),
+            gpus: (spec.gpus != 1).then_some(spec.gpus),
             region: None,
             engine_cmd: spec.engine_cmd.clone(),
             engine: spec.engine.clone(),
@@ -144,6 +148,7 @@ async fn create(State(hosts): State<Hosts>, Path(app): Path<String>, body: axum:
         model,
         revision,
         gpu_kind: request.gpu,
+        gpus: request.gpus.unwrap_or(1),
         engine_cmd: request.engine_cmd,
         engine: request.engine,
     };

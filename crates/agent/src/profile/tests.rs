@@ -49,6 +49,15 @@ fn command_lines_by_profile() {
         memory_mib: 46068,
     };
     let cpu = Device::Cpu { slot: 0 };
+    // A tensor-parallel machine: cards 3 and 5 of the host.
+    let two = |mut m: Machine| {
+        m.extra_devices = vec![Device::Gpu {
+            index: 5,
+            name: "NVIDIA L40S".into(),
+            memory_mib: 46068,
+        }];
+        m
+    };
     let cases: Vec<(&str, Machine, String, Option<&str>)> = vec![
         (
             "colo's engine",
@@ -87,6 +96,32 @@ fn command_lines_by_profile() {
             machine(spec(EngineKind::Sglang, Some("sglang-serve"), &["--tp", "1"]), None, cpu.clone()),
             format!("sglang-serve --model-path {d} --host 127.0.0.1 --port 9000 --served-model-name chat --enable-metrics --tp 1"),
             Some(""),
+        ),
+        (
+            "vLLM on two cards, tensor parallel",
+            two(machine(spec(EngineKind::Vllm, None, &[]), None, gpu.clone())),
+            format!("vllm serve {d} --host 127.0.0.1 --port 9000 --served-model-name chat --tensor-parallel-size 2"),
+            Some("3,5"),
+        ),
+        (
+            "SGLang on two cards",
+            two(machine(spec(EngineKind::Sglang, None, &[]), None, gpu.clone())),
+            format!(
+                "python3 -m sglang.launch_server --model-path {d} --host 127.0.0.1 --port 9000 --served-model-name chat --enable-metrics --tp-size 2"
+            ),
+            Some("3,5"),
+        ),
+        (
+            "llama-server splits the layers over both cards by itself",
+            two(machine(spec(EngineKind::LlamaServer, None, &[]), None, gpu.clone())),
+            format!("llama-server -m {d}/model-q4.gguf --host 127.0.0.1 --port 9000 --alias chat --metrics -ngl 999"),
+            Some("3,5"),
+        ),
+        (
+            "the app's own command gets the card count",
+            two(machine(None, Some("serve --port {port} --tp {tp}"), gpu.clone())),
+            "/bin/sh -c exec serve --port 9000 --tp 2".to_string(),
+            Some("3,5"),
         ),
         (
             "the app's own command",

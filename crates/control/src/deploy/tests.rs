@@ -38,6 +38,7 @@ fn validates_by_table() {
             "everything that can be given, right",
             DeployOptions {
                 gpu: Some("l40s".into()),
+                gpus_per_machine: Some(2),
                 soft_limit: Some(2),
                 hard_limit: Some(2),
                 autostop_secs: Some(1),
@@ -118,6 +119,43 @@ fn validates_by_table() {
             "chat",
             1,
             vec!["limits: soft limit Some(4) and hard limit Some(2)"],
+        ),
+        (
+            "two GPUs per machine for colo's engine",
+            DeployOptions {
+                gpus_per_machine: Some(2),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["gpus_per_machine: colo's engine runs a machine on one GPU"],
+        ),
+        (
+            "two GPUs per machine for vLLM, and none",
+            DeployOptions {
+                gpus_per_machine: Some(0),
+                engine: Some(colo_core::EngineSpec {
+                    kind: colo_core::EngineKind::Vllm,
+                    bin: None,
+                    args: Vec::new(),
+                    sleep_after_secs: 0,
+                }),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["gpus_per_machine: must be at least 1"],
+        ),
+        (
+            "nine GPUs per machine",
+            DeployOptions {
+                gpus_per_machine: Some(9),
+                engine_cmd: Some("serve --port {port} --tp {tp}".into()),
+                ..Default::default()
+            },
+            "chat",
+            1,
+            vec!["gpus_per_machine: 9 is more than the 8"],
         ),
         (
             "a zero limit",

@@ -3,6 +3,8 @@
 use super::*;
 use colo_core::RegionDemand;
 
+const ANY_ONE: Shape = Shape { gpu: None, gpus: 1 };
+
 fn gpu(index: u32, kind: &str) -> (Device, Option<String>) {
     let name = Catalogue::builtin().get(kind).unwrap().name.clone();
     (
@@ -203,7 +205,7 @@ fn placement_by_table() {
         ),
     ];
     for (what, hosts, wanted, machines, unmet, error) in cases {
-        match place_demand(&facts(), &demand(&wanted), None, &fleet(&hosts), &regions) {
+        match place_demand(&facts(), &demand(&wanted), ANY_ONE, &fleet(&hosts), &regions) {
             Ok(placement) => {
                 assert!(error.is_none(), "{what}: placed {placement:?}");
                 let mut got: Vec<String> = placement.machines.iter().map(|m| format!("{}:{}", m.host, m.gpu)).collect();
@@ -225,6 +227,6 @@ fn placement_by_table() {
     // GPUs that other apps hold all of.
     let mut taken = fleet(&[("ord-1", "ord", 1)]);
     taken.hosts[0].gpus.insert("l40s".into(), 0);
-    let err = place_demand(&facts(), &demand(&["ord"]), None, &taken, &regions).unwrap_err();
+    let err = place_demand(&facts(), &demand(&["ord"]), ANY_ONE, &taken, &regions).unwrap_err();
     assert_eq!(err.to_string(), "every GPU of the live hosts (ord-1) is taken by other apps");
 }

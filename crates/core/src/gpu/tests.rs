@@ -116,6 +116,8 @@ fn devices_are_matched_to_kinds_by_driver_name() {
         ("NVIDIA A10", 23028, Some("a10")),
         ("NVIDIA L4", 23034, Some("l4")),
         ("NVIDIA H100 80GB HBM3", 81559, Some("h100-80gb-sxm")),
+        // As nvidia-smi names the card on the H200 machines this project is tried on.
+        ("NVIDIA H200", 143771, Some("h200-141gb-sxm")),
         ("NVIDIA A100-SXM4-80GB", 81920, Some("a100-80gb-sxm")),
         ("NVIDIA A100-PCIE-40GB", 40960, Some("a100-40gb-pcie")),
         ("NVIDIA GeForce RTX 4090", 24564, None),

@@ -13,6 +13,7 @@ fn app(gpu: Option<&str>) -> App {
         machines: 1,
         deployed_at_ms: 0,
         version: 1,
+        gpus_per_machine: 1,
         gpu: gpu.map(|kind| GpuChoice {
             kind: kind.into(),
             quant: "bf16".into(),
@@ -242,6 +243,16 @@ fn another_model_or_engine_is_an_old_machine() {
     }];
     let steps: Vec<String> = plan(&app(None), &Want::anywhere(1), &held).iter().map(|s| s.to_string()).collect();
     assert_eq!(steps, ["replace m1@h1 in */*/*"]);
+    // A redeploy with two cards per machine replaces a machine of one.
+    let tensor_parallel = App {
+        gpus_per_machine: 2,
+        ..app(None)
+    };
+    assert_eq!(
+        run(&tensor_parallel, &["*:1"], &["m1 h1 fra - r1 started"]),
+        ["replace m1@h1 in */*/*"]
+    );
+    assert_eq!(run(&app(None), &["*:1"], &["m1 h1 fra - r1 started"]), Vec::<String>::new());
 }
 
 #[test]
