@@ -2,7 +2,7 @@
 
 Subcommands (bench/embed drives them; each writes its results as JSON to --out):
   sentences                print the fixed sentence set, one per line
-  peer  --model-dir D      sentence-transformers on PyTorch CPU, batch sizes 1/8/32/64
+  peer  --model-dir D      sentence-transformers on PyTorch (CPU, or --device cuda), batch sizes 1/8/32/64
   wait  --url U            poll GET U until it answers 200
   load  --base-url U       concurrent POST /v1/embeddings, one sentence per request
   report --peer F [--colo F] [--json]   table, optional JSON, and the final `embed ...` line
@@ -164,8 +164,8 @@ def cmd_peer(args):
     from sentence_transformers import SentenceTransformer
 
     sents = sentences()
-    model = SentenceTransformer(args.model_dir, device="cpu")
-    log(f"peer: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    model = SentenceTransformer(args.model_dir, device=args.device)
+    log(f"peer: torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, "
         f"{len(sents)} sentences, max_seq_length {model.max_seq_length}")
     # Warm up: one full pass plus a few single-sentence calls.
     model.encode(sents, batch_size=32)
@@ -200,6 +200,7 @@ def cmd_peer(args):
         "versions": {"torch": torch.__version__,
                      "sentence_transformers": __import__("sentence_transformers").__version__},
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
         "batch": results,
         "best_batch": int(best_bs),
         "best_emb_s": results[best_bs]["emb_s"],
@@ -375,6 +376,7 @@ def main():
     s = sub.add_parser("peer")
     s.add_argument("--model-dir", required=True)
     s.add_argument("--batch-sizes", default="1,8,32,64")
+    s.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU run (scripts/gpu-check)")
     s.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per batch size")
     s.add_argument("--out", required=True)
     s = sub.add_parser("wait")

@@ -414,3 +414,35 @@ fn push_refuses_a_config_that_contradicts_the_weights() {
     assert!(!out.status.success());
     assert_eq!(stderr.matches("past its end").count(), 1, "{stderr}");
 }
+
+#[test]
+fn max_batch_gives_the_speed_of_one_stream_and_of_a_batch() {
+    let at = |batch: &str| {
+        let v = json(&[
+            "plan",
+            "testdata/configs/llama-3.1-8b",
+            "--json",
+            "--gpu",
+            "h100-80gb-sxm",
+            "--n-gpus",
+            "1",
+            "--quant",
+            "bf16",
+            "--max-batch",
+            batch,
+        ]);
+        v["options"][0].clone()
+    };
+    let (one, sixteen) = (at("1"), at("16"));
+    assert_eq!(one["batch"].as_u64(), Some(1));
+    assert_eq!(sixteen["batch"].as_u64(), Some(16));
+    let speed = |o: &serde_json::Value, key: &str| o[key].as_f64().unwrap();
+    assert_eq!(speed(&one, "decode_tokens_per_s"), speed(&one, "decode_tokens_per_s_per_sequence"));
+    // Memory-bound: sixteen streams share each read of the weights, so the batch goes far
+    // faster in all and each stream a little slower.
+    assert!(speed(&sixteen, "decode_tokens_per_s") > 10.0 * speed(&one, "decode_tokens_per_s"));
+    assert!(speed(&sixteen, "decode_tokens_per_s_per_sequence") < speed(&one, "decode_tokens_per_s_per_sequence"));
+    let out = colo(&["plan", "testdata/configs/llama-3.1-8b", "--max-batch", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-batch"));
+}
