@@ -109,6 +109,13 @@ def cmd_torch_generate(args):
                                   "first_token_ms": 1000 * first}
             log(f"torch: batch {batch}: {per_stream * batch:.0f} tok/s ({per_stream:.1f} per stream)")
         out["decode"] = decode
+        # Greedy tokens after bench/generate's prompt of seed 7, to compare with colo's.
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from generate_bench import prompt_ids
+        ids = torch.tensor([prompt_ids(7, args.prompt_len, vocab)], device=args.device)
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
+                                do_sample=False, pad_token_id=0)
+        out["greedy"] = greedy[0, ids.shape[1]:].tolist()
     out["prompt_len"], out["max_tokens"] = args.prompt_len, args.max_tokens
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
@@ -139,6 +146,13 @@ def cmd_report(args):
     embed = load(os.path.join(d, "embed-colo.json")) or {}
     peer_embed = load(os.path.join(d, "embed-peer.json")) or {}
     cold = load(os.path.join(d, "cold-start.json")) or {}
+    colo_greedy = (load(os.path.join(d, "gen-greedy.json")) or {}).get("tokens") or []
+    peer_greedy = peer_gen.get("greedy") or []
+    agree = 0
+    for a, b in zip(colo_greedy, peer_greedy):
+        if a != b:
+            break
+        agree += 1
 
     def level(doc, streams):
         if not doc:
@@ -191,6 +205,7 @@ def cmd_report(args):
             "embed": ratio(measured["embed_emb_s_32"], peer["embed_best_emb_s"]),
         },
         "cold_start": cold,
+        "greedy": {"colo": colo_greedy, "peer": peer_greedy, "agreeing_prefix": agree},
         "stages": {k: v for k, v in meta.get("stages", {}).items()},
     }
     with open(args.out, "w") as f:
@@ -208,6 +223,8 @@ def cmd_report(args):
     print(f"{'measure':<32} {'colo':>10} {'planned':>10} {'peer':>10} {'colo/plan':>10} {'colo/peer':>10}")
     for name, m, p, q in rows:
         print(f"{name:<32} {fmt(m):>10} {fmt(p):>10} {fmt(q):>10} {fmt(ratio(m, p), 2):>10} {fmt(ratio(m, q), 2):>10}")
+    print(f"greedy tokens, colo against transformers on the same weights: the first {agree} of "
+          f"{len(peer_greedy)} agree")
     if cold:
         print("cold start from the host cache: " + ", ".join(f"{k} {v}" for k, v in cold.items()))
     for stage, status in report["stages"].items():

@@ -96,6 +96,13 @@ pub struct DeployArgs {
 pub struct DestroyArgs {
     /// App name.
     app: String,
+    /// Return once control has the app removed, without waiting for its machines to stop and
+    /// give their devices back.
+    #[arg(long)]
+    detach: bool,
+    /// Seconds to wait for the machines to be destroyed.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -346,7 +353,18 @@ fn start_line(app: &str, machines: &[Machine], now_ms: u64) -> String {
 
 pub async fn destroy(args: DestroyArgs) -> anyhow::Result<()> {
     let api = Api::connect(&args.common.data_dir)?;
+    let machines: Vec<Machine> = api.get(&format!("/v1/apps/{}/machines", args.app)).await.unwrap_or_default();
     api.delete(&format!("/v1/apps/{}", args.app)).await?;
+    // Destroyed only once its engine has stopped and its devices are free: a deploy that comes
+    // next finds them free.
+    if !args.detach {
+        let timeout = std::time::Duration::from_secs(args.timeout.min(3600));
+        for m in machines.iter().filter(|m| m.state != MachineState::Destroyed) {
+            api.wait_machine(&args.app, &m.id, "destroyed", timeout)
+                .await
+                .with_context(|| format!("waiting for machine {} to be destroyed", m.id))?;
+        }
+    }
     if args.common.json {
         return print_json(&json!({"destroyed": args.app}));
     }
