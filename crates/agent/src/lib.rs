@@ -179,6 +179,31 @@ impl Agent {
         Ok(self.state.put_machine(marked.as_ref().unwrap_or(machine)).await?)
     }
 
+    /// This host as its record in the shared state says it: the complete revisions in its cache
+    /// (read off the disk), its devices, a heartbeat of now.
+    pub async fn host_record(&self, addr: &str, lease: Duration) -> colo_core::HostRecord {
+        let cache = self.cache.clone();
+        let cached_models = tokio::task::spawn_blocking(move || cache.entries())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.complete)
+            .map(|e| format!("{}@{}", e.name, e.revision))
+            .collect();
+        colo_core::HostRecord {
+            name: self.config.host.clone(),
+            region: self.config.region.clone(),
+            addr: addr.to_string(),
+            devices: self.devices.clone(),
+            cached_models,
+            heartbeat_ms: now_ms(),
+            lease_ms: lease.as_millis() as u64,
+            lost: false,
+        }
+    }
+
     /// Registers this host in the shared state and renews the record every third of `lease`,
     /// writing again any machine record an outage kept from the store. `addr` is the base URL
     /// of this agent's API. Runs until the agent is dropped.
@@ -187,26 +212,7 @@ impl Agent {
         tokio::spawn(async move {
             loop {
                 let Some(agent) = agent.upgrade() else { return };
-                let cache = agent.cache.clone();
-                let cached_models = tokio::task::spawn_blocking(move || cache.entries())
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|e| e.complete)
-                    .map(|e| format!("{}@{}", e.name, e.revision))
-                    .collect();
-                let record = colo_core::HostRecord {
-                    name: agent.config.host.clone(),
-                    region: agent.config.region.clone(),
-                    addr: addr.clone(),
-                    devices: agent.devices.clone(),
-                    cached_models,
-                    heartbeat_ms: now_ms(),
-                    lease_ms: lease.as_millis() as u64,
-                    lost: false,
-                };
+                let record = agent.host_record(&addr, lease).await;
                 if let Err(e) = agent.state.put_host(&record).await {
                     tracing::warn!(error = %e, "heartbeat");
                 } else {

@@ -114,7 +114,8 @@ pub async fn control(args: ControlArgs) -> anyhow::Result<()> {
     let (nats, store) = (config.nats.clone(), config.store.clone());
     let running = colo_node::control(config).await.context("starting colo control")?;
     eprintln!(
-        "colo control is up\n  api    {}\n  nats   {nats}\n  store  {store}\n  token  {}",
+        "colo control is up\n  api    {}\n  ui     {}/ui   (sign in with the token)\n  nats   {nats}\n  store  {store}\n  token  {}",
+        running.api_url,
         running.api_url,
         running.token_file.display()
     );

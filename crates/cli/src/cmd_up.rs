@@ -151,9 +151,11 @@ fn banner(running: &Running) -> String {
         None => String::new(),
     };
     format!(
-        "colo is up\n{}   (OpenAI API: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions)\n  api    http://{}\n  store  {}\n  data   {}\n  hosts  {}{s3}",
+        "colo is up\n{}   (OpenAI API: /v1/models, /v1/embeddings, /v1/completions, /v1/chat/completions)\n  api    http://{}\n  ui     http://{}/ui   (sign in with the token in {})\n  store  {}\n  data   {}\n  hosts  {}{s3}",
         edges.join("\n"),
         running.api_addr,
+        running.api_addr,
+        running.data_dir.join("api-token").display(),
         running.store_url,
         running.data_dir.display(),
         hosts.join("; ")

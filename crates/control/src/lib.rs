@@ -15,6 +15,7 @@ mod lease;
 pub mod placement;
 mod reconcile;
 mod secret;
+pub mod ui;
 
 pub use deploy::{DeployOptions, MAX_MACHINES_PER_APP};
 pub use error::{ControlError, NotHealthy, Problem, Problems};

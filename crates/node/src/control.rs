@@ -45,8 +45,11 @@ pub async fn control(config: ControlConfig) -> Result<RunningControl, NodeError>
         state,
     };
     let api = colo_control::api::router(control.clone())
-        .merge(colo_control::api::machines_router(control))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access));
+        .merge(colo_control::api::machines_router(control.clone()))
+        .merge(colo_control::ui::data_router(control))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access))
+        // The dashboard's pages hold no data: they load without the token and ask for it.
+        .merge(colo_control::ui::assets_router());
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(NodeError::io(format!("binding control's API to {}", config.api_addr)))?;

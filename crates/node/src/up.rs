@@ -168,9 +168,12 @@ fn api_router(
         token: auth::TokenFile::open(&token_path).map_err(NodeError::io(format!("reading {}", token_path.display())))?,
         state,
     };
-    Ok(colo_control::api::router(control)
+    Ok(colo_control::api::router(control.clone())
+        .merge(colo_control::ui::data_router(control))
         .merge(colo_agent::api::router(agents.to_vec()))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access)))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access))
+        // The dashboard's pages hold no data: they load without the token and ask for it.
+        .merge(colo_control::ui::assets_router()))
 }
 
 /// One agent per planned host, each with its own cache, all running `config.engine`.

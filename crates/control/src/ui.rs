@@ -1,0 +1,440 @@
+//! The dashboard: pages built into the binary (`/ui`, no data in them and no token needed to
+//! fetch them) and the data they show (`/v1/ui/...`, behind the API's token like the rest of
+//! `/v1`): one snapshot of apps, machines, hosts and regions with what each costs, the same
+//! pushed again over server-sent events whenever the state changes, and the models with the
+//! planner's options. The page keeps the token in the tab's session storage, taken from the
+//! `#token=` fragment of the address `colo up` prints, which never reaches a server.
+
+use crate::{Control, ControlError};
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use colo_core::{App, Catalogue, Device, HostRecord, Machine, MachineState, PriceBook, Regions};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+const INDEX: &str = include_str!("ui/index.html");
+const SCRIPT: &str = include_str!("ui/app.js");
+const STYLE: &str = include_str!("ui/app.css");
+
+/// The price book the dashboard's costs use: the planner's default.
+const PRICES: PriceBook = PriceBook::Ref;
+
+/// Pushes at most this often, however fast the state changes.
+const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The pages and their script and style: public, since they hold no data.
+pub fn assets_router() -> Router {
+    let page = |body: &'static str, kind: &'static str| {
+        move || async move {
+            (
+                [
+                    (header::CONTENT_TYPE, kind),
+                    (header::CACHE_CONTROL, "no-cache"),
+                    // Everything the page loads comes from this address: no CDN, no inline script.
+                    (
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+                    ),
+                ],
+                body,
+            )
+        }
+    };
+    Router::new()
+        .route("/ui", get(page(INDEX, "text/html; charset=utf-8")))
+        .route("/ui/", get(page(INDEX, "text/html; charset=utf-8")))
+        .route("/ui/app.js", get(page(SCRIPT, "text/javascript; charset=utf-8")))
+        .route("/ui/app.css", get(page(STYLE, "text/css; charset=utf-8")))
+}
+
+/// The dashboard's data, for holders of the API token.
+pub fn data_router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/ui/snapshot", get(snapshot_handler))
+        .route("/v1/ui/events", get(events))
+        .route("/v1/ui/models", get(models))
+        .route("/v1/ui/models/{name}/plan", get(model_plan))
+        .with_state(control)
+}
+
+/// An app as the dashboard shows it: no keys, no tokens.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AppView {
+    pub name: String,
+    pub model: String,
+    pub revision: String,
+    pub version: u64,
+    pub machines_wanted: u32,
+    /// Machines by state.
+    pub machines: BTreeMap<String, usize>,
+    pub gpu_kind: Option<String>,
+    pub gpus_per_machine: u32,
+    pub engine: String,
+    pub autostop_secs: Option<u64>,
+    /// What its started and starting machines cost an hour at the price book's prices; `None`
+    /// when none of them has a priced GPU.
+    pub usd_per_hour: Option<f64>,
+    pub api_keys: usize,
+    pub cold_starts: Vec<ColdStartView>,
+}
+
+/// One machine's last start.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ColdStartView {
+    pub machine: String,
+    pub source: &'static str,
+    pub queued_ms: u64,
+    pub hydrate_ms: u64,
+    pub engine_load_ms: u64,
+    pub first_response_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostView {
+    pub name: String,
+    pub region: String,
+    pub lost: bool,
+    pub gpus: BTreeMap<String, usize>,
+    pub cpu_slots: usize,
+    pub devices: usize,
+    pub devices_held: usize,
+    pub cached_models: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RegionView {
+    pub code: String,
+    pub city: String,
+    /// Where it is; `None` for a region code that is not in data/regions.csv (`colo up`'s
+    /// `local`), which the map cannot place.
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub hosts: usize,
+    /// Machines by state.
+    pub machines: BTreeMap<String, usize>,
+    pub gpu_kinds: Vec<String>,
+    pub usd_per_hour: f64,
+}
+
+/// Everything the World, Apps and Machines pages show.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub now_ms: u64,
+    pub prices: &'static str,
+    pub apps: Vec<AppView>,
+    pub machines: Vec<MachineView>,
+    pub hosts: Vec<HostView>,
+    pub regions: Vec<RegionView>,
+    pub usd_per_hour: f64,
+}
+
+/// A machine as the dashboard shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MachineView {
+    pub id: String,
+    pub app: String,
+    pub state: MachineState,
+    pub healthy: bool,
+    pub host: String,
+    pub region: String,
+    pub device: String,
+    pub gpu_kind: Option<String>,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    /// The last hydration: bytes fetched, seconds, and where the bytes came from.
+    pub hydration: Option<colo_core::HydrationReport>,
+    pub cold_start: Option<colo_core::ColdStart>,
+    pub progress: Option<String>,
+    pub usd_per_hour: Option<f64>,
+    pub updated_at_ms: u64,
+}
+
+/// What a machine costs an hour: each card it holds at its kind's price; nothing for a CPU
+/// slot or a machine that holds no device.
+fn machine_price(catalogue: &Catalogue, m: &Machine) -> Option<f64> {
+    if !m.holds_device() || !matches!(m.device, Device::Gpu { .. }) {
+        return None;
+    }
+    let kind = catalogue.get(m.gpu_kind.as_deref()?).ok()?;
+    Some(kind.price(&PRICES)?.as_f64() * m.devices().count() as f64)
+}
+
+/// A region's code, its city, and where it is when the region table knows.
+type Place = (String, String, Option<(f64, f64)>);
+
+/// The snapshot of `apps`, `machines` and `hosts` (pure: the time is an argument).
+pub fn snapshot(
+    apps: &[App],
+    machines: &[Machine],
+    hosts: &[HostRecord],
+    regions: &Regions,
+    catalogue: &Catalogue,
+    now_ms: u64,
+) -> Snapshot {
+    let live: Vec<&Machine> = machines.iter().filter(|m| m.state != MachineState::Destroyed).collect();
+    let count_states = |ms: &mut dyn Iterator<Item = &&Machine>| {
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for m in ms {
+            *by.entry(m.state.as_str().to_string()).or_default() += 1;
+        }
+        by
+    };
+    let apps = apps
+        .iter()
+        .map(|a| {
+            let mine: Vec<&&Machine> = live.iter().filter(|m| m.app == a.name).collect();
+            let prices: Vec<f64> = mine.iter().filter_map(|m| machine_price(catalogue, m)).collect();
+            AppView {
+                name: a.name.to_string(),
+                model: a.model.to_string(),
+                revision: a.revision.clone(),
+                version: a.version,
+                machines_wanted: a.machines,
+                machines: count_states(&mut mine.iter().copied()),
+                gpu_kind: a.gpu.as_ref().map(|g| g.kind.clone()),
+                gpus_per_machine: a.gpus_per_machine,
+                engine: match (&a.engine, &a.engine_cmd) {
+                    (_, Some(_)) => "own command".into(),
+                    (Some(e), None) => e.kind.to_string(),
+                    (None, None) => "colo".into(),
+                },
+                autostop_secs: a.autostop_secs,
+                usd_per_hour: (!prices.is_empty()).then(|| prices.iter().sum()),
+                api_keys: a.keys.len(),
+                cold_starts: mine
+                    .iter()
+                    .filter_map(|m| {
+                        let c = m.cold_start.as_ref()?;
+                        Some(ColdStartView {
+                            machine: m.id.clone(),
+                            source: c.source(),
+                            queued_ms: c.queued_ms,
+                            hydrate_ms: c.hydrate_ms,
+                            engine_load_ms: c.engine_load_ms,
+                            first_response_ms: c.first_response_ms,
+                        })
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let host_views: Vec<HostView> = hosts
+        .iter()
+        .map(|h| {
+            let mut gpus: BTreeMap<String, usize> = BTreeMap::new();
+            let mut cpu_slots = 0;
+            for d in &h.devices {
+                match d {
+                    Device::Gpu { name, memory_mib, .. } => {
+                        let kind = catalogue
+                            .kind_of_device(name, *memory_mib)
+                            .map_or_else(|| name.clone(), |k| k.kind.clone());
+                        *gpus.entry(kind).or_default() += 1;
+                    }
+                    Device::Cpu { .. } => cpu_slots += 1,
+                }
+            }
+            HostView {
+                name: h.name.clone(),
+                region: h.region.clone(),
+                lost: h.lost,
+                gpus,
+                cpu_slots,
+                devices: h.devices.len(),
+                devices_held: live
+                    .iter()
+                    .filter(|m| m.host == h.name && m.holds_device())
+                    .map(|m| m.devices().count())
+                    .sum(),
+                cached_models: h.cached_models.clone(),
+            }
+        })
+        .collect();
+    // Every region colo knows, then any other a host or machine names.
+    let mut places: Vec<Place> = regions
+        .regions
+        .iter()
+        .map(|r| (r.code.clone(), r.city.clone(), Some((r.lat, r.lon))))
+        .collect();
+    for code in host_views.iter().map(|h| &h.region).chain(live.iter().map(|m| &m.region)) {
+        if places.iter().all(|(c, _, _)| c != code) {
+            places.push((code.clone(), "not in the region table".into(), None));
+        }
+    }
+    let regions = places
+        .into_iter()
+        .map(|(code, city, at)| {
+            let here: Vec<&&Machine> = live.iter().filter(|m| m.region == code).collect();
+            let mut gpu_kinds: Vec<String> = host_views
+                .iter()
+                .filter(|h| h.region == code)
+                .flat_map(|h| h.gpus.keys().cloned())
+                .collect();
+            gpu_kinds.sort();
+            gpu_kinds.dedup();
+            RegionView {
+                hosts: host_views.iter().filter(|h| h.region == code).count(),
+                machines: count_states(&mut here.iter().copied()),
+                gpu_kinds,
+                lat: at.map(|(lat, _)| lat),
+                lon: at.map(|(_, lon)| lon),
+                code,
+                city,
+                usd_per_hour: here.iter().filter_map(|m| machine_price(catalogue, m)).sum(),
+            }
+        })
+        .collect();
+    let machines: Vec<MachineView> = live
+        .iter()
+        .map(|m| MachineView {
+            id: m.id.clone(),
+            app: m.app.to_string(),
+            state: m.state,
+            healthy: m.healthy,
+            host: m.host.clone(),
+            region: m.region.clone(),
+            device: if m.holds_device() { m.device_label() } else { "-".into() },
+            gpu_kind: m.gpu_kind.clone(),
+            restarts: m.restarts,
+            last_error: m.last_error.clone(),
+            hydration: m.hydration.clone(),
+            cold_start: m.cold_start.clone(),
+            progress: m.progress.as_ref().map(|p| p.to_string()),
+            usd_per_hour: machine_price(catalogue, m),
+            updated_at_ms: m.updated_at_ms,
+        })
+        .collect();
+    let usd_per_hour = machines.iter().filter_map(|m| m.usd_per_hour).sum();
+    Snapshot {
+        now_ms,
+        prices: PRICES.name(),
+        apps,
+        machines,
+        hosts: host_views,
+        regions,
+        usd_per_hour,
+    }
+}
+
+// === impl Control ===
+
+impl Control {
+    /// The dashboard's snapshot of the state now.
+    pub async fn ui_snapshot(&self) -> Result<Snapshot, ControlError> {
+        let apps = self.state.apps().await?;
+        let machines = self.state.machines().await?;
+        let hosts = match &self.hosts {
+            // Agents in this process (`colo up`) write no host records: ask them.
+            crate::hosts::Hosts::Local(agents) => {
+                let mut records = Vec::with_capacity(agents.len());
+                for agent in agents {
+                    records.push(agent.host_record("", Duration::ZERO).await);
+                }
+                records
+            }
+            crate::hosts::Hosts::Remote { .. } => self.state.hosts().await?,
+        };
+        Ok(snapshot(
+            &apps,
+            &machines,
+            &hosts,
+            &Regions::builtin(),
+            &Catalogue::builtin(),
+            crate::now_ms(),
+        ))
+    }
+}
+
+async fn snapshot_handler(State(control): State<Arc<Control>>) -> Response {
+    match control.ui_snapshot().await {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A snapshot now, then one after each change of the state (at most every 250 ms).
+async fn events(State(control): State<Arc<Control>>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let changes = control.state.changes();
+    let stream = futures::stream::unfold((control, changes, true), |(control, mut changes, first)| async move {
+        if !first {
+            changes.changed().await.ok()?;
+            tokio::time::sleep(MIN_PUSH_INTERVAL).await;
+            changes.borrow_and_update();
+        }
+        let event = match control.ui_snapshot().await {
+            Ok(s) => Event::default()
+                .event("snapshot")
+                .json_data(&s)
+                .unwrap_or_else(|_| Event::default().comment("unserializable")),
+            Err(e) => Event::default().event("problem").data(e.to_string()),
+        };
+        Some((Ok(event), (control, changes, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// One model in the store, for the Models page.
+#[derive(Serialize)]
+struct ModelView {
+    name: String,
+    revision: String,
+    bytes: u64,
+    files: usize,
+    pushed_at_ms: u64,
+    /// Hosts that hold this revision in their cache.
+    cached_on: Vec<String>,
+}
+
+async fn models(State(control): State<Arc<Control>>) -> Response {
+    let answer = async {
+        let hosts = control.state.hosts().await?;
+        let mut out = Vec::new();
+        for name in control.store.models().await? {
+            let Ok(m) = control.store.manifest(&name).await else { continue };
+            out.push(ModelView {
+                cached_on: hosts
+                    .iter()
+                    .filter(|h| h.caches(&name, &m.revision))
+                    .map(|h| h.name.clone())
+                    .collect(),
+                name,
+                revision: m.revision.clone(),
+                bytes: m.total_bytes(),
+                files: m.files.len(),
+                pushed_at_ms: m.pushed_at_ms,
+            });
+        }
+        Ok::<_, ControlError>(out)
+    };
+    match answer.await {
+        Ok(models) => Json(models).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The planner's options for a pushed model's latest revision, one card and more, every format.
+async fn model_plan(State(control): State<Arc<Control>>, Path(name): Path<String>) -> Response {
+    let answer = async {
+        let manifest = control.store.manifest(&name).await?;
+        let facts = control
+            .facts_of(&name, &manifest.revision)
+            .await
+            .map_err(|e| ControlError::invalid("model", format!("the planner cannot read {name}: {e}")))?;
+        let request = colo_policy::PlanRequest::at_context(facts.max_position.min(4096));
+        colo_policy::plan(&facts, &Catalogue::builtin(), &request).map_err(|e| ControlError::invalid("model", e.to_string()))
+    };
+    match answer.await {
+        Ok(plan) => Json(plan).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
