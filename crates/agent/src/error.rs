@@ -14,7 +14,7 @@ pub enum AgentError {
         program: String,
         host: String,
     },
-    #[error("host {host} has no {} free ({total} devices in all, each held by a machine that is started, starting or suspended; stopped machines hold none)", match (*wanted, kind.as_str()) { (1, "any") => "device".to_string(), (1, kind) => format!("{kind} device"), (n, "any") => format!("{n} GPUs of one kind"), (n, kind) => format!("{n} {kind} GPUs") })]
+    #[error("host {host} has no free {} ({total} in all, each held by a machine that is started, starting or suspended; stopped machines hold none)", match (*wanted, kind.as_str()) { (1, "any") => "device".to_string(), (1, kind) => format!("{kind} device"), (n, "any") => format!("set of {n} GPUs of one kind"), (n, kind) => format!("set of {n} {kind} GPUs") })]
     NoFreeDevice {
         host: String,
         kind: String,

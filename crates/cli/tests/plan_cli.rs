@@ -26,19 +26,22 @@ fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("colo {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Llama-3.1-8B's config on one H100 in bf16, as JSON: one option.
+const LLAMA_8B_ON_ONE_H100: [&str; 9] = [
+    "plan",
+    "testdata/configs/llama-3.1-8b",
+    "--json",
+    "--gpu",
+    "h100-80gb-sxm",
+    "--n-gpus",
+    "1",
+    "--quant",
+    "bf16",
+];
+
 #[test]
 fn json_interface_for_a_config_only_directory() {
-    let v = json(&[
-        "plan",
-        "testdata/configs/llama-3.1-8b",
-        "--json",
-        "--gpu",
-        "h100-80gb-sxm",
-        "--n-gpus",
-        "1",
-        "--quant",
-        "bf16",
-    ]);
+    let v = json(&LLAMA_8B_ON_ONE_H100);
     let model = &v["model"];
     assert_eq!(model["params"].as_u64(), Some(8_030_261_248));
     assert_eq!(model["weights_bytes"].as_u64(), Some(2 * 8_030_261_248));
@@ -417,22 +420,7 @@ fn push_refuses_a_config_that_contradicts_the_weights() {
 
 #[test]
 fn max_batch_gives_the_speed_of_one_stream_and_of_a_batch() {
-    let at = |batch: &str| {
-        let v = json(&[
-            "plan",
-            "testdata/configs/llama-3.1-8b",
-            "--json",
-            "--gpu",
-            "h100-80gb-sxm",
-            "--n-gpus",
-            "1",
-            "--quant",
-            "bf16",
-            "--max-batch",
-            batch,
-        ]);
-        v["options"][0].clone()
-    };
+    let at = |batch: &str| json(&[&LLAMA_8B_ON_ONE_H100[..], &["--max-batch", batch]].concat())["options"][0].clone();
     let (one, sixteen) = (at("1"), at("16"));
     assert_eq!(one["batch"].as_u64(), Some(1));
     assert_eq!(sixteen["batch"].as_u64(), Some(16));
