@@ -186,6 +186,17 @@ def main():
         check(page.url.endswith(f"#/apps/{first}"), f"clicking {first} opens its detail")
         check(page.locator("main h2:has-text('Cold starts')").count() == 1, "the detail shows cold starts")
 
+        # A machine's detail: where its weights came from, its phases, the end of its engine log.
+        page.goto(f"{args.api}/ui#/machines")
+        page.wait_for_selector("main table a[href^='#/machines/']")
+        page.locator("main table a[href^='#/machines/']").first.click()
+        page.wait_for_selector("main pre.log")
+        log_text = page.locator("main pre.log").inner_text()
+        check("listening" in log_text or "loaded" in log_text, f"the engine log's end is shown ({log_text[-120:]!r})")
+        check(not errors, f"machine detail: no console errors ({errors[:3]})")
+        if args.screenshots:
+            page.screenshot(path=f"{args.screenshots}/ui-machine.png", full_page=True)
+
         # A machine that starts appears without a reload.
         page.goto(f"{args.api}/ui#/machines")
         page.wait_for_selector("main table")

@@ -179,6 +179,20 @@ impl Agent {
         Ok(self.state.put_machine(marked.as_ref().unwrap_or(machine)).await?)
     }
 
+    /// The last `lines` lines (at most 500) of machine `id`'s engine log, from the last 256 KiB of
+    /// it; empty before its engine first started.
+    pub async fn engine_log(&self, id: &str, lines: usize) -> Result<String, AgentError> {
+        self.machine(id).await?;
+        let path = self.config.data_dir.join("machines").join(id).join("engine.log");
+        let lines = lines.clamp(1, 500);
+        tokio::task::spawn_blocking(move || profile::last_lines(&path, lines, 256 * 1024))
+            .await
+            .map_err(|e| AgentError::Invalid {
+                field: "logs",
+                reason: e.to_string(),
+            })
+    }
+
     /// This host as its record in the shared state says it: the complete revisions in its cache
     /// (read off the disk), its devices, a heartbeat of now.
     pub async fn host_record(&self, addr: &str, lease: Duration) -> colo_core::HostRecord {

@@ -254,18 +254,23 @@ pub(crate) fn healthy(machine: &Machine, status: Option<u16>) -> bool {
 
 /// The last lines of an engine's log, for an error that says why it did not start.
 pub(crate) fn log_tail(path: &Path) -> String {
+    last_lines(path, LOG_TAIL_LINES, 16 * 1024)
+}
+
+/// The last `n` non-blank lines of the file at `path` found in its last `window` bytes (empty
+/// when there is no such file).
+pub(crate) fn last_lines(path: &Path, n: usize, window: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
     };
-    // The tail is within the last 16 KiB of any log worth reading.
     let len = file.metadata().map_or(0, |m| m.len());
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(window)));
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub(super) fn routes() -> Router<Hosts> {
         .route("/v1/apps/{app}/machines/{id}/suspend", post(suspend))
         .route("/v1/apps/{app}/machines/{id}/restart", post(restart))
         .route("/v1/apps/{app}/machines/{id}/wait", get(wait))
+        .route("/v1/apps/{app}/machines/{id}/logs", get(logs))
         .route(
             "/v1/apps/{app}/machines/{id}/lease",
             get(lease).post(acquire_lease).delete(release_lease),
@@ -194,6 +195,25 @@ async fn leased(hosts: &Hosts, app: &str, id: &str, headers: &HeaderMap) -> Resu
 
 async fn show(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>) -> Response {
     answer(async { owned(&hosts, &app, &id).await?.machine(&id).await }.await)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    /// Lines from the end (default 50, at most 500).
+    lines: Option<usize>,
+}
+
+/// `GET .../logs[?lines=N]`: the end of the machine's engine log, as plain text.
+async fn logs(State(hosts): State<Hosts>, Path((app, id)): Path<(String, String)>, Query(query): Query<LogsQuery>) -> Response {
+    let agent = match owned(&hosts, &app, &id).await {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
+    match agent.engine_log(&id, query.lines.unwrap_or(50)).await {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn update(

@@ -4,7 +4,7 @@
 // parsed as markup.
 "use strict";
 
-const colo = (window.colo = { snap: null, models: null, plans: {}, renderMs: null });
+const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, renderMs: null });
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_ROWS = 500;
 
@@ -288,7 +288,8 @@ const pages = {
     );
   },
 
-  machines(snap) {
+  machines(snap, arg) {
+    if (arg) return machineDetail(snap, arg);
     const filter = (document.getElementById("filter") || {}).value || "";
     const shown = snap.machines.filter((m) => !filter || [m.id, m.app, m.host, m.region, m.state].some((v) => v.includes(filter)));
     return h(
@@ -331,7 +332,7 @@ function machineTable(machines) {
     const c = m.cold_start;
     const hyd = m.hydration;
     return [
-      h("code", { text: m.id }),
+      h("a", { href: "#/machines/" + encodeURIComponent(m.id) }, h("code", { text: m.id })),
       h("a", { href: "#/apps/" + encodeURIComponent(m.app), text: m.app }),
       badge(m.state, m.healthy),
       m.progress || "",
@@ -348,6 +349,62 @@ function machineTable(machines) {
     {},
     table(["machine", "app", "state", "progress", "device", "host", "last hydration", "last start", "restarts", "last error"], rows, [8]),
     machines.length > MAX_ROWS ? h("p", { class: "muted", text: `Showing ${MAX_ROWS} of ${machines.length}; filter to narrow.` }) : null,
+  );
+}
+
+function machineDetail(snap, id) {
+  const m = snap.machines.find((x) => x.id === id);
+  if (!m) return h("section", {}, h("h1", { text: id }), h("p", { text: "No such machine (it may have been destroyed)." }));
+  const c = m.cold_start;
+  const hyd = m.hydration;
+  const log = colo.logs[id];
+  if (log === undefined) {
+    colo.logs[id] = null;
+    fetch(`/v1/apps/${encodeURIComponent(m.app)}/machines/${encodeURIComponent(id)}/logs?lines=40`, {
+      headers: { Authorization: "Bearer " + token() },
+    }).then(
+      async (r) => ((colo.logs[id] = r.ok ? { text: await r.text() } : { missing: r.status }), render()),
+      () => ((colo.logs[id] = { missing: "unreachable" }), render()),
+    );
+  }
+  return h(
+    "section",
+    {},
+    h("p", {}, h("a", { href: "#/machines", text: "Machines" }), " / " + id),
+    h("h1", { text: id }),
+    h(
+      "div",
+      { class: "cards" },
+      card("app", m.app),
+      card("state", m.state + (m.healthy ? "" : ", unhealthy")),
+      card("device", m.device),
+      card("host", `${m.host} (${m.region})`),
+      card("cost now", fmt.usd(m.usd_per_hour) + "/h"),
+      card("restarts", String(m.restarts)),
+    ),
+    h("h2", { text: "Last hydration" }),
+    hyd
+      ? table(
+          ["from cache", "from peers", "from the origin", "seconds", "rate"],
+          [[fmt.bytes(hyd.bytes_from_cache), fmt.bytes(hyd.bytes_from_peer), fmt.bytes(hyd.bytes_from_origin), hyd.seconds.toFixed(2),
+            hyd.bytes_fetched ? (hyd.bytes_fetched / 1e9 / Math.max(hyd.seconds, 1e-9)).toFixed(2) + " GB/s" : "cached"]],
+          [0, 1, 2, 3, 4],
+        )
+      : h("p", { class: "muted", text: "None yet." }),
+    h("h2", { text: "Last start" }),
+    c
+      ? table(["weights from", "queued", "hydrate", "engine load", "first answer"],
+          [[c.from_suspended ? "suspended" : c.bytes_from_origin ? "origin" : c.bytes_from_peer ? "peer" : "cache", fmt.ms(c.queued_ms), fmt.ms(c.hydrate_ms), fmt.ms(c.engine_load_ms), fmt.ms(c.first_response_ms)]],
+          [1, 2, 3, 4])
+      : h("p", { class: "muted", text: "None yet." }),
+    m.last_error ? h("p", { role: "alert", text: "Last error: " + m.last_error }) : null,
+    h("h2", { text: "Engine log (last 40 lines)" }),
+    !log
+      ? h("p", { class: "muted", text: "Loading…" })
+      : log.missing
+        ? h("p", { class: "muted", text: `The log is on host ${m.host}, which this API does not reach (${log.missing}).` })
+        : h("pre", { class: "log", tabindex: 0, "aria-label": "Engine log", text: log.text || "(empty)" }),
+    h("p", {}, h("button", { type: "button", onclick: () => ((colo.logs[id] = undefined), render()), text: "Reload the log" })),
   );
 }
 
