@@ -106,6 +106,7 @@ def big_snapshot(real, regions=35, machines=10_000, seed=7):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--api", required=True)
+    ap.add_argument("--edge", required=True, help="the edge, for traffic the Apps page must show")
     ap.add_argument("--token", required=True)
     ap.add_argument("--deploy-cmd", required=True)
     ap.add_argument("--new-app", required=True, help="the app --deploy-cmd deploys")
@@ -178,6 +179,21 @@ def main():
             row = page.locator("main table tbody tr", has=page.locator(f"#app-{a['name']}"))
             cell = row.locator("td").nth(4).inner_text()
             check(cell == f"{started} / {a['machines']}", f"app {a['name']}: '{cell}' against {started} / {a['machines']}")
+
+        # Traffic through the edge shows on the Apps page: a rate, latency percentiles, errors.
+        for _ in range(6):
+            body = json.dumps({"model": apps[0]["name"], "prompt": "hi", "max_tokens": 2}).encode()
+            req = urllib.request.Request(args.edge + "/v1/completions", data=body, headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                r.read()
+        row = page.locator("main table tbody tr", has=page.locator(f"#app-{apps[0]['name']}"))
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and row.locator("td").nth(8).inner_text() == "–":
+            page.wait_for_timeout(200)
+        cells = [row.locator("td").nth(i).inner_text() for i in (7, 8, 9, 10)]
+        check(cells[1].startswith("≤") and cells[2].startswith("≤") and cells[3] == "0", f"traffic on the Apps page: {cells}")
+        if args.screenshots:
+            page.screenshot(path=f"{args.screenshots}/ui-apps.png", full_page=True)
 
         # Clicking an app opens its detail.
         first = apps[0]["name"]

@@ -30,6 +30,8 @@ fn the_dashboard_in_chromium() {
         .args([
             "--api",
             &api,
+            "--edge",
+            &colo.edge,
             "--token",
             &colo.token(),
             "--deploy-cmd",

@@ -29,6 +29,19 @@ const PRICES: PriceBook = PriceBook::Ref;
 /// Pushes at most this often, however fast the state changes.
 const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Pushes at least this often when there are traffic figures, which change without the state.
+const TRAFFIC_PUSH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The Prometheus text of each edge whose traffic the dashboard shows (`colo up`'s in-process
+/// edges).
+pub type EdgeMetrics = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+#[derive(Clone)]
+struct UiState {
+    control: Arc<Control>,
+    traffic: Option<EdgeMetrics>,
+}
+
 /// The pages and their script and style: public, since they hold no data.
 pub fn assets_router() -> Router {
     let page = |body: &'static str, kind: &'static str| {
@@ -54,14 +67,120 @@ pub fn assets_router() -> Router {
         .route("/ui/app.css", get(page(STYLE, "text/css; charset=utf-8")))
 }
 
-/// The dashboard's data, for holders of the API token.
-pub fn data_router(control: Arc<Control>) -> Router {
+/// The dashboard's data, for holders of the API token; `traffic` reads the edges' counters
+/// where this process has them.
+pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>) -> Router {
     Router::new()
         .route("/v1/ui/snapshot", get(snapshot_handler))
         .route("/v1/ui/events", get(events))
         .route("/v1/ui/models", get(models))
         .route("/v1/ui/models/{name}/plan", get(model_plan))
-        .with_state(control)
+        .with_state(UiState { control, traffic })
+}
+
+/// One app's requests as its edges counted them since they started: the dashboard turns two
+/// of these into a rate, and the buckets into percentiles.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AppTraffic {
+    pub requests: u64,
+    /// Answers with a 4xx status (the caller's mistake, or a limit) and with a 5xx (no machine,
+    /// an engine's failure).
+    pub client_errors: u64,
+    pub server_errors: u64,
+    /// Time to the response head: (upper bound in seconds, requests at most that long).
+    pub latency_buckets: Vec<(f64, u64)>,
+}
+
+/// Per app, the requests and latency buckets in the edges' Prometheus texts, summed over edges,
+/// regions and statuses (pure). Lines it does not know are skipped.
+pub fn traffic_of(texts: &[String]) -> BTreeMap<String, AppTraffic> {
+    let mut out: BTreeMap<String, AppTraffic> = BTreeMap::new();
+    let mut buckets: BTreeMap<String, BTreeMap<u64, (f64, u64)>> = BTreeMap::new();
+    for line in texts.iter().flat_map(|t| t.lines()) {
+        let Some(Sample { name, labels, value }) = sample(line) else {
+            continue;
+        };
+        let label = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+        let Some(app) = label("app").filter(|a| *a != "-") else { continue };
+        match name {
+            "colo_edge_requests_total" => {
+                let t = out.entry(app.to_string()).or_default();
+                let n = value as u64;
+                t.requests += n;
+                match label("status").and_then(|s| s.parse::<u16>().ok()) {
+                    Some(400..=499) => t.client_errors += n,
+                    Some(500..=599) => t.server_errors += n,
+                    _ => {}
+                }
+            }
+            "colo_edge_request_seconds_bucket" => {
+                let Some(le) = label("le").and_then(|l| l.parse::<f64>().ok()) else {
+                    continue;
+                };
+                let slot = buckets.entry(app.to_string()).or_default().entry(le.to_bits()).or_insert((le, 0));
+                slot.1 += value as u64;
+            }
+            _ => {}
+        }
+    }
+    for (app, by_le) in buckets {
+        let mut list: Vec<(f64, u64)> = by_le.into_values().collect();
+        list.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out.entry(app).or_default().latency_buckets = list;
+    }
+    out
+}
+
+/// One sample of Prometheus' text format: `name{k="v",...} value`.
+struct Sample<'a> {
+    name: &'a str,
+    labels: Vec<(&'a str, String)>,
+    value: f64,
+}
+
+/// The sample on `line`; `None` for comments and for lines that are not samples.
+fn sample(line: &str) -> Option<Sample<'_>> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (head, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let Some((name, rest)) = head.split_once('{') else {
+        return Some(Sample {
+            name: head,
+            labels: Vec::new(),
+            value,
+        });
+    };
+    let mut body = rest.strip_suffix('}')?;
+    let mut labels = Vec::new();
+    while !body.is_empty() {
+        let (key, after) = body.split_once("=\"")?;
+        let mut text = String::new();
+        let mut escaped = false;
+        let mut end = None;
+        for (i, c) in after.char_indices() {
+            match (escaped, c) {
+                (true, 'n') => {
+                    text.push('\n');
+                    escaped = false;
+                }
+                (true, c) => {
+                    text.push(c);
+                    escaped = false;
+                }
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    end = Some(i);
+                    break;
+                }
+                (false, c) => text.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(','), text));
+        body = &after[end? + 1..];
+    }
+    Some(Sample { name, labels, value })
 }
 
 /// An app as the dashboard shows it: no keys, no tokens.
@@ -133,6 +252,9 @@ pub struct Snapshot {
     pub hosts: Vec<HostView>,
     pub regions: Vec<RegionView>,
     pub usd_per_hour: f64,
+    /// Requests per app as this process's edges counted them; `None` where control does not
+    /// see the edges (`colo control`: they are other processes).
+    pub traffic: Option<BTreeMap<String, AppTraffic>>,
 }
 
 /// A machine as the dashboard shows it.
@@ -320,6 +442,7 @@ pub fn snapshot(
         hosts: host_views,
         regions,
         usd_per_hour,
+        traffic: None,
     }
 }
 
@@ -352,30 +475,51 @@ impl Control {
     }
 }
 
-async fn snapshot_handler(State(control): State<Arc<Control>>) -> Response {
-    match control.ui_snapshot().await {
+// === impl UiState ===
+
+impl UiState {
+    /// The snapshot, with the edges' traffic where this process has it.
+    async fn snapshot(&self) -> Result<Snapshot, ControlError> {
+        let mut snapshot = self.control.ui_snapshot().await?;
+        snapshot.traffic = self.traffic.as_ref().map(|read| traffic_of(&read()));
+        Ok(snapshot)
+    }
+}
+
+async fn snapshot_handler(State(ui): State<UiState>) -> Response {
+    match ui.snapshot().await {
         Ok(s) => Json(s).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-/// A snapshot now, then one after each change of the state (at most every 250 ms).
-async fn events(State(control): State<Arc<Control>>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    let changes = control.state.changes();
-    let stream = futures::stream::unfold((control, changes, true), |(control, mut changes, first)| async move {
+/// A snapshot now, then one after each change of the state (at most every 250 ms), and every
+/// 2 s while there are traffic figures.
+async fn events(State(ui): State<UiState>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let changes = ui.control.state.changes();
+    let stream = futures::stream::unfold((ui, changes, true), |(ui, mut changes, first)| async move {
         if !first {
-            changes.changed().await.ok()?;
+            let tick = async {
+                match ui.traffic {
+                    Some(_) => tokio::time::sleep(TRAFFIC_PUSH_INTERVAL).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = changes.changed() => changed.ok()?,
+                _ = tick => {}
+            }
             tokio::time::sleep(MIN_PUSH_INTERVAL).await;
             changes.borrow_and_update();
         }
-        let event = match control.ui_snapshot().await {
+        let event = match ui.snapshot().await {
             Ok(s) => Event::default()
                 .event("snapshot")
                 .json_data(&s)
                 .unwrap_or_else(|_| Event::default().comment("unserializable")),
             Err(e) => Event::default().event("problem").data(e.to_string()),
         };
-        Some((Ok(event), (control, changes, false)))
+        Some((Ok(event), (ui, changes, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
@@ -392,7 +536,8 @@ struct ModelView {
     cached_on: Vec<String>,
 }
 
-async fn models(State(control): State<Arc<Control>>) -> Response {
+async fn models(State(ui): State<UiState>) -> Response {
+    let control = ui.control;
     let answer = async {
         let hosts = control.state.hosts().await?;
         let mut out = Vec::new();
@@ -420,7 +565,8 @@ async fn models(State(control): State<Arc<Control>>) -> Response {
 }
 
 /// The planner's options for a pushed model's latest revision, one card and more, every format.
-async fn model_plan(State(control): State<Arc<Control>>, Path(name): Path<String>) -> Response {
+async fn model_plan(State(ui): State<UiState>, Path(name): Path<String>) -> Response {
+    let control = ui.control;
     let answer = async {
         let manifest = control.store.manifest(&name).await?;
         let facts = control

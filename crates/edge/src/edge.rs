@@ -86,6 +86,12 @@ impl Edge {
         self
     }
 
+    /// The edge's metrics in Prometheus' text format, as `/metrics` serves them (the dashboard of
+    /// a `colo up` reads its in-process edges this way).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
     /// Requests this edge holds or is proxying (bodies still streaming included): what a
     /// drain waits for.
     pub fn busy(&self) -> i64 {

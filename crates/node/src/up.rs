@@ -111,6 +111,7 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     let (stop, stop_rx) = watch::channel(false);
     let drain_timeout = config.edge.drain_timeout();
     let mut edges = Vec::new();
+    let mut edge_handles = Vec::new();
     let mut edge_workers = Vec::new();
     for (region, sockets) in edge_sockets {
         let mut edge_config = config.edge.edge_config(&region, layout.inter_region_delay, Some(admin.clone()));
@@ -121,9 +122,12 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
         edge.spawn_rtt_probe();
         edge.spawn_load_scrape();
         edges.push((region, sockets.addr()));
+        edge_handles.push(edge.clone());
         edge_workers.push(serve::spawn(sockets, edge, stop_rx.clone(), drain_timeout)?);
     }
-    let api = api_router(control, &agents, &data_dir, state)?;
+    // The dashboard's traffic figures: this process's edges' counters.
+    let traffic: colo_control::ui::EdgeMetrics = Arc::new(move || edge_handles.iter().map(|e| e.metrics_text()).collect());
+    let api = api_router(control, &agents, &data_dir, state, Some(traffic))?;
     let api_server = crate::api::spawn(api_listener, api, None, stop_rx);
 
     let scheme = config.edge.scheme();
@@ -162,6 +166,7 @@ fn api_router(
     agents: &[Arc<Agent>],
     data_dir: &std::path::Path,
     state: Arc<dyn StateStore>,
+    traffic: Option<colo_control::ui::EdgeMetrics>,
 ) -> Result<axum::Router, NodeError> {
     let token_path = data_dir.join(auth::TOKEN_FILE);
     let access = auth::Access {
@@ -169,7 +174,7 @@ fn api_router(
         state,
     };
     Ok(colo_control::api::router(control.clone())
-        .merge(colo_control::ui::data_router(control))
+        .merge(colo_control::ui::data_router(control, traffic))
         .merge(colo_agent::api::router(agents.to_vec()))
         .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access))
         // The dashboard's pages hold no data: they load without the token and ask for it.

@@ -4,7 +4,7 @@
 // parsed as markup.
 "use strict";
 
-const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, renderMs: null });
+const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, rates: {}, renderMs: null });
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_ROWS = 500;
 
@@ -109,7 +109,9 @@ async function listen() {
             else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
           }
           if (event === "snapshot" && data.length) {
-            colo.snap = JSON.parse(data.join("\n"));
+            const next = JSON.parse(data.join("\n"));
+            noteRates(colo.snap, next);
+            colo.snap = next;
             render();
           } else if (event === "problem") {
             status("colo: " + data.join(" "));
@@ -156,6 +158,49 @@ function render() {
 
 function focusKey(el) {
   return el.id || [el.tagName, el.getAttribute("href"), el.getAttribute("aria-label"), el.textContent].join("|");
+}
+
+// Requests per second of each app between two snapshots that carry the edges' counters.
+function noteRates(prev, next) {
+  if (!prev || !prev.traffic || !next.traffic || next.now_ms <= prev.now_ms) return;
+  const secs = (next.now_ms - prev.now_ms) / 1000;
+  for (const [app, t] of Object.entries(next.traffic)) {
+    const before = prev.traffic[app];
+    colo.rates[app] = Math.max(0, t.requests - (before ? before.requests : 0)) / secs;
+  }
+}
+
+// The upper bound of the bucket that holds quantile q of the requests, in ms.
+function quantileMs(buckets, q) {
+  if (!buckets || !buckets.length) return null;
+  const total = buckets[buckets.length - 1][1];
+  if (!total) return null;
+  const hit = buckets.find(([, n]) => n >= q * total);
+  return hit && Number.isFinite(hit[0]) ? Math.round(hit[0] * 1000) : Infinity;
+}
+
+function traffic(snap, app) {
+  const t = snap.traffic && snap.traffic[app];
+  if (!t) return null;
+  const ms = (q) => {
+    const v = quantileMs(t.latency_buckets, q);
+    return v === null ? "–" : v === Infinity ? "> 65 s" : "≤ " + fmt.ms(v);
+  };
+  const rate = colo.rates[app];
+  return { rate: rate === undefined ? "–" : rate.toFixed(rate < 10 ? 2 : 0), p50: ms(0.5), p99: ms(0.99), t };
+}
+
+// The Apps table's columns of an app's record.
+function appRow(a) {
+  return [
+    h("a", { href: "#/apps/" + encodeURIComponent(a.name), text: a.name, id: "app-" + a.name }),
+    `${a.model}@${a.revision.slice(0, 8)}`,
+    a.engine,
+    a.gpu_kind ? (a.gpus_per_machine > 1 ? `${a.gpu_kind} ×${a.gpus_per_machine}` : a.gpu_kind) : "any device",
+    `${a.machines.started || 0} / ${a.machines_wanted}`,
+    String(a.cold_starts.length),
+    fmt.usd(a.usd_per_hour),
+  ];
 }
 
 function badge(state, healthy) {
@@ -272,19 +317,18 @@ const pages = {
       h("h1", { text: "Apps" }),
       snap.apps.length
         ? table(
-            ["app", "model", "engine", "GPU", "started / wanted", "cold starts", "$/h"],
+            ["app", "model", "engine", "GPU", "started / wanted", "cold starts", "$/h", "req/s", "p50", "p99", "errors"],
             snap.apps.map((a) => [
-              h("a", { href: "#/apps/" + encodeURIComponent(a.name), text: a.name, id: "app-" + a.name }),
-              `${a.model}@${a.revision.slice(0, 8)}`,
-              a.engine,
-              a.gpu_kind ? (a.gpus_per_machine > 1 ? `${a.gpu_kind} ×${a.gpus_per_machine}` : a.gpu_kind) : "any device",
-              `${a.machines.started || 0} / ${a.machines_wanted}`,
-              String(a.cold_starts.length),
-              fmt.usd(a.usd_per_hour),
+              ...appRow(a),
+              ...(() => {
+                const tr = traffic(snap, a.name);
+                return tr ? [tr.rate, tr.p50, tr.p99, String(tr.t.client_errors + tr.t.server_errors)] : ["–", "–", "–", "–"];
+              })(),
             ]),
-            [4, 5, 6],
+            [4, 5, 6, 7, 8, 9, 10],
           )
         : h("p", { class: "muted", text: "No apps yet: colo model push DIR --name NAME, then colo deploy APP --model NAME." }),
+      snap.traffic ? h("p", { class: "muted", text: "Requests per second over the last update; latency to the response head, since the edges started." }) : null,
     );
   },
 
@@ -449,6 +493,13 @@ function appDetail(snap, name) {
       card(`cost now (${snap.prices})`, fmt.usd(a.usd_per_hour) + "/h"),
       card("autostop", a.autostop_secs ? a.autostop_secs + " s idle" : "off"),
       card("API keys", String(a.api_keys)),
+      ...(() => {
+        const tr = traffic(snap, a.name);
+        return tr
+          ? [card("requests/s", tr.rate), card("latency p50", tr.p50), card("latency p99", tr.p99),
+             card("errors 4xx / 5xx", `${tr.t.client_errors} / ${tr.t.server_errors}`)]
+          : [];
+      })(),
     ),
     h("h2", { text: "Cold starts" }),
     a.cold_starts.length
