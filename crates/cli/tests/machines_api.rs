@@ -233,6 +233,14 @@ fn the_machines_api_has_flys_shape_and_the_docs_say_what_it_lacks() {
     let restarted = api.wait(&id, "started");
     assert!(restarted["cold_start"]["requested_at_ms"].as_u64().unwrap() > after);
 
+    // Logs (colo's own route): the end of the engine log as text, as many lines as asked.
+    let r = api.call("GET", "/{id}/logs?lines=2", &id, None, None);
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().unwrap();
+    assert!(!text.is_empty() && text.lines().count() <= 2, "{text:?}");
+    api.fails(400, "GET", "/{id}/logs?lines=many", &id, None, None);
+
     // Wait: at most 60 s, 408 when the state does not come.
     let err = api.fails(400, "GET", "/{id}/wait?timeout=61", &id, None, None);
     assert!(err.contains("timeout") && err.contains("60"), "{err}");
