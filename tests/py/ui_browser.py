@@ -165,6 +165,22 @@ def main():
         if args.screenshots:
             page.screenshot(path=f"{args.screenshots}/ui-models.png", full_page=True)
 
+        # A simulation report written into the data directory: its table and plots.
+        page.goto(f"{args.api}/ui#/sims")
+        page.wait_for_selector("main table a[href^='#/sims/']")
+        page.locator("main table a[href^='#/sims/']").first.click()
+        page.wait_for_selector("main pre.report")
+        page.wait_for_selector("main img.plot")
+        page.wait_for_timeout(300)
+        loaded = page.evaluate("[...document.querySelectorAll('main img.plot')].map((i) => i.complete && i.naturalWidth > 0)")
+        check(loaded and all(loaded), f"the report's plots load ({loaded})")
+        check("TTFT" in page.locator("main pre.report").inner_text() or "ttft" in page.locator("main pre.report").inner_text(), "the report's tables show")
+        check(not errors, f"simulations: no console errors ({errors[:3]})")
+        contrast = page.evaluate(CONTRAST_JS)
+        check(not contrast["bad"], f"simulations: contrast AA on {contrast['checked']} texts {contrast['bad'][:5]}")
+        if args.screenshots:
+            page.screenshot(path=f"{args.screenshots}/ui-sims.png", full_page=True)
+
         # Numbers match the API's.
         machines = [m for m in api(args.api, args.token, "/v1/machines") if m["state"] != "destroyed"]
         page.goto(f"{args.api}/ui#/machines")
@@ -231,11 +247,12 @@ def main():
         page.keyboard.press("Tab")
         check(page.evaluate("document.activeElement.className") == "skip", "Tab first reaches the skip link")
         reached = []
-        for _ in range(6):
+        for _ in range(7):
             page.keyboard.press("Tab")
             reached.append(page.evaluate("document.activeElement.textContent.trim()"))
-        check(reached[:5] == ["colo", "World", "Apps", "Machines", "Models"], f"Tab order {reached}")
+        check(reached[:6] == ["colo", "World", "Apps", "Machines", "Models", "Simulations"], f"Tab order {reached}")
         # Live updates rebuild the page; the focus must stay where the keyboard put it.
+        page.keyboard.press("Shift+Tab")
         page.keyboard.press("Shift+Tab")
         page.keyboard.press("Shift+Tab")
         check(page.evaluate("document.activeElement.textContent.trim()") == "Machines", "Shift+Tab goes back")

@@ -16,6 +16,16 @@ fn the_dashboard_in_chromium() {
     let colo = Colo::up_with(tmp.path(), &["--region", "ord"]);
     colo.push_tiny("tiny");
     colo.ok(&["deploy", "chat", "--model", "tiny"]);
+    // A simulation report where the dashboard shows them.
+    let sims = tmp.path().join("sims").join("mmc");
+    let sim = Command::new(env!("CARGO_BIN_EXE_colo"))
+        .arg("sim")
+        .arg(repo_root().join("sims/mmc.toml"))
+        .arg("--out")
+        .arg(&sims)
+        .output()
+        .unwrap();
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("colo.json")).unwrap()).unwrap();
     let api = info["api"].as_str().unwrap().to_string();
     let deploy = format!(

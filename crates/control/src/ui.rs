@@ -40,6 +40,8 @@ pub type EdgeMetrics = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 struct UiState {
     control: Arc<Control>,
     traffic: Option<EdgeMetrics>,
+    /// Where `colo sim --out` reports are shown from: `<data dir>/sims`, one directory each.
+    sims: Option<std::path::PathBuf>,
 }
 
 /// The pages and their script and style: public, since they hold no data.
@@ -53,7 +55,7 @@ pub fn assets_router() -> Router {
                     // Everything the page loads comes from this address: no CDN, no inline script.
                     (
                         header::CONTENT_SECURITY_POLICY,
-                        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+                        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'",
                     ),
                 ],
                 body,
@@ -68,14 +70,89 @@ pub fn assets_router() -> Router {
 }
 
 /// The dashboard's data, for holders of the API token; `traffic` reads the edges' counters
-/// where this process has them.
-pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>) -> Router {
+/// where this process has them; `sims` is the directory of simulation reports to show.
+pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>, sims: Option<std::path::PathBuf>) -> Router {
     Router::new()
         .route("/v1/ui/snapshot", get(snapshot_handler))
         .route("/v1/ui/events", get(events))
         .route("/v1/ui/models", get(models))
         .route("/v1/ui/models/{name}/plan", get(model_plan))
-        .with_state(UiState { control, traffic })
+        .route("/v1/ui/sims", get(sim_list))
+        .route("/v1/ui/sims/{name}/{file}", get(sim_file))
+        .with_state(UiState { control, traffic, sims })
+}
+
+/// One `colo sim --out` report: its directory's name and its files.
+#[derive(Serialize)]
+struct SimView {
+    name: String,
+    files: Vec<String>,
+    modified_ms: u64,
+}
+
+/// A name the dashboard may read under the simulations directory: letters, digits, `.`, `_`
+/// and `-`, not starting with a dot (so never `..`).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// The reports under the simulations directory, newest first (none when there is none).
+async fn sim_list(State(ui): State<UiState>) -> Response {
+    let Some(dir) = ui.sims else {
+        return Json(Vec::<SimView>::new()).into_response();
+    };
+    let list = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !plain_name(&name) || !entry.path().join("report.txt").is_file() {
+                continue;
+            }
+            let mut files: Vec<String> = std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .filter(|f| plain_name(f) && (f.ends_with(".svg") || f.ends_with(".txt")))
+                .collect();
+            files.sort();
+            let modified_ms = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            out.push(SimView { name, files, modified_ms });
+        }
+        out.sort_by(|a, b| b.modified_ms.cmp(&a.modified_ms).then(a.name.cmp(&b.name)));
+        out
+    })
+    .await
+    .unwrap_or_default();
+    Json(list).into_response()
+}
+
+/// One file of a report: its text, or an SVG plot.
+async fn sim_file(State(ui): State<UiState>, Path((name, file)): Path<(String, String)>) -> Response {
+    let kind = match file.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("svg") => "image/svg+xml",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "",
+    };
+    let not_found = || {
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no report file {name}/{file}")})),
+        )
+            .into_response()
+    };
+    let (Some(dir), false) = (ui.sims, kind.is_empty() || !plain_name(&name) || !plain_name(&file)) else {
+        return not_found();
+    };
+    match tokio::fs::read(dir.join(&name).join(&file)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, kind)], bytes).into_response(),
+        Err(_) => not_found(),
+    }
 }
 
 /// One app's requests as its edges counted them since they started: the dashboard turns two

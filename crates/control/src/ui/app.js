@@ -4,7 +4,7 @@
 // parsed as markup.
 "use strict";
 
-const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, rates: {}, renderMs: null });
+const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, rates: {}, sims: null, simFiles: {}, renderMs: null });
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_ROWS = 500;
 
@@ -190,6 +190,61 @@ function traffic(snap, app) {
   return { rate: rate === undefined ? "–" : rate.toFixed(rate < 10 ? 2 : 0), p50: ms(0.5), p99: ms(0.99), t };
 }
 
+// A report file of a simulation, fetched with the token: text, or an object URL of a plot.
+function simFile(name, file) {
+  const key = name + "/" + file;
+  if (!(key in colo.simFiles)) {
+    colo.simFiles[key] = null;
+    fetch(`/v1/ui/sims/${encodeURIComponent(name)}/${encodeURIComponent(file)}`, { headers: { Authorization: "Bearer " + token() } })
+      .then(async (r) => {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        colo.simFiles[key] = file.endsWith(".svg") ? URL.createObjectURL(await r.blob()) : await r.text();
+      })
+      .catch((e) => (colo.simFiles[key] = { error: e.message }))
+      .then(render);
+  }
+  return colo.simFiles[key];
+}
+
+function simsPage(name) {
+  if (!colo.sims) {
+    api("/v1/ui/sims").then((s) => ((colo.sims = s), render()), (e) => status(e.message));
+    return h("p", { class: "muted", text: "Loading simulations…" });
+  }
+  const chosen = colo.sims.find((s) => s.name === name);
+  return h(
+    "section",
+    {},
+    h("h1", { text: "Simulations" }),
+    colo.sims.length
+      ? table(
+          ["report", "written", "plots"],
+          colo.sims.map((s) => [
+            h("a", { href: "#/sims/" + encodeURIComponent(s.name), text: s.name }),
+            new Date(s.modified_ms).toISOString().replace("T", " ").slice(0, 16),
+            String(s.files.filter((f) => f.endsWith(".svg")).length),
+          ]),
+          [2],
+        )
+      : h("p", { class: "muted", text: "No reports yet: colo sim SCENARIO.toml --out DATA_DIR/sims/NAME writes one here." }),
+    chosen ? simReport(chosen) : null,
+  );
+}
+
+function simReport(sim) {
+  const text = simFile(sim.name, "report.txt");
+  return h(
+    "section",
+    { "aria-label": "Simulation " + sim.name },
+    h("h2", { text: sim.name }),
+    sim.files.filter((f) => f.endsWith(".svg")).map((f) => {
+      const url = simFile(sim.name, f);
+      return typeof url === "string" ? h("img", { class: "plot", src: url, alt: `${sim.name}: ${f.replace(".svg", "")}` }) : null;
+    }),
+    typeof text === "string" ? h("pre", { class: "report", tabindex: 0, "aria-label": "Report", text }) : h("p", { class: "muted", text: "Loading the report…" }),
+  );
+}
+
 // The Apps table's columns of an app's record.
 function appRow(a) {
   return [
@@ -344,6 +399,10 @@ const pages = {
       h("input", { id: "filter", type: "search", value: filter, placeholder: "app, host, region or state", oninput: render }),
       machineTable(shown),
     );
+  },
+
+  sims(snap, arg) {
+    return simsPage(arg);
   },
 
   models(snap, arg) {
