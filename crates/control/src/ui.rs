@@ -174,27 +174,27 @@ pub fn traffic_of(texts: &[String]) -> BTreeMap<String, AppTraffic> {
     let mut out: BTreeMap<String, AppTraffic> = BTreeMap::new();
     let mut buckets: BTreeMap<String, BTreeMap<u64, (f64, u64)>> = BTreeMap::new();
     for line in texts.iter().flat_map(|t| t.lines()) {
-        let Some(Sample { name, labels, value }) = sample(line) else {
+        let Some(sample) = colo_policy::sample(line) else { continue };
+        let Ok(value) = sample.value.parse::<f64>() else { continue };
+        let Some(app) = sample.label("app").filter(|a| a != "-") else {
             continue;
         };
-        let label = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
-        let Some(app) = label("app").filter(|a| *a != "-") else { continue };
-        match name {
+        match sample.name {
             "colo_edge_requests_total" => {
-                let t = out.entry(app.to_string()).or_default();
+                let t = out.entry(app).or_default();
                 let n = value as u64;
                 t.requests += n;
-                match label("status").and_then(|s| s.parse::<u16>().ok()) {
+                match sample.label("status").and_then(|s| s.parse::<u16>().ok()) {
                     Some(400..=499) => t.client_errors += n,
                     Some(500..=599) => t.server_errors += n,
                     _ => {}
                 }
             }
             "colo_edge_request_seconds_bucket" => {
-                let Some(le) = label("le").and_then(|l| l.parse::<f64>().ok()) else {
+                let Some(le) = sample.label("le").and_then(|l| l.parse::<f64>().ok()) else {
                     continue;
                 };
-                let slot = buckets.entry(app.to_string()).or_default().entry(le.to_bits()).or_insert((le, 0));
+                let slot = buckets.entry(app).or_default().entry(le.to_bits()).or_insert((le, 0));
                 slot.1 += value as u64;
             }
             _ => {}
@@ -206,58 +206,6 @@ pub fn traffic_of(texts: &[String]) -> BTreeMap<String, AppTraffic> {
         out.entry(app).or_default().latency_buckets = list;
     }
     out
-}
-
-/// One sample of Prometheus' text format: `name{k="v",...} value`.
-struct Sample<'a> {
-    name: &'a str,
-    labels: Vec<(&'a str, String)>,
-    value: f64,
-}
-
-/// The sample on `line`; `None` for comments and for lines that are not samples.
-fn sample(line: &str) -> Option<Sample<'_>> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let (head, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let Some((name, rest)) = head.split_once('{') else {
-        return Some(Sample {
-            name: head,
-            labels: Vec::new(),
-            value,
-        });
-    };
-    let mut body = rest.strip_suffix('}')?;
-    let mut labels = Vec::new();
-    while !body.is_empty() {
-        let (key, after) = body.split_once("=\"")?;
-        let mut text = String::new();
-        let mut escaped = false;
-        let mut end = None;
-        for (i, c) in after.char_indices() {
-            match (escaped, c) {
-                (true, 'n') => {
-                    text.push('\n');
-                    escaped = false;
-                }
-                (true, c) => {
-                    text.push(c);
-                    escaped = false;
-                }
-                (false, '\\') => escaped = true,
-                (false, '"') => {
-                    end = Some(i);
-                    break;
-                }
-                (false, c) => text.push(c),
-            }
-        }
-        labels.push((key.trim_start_matches(','), text));
-        body = &after[end? + 1..];
-    }
-    Some(Sample { name, labels, value })
 }
 
 /// An app as the dashboard shows it: no keys, no tokens.

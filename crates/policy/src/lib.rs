@@ -20,7 +20,7 @@ pub mod scale;
 
 pub use bucket::{llm_token_cost, KeyLimits, RateLimited, TokenBucket};
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
-pub use metrics::{read_metrics, MetricsError, Scraped};
+pub use metrics::{read_metrics, sample, MetricsError, Sample, Scraped};
 pub use placement::{place, Demand, EdgeSpec, Fleet, Host, PlacedMachine, Placement, PlacementError, RegionDemand, Unmet};
 pub use plan::{plan, recommend, Plan, PlanError, PlanOption, PlanRequest, Recommendation};
 pub use prefix::{PrefixIndex, PrefixKey};

@@ -39,11 +39,7 @@ pub fn read_metrics(names: &MetricNames, text: &str, at_ms: u64) -> Result<Scrap
     let mut hits = None;
     let mut queries = None;
     for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((name, value)) = split_sample(line) else { continue };
+        let Some(Sample { name, value, .. }) = sample(line) else { continue };
         let add = |slot: &mut Option<f64>, value: f64| *slot = Some(slot.unwrap_or(0.0) + value);
         if name == names.running {
             add(&mut running, number(name, value)?);
@@ -71,9 +67,22 @@ pub fn read_metrics(names: &MetricNames, text: &str, at_ms: u64) -> Result<Scrap
     })
 }
 
-/// A sample line's metric name and value text: `name{labels} value [timestamp]`.
-fn split_sample(line: &str) -> Option<(&str, &str)> {
-    let (name, rest) = match line.find(['{', ' ']) {
+/// One sample line of Prometheus' text format, `name{labels} value [timestamp]`, as text.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample<'a> {
+    pub name: &'a str,
+    /// What is between the braces, unparsed (empty without them).
+    pub labels: &'a str,
+    pub value: &'a str,
+}
+
+/// The sample on `line`; `None` for blank lines, comments and lines that are not samples.
+pub fn sample(line: &str) -> Option<Sample<'_>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (name, labels, rest) = match line.find(['{', ' ']) {
         Some(at) if line.as_bytes()[at] == b'{' => {
             // Label values may hold spaces and braces inside quotes: find the closing brace
             // outside them.
@@ -92,13 +101,52 @@ fn split_sample(line: &str) -> Option<(&str, &str)> {
                     _ => {}
                 }
             }
-            (&line[..at], &line[close? + 1..])
+            let close = close?;
+            (&line[..at], &line[at + 1..close], &line[close + 1..])
         }
-        Some(at) => (&line[..at], &line[at..]),
+        Some(at) => (&line[..at], "", &line[at..]),
         None => return None,
     };
     let value = rest.split_whitespace().next()?;
-    Some((name, value))
+    Some(Sample { name, labels, value })
+}
+
+// === impl Sample ===
+
+impl Sample<'_> {
+    /// The value of label `key`, unescaped; `None` when the sample has no such label (or its
+    /// labels are malformed).
+    pub fn label(&self, key: &str) -> Option<String> {
+        let mut rest = self.labels;
+        loop {
+            let (name, after) = rest.split_once("=\"")?;
+            let mut text = String::new();
+            let mut escaped = false;
+            let mut end = None;
+            for (i, c) in after.char_indices() {
+                match (escaped, c) {
+                    (true, 'n') => {
+                        text.push('\n');
+                        escaped = false;
+                    }
+                    (true, c) => {
+                        text.push(c);
+                        escaped = false;
+                    }
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = Some(i);
+                        break;
+                    }
+                    (false, c) => text.push(c),
+                }
+            }
+            if name.trim_start_matches(',').trim() == key {
+                return Some(text);
+            }
+            rest = &after[end? + 1..];
+        }
+    }
 }
 
 /// Whether sample `name` is counter `metric`, written with or without `_total`.
