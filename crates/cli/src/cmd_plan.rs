@@ -106,11 +106,12 @@ fn build_request(args: &PlanArgs, facts: &ModelFacts) -> anyhow::Result<PlanRequ
             .collect::<Result<_, _>>()?
     };
     let kv_dtype = KvDtype::parse(&args.kv_dtype).ok_or_else(|| anyhow!("--kv-dtype {:?}: expected bf16 or fp8", args.kv_dtype))?;
+    let typical = PlanRequest::at_context(context);
     Ok(PlanRequest {
         context,
         concurrency: args.concurrency,
-        prompt_tokens: args.prompt_tokens.unwrap_or(PlanRequest::at_context(context).prompt_tokens),
-        output_tokens: args.output_tokens.unwrap_or(PlanRequest::at_context(context).output_tokens),
+        prompt_tokens: args.prompt_tokens.unwrap_or(typical.prompt_tokens),
+        output_tokens: args.output_tokens.unwrap_or(typical.output_tokens),
         quants,
         gpus: args.gpu.clone(),
         n_gpus: args.n_gpus.clone(),

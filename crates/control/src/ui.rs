@@ -41,7 +41,10 @@ struct UiState {
     control: Arc<Control>,
     traffic: Option<EdgeMetrics>,
     /// Where `colo sim --out` reports are shown from: `<data dir>/sims`, one directory each.
-    sims: Option<std::path::PathBuf>,
+    sims: std::path::PathBuf,
+    /// The built-in tables, read once rather than on every push.
+    catalogue: Arc<Catalogue>,
+    regions: Arc<Regions>,
 }
 
 /// The pages and their script and style: public, since they hold no data.
@@ -71,7 +74,7 @@ pub fn assets_router() -> Router {
 
 /// The dashboard's data, for holders of the API token; `traffic` reads the edges' counters
 /// where this process has them; `sims` is the directory of simulation reports to show.
-pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>, sims: Option<std::path::PathBuf>) -> Router {
+pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>, sims: std::path::PathBuf) -> Router {
     Router::new()
         .route("/v1/ui/snapshot", get(snapshot_handler))
         .route("/v1/ui/events", get(events))
@@ -79,7 +82,13 @@ pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>, sims: Op
         .route("/v1/ui/models/{name}/plan", get(model_plan))
         .route("/v1/ui/sims", get(sim_list))
         .route("/v1/ui/sims/{name}/{file}", get(sim_file))
-        .with_state(UiState { control, traffic, sims })
+        .with_state(UiState {
+            control,
+            traffic,
+            sims,
+            catalogue: Arc::new(Catalogue::builtin()),
+            regions: Arc::new(Regions::builtin()),
+        })
 }
 
 /// One `colo sim --out` report: its directory's name and its files.
@@ -98,9 +107,7 @@ fn plain_name(name: &str) -> bool {
 
 /// The reports under the simulations directory, newest first (none when there is none).
 async fn sim_list(State(ui): State<UiState>) -> Response {
-    let Some(dir) = ui.sims else {
-        return Json(Vec::<SimView>::new()).into_response();
-    };
+    let dir = ui.sims;
     let list = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -146,10 +153,10 @@ async fn sim_file(State(ui): State<UiState>, Path((name, file)): Path<(String, S
         )
             .into_response()
     };
-    let (Some(dir), false) = (ui.sims, kind.is_empty() || !plain_name(&name) || !plain_name(&file)) else {
+    if kind.is_empty() || !plain_name(&name) || !plain_name(&file) {
         return not_found();
-    };
-    match tokio::fs::read(dir.join(&name).join(&file)).await {
+    }
+    match tokio::fs::read(ui.sims.join(&name).join(&file)).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, kind)], bytes).into_response(),
         Err(_) => not_found(),
     }
@@ -379,10 +386,8 @@ pub fn snapshot(
             let mut cpu_slots = 0;
             for d in &h.devices {
                 match d {
-                    Device::Gpu { name, memory_mib, .. } => {
-                        let kind = catalogue
-                            .kind_of_device(name, *memory_mib)
-                            .map_or_else(|| name.clone(), |k| k.kind.clone());
+                    Device::Gpu { name, .. } => {
+                        let kind = colo_agent::facts::device_kind(catalogue, d).unwrap_or_else(|| name.clone());
                         *gpus.entry(kind).or_default() += 1;
                     }
                     Device::Cpu { .. } => cpu_slots += 1,
@@ -474,8 +479,8 @@ pub fn snapshot(
 // === impl Control ===
 
 impl Control {
-    /// The dashboard's snapshot of the state now.
-    pub async fn ui_snapshot(&self) -> Result<Snapshot, ControlError> {
+    /// The dashboard's snapshot of the state now, placed on `regions` and priced by `catalogue`.
+    pub async fn ui_snapshot(&self, regions: &Regions, catalogue: &Catalogue) -> Result<Snapshot, ControlError> {
         let apps = self.state.apps().await?;
         let machines = self.state.machines().await?;
         let hosts = match &self.hosts {
@@ -489,14 +494,7 @@ impl Control {
             }
             crate::hosts::Hosts::Remote { .. } => self.state.hosts().await?,
         };
-        Ok(snapshot(
-            &apps,
-            &machines,
-            &hosts,
-            &Regions::builtin(),
-            &Catalogue::builtin(),
-            crate::now_ms(),
-        ))
+        Ok(snapshot(&apps, &machines, &hosts, regions, catalogue, crate::now_ms()))
     }
 }
 
@@ -505,7 +503,7 @@ impl Control {
 impl UiState {
     /// The snapshot, with the edges' traffic where this process has it.
     async fn snapshot(&self) -> Result<Snapshot, ControlError> {
-        let mut snapshot = self.control.ui_snapshot().await?;
+        let mut snapshot = self.control.ui_snapshot(&self.regions, &self.catalogue).await?;
         snapshot.traffic = self.traffic.as_ref().map(|read| traffic_of(&read()));
         Ok(snapshot)
     }
@@ -599,7 +597,7 @@ async fn model_plan(State(ui): State<UiState>, Path(name): Path<String>) -> Resp
             .await
             .map_err(|e| ControlError::invalid("model", format!("the planner cannot read {name}: {e}")))?;
         let request = colo_policy::PlanRequest::at_context(facts.max_position.min(4096));
-        colo_policy::plan(&facts, &Catalogue::builtin(), &request).map_err(|e| ControlError::invalid("model", e.to_string()))
+        colo_policy::plan(&facts, &ui.catalogue, &request).map_err(|e| ControlError::invalid("model", e.to_string()))
     };
     match answer.await {
         Ok(plan) => Json(plan).into_response(),

@@ -47,7 +47,7 @@ pub async fn control(config: ControlConfig) -> Result<RunningControl, NodeError>
     let api = colo_control::api::router(control.clone())
         .merge(colo_control::api::machines_router(control.clone()))
         // The edges are other processes: the dashboard has no traffic figures here yet.
-        .merge(colo_control::ui::data_router(control, None, Some(data_dir.join("sims"))))
+        .merge(colo_control::ui::data_router(control, None, data_dir.join("sims")))
         .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access))
         // The dashboard's pages hold no data: they load without the token and ask for it.
         .merge(colo_control::ui::assets_router());

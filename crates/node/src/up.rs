@@ -174,7 +174,7 @@ fn api_router(
         state,
     };
     Ok(colo_control::api::router(control.clone())
-        .merge(colo_control::ui::data_router(control, traffic, Some(data_dir.join("sims"))))
+        .merge(colo_control::ui::data_router(control, traffic, data_dir.join("sims")))
         .merge(colo_agent::api::router(agents.to_vec()))
         .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access))
         // The dashboard's pages hold no data: they load without the token and ask for it.
