@@ -9,6 +9,10 @@ Checks, each an assertion that fails the run:
   - the numbers shown match the API's (machines, apps started of wanted);
   - a machine that starts appears on the Machines page within 2 seconds, without a reload
     (--deploy-cmd is run while the page is open);
+  - completions through the edge show as a rate, latency and time-to-first-token percentiles,
+    tokens per second and errors by source; the tokens the edge counted equal those the answers
+    reported; the map has its land, its edge and the region's requests;
+  - the read-only token (--read-only-token) shows the pages and may change nothing;
   - clicking an app opens its detail; the keyboard alone reaches every page;
   - every text on every page has WCAG AA contrast against what is behind it;
   - the World and Machines pages render 35 regions and 10,000 machines (the test's own data),
@@ -108,6 +112,7 @@ def main():
     ap.add_argument("--api", required=True)
     ap.add_argument("--edge", required=True, help="the edge, for traffic the Apps page must show")
     ap.add_argument("--token", required=True)
+    ap.add_argument("--read-only-token", required=True)
     ap.add_argument("--deploy-cmd", required=True)
     ap.add_argument("--new-app", required=True, help="the app --deploy-cmd deploys")
     ap.add_argument("--screenshots")
@@ -196,18 +201,46 @@ def main():
             cell = row.locator("td").nth(4).inner_text()
             check(cell == f"{started} / {a['machines']}", f"app {a['name']}: '{cell}' against {started} / {a['machines']}")
 
-        # Traffic through the edge shows on the Apps page: a rate, latency percentiles, errors.
-        for _ in range(6):
-            body = json.dumps({"model": apps[0]["name"], "prompt": "hi", "max_tokens": 2}).encode()
-            req = urllib.request.Request(args.edge + "/v1/completions", data=body, headers={"content-type": "application/json"})
+        # Traffic through the edge shows on the Apps page: a rate, latency and first-token
+        # percentiles, tokens per second, errors. Whole answers report their tokens in their
+        # usage; streamed ones send one event per token.
+        generated = 0
+
+        def complete(stream):
+            body = {"model": apps[0]["name"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": stream}
+            req = urllib.request.Request(args.edge + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"})
             with urllib.request.urlopen(req, timeout=30) as r:
-                r.read()
+                if not stream:
+                    return json.load(r)["usage"]["completion_tokens"]
+                events = [line[5:].strip() for line in r.read().decode().split("\n") if line.startswith("data:")]
+                chunks = [json.loads(e) for e in events if e != "[DONE]"]
+                return sum(1 for c in chunks for ch in c["choices"] if (ch.get("delta") or {}).get("content"))
+
         row = page.locator("main table tbody tr", has=page.locator(f"#app-{apps[0]['name']}"))
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline and row.locator("td").nth(8).inner_text() == "–":
-            page.wait_for_timeout(200)
-        cells = [row.locator("td").nth(i).inner_text() for i in (7, 8, 9, 10)]
-        check(cells[1].startswith("≤") and cells[2].startswith("≤") and cells[3] == "0", f"traffic on the Apps page: {cells}")
+        deadline = time.monotonic() + 12
+        cells = []
+        while time.monotonic() < deadline:
+            generated += complete(False) + complete(True)
+            cells = [row.locator("td").nth(i).inner_text() for i in range(7, 14)]
+            if cells[1] != "–" and cells[3] != "–" and cells[4] not in ("–", "0.00"):
+                break
+            page.wait_for_timeout(100)
+        check(cells[1].startswith("≤") and cells[2].startswith("≤") and cells[3].startswith("≤") and cells[6] == "0", f"traffic on the Apps page: {cells}")
+        check(cells[4] not in ("–", "0.00"), f"tokens per second shown while completions run ({cells[4]})")
+        counted = 0
+        for _ in range(30):
+            counted = api(args.api, args.token, "/v1/ui/snapshot")["traffic"][apps[0]["name"]]["output_tokens"]
+            if counted == generated:
+                break
+            time.sleep(0.1)
+        check(counted == generated and generated > 0, f"the edge counted {counted} tokens; the answers reported {generated}")
+        # A request the edge refuses for the app's sake is an error of the client's.
+        bad = json.dumps({"model": apps[0]["name"], "prompt": "hi", "max_tokens": -1}).encode()
+        try:
+            urllib.request.urlopen(urllib.request.Request(args.edge + "/v1/completions", data=bad, headers={"content-type": "application/json"}), timeout=30)
+            check(False, "a negative max_tokens was refused")
+        except urllib.error.HTTPError as e:
+            check(e.code == 400, f"a negative max_tokens is a 400 ({e.code})")
         if args.screenshots:
             page.screenshot(path=f"{args.screenshots}/ui-apps.png", full_page=True)
 
@@ -217,6 +250,23 @@ def main():
         page.wait_for_selector(f"main h1:has-text('{first}')")
         check(page.url.endswith(f"#/apps/{first}"), f"clicking {first} opens its detail")
         check(page.locator("main h2:has-text('Cold starts')").count() == 1, "the detail shows cold starts")
+        # The machine was started, so its engine refused the request (the edge checks bodies
+        # itself only before it holds one).
+        page.wait_for_selector("main section[aria-label='Errors by source'] tbody tr", timeout=5_000)
+        by_source = [r.locator("td").all_inner_texts()[:2] for r in page.locator("main section[aria-label='Errors by source'] tbody tr").all()]
+        check(by_source == [["engine", "1"]], f"the detail's errors by source show the refused request ({by_source})")
+        cards = page.locator("main .card").all_inner_texts()
+        check(any(c.startswith("first token p50") and "≤" in c for c in cards), f"the detail shows time to first token ({cards})")
+
+        # The map: land, this process's edge, and the requests between regions.
+        page.goto(f"{args.api}/ui#/world")
+        page.wait_for_selector(".map .edge")
+        land = page.evaluate("fetch('/ui/land.svg').then((r) => r.ok && r.headers.get('content-type'))")
+        backdrop = page.evaluate("getComputedStyle(document.querySelector('.map')).backgroundImage")
+        check(land == "image/svg+xml" and "land.svg" in backdrop, f"the map draws the land ({land}, {backdrop})")
+        page.wait_for_selector("main section[aria-label='Requests between regions'] tbody tr")
+        flow = page.locator("main section[aria-label='Requests between regions'] tbody tr").first.locator("td").all_inner_texts()
+        check(flow[:2] == ["ord", "ord"] and int(flow[3].replace(",", "")) >= 6, f"requests from ord's edge to ord's machines ({flow})")
 
         # A machine's detail: where its weights came from, its phases, the end of its engine log.
         page.goto(f"{args.api}/ui#/machines")
@@ -266,6 +316,25 @@ def main():
         page.wait_for_selector("main section[aria-label^='Region']")
         check(True, "a region on the map opens with Enter")
 
+        # The read-only token: the same pages, and nothing else.
+        ro = browser.new_page(viewport={"width": 1280, "height": 860})
+        ro_errors = []
+        ro.on("console", lambda m: m.type == "error" and ro_errors.append(m.text))
+        ro.goto(args.api + "/ui#token=" + args.read_only_token)
+        ro.wait_for_selector("#status:text-is('live')", timeout=10_000)
+        ro.goto(f"{args.api}/ui#/apps")
+        ro.wait_for_selector(f"#app-{first}")
+        check(not ro_errors, f"the read-only token shows the Apps page ({ro_errors[:3]})")
+        refused = ro.evaluate(
+            """t => Promise.all([
+                 fetch('/v1/apps', {headers: {Authorization: 'Bearer ' + t}}).then((r) => r.status),
+                 fetch('/v1/apps/' + %s, {method: 'DELETE', headers: {Authorization: 'Bearer ' + t}}).then((r) => r.status)])"""
+            % json.dumps(first),
+            args.read_only_token,
+        )
+        check(refused == [403, 403], f"the read-only token may not list or destroy apps ({refused})")
+        ro.close()
+
         # A phone-sized screen.
         phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
         phone.goto(args.api + "/ui#token=" + args.token)
@@ -289,6 +358,21 @@ def main():
             times = [page.evaluate("() => window.colo.renderSnapshot(window.__big)") for _ in range(5)]
             timings[name] = round(sorted(times)[2], 1)
         results["render_ms_10k"] = timings
+        # $ per million tokens: the app's cost an hour over its tokens per second (this colo's
+        # machines run on the CPU, which has no price: a GPU app's figures, given here).
+        priced = dict(real, apps=[dict(a, usd_per_hour=3.6) for a in real["apps"]])
+        page.goto(f"{args.api}/ui#/apps")
+        page.wait_for_selector("main h1")
+        # Rendered and read in one step, before a live update can replace the snapshot.
+        per_mtok = page.evaluate(
+            """([s, app]) => {
+                 window.colo.tokenRates[app] = 1000;
+                 window.colo.renderSnapshot(s);
+                 return document.getElementById("app-" + app).closest("tr").children[12].textContent;
+               }""",
+            [priced, first],
+        )
+        check(per_mtok == "$1.00", f"$3.60 an hour at 1,000 tokens/s is $1.00 per million tokens ({per_mtok})")
         check(timings["world"] < 500 and timings["machines"] < 1000, f"10,000 machines render in {timings} ms (median of 5)")
         check(not errors, f"no console errors in all ({errors[:3]})")
         browser.close()

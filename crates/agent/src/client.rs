@@ -89,6 +89,23 @@ impl AgentClient {
         self.call(Method::DELETE, &format!("/v1/apps/{app}/machines/{id}"), None).await
     }
 
+    /// The end of machine `id`'s engine log, `query` being the request's query string (the
+    /// agent checks it): the agent's status, content type and body, passed on as they are.
+    pub async fn logs(&self, app: &str, id: &str, query: Option<&str>) -> Result<(StatusCode, Option<String>, Vec<u8>), ClientError> {
+        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+        let url = format!("{}/v1/apps/{app}/machines/{id}/logs{query}", self.base);
+        let unreachable = |source| ClientError::Unreachable { url: url.clone(), source };
+        let response = self.http.get(&url).bearer_auth(&self.token).send().await.map_err(unreachable)?;
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let body = response.bytes().await.map_err(unreachable)?.to_vec();
+        Ok((status, kind, body))
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<&CreateMachine>) -> Result<Machine, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);

@@ -621,6 +621,9 @@ pub enum TokenCommand {
     /// Replace the cluster token in the data dir; daemons reading the file use the new one at
     /// their next request (copy it to hosts whose daemons read their own copy).
     Rotate(TokenRotateArgs),
+    /// Print the read-only token, and the dashboard's address signed in with it: it shows the
+    /// dashboard and engine logs and changes nothing (rotating the cluster token replaces it).
+    ReadOnly(TokenRotateArgs),
 }
 
 #[derive(clap::Args)]
@@ -647,6 +650,28 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             }
             println!("{}", created["token"].as_str().unwrap_or_default());
             eprintln!("deploy token for {}: keep it now, colo stores only its digest", args.app);
+            Ok(())
+        }
+        TokenCommand::ReadOnly(args) => {
+            let dir = &args.common.data_dir;
+            let token = colo_control::auth::TokenFile::open(&dir.join(colo_control::auth::TOKEN_FILE))
+                .with_context(|| {
+                    format!(
+                        "reading the cluster token in {} (is colo up or colo control running there?)",
+                        dir.display()
+                    )
+                })?
+                .current();
+            let read_only = colo_control::auth::read_only_token(&token);
+            let api = colo_node::RunInfo::read(dir).map(|r| r.api).unwrap_or_default();
+            let dashboard = (!api.is_empty()).then(|| format!("{api}/ui#token={read_only}"));
+            if args.common.json {
+                return print_json(&json!({"token": read_only, "dashboard": dashboard}));
+            }
+            println!("{read_only}");
+            if let Some(url) = dashboard {
+                eprintln!("dashboard, read-only: {url}");
+            }
             Ok(())
         }
         TokenCommand::Rotate(args) => {

@@ -94,6 +94,62 @@ fn control_agents_and_edges_as_daemons_over_nats_and_s3() {
     });
     println!("load report of an ams machine reached the ord edge within {relayed:?}");
 
+    // The dashboard of `colo control`: the edges are other processes, which publish their
+    // figures over NATS; both regions' requests show, with where they went.
+    let seen = wait_for(10, "both edges' traffic on control's dashboard", || {
+        let snap: serde_json::Value = http
+            .get(format!("{api}/v1/ui/snapshot"))
+            .bearer_auth(token.trim())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let flows = snap["flows"].as_array().cloned().unwrap_or_default();
+        let flow = |from: &str| {
+            flows
+                .iter()
+                .any(|f| f["from"] == from && f["to"] == from && f["requests"].as_u64() >= Some(3))
+        };
+        snap["traffic"]["near"]["requests"].as_u64() >= Some(6)
+            && snap["edges"] == serde_json::json!({"ams": 1, "ord": 1})
+            && flow("ord")
+            && flow("ams")
+    });
+    println!("control's dashboard showed both edges' traffic within {seen:?}");
+    // A machine's engine log, which is on its host, through control.
+    let machine = &machines[0]["id"].as_str().unwrap();
+    let log = http
+        .get(format!("{api}/v1/apps/near/machines/{machine}/logs?lines=5"))
+        .bearer_auth(token.trim())
+        .send()
+        .unwrap();
+    assert_eq!(log.status(), 200);
+    assert!(log.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let bad = http
+        .get(format!("{api}/v1/apps/near/machines/{machine}/logs?lines=many"))
+        .bearer_auth(token.trim())
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400, "the agent's refusal is passed on");
+    // The read-only token shows the dashboard and changes nothing.
+    let minted: serde_json::Value = serde_json::from_str(&cluster.cli(&["token", "read-only", "--json"])).unwrap();
+    let read_only = minted["token"].as_str().unwrap();
+    assert!(
+        minted["dashboard"].as_str().unwrap().ends_with(&format!("/ui#token={read_only}")),
+        "{minted}"
+    );
+    let with = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{api}{path}"))
+            .bearer_auth(read_only)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(with(reqwest::Method::GET, "/v1/ui/snapshot"), 200);
+    assert_eq!(with(reqwest::Method::GET, &format!("/v1/apps/near/machines/{machine}/logs")), 200);
+    assert_eq!(with(reqwest::Method::GET, "/v1/apps"), 403, "listing apps shows their keys' names");
+    assert_eq!(with(reqwest::Method::DELETE, "/v1/apps/near"), 403);
+
     // Auth: every daemon API refuses callers without the cluster token; an app's deploy token
     // reaches its own app only.
     let agent_api = |name: &str| run_agent_addr(&cluster, name);

@@ -33,6 +33,11 @@ fn the_dashboard_in_chromium() {
         env!("CARGO_BIN_EXE_colo"),
         tmp.path().display()
     );
+    let minted = colo.ok(&["token", "read-only", "--json"]);
+    let read_only = serde_json::from_str::<serde_json::Value>(&minted).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = tmp.path().join("ui.json");
     let mut command = Command::new("python3");
     command
@@ -44,6 +49,8 @@ fn the_dashboard_in_chromium() {
             &colo.edge,
             "--token",
             &colo.token(),
+            "--read-only-token",
+            &read_only,
             "--deploy-cmd",
             &deploy,
             "--new-app",

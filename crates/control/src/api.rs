@@ -197,8 +197,39 @@ pub fn machines_router(control: Arc<Control>) -> Router {
         .route("/v1/apps/{app}/machines", get(app_machines))
         .route("/v1/apps/{app}/machines/{id}", get(app_machine))
         .route("/v1/apps/{app}/machines/{id}/wait", get(wait_machine))
+        .route("/v1/apps/{app}/machines/{id}/logs", get(machine_logs))
         .route("/v1/hosts", get(hosts))
         .with_state(control)
+}
+
+/// The end of a machine's engine log, from the agent of its host (whose answer, a refusal
+/// included, is passed on).
+async fn machine_logs(
+    State(control): State<Arc<Control>>,
+    Path((app, id)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let machine = match find_machine(&control, &app, &id).await {
+        Ok(machine) => machine,
+        Err(response) => return response,
+    };
+    let agent = match control.hosts.agent_of(&machine.host).await {
+        Ok(Some(agent)) => agent,
+        Ok(None) => return ControlError::HostGone { host: machine.host }.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    match agent.logs(&app, &id, query.as_deref()).await {
+        Ok((status, kind, body)) => {
+            let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let kind = kind.unwrap_or_else(|| "text/plain; charset=utf-8".into());
+            (status, [(axum::http::header::CONTENT_TYPE, kind)], body).into_response()
+        }
+        Err(source) => ControlError::AgentCall {
+            host: machine.host,
+            source,
+        }
+        .into_response(),
+    }
 }
 
 /// Every registered host, as its agent last wrote it (and control marked it).

@@ -93,6 +93,26 @@ pub fn machine_key(token: &str) -> String {
     crate::secret::digest(&format!("colo machine key\n{token}"))
 }
 
+/// Prefix of the read-only token.
+pub const READ_ONLY_PREFIX: &str = "colo-read-";
+
+/// The read-only token: it shows the dashboard (its data and the engine logs) and does nothing
+/// else. Derived from the cluster token, so `colo token rotate` replaces it too, and the token
+/// cannot be worked back from it.
+pub fn read_only_token(token: &str) -> String {
+    format!(
+        "{READ_ONLY_PREFIX}{}",
+        crate::secret::digest(&format!("colo read-only token\n{token}"))
+    )
+}
+
+/// What the read-only token may do: read the dashboard's data and a machine's engine log.
+fn read_only_allows(request: &Request) -> bool {
+    let path = request.uri().path();
+    request.method() == axum::http::Method::GET
+        && (path.starts_with("/v1/ui/") || (path.starts_with("/v1/apps/") && path.contains("/machines/") && path.ends_with("/logs")))
+}
+
 pub fn same(presented: &str, token: &str) -> bool {
     colo_core::same_secret(presented.as_bytes(), token.as_bytes())
 }
@@ -132,8 +152,16 @@ pub const DEPLOY_TOKEN_PREFIX: &str = "colo-deploy-";
 /// Middleware for control's API.
 pub async fn require_access(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
     let Some(presented) = bearer(&request) else { return unauthorized() };
-    if same(&presented, &access.token.current()) {
+    let token = access.token.current();
+    if same(&presented, &token) {
         return next.run(request).await;
+    }
+    if presented.starts_with(READ_ONLY_PREFIX) && same(&presented, &read_only_token(&token)) {
+        if read_only_allows(&request) {
+            return next.run(request).await;
+        }
+        let body = serde_json::json!({"error": "the read-only token shows the dashboard and engine logs only"});
+        return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
     }
     if !presented.starts_with(DEPLOY_TOKEN_PREFIX) {
         return unauthorized();
@@ -185,5 +213,29 @@ mod tests {
         assert_eq!(super::load_or_create_token(dir.path()).unwrap(), first);
         let mode = std::fs::metadata(dir.path().join(super::TOKEN_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_read_only_token_follows_the_cluster_token_and_reads_the_dashboard_only() {
+        let token = "a".repeat(64);
+        let read_only = super::read_only_token(&token);
+        assert!(read_only.starts_with(super::READ_ONLY_PREFIX));
+        assert!(!read_only.contains(&token));
+        assert_eq!(read_only, super::read_only_token(&token));
+        assert_ne!(read_only, super::read_only_token(&"b".repeat(64)), "a rotated token gives another");
+        let allows = |method: &str, path: &str| {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            super::read_only_allows(&request)
+        };
+        assert!(allows("GET", "/v1/ui/snapshot"));
+        assert!(allows("GET", "/v1/apps/chat/machines/m1/logs"));
+        assert!(!allows("GET", "/v1/apps"));
+        assert!(!allows("GET", "/v1/apps/chat/keys"));
+        assert!(!allows("POST", "/v1/ui/snapshot"));
+        assert!(!allows("DELETE", "/v1/apps/chat/machines/m1/logs"));
     }
 }

@@ -89,6 +89,21 @@ impl Hosts {
     }
 }
 
+impl Hosts {
+    /// The agent of host `name`, registered in the state: for calls the host handles do not
+    /// make (an engine's log). `None` for agents in this process, which serve their own API.
+    pub async fn agent_of(&self, name: &str) -> Result<Option<AgentClient>, ControlError> {
+        let Hosts::Remote { state, token, http, .. } = self else {
+            return Ok(None);
+        };
+        let hosts = state.hosts().await?;
+        let Some(record) = hosts.into_iter().find(|h| h.name == name) else {
+            return Err(ControlError::HostGone { host: name.to_string() });
+        };
+        Ok(Some(AgentClient::new(&record.addr, token.current(), http.clone())))
+    }
+}
+
 // === impl HostHandle for Arc<Agent> ===
 
 #[async_trait]

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use colo_core::{App, Catalogue, Device, HostRecord, Machine, MachineState, PriceBook, Regions};
+use colo_policy::{AppTraffic, EdgeTraffic, Flow};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use std::time::Duration;
 const INDEX: &str = include_str!("ui/index.html");
 const SCRIPT: &str = include_str!("ui/app.js");
 const STYLE: &str = include_str!("ui/app.css");
+const LAND: &str = include_str!("ui/land.svg");
 
 /// The price book the dashboard's costs use: the planner's default.
 const PRICES: PriceBook = PriceBook::Ref;
@@ -32,9 +34,33 @@ const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// Pushes at least this often when there are traffic figures, which change without the state.
 const TRAFFIC_PUSH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The Prometheus text of each edge whose traffic the dashboard shows (`colo up`'s in-process
-/// edges).
-pub type EdgeMetrics = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// The traffic figures of every edge the dashboard shows: `colo up`'s in-process edges, or
+/// what `colo edge` daemons publish (a [`TrafficBoard`]).
+pub type EdgeMetrics = Arc<dyn Fn() -> Vec<EdgeTraffic> + Send + Sync>;
+
+/// An edge that has published nothing for this long is gone from the dashboard.
+const EDGE_FIGURES_TTL: Duration = Duration::from_secs(10);
+
+/// The latest traffic figures each edge daemon published, by subject (one per edge).
+#[derive(Default)]
+pub struct TrafficBoard {
+    latest: std::sync::Mutex<BTreeMap<String, (std::time::Instant, EdgeTraffic)>>,
+}
+
+impl TrafficBoard {
+    /// Keeps `figures`, published on `subject` (which names the edge), as that edge's latest.
+    pub fn note(&self, subject: String, figures: EdgeTraffic) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.insert(subject, (std::time::Instant::now(), figures));
+    }
+
+    /// The figures of every edge heard from lately; those gone quiet are forgotten.
+    pub fn read(&self) -> Vec<EdgeTraffic> {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.retain(|_, (at, _)| at.elapsed() < EDGE_FIGURES_TTL);
+        latest.values().map(|(_, f)| f.clone()).collect()
+    }
+}
 
 #[derive(Clone)]
 struct UiState {
@@ -70,6 +96,7 @@ pub fn assets_router() -> Router {
         .route("/ui/", get(page(INDEX, "text/html; charset=utf-8")))
         .route("/ui/app.js", get(page(SCRIPT, "text/javascript; charset=utf-8")))
         .route("/ui/app.css", get(page(STYLE, "text/css; charset=utf-8")))
+        .route("/ui/land.svg", get(page(LAND, "image/svg+xml")))
 }
 
 /// The dashboard's data, for holders of the API token; `traffic` reads the edges' counters
@@ -162,59 +189,6 @@ async fn sim_file(State(ui): State<UiState>, Path((name, file)): Path<(String, S
     }
 }
 
-/// One app's requests as its edges counted them since they started: the dashboard turns two
-/// of these into a rate, and the buckets into percentiles.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct AppTraffic {
-    pub requests: u64,
-    /// Answers with a 4xx status (the caller's mistake, or a limit) and with a 5xx (no machine,
-    /// an engine's failure).
-    pub client_errors: u64,
-    pub server_errors: u64,
-    /// Time to the response head: (upper bound in seconds, requests at most that long).
-    pub latency_buckets: Vec<(f64, u64)>,
-}
-
-/// Per app, the requests and latency buckets in the edges' Prometheus texts, summed over edges,
-/// regions and statuses (pure). Lines it does not know are skipped.
-pub fn traffic_of(texts: &[String]) -> BTreeMap<String, AppTraffic> {
-    let mut out: BTreeMap<String, AppTraffic> = BTreeMap::new();
-    let mut buckets: BTreeMap<String, BTreeMap<u64, (f64, u64)>> = BTreeMap::new();
-    for line in texts.iter().flat_map(|t| t.lines()) {
-        let Some(sample) = colo_policy::sample(line) else { continue };
-        let Ok(value) = sample.value.parse::<f64>() else { continue };
-        let Some(app) = sample.label("app").filter(|a| a != "-") else {
-            continue;
-        };
-        match sample.name {
-            "colo_edge_requests_total" => {
-                let t = out.entry(app).or_default();
-                let n = value as u64;
-                t.requests += n;
-                match sample.label("status").and_then(|s| s.parse::<u16>().ok()) {
-                    Some(400..=499) => t.client_errors += n,
-                    Some(500..=599) => t.server_errors += n,
-                    _ => {}
-                }
-            }
-            "colo_edge_request_seconds_bucket" => {
-                let Some(le) = sample.label("le").and_then(|l| l.parse::<f64>().ok()) else {
-                    continue;
-                };
-                let slot = buckets.entry(app).or_default().entry(le.to_bits()).or_insert((le, 0));
-                slot.1 += value as u64;
-            }
-            _ => {}
-        }
-    }
-    for (app, by_le) in buckets {
-        let mut list: Vec<(f64, u64)> = by_le.into_values().collect();
-        list.sort_by(|a, b| a.0.total_cmp(&b.0));
-        out.entry(app).or_default().latency_buckets = list;
-    }
-    out
-}
-
 /// An app as the dashboard shows it: no keys, no tokens.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AppView {
@@ -284,9 +258,13 @@ pub struct Snapshot {
     pub hosts: Vec<HostView>,
     pub regions: Vec<RegionView>,
     pub usd_per_hour: f64,
-    /// Requests per app as this process's edges counted them; `None` where control does not
-    /// see the edges (`colo control`: they are other processes).
+    /// Requests per app as the edges counted them since they started; `None` where the
+    /// dashboard hears from no edge.
     pub traffic: Option<BTreeMap<String, AppTraffic>>,
+    /// Requests from the edges of one region to the machines of another (or the same).
+    pub flows: Vec<Flow>,
+    /// The regions of the edges heard from, with how many edges each has.
+    pub edges: BTreeMap<String, usize>,
 }
 
 /// A machine as the dashboard shows it.
@@ -473,6 +451,8 @@ pub fn snapshot(
         regions,
         usd_per_hour,
         traffic: None,
+        flows: Vec::new(),
+        edges: BTreeMap::new(),
     }
 }
 
@@ -504,7 +484,16 @@ impl UiState {
     /// The snapshot, with the edges' traffic where this process has it.
     async fn snapshot(&self) -> Result<Snapshot, ControlError> {
         let mut snapshot = self.control.ui_snapshot(&self.regions, &self.catalogue).await?;
-        snapshot.traffic = self.traffic.as_ref().map(|read| traffic_of(&read()));
+        if let Some(read) = &self.traffic {
+            let edges = read();
+            if !edges.is_empty() {
+                snapshot.traffic = Some(colo_policy::traffic::merge(&edges));
+                snapshot.flows = colo_policy::traffic::flows(&edges);
+                for e in &edges {
+                    *snapshot.edges.entry(e.region.clone()).or_default() += 1;
+                }
+            }
+        }
         Ok(snapshot)
     }
 }

@@ -92,6 +92,12 @@ impl Edge {
         self.metrics.encode()
     }
 
+    /// What this edge has counted per app, summed from its metrics: what the dashboard shows
+    /// (read in process by `colo up`, published over the bus by `colo edge`).
+    pub fn traffic(&self) -> colo_policy::EdgeTraffic {
+        colo_policy::traffic::summarize(&self.config.region, &self.metrics_text())
+    }
+
     /// Requests this edge holds or is proxying (bodies still streaming included): what a
     /// drain waits for.
     pub fn busy(&self) -> i64 {

@@ -57,6 +57,53 @@ pub fn share_load<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, region: &str) {
     tokio::spawn(apply_reports(edge, bus, own));
 }
 
+/// How often an edge publishes its traffic figures for the dashboard.
+pub const TRAFFIC_EVERY: Duration = Duration::from_secs(2);
+/// Subjects are `colo.traffic.<region>.<edge>`; this matches every edge's.
+pub const ALL_TRAFFIC: &str = "colo.traffic.*.*";
+
+/// Publishes `edge`'s traffic figures every [`TRAFFIC_EVERY`] on `colo.traffic.<region>.<id>`,
+/// `id` naming this edge among its region's, for whoever shows them (control's dashboard).
+pub fn share_traffic<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, region: &str, id: &str) {
+    let subject = format!("colo.traffic.{region}.{id}");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(TRAFFIC_EVERY).await;
+            let payload = match serde_json::to_vec(&edge.traffic()) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    tracing::debug!(error = %e, "encoding traffic figures");
+                    continue;
+                }
+            };
+            if let Err(e) = bus.publish(&subject, payload.into()).await {
+                tracing::debug!(%subject, error = %e, "publishing traffic figures");
+            }
+        }
+    });
+}
+
+/// Calls `note(subject, figures)` with every edge's traffic figures as they arrive, for as long
+/// as the process runs (subscribing again after the bus fails).
+pub fn collect_traffic<B: Bus>(bus: Arc<B>, note: impl Fn(String, colo_policy::EdgeTraffic) + Send + 'static) {
+    tokio::spawn(async move {
+        loop {
+            match bus.subscribe(ALL_TRAFFIC).await {
+                Ok(mut messages) => {
+                    while let Some(message) = messages.next().await {
+                        match serde_json::from_slice(&message.payload) {
+                            Ok(figures) => note(message.subject, figures),
+                            Err(e) => tracing::debug!(subject = %message.subject, error = %e, "unreadable traffic figures"),
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "subscribing to traffic figures"),
+            }
+            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+        }
+    });
+}
+
 async fn publish_reports<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, subject: String) {
     loop {
         tokio::time::sleep(SHARE_EVERY).await;

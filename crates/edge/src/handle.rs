@@ -46,12 +46,6 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
     let (app, response) = match proxy(&edge, host_app, request, arrived).await {
         Ok((app, response)) => (app, response),
         Err((app, err)) => {
-            edge.metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    source: err.source_label().into(),
-                })
-                .inc();
             if err.status().is_server_error() {
                 tracing::warn!(app = %app, error = %err, "request failed");
             }
@@ -62,6 +56,13 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
             } else {
                 app
             };
+            edge.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    app: app.clone(),
+                    source: err.source_label().into(),
+                })
+                .inc();
             (app, err.into_response())
         }
     };
@@ -114,6 +115,8 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
     let streaming = is_llm && facts.stream;
     let outgoing = Outgoing {
         arrived_ms: edge.wall_ms_at(arrived),
+        arrived,
+        llm: is_llm,
         prefix: if is_llm { facts.prefix(&app) } else { Vec::new() },
         app: app.clone(),
         method: parts.method,

@@ -19,8 +19,14 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
+    /// The app asked for; [`NO_APP`] when it was not found (or not yet known).
+    pub app: String,
+    /// One of [`ERROR_SOURCES`].
     pub source: String,
 }
+
+/// Where the edge's own error answers come from (`EdgeError::source_label`).
+pub const ERROR_SOURCES: [&str; 4] = ["client", "capacity", "upstream", "internal"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppLabel {
@@ -64,6 +70,10 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Family<RequestLabels, Histogram, LatencyBuckets>,
     pub errors: Family<ErrorLabels, Counter>,
+    /// Time from a streamed completion's arrival to its first event that carries text.
+    pub first_token_seconds: Family<AppLabel, Histogram, LatencyBuckets>,
+    /// Tokens generated for callers, by app.
+    pub output_tokens: Family<AppLabel, Counter>,
     pub in_flight: Gauge,
     pub held: Gauge,
     /// Client connections held, set when the page is read.
@@ -87,6 +97,8 @@ impl Metrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(LatencyBuckets),
             errors: Family::default(),
+            first_token_seconds: Family::new_with_constructor(LatencyBuckets),
+            output_tokens: Family::default(),
             in_flight: Gauge::default(),
             held: Gauge::default(),
             connections: Gauge::default(),
@@ -111,8 +123,18 @@ impl Metrics {
         );
         registry.register(
             "errors",
-            "Requests the edge answered with an error, by where it came from",
+            "Requests the edge answered with an error, by app and where it came from",
             metrics.errors.clone(),
+        );
+        registry.register(
+            "first_token_seconds",
+            "Time from a streamed completion's arrival to its first generated text, by app",
+            metrics.first_token_seconds.clone(),
+        );
+        registry.register(
+            "output_tokens",
+            "Tokens generated for callers, by app (a stream's text events, or an answer's usage)",
+            metrics.output_tokens.clone(),
         );
         registry.register("in_flight", "Requests being proxied", metrics.in_flight.clone());
         registry.register("held", "Requests waiting for a machine with room", metrics.held.clone());
@@ -173,6 +195,15 @@ impl Metrics {
             region: String::new(),
             status: 0,
         };
+        let label = AppLabel { app: app.to_string() };
+        self.first_token_seconds.remove(&label);
+        self.output_tokens.remove(&label);
+        for source in ERROR_SOURCES {
+            self.errors.remove(&ErrorLabels {
+                app: app.to_string(),
+                source: source.to_string(),
+            });
+        }
         for region in regions {
             labels.region = region;
             for status in 100..=599 {

@@ -10,7 +10,9 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ pub(crate) struct Answered {
     pub endpoint: Arc<Endpoint>,
     pub guard: InFlight,
     pub response: http::Response<upstream::Body>,
+    /// For completions: counts the answer's tokens and times its first one.
+    pub meter: Option<TokenMeter>,
 }
 
 /// The client's response to an answered request.
@@ -33,6 +37,7 @@ pub(crate) fn respond(answered: Answered) -> Response {
         endpoint,
         guard,
         response,
+        meter,
     } = answered;
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -61,6 +66,7 @@ pub(crate) fn respond(answered: Answered) -> Response {
         sse_machine: is_sse.then(|| endpoint.machine_id.clone()),
         partial: BytesMut::new(),
         done: false,
+        meter,
     });
     Response::from_parts(parts, body)
 }
@@ -167,6 +173,133 @@ struct Tracked<B> {
     partial: BytesMut,
     /// Set once the stream has ended, cleanly or with an error event.
     done: bool,
+    meter: Option<TokenMeter>,
+}
+
+/// The longest `"completion_tokens": N` (with room for spaces) that a body's frame boundary
+/// may cut in two: this much of one frame is kept to be searched with the next.
+const USAGE_TAIL: usize = 48;
+
+/// Counts the tokens of one completion's answer as it passes, and times its first: for a stream
+/// of events, each event that carries text is a token (engines send one per event) unless a
+/// usage report says how many there were; for a whole answer, its usage's `completion_tokens`.
+/// The count is added when the body ends or is dropped.
+pub(crate) struct TokenMeter {
+    arrived: tokio::time::Instant,
+    /// Taken when the first text event is seen.
+    first_token: Option<Histogram>,
+    tokens: Counter,
+    events: u64,
+    usage: Option<u64>,
+    /// The end of the last frame of a whole answer, searched again with the next frame.
+    tail: Vec<u8>,
+}
+
+impl TokenMeter {
+    pub(crate) fn new(arrived: tokio::time::Instant, first_token: Histogram, tokens: Counter) -> Self {
+        Self {
+            arrived,
+            first_token: Some(first_token),
+            tokens,
+            events: 0,
+            usage: None,
+            tail: Vec::new(),
+        }
+    }
+
+    /// Whole server-sent events, as they go to the client.
+    fn events(&mut self, bytes: &[u8]) {
+        for line in bytes.split(|&b| b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data:") else { continue };
+            if let Some(n) = completion_tokens(data) {
+                self.usage = Some(n);
+            }
+            if carries_text(data) {
+                self.events += 1;
+                if let Some(histogram) = self.first_token.take() {
+                    histogram.observe(self.arrived.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+
+    /// A frame of a whole (not streamed) answer.
+    fn body(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        if let Some(n) = completion_tokens(&self.tail) {
+            self.usage = Some(n);
+        }
+        let keep = self.tail.len().min(USAGE_TAIL);
+        self.tail.drain(..self.tail.len() - keep);
+    }
+}
+
+impl Drop for TokenMeter {
+    fn drop(&mut self) {
+        self.tokens.inc_by(self.usage.unwrap_or(self.events));
+    }
+}
+
+/// The byte offset just after `"key":` in `bytes` (spaces allowed before and after the colon),
+/// searching from the end.
+fn after_key(bytes: &[u8], key: &[u8]) -> Option<usize> {
+    let mut end = bytes.len();
+    while let Some(at) = memchr::memmem::rfind(&bytes[..end], key) {
+        let mut i = at + key.len();
+        while bytes.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        if bytes.get(i) == Some(&b':') {
+            i += 1;
+            while bytes.get(i) == Some(&b' ') {
+                i += 1;
+            }
+            return Some(i);
+        }
+        end = at;
+    }
+    None
+}
+
+/// The last `"completion_tokens": N` in `bytes`, if whole.
+pub(crate) fn completion_tokens(bytes: &[u8]) -> Option<u64> {
+    let start = after_key(bytes, b"\"completion_tokens\"")?;
+    let digits = bytes[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    // Digits running to the end may continue in the next frame.
+    if digits == 0 || start + digits == bytes.len() {
+        return None;
+    }
+    std::str::from_utf8(&bytes[start..start + digits]).ok()?.parse().ok()
+}
+
+/// Whether an event's data carries generated text: a non-empty `content`, `text` or
+/// `reasoning_content` string (a chunk that only opens the message or reports usage does not).
+pub(crate) fn carries_text(data: &[u8]) -> bool {
+    [&b"\"content\""[..], b"\"text\"", b"\"reasoning_content\""]
+        .iter()
+        .any(|key| text_after(data, key))
+}
+
+/// Whether some `"key": "` in `data` opens a non-empty string.
+fn text_after(data: &[u8], key: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(at) = memchr::memmem::find(&data[from..], key) {
+        let mut i = from + at + key.len();
+        while data.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        if data.get(i) == Some(&b':') {
+            i += 1;
+            while data.get(i) == Some(&b' ') {
+                i += 1;
+            }
+            if data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|&b| b != b'"') {
+                return true;
+            }
+        }
+        from = from + at + key.len();
+    }
+    false
 }
 
 /// The offset just past the last blank line (`\n\n` or `\n\r\n`) in `bytes`: the end of its
@@ -209,7 +342,12 @@ where
             return match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) if self.sse_machine.is_some() => match frame.into_data() {
                     Ok(data) => match self.whole_events(data) {
-                        Some(events) => Poll::Ready(Some(Ok(hyper::body::Frame::data(events)))),
+                        Some(events) => {
+                            if let Some(meter) = &mut self.meter {
+                                meter.events(&events);
+                            }
+                            Poll::Ready(Some(Ok(hyper::body::Frame::data(events))))
+                        }
                         None => continue,
                     },
                     Err(frame) => Poll::Ready(Some(Ok(frame))),
@@ -234,8 +372,20 @@ where
                     // they are.
                     match self.partial.is_empty() {
                         true => Poll::Ready(None),
-                        false => Poll::Ready(Some(Ok(hyper::body::Frame::data(self.partial.split().freeze())))),
+                        false => {
+                            let rest = self.partial.split().freeze();
+                            if let Some(meter) = &mut self.meter {
+                                meter.events(&rest);
+                            }
+                            Poll::Ready(Some(Ok(hyper::body::Frame::data(rest))))
+                        }
                     }
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(meter), Some(data)) = (&mut self.meter, frame.data_ref()) {
+                        meter.body(data);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
                 }
                 other => other,
             };
@@ -268,6 +418,57 @@ mod tests {
         for (bytes, want) in cases {
             assert_eq!(events_end(bytes), want, "{:?}", String::from_utf8_lossy(bytes));
         }
+    }
+
+    #[test]
+    fn usage_and_text_events_are_found_in_engines_answers() {
+        assert_eq!(
+            completion_tokens(br#"{"usage":{"prompt_tokens":5,"completion_tokens":17,"total_tokens":22}}"#),
+            Some(17)
+        );
+        assert_eq!(completion_tokens(br#"{"usage": {"completion_tokens" : 3 }}"#), Some(3));
+        // Digits at the very end may go on in the next frame; a key without a colon is no key.
+        assert_eq!(completion_tokens(br#""completion_tokens":12"#), None);
+        assert_eq!(completion_tokens(br#"{"completion_tokens" 4,"x":1}"#), None);
+        assert_eq!(completion_tokens(br#"{"x":"completion_tokens"}"#), None);
+        // vLLM's and OpenAI's first chunk opens the message with empty content: not a token.
+        assert!(!carries_text(br#" {"choices":[{"delta":{"role":"assistant","content":""}}]}"#));
+        assert!(carries_text(br#" {"choices":[{"delta":{"content":"Hi"}}]}"#));
+        assert!(carries_text(br#" {"choices":[{"text": " the","index":0}]}"#));
+        assert!(carries_text(br#" {"choices":[{"delta":{"reasoning_content":"hm"}}]}"#));
+        assert!(!carries_text(b" [DONE]"));
+        assert!(!carries_text(br#" {"choices":[],"usage":{"completion_tokens":2}}"#));
+    }
+
+    #[tokio::test]
+    async fn a_meter_counts_text_events_or_the_usage_and_times_the_first() {
+        let tokens = Counter::default();
+        let first = Histogram::new([0.5, 10.0].into_iter());
+        let mut meter = TokenMeter::new(tokio::time::Instant::now(), first.clone(), tokens.clone());
+        meter.events(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n");
+        meter.events(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n");
+        meter.events(b"data: [DONE]\n\n");
+        drop(meter);
+        assert_eq!(tokens.get(), 2, "two events carried text");
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("ttft", "", first);
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("ttft_count 1"), "{text}");
+
+        // A usage report wins over counting events; a whole answer's usage is found across frames.
+        let mut meter = TokenMeter::new(tokio::time::Instant::now(), Histogram::new([1.0].into_iter()), tokens.clone());
+        meter.events(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"completion_tokens\":40}}\n\n",
+        );
+        drop(meter);
+        assert_eq!(tokens.get(), 42);
+        let mut meter = TokenMeter::new(tokio::time::Instant::now(), Histogram::new([1.0].into_iter()), tokens.clone());
+        meter.body(br#"{"choices":[{"message":{"content":"hello"}}],"usage":{"completion_to"#);
+        meter.body(br#"kens":1"#);
+        meter.body(br#"5}}"#);
+        drop(meter);
+        assert_eq!(tokens.get(), 57);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::edge::{lock, Edge};
 use crate::headers::COLO_REPLAY;
 use crate::metrics::RetryLabels;
-use crate::respond::{is_event_stream, is_hop_by_hop, nominated, Answered, InFlight};
+use crate::respond::{is_event_stream, is_hop_by_hop, nominated, Answered, InFlight, TokenMeter};
 use crate::routes::machine_key;
 use crate::upstream::{self, SendError};
 use crate::EdgeError;
@@ -22,6 +22,10 @@ pub(crate) struct Outgoing {
     /// Wall-clock ms when the request arrived: a machine whose start was asked for after this
     /// woke for it.
     pub arrived_ms: u64,
+    /// The same on the edge's monotonic clock: time to the first token counts from here.
+    pub arrived: tokio::time::Instant,
+    /// A completion (chat or text): its tokens are counted on the way back.
+    pub llm: bool,
     pub app: String,
     pub method: Method,
     pub path: http::uri::PathAndQuery,
@@ -158,10 +162,19 @@ fn answered(edge: &Edge, out: &Outgoing, guard: InFlight, response: http::Respon
     if let Some(cold) = &woke {
         edge.observe_cold_start(&endpoint, cold);
     }
+    let meter = out.llm.then(|| {
+        let label = crate::metrics::AppLabel { app: out.app.clone() };
+        TokenMeter::new(
+            out.arrived,
+            edge.metrics.first_token_seconds.get_or_create(&label).clone(),
+            edge.metrics.output_tokens.get_or_create(&label).clone(),
+        )
+    });
     Answered {
         woke,
         endpoint,
         guard,
         response,
+        meter,
     }
 }

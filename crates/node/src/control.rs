@@ -44,10 +44,18 @@ pub async fn control(config: ControlConfig) -> Result<RunningControl, NodeError>
         token: open_token()?,
         state,
     };
+    // The edges are other processes: the dashboard shows what they publish.
+    let board = Arc::new(colo_control::ui::TrafficBoard::default());
+    {
+        let board = board.clone();
+        colo_edge::gossip::collect_traffic(Arc::new(crate::nats::NatsBus(nats.clone())), move |subject, figures| {
+            board.note(subject, figures)
+        });
+    }
+    let traffic: colo_control::ui::EdgeMetrics = Arc::new(move || board.read());
     let api = colo_control::api::router(control.clone())
         .merge(colo_control::api::machines_router(control.clone()))
-        // The edges are other processes: the dashboard has no traffic figures here yet.
-        .merge(colo_control::ui::data_router(control, None, data_dir.join("sims")))
+        .merge(colo_control::ui::data_router(control, Some(traffic), data_dir.join("sims")))
         .layer(axum::middleware::from_fn_with_state(Arc::new(access), auth::require_access))
         // The dashboard's pages hold no data: they load without the token and ask for it.
         .merge(colo_control::ui::assets_router());

@@ -58,7 +58,11 @@ pub async fn edge(config: EdgeDaemonConfig) -> Result<RunningEdge, NodeError> {
     edge.spawn_scaling();
     edge.spawn_rtt_probe();
     edge.spawn_load_scrape();
-    colo_edge::gossip::share_load(edge.clone(), Arc::new(NatsBus(nats)), &config.region);
+    let bus = Arc::new(NatsBus(nats));
+    colo_edge::gossip::share_load(edge.clone(), bus.clone(), &config.region);
+    // The dashboard's traffic figures; the id tells this edge from others of its region.
+    let id = format!("{:08x}", rand::random::<u32>());
+    colo_edge::gossip::share_traffic(edge.clone(), bus, &config.region, &id);
 
     let sockets = serve::bind(config.addr, config.edge.workers)?;
     let addr = sockets.addr();

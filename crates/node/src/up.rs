@@ -126,7 +126,7 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
         edge_workers.push(serve::spawn(sockets, edge, stop_rx.clone(), drain_timeout)?);
     }
     // The dashboard's traffic figures: this process's edges' counters.
-    let traffic: colo_control::ui::EdgeMetrics = Arc::new(move || edge_handles.iter().map(|e| e.metrics_text()).collect());
+    let traffic: colo_control::ui::EdgeMetrics = Arc::new(move || edge_handles.iter().map(|e| e.traffic()).collect());
     let api = api_router(control, &agents, &data_dir, state, Some(traffic))?;
     let api_server = crate::api::spawn(api_listener, api, None, stop_rx);
 

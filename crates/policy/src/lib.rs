@@ -17,6 +17,7 @@ pub mod retry;
 pub mod route;
 pub mod rtt;
 pub mod scale;
+pub mod traffic;
 
 pub use bucket::{llm_token_cost, KeyLimits, RateLimited, TokenBucket};
 pub use hold::{admit_hold, check_hold, HoldError, HoldLimits};
@@ -32,3 +33,4 @@ pub use route::{
 };
 pub use rtt::{RttEstimator, RttSource, UNKNOWN_RTT_MS};
 pub use scale::{expected_wake_ms, IdleAction, MachineFacts, Phase, ScaleAction, ScaleConfig, ScaleEvent, Scaler};
+pub use traffic::{AppTraffic, EdgeTraffic, Flow};

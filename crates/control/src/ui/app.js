@@ -4,7 +4,7 @@
 // parsed as markup.
 "use strict";
 
-const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, rates: {}, sims: null, simFiles: {}, renderMs: null });
+const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, rates: {}, tokenRates: {}, flowRates: {}, sims: null, simFiles: {}, renderMs: null });
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_ROWS = 500;
 
@@ -160,14 +160,19 @@ function focusKey(el) {
   return el.id || [el.tagName, el.getAttribute("href"), el.getAttribute("aria-label"), el.textContent].join("|");
 }
 
-// Requests per second of each app between two snapshots that carry the edges' counters.
+// Requests and tokens per second of each app, and requests per second between regions, from
+// two snapshots that carry the edges' counters.
 function noteRates(prev, next) {
   if (!prev || !prev.traffic || !next.traffic || next.now_ms <= prev.now_ms) return;
   const secs = (next.now_ms - prev.now_ms) / 1000;
+  const per = (now, before) => Math.max(0, now - (before || 0)) / secs;
   for (const [app, t] of Object.entries(next.traffic)) {
-    const before = prev.traffic[app];
-    colo.rates[app] = Math.max(0, t.requests - (before ? before.requests : 0)) / secs;
+    const before = prev.traffic[app] || {};
+    colo.rates[app] = per(t.requests, before.requests);
+    colo.tokenRates[app] = per(t.output_tokens, before.output_tokens);
   }
+  const earlier = Object.fromEntries((prev.flows || []).map((f) => [f.from + ">" + f.to, f.requests]));
+  colo.flowRates = Object.fromEntries((next.flows || []).map((f) => [f.from + ">" + f.to, per(f.requests, earlier[f.from + ">" + f.to])]));
 }
 
 // The upper bound of the bucket that holds quantile q of the requests, in ms.
@@ -179,15 +184,30 @@ function quantileMs(buckets, q) {
   return hit && Number.isFinite(hit[0]) ? Math.round(hit[0] * 1000) : Infinity;
 }
 
-function traffic(snap, app) {
-  const t = snap.traffic && snap.traffic[app];
+// An app's traffic as the pages show it: rates, percentiles, errors, and $ per million tokens
+// (its cost an hour now over the tokens it generated in the last update).
+function traffic(snap, a) {
+  const t = snap.traffic && snap.traffic[a.name];
   if (!t) return null;
-  const ms = (q) => {
-    const v = quantileMs(t.latency_buckets, q);
+  const ms = (buckets, q) => {
+    const v = quantileMs(buckets, q);
     return v === null ? "–" : v === Infinity ? "> 65 s" : "≤ " + fmt.ms(v);
   };
-  const rate = colo.rates[app];
-  return { rate: rate === undefined ? "–" : rate.toFixed(rate < 10 ? 2 : 0), p50: ms(0.5), p99: ms(0.99), t };
+  const per = (x) => (x === undefined ? "–" : x.toFixed(x < 10 ? 2 : 0));
+  const rate = colo.rates[a.name];
+  const tokens = colo.tokenRates[a.name];
+  const perMtok = a.usd_per_hour && tokens > 0 ? a.usd_per_hour / ((tokens * 3600) / 1e6) : null;
+  return {
+    rate: per(rate),
+    p50: ms(t.latency_buckets, 0.5),
+    p99: ms(t.latency_buckets, 0.99),
+    ttft50: ms(t.first_token_buckets, 0.5),
+    ttft99: ms(t.first_token_buckets, 0.99),
+    tokens: per(tokens),
+    perMtok: fmt.usd(perMtok),
+    errors: t.client_errors + t.server_errors,
+    t,
+  };
 }
 
 // A report file of a simulation, fetched with the token: text, or an object URL of a plot.
@@ -302,6 +322,23 @@ const pages = {
       map.append(h("svg:line", { class: "grid", x1: 0, y1: y, x2: 1000, y2: y }));
     }
     const unplaced = used.filter((r) => r.lat === null || r.lon === null);
+    const at = Object.fromEntries(snap.regions.filter((r) => r.lat !== null && r.lon !== null).map((r) => [r.code, project(r.lat, r.lon)]));
+    const flows = (snap.flows || []).map((f) => ({ ...f, rate: colo.flowRates[f.from + ">" + f.to] || 0 }));
+    // Requests between regions: an arc from the edge's region to the machines', as thick as
+    // the rate.
+    for (const f of flows) {
+      if (f.from === f.to || !at[f.from] || !at[f.to]) continue;
+      const [x1, y1] = at[f.from], [x2, y2] = at[f.to];
+      const lift = Math.min(80, Math.hypot(x2 - x1, y2 - y1) / 4);
+      const d = `M${x1.toFixed(1)},${y1.toFixed(1)} Q${((x1 + x2) / 2).toFixed(1)},${(Math.min(y1, y2) - lift).toFixed(1)} ${x2.toFixed(1)},${y2.toFixed(1)}`;
+      const width = 1 + Math.min(6, Math.log2(1 + f.rate));
+      map.append(h("svg:path", { class: "flow" + (f.rate > 0 ? " live" : ""), d, "stroke-width": width.toFixed(1) }, h("svg:title", { text: `${f.from} → ${f.to}: ${f.rate.toFixed(2)} req/s, ${f.requests} since the edges started` })));
+    }
+    for (const [code, n] of Object.entries(snap.edges || {})) {
+      if (!at[code]) continue;
+      const [x, y] = at[code];
+      map.append(h("svg:rect", { class: "edge", x: (x - 4).toFixed(1), y: (y - 16).toFixed(1), width: 8, height: 8 }, h("svg:title", { text: `${n} edge${n > 1 ? "s" : ""} in ${code}` })));
+    }
     for (const r of snap.regions) {
       if (r.lat === null || r.lon === null) continue;
       const [x, y] = project(r.lat, r.lon);
@@ -337,6 +374,7 @@ const pages = {
         "div",
         { class: "cards" },
         card("regions with hosts", String(used.filter((r) => r.hosts).length)),
+        card("edges", String(Object.values(snap.edges || {}).reduce((a, b) => a + b, 0))),
         card("hosts", String(snap.hosts.length)),
         card("machines started", `${started} of ${snap.machines.length}`),
         card(`cost now (${snap.prices} prices)`, fmt.usd(snap.usd_per_hour) + "/h"),
@@ -345,7 +383,20 @@ const pages = {
       unplaced.length
         ? h("p", { class: "muted", text: `Not on the map (not in colo's region table): ${unplaced.map((r) => r.code).join(", ")}.` })
         : null,
+      h("p", { class: "legend muted" }, "Circles: regions with hosts (green: machines started); squares: edges; arcs: requests from an edge's region to another region's machines."),
       detail ? regionDetail(snap, detail) : null,
+      flows.length
+        ? h(
+            "section",
+            { "aria-label": "Requests between regions" },
+            h("h2", { text: "Requests between regions" }),
+            table(
+              ["edge region", "machine region", "req/s", "since the edges started"],
+              flows.map((f) => [f.from, f.to, f.rate.toFixed(2), fmt.num(f.requests)]),
+              [2, 3],
+            ),
+          )
+        : null,
       h("h2", { text: "Regions" }),
       table(
         ["region", "city", "hosts", "started", "starting", "stopped", "GPU kinds", "$/h"],
@@ -372,18 +423,23 @@ const pages = {
       h("h1", { text: "Apps" }),
       snap.apps.length
         ? table(
-            ["app", "model", "engine", "GPU", "started / wanted", "cold starts", "$/h", "req/s", "p50", "p99", "errors"],
+            ["app", "model", "engine", "GPU", "started / wanted", "cold starts", "$/h", "req/s", "p50", "p99", "TTFT p50", "tokens/s", "$/M tokens", "errors"],
             snap.apps.map((a) => [
               ...appRow(a),
               ...(() => {
-                const tr = traffic(snap, a.name);
-                return tr ? [tr.rate, tr.p50, tr.p99, String(tr.t.client_errors + tr.t.server_errors)] : ["–", "–", "–", "–"];
+                const tr = traffic(snap, a);
+                return tr ? [tr.rate, tr.p50, tr.p99, tr.ttft50, tr.tokens, tr.perMtok, String(tr.errors)] : Array(7).fill("–");
               })(),
             ]),
-            [4, 5, 6, 7, 8, 9, 10],
+            [4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
           )
         : h("p", { class: "muted", text: "No apps yet: colo model push DIR --name NAME, then colo deploy APP --model NAME." }),
-      snap.traffic ? h("p", { class: "muted", text: "Requests per second over the last update; latency to the response head, since the edges started." }) : null,
+      snap.traffic
+        ? h("p", {
+            class: "muted",
+            text: "Requests and tokens per second over the last update; latency to the response head and time to the first token (TTFT) of streamed completions, since the edges started; $ per million tokens is the cost an hour now over the tokens of the last update.",
+          })
+        : h("p", { class: "muted", text: "No edge has reported traffic yet." }),
     );
   },
 
@@ -553,13 +609,15 @@ function appDetail(snap, name) {
       card("autostop", a.autostop_secs ? a.autostop_secs + " s idle" : "off"),
       card("API keys", String(a.api_keys)),
       ...(() => {
-        const tr = traffic(snap, a.name);
+        const tr = traffic(snap, a);
         return tr
           ? [card("requests/s", tr.rate), card("latency p50", tr.p50), card("latency p99", tr.p99),
-             card("errors 4xx / 5xx", `${tr.t.client_errors} / ${tr.t.server_errors}`)]
+             card("first token p50", tr.ttft50), card("first token p99", tr.ttft99), card("tokens/s", tr.tokens),
+             card("$ per million tokens", tr.perMtok), card("errors 4xx / 5xx", `${tr.t.client_errors} / ${tr.t.server_errors}`)]
           : [];
       })(),
     ),
+    errorsBySource(snap.traffic && snap.traffic[name]),
     h("h2", { text: "Cold starts" }),
     a.cold_starts.length
       ? h(
@@ -589,6 +647,28 @@ function appDetail(snap, name) {
       : h("p", { class: "muted", text: "No start recorded yet." }),
     h("h2", { text: "Machines" }),
     machineTable(machines),
+  );
+}
+
+// What each source of errors means, for the table of an app's errors.
+const ERROR_SOURCES = {
+  client: "the caller's request: unknown key, bad body, over a limit",
+  capacity: "no machine could take it: none started in time, queue full",
+  upstream: "a machine failed or timed out before answering",
+  internal: "the edge itself",
+  engine: "an engine answered with an error status",
+};
+
+function errorsBySource(t) {
+  if (!t) return null;
+  const rows = Object.entries(t.errors || {}).filter(([, n]) => n > 0);
+  return h(
+    "section",
+    { "aria-label": "Errors by source" },
+    h("h2", { text: "Errors by source" }),
+    rows.length
+      ? table(["source", "errors", "meaning"], rows.map(([source, n]) => [source, fmt.num(n), ERROR_SOURCES[source] || ""]), [1])
+      : h("p", { class: "muted", text: "No errors since the edges started." }),
   );
 }
 

@@ -139,28 +139,25 @@ fn the_pages_are_built_in_and_load_nothing_from_elsewhere() {
 }
 
 #[test]
-fn traffic_is_summed_per_app_over_edges_regions_and_statuses() {
-    let ord = r#"# HELP colo_edge_requests Requests answered, by app, machine region and status.
-# TYPE colo_edge_requests counter
-colo_edge_requests_total{app="chat",region="ord",status="200"} 7
-colo_edge_requests_total{app="chat",region="ord",status="503"} 2
-colo_edge_requests_total{app="-",region="-",status="404"} 40
-colo_edge_request_seconds_bucket{le="0.001",app="chat",region="ord",status="200"} 1
-colo_edge_request_seconds_bucket{le="0.002",app="chat",region="ord",status="200"} 5
-colo_edge_request_seconds_bucket{le="+Inf",app="chat",region="ord",status="200"} 7
-colo_edge_request_seconds_sum{app="chat",region="ord",status="200"} 0.01
-"#;
-    let ams = r#"colo_edge_requests_total{app="chat",region="ams",status="429"} 1
-colo_edge_requests_total{app="odd \"name\"",region="ams",status="200"} 3
-colo_edge_request_seconds_bucket{le="0.002",app="chat",region="ams",status="429"} 1
-colo_edge_request_seconds_bucket{le="+Inf",app="chat",region="ams",status="429"} 1
-colo_edge_in_flight 3
-"#;
-    let t = traffic_of(&[ord.to_string(), ams.to_string()]);
-    let chat = &t["chat"];
-    assert_eq!((chat.requests, chat.client_errors, chat.server_errors), (10, 1, 2));
-    assert_eq!(chat.latency_buckets, vec![(0.001, 1), (0.002, 6), (f64::INFINITY, 8)]);
-    assert_eq!(t["odd \"name\""].requests, 3, "escaped quotes in a label");
-    assert!(!t.contains_key("-"), "requests for no app are not an app's");
-    assert!(traffic_of(&["garbage line\n{}".to_string()]).is_empty());
+fn the_board_keeps_each_edges_latest_figures() {
+    let board = TrafficBoard::default();
+    let figures = |region: &str, requests| EdgeTraffic {
+        region: region.into(),
+        apps: [(
+            "chat".to_string(),
+            AppTraffic {
+                requests,
+                ..AppTraffic::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    board.note("colo.traffic.ord.a".into(), figures("ord", 3));
+    board.note("colo.traffic.ord.a".into(), figures("ord", 5));
+    board.note("colo.traffic.ams.b".into(), figures("ams", 1));
+    let mut read = board.read();
+    read.sort_by(|a, b| a.region.cmp(&b.region));
+    assert_eq!(read.len(), 2, "one entry per edge, the latest");
+    assert_eq!(read[1].apps["chat"].requests, 5);
 }
