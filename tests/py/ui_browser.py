@@ -205,14 +205,17 @@ def main():
         # percentiles, tokens per second, errors. Whole answers report their tokens in their
         # usage; streamed ones send one event per token.
         generated = 0
+        received = [0]
 
         def complete(stream):
             body = {"model": apps[0]["name"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": stream}
             req = urllib.request.Request(args.edge + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"})
             with urllib.request.urlopen(req, timeout=30) as r:
+                raw = r.read()
+                received[0] += len(raw)
                 if not stream:
-                    return json.load(r)["usage"]["completion_tokens"]
-                events = [line[5:].strip() for line in r.read().decode().split("\n") if line.startswith("data:")]
+                    return json.loads(raw)["usage"]["completion_tokens"]
+                events = [line[5:].strip() for line in raw.decode().split("\n") if line.startswith("data:")]
                 chunks = [json.loads(e) for e in events if e != "[DONE]"]
                 return sum(1 for c in chunks for ch in c["choices"] if (ch.get("delta") or {}).get("content"))
 
@@ -227,13 +230,15 @@ def main():
             page.wait_for_timeout(100)
         check(cells[1].startswith("≤") and cells[2].startswith("≤") and cells[3].startswith("≤") and cells[6] == "0", f"traffic on the Apps page: {cells}")
         check(cells[4] not in ("–", "0.00"), f"tokens per second shown while completions run ({cells[4]})")
-        counted = 0
+        counted = egress = 0
         for _ in range(30):
-            counted = api(args.api, args.token, "/v1/ui/snapshot")["traffic"][apps[0]["name"]]["output_tokens"]
-            if counted == generated:
+            seen = api(args.api, args.token, "/v1/ui/snapshot")["traffic"][apps[0]["name"]]
+            counted, egress = seen["output_tokens"], seen["response_bytes"]
+            if counted == generated and egress == received[0]:
                 break
             time.sleep(0.1)
         check(counted == generated and generated > 0, f"the edge counted {counted} tokens; the answers reported {generated}")
+        check(egress == received[0], f"the edge counted {egress} bytes answered; the client read {received[0]}")
         # A request the edge refuses for the app's sake is an error of the client's.
         bad = json.dumps({"model": apps[0]["name"], "prompt": "hi", "max_tokens": -1}).encode()
         try:
@@ -257,6 +262,7 @@ def main():
         check(by_source == [["engine", "1"]], f"the detail's errors by source show the refused request ({by_source})")
         cards = page.locator("main .card").all_inner_texts()
         check(any(c.startswith("first token p50") and "≤" in c for c in cards), f"the detail shows time to first token ({cards})")
+        check(any(c.startswith("GPU-hours since") for c in cards) and any(c.startswith("answered to callers") and "KB" in c for c in cards), f"the detail shows GPU-hours and egress ({cards})")
 
         # The map: land, this process's edge, and the requests between regions.
         page.goto(f"{args.api}/ui#/world")

@@ -62,9 +62,51 @@ impl TrafficBoard {
     }
 }
 
+/// How often the dashboard adds up what machines cost.
+const ACCRUE_EVERY: Duration = Duration::from_secs(5);
+
+/// What an app's machines have used and cost since the dashboard began counting.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Accrued {
+    pub gpu_hours: f64,
+    /// At the price book's prices.
+    pub usd: f64,
+}
+
+/// What the dashboard has counted since it began (`since_ms`), per app.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Ledger {
+    pub since_ms: u64,
+    /// When it last added; the next interval starts here.
+    pub until_ms: u64,
+    pub apps: BTreeMap<String, Accrued>,
+}
+
+/// Adds to `ledger` what `machines` used from its last mark to `now_ms` (pure): the GPUs each
+/// one holds, and their price, for the whole interval. A machine seen at one mark is taken to
+/// have held its cards since the one before (the interval is a few seconds).
+pub fn accrue(ledger: &mut Ledger, machines: &[Machine], catalogue: &Catalogue, now_ms: u64) {
+    if ledger.until_ms == 0 {
+        ledger.since_ms = now_ms;
+        ledger.until_ms = now_ms;
+        return;
+    }
+    let hours = now_ms.saturating_sub(ledger.until_ms) as f64 / 3_600_000.0;
+    ledger.until_ms = ledger.until_ms.max(now_ms);
+    for m in machines {
+        if !m.holds_device() || !matches!(m.device, Device::Gpu { .. }) {
+            continue;
+        }
+        let entry = ledger.apps.entry(m.app.to_string()).or_default();
+        entry.gpu_hours += hours * m.devices().count() as f64;
+        entry.usd += hours * machine_price(catalogue, m).unwrap_or(0.0);
+    }
+}
+
 #[derive(Clone)]
 struct UiState {
     control: Arc<Control>,
+    ledger: Arc<std::sync::Mutex<Ledger>>,
     traffic: Option<EdgeMetrics>,
     /// Where `colo sim --out` reports are shown from: `<data dir>/sims`, one directory each.
     sims: std::path::PathBuf,
@@ -102,6 +144,9 @@ pub fn assets_router() -> Router {
 /// The dashboard's data, for holders of the API token; `traffic` reads the edges' counters
 /// where this process has them; `sims` is the directory of simulation reports to show.
 pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>, sims: std::path::PathBuf) -> Router {
+    let catalogue = Arc::new(Catalogue::builtin());
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    spawn_ledger(Arc::downgrade(&control), ledger.clone(), catalogue.clone());
     Router::new()
         .route("/v1/ui/snapshot", get(snapshot_handler))
         .route("/v1/ui/events", get(events))
@@ -111,11 +156,27 @@ pub fn data_router(control: Arc<Control>, traffic: Option<EdgeMetrics>, sims: st
         .route("/v1/ui/sims/{name}/{file}", get(sim_file))
         .with_state(UiState {
             control,
+            ledger,
             traffic,
             sims,
-            catalogue: Arc::new(Catalogue::builtin()),
+            catalogue,
             regions: Arc::new(Regions::builtin()),
         })
+}
+
+/// Adds up what machines cost every few seconds for as long as control runs.
+fn spawn_ledger(control: std::sync::Weak<Control>, ledger: Arc<std::sync::Mutex<Ledger>>, catalogue: Arc<Catalogue>) {
+    tokio::spawn(async move {
+        loop {
+            let Some(control) = control.upgrade() else { return };
+            if let Ok(machines) = control.state.machines().await {
+                let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+                accrue(&mut ledger, &machines, &catalogue, crate::now_ms());
+            }
+            drop(control);
+            tokio::time::sleep(ACCRUE_EVERY).await;
+        }
+    });
 }
 
 /// One `colo sim --out` report: its directory's name and its files.
@@ -265,6 +326,8 @@ pub struct Snapshot {
     pub flows: Vec<Flow>,
     /// The regions of the edges heard from, with how many edges each has.
     pub edges: BTreeMap<String, usize>,
+    /// GPU-hours and dollars per app since the dashboard began counting.
+    pub ledger: Ledger,
 }
 
 /// A machine as the dashboard shows it.
@@ -453,6 +516,7 @@ pub fn snapshot(
         traffic: None,
         flows: Vec::new(),
         edges: BTreeMap::new(),
+        ledger: Ledger::default(),
     }
 }
 
@@ -484,6 +548,7 @@ impl UiState {
     /// The snapshot, with the edges' traffic where this process has it.
     async fn snapshot(&self) -> Result<Snapshot, ControlError> {
         let mut snapshot = self.control.ui_snapshot(&self.regions, &self.catalogue).await?;
+        snapshot.ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(read) = &self.traffic {
             let edges = read();
             if !edges.is_empty() {

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub first_token_seconds: Family<AppLabel, Histogram, LatencyBuckets>,
     /// Tokens generated for callers, by app.
     pub output_tokens: Family<AppLabel, Counter>,
+    /// Bytes of machines' answers passed on to callers (bodies), by app: the edge's egress.
+    pub response_bytes: Family<AppLabel, Counter>,
     pub in_flight: Gauge,
     pub held: Gauge,
     /// Client connections held, set when the page is read.
@@ -99,6 +101,7 @@ impl Metrics {
             errors: Family::default(),
             first_token_seconds: Family::new_with_constructor(LatencyBuckets),
             output_tokens: Family::default(),
+            response_bytes: Family::default(),
             in_flight: Gauge::default(),
             held: Gauge::default(),
             connections: Gauge::default(),
@@ -135,6 +138,11 @@ impl Metrics {
             "output_tokens",
             "Tokens generated for callers, by app (a stream's text events, or an answer's usage)",
             metrics.output_tokens.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Bytes of machines' answers passed on to callers, by app",
+            metrics.response_bytes.clone(),
         );
         registry.register("in_flight", "Requests being proxied", metrics.in_flight.clone());
         registry.register("held", "Requests waiting for a machine with room", metrics.held.clone());
@@ -198,6 +206,7 @@ impl Metrics {
         let label = AppLabel { app: app.to_string() };
         self.first_token_seconds.remove(&label);
         self.output_tokens.remove(&label);
+        self.response_bytes.remove(&label);
         for source in ERROR_SOURCES {
             self.errors.remove(&ErrorLabels {
                 app: app.to_string(),

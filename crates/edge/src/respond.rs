@@ -28,6 +28,8 @@ pub(crate) struct Answered {
     pub response: http::Response<upstream::Body>,
     /// For completions: counts the answer's tokens and times its first one.
     pub meter: Option<TokenMeter>,
+    /// The app's count of bytes answered to callers.
+    pub egress: Counter,
 }
 
 /// The client's response to an answered request.
@@ -38,6 +40,7 @@ pub(crate) fn respond(answered: Answered) -> Response {
         guard,
         response,
         meter,
+        egress,
     } = answered;
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -67,6 +70,7 @@ pub(crate) fn respond(answered: Answered) -> Response {
         partial: BytesMut::new(),
         done: false,
         meter,
+        egress: Egress { counter: egress, bytes: 0 },
     });
     Response::from_parts(parts, body)
 }
@@ -174,6 +178,20 @@ struct Tracked<B> {
     /// Set once the stream has ended, cleanly or with an error event.
     done: bool,
     meter: Option<TokenMeter>,
+    egress: Egress,
+}
+
+/// Bytes passed on to the caller, added to the app's counter once, when the body ends or is
+/// dropped.
+struct Egress {
+    counter: Counter,
+    bytes: u64,
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        self.counter.inc_by(self.bytes);
+    }
 }
 
 /// The longest `"completion_tokens": N` (with room for spaces) that a body's frame boundary
@@ -346,6 +364,7 @@ where
                             if let Some(meter) = &mut self.meter {
                                 meter.events(&events);
                             }
+                            self.egress.bytes += events.len() as u64;
                             Poll::Ready(Some(Ok(hyper::body::Frame::data(events))))
                         }
                         None => continue,
@@ -377,13 +396,17 @@ where
                             if let Some(meter) = &mut self.meter {
                                 meter.events(&rest);
                             }
+                            self.egress.bytes += rest.len() as u64;
                             Poll::Ready(Some(Ok(hyper::body::Frame::data(rest))))
                         }
                     }
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let (Some(meter), Some(data)) = (&mut self.meter, frame.data_ref()) {
-                        meter.body(data);
+                    if let Some(data) = frame.data_ref() {
+                        self.egress.bytes += data.len() as u64;
+                        if let Some(meter) = &mut self.meter {
+                            meter.body(data);
+                        }
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }

@@ -162,8 +162,9 @@ fn answered(edge: &Edge, out: &Outgoing, guard: InFlight, response: http::Respon
     if let Some(cold) = &woke {
         edge.observe_cold_start(&endpoint, cold);
     }
+    let label = crate::metrics::AppLabel { app: out.app.clone() };
+    let egress = edge.metrics.response_bytes.get_or_create(&label).clone();
     let meter = out.llm.then(|| {
-        let label = crate::metrics::AppLabel { app: out.app.clone() };
         TokenMeter::new(
             out.arrived,
             edge.metrics.first_token_seconds.get_or_create(&label).clone(),
@@ -176,5 +177,6 @@ fn answered(edge: &Edge, out: &Outgoing, guard: InFlight, response: http::Respon
         guard,
         response,
         meter,
+        egress,
     }
 }

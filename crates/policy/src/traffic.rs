@@ -35,6 +35,9 @@ pub struct AppTraffic {
     /// `completion_tokens` of the usage an answer reports).
     #[serde(default)]
     pub output_tokens: u64,
+    /// Bytes of machines' answers passed on to callers: the edges' egress.
+    #[serde(default)]
+    pub response_bytes: u64,
     /// Requests by the region of the machine that answered them.
     #[serde(default)]
     pub by_region: BTreeMap<String, u64>,
@@ -109,6 +112,7 @@ pub fn summarize(region: &str, text: &str) -> EdgeTraffic {
                 }
             }
             "colo_edge_output_tokens_total" => apps.entry(app).or_default().output_tokens += n,
+            "colo_edge_response_bytes_total" => apps.entry(app).or_default().response_bytes += n,
             "colo_edge_request_seconds_bucket" => bucket(&mut latency, app),
             "colo_edge_first_token_seconds_bucket" => bucket(&mut first_token, app),
             _ => {}
@@ -151,6 +155,7 @@ pub fn merge(edges: &[EdgeTraffic]) -> BTreeMap<String, AppTraffic> {
         sum.client_errors += t.client_errors;
         sum.server_errors += t.server_errors;
         sum.output_tokens += t.output_tokens;
+        sum.response_bytes += t.response_bytes;
         for (source, n) in &t.errors {
             *sum.errors.entry(source.clone()).or_default() += n;
         }
@@ -201,6 +206,7 @@ colo_edge_requests_total{app="chat",region="ams",status="200"} 1
 colo_edge_request_seconds_bucket{le="0.002",app="chat",region="ams",status="200"} 1
 colo_edge_request_seconds_bucket{le="+Inf",app="chat",region="ams",status="200"} 1
 colo_edge_output_tokens_total{app="chat"} 30
+colo_edge_response_bytes_total{app="chat"} 2048
 "#;
 
     #[test]
@@ -235,6 +241,7 @@ colo_edge_output_tokens_total{app="chat"} 30
         let chat = &all["chat"];
         assert_eq!(chat.requests, 15);
         assert_eq!(chat.output_tokens, 150);
+        assert_eq!(chat.response_bytes, 2048);
         assert_eq!(chat.latency_buckets, vec![(0.001, 1), (0.002, 7), (f64::INFINITY, 8)]);
         assert_eq!(
             chat.by_region,

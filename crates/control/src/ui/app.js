@@ -4,7 +4,7 @@
 // parsed as markup.
 "use strict";
 
-const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, rates: {}, tokenRates: {}, flowRates: {}, sims: null, simFiles: {}, renderMs: null });
+const colo = (window.colo = { snap: null, models: null, plans: {}, logs: {}, rates: {}, tokenRates: {}, byteRates: {}, flowRates: {}, sims: null, simFiles: {}, renderMs: null });
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_ROWS = 500;
 
@@ -170,6 +170,7 @@ function noteRates(prev, next) {
     const before = prev.traffic[app] || {};
     colo.rates[app] = per(t.requests, before.requests);
     colo.tokenRates[app] = per(t.output_tokens, before.output_tokens);
+    colo.byteRates[app] = per(t.response_bytes, before.response_bytes);
   }
   const earlier = Object.fromEntries((prev.flows || []).map((f) => [f.from + ">" + f.to, f.requests]));
   colo.flowRates = Object.fromEntries((next.flows || []).map((f) => [f.from + ">" + f.to, per(f.requests, earlier[f.from + ">" + f.to])]));
@@ -205,6 +206,7 @@ function traffic(snap, a) {
     ttft99: ms(t.first_token_buckets, 0.99),
     tokens: per(tokens),
     perMtok: fmt.usd(perMtok),
+    egress: `${fmt.bytes(t.response_bytes)} (${fmt.bytes(colo.byteRates[a.name] || 0)}/s)`,
     errors: t.client_errors + t.server_errors,
     t,
   };
@@ -378,6 +380,7 @@ const pages = {
         card("hosts", String(snap.hosts.length)),
         card("machines started", `${started} of ${snap.machines.length}`),
         card(`cost now (${snap.prices} prices)`, fmt.usd(snap.usd_per_hour) + "/h"),
+        card(`spent since ${new Date(snap.ledger.since_ms).toISOString().slice(11, 16)} UTC`, fmt.usd(Object.values(snap.ledger.apps).reduce((n, a) => n + a.usd, 0))),
       ),
       map,
       unplaced.length
@@ -399,7 +402,7 @@ const pages = {
         : null,
       h("h2", { text: "Regions" }),
       table(
-        ["region", "city", "hosts", "started", "starting", "stopped", "GPU kinds", "$/h"],
+        ["region", "city", "hosts", "started", "starting", "stopped", "GPU kinds", "$/h", "req/s"],
         used.map((r) => [
           h("a", { href: "#/world/" + encodeURIComponent(r.code), text: r.code }),
           r.city,
@@ -409,8 +412,10 @@ const pages = {
           String(count(r.machines, ["stopped", "suspended"])),
           r.gpu_kinds.join(", ") || "CPU slots",
           fmt.usd(r.usd_per_hour),
+          // Requests its machines took over the last update, from every edge.
+          flows.filter((f) => f.to === r.code).reduce((n, f) => n + f.rate, 0).toFixed(2),
         ]),
-        [2, 3, 4, 5, 7],
+        [2, 3, 4, 5, 7, 8],
       ),
     );
   },
@@ -613,8 +618,14 @@ function appDetail(snap, name) {
         return tr
           ? [card("requests/s", tr.rate), card("latency p50", tr.p50), card("latency p99", tr.p99),
              card("first token p50", tr.ttft50), card("first token p99", tr.ttft99), card("tokens/s", tr.tokens),
-             card("$ per million tokens", tr.perMtok), card("errors 4xx / 5xx", `${tr.t.client_errors} / ${tr.t.server_errors}`)]
+             card("$ per million tokens", tr.perMtok), card("errors 4xx / 5xx", `${tr.t.client_errors} / ${tr.t.server_errors}`),
+             card("answered to callers", tr.egress)]
           : [];
+      })(),
+      ...(() => {
+        const spent = snap.ledger.apps[a.name];
+        const since = new Date(snap.ledger.since_ms).toISOString().slice(11, 16) + " UTC";
+        return [card(`GPU-hours since ${since}`, spent ? spent.gpu_hours.toFixed(3) : "0"), card(`cost since ${since}`, fmt.usd(spent ? spent.usd : 0))];
       })(),
     ),
     errorsBySource(snap.traffic && snap.traffic[name]),

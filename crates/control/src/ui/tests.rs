@@ -139,6 +139,35 @@ fn the_pages_are_built_in_and_load_nothing_from_elsewhere() {
 }
 
 #[test]
+fn the_ledger_adds_gpu_hours_and_dollars_of_machines_holding_cards() {
+    let catalogue = Catalogue::builtin();
+    let mut two = machine("m2", "chat", MachineState::Started, l40s(0), "ord");
+    two.extra_devices = vec![l40s(1)];
+    let machines = vec![
+        two,
+        machine("m3", "chat", MachineState::Stopped, l40s(2), "ord"),
+        machine("c1", "cpu", MachineState::Started, Device::Cpu { slot: 0 }, "ord"),
+    ];
+    let mut ledger = Ledger::default();
+    accrue(&mut ledger, &machines, &catalogue, 1_000);
+    assert_eq!(
+        (ledger.since_ms, ledger.apps.len()),
+        (1_000, 0),
+        "the first mark only starts the count"
+    );
+    accrue(&mut ledger, &machines, &catalogue, 1_000 + 1_800_000);
+    let chat = &ledger.apps["chat"];
+    assert!(
+        (chat.gpu_hours - 1.0).abs() < 1e-9,
+        "two cards for half an hour, the stopped one none: {chat:?}"
+    );
+    let price = catalogue.get("l40s").unwrap().price(&PRICES).unwrap().as_f64();
+    assert!((chat.usd - price).abs() < 1e-9, "{chat:?} at {price}/h a card");
+    assert!(!ledger.apps.contains_key("cpu"), "a CPU slot is no GPU-hour");
+    assert_eq!(ledger.until_ms, 1_801_000);
+}
+
+#[test]
 fn the_board_keeps_each_edges_latest_figures() {
     let board = TrafficBoard::default();
     let figures = |region: &str, requests| EdgeTraffic {
