@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Route-table propagation, edge memory and reconcile time at N machines.
     ScaleOut(ScaleOutArgs),
+    /// The CPU, its SIMD extensions and the engine's kernel paths on it: one line (what each
+    /// bench/ script prints beside its numbers), or JSON.
+    Cpu {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -43,6 +49,14 @@ const HOSTS: usize = 10;
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::ScaleOut(args) => scale_out(args).await,
+        BenchCommand::Cpu { json } => {
+            let report = colo_engine::cpu::report();
+            match json {
+                true => println!("{}", serde_json::to_string(&report)?),
+                false => println!("{}", report.line()),
+            }
+            Ok(())
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod api_gen;
 pub mod batch;
 pub mod bert;
 mod chat;
+pub mod cpu;
 pub mod device;
 mod encoder;
 mod error;
@@ -55,6 +56,8 @@ pub fn keep_freed_memory() {
 /// Loads the model, then serves until SIGTERM or ctrl-c.
 pub async fn serve(opts: ServeOptions) -> Result<(), EngineError> {
     keep_freed_memory();
+    // What benchmarks record beside their numbers: the CPU and the kernel paths taken on it.
+    tracing::info!(report = %cpu::report().line(), "cpu");
     let started = std::time::Instant::now();
     let metrics = metrics::Metrics::new();
     let task = {

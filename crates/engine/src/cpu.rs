@@ -1,0 +1,162 @@
+//! What CPU the engine runs on and which of its kernel paths it takes there, for benchmarks to
+//! record beside their numbers (`colo bench cpu`) and the engine's start-up log.
+//!
+//! Two kernel paths matter on the CPU: matrix products go through the `gemm` crate, which picks
+//! its kernels at run time (on x86-64 the FMA/AVX2 kernels where the CPU has FMA; its AVX-512
+//! kernels exist only with its `nightly` feature, which a stable build does not have), and
+//! candle's own vector loops (dot products and sums in softmax, norms and quantized matmuls),
+//! whose SIMD versions are chosen when the binary is compiled (`target_feature = "avx2"`), not at
+//! run time.
+
+use serde::Serialize;
+
+/// The CPU and the engine's kernel paths on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CpuReport {
+    /// As the kernel names it (`/proc/cpuinfo`'s model name); `unknown` where it does not say.
+    pub model: String,
+    /// Threads the engine may use.
+    pub threads: usize,
+    /// The SIMD extensions the CPU has, of those that matter here, widest first.
+    pub simd: Vec<&'static str>,
+    /// The matrix-product kernels `gemm` picks on this CPU.
+    pub matmul: &'static str,
+    /// How candle's vector loops were compiled.
+    pub vector_ops: &'static str,
+}
+
+/// The CPU this process runs on.
+pub fn report() -> CpuReport {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    CpuReport {
+        model: model_name(&cpuinfo).unwrap_or_else(|| "unknown".into()),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        simd: simd(),
+        matmul: matmul_path(),
+        vector_ops: if cfg!(any(target_feature = "avx2", target_feature = "neon")) {
+            "simd (compiled for avx2/neon)"
+        } else {
+            "scalar (compiled without avx2)"
+        },
+    }
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text (pure).
+pub fn model_name(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .filter(|m| !m.is_empty())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    macro_rules! have {
+        ($($name:tt),*) => {$(
+            if std::arch::is_x86_feature_detected!($name) {
+                out.push($name);
+            }
+        )*};
+    }
+    have!(
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512vnni",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx",
+        "sse4.2"
+    );
+    out
+}
+
+#[cfg(target_arch = "aarch64")]
+fn simd() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        out.push("neon");
+    }
+    if std::arch::is_aarch64_feature_detected!("sve") {
+        out.push("sve");
+    }
+    out
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn simd() -> Vec<&'static str> {
+    Vec::new()
+}
+
+/// What `gemm` chooses here: its choice is FMA over scalar on x86-64 (the same test it makes).
+fn matmul_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            "gemm fma (avx2, 256-bit; its avx-512 kernels need a nightly build)"
+        } else {
+            "gemm scalar"
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "gemm neon"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "gemm scalar"
+    }
+}
+
+// === impl CpuReport ===
+
+impl CpuReport {
+    /// One line for a benchmark's output: `cpu model="..." threads=N simd=a,b matmul="..."
+    /// vector_ops="..."`.
+    pub fn line(&self) -> String {
+        format!(
+            "cpu model={:?} threads={} simd={} matmul={:?} vector_ops={:?}",
+            self.model,
+            self.threads,
+            if self.simd.is_empty() {
+                "none".to_string()
+            } else {
+                self.simd.join(",")
+            },
+            self.matmul,
+            self.vector_ops
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_name_is_read_from_cpuinfo() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\n";
+        assert_eq!(model_name(text).as_deref(), Some("AMD EPYC 9R14"));
+        assert_eq!(model_name("processor : 0\n"), None);
+        assert_eq!(model_name("model name\t:\n"), None);
+    }
+
+    #[test]
+    fn the_line_names_every_field() {
+        let r = CpuReport {
+            model: "Intel(R) Xeon(R) Platinum 8488C".into(),
+            threads: 2,
+            simd: vec!["avx512f", "avx2", "fma"],
+            matmul: "gemm fma",
+            vector_ops: "scalar",
+        };
+        assert_eq!(
+            r.line(),
+            "cpu model=\"Intel(R) Xeon(R) Platinum 8488C\" threads=2 simd=avx512f,avx2,fma matmul=\"gemm fma\" vector_ops=\"scalar\""
+        );
+        let here = report();
+        assert!(here.threads >= 1 && !here.model.is_empty());
+    }
+}
