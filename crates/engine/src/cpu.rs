@@ -2,8 +2,8 @@
 //! record beside their numbers (`colo bench cpu`) and the engine's start-up log.
 //!
 //! Two kernel paths matter on the CPU: matrix products go through the `gemm` crate, which picks
-//! its kernels at run time (on x86-64 the FMA/AVX2 kernels where the CPU has FMA; its AVX-512
-//! kernels exist only with its `nightly` feature, which a stable build does not have), and
+//! its kernels at run time (on x86-64 its AVX-512 kernels where the CPU has AVX-512F, built in by
+//! colo-engine's `x86-v4` feature, else its FMA/AVX2 kernels where it has FMA, else scalar), and
 //! candle's own vector loops (dot products and sums in softmax, norms and quantized matmuls),
 //! whose SIMD versions are chosen when the binary is compiled (`target_feature = "avx2"`), not at
 //! run time.
@@ -90,12 +90,14 @@ fn simd() -> Vec<&'static str> {
     Vec::new()
 }
 
-/// What `gemm` chooses here: its choice is FMA over scalar on x86-64 (the same test it makes).
+/// What `gemm` chooses here, by the same tests it makes (gemm-common's `init_gemm_fn`).
 fn matmul_path() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("fma") {
-            "gemm fma (avx2, 256-bit; its avx-512 kernels need a nightly build)"
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "gemm avx-512 (512-bit)"
+        } else if std::arch::is_x86_feature_detected!("fma") {
+            "gemm fma (avx2, 256-bit)"
         } else {
             "gemm scalar"
         }
