@@ -21,6 +21,16 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The engine's operators at the benchmark models' shapes, as JSON (bench/ops drives it
+    /// beside PyTorch).
+    Ops {
+        /// Seconds per case.
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+        /// Only the cases whose name contains this.
+        #[arg(long, default_value = "")]
+        filter: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -49,6 +59,11 @@ const HOSTS: usize = 10;
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::ScaleOut(args) => scale_out(args).await,
+        BenchCommand::Ops { secs, filter } => {
+            let cases = tokio::task::spawn_blocking(move || colo_engine::opbench::run(&filter, secs)).await??;
+            println!("{}", serde_json::json!({ "cases": cases }));
+            Ok(())
+        }
         BenchCommand::Cpu { json } => {
             let report = colo_engine::cpu::report();
             match json {

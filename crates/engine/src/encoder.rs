@@ -2,9 +2,9 @@
 //! (no padding), so every linear layer is one large matrix product over all tokens of the
 //! batch, and only attention works per sequence. Q, K and V share one fused weight.
 
+use crate::cpu_ops;
 use candle_core::{Device, Tensor, D};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 struct Norm {
     weight: Tensor,
@@ -125,28 +125,54 @@ impl Encoder {
 
     /// Hidden states of every token of every sequence, packed: (total tokens, hidden).
     pub fn forward(&self, seqs: &[&[u32]]) -> candle_core::Result<Tensor> {
+        let mut x = self.embed_packed(seqs)?;
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        for layer in &self.layers {
+            x = self.layer(layer, &x, &lens)?;
+        }
+        Ok(x)
+    }
+
+    /// The sequences' tokens packed end to end: their embeddings, positions and type added and
+    /// normed, (total tokens, hidden).
+    pub(crate) fn embed_packed(&self, seqs: &[&[u32]]) -> candle_core::Result<Tensor> {
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = seqs.iter().flat_map(|s| 0..s.len() as u32).collect();
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let positions = Tensor::from_vec(positions, total, &self.device)?;
         let x = self.word.index_select(&ids, 0)?.add(&self.position.index_select(&positions, 0)?)?;
-        let mut x = self.emb_norm.forward(&x.broadcast_add(&self.token_type)?, self.config.eps)?;
-        for layer in &self.layers {
-            x = self.layer(layer, &x, seqs)?;
-        }
-        Ok(x)
+        self.emb_norm.forward(&x.broadcast_add(&self.token_type)?, self.config.eps)
     }
 
-    fn layer(&self, layer: &Layer, x: &Tensor, seqs: &[&[u32]]) -> candle_core::Result<Tensor> {
+    fn layer(&self, layer: &Layer, x: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let qkv = x.matmul(&layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
+        let context = self.attention(&qkv, lens)?;
+        if self.device.is_cpu() {
+            // Each bias, residual, norm and the GELU in one pass over the rows, on every core.
+            let eps = c.eps as f32;
+            let (an, on) = (&layer.attn_norm, &layer.out_norm);
+            let attn = cpu_ops::bias_residual_norm(&context.matmul(&layer.out_w)?, &layer.out_b, x, &an.weight, &an.bias, eps)?;
+            let up = cpu_ops::bias_gelu(&attn.matmul(&layer.up_w)?, &layer.up_b)?;
+            return cpu_ops::bias_residual_norm(&up.matmul(&layer.down_w)?, &layer.down_b, &attn, &on.weight, &on.bias, eps);
+        }
+        let attn = context.matmul(&layer.out_w)?.broadcast_add(&layer.out_b)?.add(x)?;
+        let attn = layer.attn_norm.forward(&attn, c.eps)?;
+        let up = attn.matmul(&layer.up_w)?.broadcast_add(&layer.up_b)?.gelu_erf()?;
+        let down = up.matmul(&layer.down_w)?.broadcast_add(&layer.down_b)?.add(&attn)?;
+        layer.out_norm.forward(&down, c.eps)
+    }
+
+    /// Each sequence attending to itself alone, over the packed (total tokens, 3 x hidden)
+    /// queries, keys and values of sequences of `lens` tokens: (total tokens, hidden).
+    pub(crate) fn attention(&self, qkv: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let head_dim = c.hidden / c.heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let qkv = x.matmul(&layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
-        let mut contexts = Vec::with_capacity(seqs.len());
+        let mut contexts = Vec::with_capacity(lens.len());
         let mut offset = 0;
-        for seq in seqs {
-            let len = seq.len();
+        for &len in lens {
             // (len, 3, heads, head_dim) -> (3, heads, len, head_dim)
             let part = qkv
                 .narrow(0, offset, len)?
@@ -160,38 +186,8 @@ impl Encoder {
             contexts.push(context);
             offset += len;
         }
-        let context = Tensor::cat(&contexts, 0)?;
-        let attn = context.matmul(&layer.out_w)?.broadcast_add(&layer.out_b)?.add(x)?;
-        let attn = layer.attn_norm.forward(&attn, c.eps)?;
-        let up = attn.matmul(&layer.up_w)?.broadcast_add(&layer.up_b)?;
-        let up = if self.device.is_cpu() { gelu_erf(&up)? } else { up.gelu_erf()? };
-        let down = up.matmul(&layer.down_w)?.broadcast_add(&layer.down_b)?.add(&attn)?;
-        layer.out_norm.forward(&down, c.eps)
+        Tensor::cat(&contexts, 0)
     }
-}
-
-/// Exact-form GELU, `x/2 * (1 + erf(x/sqrt(2)))`, over all cores of the CPU, in f32. The erf is Abramowitz and
-/// Stegun 7.1.26 (absolute error under 1.5e-7), far below what the embeddings can show.
-pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    let shape = x.shape().clone();
-    let mut values = x.flatten_all()?.to_vec1::<f32>()?;
-    values.par_chunks_mut(8192).for_each(|chunk| {
-        for v in chunk {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
-        }
-    });
-    Tensor::from_vec(values, shape, x.device())
-}
-
-#[inline(always)]
-fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152, 1.061_405_4];
-    let z = x.abs();
-    let t = 1.0 / (1.0 + P * z);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let y = 1.0 - poly * (-z * z).exp();
-    y.copysign(x)
 }
 
 /// Mean of each sequence's rows of packed hidden states: (sequences, hidden).
@@ -220,23 +216,4 @@ pub fn cls_pool(hidden: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> 
 pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     let norms = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norms)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn erf_matches_reference_values() {
-        // erf values from tables, to 7 digits.
-        let cases = [
-            (0.0f32, 0.0f32),
-            (0.5, 0.520_499_9),
-            (1.0, 0.842_700_8),
-            (-1.0, -0.842_700_8),
-            (2.0, 0.995_322_3),
-            (4.0, 1.0),
-        ];
-        for (x, expected) in cases {
-            assert!((super::erf(x) - expected).abs() < 3e-7, "erf({x}) = {}", super::erf(x));
-        }
-    }
 }

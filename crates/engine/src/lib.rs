@@ -8,12 +8,14 @@ pub mod batch;
 pub mod bert;
 mod chat;
 pub mod cpu;
+mod cpu_ops;
 pub mod device;
 mod encoder;
 mod error;
 pub mod generate;
 pub mod llama;
 mod metrics;
+pub mod opbench;
 mod state;
 pub mod textgen;
 

@@ -188,7 +188,7 @@ impl LlamaConfig {
 /// in parallel. candle runs a decode-sized product (one row, or a few) on one core; split, each
 /// core streams its own share of the weights, and decoding is bound by memory bandwidth. On a
 /// GPU the weight stays whole: one product already uses the whole card.
-struct Split {
+pub(crate) struct Split {
     parts: Vec<Tensor>,
 }
 
@@ -207,7 +207,7 @@ impl Split {
         Ok(Self { parts })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.parts.len() == 1 {
             return x.matmul(&self.parts[0]);
         }
@@ -216,13 +216,13 @@ impl Split {
     }
 }
 
-struct Layer {
-    qkv_w: Split,
+pub(crate) struct Layer {
+    pub(crate) qkv_w: Split,
     qkv_b: Option<Tensor>,
-    o_w: Split,
-    gate_up_w: Split,
-    down_w: Split,
-    attn_norm: Tensor,
+    pub(crate) o_w: Split,
+    pub(crate) gate_up_w: Split,
+    pub(crate) down_w: Split,
+    pub(crate) attn_norm: Tensor,
     mlp_norm: Tensor,
 }
 
@@ -283,7 +283,7 @@ impl Llama {
         })
     }
 
-    fn from_vb(vb: VarBuilder, config: LlamaConfig) -> candle_core::Result<Self> {
+    pub(crate) fn from_vb(vb: VarBuilder, config: LlamaConfig) -> candle_core::Result<Self> {
         let c = &config;
         let (h, q_dim, kv_dim) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let m = vb.pp("model");
@@ -345,6 +345,16 @@ impl Llama {
     }
 
     /// Bytes of KV cache per token in the format this model computes in.
+    /// The first layer, for the operator benchmark (`opbench`).
+    pub(crate) fn first_layer(&self) -> &Layer {
+        &self.layers[0]
+    }
+
+    /// The logits of normed hidden states, for the operator benchmark.
+    pub(crate) fn lm_head_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.lm_head.forward(x)
+    }
+
     pub fn kv_bytes_per_token(&self) -> usize {
         self.config.kv_bytes_per_token(self.dtype.size_in_bytes())
     }
@@ -426,7 +436,7 @@ impl Llama {
 
     /// Causal attention of `n` new queries (heads, n, d) over `past + n` keys and values
     /// (kv_heads, past + n, d); returns (n, heads * d).
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, n: usize) -> candle_core::Result<Tensor> {
+    pub(crate) fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, n: usize) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let group = c.heads / c.kv_heads;
         let total = past + n;
