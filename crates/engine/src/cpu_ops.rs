@@ -91,6 +91,64 @@ pub fn bias_residual_norm(
     }
 }
 
+/// Softmax over the last dimension; candle's own for anything but a contiguous f32 CPU tensor.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, width) = rows_of(x)?;
+    let mut out = vec![0f32; rows * width];
+    let done = with_values(x, |xs| {
+        let chunk = width * rows_per_task(width);
+        out.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .for_each(|(o, x)| dispatch_softmax(o, x, width));
+    });
+    match done {
+        Some(()) => Tensor::from_vec(out, x.shape(), &Device::Cpu),
+        None => candle_nn::ops::softmax_last_dim(x),
+    }
+}
+
+fn dispatch_softmax(out: &mut [f32], x: &[f32], width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { softmax_avx2(out, x, width) };
+    }
+    softmax_rows(out, x, width)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(out: &mut [f32], x: &[f32], width: usize) {
+    softmax_rows(out, x, width)
+}
+
+#[inline(always)]
+fn softmax_rows(out: &mut [f32], x: &[f32], width: usize) {
+    for (o, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = exp(v - max);
+        }
+        let scale = 1.0 / lane_sum(o, |v| v);
+        for o in o.iter_mut() {
+            *o *= scale;
+        }
+    }
+}
+
+/// e^x for x <= 0 (what softmax gives it), to about 3e-7 relative: x = n ln 2 + r with |r| <=
+/// ln 2 / 2, a degree-6 polynomial for e^r, and 2^n put into the exponent's bits. Branch-free,
+/// so a loop of it vectorises; below -87 it gives 0 (e^-87 is under f32's normal range).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // ln 2 in two parts (Cody and Waite), so that n ln 2 is subtracted without losing r's bits.
+    let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+}
+
 fn dispatch_bias_gelu(out: &mut [f32], x: &[f32], b: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -222,6 +280,24 @@ mod tests {
             (-40.0, -1.0),
         ] {
             assert!((erf(x) - want).abs() < 4e-7, "erf({x}) = {} against {want}", erf(x));
+        }
+    }
+
+    #[test]
+    fn exp_and_softmax_match_the_library() {
+        // Down to -87; below that it is clamped (the softmax weight is 0 in all but name).
+        for i in 0..=1740 {
+            let x = -(i as f32) * 0.05;
+            let (got, want) = (exp(x), x.exp());
+            assert!((got - want).abs() <= want * 4e-7 + 1e-38, "exp({x}) = {got} against {want}");
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), exp(-87.0));
+        assert!(exp(-1000.0) < 1e-37);
+        for (rows, width) in [(384, 30), (4, 160), (3, 7)] {
+            let x = sample(rows, width, 9);
+            let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
+            let got = softmax_last_dim(&x).unwrap();
+            assert!(max_diff(&got, &want) < 1e-6, "softmax {rows}x{width}: {}", max_diff(&got, &want));
         }
     }
 

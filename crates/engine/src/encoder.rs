@@ -181,7 +181,11 @@ impl Encoder {
                 .contiguous()?;
             let (q, k, v) = (part.get(0)?, part.get(1)?, part.get(2)?);
             let scores = (q.matmul(&k.t()?)? * scale)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = if self.device.is_cpu() {
+                cpu_ops::softmax_last_dim(&scores)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
             let context = probs.matmul(&v)?.transpose(0, 1)?.reshape((len, c.hidden))?;
             contexts.push(context);
             offset += len;

@@ -455,7 +455,12 @@ impl Llama {
                 .broadcast_add(&mask)?
                 .reshape((c.kv_heads, group * n, total))?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
+        let probs = if self.device.is_cpu() {
+            crate::cpu_ops::softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        }
+        .to_dtype(self.dtype)?;
         let out = probs.matmul(v)?; // (kv_heads, group * n, d)
         out.reshape((c.heads, n, c.head_dim))?
             .transpose(0, 1)?

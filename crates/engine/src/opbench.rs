@@ -150,7 +150,7 @@ pub fn run(filter: &str, secs: f64) -> candle_core::Result<Vec<OpTiming>> {
         case(
             "minilm.softmax",
             format!("{}x{SENTENCE}x{SENTENCE}", lens.len() * heads),
-            &mut || candle_nn::ops::softmax_last_dim(&scores).map(drop),
+            &mut || crate::cpu_ops::softmax_last_dim(&scores).map(drop),
         )?;
         let qkv = zeros((tokens, 3 * hidden))?;
         case(
