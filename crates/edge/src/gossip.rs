@@ -66,80 +66,78 @@ pub const ALL_TRAFFIC: &str = "colo.traffic.*.*";
 /// `id` naming this edge among its region's, for whoever shows them (control's dashboard).
 pub fn share_traffic<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, region: &str, id: &str) {
     let subject = format!("colo.traffic.{region}.{id}");
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(TRAFFIC_EVERY).await;
-            let payload = match serde_json::to_vec(&edge.traffic()) {
-                Ok(payload) => payload,
-                Err(e) => {
-                    tracing::debug!(error = %e, "encoding traffic figures");
-                    continue;
-                }
-            };
-            if let Err(e) = bus.publish(&subject, payload.into()).await {
-                tracing::debug!(%subject, error = %e, "publishing traffic figures");
-            }
-        }
-    });
+    tokio::spawn(publish_every(bus, subject, TRAFFIC_EVERY, "traffic figures", move || {
+        Some(edge.traffic())
+    }));
 }
 
 /// Calls `note(subject, figures)` with every edge's traffic figures as they arrive, for as long
 /// as the process runs (subscribing again after the bus fails).
 pub fn collect_traffic<B: Bus>(bus: Arc<B>, note: impl Fn(String, colo_policy::EdgeTraffic) + Send + 'static) {
-    tokio::spawn(async move {
-        loop {
-            match bus.subscribe(ALL_TRAFFIC).await {
-                Ok(mut messages) => {
-                    while let Some(message) = messages.next().await {
-                        match serde_json::from_slice(&message.payload) {
-                            Ok(figures) => note(message.subject, figures),
-                            Err(e) => tracing::debug!(subject = %message.subject, error = %e, "unreadable traffic figures"),
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "subscribing to traffic figures"),
-            }
-            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-        }
-    });
+    tokio::spawn(receive(bus, ALL_TRAFFIC, "traffic figures", note));
 }
 
 async fn publish_reports<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, subject: String) {
-    loop {
-        tokio::time::sleep(SHARE_EVERY).await;
+    publish_every(bus, subject, SHARE_EVERY, "load reports", move || {
         let reports = edge.fresh_reports(SHARE_MAX);
-        if reports.is_empty() {
-            continue;
+        (!reports.is_empty()).then_some(reports)
+    })
+    .await
+}
+
+async fn apply_reports<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, own: String) {
+    receive(bus, ALL_REGIONS, "load reports", move |subject, reports: Vec<SharedLoad>| {
+        // This edge's own reports come back too; it knows them already.
+        if subject != own {
+            reports.iter().for_each(|r| edge.apply_shared(r));
         }
-        let payload = match serde_json::to_vec(&reports) {
-            Ok(payload) => payload,
-            Err(e) => {
-                tracing::debug!(error = %e, "encoding load reports");
-                continue;
+    })
+    .await
+}
+
+/// Every `every`, publishes what `make` gives as JSON on `subject` (nothing when it gives
+/// `None`); a failure is logged and the next turn tries again.
+async fn publish_every<B: Bus, T: serde::Serialize>(
+    bus: Arc<B>,
+    subject: String,
+    every: Duration,
+    what: &'static str,
+    mut make: impl FnMut() -> Option<T>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(value) = make() else { continue };
+        match serde_json::to_vec(&value) {
+            Ok(payload) => {
+                if let Err(e) = bus.publish(&subject, payload.into()).await {
+                    tracing::debug!(%subject, error = %e, "publishing {what}");
+                }
             }
-        };
-        if let Err(e) = bus.publish(&subject, payload.into()).await {
-            tracing::debug!(%subject, error = %e, "publishing load reports");
+            Err(e) => tracing::debug!(error = %e, "encoding {what}"),
         }
     }
 }
 
-async fn apply_reports<B: Bus>(edge: Arc<Edge>, bus: Arc<B>, own: String) {
+/// Hands every message on subjects matching `subject`, read as JSON, to `handle` with its
+/// subject, for as long as the process runs: an unreadable one is logged and skipped, and the
+/// subscription is made again after the bus fails or ends it.
+async fn receive<B: Bus, T: serde::de::DeserializeOwned>(
+    bus: Arc<B>,
+    subject: &'static str,
+    what: &'static str,
+    handle: impl Fn(String, T),
+) {
     loop {
-        match bus.subscribe(ALL_REGIONS).await {
+        match bus.subscribe(subject).await {
             Ok(mut messages) => {
                 while let Some(message) = messages.next().await {
-                    // This edge's own reports come back too; it knows them already.
-                    if message.subject == own {
-                        continue;
-                    }
-                    match serde_json::from_slice::<Vec<SharedLoad>>(&message.payload) {
-                        Ok(reports) => reports.iter().for_each(|r| edge.apply_shared(r)),
-                        Err(e) => tracing::debug!(subject = %message.subject, error = %e, "unreadable load report"),
+                    match serde_json::from_slice(&message.payload) {
+                        Ok(value) => handle(message.subject, value),
+                        Err(e) => tracing::debug!(subject = %message.subject, error = %e, "unreadable {what}"),
                     }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "subscribing to load reports"),
+            Err(e) => tracing::debug!(error = %e, "subscribing to {what}"),
         }
         tokio::time::sleep(RESUBSCRIBE_AFTER).await;
     }
