@@ -116,7 +116,8 @@ def main():
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm
 
         case("llama.rms_norm", f"{rows}x{hidden}", rms)
-        case("llama.silu_mul", f"{rows}x{ffn}", lambda wide=wide: F.silu(wide) * wide)
+        gate_up = z(rows, 2 * ffn)
+        case("llama.silu_mul", f"{rows}x{2 * ffn} -> {rows}x{ffn}", lambda g=gate_up: F.silu(g[:, :ffn]) * g[:, ffn:])
         q, k = z(kv_heads, heads // kv_heads, head_dim), z(kv_heads, CONTEXT, head_dim)
 
         def attend(rows=rows):

@@ -107,6 +107,56 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// `silu(gate) * up` of a decoder's fused gate-and-up product, whose rows hold the `width`
+/// gate values, then the `width` up values: (rows, width).
+pub fn silu_mul(gate_up: &Tensor, width: usize) -> candle_core::Result<Tensor> {
+    let (rows, both) = rows_of(gate_up)?;
+    if both != 2 * width {
+        return Err(candle_core::Error::Msg(format!(
+            "silu_mul: rows of {both} values are not two halves of {width}"
+        )));
+    }
+    let mut out = vec![0f32; rows * width];
+    let done = with_values(gate_up, |xs| {
+        let per = rows_per_task(both);
+        out.par_chunks_mut(width * per)
+            .zip(xs.par_chunks(both * per))
+            .for_each(|(o, x)| dispatch_silu_mul(o, x, width));
+    });
+    match done {
+        Some(()) => Tensor::from_vec(out, (rows, width), &Device::Cpu),
+        None => candle_nn::ops::silu(&gate_up.narrow(1, 0, width)?)? * gate_up.narrow(1, width, width)?,
+    }
+}
+
+fn dispatch_silu_mul(out: &mut [f32], x: &[f32], width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { silu_mul_avx2(out, x, width) };
+    }
+    silu_mul_rows(out, x, width)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul_avx2(out: &mut [f32], x: &[f32], width: usize) {
+    silu_mul_rows(out, x, width)
+}
+
+#[inline(always)]
+fn silu_mul_rows(out: &mut [f32], x: &[f32], width: usize) {
+    for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(2 * width)) {
+        let (gate, up) = row.split_at(width);
+        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+            // g / (1 + e^-g), with the exponential of -|g| only (never of a large positive).
+            let t = exp(-g.abs());
+            let top = if g >= 0.0 { g } else { g * t };
+            *o = top / (1.0 + t) * u;
+        }
+    }
+}
+
 fn dispatch_softmax(out: &mut [f32], x: &[f32], width: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -299,6 +349,26 @@ mod tests {
             let got = softmax_last_dim(&x).unwrap();
             assert!(max_diff(&got, &want) < 1e-6, "softmax {rows}x{width}: {}", max_diff(&got, &want));
         }
+    }
+
+    #[test]
+    fn silu_times_up_matches_candle() {
+        for (rows, width) in [(1, 2816), (16, 2816), (3, 5)] {
+            let gate_up = (sample(rows, 2 * width, 11) * 6.0).unwrap();
+            let want =
+                (candle_nn::ops::silu(&gate_up.narrow(1, 0, width).unwrap()).unwrap() * gate_up.narrow(1, width, width).unwrap()).unwrap();
+            let got = silu_mul(&gate_up, width).unwrap();
+            assert_eq!(got.dims(), &[rows, width]);
+            // Values up to about 24 x 24: the bound is relative.
+            let (got, want) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= w.abs() * 5e-7 + 1e-6, "silu_mul {rows}x{width}: {g} against {w}");
+            }
+        }
+        assert!(silu_mul(&sample(2, 7, 1), 3).is_err(), "rows that are not two halves");
     }
 
     #[test]

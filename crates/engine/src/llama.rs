@@ -414,9 +414,13 @@ impl Llama {
             x = (x + attn)?;
             let normed = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, c.rms_eps as f32)?;
             let gate_up = layer.gate_up_w.forward(&normed)?;
-            let gate = gate_up.narrow(1, 0, c.intermediate)?;
-            let up = gate_up.narrow(1, c.intermediate, c.intermediate)?;
-            let mlp = layer.down_w.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+            let act = if self.device.is_cpu() {
+                crate::cpu_ops::silu_mul(&gate_up, c.intermediate)?
+            } else {
+                let gate = gate_up.narrow(1, 0, c.intermediate)?;
+                (candle_nn::ops::silu(&gate)? * gate_up.narrow(1, c.intermediate, c.intermediate)?)?
+            };
+            let mlp = layer.down_w.forward(&act)?;
             x = (x + mlp)?;
         }
         for seq in seqs.iter_mut() {

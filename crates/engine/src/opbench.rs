@@ -203,8 +203,9 @@ pub fn run(filter: &str, secs: f64) -> candle_core::Result<Vec<OpTiming>> {
         case("llama.rms_norm", format!("{rows}x{hidden}"), &mut || {
             candle_nn::ops::rms_norm(&x, &layer.attn_norm, 1e-6).map(drop)
         })?;
-        case("llama.silu_mul", format!("{rows}x{ffn}"), &mut || {
-            (candle_nn::ops::silu(&wide)? * &wide).map(drop)
+        let gate_up = zeros((rows, 2 * ffn))?;
+        case("llama.silu_mul", format!("{rows}x{} -> {rows}x{ffn}", 2 * ffn), &mut || {
+            crate::cpu_ops::silu_mul(&gate_up, ffn).map(drop)
         })?;
         // One sequence's attention over its cache, `rows` times (each sequence attends alone).
         let q = Tensor::zeros((heads, 1, head_dim), DType::F32, &Device::Cpu)?;
