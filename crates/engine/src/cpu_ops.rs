@@ -1,5 +1,6 @@
-//! The encoder's element-wise work on the CPU, fused and spread over the cores: a bias and GELU
-//! in one pass, and a bias, a residual and a layer norm in one pass. candle does each of these
+//! The models' element-wise work on the CPU, fused and spread over the cores: the encoder's bias
+//! and GELU in one pass, and bias, residual and layer norm in one pass; softmax for both models'
+//! attention; the decoder's SiLU(gate) x up in one pass. candle does each of these
 //! as separate passes over the whole activation, on one core and without SIMD in this build
 //! (`bench/ops` measured GELU at 0.21x PyTorch's speed, layer norm at 0.35x, and the bias and
 //! residual additions between them at about a quarter of a MiniLM layer's time).
