@@ -28,6 +28,33 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
+/// Defines `$name`, which runs the row loop `$rows` compiled a second time for AVX2 and FMA
+/// (as `$avx2`) where the CPU has them, and as built for any x86-64 elsewhere: the same plain
+/// loop, vectorised for each.
+macro_rules! dispatched {
+    ($name:ident, $avx2:ident, $rows:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $avx2($($arg: $ty),*) {
+            $rows($($arg),*)
+        }
+
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $rows($($arg),*)
+        }
+    };
+}
+
+dispatched!(dispatch_bias_gelu, bias_gelu_avx2, bias_gelu_rows, (out: &mut [f32], x: &[f32], b: &[f32]));
+dispatched!(dispatch_norm, norm_avx2, norm_rows, (out: &mut [f32], x: &[f32], r: &[f32], b: &[f32], g: &[f32], be: &[f32], eps: f32));
+dispatched!(dispatch_softmax, softmax_avx2, softmax_rows, (out: &mut [f32], x: &[f32], width: usize));
+dispatched!(dispatch_silu_mul, silu_mul_avx2, silu_mul_rows, (out: &mut [f32], x: &[f32], width: usize));
+
 /// A row of `width` values, or the whole tensor's values as rows.
 fn rows_of(t: &Tensor) -> candle_core::Result<(usize, usize)> {
     let dims = t.dims();
@@ -130,21 +157,6 @@ pub fn silu_mul(gate_up: &Tensor, width: usize) -> candle_core::Result<Tensor> {
     }
 }
 
-fn dispatch_silu_mul(out: &mut [f32], x: &[f32], width: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { silu_mul_avx2(out, x, width) };
-    }
-    silu_mul_rows(out, x, width)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_mul_avx2(out: &mut [f32], x: &[f32], width: usize) {
-    silu_mul_rows(out, x, width)
-}
-
 #[inline(always)]
 fn silu_mul_rows(out: &mut [f32], x: &[f32], width: usize) {
     for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(2 * width)) {
@@ -156,21 +168,6 @@ fn silu_mul_rows(out: &mut [f32], x: &[f32], width: usize) {
             *o = top / (1.0 + t) * u;
         }
     }
-}
-
-fn dispatch_softmax(out: &mut [f32], x: &[f32], width: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { softmax_avx2(out, x, width) };
-    }
-    softmax_rows(out, x, width)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_avx2(out: &mut [f32], x: &[f32], width: usize) {
-    softmax_rows(out, x, width)
 }
 
 #[inline(always)]
@@ -200,21 +197,6 @@ pub(crate) fn exp(x: f32) -> f32 {
     f32::from_bits(((n as i32 + 127) << 23) as u32) * p
 }
 
-fn dispatch_bias_gelu(out: &mut [f32], x: &[f32], b: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { bias_gelu_avx2(out, x, b) };
-    }
-    bias_gelu_rows(out, x, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn bias_gelu_avx2(out: &mut [f32], x: &[f32], b: &[f32]) {
-    bias_gelu_rows(out, x, b)
-}
-
 #[inline(always)]
 fn bias_gelu_rows(out: &mut [f32], x: &[f32], b: &[f32]) {
     for (o, x) in out.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
@@ -223,21 +205,6 @@ fn bias_gelu_rows(out: &mut [f32], x: &[f32], b: &[f32]) {
             *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
         }
     }
-}
-
-fn dispatch_norm(out: &mut [f32], x: &[f32], r: &[f32], b: &[f32], g: &[f32], be: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { norm_avx2(out, x, r, b, g, be, eps) };
-    }
-    norm_rows(out, x, r, b, g, be, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn norm_avx2(out: &mut [f32], x: &[f32], r: &[f32], b: &[f32], g: &[f32], be: &[f32], eps: f32) {
-    norm_rows(out, x, r, b, g, be, eps)
 }
 
 #[inline(always)]
