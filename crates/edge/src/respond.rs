@@ -241,14 +241,22 @@ impl TokenMeter {
         }
     }
 
-    /// A frame of a whole (not streamed) answer.
+    /// A frame of a whole (not streamed) answer: searched itself, and where it meets the frames
+    /// before it (only the ends are copied, however large the frame).
     fn body(&mut self, bytes: &[u8]) {
-        self.tail.extend_from_slice(bytes);
-        if let Some(n) = completion_tokens(&self.tail) {
+        let seam = self.tail.len();
+        self.tail.extend_from_slice(&bytes[..bytes.len().min(USAGE_TAIL)]);
+        let found = completion_tokens(bytes).or_else(|| completion_tokens(&self.tail).filter(|_| seam > 0));
+        if let Some(n) = found {
             self.usage = Some(n);
         }
-        let keep = self.tail.len().min(USAGE_TAIL);
-        self.tail.drain(..self.tail.len() - keep);
+        if bytes.len() >= USAGE_TAIL {
+            self.tail.clear();
+            self.tail.extend_from_slice(&bytes[bytes.len() - USAGE_TAIL..]);
+        } else {
+            let keep = self.tail.len().min(USAGE_TAIL);
+            self.tail.drain(..self.tail.len() - keep);
+        }
     }
 }
 
@@ -258,20 +266,24 @@ impl Drop for TokenMeter {
     }
 }
 
-/// The byte offset just after `"key":` in `bytes` (spaces allowed before and after the colon),
-/// searching from the end.
-fn after_key(bytes: &[u8], key: &[u8]) -> Option<usize> {
-    let mut end = bytes.len();
-    while let Some(at) = memchr::memmem::rfind(&bytes[..end], key) {
-        let mut i = at + key.len();
+/// Where the value starts when `bytes[i..]` is a colon between optional spaces (what follows a
+/// JSON key); `None` when it is not.
+fn value_at(bytes: &[u8], mut i: usize) -> Option<usize> {
+    let skip = |mut i: usize| {
         while bytes.get(i) == Some(&b' ') {
             i += 1;
         }
-        if bytes.get(i) == Some(&b':') {
-            i += 1;
-            while bytes.get(i) == Some(&b' ') {
-                i += 1;
-            }
+        i
+    };
+    i = skip(i);
+    (bytes.get(i) == Some(&b':')).then(|| skip(i + 1))
+}
+
+/// Where the value of the last `"key":` in `bytes` starts.
+fn after_key(bytes: &[u8], key: &[u8]) -> Option<usize> {
+    let mut end = bytes.len();
+    while let Some(at) = memchr::memmem::rfind(&bytes[..end], key) {
+        if let Some(i) = value_at(bytes, at + key.len()) {
             return Some(i);
         }
         end = at;
@@ -302,20 +314,10 @@ pub(crate) fn carries_text(data: &[u8]) -> bool {
 fn text_after(data: &[u8], key: &[u8]) -> bool {
     let mut from = 0;
     while let Some(at) = memchr::memmem::find(&data[from..], key) {
-        let mut i = from + at + key.len();
-        while data.get(i) == Some(&b' ') {
-            i += 1;
+        from += at + key.len();
+        if value_at(data, from).is_some_and(|i| data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|&b| b != b'"')) {
+            return true;
         }
-        if data.get(i) == Some(&b':') {
-            i += 1;
-            while data.get(i) == Some(&b' ') {
-                i += 1;
-            }
-            if data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|&b| b != b'"') {
-                return true;
-            }
-        }
-        from = from + at + key.len();
     }
     false
 }
