@@ -205,6 +205,7 @@ def main():
         # percentiles, tokens per second, errors. Whole answers report their tokens in their
         # usage; streamed ones send one event per token.
         generated = 0
+        sent = 0  # completions through the edge, all to the ord machine
         received = [0]
 
         def complete(stream):
@@ -224,6 +225,7 @@ def main():
         cells = []
         while time.monotonic() < deadline:
             generated += complete(False) + complete(True)
+            sent += 2
             cells = [row.locator("td").nth(i).inner_text() for i in range(7, 14)]
             if cells[1] != "–" and cells[3] != "–" and cells[4] not in ("–", "0.00"):
                 break
@@ -241,6 +243,7 @@ def main():
         check(egress == received[0], f"the edge counted {egress} bytes answered; the client read {received[0]}")
         # A request the edge refuses for the app's sake is an error of the client's.
         bad = json.dumps({"model": apps[0]["name"], "prompt": "hi", "max_tokens": -1}).encode()
+        sent += 1  # its machine refuses it: still a request from ord's edge to ord
         try:
             urllib.request.urlopen(urllib.request.Request(args.edge + "/v1/completions", data=bad, headers={"content-type": "application/json"}), timeout=30)
             check(False, "a negative max_tokens was refused")
@@ -271,8 +274,15 @@ def main():
         backdrop = page.evaluate("getComputedStyle(document.querySelector('.map')).backgroundImage")
         check(land == "image/svg+xml" and "land.svg" in backdrop, f"the map draws the land ({land}, {backdrop})")
         page.wait_for_selector("main section[aria-label='Requests between regions'] tbody tr")
-        flow = page.locator("main section[aria-label='Requests between regions'] tbody tr").first.locator("td").all_inner_texts()
-        check(flow[:2] == ["ord", "ord"] and int(flow[3].replace(",", "")) >= 6, f"requests from ord's edge to ord's machines ({flow})")
+        # Every completion sent above went from ord's edge to ord's machine (the table follows the
+        # live updates, every 2 s).
+        row = page.locator("main section[aria-label='Requests between regions'] tbody tr").first
+        deadline = time.monotonic() + 6
+        flow = row.locator("td").all_inner_texts()
+        while time.monotonic() < deadline and int(flow[3].replace(",", "")) < sent:
+            page.wait_for_timeout(200)
+            flow = row.locator("td").all_inner_texts()
+        check(flow[:2] == ["ord", "ord"] and int(flow[3].replace(",", "")) >= sent, f"requests from ord's edge to ord's machines ({flow}, {sent} sent)")
 
         # A machine's detail: where its weights came from, its phases, the end of its engine log.
         page.goto(f"{args.api}/ui#/machines")
