@@ -112,6 +112,8 @@ pub struct PeerConfig {
     pub token: Option<String>,
     /// The client to reach them with (trusting their CA when they speak TLS).
     pub client: Option<reqwest::Client>,
+    /// This host's own cache API as its peers reach it (its share of a pull they make at once).
+    pub own_url: Option<String>,
 }
 
 pub(crate) use colo_core::unix_ms as now_ms;
@@ -253,6 +255,7 @@ impl Agent {
             peers: peers.urls,
             peer_token: peers.token,
             peer_client: peers.client,
+            self_url: peers.own_url,
             ..Default::default()
         }
     }

@@ -124,9 +124,17 @@ pub struct PullArgs {
     /// MiB per ranged read, rounded to whole chunks (default: tuned).
     #[arg(long)]
     range_mib: Option<u64>,
-    /// A peer host's API base URL to read cached files from first (repeatable).
+    /// A peer host's API base URL to read cached files from first (repeatable). Peers that are
+    /// pulling the same model at once serve each other the chunks they have verified.
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// Serve this cache's chunks to peers on this address (ip:port) while pulling, and for
+    /// --linger seconds after. No token is asked: use it on a private network.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<std::net::SocketAddr>,
+    /// Seconds to keep serving peers after the pull ends (with --serve).
+    #[arg(long, default_value_t = 0, requires = "serve")]
+    linger: u64,
     /// Flush each file to disk before it takes its real name (slower; files from an earlier
     /// boot are re-verified before use either way).
     #[arg(long)]
@@ -348,14 +356,25 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
         let bar = bar.clone();
         Arc::new(move |n| bar.inc(n))
     };
+    let serving = match args.serve {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--serve {addr}: {e}"))?;
+            Some(tokio::spawn(colo_store::serve_peers(listener, cache.clone())))
+        }
+        None => None,
+    };
     let opts = colo_store::HydrateOptions {
         concurrency: args.concurrency,
         range_bytes: args.range_mib.map(|m| m * 1024 * 1024),
         peers: args.peers.clone(),
+        self_url: args.serve.map(|addr| format!("http://{addr}")),
         durable: args.fsync,
         ..Default::default()
     };
     let report = cache.pull(&store, &manifest, &opts, progress).finish().await?;
+    let finished_at_ms = colo_core::unix_ms();
     bar.finish_and_clear();
     let dir = cache.model_dir(&manifest.name, &manifest.revision);
     if args.common.json {
@@ -363,7 +382,10 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
         value["gb_per_s"] = serde_json::json!(report.gb_per_s());
         value["dir"] = serde_json::json!(dir);
         value["revision"] = serde_json::json!(manifest.revision);
-        return print_json(&value);
+        value["finished_at_ms"] = serde_json::json!(finished_at_ms);
+        print_json(&value)?;
+        linger(serving, args.linger).await;
+        return Ok(());
     }
     println!(
         "pulled {} revision {} into {}: {} fetched ({} from peers, {} from the store, {} already cached) in {:.2}s, {:.2} GB/s ({} in flight, {} ranges)",
@@ -379,7 +401,21 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
         report.concurrency,
         bytes(report.range_bytes),
     );
+    for (peer, n) in &report.bytes_by_peer {
+        println!("  {} from {peer}", bytes(*n));
+    }
+    linger(serving, args.linger).await;
     Ok(())
+}
+
+/// Keeps serving peers for `seconds` after a pull, then stops.
+async fn linger(serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>, seconds: u64) {
+    let Some(serving) = serving else { return };
+    if seconds > 0 {
+        eprintln!("serving peers for {seconds} s more");
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    }
+    serving.abort();
 }
 
 fn walk_size(dir: &std::path::Path) -> u64 {

@@ -111,6 +111,9 @@ pub struct HydrationReport {
     /// Bytes read from the origin store: the egress an operator pays for.
     #[serde(default)]
     pub bytes_from_origin: u64,
+    /// Bytes read from each peer, by its base URL.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bytes_by_peer: std::collections::BTreeMap<String, u64>,
     /// Ranged reads in flight at the end of the pull (as tuned or as told).
     #[serde(default)]
     pub concurrency: u32,

@@ -25,6 +25,7 @@ pub(crate) fn set_in_process(agents: &[Arc<Agent>], api_addr: SocketAddr, token:
             urls,
             token: Some(token.to_string()),
             client: None,
+            own_url: Some(format!("http://{api_addr}/v1/hosts/{}", agent.host())),
         });
     }
 }
@@ -52,6 +53,7 @@ pub(crate) fn spawn_refresh(
                     urls,
                     token: Some(token.current()),
                     client: Some(client.clone()),
+                    own_url: Some(own_addr.clone()),
                 });
             }
             tokio::time::sleep(REFRESH_EVERY).await;

@@ -14,7 +14,7 @@ mod store;
 pub use cache::{hydrate, CacheEntry, HostCache, PinGuard, Pull};
 pub use error::StoreError;
 pub use hydrate::HydrateOptions;
-pub use peer::{peer_router, PeerFile, PeerModel, PEER_PREFIX};
+pub use peer::{peer_router, serve_peers, PeerChunks, PeerFile, PeerFileChunks, PeerModel, PEER_PREFIX};
 pub use push::{gguf_header, push_dir, PushOptions, PushReport};
 pub use s3::{serve_s3, S3Config};
 pub use store::Store;

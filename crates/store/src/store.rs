@@ -88,6 +88,18 @@ impl Store {
         })
     }
 
+    /// A store over any `object_store` implementation (an in-memory one, or one wrapped to slow
+    /// or fail its reads in tests). `url` names it in messages; only `s3://` URLs stream their
+    /// ranged reads.
+    pub fn from_objects(inner: Arc<dyn ObjectStore>, url: &str) -> Self {
+        Self {
+            inner,
+            url: url.to_string(),
+            bytes_read: Arc::default(),
+            stall_timeout: STALL_TIMEOUT,
+        }
+    }
+
     /// Bytes that pulls have read from this store through this handle and its clones.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)

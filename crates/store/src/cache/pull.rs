@@ -5,7 +5,7 @@
 
 use super::key::Key;
 use super::HostCache;
-use crate::hydrate::{file_prefixes, FilePrefixes, HydrateOptions};
+use crate::hydrate::{file_prefixes, Board, FilePrefixes, HydrateOptions};
 use crate::{Progress, Store, StoreError};
 use colo_core::HydrationReport;
 use colo_model::Manifest;
@@ -19,6 +19,8 @@ type Outcome = Option<Result<HydrationReport, Arc<StoreError>>>;
 #[derive(Debug)]
 pub(crate) struct Flight {
     prefixes: FilePrefixes,
+    /// What the pull holds and is reading, for the peers of the region.
+    pub(crate) board: Arc<Board>,
     done: watch::Sender<Outcome>,
 }
 
@@ -41,7 +43,16 @@ pub async fn hydrate(
     progress: Progress,
 ) -> Result<HydrationReport, StoreError> {
     let dir = cache.model_dir(&manifest.name, &manifest.revision);
-    crate::hydrate::run(store, manifest, &dir, opts, progress, &file_prefixes(manifest)).await
+    crate::hydrate::run(
+        store,
+        manifest,
+        &dir,
+        opts,
+        progress,
+        &file_prefixes(manifest),
+        &Board::new(manifest),
+    )
+    .await
 }
 
 // === impl HostCache (pulls) ===
@@ -63,6 +74,7 @@ impl HostCache {
         }
         let flight = Arc::new(Flight {
             prefixes: file_prefixes(manifest),
+            board: Arc::new(Board::new(manifest)),
             done: watch::channel(None).0,
         });
         flights.insert(key.clone(), flight.clone());
@@ -81,7 +93,7 @@ impl HostCache {
                     tracing::info!(model = %manifest.name, evicted = evicted.len(), "made room in the host cache");
                 }
                 let dir = cache.model_dir(&manifest.name, &manifest.revision);
-                crate::hydrate::run(&store, &manifest, &dir, &opts, progress, &task_flight.prefixes).await
+                crate::hydrate::run(&store, &manifest, &dir, &opts, progress, &task_flight.prefixes, &task_flight.board).await
             }
             .await;
             if let Err(e) = &result {
@@ -97,6 +109,15 @@ impl HostCache {
             joined: false,
             dir,
         }
+    }
+}
+
+impl HostCache {
+    /// The board of the pull of `name`@`revision` in flight on this cache, if one is.
+    pub(crate) fn board(&self, name: &str, revision: &str) -> Option<Arc<Board>> {
+        let key: Key = (name.to_string(), revision.to_string());
+        let flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.get(&key).map(|f| f.board.clone())
     }
 }
 

@@ -1,6 +1,7 @@
 //! One file being filled in: its preallocated `.colo-partial` file, its `.colo-chunks` record
 //! of verified chunks, and the verified prefix that a loader may wait on.
 
+use super::board::FileBoard;
 use crate::StoreError;
 use colo_model::manifest::{chunk_count, chunk_digest};
 use colo_model::FileEntry;
@@ -8,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub(crate) struct FileJob {
@@ -21,6 +22,8 @@ pub(crate) struct FileJob {
     inner: Mutex<JobState>,
     /// Verified bytes from the start of the file: readers may use `[0, prefix)`.
     prefix: watch::Sender<u64>,
+    /// Which chunks peers may read from this file while it is being filled in.
+    board: Arc<FileBoard>,
 }
 
 struct JobState {
@@ -45,7 +48,13 @@ impl FileJob {
     /// re-hashed from disk, so a record that outlived its data (a power cut between the two
     /// writes) costs a refetch, never a corrupt file. A new partial file gets its full size
     /// reserved up front, so a full disk fails the pull at its start, not midway.
-    pub(crate) fn open(entry: &FileEntry, final_path: PathBuf, chunk_size: u64, prefix: watch::Sender<u64>) -> Result<Opened, StoreError> {
+    pub(crate) fn open(
+        entry: &FileEntry,
+        final_path: PathBuf,
+        chunk_size: u64,
+        prefix: watch::Sender<u64>,
+        board: Arc<FileBoard>,
+    ) -> Result<Opened, StoreError> {
         let partial_path = with_suffix(&final_path, ".colo-partial");
         let record_path = with_suffix(&final_path, ".colo-chunks");
         if let Some(parent) = final_path.parent() {
@@ -94,6 +103,9 @@ impl FileJob {
         record.write_all(&bytes).map_err(|e| StoreError::io(record_path.display(), e))?;
 
         let missing: Vec<u64> = (0..n_chunks).filter(|&i| !verified[i as usize]).collect();
+        for i in (0..n_chunks).filter(|&i| verified[i as usize]) {
+            board.hold(i);
+        }
         let prefix_chunks = verified.iter().take_while(|v| **v).count() as u64;
         let state = JobState {
             record,
@@ -110,6 +122,7 @@ impl FileJob {
             final_path,
             inner: Mutex::new(state),
             prefix,
+            board,
         };
         job.prefix.send_replace(job.prefix_bytes(prefix_chunks));
         Ok(Opened { job, missing })
@@ -154,6 +167,7 @@ impl FileJob {
         if newly {
             state.verified[idx as usize] = true;
             state.missing -= 1;
+            self.board.hold(idx);
         }
         let before = state.prefix_chunks;
         while (state.prefix_chunks as usize) < state.verified.len() && state.verified[state.prefix_chunks as usize] {

@@ -1,7 +1,10 @@
 //! Hydration: making a model's files present in the host cache.
 //!
 //! Chunks are read with many ranged GETs at once (each range a whole number of chunks), from
-//! peers of the region when they have the file and from the origin store otherwise. Bodies
+//! peers of the region that hold them (whole revisions, or the verified chunks of a pull still
+//! running) and from the origin store for the rest; which chunk comes from where is the
+//! schedule's choice (`swarm.rs`), and what this pull holds and is reading is published on its
+//! board (`board.rs`) for the peers pulling beside it. Bodies
 //! are written in place into a preallocated `.colo-partial` file as they arrive and hashed on
 //! the way; a chunk counts only once all of it is written and its BLAKE3 digest matches the
 //! manifest, when its index is appended to a `.colo-chunks` record, so a killed pull resumes
@@ -11,9 +14,13 @@
 //! its real name once all its chunks are verified; the model's completion marker comes last.
 //! Concurrency and range size are tuned from measured throughput unless given.
 
+mod board;
 mod job;
 mod source;
+mod swarm;
 mod tune;
+
+pub(crate) use board::Board;
 
 pub(crate) use job::write_atomic;
 
@@ -23,17 +30,22 @@ pub(crate) fn partial_path(final_path: &std::path::Path) -> std::path::PathBuf {
 }
 
 use crate::cache::boot;
+use crate::peer::wire::{bits_of, PeerChunks};
 use crate::{Progress, Store, StoreError};
 use colo_core::HydrationReport;
 use colo_model::Manifest;
 use futures::stream::{FuturesUnordered, StreamExt};
 use job::FileJob;
-use source::{From, Sources};
-use std::collections::{HashMap, VecDeque};
+use source::Sources;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use swarm::{Answer, Read, Schedule, Share, Slots, Source};
 use tokio::sync::watch;
 use tune::Tuner;
+
+/// How often a pull with peers asks them again which chunks they hold.
+const MAP_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug, Default)]
 pub struct HydrateOptions {
@@ -47,6 +59,10 @@ pub struct HydrateOptions {
     pub peer_token: Option<String>,
     /// The client peers are reached with; a plain one when `None`.
     pub peer_client: Option<reqwest::Client>,
+    /// This host's own base URL as its peers know it: with theirs, it gives the host its share
+    /// of the model to read from the origin first when the region's hosts pull at once. When
+    /// `None`, a share is chosen from the cache directory's path.
+    pub self_url: Option<String>,
     /// Flush each file to disk before it takes its real name. Off by default: files from an
     /// earlier boot are re-verified before use anyway (see the cache's boot stamp), and a flush
     /// per file bounds the pull at the disk's write speed instead of the page cache's.
@@ -60,16 +76,16 @@ pub(crate) fn file_prefixes(manifest: &Manifest) -> FilePrefixes {
     manifest.files.iter().map(|f| (f.path.clone(), watch::channel(0).0)).collect()
 }
 
-/// Bytes a finished range moved, by source.
+/// Bytes a read from the origin moved (chunks that matched and chunks read again).
 #[derive(Default)]
 struct Moved {
-    peer: u64,
     origin: u64,
 }
 
 /// Pulls `manifest`'s model into its revision directory `dir` of a host cache, reading from
-/// `opts.peers` first and `store` for the rest, and publishing each file's verified prefix on
-/// its channel in `prefixes`. Returns what came from where.
+/// `opts.peers` what they hold and `store` for the rest, publishing each file's verified prefix
+/// on its channel in `prefixes` and each chunk's state on `board`. Returns what came from
+/// where.
 pub(crate) async fn run(
     store: &Store,
     manifest: &Manifest,
@@ -77,14 +93,16 @@ pub(crate) async fn run(
     opts: &HydrateOptions,
     progress: Progress,
     prefixes: &FilePrefixes,
+    board: &Board,
 ) -> Result<HydrationReport, StoreError> {
     let started = Instant::now();
     let total = manifest.total_bytes();
     let chunk_size = manifest.chunk_size;
     let prefix_of = |path: &str| prefixes.get(path).cloned().unwrap_or_else(|| watch::channel(0).0);
     if boot::complete(dir) {
-        for file in &manifest.files {
-            prefix_of(&file.path).send_replace(file.size);
+        for (file, entry) in board.files.iter().zip(&manifest.files) {
+            file.hold_all();
+            prefix_of(&entry.path).send_replace(entry.size);
         }
         progress(total);
         return Ok(HydrationReport {
@@ -101,25 +119,24 @@ pub(crate) async fn run(
             .map_err(|e| StoreError::Internal(format!("checking the boot stamp: {e}")))??;
     }
 
-    // Plan: which chunks of which files still need fetching. Every file's first chunk goes
-    // first (a loader reads the safetensors header before anything else), then the rest,
-    // taking ranges from the files in turn: each file's early tensors come early, and writes
-    // in flight land in different files instead of queueing on one file's lock.
-    let mut jobs: Vec<Arc<FileJob>> = Vec::new();
-    let mut heads = VecDeque::new();
-    let mut rest: Vec<VecDeque<u64>> = Vec::new();
+    // Plan: which chunks of which files still need fetching (the schedule orders them).
+    let mut jobs: Vec<Option<Arc<FileJob>>> = Vec::new();
+    let mut missing: Vec<Vec<u64>> = Vec::new();
     let mut from_cache = 0;
-    for entry in &manifest.files {
+    for (entry, file_board) in manifest.files.iter().zip(&board.files) {
         let final_path = dir.join(&entry.path);
         let prefix = prefix_of(&entry.path);
         if std::fs::metadata(&final_path).map(|m| m.len() == entry.size).unwrap_or(false) {
             prefix.send_replace(entry.size);
+            file_board.hold_all();
             from_cache += entry.size;
+            jobs.push(None);
+            missing.push(Vec::new());
             continue;
         }
         let opened = {
-            let (entry, final_path) = (entry.clone(), final_path.clone());
-            tokio::task::spawn_blocking(move || FileJob::open(&entry, final_path, chunk_size, prefix))
+            let (entry, final_path, file_board) = (entry.clone(), final_path.clone(), file_board.clone());
+            tokio::task::spawn_blocking(move || FileJob::open(&entry, final_path, chunk_size, prefix, file_board))
                 .await
                 .map_err(|e| StoreError::Internal(format!("opening a partial file: {e}")))??
         };
@@ -128,88 +145,181 @@ pub(crate) async fn run(
         from_cache += entry.size - missing_bytes;
         if opened.missing.is_empty() {
             job.publish(opts.durable)?;
-            continue;
         }
-        let mut missing: VecDeque<u64> = opened.missing.into_iter().collect();
-        heads.extend(missing.pop_front().map(|chunk| (jobs.len(), chunk)));
-        rest.push(missing);
-        jobs.push(job);
+        jobs.push(Some(job));
+        missing.push(opened.missing);
     }
     progress(from_cache);
-    let missing_chunks = (heads.len() + rest.iter().map(VecDeque::len).sum::<usize>()) as u64;
-    let mut queue = Queue { heads, rest, turn: 0 };
+    let missing_chunks = missing.iter().map(Vec::len).sum::<usize>() as u64;
 
-    let sources = Arc::new(Sources::discover(store, manifest, &opts.peers, opts.peer_token.clone(), opts.peer_client.clone()).await);
+    let sources = Arc::new(Sources::new(
+        store,
+        manifest,
+        &opts.peers,
+        opts.peer_token.clone(),
+        opts.peer_client.clone(),
+    ));
     let range_chunks = opts.range_bytes.map(|b| (b / chunk_size).max(1));
     let mut tuner = Tuner::new(opts.concurrency, range_chunks, started.elapsed());
+    let share = share_of(opts.self_url.as_deref(), sources.peers(), dir);
+    let mut schedule = Schedule::new(&missing, sources.peers().len(), share, tuner.range_chunks());
+    // Peers' maps: once before the first read, so chunks a peer holds are never read from the
+    // origin, then every `MAP_EVERY` while the pull runs (by a task that ends with the pull).
+    let (maps_tx, mut maps) = tokio::sync::mpsc::channel(1);
+    let _refresher = if sources.peers().is_empty() || missing_chunks == 0 {
+        drop(maps_tx);
+        None
+    } else {
+        for (peer, map) in sources.maps().await.into_iter().enumerate() {
+            see(&mut schedule, manifest, peer, map, started.elapsed());
+        }
+        let sources = sources.clone();
+        Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MAP_EVERY).await;
+                if maps_tx.send(sources.maps().await).await.is_err() {
+                    break;
+                }
+            }
+        })))
+    };
+
     let writers = Arc::new(tokio::sync::Semaphore::new(
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));
     let mut in_flight = FuturesUnordered::new();
-    let mut moved = Moved::default();
+    let (mut from_peer, mut from_origin) = (0, 0);
+    let mut by_peer: BTreeMap<String, u64> = BTreeMap::new();
     loop {
-        while in_flight.len() < tuner.concurrency() {
-            // A small pull is spread over every read in flight rather than a few long ones.
-            let spread = missing_chunks.div_ceil(tuner.concurrency() as u64).max(1);
-            let Some((job_idx, first, n)) = queue.next_range(tuner.range_chunks().min(spread)) else {
-                break;
+        // A small pull is spread over every read in flight rather than a few long ones.
+        let spread = missing_chunks.div_ceil(tuner.concurrency() as u64).max(1);
+        let slots = Slots {
+            origin: tuner.concurrency(),
+            per_peer: tuner.concurrency(),
+            range_chunks: tuner.range_chunks().min(spread),
+        };
+        while let Some(read) = schedule.next(slots, started.elapsed()) {
+            let Some(job) = jobs[read.file].clone() else {
+                return Err(StoreError::Internal(format!(
+                    "{}: a read was planned for a file already whole",
+                    manifest.files[read.file].path
+                )));
             };
-            let (job, sources, writers, durable) = (jobs[job_idx].clone(), sources.clone(), writers.clone(), opts.durable);
-            in_flight.push(async move { fetch_range(&sources, &writers, job, first, n, durable).await });
+            board.files[read.file].reading(read.first, read.n);
+            let (sources, writers, durable) = (sources.clone(), writers.clone(), opts.durable);
+            in_flight.push(async move {
+                let began = Instant::now();
+                let fetched = fetch(&sources, &writers, job, read, durable).await;
+                (read, began.elapsed().as_secs_f64(), fetched)
+            });
         }
-        let Some(done) = in_flight.next().await else { break };
-        let done = done?;
-        let n = done.peer + done.origin;
-        tuner.record(n, started.elapsed());
-        progress(n);
-        moved.peer += done.peer;
-        moved.origin += done.origin;
+        if schedule.left() == 0 && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some((read, seconds, fetched)) = in_flight.next(), if !in_flight.is_empty() => {
+                board.files[read.file].read_ended(read.first, read.n);
+                let fetched = fetched?;
+                schedule.finished(read, &fetched.verified, fetched.bytes, seconds);
+                tuner.record(fetched.bytes, started.elapsed());
+                progress(fetched.bytes);
+                match read.source {
+                    Source::Origin => from_origin += fetched.bytes,
+                    Source::Peer(peer) => {
+                        from_peer += fetched.bytes;
+                        if fetched.bytes > 0 {
+                            *by_peer.entry(sources.peer_url(peer).to_string()).or_default() += fetched.bytes;
+                        }
+                        if let Some(why) = fetched.peer_failed {
+                            if !schedule.peer_down(peer) {
+                                tracing::warn!(peer = %sources.peer_url(peer), reason = %why, "peer dropped from this pull");
+                            }
+                            schedule.drop_peer(peer);
+                        }
+                    }
+                }
+            }
+            Some(answers) = maps.recv() => {
+                for (peer, map) in answers.into_iter().enumerate() {
+                    see(&mut schedule, manifest, peer, map, started.elapsed());
+                }
+            }
+            else => return Err(StoreError::Internal("the pull has chunks left and nothing to read them from".into())),
+        }
     }
 
     write_atomic(&dir.join(boot::COMPLETE_MARKER), &manifest.to_json())?;
-    let fetched = moved.peer + moved.origin;
+    let fetched = from_peer + from_origin;
     Ok(HydrationReport {
         bytes_total: total,
         bytes_fetched: fetched,
         bytes_reused: from_cache,
         seconds: started.elapsed().as_secs_f64(),
         bytes_from_cache: from_cache,
-        bytes_from_peer: moved.peer,
-        bytes_from_origin: moved.origin,
+        bytes_from_peer: from_peer,
+        bytes_from_origin: from_origin,
+        bytes_by_peer: by_peer,
         concurrency: tuner.concurrency() as u32,
         range_bytes: tuner.range_chunks() * chunk_size,
     })
 }
 
-/// The chunks still to fetch: each file's first chunk, then the rest of each file.
-struct Queue {
-    heads: VecDeque<(usize, u64)>,
-    rest: Vec<VecDeque<u64>>,
-    /// The file whose turn it is.
-    turn: usize,
+/// Aborts a task when dropped (the pull's map refresher ends with the pull, errors included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
-impl Queue {
-    /// The next ranged read (file, first chunk, chunks): a file's head alone, or up to
-    /// `range_chunks` consecutive missing chunks of the next file in turn.
-    fn next_range(&mut self, range_chunks: u64) -> Option<(usize, u64, u64)> {
-        if let Some((file, chunk)) = self.heads.pop_front() {
-            return Some((file, chunk, 1));
-        }
-        for _ in 0..self.rest.len() {
-            let file = self.turn % self.rest.len();
-            self.turn += 1;
-            let chunks = &mut self.rest[file];
-            let Some(first) = chunks.pop_front() else { continue };
-            let mut n = 1;
-            while n < range_chunks && chunks.front() == Some(&(first + n)) {
-                chunks.pop_front();
-                n += 1;
+/// This host's place among itself and its peers: with its own URL, the hosts sorted by URL,
+/// each share owned by the host at its place; without, a place chosen from the cache
+/// directory's path and no share known to be another's.
+fn share_of(self_url: Option<&str>, peers: &[String], dir: &std::path::Path) -> Share {
+    match self_url {
+        Some(me) => {
+            let me = me.trim_end_matches('/');
+            let mut all: Vec<&str> = peers.iter().map(String::as_str).chain([me]).collect();
+            all.sort_unstable();
+            all.dedup();
+            Share {
+                rank: all.iter().position(|u| *u == me).unwrap_or(0),
+                owners: all.iter().map(|u| peers.iter().position(|p| p == u)).collect(),
             }
-            return Some((file, first, n));
         }
-        None
+        None => {
+            let hosts = peers.len() + 1;
+            let hash = blake3::hash(dir.as_os_str().as_encoded_bytes());
+            let mut le = [0u8; 8];
+            le.copy_from_slice(&hash.as_bytes()[..8]);
+            Share {
+                rank: (u64::from_le_bytes(le) % hosts as u64) as usize,
+                owners: vec![None; hosts],
+            }
+        }
     }
+}
+
+/// Gives the schedule one peer's answer, its map as per-file bitmaps in the manifest's order.
+fn see(schedule: &mut Schedule, manifest: &Manifest, peer: usize, answer: Result<Option<PeerChunks>, ()>, now: Duration) {
+    let map = match answer {
+        Ok(Some(map)) => map,
+        Ok(None) => return schedule.see(peer, Answer::Nothing, now),
+        Err(()) => return schedule.see(peer, Answer::Silent, now),
+    };
+    let (mut held, mut pending) = (Vec::new(), Vec::new());
+    for entry in &manifest.files {
+        let n = colo_model::manifest::chunk_count(entry.size, manifest.chunk_size);
+        let file = map.files.iter().find(|f| f.path == entry.path);
+        held.push(match file {
+            _ if map.complete => vec![true; n as usize],
+            Some(f) => bits_of(n, &f.held),
+            None => vec![false; n as usize],
+        });
+        pending.push(file.map_or_else(|| vec![false; n as usize], |f| bits_of(n, &f.pending)));
+    }
+    schedule.see(peer, Answer::Map { held, pending }, now);
 }
 
 /// Files that an earlier boot wrote may have lost unflushed bytes in a power cut. Each goes
@@ -244,43 +354,56 @@ fn range_len(job: &FileJob, idx: u64) -> u64 {
     end - start
 }
 
-/// Fetches chunks `first .. first + n` of one file: from a peer as one ranged read when one
-/// has the file, then whatever that left from the origin, one ranged read per run of
-/// consecutive chunks. Chunks a peer got wrong are read again from the origin; a chunk the
-/// origin gets wrong twice fails the pull with a digest error and is never recorded.
-async fn fetch_range(
+/// What one read brought: the chunks verified, the bytes they hold, and for a peer read why
+/// the peer failed, if it did.
+struct Fetched {
+    verified: Vec<u64>,
+    bytes: u64,
+    peer_failed: Option<String>,
+}
+
+/// Carries out one read. From a peer: one ranged read, whose chunks that do not verify are left
+/// for the schedule to read again (and the peer is dropped). From the origin: one ranged read
+/// per run, taken up again where it broke; a chunk the origin gets wrong is read once more,
+/// alone, and a chunk it gets wrong twice fails the pull with a digest error and is never
+/// recorded.
+async fn fetch(
     sources: &Sources,
     writers: &tokio::sync::Semaphore,
     job: Arc<FileJob>,
-    first: u64,
-    n: u64,
+    read: Read,
     durable: bool,
-) -> Result<Moved, StoreError> {
+) -> Result<Fetched, StoreError> {
+    let (first, n) = (read.first, read.n);
     let file = job.entry.path.clone();
-    let mut moved = Moved::default();
-    let mut left: Vec<u64> = (first..first + n).collect();
-    if let From::Peer(peer) = sources.pick(&file) {
+    if let Source::Peer(peer) = read.source {
         let (start, end) = span(&job, first, n);
-        match sources.peer_stream(peer, &file, start, end).await {
-            Err(why) => sources.mark_down(peer, &why),
-            Ok(frames) => {
-                let wrong_length = |got: u64| format!("sent {got} bytes of {}", end - start);
-                let got = stream_into(writers, &job, first, n, frames, durable, wrong_length).await?;
-                moved.peer += got.verified.iter().map(|&i| range_len(&job, i)).sum::<u64>();
-                if !got.bad.is_empty() {
-                    sources.mark_down(peer, "sent a chunk whose digest does not match the manifest");
-                }
-                if let Some(why) = &got.error {
-                    sources.mark_down(peer, why);
-                }
-                left.retain(|i| !got.verified.contains(i));
+        let frames = match sources.peer_stream(peer, &file, start, end).await {
+            Ok(frames) => frames,
+            Err(why) => {
+                return Ok(Fetched {
+                    verified: Vec::new(),
+                    bytes: 0,
+                    peer_failed: Some(why),
+                })
             }
-        }
+        };
+        let wrong_length = |got: u64| format!("sent {got} bytes of {}", end - start);
+        let got = stream_into(writers, &job, first, n, frames, durable, wrong_length).await?;
+        let bytes = got.verified.iter().map(|&i| range_len(&job, i)).sum::<u64>();
+        let peer_failed = if got.bad.is_empty() {
+            got.error
+        } else {
+            Some("sent a chunk whose digest does not match the manifest".to_string())
+        };
+        return Ok(Fetched {
+            verified: got.verified,
+            bytes,
+            peer_failed,
+        });
     }
-    let mut again = Vec::new();
-    for (run_first, run_n) in runs(&left) {
-        again.extend(from_origin(sources, writers, &job, run_first, run_n, durable, &mut moved).await?);
-    }
+    let mut moved = Moved::default();
+    let again = from_origin(sources, writers, &job, first, n, durable, &mut moved).await?;
     // Each chunk the origin got wrong is read once more, alone.
     for idx in again {
         if from_origin(sources, writers, &job, idx, 1, durable, &mut moved).await?.is_empty() {
@@ -306,7 +429,11 @@ async fn fetch_range(
             },
         });
     }
-    Ok(moved)
+    Ok(Fetched {
+        verified: (first..first + n).collect(),
+        bytes: moved.origin,
+        peer_failed: None,
+    })
 }
 
 /// Tries of a ranged read from the origin that fails on the way (a body cut short or stalled,

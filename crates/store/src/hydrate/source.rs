@@ -1,55 +1,41 @@
-//! Where a pull reads bytes from: peer hosts of the same region that have the model's files
-//! in their cache, spread range by range, and the origin store for everything else.
+//! Where a pull reads bytes from: the origin store, and peer hosts of the same region, each of
+//! which holds some or all of the model's chunks (a peer still pulling serves the chunks it
+//! has verified) and says which through its chunk map.
 //!
-//! A peer that fails once (refused connection, timeout, short body, wrong digest) is dropped
-//! for the rest of the pull and what it did not deliver of its range goes to the origin, so a
-//! dying peer costs one range's delay, not one per chunk.
+//! Which chunk comes from where is the schedule's choice (`swarm.rs`); this module only talks
+//! to the sources. A peer read that brings no byte for `PEER_STALL` fails, so a stalled peer
+//! costs one stall, after which the pull drops it.
 
-use crate::peer::wire::{PeerModel, PEER_PREFIX};
+use crate::peer::wire::{PeerChunks, PEER_PREFIX};
 use crate::{Store, StoreError};
 use bytes::Bytes;
 use colo_model::Manifest;
 use futures::stream::{BoxStream, StreamExt};
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// How long a peer may take to say which files it has.
-const DISCOVER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a peer may take to answer one ranged read before the origin is asked instead.
-const PEER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a peer may take to send its chunk map.
+const MAP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer read may go without a byte (its answer's head included) before the peer
+/// counts as stalled.
+pub(crate) const PEER_STALL: Duration = Duration::from_secs(5);
 
 /// A ranged read's body, piece by piece as it arrives.
 pub(crate) type Frames<E> = BoxStream<'static, Result<Bytes, E>>;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum From {
-    Peer(usize),
-    Origin,
-}
-
-struct Peer {
-    base: String,
-    files: HashSet<String>,
-    down: AtomicBool,
-}
 
 pub(crate) struct Sources {
     store: Store,
     name: String,
     revision: String,
-    peers: Vec<Peer>,
+    /// Base URLs of the peers, trailing slash removed.
+    peers: Vec<String>,
     http: reqwest::Client,
     token: Option<String>,
-    next: AtomicUsize,
 }
 
 // === impl Sources ===
 
 impl Sources {
-    /// Asks every peer, at once, which of the model's files it holds; peers that do not
-    /// answer in time are left out.
-    pub(crate) async fn discover(
+    pub(crate) fn new(
         store: &Store,
         manifest: &Manifest,
         peers: &[String],
@@ -63,66 +49,45 @@ impl Sources {
                 .build()
                 .unwrap_or_default()
         });
-        let asks = peers.iter().map(|base| {
-            let base = base.trim_end_matches('/').to_string();
-            let url = format!("{base}{PEER_PREFIX}/{}/{}", manifest.name, manifest.revision);
-            let request = with_token(http.get(url).timeout(DISCOVER_TIMEOUT), token.as_deref());
-            async move {
-                let answer = match request.send().await {
-                    Ok(r) if r.status().is_success() => r.json::<PeerModel>().await.ok(),
-                    Ok(r) => {
-                        tracing::debug!(peer = %base, status = %r.status(), "peer does not have the model");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %base, error = %e, "peer did not answer");
-                        None
-                    }
-                };
-                answer.map(|model| Peer {
-                    base,
-                    files: model.files.into_iter().map(|f| f.path).collect(),
-                    down: AtomicBool::new(false),
-                })
-            }
-        });
-        let peers: Vec<Peer> = futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .filter(|p| !p.files.is_empty())
-            .collect();
         Self {
             store: store.clone(),
             name: manifest.name.clone(),
             revision: manifest.revision.clone(),
-            peers,
+            peers: peers.iter().map(|p| p.trim_end_matches('/').to_string()).collect(),
             http,
             token,
-            next: AtomicUsize::new(0),
         }
     }
 
-    /// The next live peer that has `file`, round robin; the origin when none has it.
-    pub(crate) fn pick(&self, file: &str) -> From {
-        let n = self.peers.len();
-        if n == 0 {
-            return From::Origin;
-        }
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (first + k) % n)
-            .find(|&i| !self.peers[i].down.load(Ordering::Relaxed) && self.peers[i].files.contains(file))
-            .map(From::Peer)
-            .unwrap_or(From::Origin)
+    pub(crate) fn peers(&self) -> &[String] {
+        &self.peers
     }
 
-    pub(crate) fn mark_down(&self, peer: usize, why: &str) {
-        if let Some(p) = self.peers.get(peer) {
-            if !p.down.swap(true, Ordering::Relaxed) {
-                tracing::warn!(peer = %p.base, reason = why, "peer dropped from this pull; reading from the origin instead");
+    /// Asks every peer at once which chunks of the revision it holds and is reading: its map,
+    /// `Ok(None)` when it has none of the revision, `Err(())` when it does not answer in time.
+    pub(crate) async fn maps(&self) -> Vec<Result<Option<PeerChunks>, ()>> {
+        let asks = self.peers.iter().map(|base| {
+            let url = format!("{base}{PEER_PREFIX}/{}/{}/chunks", self.name, self.revision);
+            let request = with_token(self.http.get(url).timeout(MAP_TIMEOUT), self.token.as_deref());
+            async move {
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => r.json::<PeerChunks>().await.map(Some).map_err(|_| ()),
+                    Ok(r) => {
+                        tracing::trace!(peer = %base, status = %r.status(), "peer has none of the model");
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        tracing::trace!(peer = %base, error = %e, "peer did not answer");
+                        Err(())
+                    }
+                }
             }
-        }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    pub(crate) fn peer_url(&self, peer: usize) -> &str {
+        self.peers.get(peer).map_or("", String::as_str)
     }
 
     /// Reads bytes `[start, end)` of `file` from the origin.
@@ -146,21 +111,32 @@ impl Sources {
         self.store.read_range_stream(&path, start..end).await
     }
 
-    /// Bytes `[start, end)` of `file` from a peer, as they arrive; an error says why, for the
-    /// log.
+    /// Bytes `[start, end)` of `file` from a peer, as they arrive; a body that brings no byte
+    /// for `PEER_STALL` ends with an error. An error says why, for the log.
     pub(crate) async fn peer_stream(&self, peer: usize, file: &str, start: u64, end: u64) -> Result<Frames<String>, String> {
-        let p = &self.peers[peer];
-        let url = format!("{}{PEER_PREFIX}/{}/{}/files/{file}", p.base, self.name, self.revision);
+        let base = self.peer_url(peer);
+        let url = format!("{base}{PEER_PREFIX}/{}/{}/files/{file}", self.name, self.revision);
         let request = self
             .http
             .get(url)
-            .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1))
-            .timeout(PEER_READ_TIMEOUT);
-        let response = with_token(request, self.token.as_deref()).send().await.map_err(|e| e.to_string())?;
+            .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
+        let response = tokio::time::timeout(PEER_STALL, with_token(request, self.token.as_deref()).send())
+            .await
+            .map_err(|_| format!("sent no answer in {PEER_STALL:?}"))?
+            .map_err(|e| e.to_string())?;
         if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             return Err(format!("answered {}", response.status()));
         }
-        Ok(response.bytes_stream().map(|frame| frame.map_err(|e| e.to_string())).boxed())
+        let body = response.bytes_stream().map(|frame| frame.map_err(|e| e.to_string())).boxed();
+        Ok(futures::stream::unfold(Some(body), |body| async move {
+            let mut body = body?;
+            match tokio::time::timeout(PEER_STALL, body.next()).await {
+                Ok(Some(frame)) => Some((frame, Some(body))),
+                Ok(None) => None,
+                Err(_) => Some((Err(format!("stalled: no byte for {PEER_STALL:?}")), None)),
+            }
+        })
+        .boxed())
     }
 }
 

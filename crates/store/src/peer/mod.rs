@@ -1,15 +1,18 @@
 //! Serving the host cache to peer hosts of the region over HTTP range reads, so a model that
-//! one host has pulled need not cross the network from the origin again.
+//! one host has pulled, or is pulling, need not cross the network from the origin again.
 //!
-//! Only complete revisions are served (their marker lists the files), and only the files the
-//! manifest names, so a request can never reach a partial file or climb out of the cache.
+//! Complete revisions are served whole (their marker lists the files); of a revision whose pull
+//! is in flight, only ranges whose every chunk is verified (the pull's board says which), so no
+//! unverified byte is ever served. Only the files the manifest names are served, so a request
+//! can never climb out of the cache.
 //!
-//! `GET {PEER_PREFIX}/{name}/{revision}` answers which files the host has;
+//! `GET {PEER_PREFIX}/{name}/{revision}` answers which files the host has complete;
+//! `GET {PEER_PREFIX}/{name}/{revision}/chunks` answers which chunks it holds and is reading;
 //! `GET {PEER_PREFIX}/{name}/{revision}/files/{path}` answers bytes, honouring one `Range`.
 
 pub(crate) mod wire;
 
-pub use wire::{PeerFile, PeerModel, PEER_PREFIX};
+pub use wire::{PeerChunks, PeerFile, PeerFileChunks, PeerModel, PEER_PREFIX};
 
 use crate::HostCache;
 use axum::body::Body;
@@ -28,6 +31,7 @@ const BLOCK: u64 = 4 * 1024 * 1024;
 pub fn peer_router(cache: HostCache) -> Router {
     Router::new()
         .route(&format!("{PEER_PREFIX}/{{name}}/{{revision}}"), get(model))
+        .route(&format!("{PEER_PREFIX}/{{name}}/{{revision}}/chunks"), get(chunks))
         .route(&format!("{PEER_PREFIX}/{{name}}/{{revision}}/files/{{*path}}"), get(file))
         .with_state(cache)
 }
@@ -51,20 +55,82 @@ async fn model(State(cache): State<HostCache>, Path((name, revision)): Path<(Str
     }
 }
 
+async fn chunks(State(cache): State<HostCache>, Path((name, revision)): Path<(String, String)>) -> Response {
+    if let Some(manifest) = cache.cached_manifest(&name, &revision) {
+        let files = manifest
+            .files
+            .iter()
+            .map(|f| PeerFileChunks {
+                path: f.path.clone(),
+                held: vec![[0, f.chunks.len() as u64]],
+                pending: Vec::new(),
+            })
+            .collect();
+        return Json(PeerChunks {
+            name,
+            revision,
+            complete: true,
+            files,
+        })
+        .into_response();
+    }
+    match cache.board(&name, &revision) {
+        Some(board) => Json(board.wire()).into_response(),
+        None => not_found(&name, &revision),
+    }
+}
+
 async fn file(
     State(cache): State<HostCache>,
     Path((name, revision, path)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let Some(manifest) = cache.cached_manifest(&name, &revision) else {
-        return not_found(&name, &revision);
+        return partial_file(&cache, &name, &revision, &path, range).await;
     };
     let Some(entry) = manifest.file(&path) else {
         return (StatusCode::NOT_FOUND, format!("model {name}@{revision} has no file {path:?}\n")).into_response();
     };
     let full = cache.model_dir(&name, &revision).join(&entry.path);
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     serve_file(full, entry.size, range, "application/octet-stream").await
+}
+
+/// One range of a file whose pull is in flight, when every chunk it touches is verified; 416
+/// (with the file's size) when some are not yet, 404 when no pull of the revision runs.
+async fn partial_file(cache: &HostCache, name: &str, revision: &str, path: &str, range: Option<&str>) -> Response {
+    let Some(board) = cache.board(name, revision) else {
+        return not_found(name, revision);
+    };
+    let Some(file) = board.file(path) else {
+        return (StatusCode::NOT_FOUND, format!("model {name}@{revision} has no file {path:?}\n")).into_response();
+    };
+    let span = match range {
+        None => Ok((0, file.size)),
+        Some(r) => parse_range(r, file.size),
+    };
+    let Some((start, end)) = span.ok().filter(|&(start, end)| file.holds_bytes(start, end)) else {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{}", file.size))],
+            "those bytes are not verified in this host's cache yet\n",
+        )
+            .into_response();
+    };
+    // The file takes its real name when its last chunk is verified; either name will do.
+    let final_path = cache.model_dir(name, revision).join(path);
+    let partial = crate::hydrate::partial_path(&final_path);
+    let opened = std::fs::File::open(&partial).or_else(|_| std::fs::File::open(&final_path));
+    match opened {
+        Ok(f) => serve_open(f, file.size, start, end, range.is_some(), "application/octet-stream"),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}\n", final_path.display())).into_response(),
+    }
+}
+
+/// Serves `cache` to peers on `listener` (the peer routes alone, no token asked) until the task
+/// is dropped or the listener fails.
+pub async fn serve_peers(listener: tokio::net::TcpListener, cache: HostCache) -> std::io::Result<()> {
+    axum::serve(listener, peer_router(cache)).await
 }
 
 fn not_found(name: &str, revision: &str) -> Response {
@@ -88,11 +154,17 @@ pub(crate) async fn serve_file(path: std::path::PathBuf, size: u64, range: Optio
                 .into_response();
         }
     };
-    let file = match std::fs::File::open(&path) {
-        Ok(file) => Arc::new(file),
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}\n", path.display())).into_response(),
-    };
-    let blocks = read_blocks(file, start, end);
+    match std::fs::File::open(&path) {
+        Ok(file) => serve_open(file, size, start, end, status == StatusCode::PARTIAL_CONTENT, content_type),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}\n", path.display())).into_response(),
+    }
+}
+
+/// Answers bytes `[start, end)` of an open file of `size` bytes, streamed in blocks: 206 with
+/// their range when `ranged`, else 200.
+fn serve_open(file: std::fs::File, size: u64, start: u64, end: u64, ranged: bool, content_type: &str) -> Response {
+    let status = if ranged { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let blocks = read_blocks(Arc::new(file), start, end);
     let mut response = Response::builder()
         .status(status)
         .header(header::CONTENT_LENGTH, end - start)
