@@ -26,7 +26,7 @@ pub fn wait_port(ip: &str, port: u16, what: &str) {
     }
 }
 
-fn binary(name: &str, cargo_bin: &str) -> PathBuf {
+pub fn binary(name: &str, cargo_bin: &str) -> PathBuf {
     let home = PathBuf::from(std::env::var("HOME").unwrap_or_default())
         .join(".cargo/bin")
         .join(cargo_bin);

@@ -191,12 +191,10 @@ pub(crate) async fn run(
     let (mut from_peer, mut from_origin) = (0, 0);
     let mut by_peer: BTreeMap<String, u64> = BTreeMap::new();
     loop {
-        // A small pull is spread over every read in flight rather than a few long ones.
-        let spread = missing_chunks.div_ceil(tuner.concurrency() as u64).max(1);
         let slots = Slots {
             origin: tuner.concurrency(),
-            per_peer: tuner.concurrency(),
-            range_chunks: tuner.range_chunks().min(spread),
+            peers: tuner.concurrency(),
+            range_chunks: tuner.range_chunks(),
         };
         while let Some(read) = schedule.next(slots, started.elapsed()) {
             let Some(job) = jobs[read.file].clone() else {

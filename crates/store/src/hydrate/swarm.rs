@@ -67,12 +67,20 @@ pub(crate) struct Read {
 }
 
 /// How many reads may be in flight, and how long they may be.
+///
+/// Reads from peers are bounded in all (`peers`), not per peer: every read is a TCP flow into
+/// this host's link, which flows share about equally, and a crowd of peer flows would starve
+/// the few from the origin, whose link then idles while every host waits on it. Each peer gets
+/// an equal part of them (at least `MIN_PER_PEER`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slots {
     pub(crate) origin: usize,
-    pub(crate) per_peer: usize,
+    pub(crate) peers: usize,
     pub(crate) range_chunks: u64,
 }
+
+/// Reads in flight that any one peer may have, however many peers share `Slots::peers`.
+const MIN_PER_PEER: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -290,15 +298,18 @@ impl Schedule {
     /// The earliest missing chunk that a peer with a free slot holds, from the fastest such
     /// peer, with the chunks after it that the same peer holds.
     fn next_from_peer(&self, slots: Slots) -> Option<Read> {
-        if self.peers.iter().all(|p| p.down || p.held_count == 0 || p.reads >= slots.per_peer) {
+        let serving = self.peers.iter().filter(|p| !p.down && p.held_count > 0).count();
+        let in_flight: usize = self.peers.iter().map(|p| p.reads).sum();
+        if serving == 0 || in_flight >= slots.peers.max(MIN_PER_PEER) {
             return None;
         }
+        let per_peer = (slots.peers / serving).max(MIN_PER_PEER);
         for &(file, idx) in &self.order[self.front..] {
             if !self.is((file, idx), State::Missing) {
                 continue;
             }
             let best = (0..self.peers.len())
-                .filter(|&p| self.peers[p].reads < slots.per_peer && self.peers[p].holds(file, idx))
+                .filter(|&p| self.peers[p].reads < per_peer && self.peers[p].holds(file, idx))
                 .max_by(|&a, &b| {
                     let (pa, pb) = (&self.peers[a], &self.peers[b]);
                     pa.rate().total_cmp(&pb.rate()).then(pb.reads.cmp(&pa.reads)).then(b.cmp(&a))
@@ -333,11 +344,14 @@ impl Schedule {
                 && (k < self.heads || !kept(self.bounds.partition_point(|&b| b <= k) - 1))
                 && !self.peers.iter().any(|p| p.holds(file, idx) || p.will_hold(file, idx, now))
         };
+        // A share is spread over every origin read rather than a few long ones.
+        let own = (self.bounds[self.share.rank + 1] - self.bounds[self.share.rank]) as u64;
+        let longest = slots.range_chunks.min(own.div_ceil(slots.origin.max(1) as u64)).max(1);
         let heads = (self.front..self.heads).map(|k| (k, 1));
         let shares = (0..hosts)
             .map(|i| (self.share.rank + i) % hosts)
             .filter(|&q| !kept(q))
-            .flat_map(|q| (self.bounds[q].max(self.front)..self.bounds[q + 1]).map(|k| (k, slots.range_chunks)));
+            .flat_map(|q| (self.bounds[q].max(self.front)..self.bounds[q + 1]).map(move |k| (k, longest)));
         for (k, longest) in heads.chain(shares) {
             let (file, idx) = self.order[k];
             if !origin_may(file, idx) {
@@ -375,7 +389,7 @@ mod tests {
 
     const SLOTS: Slots = Slots {
         origin: 1,
-        per_peer: 1,
+        peers: 1,
         range_chunks: 4,
     };
     const T0: Duration = Duration::ZERO;
@@ -444,10 +458,13 @@ mod tests {
             rank: 0,
             owners: vec![None, Some(0)],
         };
-        let slots = Slots { origin: 4, ..SLOTS };
+        let slots = Slots { origin: 1, ..SLOTS };
         let mut s = Schedule::new(&[all(9)], 1, share.clone(), 4);
-        assert_eq!(s.next(slots, T0), Some(read(Source::Origin, 0, 0, 1)));
+        let head = s.next(slots, T0).unwrap();
+        assert_eq!(head, read(Source::Origin, 0, 0, 1));
+        done(&mut s, head);
         assert_eq!(s.next(slots, T0), Some(read(Source::Origin, 0, 1, 4)));
+        let slots = Slots { origin: 4, ..SLOTS };
         // The peer has not answered yet, but the pull is young: its share waits.
         assert_eq!(s.next(slots, T0), None);
         // It says it is reading its share, and makes progress: still its own.
@@ -456,13 +473,16 @@ mod tests {
         assert_eq!(s.next(slots, START_GRACE), None);
         // Stalled past the patience: the origin takes the rest of its share.
         let late = START_GRACE + PATIENCE;
-        assert_eq!(s.next(slots, late), Some(read(Source::Origin, 0, 6, 3)));
+        // (A share is spread over the origin's read slots: 4 chunks over 4 slots.)
+        assert_eq!(s.next(slots, late), Some(read(Source::Origin, 0, 6, 1)));
 
         // A peer that never says it is pulling keeps its share only for the grace.
+        let slots = Slots { origin: 1, ..SLOTS };
         let mut s = Schedule::new(&[all(9)], 1, share, 4);
         s.see(0, Answer::Nothing, T0);
         for _ in 0..2 {
-            s.next(slots, T0).unwrap();
+            let r = s.next(slots, T0).unwrap();
+            done(&mut s, r);
         }
         assert_eq!(s.next(slots, T0), None);
         assert_eq!(s.next(slots, START_GRACE), Some(read(Source::Origin, 0, 5, 4)));
@@ -476,8 +496,9 @@ mod tests {
         assert_eq!(s.next(slots, T0), Some(read(Source::Peer(0), 0, 0, 4)));
         // Everything else is being read by the peer, which is making progress: wait for it.
         assert_eq!(s.next(slots, T0), None);
-        // Once it has been quiet for the patience, its pending chunks go to the origin.
-        assert_eq!(s.next(slots, PATIENCE), Some(read(Source::Origin, 0, 4, 4)));
+        // Once it has been quiet for the patience, its pending chunks go to the origin (spread
+        // over its read slots: 7 chunks over 4).
+        assert_eq!(s.next(slots, PATIENCE), Some(read(Source::Origin, 0, 4, 2)));
     }
 
     #[test]
@@ -499,13 +520,41 @@ mod tests {
         for p in 0..2 {
             s.see(p, map(6, |_| true, |_| false), T0);
         }
-        let slots = Slots { per_peer: 4, ..SLOTS };
+        let slots = Slots { peers: 4, ..SLOTS };
         // Both unmeasured: one read each, the lower index first among equals.
         let (a, b) = (s.next(slots, T0).unwrap(), s.next(slots, T0).unwrap());
         assert_eq!((a.source, b.source), (Source::Peer(0), Source::Peer(1)));
         s.finished(a, &[a.first], 1_000, 1.0);
         s.finished(b, &[b.first], 1_000, 0.1);
         assert_eq!(s.next(slots, T0).unwrap().source, Source::Peer(1));
+    }
+
+    #[test]
+    fn reads_from_peers_share_one_budget() {
+        let slots = Slots {
+            origin: 0,
+            peers: 8,
+            range_chunks: 1,
+        };
+        let mut s = Schedule::new(&[all(40)], 3, alone(), 1);
+        for p in 0..3 {
+            s.see(p, map(40, |_| true, |_| false), T0);
+        }
+        let mut per = [0; 3];
+        while let Some(r) = s.next(slots, T0) {
+            if let Source::Peer(p) = r.source {
+                per[p] += 1;
+            }
+        }
+        assert_eq!(
+            per,
+            [2, 2, 2],
+            "three peers share the budget of 8, each at most 8 / 3 (and at least 2)"
+        );
+        // A peer alone may take the whole budget.
+        let mut s = Schedule::new(&[all(40)], 1, alone(), 1);
+        s.see(0, map(40, |_| true, |_| false), T0);
+        assert_eq!(std::iter::from_fn(|| s.next(slots, T0)).count(), 8);
     }
 
     #[test]
