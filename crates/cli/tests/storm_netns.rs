@@ -136,7 +136,7 @@ fn hosts_waking_at_once_over_capped_links_share_the_model_and_the_origin_serves_
             assert!(Instant::now() < deadline, "{host} did not finish in 120 s");
             std::thread::sleep(Duration::from_millis(50));
         };
-        reports.push((host, report));
+        reports.push((*host, report));
     }
     let seconds = started.elapsed().as_secs_f64();
     let origin_tx = tx_bytes(&net, "origin") - tx_before;
