@@ -4,51 +4,13 @@
 
 mod common;
 
+use common::Served;
+
 use colo_store::{no_progress, peer_router, push_dir, HostCache, HydrateOptions, PushOptions, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const CHUNK: u64 = 256 * 1024;
-
-/// A peer host: its cache served on a loopback port by a runtime of its own, so stopping it
-/// closes every socket, including connections kept alive by the puller.
-struct PeerHost {
-    url: String,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl PeerHost {
-    fn start(cache: HostCache) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, peer_router(cache)).await
-        });
-        Self {
-            url,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for PeerHost {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 struct Region {
     _root: tempfile::TempDir,
@@ -99,7 +61,7 @@ fn with_peer(url: &str) -> HydrateOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_second_host_takes_every_chunk_from_the_first() {
     let r = region().await;
-    let peer = PeerHost::start(r.first.clone());
+    let peer = Served::start(peer_router(r.first.clone()));
     let report = r
         .second
         .pull(&r.store, &r.manifest, &with_peer(&peer.url), no_progress())
@@ -116,7 +78,7 @@ async fn the_second_host_takes_every_chunk_from_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_killed_mid_pull_leaves_the_rest_to_the_origin() {
     let r = region().await;
-    let peer = Arc::new(Mutex::new(PeerHost::start(r.first.clone())));
+    let peer = Arc::new(Mutex::new(Served::start(peer_router(r.first.clone()))));
     let url = peer.lock().unwrap().url.clone();
     let total = r.manifest.total_bytes();
     let seen = Arc::new(AtomicU64::new(0));
@@ -153,7 +115,7 @@ async fn a_chunk_a_peer_got_wrong_comes_from_the_origin() {
     bytes[2 * CHUNK as usize + 9] ^= 1;
     std::fs::write(&cached, bytes).unwrap();
 
-    let peer = PeerHost::start(r.first.clone());
+    let peer = Served::start(peer_router(r.first.clone()));
     let report = r
         .second
         .pull(&r.store, &r.manifest, &with_peer(&peer.url), no_progress())
@@ -171,7 +133,7 @@ async fn a_chunk_a_peer_got_wrong_comes_from_the_origin() {
 async fn a_peer_without_the_model_is_skipped() {
     let r = region().await;
     let empty = tempfile::tempdir().unwrap();
-    let peer = PeerHost::start(HostCache::new(empty.path()));
+    let peer = Served::start(peer_router(HostCache::new(empty.path())));
     let report = r
         .second
         .pull(&r.store, &r.manifest, &with_peer(&peer.url), no_progress())

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::Served;
+
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,46 +22,6 @@ use std::time::{Duration, Instant};
 
 const CHUNK: u64 = 256 * 1024;
 const MIB: u64 = 1024 * 1024;
-
-/// A host's cache served on a loopback port by a runtime of its own, so stopping it closes
-/// every socket.
-struct Served {
-    url: String,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Served {
-    fn start(router: axum::Router) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, router).await
-        });
-        Self {
-            url,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 struct Origin {
     root: tempfile::TempDir,

@@ -90,3 +90,43 @@ pub fn verified_on_disk(manifest: &colo_model::Manifest, dir: &Path) -> u64 {
     }
     total
 }
+
+/// A router (a host's peer API, or a stand-in peer) served on a loopback port by a runtime of
+/// its own, so stopping it closes every socket, including connections kept alive by a puller.
+pub struct Served {
+    pub url: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Served {
+    pub fn start(router: axum::Router) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, router).await
+        });
+        Self {
+            url,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
