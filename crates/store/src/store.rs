@@ -27,6 +27,29 @@ pub struct Store {
     stall_timeout: std::time::Duration,
 }
 
+/// `frames`, ended by the error `stalled()` when no frame comes for `timeout`: a body that went
+/// quiet fails instead of waiting out a request timeout. Nothing is read after a stall.
+pub(crate) fn until_stalled<T: Send + 'static, E: Send + 'static>(
+    frames: futures::stream::BoxStream<'static, Result<T, E>>,
+    timeout: std::time::Duration,
+    stalled: impl Fn() -> E + Send + Sync + 'static,
+) -> futures::stream::BoxStream<'static, Result<T, E>> {
+    use futures::StreamExt;
+    let stalled = Arc::new(stalled);
+    futures::stream::unfold(Some(frames), move |frames| {
+        let stalled = stalled.clone();
+        async move {
+            let mut frames = frames?;
+            match tokio::time::timeout(timeout, frames.next()).await {
+                Ok(Some(frame)) => Some((frame, Some(frames))),
+                Ok(None) => None,
+                Err(_) => Some((Err(stalled()), None)),
+            }
+        }
+    })
+    .boxed()
+}
+
 /// A ranged read that brings no byte for this long has stalled (a link that went quiet, a
 /// server stuck): it fails and is read again, rather than waiting out the request timeout.
 pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -112,14 +135,15 @@ impl Store {
         Ok(bytes)
     }
 
-    /// Reads `range` of a model file as its bytes arrive, counting them as egress. A local
-    /// directory answers in one piece (its stream would read the file in small blocks).
     /// This store with ranged reads failing as stalled after `timeout` without a byte.
     pub fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.stall_timeout = timeout;
         self
     }
 
+    /// Reads `range` of a model file as its bytes arrive, counting them as egress. A local
+    /// directory answers in one piece (its stream would read the file in small blocks). Each
+    /// frame must come within the stall timeout; after a stall the stream ends.
     pub(crate) async fn read_range_stream(
         &self,
         path: &ObjectPath,
@@ -144,25 +168,18 @@ impl Store {
             .map_err(|_| stalled(path))?
             .map_err(|e| StoreError::object(path, e))?;
         let (counter, path) = (self.bytes_read.clone(), path.clone());
-        let frames = answer.into_stream();
-        // Each frame must come within the stall timeout; after a stall the stream ends.
-        Ok(futures::stream::unfold(Some(frames), move |frames| {
-            let (counter, path) = (counter.clone(), path.clone());
-            async move {
-                let mut frames = frames?;
-                match tokio::time::timeout(stall, frames.next()).await {
-                    Err(_) => Some((Err(stalled(&path)), None)),
-                    Ok(None) => None,
-                    Ok(Some(frame)) => {
-                        let item = frame.map_err(|e| StoreError::object(&path, e)).inspect(|bytes| {
-                            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        });
-                        Some((item, Some(frames)))
-                    }
-                }
-            }
-        })
-        .boxed())
+        let frames = {
+            let path = path.clone();
+            answer
+                .into_stream()
+                .map(move |frame| {
+                    frame.map_err(|e| StoreError::object(&path, e)).inspect(|bytes| {
+                        counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    })
+                })
+                .boxed()
+        };
+        Ok(until_stalled(frames, stall, move || stalled(&path)))
     }
 
     pub fn url(&self) -> &str {

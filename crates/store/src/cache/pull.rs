@@ -110,9 +110,7 @@ impl HostCache {
             dir,
         }
     }
-}
 
-impl HostCache {
     /// The board of the pull of `name`@`revision` in flight on this cache, if one is.
     pub(crate) fn board(&self, name: &str, revision: &str) -> Option<Arc<Board>> {
         let key: Key = (name.to_string(), revision.to_string());
@@ -165,11 +163,6 @@ impl Pull {
             self.finish().await?;
         }
         let final_path = self.dir.join(file);
-        let partial = crate::hydrate::partial_path(&final_path);
-        // The rename from the partial name may happen between the two opens; try final again.
-        std::fs::File::open(&final_path)
-            .or_else(|_| std::fs::File::open(&partial))
-            .or_else(|_| std::fs::File::open(&final_path))
-            .map_err(|e| StoreError::io(final_path.display(), e))
+        crate::hydrate::open_filling(&final_path).map_err(|e| StoreError::io(final_path.display(), e))
     }
 }

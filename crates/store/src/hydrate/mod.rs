@@ -29,6 +29,14 @@ pub(crate) fn partial_path(final_path: &std::path::Path) -> std::path::PathBuf {
     job::with_suffix(final_path, ".colo-partial")
 }
 
+/// Opens a file that a pull may still be filling in: under its real name, else its partial
+/// name, else its real name again (the rename may happen between the two opens).
+pub(crate) fn open_filling(final_path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(final_path)
+        .or_else(|_| std::fs::File::open(partial_path(final_path)))
+        .or_else(|_| std::fs::File::open(final_path))
+}
+
 use crate::cache::boot;
 use crate::peer::wire::{bits_of, PeerChunks};
 use crate::{Progress, Store, StoreError};
@@ -74,12 +82,6 @@ pub(crate) type FilePrefixes = HashMap<String, watch::Sender<u64>>;
 
 pub(crate) fn file_prefixes(manifest: &Manifest) -> FilePrefixes {
     manifest.files.iter().map(|f| (f.path.clone(), watch::channel(0).0)).collect()
-}
-
-/// Bytes a read from the origin moved (chunks that matched and chunks read again).
-#[derive(Default)]
-struct Moved {
-    origin: u64,
 }
 
 /// Pulls `manifest`'s model into its revision directory `dir` of a host cache, reading from
@@ -400,7 +402,8 @@ async fn fetch(
             peer_failed,
         });
     }
-    let mut moved = Moved::default();
+    // Bytes the origin sent: chunks that matched and chunks read again.
+    let mut moved = 0;
     let again = from_origin(sources, writers, &job, first, n, durable, &mut moved).await?;
     // Each chunk the origin got wrong is read once more, alone.
     for idx in again {
@@ -429,7 +432,7 @@ async fn fetch(
     }
     Ok(Fetched {
         verified: (first..first + n).collect(),
-        bytes: moved.origin,
+        bytes: moved,
         peer_failed: None,
     })
 }
@@ -461,7 +464,7 @@ async fn from_origin(
     first: u64,
     n: u64,
     durable: bool,
-    moved: &mut Moved,
+    moved: &mut u64,
 ) -> Result<Vec<u64>, StoreError> {
     let file = &job.entry.path;
     let mut todo: Vec<u64> = (first..first + n).collect();
@@ -488,7 +491,7 @@ async fn from_origin(
                 expected: end - start,
             };
             let got = stream_into(writers, job, run_first, run_n, frames, durable, wrong_length).await?;
-            moved.origin += got.verified.iter().chain(&got.bad).map(|&i| range_len(job, i)).sum::<u64>();
+            *moved += got.verified.iter().chain(&got.bad).map(|&i| range_len(job, i)).sum::<u64>();
             bad.extend_from_slice(&got.bad);
             if let Some(e) = got.error {
                 left.extend((run_first..run_first + run_n).filter(|i| !got.verified.contains(i) && !got.bad.contains(i)));

@@ -7,6 +7,7 @@
 //! costs one stall, after which the pull drops it.
 
 use crate::peer::wire::{PeerChunks, PEER_PREFIX};
+use crate::store::until_stalled;
 use crate::{Store, StoreError};
 use bytes::Bytes;
 use colo_model::Manifest;
@@ -128,15 +129,7 @@ impl Sources {
             return Err(format!("answered {}", response.status()));
         }
         let body = response.bytes_stream().map(|frame| frame.map_err(|e| e.to_string())).boxed();
-        Ok(futures::stream::unfold(Some(body), |body| async move {
-            let mut body = body?;
-            match tokio::time::timeout(PEER_STALL, body.next()).await {
-                Ok(Some(frame)) => Some((frame, Some(body))),
-                Ok(None) => None,
-                Err(_) => Some((Err(format!("stalled: no byte for {PEER_STALL:?}")), None)),
-            }
-        })
-        .boxed())
+        Ok(until_stalled(body, PEER_STALL, || format!("stalled: no byte for {PEER_STALL:?}")))
     }
 }
 

@@ -87,7 +87,7 @@ async fn file(
 ) -> Response {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let Some(manifest) = cache.cached_manifest(&name, &revision) else {
-        return partial_file(&cache, &name, &revision, &path, range).await;
+        return partial_file(&cache, &name, &revision, &path, range);
     };
     let Some(entry) = manifest.file(&path) else {
         return (StatusCode::NOT_FOUND, format!("model {name}@{revision} has no file {path:?}\n")).into_response();
@@ -98,7 +98,7 @@ async fn file(
 
 /// One range of a file whose pull is in flight, when every chunk it touches is verified; 416
 /// (with the file's size) when some are not yet, 404 when no pull of the revision runs.
-async fn partial_file(cache: &HostCache, name: &str, revision: &str, path: &str, range: Option<&str>) -> Response {
+fn partial_file(cache: &HostCache, name: &str, revision: &str, path: &str, range: Option<&str>) -> Response {
     let Some(board) = cache.board(name, revision) else {
         return not_found(name, revision);
     };
@@ -119,9 +119,7 @@ async fn partial_file(cache: &HostCache, name: &str, revision: &str, path: &str,
     };
     // The file takes its real name when its last chunk is verified; either name will do.
     let final_path = cache.model_dir(name, revision).join(path);
-    let partial = crate::hydrate::partial_path(&final_path);
-    let opened = std::fs::File::open(&partial).or_else(|_| std::fs::File::open(&final_path));
-    match opened {
+    match crate::hydrate::open_filling(&final_path) {
         Ok(f) => serve_open(f, file.size, start, end, range.is_some(), "application/octet-stream"),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}\n", final_path.display())).into_response(),
     }
