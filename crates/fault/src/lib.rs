@@ -51,11 +51,13 @@ impl Fault {
     }
 }
 
-/// The setting: a fault, and for faults on new connections, every how many it hits.
+/// The setting: a fault, and for faults on new connections, every how many it hits, counted
+/// from `from`, the connections accepted before it was set (so the first new one is hit).
 #[derive(Clone, Debug, Default)]
 struct Setting {
     fault: Fault,
     every: u64,
+    from: u64,
 }
 
 /// Counts of what the proxy did, for tests to check that a fault was hit.
@@ -80,6 +82,7 @@ impl Drop for FaultProxy {
         self.setting.send_replace(Setting {
             fault: Fault::Cut,
             every: 1,
+            from: 0,
         });
     }
 }
@@ -118,7 +121,11 @@ impl FaultProxy {
     /// Sets `fault` for every `nth` new connection (the first one included); the others pass.
     /// Faults that act on open connections ignore `nth`.
     pub fn set_every(&self, fault: Fault, nth: u64) {
-        self.setting.send_replace(Setting { fault, every: nth.max(1) });
+        self.setting.send_replace(Setting {
+            fault,
+            every: nth.max(1),
+            from: self.connections(),
+        });
     }
 
     /// Connections accepted so far.
@@ -168,7 +175,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, mut watch: watch
         let n = counts.connections.fetch_add(1, Ordering::Relaxed);
         let setting = watch.borrow().clone();
         // Faults on new connections hit every nth; live ones are read as the bytes move.
-        let own = if !setting.fault.live() && n % setting.every.max(1) == 0 {
+        let own = if !setting.fault.live() && n.saturating_sub(setting.from) % setting.every.max(1) == 0 {
             setting.fault
         } else {
             Fault::Pass
