@@ -8,6 +8,7 @@ mod devices;
 mod error;
 pub mod facts;
 mod forward;
+mod landing;
 pub mod lease;
 mod manage;
 mod metrics;
@@ -33,6 +34,9 @@ use tokio::sync::watch;
 pub struct EngineCommand {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Start colo's own engine while the model is still being pulled, feeding it how far each
+    /// weight file has landed (`--landing`), rather than after the whole pull.
+    pub load_while_pulling: bool,
 }
 
 /// What a new machine runs.

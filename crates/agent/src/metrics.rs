@@ -68,6 +68,7 @@ pub(crate) async fn encode(agents: &[std::sync::Arc<Agent>]) -> String {
                 ("queued", cold.queued_ms),
                 ("hydrate", cold.hydrate_ms),
                 ("engine_load", cold.engine_load_ms),
+                ("overlap", cold.overlap_ms),
                 ("first_response", cold.first_response_ms),
             ] {
                 let labels = PhaseLabels {

@@ -168,7 +168,9 @@ async fn start(
         .manifest_at(machine.model.as_str(), &machine.revision)
         .await
         .map_err(|e| e.to_string())?;
-    let (dir, report) = match agent.cache.complete_dir(&manifest) {
+    // colo's own engine loads weights as they land; other engines read whole files.
+    let stream = agent.config.engine.load_while_pulling && machine.engine_cmd.is_none() && machine.engine.is_none();
+    let weights = match agent.cache.complete_dir(&manifest) {
         Some(dir) => {
             let total = manifest.total_bytes();
             let report = HydrationReport {
@@ -177,46 +179,36 @@ async fn start(
                 bytes_from_cache: total,
                 ..Default::default()
             };
-            (dir, report)
+            Weights::Ready(dir, report)
         }
         None => {
             // One pull per model on this host: machines starting together share it.
             let pull = agent.cache.pull(&agent.store, &manifest, &agent.hydrate_options(), no_progress());
-            // Verified bytes per file, as they grow (the same for a pull this machine joined).
-            let files: Vec<watch::Receiver<u64>> = manifest.files.iter().filter_map(|f| pull.file_progress(&f.path)).collect();
-            let began_ms = now_ms();
-            let finish = pull.finish();
-            tokio::pin!(finish);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-            let report = loop {
-                tokio::select! {
-                    report = &mut finish => break report,
-                    _ = tick.tick() => {
-                        let progress = StartProgress {
-                            phase: StartPhase::Hydrating,
-                            bytes_done: files.iter().map(|f| *f.borrow()).sum(),
-                            bytes_total: manifest.total_bytes(),
-                            since_ms: began_ms,
-                        };
-                        note_progress(agent, machine, progress, desired).await;
-                    }
+            match stream.then(|| crate::landing::weight_files(&manifest)).flatten() {
+                Some(files) => {
+                    // The engine reads its config, tokenizer and template whole: they come
+                    // first (every file's head does) and are small.
+                    crate::landing::wait_for_small_files(&pull, &manifest)
+                        .await
+                        .map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+                    Weights::Landing(pull, files)
                 }
-            };
-            let report = report.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
-            tracing::info!(
-                machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
-                from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
-                secs = report.seconds, gb_per_s = report.gb_per_s(), joined = pull.joined(), "hydrated"
-            );
-            machine.hydration = Some(report.clone());
-            let dir = agent
-                .cache
-                .complete_dir(&manifest)
-                .ok_or("hydration finished but the model is not complete")?;
-            (dir, report)
+                None => {
+                    let report = hydrate_with_progress(agent, machine, &manifest, &pull, desired).await?;
+                    let dir = agent
+                        .cache
+                        .complete_dir(&manifest)
+                        .ok_or("hydration finished but the model is not complete")?;
+                    Weights::Ready(dir, report)
+                }
+            }
         }
     };
-    let hydrate_ms = hydrate_began.elapsed().as_millis() as u64;
+    let ready_after = hydrate_began.elapsed();
+    let dir = match &weights {
+        Weights::Ready(dir, _) => dir.clone(),
+        Weights::Landing(pull, _) => pull.dir().to_path_buf(),
+    };
 
     // Behind a forwarder the engine listens on loopback only; the forwarder takes the host's
     // address.
@@ -236,7 +228,11 @@ async fn start(
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
 
     let mut command = profile::command(&agent.config.engine, machine, &dir, host, port)?;
-    command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(true);
+    command.stdout(log).stderr(log_err).kill_on_drop(true);
+    match &weights {
+        Weights::Landing(..) => command.arg("--landing").stdin(Stdio::piped()),
+        Weights::Ready(..) => command.stdin(Stdio::null()),
+    };
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the engine if the
     // agent dies, so no engine outlives the process that supervises it.
     unsafe {
@@ -248,7 +244,7 @@ async fn start(
     let loading = StartProgress {
         phase: StartPhase::Loading,
         bytes_done: 0,
-        bytes_total: report.bytes_total,
+        bytes_total: manifest.total_bytes(),
         since_ms: now_ms(),
     };
     note_progress(agent, machine, loading, desired).await;
@@ -256,6 +252,15 @@ async fn start(
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let mut child = command.spawn().map_err(|e| format!("spawning the engine {program}: {e}"))?;
     machine.pid = child.id();
+    // The hydration: done, or going on beside the engine's load, which the feed keeps told.
+    let mut hydration = match weights {
+        Weights::Ready(_, report) => Hydration::Done(report, ready_after),
+        Weights::Landing(pull, files) => {
+            let stdin = child.stdin.take().ok_or("the engine's stdin was not piped")?;
+            let feed = tokio::spawn(crate::landing::feed(stdin, pull.clone(), files));
+            Hydration::Landing { pull, feed }
+        }
+    };
     let addr = std::net::SocketAddr::new(host, port);
     let forwarder = match &agent.config.forward_key {
         Some(key) => Some(
@@ -273,8 +278,36 @@ async fn start(
         .timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| e.to_string())?;
-    let deadline = tokio::time::Instant::now() + agent.config.start_timeout;
+    // The engine's time to load starts once the weights have landed.
+    let mut deadline = tokio::time::Instant::now() + agent.config.start_timeout;
+    let mut noted = tokio::time::Instant::now();
     loop {
+        if let Hydration::Landing { pull, feed } = &hydration {
+            deadline = tokio::time::Instant::now() + agent.config.start_timeout;
+            if feed.is_finished() {
+                let report = pull.finish().await.map_err(|e| format!("hydrating {}: {e}", machine.model));
+                if let Err(e) = report {
+                    let _ = child.kill().await;
+                    return Err(e);
+                }
+                hydration = Hydration::Done(report?, hydrate_began.elapsed());
+                note_hydrated(machine, &hydration);
+            } else if noted.elapsed() >= PROGRESS_EVERY {
+                noted = tokio::time::Instant::now();
+                let progress = StartProgress {
+                    phase: StartPhase::Hydrating,
+                    bytes_done: manifest
+                        .files
+                        .iter()
+                        .filter_map(|f| pull.file_progress(&f.path))
+                        .map(|f| *f.borrow())
+                        .sum(),
+                    bytes_total: manifest.total_bytes(),
+                    since_ms: now_ms().saturating_sub(hydrate_began.elapsed().as_millis() as u64),
+                };
+                note_progress(agent, machine, progress, desired).await;
+            }
+        }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(start_failed(&format!("engine exited during start with {status}"), &log_path));
         }
@@ -288,10 +321,23 @@ async fn start(
             ));
         }
         if health == Health::Ready {
+            // The engine has read every weight, so the pull has verified every byte; it may
+            // still be publishing the last file.
+            if let Hydration::Landing { pull, .. } = &hydration {
+                let report = pull.finish().await.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+                hydration = Hydration::Done(report, hydrate_began.elapsed());
+                note_hydrated(machine, &hydration);
+            }
+            let Hydration::Done(report, hydrated) = &hydration else {
+                unreachable!("the hydration was finished above")
+            };
+            let hydrate_ms = hydrated.as_millis() as u64;
+            let overlap_ms = hydrated.saturating_sub(spawned.duration_since(hydrate_began)).as_millis() as u64;
             machine.cold_start = Some(ColdStart {
                 requested_at_ms,
                 queued_ms,
                 hydrate_ms,
+                overlap_ms,
                 bytes_from_cache: report.bytes_from_cache,
                 bytes_from_peer: report.bytes_from_peer,
                 bytes_from_origin: report.bytes_from_origin,
@@ -313,6 +359,75 @@ async fn start(
             return Ok(None);
         }
     }
+}
+
+/// Where a starting machine's weights are.
+enum Weights {
+    /// Complete in the host cache (there, or just pulled), with how they got there.
+    Ready(std::path::PathBuf, HydrationReport),
+    /// Being pulled: the engine starts now and loads these weight files as they land.
+    Landing(colo_store::Pull, Vec<crate::landing::WeightFile>),
+}
+
+/// A start's hydration once the engine is spawned.
+enum Hydration {
+    /// Finished, taking this long from the start.
+    Done(HydrationReport, Duration),
+    /// Going on beside the engine's load; `feed` ends when the pull does.
+    Landing {
+        pull: colo_store::Pull,
+        feed: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// Records a finished hydration on the machine and in the log.
+fn note_hydrated(machine: &mut Machine, hydration: &Hydration) {
+    if let Hydration::Done(report, _) = hydration {
+        tracing::info!(
+            machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
+            from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
+            secs = report.seconds, gb_per_s = report.gb_per_s(), "hydrated while the engine loaded"
+        );
+        machine.hydration = Some(report.clone());
+    }
+}
+
+/// Pulls the whole model, noting its progress on the machine's record as bytes land.
+async fn hydrate_with_progress(
+    agent: &Agent,
+    machine: &mut Machine,
+    manifest: &colo_model::Manifest,
+    pull: &colo_store::Pull,
+    desired: &watch::Receiver<MachineState>,
+) -> Result<HydrationReport, String> {
+    // Verified bytes per file, as they grow (the same for a pull this machine joined).
+    let files: Vec<watch::Receiver<u64>> = manifest.files.iter().filter_map(|f| pull.file_progress(&f.path)).collect();
+    let began_ms = now_ms();
+    let finish = pull.finish();
+    tokio::pin!(finish);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    let report = loop {
+        tokio::select! {
+            report = &mut finish => break report,
+            _ = tick.tick() => {
+                let progress = StartProgress {
+                    phase: StartPhase::Hydrating,
+                    bytes_done: files.iter().map(|f| *f.borrow()).sum(),
+                    bytes_total: manifest.total_bytes(),
+                    since_ms: began_ms,
+                };
+                note_progress(agent, machine, progress, desired).await;
+            }
+        }
+    };
+    let report = report.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+    tracing::info!(
+        machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
+        from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
+        secs = report.seconds, gb_per_s = report.gb_per_s(), joined = pull.joined(), "hydrated"
+    );
+    machine.hydration = Some(report.clone());
+    Ok(report)
 }
 
 /// A failed start's error: what happened, where the log is, and the log's last lines.

@@ -30,6 +30,7 @@ async fn serve_agent(root: &std::path::Path) -> String {
         engine: EngineCommand {
             program: "/bin/false".into(),
             args: Vec::new(),
+            load_while_pulling: false,
         },
         start_timeout: Duration::from_secs(1),
         stop_grace: Duration::ZERO,

@@ -71,6 +71,10 @@ pub struct AgentArgs {
     /// the cluster token as secret), for engines that read weights from S3.
     #[arg(long)]
     s3_addr: Option<SocketAddr>,
+    /// Start colo's engine only once its model is wholly pulled. By default it starts while
+    /// the pull goes on and loads each tensor as soon as its bytes are verified.
+    #[arg(long)]
+    load_after_pull: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -141,7 +145,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         cache_gb: args.cache_gb,
         s3_addr: args.s3_addr,
         tls: args.tls.files(),
-        engine: EngineProgram::this_executable().context("finding the colo binary")?,
+        engine: EngineProgram {
+            load_while_pulling: !args.load_after_pull,
+            ..EngineProgram::this_executable().context("finding the colo binary")?
+        },
     };
     let (nats, region) = (config.nats.clone(), config.region.clone());
     let mut running = colo_node::agent(config).await.context("starting colo agent")?;

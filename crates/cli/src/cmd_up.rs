@@ -48,6 +48,10 @@ pub struct UpArgs {
     /// Unlimited when absent.
     #[arg(long)]
     cache_gb: Option<f64>,
+    /// Start colo's engine only once its model is wholly pulled. By default it starts while
+    /// the pull goes on and loads each tensor as soon as its bytes are verified.
+    #[arg(long)]
+    load_after_pull: bool,
 }
 
 impl UpArgs {
@@ -71,7 +75,10 @@ impl UpArgs {
             health_interval_secs: self.health_interval,
             s3_addr: self.s3_addr,
             cache_gb: self.cache_gb,
-            engine: EngineProgram::this_executable().context("finding the colo binary")?,
+            engine: EngineProgram {
+                load_while_pulling: !self.load_after_pull,
+                ..EngineProgram::this_executable().context("finding the colo binary")?
+            },
         })
     }
 }

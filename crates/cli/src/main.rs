@@ -112,6 +112,10 @@ struct EngineServeArgs {
     /// Generation requests that may wait for KV room before new ones get 503.
     #[arg(long, default_value_t = 256)]
     max_waiting: usize,
+    /// Weights may still be landing: read on stdin, from the agent that pulls them, how far
+    /// each weight file is verified, and load each tensor as soon as its bytes are there.
+    #[arg(long)]
+    landing: bool,
 }
 
 /// Raises the open-file limit to the hard limit: an edge holds two sockets per request in
@@ -220,6 +224,11 @@ async fn engine_serve(args: EngineServeArgs) -> anyhow::Result<()> {
         max_batch: args.max_batch,
         kv_budget_bytes: args.kv_budget_mib * 1024 * 1024,
         max_waiting: args.max_waiting,
+        landing: args.landing.then(|| {
+            let landing = colo_engine::landing::Landing::new();
+            landing.follow(std::io::BufReader::new(std::io::stdin()));
+            landing
+        }),
     })
     .await?;
     Ok(())

@@ -33,8 +33,10 @@ fn cold_starts_are_recorded_and_the_cache_is_managed_from_the_cli() {
     assert_eq!(cold["bytes_from_peer"].as_u64(), Some(0));
     let first = cold["first_response_ms"].as_u64().unwrap();
     let parts = ["queued_ms", "hydrate_ms", "engine_load_ms"].map(|k| cold[k].as_u64().unwrap());
+    // colo's engine starts loading while the weights land: that overlap counts once.
+    let overlap = cold["overlap_ms"].as_u64().unwrap();
     assert!(
-        first > 0 && parts.iter().sum::<u64>() <= first + 5,
+        first > 0 && parts.iter().sum::<u64>() <= first + overlap + 5,
         "phases add up within the total: {cold}"
     );
 

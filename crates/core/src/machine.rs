@@ -355,6 +355,11 @@ pub struct ColdStart {
     pub bytes_from_origin: u64,
     /// From spawning the engine to its first passing health check.
     pub engine_load_ms: u64,
+    /// How long the engine's load ran alongside the hydration (colo's engine starts loading
+    /// weights as their bytes land): from its spawn to the last byte verified. The phases
+    /// add up to the first response less this.
+    #[serde(default)]
+    pub overlap_ms: u64,
     /// From the request to the engine's first answer: its first passing health check.
     pub first_response_ms: u64,
     /// Whether this start woke a suspended engine (no hydration, no load) rather than starting

@@ -119,6 +119,7 @@ impl Edge {
             ("queued", cold.queued_ms),
             ("hydrate", cold.hydrate_ms),
             ("engine_load", cold.engine_load_ms),
+            ("overlap", cold.overlap_ms),
             ("first_response", cold.first_response_ms),
         ] {
             let labels = crate::metrics::PhaseLabel { phase: phase.into() };

@@ -49,10 +49,11 @@ pub(crate) fn respond(answered: Answered) -> Response {
     if let Some(cold) = woke {
         // The request that woke a machine says what the wait was made of.
         let value = format!(
-            "queued={};hydrate={};engine_load={};first_response={};weights={}",
+            "queued={};hydrate={};engine_load={};overlap={};first_response={};weights={}",
             cold.queued_ms,
             cold.hydrate_ms,
             cold.engine_load_ms,
+            cold.overlap_ms,
             cold.first_response_ms,
             cold.source()
         );

@@ -5,7 +5,6 @@
 use crate::encoder::{cls_pool, l2_normalize, mean_pool, Encoder, EncoderConfig};
 use crate::EngineError;
 use candle_core::DType;
-use candle_nn::VarBuilder;
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -44,6 +43,12 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EngineError> {
 
 impl Embedder {
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
+        Self::load_from(dir, None)
+    }
+
+    /// [`Embedder::load`], reading a weight file that is still being pulled as its bytes land
+    /// (see [`crate::landing`]).
+    pub fn load_from(dir: &Path, landing: Option<&std::sync::Arc<crate::landing::Landing>>) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
         let config_json = read_json(&config_path)?.ok_or_else(|| load_err(&config_path, "missing"))?;
         let model_type = config_json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
@@ -87,9 +92,7 @@ impl Embedder {
         let dtype = crate::device::compute_dtype(&device, crate::device::stored_dtype(&config_json));
         tracing::info!(device = crate::device::name(&device), ?dtype, "loading a BERT model");
         let weights = dir.join("model.safetensors");
-        // SAFETY: the file is mmapped read-only; the host cache publishes files atomically and
-        // never rewrites them in place, so the mapping cannot change under us.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &device) }.map_err(|e| load_err(&weights, e))?;
+        let vb = crate::landing::var_builder(dir, std::slice::from_ref(&weights), dtype, &device, landing)?;
         let model = Encoder::load(vb, config.clone()).map_err(|e| load_err(&weights, e))?;
 
         let max_position = config.max_position;

@@ -13,6 +13,7 @@ pub mod device;
 mod encoder;
 mod error;
 pub mod generate;
+pub mod landing;
 pub mod llama;
 mod metrics;
 pub mod opbench;
@@ -41,6 +42,8 @@ pub struct ServeOptions {
     pub kv_budget_bytes: usize,
     /// Generation requests that may wait for KV room before new ones get 503.
     pub max_waiting: usize,
+    /// Weight files still being pulled, followed through the agent's feed (`--landing`).
+    pub landing: Option<std::sync::Arc<landing::Landing>>,
 }
 
 /// Keeps freed memory in the process instead of returning it to the kernel after every
@@ -93,14 +96,14 @@ fn load_task(opts: &ServeOptions, metrics: metrics::Metrics) -> Result<state::Ta
         reason: e.to_string(),
     })?;
     if config.get("model_type").and_then(|v| v.as_str()) == Some("bert") {
-        let embedder = bert::Embedder::load(&opts.model_dir)?;
+        let embedder = bert::Embedder::load_from(&opts.model_dir, opts.landing.as_ref())?;
         let config = batch::BatchConfig {
             window: opts.batch_window,
             max_batch: opts.max_batch,
         };
         return Ok(state::Task::Embed(batch::Batcher::spawn(embedder, config, metrics)?));
     }
-    let model = llama::Llama::load(&opts.model_dir)?;
+    let model = llama::Llama::load_from(&opts.model_dir, opts.landing.as_ref())?;
     let tokenizer_path = opts.model_dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| EngineError::Load {
         file: tokenizer_path.display().to_string(),

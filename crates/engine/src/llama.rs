@@ -263,20 +263,23 @@ impl Llama {
     /// `model.safetensors.index.json`) from `dir` onto the device `crate::device::open` picks:
     /// in f32 on the CPU whatever the stored format, in the stored format on a GPU.
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
+        Self::load_from(dir, None)
+    }
+
+    /// [`Llama::load`], reading weight files that are still being pulled as their bytes land
+    /// (see [`crate::landing`]).
+    pub fn load_from(dir: &Path, landing: Option<&std::sync::Arc<crate::landing::Landing>>) -> Result<Self, EngineError> {
         let config_path = dir.join("config.json");
         let json: Value =
             serde_json::from_slice(&std::fs::read(&config_path).map_err(|e| bad("config.json", e))?).map_err(|e| bad("config.json", e))?;
         let config = LlamaConfig::from_json(&json)?;
-        let files = weight_files(dir)?;
+        let files = weight_files(dir, landing.map(|l| &**l))?;
         let device = crate::device::open()?;
         let dtype = crate::device::compute_dtype(&device, crate::device::stored_dtype(&json));
         tracing::info!(device = crate::device::name(&device), ?dtype, "loading a Llama-family model");
-        // SAFETY: read-only mmap of files the host cache publishes atomically and never rewrites.
-        // Each tensor is read from the mapping straight onto the device as it is built.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }.map_err(|e| EngineError::Load {
-            file: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        // Each tensor is read (from the mapping, or as it lands) straight onto the device as the
+        // model is built.
+        let vb = crate::landing::var_builder(dir, &files, dtype, &device, landing)?;
         Self::from_vb(vb, config).map_err(|e| EngineError::Load {
             file: dir.display().to_string(),
             reason: e.to_string(),
@@ -474,7 +477,7 @@ impl Llama {
 
 /// The safetensors files of a model: the shards named by `model.safetensors.index.json`, or
 /// `model.safetensors`.
-fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
+fn weight_files(dir: &Path, landing: Option<&crate::landing::Landing>) -> Result<Vec<std::path::PathBuf>, EngineError> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let load = |reason: String| EngineError::Load {
@@ -496,7 +499,7 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");
-    if !single.is_file() {
+    if !single.is_file() && !landing.is_some_and(|l| l.is_landing("model.safetensors")) {
         return Err(EngineError::Load {
             file: single.display().to_string(),
             reason: "missing (and no model.safetensors.index.json)".into(),

@@ -68,6 +68,7 @@ async fn a_request_cancelled_by_its_client_leaves_the_in_flight_gauge() {
         max_batch: 8,
         kv_budget_bytes: 64 << 20,
         max_waiting: 8,
+        landing: None,
     };
     let server = tokio::spawn(colo_engine::serve(opts));
     wait_for(addr, "colo_engine_in_flight", "the engine serves", |v| v == Some(0.0)).await;

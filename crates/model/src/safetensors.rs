@@ -237,5 +237,48 @@ pub fn parse_header(header: &[u8], file_len: u64) -> Result<HeaderSummary, Safet
     Ok(summary)
 }
 
+/// Where one tensor's bytes are: its dtype, shape and byte range in the data section (which
+/// starts after the 8-byte length and the JSON header).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpan {
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    pub begin: u64,
+    pub end: u64,
+}
+
+/// Each tensor's span, by name, from the JSON header of a file of `file_len` bytes, after
+/// `parse_header` has checked that the spans tile the data exactly: a loader reading tensors
+/// by these ranges never reads outside the file or past another tensor.
+pub fn tensor_spans(header: &[u8], file_len: u64) -> Result<BTreeMap<String, TensorSpan>, SafetensorsError> {
+    parse_header(header, file_len)?;
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| SafetensorsError::InvalidJson { reason: e.to_string() })?;
+    let mut spans = BTreeMap::new();
+    for (name, value) in raw {
+        if name == "__metadata__" {
+            continue;
+        }
+        let tensor: RawTensor = serde_json::from_value(value).map_err(|e| SafetensorsError::InvalidJson {
+            reason: format!("tensor {name:?}: {e}"),
+        })?;
+        let dtype = Dtype::parse(&tensor.dtype).ok_or_else(|| SafetensorsError::UnknownDtype {
+            tensor: name.clone(),
+            dtype: tensor.dtype.clone(),
+        })?;
+        let (begin, end) = tensor.data_offsets;
+        spans.insert(
+            name,
+            TensorSpan {
+                dtype,
+                shape: tensor.shape,
+                begin,
+                end,
+            },
+        );
+    }
+    Ok(spans)
+}
+
 #[cfg(test)]
 mod tests;

@@ -82,6 +82,9 @@ pub struct EngineProgram {
     pub program: PathBuf,
     /// Its arguments before `--model-dir`, `--port` and the rest.
     pub args: Vec<String>,
+    /// colo's own engine starts while its model is still being pulled and loads each tensor
+    /// as its bytes land (other engines always start after the pull).
+    pub load_while_pulling: bool,
 }
 
 // === impl EdgeSettings ===
@@ -235,6 +238,7 @@ impl EngineProgram {
             engine: colo_agent::EngineCommand {
                 program: self.program.clone(),
                 args: self.args.clone(),
+                load_while_pulling: self.load_while_pulling,
             },
             start_timeout: START_TIMEOUT,
             stop_grace: STOP_GRACE,
@@ -250,6 +254,7 @@ impl Default for EngineProgram {
         EngineProgram {
             program: "colo".into(),
             args: vec!["engine".into(), "serve".into()],
+            load_while_pulling: true,
         }
     }
 }

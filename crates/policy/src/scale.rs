@@ -110,8 +110,8 @@ pub const DEFAULT_ENGINE_LOAD_MS: u32 = 10_000;
 pub const DEFAULT_HYDRATE_MS: u32 = 30_000;
 
 /// The expected cost of waking a machine in `phase`, ms: a suspended machine costs its last
-/// wake from suspend; a stopped one its last engine load, plus its last hydration (or the
-/// default) when its host does not cache the weights. `last` is the machine's last start as
+/// wake from suspend; a stopped one its last engine load, plus its last hydration less the
+/// part the load overlapped (or the default) when its host does not cache the weights. `last` is the machine's last start as
 /// recorded; what was not measured takes the defaults above. Started machines cost nothing.
 pub fn expected_wake_ms(phase: Phase, cached: bool, last: Option<&colo_core::ColdStart>) -> u32 {
     let ms = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
@@ -122,9 +122,10 @@ pub fn expected_wake_ms(phase: Phase, cached: bool, last: Option<&colo_core::Col
         Phase::Stopped | Phase::Failed | Phase::Stopping => {
             let cold = last.filter(|c| !c.from_suspended);
             let load = cold.map_or(DEFAULT_ENGINE_LOAD_MS, |c| ms(c.engine_load_ms));
-            let hydrate = match (cached, cold.map(|c| c.hydrate_ms).filter(|h| *h > 0)) {
+            // A load that ran alongside the hydration counts once.
+            let hydrate = match (cached, cold.filter(|c| c.hydrate_ms > 0)) {
                 (true, _) => 0,
-                (false, Some(h)) => ms(h),
+                (false, Some(c)) => ms(c.hydrate_ms).saturating_sub(ms(c.overlap_ms)),
                 (false, None) => DEFAULT_HYDRATE_MS,
             };
             load.saturating_add(hydrate)

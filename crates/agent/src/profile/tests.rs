@@ -25,6 +25,7 @@ fn line(machine: &Machine, dir: &Path) -> (String, Option<String>) {
     let colo = EngineCommand {
         program: PathBuf::from("/usr/bin/colo"),
         args: vec!["engine".into(), "serve".into()],
+        load_while_pulling: false,
     };
     let command = command(&colo, machine, dir, "127.0.0.1".parse().unwrap(), 9000).unwrap();
     let std = command.as_std();
@@ -138,6 +139,7 @@ fn command_lines_by_profile() {
     let colo = EngineCommand {
         program: PathBuf::from("colo"),
         args: vec![],
+        load_while_pulling: false,
     };
     let err = command(&colo, &llama, empty.path(), "127.0.0.1".parse().unwrap(), 1).unwrap_err();
     assert!(err.contains("needs a .gguf file"), "{err}");

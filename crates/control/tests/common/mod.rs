@@ -48,6 +48,7 @@ pub fn stand_in_agent(
         engine: colo_agent::EngineCommand {
             program: "/bin/false".into(),
             args: vec![],
+            load_while_pulling: false,
         },
         start_timeout: std::time::Duration::from_secs(1),
         stop_grace: std::time::Duration::ZERO,

@@ -28,6 +28,32 @@ fn valid_file_is_summarised() {
 }
 
 #[test]
+fn spans_give_each_tensor_its_range_only_for_a_valid_header() {
+    let header = r#"{"__metadata__":{"format":"pt"},
+        "a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},
+        "b":{"dtype":"BF16","shape":[4],"data_offsets":[24,32]}}"#;
+    let bytes = file(header, 32);
+    let spans = tensor_spans(&bytes[8..8 + header.len()], bytes.len() as u64).unwrap();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(
+        spans["b"],
+        TensorSpan {
+            dtype: Dtype::BF16,
+            shape: vec![4],
+            begin: 24,
+            end: 32
+        }
+    );
+    // A header whose ranges leave a gap is refused here as by parse_header.
+    let gap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+    let bytes = file(gap, 12);
+    assert!(matches!(
+        tensor_spans(&bytes[8..8 + gap.len()], bytes.len() as u64),
+        Err(SafetensorsError::Gap { .. })
+    ));
+}
+
+#[test]
 fn malformed_headers_are_refused_with_the_reason() {
     let t = |name: &str, dtype: &str, shape: &str, b: u64, e: u64| {
         format!(r#""{name}":{{"dtype":"{dtype}","shape":{shape},"data_offsets":[{b},{e}]}}"#)

@@ -132,6 +132,17 @@ impl Pull {
         self.flight.prefixes.get(file).map(|tx| tx.subscribe())
     }
 
+    /// Where `file`'s bytes are written until all of them are verified (then it is renamed to
+    /// its own name in the model's directory).
+    pub fn partial_path(&self, file: &str) -> PathBuf {
+        crate::hydrate::partial_path(&self.dir.join(file))
+    }
+
+    /// The model's directory in the cache, which fills as the pull goes.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Waits for the whole pull. A joined handle gets the same report as the one that started.
     pub async fn finish(&self) -> Result<HydrationReport, StoreError> {
         let mut rx = self.flight.done.subscribe();
