@@ -48,6 +48,11 @@ pub struct UpArgs {
     /// Unlimited when absent.
     #[arg(long)]
     cache_gb: Option<f64>,
+    /// Another host's cache to read model chunks from before the store: its peer API's base
+    /// URL (another colo's `/v1/hosts/<name>` or a `colo model pull --serve` address). Repeat
+    /// for more.
+    #[arg(long = "peer", value_name = "URL")]
+    peers: Vec<String>,
     /// Start colo's engine only once its model is wholly pulled. By default it starts while
     /// the pull goes on and loads each tensor as soon as its bytes are verified.
     #[arg(long)]
@@ -75,6 +80,7 @@ impl UpArgs {
             health_interval_secs: self.health_interval,
             s3_addr: self.s3_addr,
             cache_gb: self.cache_gb,
+            peers: self.peers,
             engine: EngineProgram {
                 load_while_pulling: !self.load_after_pull,
                 ..EngineProgram::this_executable().context("finding the colo binary")?

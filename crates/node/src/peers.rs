@@ -12,14 +12,16 @@ use std::time::Duration;
 /// How often a daemon agent reads the host records again for its peer list.
 const REFRESH_EVERY: Duration = Duration::from_secs(3);
 
-/// Gives each of `agents` the others of its region as peers. They all answer on this process's
-/// API at `api_addr`, each under `/v1/hosts/<name>`.
-pub(crate) fn set_in_process(agents: &[Arc<Agent>], api_addr: SocketAddr, token: &str) {
+/// Gives each of `agents` the others of its region as peers, and the caches outside the
+/// process at `outside`. They all answer on this process's API at `api_addr`, each under
+/// `/v1/hosts/<name>`.
+pub(crate) fn set_in_process(agents: &[Arc<Agent>], api_addr: SocketAddr, token: &str, outside: &[String]) {
     for agent in agents {
         let urls = agents
             .iter()
             .filter(|peer| peer.region() == agent.region() && peer.host() != agent.host())
             .map(|peer| format!("http://{api_addr}/v1/hosts/{}", peer.host()))
+            .chain(outside.iter().map(|url| url.trim_end_matches('/').to_string()))
             .collect();
         agent.set_peers(PeerConfig {
             urls,

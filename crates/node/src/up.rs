@@ -85,7 +85,7 @@ pub async fn up(config: UpConfig) -> Result<Running, NodeError> {
     let api_addr = api_listener.local_addr().map_err(NodeError::io("reading the API's address"))?;
 
     // Hosts of one region pull from each other's caches before the store.
-    crate::peers::set_in_process(&agents, api_addr, &token);
+    crate::peers::set_in_process(&agents, api_addr, &token, &config.peers);
     for agent in &agents {
         agent.recover().await?;
     }

@@ -87,12 +87,13 @@ async fn a_bad_config_is_refused_before_anything_is_created() {
             soft_limit: 0,
             ..EdgeSettings::default()
         },
+        peers: vec!["10.0.0.2:7070".into()],
         ..config(&data_dir)
     };
     let Err(NodeError::Invalid(problems)) = colo_node::up(config).await else {
         panic!("a config with a zero soft limit and health interval was accepted");
     };
     let fields: Vec<&str> = problems.0.iter().map(|p| p.field).collect();
-    assert_eq!(fields, ["edge.limits", "health_interval_secs"]);
+    assert_eq!(fields, ["edge.limits", "health_interval_secs", "peers"]);
     assert!(!data_dir.exists(), "the data dir was created for a refused config");
 }

@@ -32,6 +32,10 @@ pub struct UpConfig {
     pub s3_addr: Option<SocketAddr>,
     /// GB (10^9 bytes) each host's model cache may hold; none: unlimited.
     pub cache_gb: Option<f64>,
+    /// Caches of hosts outside this process (their peer API's base URL: another colo's
+    /// `/v1/hosts/<name>`, or a `colo model pull --serve` address) that this process's hosts
+    /// read model chunks from before the store.
+    pub peers: Vec<String>,
     /// What each machine runs.
     pub engine: EngineProgram,
 }
@@ -46,6 +50,11 @@ impl UpConfig {
         check_health_interval(self.health_interval_secs, &mut problems);
         check_cache_gb(self.cache_gb, &mut problems);
         check_engine(&self.engine, &mut problems);
+        for peer in &self.peers {
+            if !(peer.starts_with("http://") || peer.starts_with("https://")) {
+                problems.add("peers", format!("{peer:?} is not an http:// or https:// URL"));
+            }
+        }
         required("region", &self.region, &mut problems);
         if let Some(fleet) = &self.fleet {
             for reason in fleet.validate_hosts(&colo_core::Catalogue::builtin(), &colo_core::Regions::builtin()) {
@@ -75,6 +84,7 @@ impl Default for UpConfig {
             health_interval_secs: 2.0,
             s3_addr: None,
             cache_gb: None,
+            peers: Vec::new(),
             engine: EngineProgram::default(),
         }
     }
