@@ -158,6 +158,62 @@ pub fn silu_mul(gate_up: &Tensor, width: usize) -> candle_core::Result<Tensor> {
 }
 
 #[inline(always)]
+/// Rows `[start, end)` of the matrix whose rows are those of `weights` stacked (each
+/// `[rows_j, width]`), transposed: `[width, end - start]`. How a checkpoint's `[out, in]`
+/// weights become the `[in, out]` operands of the products, at load. On the CPU, for
+/// contiguous f32 weights, it is one pass in tiles over every core (candle's transpose copies
+/// element by element on one core, then `cat` and the split copy again); anything else takes
+/// candle's path.
+pub fn transpose_rows(weights: &[&Tensor], start: usize, end: usize) -> candle_core::Result<Tensor> {
+    let width = weights[0].dim(1)?;
+    let guards: Vec<_> = weights.iter().map(|w| w.storage_and_layout()).collect();
+    let mut rows: Vec<&[f32]> = Vec::new();
+    let fast = weights
+        .iter()
+        .all(|w| w.dtype() == DType::F32 && w.rank() == 2 && w.dim(1).ok() == Some(width))
+        && guards.iter().all(|(storage, layout)| {
+            let (Storage::Cpu(cpu), Some((from, to))) = (&**storage, layout.contiguous_offsets()) else {
+                return false;
+            };
+            match cpu.as_slice::<f32>() {
+                Ok(all) => {
+                    rows.extend(all[from..to].chunks_exact(width.max(1)));
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+    if !fast || width == 0 || end > rows.len() {
+        drop(guards);
+        let stacked = Tensor::cat(weights, 0)?;
+        return stacked.narrow(0, start, end - start)?.t()?.contiguous();
+    }
+    let n = end - start;
+    let rows = &rows[start..end];
+    let mut out = vec![0f32; width * n];
+    // One band of output rows per core, written in square tiles of TILE x TILE: a tile reads
+    // TILE values from each of TILE source rows and writes TILE values into each of TILE
+    // output rows, both a few whole cache lines, and the tile stays in the L1 cache.
+    const TILE: usize = 64;
+    let band = width.div_ceil(rayon::current_num_threads().max(1));
+    out.par_chunks_mut(band * n).enumerate().for_each(|(b, chunk)| {
+        let (first, tall) = (b * band, chunk.len() / n);
+        for j0 in (0..n).step_by(TILE) {
+            let j1 = (j0 + TILE).min(n);
+            for i0 in (0..tall).step_by(TILE) {
+                let i1 = (i0 + TILE).min(tall);
+                for (j, row) in rows[j0..j1].iter().enumerate() {
+                    for (i, value) in row[first + i0..first + i1].iter().enumerate() {
+                        chunk[(i0 + i) * n + j0 + j] = *value;
+                    }
+                }
+            }
+        }
+    });
+    drop(guards);
+    Tensor::from_vec(out, (width, n), &Device::Cpu)
+}
+
 fn silu_mul_rows(out: &mut [f32], x: &[f32], width: usize) {
     for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(2 * width)) {
         let (gate, up) = row.split_at(width);
@@ -337,6 +393,23 @@ mod tests {
             }
         }
         assert!(silu_mul(&sample(2, 7, 1), 3).is_err(), "rows that are not two halves");
+    }
+
+    #[test]
+    fn transposed_rows_match_candles_transpose() {
+        let (a, b) = (sample(70, 45, 11), sample(33, 45, 12));
+        let stacked = Tensor::cat(&[&a, &b], 0).unwrap();
+        for (start, end) in [(0, 103), (0, 52), (52, 103), (69, 71)] {
+            let want = stacked.narrow(0, start, end - start).unwrap().t().unwrap().contiguous().unwrap();
+            let got = transpose_rows(&[&a, &b], start, end).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(max_diff(&got, &want), 0.0, "rows {start}..{end}");
+        }
+        // Weights that are not f32 take candle's path, with the same answer.
+        let half = a.to_dtype(DType::BF16).unwrap();
+        let want = half.t().unwrap().contiguous().unwrap().to_dtype(DType::F32).unwrap();
+        let got = transpose_rows(&[&half], 0, 70).unwrap().to_dtype(DType::F32).unwrap();
+        assert_eq!(max_diff(&got, &want), 0.0);
     }
 
     #[test]

@@ -195,14 +195,21 @@ pub(crate) struct Split {
 // === impl Split ===
 
 impl Split {
-    fn new(w: &Tensor) -> candle_core::Result<Self> {
-        let outputs = w.dim(1)?;
-        let cores = if w.device().is_cpu() { rayon::current_num_threads() } else { 1 };
+    /// The product with the transpose of `weights` (each `[outputs_j, inputs]`, stacked by
+    /// rows as stored in a checkpoint): `[inputs, sum of outputs_j]`, split by columns, one
+    /// part per core. Each part is written in one pass straight from the stored rows.
+    fn transposed(weights: &[&Tensor]) -> candle_core::Result<Self> {
+        let outputs: usize = weights.iter().map(|w| w.dim(0)).sum::<candle_core::Result<usize>>()?;
+        let cores = if weights[0].device().is_cpu() {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
         let n = cores.clamp(1, 8).min(outputs);
         let per = outputs.div_ceil(n);
         let parts = (0..outputs)
             .step_by(per)
-            .map(|start| w.narrow(1, start, per.min(outputs - start))?.contiguous())
+            .map(|start| crate::cpu_ops::transpose_rows(weights, start, (start + per).min(outputs)))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self { parts })
     }
@@ -252,10 +259,6 @@ pub struct StepInput<'a> {
     pub cache: &'a mut SeqCache,
 }
 
-fn weight_t(vb: &VarBuilder, name: &str, out: usize, inp: usize) -> candle_core::Result<Tensor> {
-    vb.get((out, inp), name)?.t()?.contiguous()
-}
-
 // === impl Llama ===
 
 impl Llama {
@@ -291,12 +294,18 @@ impl Llama {
         let (h, q_dim, kv_dim) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let m = vb.pp("model");
         let embed = m.get((c.vocab, h), "embed_tokens.weight")?;
-        let mut layers = Vec::with_capacity(c.layers);
+        // The matrices of every layer first, their norms after: the norms are small, and a file
+        // that keeps them at its end (as `colo model synth` writes) still lets a load that runs
+        // as the bytes land build each layer's matrices as soon as they are there.
+        let mut matrices = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let l = m.pp(format!("layers.{i}"));
-            let q = weight_t(&l, "self_attn.q_proj.weight", q_dim, h)?;
-            let k = weight_t(&l, "self_attn.k_proj.weight", kv_dim, h)?;
-            let v = weight_t(&l, "self_attn.v_proj.weight", kv_dim, h)?;
+            let w = |name: &str, out: usize, inp: usize| l.get((out, inp), name);
+            let qkv_w = Split::transposed(&[
+                &w("self_attn.q_proj.weight", q_dim, h)?,
+                &w("self_attn.k_proj.weight", kv_dim, h)?,
+                &w("self_attn.v_proj.weight", kv_dim, h)?,
+            ])?;
             let qkv_b = if c.attention_bias {
                 let b = |n: &str, d: usize| l.get(d, n);
                 Some(Tensor::cat(
@@ -310,24 +319,33 @@ impl Llama {
             } else {
                 None
             };
-            let gate = weight_t(&l, "mlp.gate_proj.weight", c.intermediate, h)?;
-            let up = weight_t(&l, "mlp.up_proj.weight", c.intermediate, h)?;
+            let o_w = Split::transposed(&[&w("self_attn.o_proj.weight", h, q_dim)?])?;
+            let gate_up_w = Split::transposed(&[
+                &w("mlp.gate_proj.weight", c.intermediate, h)?,
+                &w("mlp.up_proj.weight", c.intermediate, h)?,
+            ])?;
+            let down_w = Split::transposed(&[&w("mlp.down_proj.weight", h, c.intermediate)?])?;
+            matrices.push((qkv_w, qkv_b, o_w, gate_up_w, down_w));
+        }
+        let mut layers = Vec::with_capacity(c.layers);
+        for (i, (qkv_w, qkv_b, o_w, gate_up_w, down_w)) in matrices.into_iter().enumerate() {
+            let l = m.pp(format!("layers.{i}"));
             layers.push(Layer {
-                qkv_w: Split::new(&Tensor::cat(&[&q, &k, &v], 1)?)?,
+                qkv_w,
                 qkv_b,
-                o_w: Split::new(&weight_t(&l, "self_attn.o_proj.weight", h, q_dim)?)?,
-                gate_up_w: Split::new(&Tensor::cat(&[&gate, &up], 1)?)?,
-                down_w: Split::new(&weight_t(&l, "mlp.down_proj.weight", h, c.intermediate)?)?,
+                o_w,
+                gate_up_w,
+                down_w,
                 attn_norm: l.get(h, "input_layernorm.weight")?,
                 mlp_norm: l.get(h, "post_attention_layernorm.weight")?,
             });
         }
         let norm = m.get(h, "norm.weight")?;
-        let lm_head = Split::new(&if c.tie_embeddings || !vb.contains_tensor("lm_head.weight") {
-            embed.t()?.contiguous()?
+        let lm_head = if c.tie_embeddings || !vb.contains_tensor("lm_head.weight") {
+            Split::transposed(&[&embed])?
         } else {
-            weight_t(&vb, "lm_head.weight", c.vocab, h)?
-        })?;
+            Split::transposed(&[&vb.get((c.vocab, h), "lm_head.weight")?])?
+        };
         let inv_freq = Tensor::new(config.inv_freq(), vb.device())?;
         let positions = Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
         let freqs = positions.unsqueeze(1)?.matmul(&inv_freq.unsqueeze(0)?)?;
