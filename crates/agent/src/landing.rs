@@ -100,3 +100,39 @@ pub(crate) async fn feed(mut stdin: tokio::process::ChildStdin, pull: Pull, file
     let _ = stdin.write_all(last.as_bytes()).await;
     let _ = stdin.flush().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colo_model::FileEntry;
+
+    fn manifest(paths: &[&str]) -> Manifest {
+        Manifest {
+            format: 1,
+            name: "m".into(),
+            revision: "r".into(),
+            chunk_size: 4 << 20,
+            files: paths
+                .iter()
+                .map(|p| FileEntry {
+                    path: p.to_string(),
+                    size: 10,
+                    chunks: vec![],
+                    safetensors: None,
+                    gguf: None,
+                })
+                .collect(),
+            pushed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn only_safetensors_files_land_and_only_names_the_feed_can_carry() {
+        let files = weight_files(&manifest(&["config.json", "model-1.safetensors", "sub/model-2.safetensors"])).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["model-1.safetensors", "sub/model-2.safetensors"]);
+        // No weights to land (a GGUF model), or a name with a tab: the engine starts after the pull.
+        assert!(weight_files(&manifest(&["config.json", "model.gguf"])).is_none());
+        assert!(weight_files(&manifest(&["a\tb.safetensors"])).is_none());
+    }
+}
