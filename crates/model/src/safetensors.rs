@@ -124,6 +124,20 @@ struct RawTensor {
     data_offsets: (u64, u64),
 }
 
+impl RawTensor {
+    /// Tensor `name`'s entry of a header, and its dtype.
+    fn read(name: &str, value: serde_json::Value) -> Result<(Self, Dtype), SafetensorsError> {
+        let tensor: RawTensor = serde_json::from_value(value).map_err(|e| SafetensorsError::InvalidJson {
+            reason: format!("tensor {name:?}: {e}"),
+        })?;
+        let dtype = Dtype::parse(&tensor.dtype).ok_or_else(|| SafetensorsError::UnknownDtype {
+            tensor: name.to_string(),
+            dtype: tensor.dtype.clone(),
+        })?;
+        Ok((tensor, dtype))
+    }
+}
+
 /// Each tensor's shape, by name, from a JSON header (checked by `parse_header`).
 pub fn tensor_shapes(header: &[u8]) -> Result<BTreeMap<String, Vec<u64>>, SafetensorsError> {
     let raw: BTreeMap<String, serde_json::Value> =
@@ -175,13 +189,7 @@ pub fn parse_header(header: &[u8], file_len: u64) -> Result<HeaderSummary, Safet
         if name == "__metadata__" {
             continue;
         }
-        let tensor: RawTensor = serde_json::from_value(value).map_err(|e| SafetensorsError::InvalidJson {
-            reason: format!("tensor {name:?}: {e}"),
-        })?;
-        let dtype = Dtype::parse(&tensor.dtype).ok_or_else(|| SafetensorsError::UnknownDtype {
-            tensor: name.clone(),
-            dtype: tensor.dtype.clone(),
-        })?;
+        let (tensor, dtype) = RawTensor::read(&name, value)?;
         let (begin, end) = tensor.data_offsets;
         if end < begin {
             return Err(SafetensorsError::ReversedOffsets { tensor: name, begin, end });
@@ -259,13 +267,7 @@ pub fn tensor_spans(header: &[u8], file_len: u64) -> Result<BTreeMap<String, Ten
         if name == "__metadata__" {
             continue;
         }
-        let tensor: RawTensor = serde_json::from_value(value).map_err(|e| SafetensorsError::InvalidJson {
-            reason: format!("tensor {name:?}: {e}"),
-        })?;
-        let dtype = Dtype::parse(&tensor.dtype).ok_or_else(|| SafetensorsError::UnknownDtype {
-            tensor: name.clone(),
-            dtype: tensor.dtype.clone(),
-        })?;
+        let (tensor, dtype) = RawTensor::read(&name, value)?;
         let (begin, end) = tensor.data_offsets;
         spans.insert(
             name,
