@@ -157,7 +157,6 @@ pub fn silu_mul(gate_up: &Tensor, width: usize) -> candle_core::Result<Tensor> {
     }
 }
 
-#[inline(always)]
 /// Rows `[start, end)` of the matrix whose rows are those of `weights` stacked (each
 /// `[rows_j, width]`), transposed: `[width, end - start]`. How a checkpoint's `[out, in]`
 /// weights become the `[in, out]` operands of the products, at load. On the CPU, for
@@ -214,6 +213,7 @@ pub fn transpose_rows(weights: &[&Tensor], start: usize, end: usize) -> candle_c
     Tensor::from_vec(out, (width, n), &Device::Cpu)
 }
 
+#[inline(always)]
 fn silu_mul_rows(out: &mut [f32], x: &[f32], width: usize) {
     for (o, row) in out.chunks_exact_mut(width).zip(x.chunks_exact(2 * width)) {
         let (gate, up) = row.split_at(width);
