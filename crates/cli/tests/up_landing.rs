@@ -122,6 +122,41 @@ fn a_cold_start_loads_weights_while_they_land_and_answers_as_from_the_cache() {
     assert_eq!(machine["cold_start"]["overlap_ms"].as_u64(), Some(0), "{machine}");
     assert_eq!(greedy(&colo.edge), landed, "loaded as it landed vs from the cache");
 
+    // A pull that fails while the engine loads: the engine is told why and gives up, and the
+    // start fails with the store's answer, not a hang or a half-loaded model.
+    colo.ok(&["destroy", "lander"]);
+    colo.wait_machines(30, "the machine gone", |m| m.is_empty());
+    common::cluster::wait_for(30, "the model unpinned and evicted", || {
+        colo.cli(&["cache", "evict", "lander"]).status.success()
+    });
+    proxy.set(Fault::Delay(Duration::from_millis(25)));
+    colo.ok(&["deploy", "lander", "--model", "lander", "--detach"]);
+    let machines_dir = dir.path().join("colo/machines");
+    let loading = || {
+        std::fs::read_dir(&machines_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|d| d.file_name() != std::ffi::OsStr::new(id))
+            .map(|d| d.path().join("engine.log"))
+            .find(|log| std::fs::read_to_string(log).is_ok_and(|l| l.contains("loading weights as they land")))
+    };
+    common::cluster::wait_for(60, "the new engine loading as the weights land", || loading().is_some());
+    // Open connections are reset; new ones are refused by the store.
+    proxy.set(Fault::Cut);
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.set(Fault::Answer(bytes::Bytes::from_static(
+        b"HTTP/1.1 403 Forbidden\r\ncontent-type: application/xml\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )));
+    let failed = colo.wait_machines(120, "the start failed", |m| {
+        m.iter()
+            .any(|m| m["last_error"].as_str().is_some_and(|e| e.contains("hydrating lander")))
+    });
+    let engine_log = std::fs::read_to_string(loading().unwrap()).unwrap();
+    assert!(engine_log.contains("the pull failed"), "the engine was told: {engine_log}");
+    assert!(failed.iter().all(|m| m["state"] != "started"), "{failed:#?}");
+    proxy.set(Fault::Pass);
+
     colo.stop();
     let _ = s3.kill();
     let _ = s3.wait();
