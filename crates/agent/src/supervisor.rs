@@ -285,27 +285,15 @@ async fn start(
         if let Hydration::Landing { pull, feed } = &hydration {
             deadline = tokio::time::Instant::now() + agent.config.start_timeout;
             if feed.is_finished() {
-                let report = pull.finish().await.map_err(|e| format!("hydrating {}: {e}", machine.model));
-                if let Err(e) = report {
+                if let Err(e) = hydration.finish(machine, hydrate_began).await {
                     let _ = child.kill().await;
                     return Err(e);
                 }
-                hydration = Hydration::Done(report?, hydrate_began.elapsed());
-                note_hydrated(machine, &hydration);
             } else if noted.elapsed() >= PROGRESS_EVERY {
                 noted = tokio::time::Instant::now();
-                let progress = StartProgress {
-                    phase: StartPhase::Hydrating,
-                    bytes_done: manifest
-                        .files
-                        .iter()
-                        .filter_map(|f| pull.file_progress(&f.path))
-                        .map(|f| *f.borrow())
-                        .sum(),
-                    bytes_total: manifest.total_bytes(),
-                    since_ms: now_ms().saturating_sub(hydrate_began.elapsed().as_millis() as u64),
-                };
-                note_progress(agent, machine, progress, desired).await;
+                let files: Vec<_> = manifest.files.iter().filter_map(|f| pull.file_progress(&f.path)).collect();
+                let since_ms = now_ms().saturating_sub(hydrate_began.elapsed().as_millis() as u64);
+                note_progress(agent, machine, hydrating(&manifest, &files, since_ms), desired).await;
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -323,11 +311,7 @@ async fn start(
         if health == Health::Ready {
             // The engine has read every weight, so the pull has verified every byte; it may
             // still be publishing the last file.
-            if let Hydration::Landing { pull, .. } = &hydration {
-                let report = pull.finish().await.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
-                hydration = Hydration::Done(report, hydrate_began.elapsed());
-                note_hydrated(machine, &hydration);
-            }
+            hydration.finish(machine, hydrate_began).await?;
             let Hydration::Done(report, hydrated) = &hydration else {
                 unreachable!("the hydration was finished above")
             };
@@ -380,15 +364,36 @@ enum Hydration {
     },
 }
 
+impl Hydration {
+    /// Waits for a pull going on beside the engine to end and records it (on the machine and
+    /// in the log) as taking from `began` until now; a finished hydration is left as it is.
+    async fn finish(&mut self, machine: &mut Machine, began: tokio::time::Instant) -> Result<(), String> {
+        if let Hydration::Landing { pull, .. } = self {
+            let report = pull.finish().await.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
+            note_hydrated(machine, &report, pull.joined());
+            *self = Hydration::Done(report, began.elapsed());
+        }
+        Ok(())
+    }
+}
+
 /// Records a finished hydration on the machine and in the log.
-fn note_hydrated(machine: &mut Machine, hydration: &Hydration) {
-    if let Hydration::Done(report, _) = hydration {
-        tracing::info!(
-            machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
-            from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
-            secs = report.seconds, gb_per_s = report.gb_per_s(), "hydrated while the engine loaded"
-        );
-        machine.hydration = Some(report.clone());
+fn note_hydrated(machine: &mut Machine, report: &HydrationReport, joined: bool) {
+    tracing::info!(
+        machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
+        from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
+        secs = report.seconds, gb_per_s = report.gb_per_s(), joined, "hydrated"
+    );
+    machine.hydration = Some(report.clone());
+}
+
+/// A hydrating start's progress: the verified bytes of `files` (one receiver per file).
+fn hydrating(manifest: &colo_model::Manifest, files: &[watch::Receiver<u64>], since_ms: u64) -> StartProgress {
+    StartProgress {
+        phase: StartPhase::Hydrating,
+        bytes_done: files.iter().map(|f| *f.borrow()).sum(),
+        bytes_total: manifest.total_bytes(),
+        since_ms,
     }
 }
 
@@ -409,24 +414,11 @@ async fn hydrate_with_progress(
     let report = loop {
         tokio::select! {
             report = &mut finish => break report,
-            _ = tick.tick() => {
-                let progress = StartProgress {
-                    phase: StartPhase::Hydrating,
-                    bytes_done: files.iter().map(|f| *f.borrow()).sum(),
-                    bytes_total: manifest.total_bytes(),
-                    since_ms: began_ms,
-                };
-                note_progress(agent, machine, progress, desired).await;
-            }
+            _ = tick.tick() => note_progress(agent, machine, hydrating(manifest, &files, began_ms), desired).await,
         }
     };
     let report = report.map_err(|e| format!("hydrating {}: {e}", machine.model))?;
-    tracing::info!(
-        machine = %machine.id, model = %machine.model, bytes = report.bytes_fetched,
-        from_peer = report.bytes_from_peer, from_origin = report.bytes_from_origin,
-        secs = report.seconds, gb_per_s = report.gb_per_s(), joined = pull.joined(), "hydrated"
-    );
-    machine.hydration = Some(report.clone());
+    note_hydrated(machine, &report, pull.joined());
     Ok(report)
 }
 

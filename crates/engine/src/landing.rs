@@ -60,33 +60,27 @@ impl Landing {
     /// here, then the rest on a thread of its own until it ends.
     pub fn follow(self: &Arc<Self>, reader: impl BufRead + Send + 'static) {
         let mut lines = reader.lines();
-        let mut ended = true;
-        for line in lines.by_ref() {
+        if self.apply_lines(&mut lines, true) {
+            let landing = self.clone();
+            std::thread::spawn(move || landing.apply_lines(&mut lines, false));
+        }
+    }
+
+    /// Applies `lines` until the feed ends or breaks (then it is closed, and false), or, when
+    /// `until_listed`, until its `listed` line (true).
+    fn apply_lines(&self, lines: &mut impl Iterator<Item = std::io::Result<String>>, until_listed: bool) -> bool {
+        for line in lines {
             let Ok(line) = line else { break };
-            if line == "listed" {
-                ended = false;
-                break;
+            if until_listed && line == "listed" {
+                return true;
             }
             if let Err(reason) = self.apply(&line) {
                 self.update(|feed| feed.failed = Some(reason));
                 break;
             }
         }
-        if ended {
-            self.update(|feed| feed.closed = true);
-            return;
-        }
-        let landing = self.clone();
-        std::thread::spawn(move || {
-            for line in lines {
-                let Ok(line) = line else { break };
-                if let Err(reason) = landing.apply(&line) {
-                    landing.update(|feed| feed.failed = Some(reason));
-                    break;
-                }
-            }
-            landing.update(|feed| feed.closed = true);
-        });
+        self.update(|feed| feed.closed = true);
+        false
     }
 
     /// Takes one line of the feed; a line that is not a message of the feed is an error.
