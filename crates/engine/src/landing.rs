@@ -287,13 +287,37 @@ impl LandingWeights {
         self.landing
             .wait(&file.name, file.data_start + span.end)
             .map_err(candle_core::Error::Msg)?;
-        let mut bytes = vec![0u8; (span.end - span.begin) as usize];
-        file.file.read_exact_at(&mut bytes, file.data_start + span.begin)?;
+        let (offset, len) = (file.data_start + span.begin, (span.end - span.begin) as usize);
         let dtype = candle_dtype(span.dtype)
             .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name:?}: dtype {} is not supported", span.dtype)))?;
         let shape: Vec<usize> = span.shape.iter().map(|&d| d as usize).collect();
-        Tensor::from_raw_buffer(&bytes, dtype, &shape, device)
+        // The common formats are read straight into the tensor's own storage; the rest through
+        // a byte buffer that candle copies.
+        match dtype {
+            DType::F32 => read_values::<f32>(&file.file, offset, len, &shape, device),
+            DType::BF16 => read_values::<half::bf16>(&file.file, offset, len, &shape, device),
+            DType::F16 => read_values::<half::f16>(&file.file, offset, len, &shape, device),
+            _ => {
+                let mut bytes = vec![0u8; len];
+                file.file.read_exact_at(&mut bytes, offset)?;
+                Tensor::from_raw_buffer(&bytes, dtype, &shape, device)
+            }
+        }
     }
+}
+
+/// `len` bytes at `offset` of `file` (little-endian values of `T`, as safetensors stores
+/// them, on a little-endian CPU) as a tensor of `shape`, read into the values' vector itself.
+fn read_values<T: bytemuck::Pod + candle_core::WithDType>(
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+    shape: &[usize],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let mut values = vec![T::zeroed(); len / std::mem::size_of::<T>()];
+    file.read_exact_at(bytemuck::cast_slice_mut(&mut values), offset)?;
+    Tensor::from_vec(values, shape, device)
 }
 
 impl candle_nn::var_builder::SimpleBackend for LandingWeights {
