@@ -5,6 +5,7 @@
 #     with a build directory kept at bench/.venv-gen/llama-build
 #   - llama.cpp's own `llama-server` (continuous batching, --parallel N), built as one more
 #     target in that same build directory, so the libraries are compiled once
+#   (with GEN_LLAMA_SERVER naming a llama-server binary, only the first line: that is the peer)
 # Prints nothing on stdout; progress on stderr. Idempotent. Safe to run alone:
 #   bench/generate_setup.sh
 set -euo pipefail
@@ -22,6 +23,15 @@ log() { echo "[generate-setup] $*" >&2; }
 if ! "$py" -c 'import numpy, gguf, aiohttp, scikit_build_core' 2>/dev/null; then
     log "pip: numpy gguf aiohttp scikit-build-core cmake ninja"
     "$pip" install --quiet numpy gguf aiohttp scikit-build-core cmake ninja >&2
+fi
+
+# A llama-server named by GEN_LLAMA_SERVER (say, the one the tests built from the same source)
+# is the peer: nothing more to build.
+given="${GEN_LLAMA_SERVER:-}"
+if [ -n "$given" ] && [ "$given" != none ]; then
+    [ -x "$given" ] || { log "GEN_LLAMA_SERVER=$given is not an executable"; exit 1; }
+    log "llama-server: $given (GEN_LLAMA_SERVER)"
+    exit 0
 fi
 
 # llama-cpp-python from source (kept, so its build directory can be reused for llama-server)

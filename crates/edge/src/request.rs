@@ -82,7 +82,10 @@ pub(crate) fn is_engine_path(path: &str) -> bool {
 /// distribution recorder).
 fn matches_engine_path(path: &str) -> bool {
     let under = |p: &str| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    ENGINE_PATHS.iter().any(|p| under(p))
+    // Compared by their second byte first: nearly every request's path starts `/v1/`, which
+    // only two of these share, so most comparisons end there.
+    let second = path.as_bytes().get(1);
+    ENGINE_PATHS.iter().any(|p| p.as_bytes().get(1) == second && under(p))
         || path
             .trim_start_matches('/')
             .split('/')

@@ -100,19 +100,23 @@ pub(crate) fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual options, which name no header (none is made for them).
+        .filter(|token| !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close"))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .filter(|name| !is_hop_by_hop(name))
         .collect()
 }
 
 /// Drops the headers that describe one connection rather than the message.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    // The names the Connection header lists go first, while it is there to list them (most
+    // answers list none, and then nothing is allocated).
+    for name in nominated(headers) {
+        headers.remove(name);
     }
-    let mut names: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-    names.extend(nominated(headers));
-    for name in names {
+    // Usually only Connection itself is left to remove.
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
         headers.remove(name);
     }
 }

@@ -323,6 +323,19 @@ fn rewind(buf: &mut BytesMut, head: Bytes) -> Parsed {
     Parsed::Elsewhere
 }
 
+/// Appends `HTTP/1.1 <code> <reason>` and its line end; 200, nearly every answer, is one copy.
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes `response` on the connection: its head, then its body frame by frame as the frames
 /// come, coalescing those already there into one write. Returns whether the connection can
 /// carry another request.
@@ -338,7 +351,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     let exact = hyper::body::Body::size_hint(&body).exact();
     let chunked = exact.is_none() && !bodiless;
     let mut out = Vec::with_capacity(1024);
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    status_line(&mut out, status);
     for (name, value) in parts.headers.iter() {
         // The body's framing is this server's to state, except that the answer to a HEAD
         // keeps the length the machine gave for the body it did not send.
@@ -357,7 +370,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     match exact {
         Some(n) if !head_only && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         _ if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}

@@ -13,7 +13,7 @@ use futures::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -139,7 +139,9 @@ pub(crate) fn request<'a>(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    let _ = write!(head, "content-length: {}\r\n\r\n", body.len());
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
     if inline {
         head.extend_from_slice(body);
     }
