@@ -6,7 +6,8 @@
 //! colo-engine's `x86-v4` feature, else its FMA/AVX2 kernels where it has FMA, else scalar), and
 //! candle's own vector loops (dot products and sums in softmax, norms and quantized matmuls),
 //! whose SIMD versions are chosen when the binary is compiled (`target_feature = "avx2"`), not at
-//! run time.
+//! run time. Products of many rows go to OpenBLAS instead where the system has it
+//! ([`crate::blas`]).
 
 use serde::Serialize;
 
@@ -21,6 +22,8 @@ pub struct CpuReport {
     pub simd: Vec<&'static str>,
     /// The matrix-product kernels `gemm` picks on this CPU.
     pub matmul: &'static str,
+    /// The BLAS that large products go to (see [`crate::blas`]), or `none`.
+    pub blas: String,
     /// How candle's vector loops were compiled.
     pub vector_ops: &'static str,
 }
@@ -33,6 +36,10 @@ pub fn report() -> CpuReport {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         simd: simd(),
         matmul: matmul_path(),
+        blas: match crate::blas::blas() {
+            Some(blas) => format!("{} ({}+ rows)", blas.name.trim(), crate::blas::MIN_ROWS),
+            None => "none".into(),
+        },
         vector_ops: if cfg!(any(target_feature = "avx2", target_feature = "neon")) {
             "simd (compiled for avx2/neon)"
         } else {
@@ -116,10 +123,10 @@ fn matmul_path() -> &'static str {
 
 impl CpuReport {
     /// One line for a benchmark's output: `cpu model="..." threads=N simd=a,b matmul="..."
-    /// vector_ops="..."`.
+    /// blas="..." vector_ops="..."`.
     pub fn line(&self) -> String {
         format!(
-            "cpu model={:?} threads={} simd={} matmul={:?} vector_ops={:?}",
+            "cpu model={:?} threads={} simd={} matmul={:?} blas={:?} vector_ops={:?}",
             self.model,
             self.threads,
             if self.simd.is_empty() {
@@ -128,6 +135,7 @@ impl CpuReport {
                 self.simd.join(",")
             },
             self.matmul,
+            self.blas,
             self.vector_ops
         )
     }
@@ -152,11 +160,12 @@ mod tests {
             threads: 2,
             simd: vec!["avx512f", "avx2", "fma"],
             matmul: "gemm fma",
+            blas: "none".into(),
             vector_ops: "scalar",
         };
         assert_eq!(
             r.line(),
-            "cpu model=\"Intel(R) Xeon(R) Platinum 8488C\" threads=2 simd=avx512f,avx2,fma matmul=\"gemm fma\" vector_ops=\"scalar\""
+            "cpu model=\"Intel(R) Xeon(R) Platinum 8488C\" threads=2 simd=avx512f,avx2,fma matmul=\"gemm fma\" blas=\"none\" vector_ops=\"scalar\""
         );
         let here = report();
         assert!(here.threads >= 1 && !here.model.is_empty());

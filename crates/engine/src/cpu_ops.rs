@@ -157,6 +157,235 @@ pub fn silu_mul(gate_up: &Tensor, width: usize) -> candle_core::Result<Tensor> {
     }
 }
 
+/// The encoder's input rows, one per token: `layer_norm(word[id] + position[pos] + token_type)
+/// * gamma + beta`, each row gathered, summed and normed in one pass, over every core (candle
+/// takes two gathers, two additions and the norm, five passes). `None` when a table is not a
+/// contiguous f32 CPU tensor; an error names an id or position past its table.
+#[allow(clippy::too_many_arguments)]
+pub fn embed_norm(
+    word: &Tensor,
+    position: &Tensor,
+    token_type: &Tensor,
+    ids: &[u32],
+    positions: &[u32],
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    let (vocab, width) = rows_of(word)?;
+    let (places, _) = rows_of(position)?;
+    if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(candle_core::Error::Msg(format!("token id {id} is past the vocabulary of {vocab}")));
+    }
+    if let Some(p) = positions.iter().find(|&&p| p as usize >= places) {
+        return Err(candle_core::Error::Msg(format!("position {p} is past the {places} the model has")));
+    }
+    if ids.len() != positions.len() || rows_of(position)?.1 != width || token_type.elem_count() != width {
+        return Err(candle_core::Error::Msg("embed_norm: tables of different widths, or ids and positions of different counts".into()));
+    }
+    let mut out = vec![0f32; ids.len() * width];
+    let done = with_values(word, |w| {
+        with_values(position, |p| {
+            with_values(token_type, |t| {
+                with_values(gamma, |g| {
+                    with_values(beta, |be| {
+                        let per = rows_per_task(width);
+                        out.par_chunks_mut(width * per).enumerate().for_each(|(task, chunk)| {
+                            for (i, row) in chunk.chunks_exact_mut(width).enumerate() {
+                                let (id, at) = (ids[task * per + i] as usize, positions[task * per + i] as usize);
+                                let (word_row, place_row) = (&w[id * width..(id + 1) * width], &p[at * width..(at + 1) * width]);
+                                dispatch_norm(row, word_row, place_row, t, g, be, eps);
+                            }
+                        });
+                    })
+                })
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+    .flatten()
+    .flatten();
+    match done {
+        Some(()) => Tensor::from_vec(out, (ids.len(), width), &Device::Cpu).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Each sequence attending to itself alone (no mask: the sequences are packed end to end, not
+/// padded), straight from the packed `(total tokens, 3 x hidden)` rows of a fused QKV product
+/// (each row the queries, then the keys, then the values, `heads` heads of `hidden / heads`
+/// each): `(total tokens, hidden)`, each head's context in its own columns. One task per
+/// sequence and head, over every core; `None` when `qkv` is not a contiguous f32 CPU tensor or
+/// a head's width is no multiple of 8 (the caller then takes candle's path). Replaces, per sequence, a permuted copy, two batched
+/// products, a scale, a softmax, a transpose and a concatenation, each its own pass and
+/// allocation, which for a batch of short sentences cost more than the arithmetic.
+pub fn packed_attention(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_core::Result<Option<Tensor>> {
+    let (total, width) = rows_of(qkv)?;
+    let hidden = width / 3;
+    if heads == 0 || width != 3 * hidden || hidden % heads != 0 || lens.iter().sum::<usize>() != total {
+        return Err(candle_core::Error::Msg(format!(
+            "packed_attention: rows of {width} values are not queries, keys and values of {heads} heads for sequences of {lens:?} tokens"
+        )));
+    }
+    let head_dim = hidden / heads;
+    if head_dim % 8 != 0 {
+        // Heads of a width the kernel's registers do not divide: candle's path.
+        return Ok(None);
+    }
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut starts = Vec::with_capacity(lens.len());
+    let mut offset = 0;
+    for &len in lens {
+        starts.push(offset);
+        offset += len;
+    }
+    let contexts = with_values(qkv, |xs| {
+        let tasks: Vec<(usize, usize)> = (0..lens.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
+        tasks
+            .par_iter()
+            .map(|&(s, h)| {
+                let (start, len) = (starts[s], lens[s]);
+                let rows = &xs[start * width..(start + len) * width];
+                let mut context = vec![0f32; len * head_dim];
+                let blocks = len.div_ceil(8);
+                let (mut scores, mut keys) = (vec![0f32; blocks * 8], vec![0f32; blocks * 8 * head_dim]);
+                dispatch_attend_head(&mut context, &mut scores, &mut keys, rows, width, h * head_dim, hidden, head_dim, scale);
+                context
+            })
+            .collect::<Vec<_>>()
+    });
+    let Some(contexts) = contexts else {
+        return Ok(None);
+    };
+    let mut out = vec![0f32; total * hidden];
+    for ((s, h), context) in (0..lens.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).zip(&contexts) {
+        for (i, row) in context.chunks_exact(head_dim).enumerate() {
+            let at = (starts[s] + i) * hidden + h * head_dim;
+            out[at..at + head_dim].copy_from_slice(row);
+        }
+    }
+    Tensor::from_vec(out, (total, hidden), &Device::Cpu).map(Some)
+}
+
+/// One head of one sequence: `rows` are the sequence's packed QKV rows of `width` values; the
+/// head's queries start at column `q`, its keys `hidden` later and its values `2 x hidden`
+/// later; `head_dim` is a multiple of 8. Writes the head's `(len, head_dim)` context.
+/// `scores` is room for one row of scores rounded up to 8, and `keys` for the head's keys in
+/// panels of 8, `(len / 8 rounded up, head_dim, 8)`, the last one padded with zeros.
+///
+/// Both products keep their sums in registers: a score is 8 keys at a time, each sum split in
+/// four over the head's values (so no sum waits on the one before), and a context row is 32 of
+/// its values at a time along the sequence. Summing into a row in memory instead made each step
+/// wait for the last one's store: three times candle's time for this work.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_head_rows<const FMA: bool>(
+    context: &mut [f32],
+    scores: &mut [f32],
+    keys: &mut [f32],
+    rows: &[f32],
+    width: usize,
+    q: usize,
+    hidden: usize,
+    head_dim: usize,
+    scale: f32,
+) {
+    let (k, v, len) = (q + hidden, q + 2 * hidden, context.len() / head_dim);
+    for (b, panel) in keys.chunks_exact_mut(head_dim * 8).enumerate() {
+        for lane in 0..8 {
+            let j = b * 8 + lane;
+            let key = (j < len).then(|| &rows[j * width + k..j * width + k + head_dim]);
+            for d in 0..head_dim {
+                panel[d * 8 + lane] = key.map_or(0.0, |key| key[d]);
+            }
+        }
+    }
+    for (i, out) in context.chunks_exact_mut(head_dim).enumerate() {
+        let query = &rows[i * width + q..i * width + q + head_dim];
+        for (panel, block) in keys.chunks_exact(head_dim * 8).zip(scores.chunks_exact_mut(8)) {
+            let mut sums = [[0f32; 8]; 4];
+            for (four, panel) in query.chunks_exact(4).zip(panel.chunks_exact(32)) {
+                for (t, sum) in sums.iter_mut().enumerate() {
+                    for (lane, sum) in sum.iter_mut().enumerate() {
+                        *sum = madd::<FMA>(four[t], panel[t * 8 + lane], *sum);
+                    }
+                }
+            }
+            for (lane, score) in block.iter_mut().enumerate() {
+                *score = (sums[0][lane] + sums[1][lane] + sums[2][lane] + sums[3][lane]) * scale;
+            }
+        }
+        let probs = &mut scores[..len];
+        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for p in probs.iter_mut() {
+            *p = exp(*p - max);
+        }
+        let norm = 1.0 / lane_sum(probs, |v| v);
+        let mut start = 0;
+        while start < head_dim {
+            // 32 columns at a time (four registers of 8), then 8.
+            if head_dim - start >= 32 {
+                weighted_rows::<4, FMA>(&mut out[start..start + 32], probs, rows, width, v + start, norm);
+                start += 32;
+            } else {
+                weighted_rows::<1, FMA>(&mut out[start..start + 8], probs, rows, width, v + start, norm);
+                start += 8;
+            }
+        }
+    }
+}
+
+/// `out` (`B` x 8 values) = `norm` x the sum over rows `j` of `probs[j]` times that row's
+/// values from column `column`, the sums held in `B` registers.
+#[inline(always)]
+fn weighted_rows<const B: usize, const FMA: bool>(out: &mut [f32], probs: &[f32], rows: &[f32], width: usize, column: usize, norm: f32) {
+    let mut sums = [[0f32; 8]; B];
+    for (j, &p) in probs.iter().enumerate() {
+        let values = &rows[j * width + column..j * width + column + B * 8];
+        for (sum, values) in sums.iter_mut().zip(values.chunks_exact(8)) {
+            for (sum, &x) in sum.iter_mut().zip(values) {
+                *sum = madd::<FMA>(p, x, *sum);
+            }
+        }
+    }
+    for (out, sum) in out.chunks_exact_mut(8).zip(&sums) {
+        for (out, &sum) in out.iter_mut().zip(sum) {
+            *out = sum * norm;
+        }
+    }
+}
+
+/// `a * b + c`, as one fused instruction where the caller is compiled for FMA (Rust never fuses
+/// a product and a sum on its own, and without the instruction `mul_add` is a slow library call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn attend_head_avx2(c: &mut [f32], s: &mut [f32], k: &mut [f32], rows: &[f32], width: usize, q: usize, hidden: usize, d: usize, scale: f32) {
+    attend_head_rows::<true>(c, s, k, rows, width, q, hidden, d, scale)
+}
+
+/// [`attend_head_rows`] with fused multiply-adds where the CPU has AVX2 and FMA (as `dispatched!`
+/// does for the other loops).
+#[allow(clippy::too_many_arguments)]
+fn dispatch_attend_head(c: &mut [f32], s: &mut [f32], k: &mut [f32], rows: &[f32], width: usize, q: usize, hidden: usize, d: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { attend_head_avx2(c, s, k, rows, width, q, hidden, d, scale) };
+    }
+    attend_head_rows::<false>(c, s, k, rows, width, q, hidden, d, scale)
+}
+
 /// Rows `[start, end)` of the matrix whose rows are those of `weights` stacked (each
 /// `[rows_j, width]`), transposed: `[width, end - start]`. How a checkpoint's `[out, in]`
 /// weights become the `[in, out]` operands of the products, at load. On the CPU, for
@@ -393,6 +622,71 @@ mod tests {
             }
         }
         assert!(silu_mul(&sample(2, 7, 1), 3).is_err(), "rows that are not two halves");
+    }
+
+    /// Attention as candle computes it for one sequence: (len, 3, heads, d) permuted, QK^T
+    /// scaled, softmax, times V, back to (len, hidden).
+    fn candle_attention(qkv: &Tensor, lens: &[usize], heads: usize) -> Tensor {
+        let hidden = qkv.dim(1).unwrap() / 3;
+        let d = hidden / heads;
+        let mut contexts = Vec::new();
+        let mut offset = 0;
+        for &len in lens {
+            let part = qkv.narrow(0, offset, len).unwrap().reshape((len, 3, heads, d)).unwrap().permute((1, 2, 0, 3)).unwrap();
+            let part = part.contiguous().unwrap();
+            let (q, k, v) = (part.get(0).unwrap(), part.get(1).unwrap(), part.get(2).unwrap());
+            let scores = (q.matmul(&k.t().unwrap()).unwrap() * (1.0 / (d as f64).sqrt())).unwrap();
+            let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+            contexts.push(probs.matmul(&v).unwrap().transpose(0, 1).unwrap().reshape((len, hidden)).unwrap());
+            offset += len;
+        }
+        Tensor::cat(&contexts, 0).unwrap()
+    }
+
+    #[test]
+    fn packed_attention_matches_candles_per_sequence_path() {
+        // MiniLM's shape (12 heads of 32), sequences of unequal length (one of a single token,
+        // lengths that are and are not multiples of 8), heads of 16, 64 and 40 values (32 at a
+        // time, then 8).
+        for (lens, heads, hidden) in [(vec![30, 7, 1, 64], 12, 384), (vec![5, 3], 3, 48), (vec![200], 4, 256), (vec![9], 1, 40)] {
+            let total: usize = lens.iter().sum();
+            let qkv = (sample(total, 3 * hidden, 21) * 0.5).unwrap();
+            let want = candle_attention(&qkv, &lens, heads);
+            let got = packed_attention(&qkv, &lens, heads).unwrap().expect("a contiguous f32 tensor");
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 2e-5, "{lens:?} x {heads} heads: {}", max_diff(&got, &want));
+        }
+        // Lengths that do not add up to the rows, or rows that are not three equal parts, are
+        // refused rather than read out of bounds; a tensor that is not f32 is left to candle.
+        assert!(packed_attention(&sample(10, 96, 1), &[4, 4], 4).is_err());
+        assert!(packed_attention(&sample(10, 95, 1), &[10], 4).is_err());
+        let half = sample(4, 96, 1).to_dtype(DType::BF16).unwrap();
+        assert!(packed_attention(&half, &[4], 4).unwrap().is_none());
+        assert!(packed_attention(&sample(4, 90, 1), &[4], 3).unwrap().is_none(), "heads of 10");
+    }
+
+    #[test]
+    fn packed_embeddings_match_candles_gathers_and_norm() {
+        let (word, position) = (sample(50, 24, 31), sample(16, 24, 32));
+        let token_type = sample(1, 24, 33).squeeze(0).unwrap();
+        let (gamma, beta) = (sample(1, 24, 34).squeeze(0).unwrap(), sample(1, 24, 35).squeeze(0).unwrap());
+        let ids = [3u32, 49, 0, 7, 7, 12];
+        let places = [0u32, 1, 2, 0, 1, 15];
+        let index = |v: &[u32]| Tensor::new(v, &Device::Cpu).unwrap();
+        let summed = word
+            .index_select(&index(&ids), 0)
+            .unwrap()
+            .add(&position.index_select(&index(&places), 0).unwrap())
+            .unwrap()
+            .broadcast_add(&token_type)
+            .unwrap();
+        let want = candle_nn::ops::layer_norm(&summed, &gamma, &beta, 1e-12).unwrap();
+        let got = embed_norm(&word, &position, &token_type, &ids, &places, &gamma, &beta, 1e-12).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 2e-6, "{}", max_diff(&got, &want));
+        let past = embed_norm(&word, &position, &token_type, &[50], &[0], &gamma, &beta, 1e-12).unwrap_err();
+        assert!(past.to_string().contains("token id 50"), "{past}");
+        let past = embed_norm(&word, &position, &token_type, &[1], &[16], &gamma, &beta, 1e-12).unwrap_err();
+        assert!(past.to_string().contains("position 16"), "{past}");
     }
 
     #[test]

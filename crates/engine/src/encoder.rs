@@ -2,7 +2,7 @@
 //! (no padding), so every linear layer is one large matrix product over all tokens of the
 //! batch, and only attention works per sequence. Q, K and V share one fused weight.
 
-use crate::cpu_ops;
+use crate::{blas, cpu_ops};
 use candle_core::{Device, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -138,6 +138,12 @@ impl Encoder {
     pub(crate) fn embed_packed(&self, seqs: &[&[u32]]) -> candle_core::Result<Tensor> {
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = seqs.iter().flat_map(|s| 0..s.len() as u32).collect();
+        if self.device.is_cpu() {
+            let (n, eps) = (&self.emb_norm, self.config.eps as f32);
+            if let Some(x) = cpu_ops::embed_norm(&self.word, &self.position, &self.token_type, &ids, &positions, &n.weight, &n.bias, eps)? {
+                return Ok(x);
+            }
+        }
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let positions = Tensor::from_vec(positions, total, &self.device)?;
@@ -147,15 +153,15 @@ impl Encoder {
 
     fn layer(&self, layer: &Layer, x: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let qkv = x.matmul(&layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
+        let qkv = blas::matmul(x, &layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
         let context = self.attention(&qkv, lens)?;
         if self.device.is_cpu() {
             // Each bias, residual, norm and the GELU in one pass over the rows, on every core.
             let eps = c.eps as f32;
             let (an, on) = (&layer.attn_norm, &layer.out_norm);
-            let attn = cpu_ops::bias_residual_norm(&context.matmul(&layer.out_w)?, &layer.out_b, x, &an.weight, &an.bias, eps)?;
-            let up = cpu_ops::bias_gelu(&attn.matmul(&layer.up_w)?, &layer.up_b)?;
-            return cpu_ops::bias_residual_norm(&up.matmul(&layer.down_w)?, &layer.down_b, &attn, &on.weight, &on.bias, eps);
+            let attn = cpu_ops::bias_residual_norm(&blas::matmul(&context, &layer.out_w)?, &layer.out_b, x, &an.weight, &an.bias, eps)?;
+            let up = cpu_ops::bias_gelu(&blas::matmul(&attn, &layer.up_w)?, &layer.up_b)?;
+            return cpu_ops::bias_residual_norm(&blas::matmul(&up, &layer.down_w)?, &layer.down_b, &attn, &on.weight, &on.bias, eps);
         }
         let attn = context.matmul(&layer.out_w)?.broadcast_add(&layer.out_b)?.add(x)?;
         let attn = layer.attn_norm.forward(&attn, c.eps)?;
@@ -168,6 +174,11 @@ impl Encoder {
     /// queries, keys and values of sequences of `lens` tokens: (total tokens, hidden).
     pub(crate) fn attention(&self, qkv: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
         let c = &self.config;
+        if self.device.is_cpu() {
+            if let Some(context) = cpu_ops::packed_attention(qkv, lens, c.heads)? {
+                return Ok(context);
+            }
+        }
         let head_dim = c.hidden / c.heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mut contexts = Vec::with_capacity(lens.len());

@@ -6,6 +6,7 @@ mod api_embed;
 mod api_gen;
 pub mod batch;
 pub mod bert;
+pub mod blas;
 mod chat;
 pub mod cpu;
 mod cpu_ops;

@@ -126,13 +126,15 @@ pub fn run(filter: &str, secs: f64) -> candle_core::Result<Vec<OpTiming>> {
         let lens = vec![SENTENCE; tokens / SENTENCE];
         for (op, k, n) in [("qkv", hidden, 3 * hidden), ("out", hidden, hidden), ("up", hidden, ffn)] {
             let w = zeros((k, n))?;
+            // The encoder's products: through OpenBLAS from crate::blas::MIN_ROWS rows where the
+            // system has it, else gemm.
             case(&format!("minilm.{op}"), format!("{tokens}x{k} . {k}x{n}"), &mut || {
-                x.matmul(&w).map(drop)
+                crate::blas::matmul(&x, &w).map(drop)
             })?;
         }
         let w = zeros((ffn, hidden))?;
         case("minilm.down", format!("{tokens}x{ffn} . {ffn}x{hidden}"), &mut || {
-            wide.matmul(&w).map(drop)
+            crate::blas::matmul(&wide, &w).map(drop)
         })?;
         let (wide_bias, gamma, beta) = (
             Tensor::zeros(ffn, DType::F32, &Device::Cpu)?,
