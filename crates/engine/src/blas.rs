@@ -96,28 +96,54 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// `x . w + bias` (the bias added to every row): through the BLAS as for [`matmul`], the bias
+/// laid into the output first so that the product adds onto it (no pass of its own).
+pub fn matmul_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    match blas() {
+        Some(blas) if x.rank() == 2 && w.rank() == 2 && x.dim(0)? >= MIN_ROWS => blas.product(x, w, Some(bias)),
+        _ => x.matmul(w)?.broadcast_add(bias),
+    }
+}
+
 // === impl Blas ===
 
 impl Blas {
     /// `x (m, k) . w (k, n)` through `cblas_sgemm`; candle's `matmul` for anything that is not
     /// a pair of contiguous f32 CPU matrices of matching sizes within `i32`.
     pub fn matmul(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        self.product(x, w, None)
+    }
+
+    /// `x . w`, plus `bias` on every row when given.
+    fn product(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let candle = || match bias {
+            Some(bias) => x.matmul(w)?.broadcast_add(bias),
+            None => x.matmul(w),
+        };
         let ((m, k), (k2, n)) = (x.dims2()?, w.dims2()?);
         let fits = |v: usize| i32::try_from(v).is_ok();
         if k != k2 || x.dtype() != DType::F32 || w.dtype() != DType::F32 || ![m, n, k].into_iter().all(fits) {
-            return x.matmul(w);
+            return candle();
         }
+        let start = match bias {
+            Some(bias) if bias.dims() != [n] || bias.dtype() != DType::F32 => return candle(),
+            Some(bias) => Some(bias.to_vec1::<f32>()?),
+            None => None,
+        };
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (Storage::Cpu(xc), Storage::Cpu(wc), Some((x0, x1)), Some((w0, w1))) =
             (&*xs, &*ws, xl.contiguous_offsets(), wl.contiguous_offsets())
         else {
             drop((xs, ws));
-            return x.matmul(w);
+            return candle();
         };
         let (a, b) = (&xc.as_slice::<f32>()?[x0..x1], &wc.as_slice::<f32>()?[w0..w1]);
         debug_assert!(a.len() == m * k && b.len() == k * n);
-        let mut out = vec![0f32; m * n];
+        let (mut out, beta) = match &start {
+            Some(row) => (row.repeat(m), 1.0),
+            None => (vec![0f32; m * n], 0.0),
+        };
         if m > 0 && n > 0 {
             // One band of rows per core of the engine's pool.
             let band = m.div_ceil(rayon::current_num_threads().max(1));
@@ -139,7 +165,7 @@ impl Blas {
                         k.max(1) as i32,
                         b.as_ptr(),
                         n as i32,
-                        0.0,
+                        beta,
                         out.as_mut_ptr(),
                         n as i32,
                     )
@@ -173,6 +199,15 @@ mod tests {
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(worst < 1e-4, "{m}x{k}x{n}: {worst}");
         }
+        // The bias rides on the product: each row gets it once.
+        let (x, w) = (
+            Tensor::from_vec(values(70 * 16, 6), (70, 16), &Device::Cpu).unwrap(),
+            Tensor::from_vec(values(16 * 9, 7), (16, 9), &Device::Cpu).unwrap(),
+        );
+        let bias = Tensor::from_vec(values(9, 8), 9, &Device::Cpu).unwrap();
+        let want = x.matmul(&w).unwrap().broadcast_add(&bias).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = matmul_bias(&x, &w, &bias).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
         // A view that is not contiguous (a transpose) and a product of few rows take candle's
         // path, with the same answer.
         let x = Tensor::from_vec(values(100 * 8, 3), (8, 100), &Device::Cpu).unwrap().t().unwrap();

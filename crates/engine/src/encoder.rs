@@ -153,7 +153,7 @@ impl Encoder {
 
     fn layer(&self, layer: &Layer, x: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let qkv = blas::matmul(x, &layer.qkv_w)?.broadcast_add(&layer.qkv_b)?;
+        let qkv = blas::matmul_bias(x, &layer.qkv_w, &layer.qkv_b)?;
         let context = self.attention(&qkv, lens)?;
         if self.device.is_cpu() {
             // Each bias, residual, norm and the GELU in one pass over the rows, on every core.
