@@ -147,30 +147,32 @@ impl Blas {
         if m > 0 && n > 0 {
             // One band of rows per core of the engine's pool.
             let band = m.div_ceil(rayon::current_num_threads().max(1));
-            out.par_chunks_mut(band * n).zip(a.par_chunks(band * k.max(1))).for_each(|(out, a)| {
-                let rows = out.len() / n;
-                // SAFETY: a holds rows x k values, b k x n and out rows x n, all row-major and
-                // contiguous as the leading dimensions passed say; the sizes fit in i32
-                // (checked above).
-                unsafe {
-                    (self.sgemm)(
-                        ROW_MAJOR,
-                        NO_TRANS,
-                        NO_TRANS,
-                        rows as i32,
-                        n as i32,
-                        k as i32,
-                        1.0,
-                        a.as_ptr(),
-                        k.max(1) as i32,
-                        b.as_ptr(),
-                        n as i32,
-                        beta,
-                        out.as_mut_ptr(),
-                        n as i32,
-                    )
-                };
-            });
+            out.par_chunks_mut(band * n)
+                .zip(a.par_chunks(band * k.max(1)))
+                .for_each(|(out, a)| {
+                    let rows = out.len() / n;
+                    // SAFETY: a holds rows x k values, b k x n and out rows x n, all row-major and
+                    // contiguous as the leading dimensions passed say; the sizes fit in i32
+                    // (checked above).
+                    unsafe {
+                        (self.sgemm)(
+                            ROW_MAJOR,
+                            NO_TRANS,
+                            NO_TRANS,
+                            rows as i32,
+                            n as i32,
+                            k as i32,
+                            1.0,
+                            a.as_ptr(),
+                            k.max(1) as i32,
+                            b.as_ptr(),
+                            n as i32,
+                            beta,
+                            out.as_mut_ptr(),
+                            n as i32,
+                        )
+                    };
+                });
         }
         drop((xs, ws));
         Tensor::from_vec(out, (m, n), &Device::Cpu)
@@ -187,7 +189,9 @@ mod tests {
         // testing nothing.
         let blas = blas().expect("libopenblas.so.0 is not installed (Debian: libopenblas0-pthread)");
         let values = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n).map(|i| ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5).collect()
+            (0..n)
+                .map(|i| ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5)
+                .collect()
         };
         for (m, k, n) in [(96, 384, 1152), (64, 7, 3), (200, 33, 65)] {
             let x = Tensor::from_vec(values(m * k, 1), (m, k), &Device::Cpu).unwrap();
@@ -205,7 +209,15 @@ mod tests {
             Tensor::from_vec(values(16 * 9, 7), (16, 9), &Device::Cpu).unwrap(),
         );
         let bias = Tensor::from_vec(values(9, 8), 9, &Device::Cpu).unwrap();
-        let want = x.matmul(&w).unwrap().broadcast_add(&bias).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = x
+            .matmul(&w)
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let got = matmul_bias(&x, &w, &bias).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
         // A view that is not contiguous (a transpose) and a product of few rows take candle's
@@ -217,6 +229,9 @@ mod tests {
             x.matmul(&w).unwrap().to_vec2::<f32>().unwrap()
         );
         let small = Tensor::from_vec(values(2 * 8, 5), (2, 8), &Device::Cpu).unwrap();
-        assert_eq!(matmul(&small, &w).unwrap().to_vec2::<f32>().unwrap(), small.matmul(&w).unwrap().to_vec2::<f32>().unwrap());
+        assert_eq!(
+            matmul(&small, &w).unwrap().to_vec2::<f32>().unwrap(),
+            small.matmul(&w).unwrap().to_vec2::<f32>().unwrap()
+        );
     }
 }

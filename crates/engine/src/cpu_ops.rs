@@ -157,9 +157,9 @@ pub fn silu_mul(gate_up: &Tensor, width: usize) -> candle_core::Result<Tensor> {
     }
 }
 
-/// The encoder's input rows, one per token: `layer_norm(word[id] + position[pos] + token_type)
-/// * gamma + beta`, each row gathered, summed and normed in one pass, over every core (candle
-/// takes two gathers, two additions and the norm, five passes). `None` when a table is not a
+/// The encoder's input rows, one per token: the layer norm (with `gamma` and `beta`) of
+/// `word[id] + position[pos] + token_type`, each row gathered, summed and normed in one pass,
+/// over every core (candle takes two gathers, two additions and the norm, five passes). `None` when a table is not a
 /// contiguous f32 CPU tensor; an error names an id or position past its table.
 #[allow(clippy::too_many_arguments)]
 pub fn embed_norm(
@@ -181,7 +181,9 @@ pub fn embed_norm(
         return Err(candle_core::Error::Msg(format!("position {p} is past the {places} the model has")));
     }
     if ids.len() != positions.len() || rows_of(position)?.1 != width || token_type.elem_count() != width {
-        return Err(candle_core::Error::Msg("embed_norm: tables of different widths, or ids and positions of different counts".into()));
+        return Err(candle_core::Error::Msg(
+            "embed_norm: tables of different widths, or ids and positions of different counts".into(),
+        ));
     }
     let mut out = vec![0f32; ids.len() * width];
     let done = with_values(word, |w| {
@@ -250,7 +252,17 @@ pub fn packed_attention(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_co
                 let mut context = vec![0f32; len * head_dim];
                 let blocks = len.div_ceil(8);
                 let (mut scores, mut keys) = (vec![0f32; blocks * 8], vec![0f32; blocks * 8 * head_dim]);
-                dispatch_attend_head(&mut context, &mut scores, &mut keys, rows, width, h * head_dim, hidden, head_dim, scale);
+                dispatch_attend_head(
+                    &mut context,
+                    &mut scores,
+                    &mut keys,
+                    rows,
+                    width,
+                    h * head_dim,
+                    hidden,
+                    head_dim,
+                    scale,
+                );
                 context
             })
             .collect::<Vec<_>>()
@@ -370,14 +382,34 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-fn attend_head_avx2(c: &mut [f32], s: &mut [f32], k: &mut [f32], rows: &[f32], width: usize, q: usize, hidden: usize, d: usize, scale: f32) {
+fn attend_head_avx2(
+    c: &mut [f32],
+    s: &mut [f32],
+    k: &mut [f32],
+    rows: &[f32],
+    width: usize,
+    q: usize,
+    hidden: usize,
+    d: usize,
+    scale: f32,
+) {
     attend_head_rows::<true>(c, s, k, rows, width, q, hidden, d, scale)
 }
 
 /// [`attend_head_rows`] with fused multiply-adds where the CPU has AVX2 and FMA (as `dispatched!`
 /// does for the other loops).
 #[allow(clippy::too_many_arguments)]
-fn dispatch_attend_head(c: &mut [f32], s: &mut [f32], k: &mut [f32], rows: &[f32], width: usize, q: usize, hidden: usize, d: usize, scale: f32) {
+fn dispatch_attend_head(
+    c: &mut [f32],
+    s: &mut [f32],
+    k: &mut [f32],
+    rows: &[f32],
+    width: usize,
+    q: usize,
+    hidden: usize,
+    d: usize,
+    scale: f32,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
@@ -632,7 +664,13 @@ mod tests {
         let mut contexts = Vec::new();
         let mut offset = 0;
         for &len in lens {
-            let part = qkv.narrow(0, offset, len).unwrap().reshape((len, 3, heads, d)).unwrap().permute((1, 2, 0, 3)).unwrap();
+            let part = qkv
+                .narrow(0, offset, len)
+                .unwrap()
+                .reshape((len, 3, heads, d))
+                .unwrap()
+                .permute((1, 2, 0, 3))
+                .unwrap();
             let part = part.contiguous().unwrap();
             let (q, k, v) = (part.get(0).unwrap(), part.get(1).unwrap(), part.get(2).unwrap());
             let scores = (q.matmul(&k.t().unwrap()).unwrap() * (1.0 / (d as f64).sqrt())).unwrap();
@@ -648,7 +686,12 @@ mod tests {
         // MiniLM's shape (12 heads of 32), sequences of unequal length (one of a single token,
         // lengths that are and are not multiples of 8), heads of 16, 64 and 40 values (32 at a
         // time, then 8).
-        for (lens, heads, hidden) in [(vec![30, 7, 1, 64], 12, 384), (vec![5, 3], 3, 48), (vec![200], 4, 256), (vec![9], 1, 40)] {
+        for (lens, heads, hidden) in [
+            (vec![30, 7, 1, 64], 12, 384),
+            (vec![5, 3], 3, 48),
+            (vec![200], 4, 256),
+            (vec![9], 1, 40),
+        ] {
             let total: usize = lens.iter().sum();
             let qkv = (sample(total, 3 * hidden, 21) * 0.5).unwrap();
             let want = candle_attention(&qkv, &lens, heads);
@@ -681,7 +724,9 @@ mod tests {
             .broadcast_add(&token_type)
             .unwrap();
         let want = candle_nn::ops::layer_norm(&summed, &gamma, &beta, 1e-12).unwrap();
-        let got = embed_norm(&word, &position, &token_type, &ids, &places, &gamma, &beta, 1e-12).unwrap().unwrap();
+        let got = embed_norm(&word, &position, &token_type, &ids, &places, &gamma, &beta, 1e-12)
+            .unwrap()
+            .unwrap();
         assert!(max_diff(&got, &want) < 2e-6, "{}", max_diff(&got, &want));
         let past = embed_norm(&word, &position, &token_type, &[50], &[0], &gamma, &beta, 1e-12).unwrap_err();
         assert!(past.to_string().contains("token id 50"), "{past}");

@@ -140,7 +140,16 @@ impl Encoder {
         let positions: Vec<u32> = seqs.iter().flat_map(|s| 0..s.len() as u32).collect();
         if self.device.is_cpu() {
             let (n, eps) = (&self.emb_norm, self.config.eps as f32);
-            if let Some(x) = cpu_ops::embed_norm(&self.word, &self.position, &self.token_type, &ids, &positions, &n.weight, &n.bias, eps)? {
+            if let Some(x) = cpu_ops::embed_norm(
+                &self.word,
+                &self.position,
+                &self.token_type,
+                &ids,
+                &positions,
+                &n.weight,
+                &n.bias,
+                eps,
+            )? {
                 return Ok(x);
             }
         }
