@@ -31,21 +31,28 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 /// Defines `$name`, which runs the row loop `$rows` compiled a second time for AVX2 and FMA
 /// (as `$avx2`) where the CPU has them, and as built for any x86-64 elsewhere: the same plain
 /// loop, vectorised for each.
+/// A second form names the loop for each copy (`$fast` for AVX2 and FMA, `$plain` for the rest),
+/// for a loop that uses fused multiply-adds only where the CPU has them.
 macro_rules! dispatched {
     ($name:ident, $avx2:ident, $rows:ident, ($($arg:ident: $ty:ty),*)) => {
+        dispatched!($name, $avx2, $rows, $rows, ($($arg: $ty),*));
+    };
+    ($name:ident, $avx2:ident, $fast:path, $plain:path, ($($arg:ident: $ty:ty),*)) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
         fn $avx2($($arg: $ty),*) {
-            $rows($($arg),*)
+            $fast($($arg),*)
         }
 
+        #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA, checked just above.
                 return unsafe { $avx2($($arg),*) };
             }
-            $rows($($arg),*)
+            $plain($($arg),*)
         }
     };
 }
@@ -379,44 +386,8 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn attend_head_avx2(
-    c: &mut [f32],
-    s: &mut [f32],
-    k: &mut [f32],
-    rows: &[f32],
-    width: usize,
-    q: usize,
-    hidden: usize,
-    d: usize,
-    scale: f32,
-) {
-    attend_head_rows::<true>(c, s, k, rows, width, q, hidden, d, scale)
-}
-
-/// [`attend_head_rows`] with fused multiply-adds where the CPU has AVX2 and FMA (as `dispatched!`
-/// does for the other loops).
-#[allow(clippy::too_many_arguments)]
-fn dispatch_attend_head(
-    c: &mut [f32],
-    s: &mut [f32],
-    k: &mut [f32],
-    rows: &[f32],
-    width: usize,
-    q: usize,
-    hidden: usize,
-    d: usize,
-    scale: f32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { attend_head_avx2(c, s, k, rows, width, q, hidden, d, scale) };
-    }
-    attend_head_rows::<false>(c, s, k, rows, width, q, hidden, d, scale)
-}
+dispatched!(dispatch_attend_head, attend_head_avx2, attend_head_rows::<true>, attend_head_rows::<false>,
+    (c: &mut [f32], s: &mut [f32], k: &mut [f32], rows: &[f32], width: usize, q: usize, hidden: usize, d: usize, scale: f32));
 
 /// Rows `[start, end)` of the matrix whose rows are those of `weights` stacked (each
 /// `[rows_j, width]`), transposed: `[width, end - start]`. How a checkpoint's `[out, in]`
