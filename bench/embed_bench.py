@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import urllib.request
@@ -329,6 +330,42 @@ def cmd_load(args):
         json.dump(out, f)
 
 
+# === merge rounds ===
+
+def cmd_merge(args):
+    """Rounds of the peer and of colo, measured in turn, into one peer and one colo document:
+    the median of each figure over the rounds, and each round's ratio (colo's level over the
+    peer's best batch of the same round) kept, so the report can give their median."""
+    med = statistics.median
+    peers = [json.load(open(p)) for p in args.peers]
+    colos = [json.load(open(c)) for c in args.colos]
+    peer = dict(peers[0])
+    peer["batch"] = {bs: {"emb_s": med(p["batch"][bs]["emb_s"] for p in peers),
+                          "best_pass_emb_s": max(p["batch"][bs]["best_pass_emb_s"] for p in peers),
+                          "contended": any(p["batch"][bs]["contended"] for p in peers)}
+                     for bs in peers[0]["batch"]}
+    best_bs = max(peer["batch"], key=lambda k: peer["batch"][k]["emb_s"])
+    peer["best_batch"], peer["best_emb_s"] = int(best_bs), peer["batch"][best_bs]["emb_s"]
+    peer["rounds"] = len(peers)
+    peer["best_emb_s_by_round"] = [p["best_emb_s"] for p in peers]
+    colo = {"levels": {}, "rounds": len(colos), "duration_s": colos[0].get("duration_s"),
+            "max_abs_diff": max((c["max_abs_diff"] for c in colos if c.get("max_abs_diff") is not None), default=None),
+            "round_ratios": {}}
+    for conc in colos[0]["levels"]:
+        rows = [c["levels"][conc] for c in colos]
+        known = lambda k: [r[k] for r in rows if r[k] is not None]
+        colo["levels"][conc] = {"emb_s": med(r["emb_s"] for r in rows),
+                                "emb_s_by_round": [r["emb_s"] for r in rows],
+                                "requests": sum(r["requests"] for r in rows),
+                                "errors": sum(r["errors"] for r in rows),
+                                "first_error": next((r["first_error"] for r in rows if r["first_error"]), None),
+                                "p50_ms": med(known("p50_ms")) if known("p50_ms") else None,
+                                "p99_ms": med(known("p99_ms")) if known("p99_ms") else None}
+        colo["round_ratios"][conc] = [c["levels"][conc]["emb_s"] / p["best_emb_s"] for c, p in zip(colos, peers)]
+    json.dump(peer, open(args.out_peer, "w"))
+    json.dump(colo, open(args.out_colo, "w"))
+
+
 # === report ===
 
 def cmd_report(args):
@@ -345,7 +382,9 @@ def cmd_report(args):
         print()
         print(f"{'concurrency':>11}  {'colo emb/s':>10}  {'st best emb/s':>13}  {'ratio':>6}  {'p50 ms':>7}  {'p99 ms':>7}  errors")
         for conc, r in colo["levels"].items():
-            ratio = r["emb_s"] / best
+            # Measured in rounds: the median of each round's own ratio.
+            by_round = colo.get("round_ratios", {}).get(conc)
+            ratio = statistics.median(by_round) if by_round else r["emb_s"] / best
             ratios[conc] = ratio
             p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
             p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
@@ -391,6 +430,11 @@ def main():
     s.add_argument("--ready-timeout", type=float, default=120)
     s.add_argument("--peer", help="peer JSON, for the quality check")
     s.add_argument("--out", required=True)
+    s = sub.add_parser("merge")
+    s.add_argument("--peers", nargs="+", required=True)
+    s.add_argument("--colos", nargs="+", required=True)
+    s.add_argument("--out-peer", required=True)
+    s.add_argument("--out-colo", required=True)
     s = sub.add_parser("report")
     s.add_argument("--peer", required=True)
     s.add_argument("--colo")
@@ -405,6 +449,8 @@ def main():
         sys.exit(cmd_wait(args))
     elif args.cmd == "load":
         cmd_load(args)
+    elif args.cmd == "merge":
+        cmd_merge(args)
     elif args.cmd == "report":
         cmd_report(args)
 
