@@ -3,7 +3,8 @@
 //! `bench/ops` measured the `gemm` crate (candle's CPU matmul) at 0.74 to 0.79 of PyTorch's speed
 //! on MiniLM's products of 960 rows on an AVX2 CPU without AVX-512, where OpenBLAS (the same
 //! shapes through numpy) was as fast as PyTorch; on products of a few rows (a decode step, one
-//! short sentence) `gemm` is the faster. So products of at least [`MIN_ROWS`] rows go to
+//! short sentence) `gemm` is the faster. So products of at least [`MIN_ROWS`] rows (the
+//! encoder's, and the decoder's steps that read prompts) go to
 //! OpenBLAS's `cblas_sgemm` when `libopenblas.so.0` can be loaded, and everything else, or
 //! everything on a system without it, stays on candle's path. The library is found at run time:
 //! the binary neither links it nor needs it. `COLO_BLAS=off` keeps every product on `gemm`;

@@ -216,9 +216,16 @@ impl Split {
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.parts.len() == 1 {
-            return x.matmul(&self.parts[0]);
+            return crate::blas::matmul(x, &self.parts[0]);
         }
-        let outs: Vec<Tensor> = self.parts.par_iter().map(|w| x.matmul(w)).collect::<candle_core::Result<_>>()?;
+        // A step with many rows (prompts being read) goes to the BLAS where there is one; a
+        // decode step's few rows stay on gemm, the faster there (docs/BENCHMARKS.md).
+        let many = x.rank() == 2 && x.dim(0)? >= crate::blas::MIN_ROWS;
+        let product = |w: &Tensor| match crate::blas::blas() {
+            Some(blas) if many => blas.matmul(x, w),
+            _ => x.matmul(w),
+        };
+        let outs: Vec<Tensor> = self.parts.par_iter().map(product).collect::<candle_core::Result<_>>()?;
         Tensor::cat(&outs, 1)
     }
 }

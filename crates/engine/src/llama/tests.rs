@@ -58,3 +58,32 @@ fn bad_configs_name_the_field() {
         .to_string()
         .contains("vocab_size: missing"));
 }
+
+#[test]
+fn split_products_agree_on_both_paths() {
+    // A prompt's rows (64 and more) go to the BLAS, a decode step's few rows to gemm: both give
+    // the product with the whole weight.
+    let values = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5)
+            .collect()
+    };
+    let (inputs, outputs) = (48, 70);
+    let stored = Tensor::from_vec(values(outputs * inputs, 1), (outputs, inputs), &Device::Cpu).unwrap();
+    let split = Split::transposed(&[&stored]).unwrap();
+    for rows in [3, crate::blas::MIN_ROWS, 130] {
+        let x = Tensor::from_vec(values(rows * inputs, 2), (rows, inputs), &Device::Cpu).unwrap();
+        let want = x
+            .matmul(&stored.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got = split.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[rows, outputs]);
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "{rows} rows: {worst}");
+    }
+}
