@@ -4,9 +4,9 @@
 //! on MiniLM's products of 960 rows on an AVX2 CPU without AVX-512, where OpenBLAS (the same
 //! shapes through numpy) was as fast as PyTorch; on products of a few rows (a decode step, one
 //! short sentence) `gemm` is the faster. So products of at least [`MIN_ROWS`] rows (the
-//! encoder's, and the decoder's steps that read prompts) go to
-//! OpenBLAS's `cblas_sgemm` when `libopenblas.so.0` can be loaded, and everything else, or
-//! everything on a system without it, stays on candle's path. The library is found at run time:
+//! encoder's, and the decoder's steps that read prompts) go to OpenBLAS's `cblas_sgemm` when
+//! `libopenblas.so.0` can be loaded, and everything else, or everything on a system without it,
+//! stays on candle's path. The library is found at run time:
 //! the binary neither links it nor needs it. `COLO_BLAS=off` keeps every product on `gemm`;
 //! `COLO_BLAS=<path>` loads that library instead.
 
