@@ -91,18 +91,28 @@ fn load(path: &str) -> Result<Blas, libloading::Error> {
 /// `x (m, k) . w (k, n)`: through the BLAS for contiguous f32 CPU matrices of at least
 /// [`MIN_ROWS`] rows when there is one, else candle's `matmul`.
 pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    match blas() {
-        Some(blas) if x.rank() == 2 && w.rank() == 2 && x.dim(0)? >= MIN_ROWS => blas.matmul(x, w),
-        _ => x.matmul(w),
-    }
+    chosen(x, w, None)
 }
 
 /// `x . w + bias` (the bias added to every row): through the BLAS as for [`matmul`], the bias
 /// laid into the output first so that the product adds onto it (no pass of its own).
 pub fn matmul_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    chosen(x, w, Some(bias))
+}
+
+/// The product on the path its size chooses (see the module's notes).
+fn chosen(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match blas() {
-        Some(blas) if x.rank() == 2 && w.rank() == 2 && x.dim(0)? >= MIN_ROWS => blas.product(x, w, Some(bias)),
-        _ => x.matmul(w)?.broadcast_add(bias),
+        Some(blas) if x.rank() == 2 && w.rank() == 2 && x.dim(0)? >= MIN_ROWS => blas.product(x, w, bias),
+        _ => on_candle(x, w, bias),
+    }
+}
+
+/// `x . w`, plus `bias` on every row when given, by candle.
+fn on_candle(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    match bias {
+        Some(bias) => x.matmul(w)?.broadcast_add(bias),
+        None => x.matmul(w),
     }
 }
 
@@ -117,10 +127,7 @@ impl Blas {
 
     /// `x . w`, plus `bias` on every row when given.
     fn product(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let candle = || match bias {
-            Some(bias) => x.matmul(w)?.broadcast_add(bias),
-            None => x.matmul(w),
-        };
+        let candle = || on_candle(x, w, bias);
         let ((m, k), (k2, n)) = (x.dims2()?, w.dims2()?);
         let fits = |v: usize| i32::try_from(v).is_ok();
         if k != k2 || x.dtype() != DType::F32 || w.dtype() != DType::F32 || ![m, n, k].into_iter().all(fits) {

@@ -249,8 +249,8 @@ pub fn packed_attention(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_co
         starts.push(offset);
         offset += len;
     }
+    let tasks: Vec<(usize, usize)> = (0..lens.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
     let contexts = with_values(qkv, |xs| {
-        let tasks: Vec<(usize, usize)> = (0..lens.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
         tasks
             .par_iter()
             .map(|&(s, h)| {
@@ -278,7 +278,7 @@ pub fn packed_attention(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_co
         return Ok(None);
     };
     let mut out = vec![0f32; total * hidden];
-    for ((s, h), context) in (0..lens.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).zip(&contexts) {
+    for (&(s, h), context) in tasks.iter().zip(&contexts) {
         for (i, row) in context.chunks_exact(head_dim).enumerate() {
             let at = (starts[s] + i) * hidden + h * head_dim;
             out[at..at + head_dim].copy_from_slice(row);

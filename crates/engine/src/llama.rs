@@ -220,12 +220,11 @@ impl Split {
         }
         // A step with many rows (prompts being read) goes to the BLAS where there is one; a
         // decode step's few rows stay on gemm, the faster there (docs/BENCHMARKS.md).
-        let many = x.rank() == 2 && x.dim(0)? >= crate::blas::MIN_ROWS;
-        let product = |w: &Tensor| match crate::blas::blas() {
-            Some(blas) if many => blas.matmul(x, w),
-            _ => x.matmul(w),
-        };
-        let outs: Vec<Tensor> = self.parts.par_iter().map(product).collect::<candle_core::Result<_>>()?;
+        let outs: Vec<Tensor> = self
+            .parts
+            .par_iter()
+            .map(|w| crate::blas::matmul(x, w))
+            .collect::<candle_core::Result<_>>()?;
         Tensor::cat(&outs, 1)
     }
 }
