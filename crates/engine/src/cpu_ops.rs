@@ -389,6 +389,252 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 dispatched!(dispatch_attend_head, attend_head_avx2, attend_head_rows::<true>, attend_head_rows::<false>,
     (c: &mut [f32], s: &mut [f32], k: &mut [f32], rows: &[f32], width: usize, q: usize, hidden: usize, d: usize, scale: f32));
 
+/// One layer's keys and values of one sequence, for the decoder's attention on the CPU:
+/// `(kv_heads, capacity, head_dim)` each, grown (doubling) when a step needs more room.
+pub struct CpuKv {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    capacity: usize,
+}
+
+// === impl CpuKv ===
+
+impl CpuKv {
+    /// Room for `capacity` tokens, allocated on the first step.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Makes room for `len` tokens in all, the `kept` already there moved to their new places.
+    fn reserve(&mut self, kept: usize, len: usize, kv_heads: usize, head_dim: usize) {
+        if !self.keys.is_empty() && len <= self.capacity {
+            return;
+        }
+        let capacity = if self.keys.is_empty() {
+            self.capacity.max(len)
+        } else {
+            (2 * self.capacity).max(len)
+        };
+        for store in [&mut self.keys, &mut self.values] {
+            let mut grown = vec![0f32; kv_heads * capacity * head_dim];
+            if !store.is_empty() {
+                for h in 0..kv_heads {
+                    let (from, to) = (h * self.capacity * head_dim, h * capacity * head_dim);
+                    grown[to..to + kept * head_dim].copy_from_slice(&store[from..from + kept * head_dim]);
+                }
+            }
+            *store = grown;
+        }
+        self.capacity = capacity;
+    }
+}
+
+/// The decoder's attention heads: `heads` queries share `kv_heads` keys and values in groups,
+/// each `head_dim` values wide.
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderHeads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// One sequence's part of a decoder step: its `n` new rows start at row `row` of the step, after
+/// the `past` tokens its cache `kv` holds.
+pub struct SeqAttend<'a> {
+    pub row: usize,
+    pub n: usize,
+    pub past: usize,
+    pub kv: &'a mut CpuKv,
+}
+
+/// Causal attention of one decoder step on the CPU, straight from the rows of the fused QKV
+/// product, `(total, (heads + 2 kv_heads) x head_dim)`: each new query and key is rotated by
+/// its position (`cos` and `sin`, `(positions, head_dim / 2)`, as candle's `rope_thd`), each new
+/// key and value is appended to its sequence's cache, and each query attends to its sequence's
+/// past and to itself. Returns `(total, heads x head_dim)`. One task per sequence for the
+/// rotations and appends, then one per sequence and KV head for the attention, over every core.
+/// It replaces about twenty small candle operations per sequence and layer (narrows, rotations,
+/// copies, transposes, the cache's append, two products, a mask, a softmax), which at 16
+/// sequences cost more than the arithmetic. `None` when a tensor is not contiguous f32 on the
+/// CPU or a head's width is no multiple of 8 (the caller then takes candle's path).
+pub fn decoder_attention(
+    qkv: &Tensor,
+    seqs: &mut [SeqAttend<'_>],
+    cos: &Tensor,
+    sin: &Tensor,
+    shape: DecoderHeads,
+) -> candle_core::Result<Option<Tensor>> {
+    let DecoderHeads {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let (total, width) = rows_of(qkv)?;
+    let (q_dim, kv_dim) = (heads * d, kv_heads * d);
+    let (positions, half) = rows_of(cos)?;
+    let rows_in_order = seqs.iter().scan(0, |at, s| {
+        let ok = s.row == *at;
+        *at += s.n;
+        Some(ok)
+    });
+    if kv_heads == 0
+        || heads % kv_heads != 0
+        || width != q_dim + 2 * kv_dim
+        || half * 2 != d
+        || rows_of(sin)? != (positions, half)
+        || seqs.iter().map(|s| s.n).sum::<usize>() != total
+        || !rows_in_order.into_iter().all(|ok| ok)
+    {
+        return Err(candle_core::Error::Msg(format!(
+            "decoder_attention: rows of {width} values are not {heads} query heads and {kv_heads} key and value heads of {d}, \
+             or the sequences do not cover the step's {total} rows in order"
+        )));
+    }
+    if let Some(s) = seqs.iter().find(|s| s.past + s.n > positions) {
+        return Err(candle_core::Error::Msg(format!(
+            "a sequence of {} tokens is past the {positions} positions the model has",
+            s.past + s.n
+        )));
+    }
+    if d % 8 != 0 {
+        return Ok(None);
+    }
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut queries = vec![0f32; total * q_dim];
+    let done = with_values(qkv, |xs| {
+        with_values(cos, |cs| {
+            with_values(sin, |sn| {
+                // Rotations and appends: one task per sequence (each owns its cache and rows).
+                let mut parts = Vec::with_capacity(seqs.len());
+                let mut rest = &mut queries[..];
+                for s in seqs.iter() {
+                    let (mine, after) = rest.split_at_mut(s.n * q_dim);
+                    parts.push(mine);
+                    rest = after;
+                }
+                seqs.par_iter_mut().zip(parts).for_each(|(s, qs)| {
+                    s.kv.reserve(s.past, s.past + s.n, kv_heads, d);
+                    let capacity = s.kv.capacity;
+                    for (i, q_row) in qs.chunks_exact_mut(q_dim).enumerate() {
+                        let row = &xs[(s.row + i) * width..(s.row + i + 1) * width];
+                        let pos = s.past + i;
+                        let (c, t) = (&cs[pos * half..(pos + 1) * half], &sn[pos * half..(pos + 1) * half]);
+                        for (out, x) in q_row.chunks_exact_mut(d).zip(row[..q_dim].chunks_exact(d)) {
+                            rotate(out, x, c, t);
+                        }
+                        for h in 0..kv_heads {
+                            let at = (h * capacity + pos) * d;
+                            let key = &row[q_dim + h * d..q_dim + (h + 1) * d];
+                            rotate(&mut s.kv.keys[at..at + d], key, c, t);
+                            let value = &row[q_dim + kv_dim + h * d..q_dim + kv_dim + (h + 1) * d];
+                            s.kv.values[at..at + d].copy_from_slice(value);
+                        }
+                    }
+                });
+                // Attention: one task per sequence and KV head, its group of query heads
+                // together (they read the same keys and values).
+                let seqs = &*seqs;
+                let queries = &queries;
+                let tasks: Vec<(usize, usize)> = (0..seqs.len()).flat_map(|s| (0..kv_heads).map(move |h| (s, h))).collect();
+                let contexts: Vec<Vec<f32>> = tasks
+                    .par_iter()
+                    .map(|&(si, h)| {
+                        let s = &seqs[si];
+                        let seen = s.past + s.n;
+                        let base = h * s.kv.capacity * d;
+                        let (keys, values) = (&s.kv.keys[base..base + seen * d], &s.kv.values[base..base + seen * d]);
+                        let mut scores = vec![0f32; seen];
+                        let mut context = vec![0f32; s.n * group * d];
+                        for (i, out) in context.chunks_exact_mut(group * d).enumerate() {
+                            let visible = s.past + i + 1;
+                            for (g, out) in out.chunks_exact_mut(d).enumerate() {
+                                let at = (s.row + i) * q_dim + (h * group + g) * d;
+                                dispatch_attend_one(out, &mut scores[..visible], &queries[at..at + d], keys, values, d, scale);
+                            }
+                        }
+                        context
+                    })
+                    .collect();
+                let mut out = vec![0f32; total * q_dim];
+                for (&(si, h), context) in tasks.iter().zip(&contexts) {
+                    let s = &seqs[si];
+                    for (i, part) in context.chunks_exact(group * d).enumerate() {
+                        let at = (s.row + i) * q_dim + h * group * d;
+                        out[at..at + group * d].copy_from_slice(part);
+                    }
+                }
+                out
+            })
+        })
+    })
+    .flatten()
+    .flatten();
+    match done {
+        Some(out) => Tensor::from_vec(out, (total, q_dim), &Device::Cpu).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `x` rotated by its position's angles (`cos` and `sin`, one per pair): the pairs are each
+/// value of the first half with the value half a head later (candle's `rope_thd`, the layout
+/// Llama's checkpoints use).
+#[inline(always)]
+fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    let (lo, hi) = x.split_at(half);
+    let (out_lo, out_hi) = out.split_at_mut(half);
+    for i in 0..half {
+        out_lo[i] = lo[i] * cos[i] - hi[i] * sin[i];
+        out_hi[i] = lo[i] * sin[i] + hi[i] * cos[i];
+    }
+}
+
+/// One query attending to the first `scores.len()` keys and values (rows of `d`, a multiple
+/// of 8): `out` is their average weighted by the softmax of the scaled scores.
+#[inline(always)]
+fn attend_one_rows<const FMA: bool>(
+    out: &mut [f32],
+    scores: &mut [f32],
+    query: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    d: usize,
+    scale: f32,
+) {
+    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+        let mut sum = [0f32; 8];
+        for (q, k) in query.chunks_exact(8).zip(key.chunks_exact(8)) {
+            for lane in 0..8 {
+                sum[lane] = madd::<FMA>(q[lane], k[lane], sum[lane]);
+            }
+        }
+        *score = sum.iter().sum::<f32>() * scale;
+    }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for p in scores.iter_mut() {
+        *p = exp(*p - max);
+    }
+    let norm = 1.0 / lane_sum(scores, |v| v);
+    let mut start = 0;
+    while start < d {
+        if d - start >= 32 {
+            weighted_rows::<4, FMA>(&mut out[start..start + 32], scores, values, d, start, norm);
+            start += 32;
+        } else {
+            weighted_rows::<1, FMA>(&mut out[start..start + 8], scores, values, d, start, norm);
+            start += 8;
+        }
+    }
+}
+
+dispatched!(dispatch_attend_one, attend_one_avx2, attend_one_rows::<true>, attend_one_rows::<false>,
+    (out: &mut [f32], scores: &mut [f32], query: &[f32], keys: &[f32], values: &[f32], d: usize, scale: f32));
+
 /// Rows `[start, end)` of the matrix whose rows are those of `weights` stacked (each
 /// `[rows_j, width]`), transposed: `[width, end - start]`. How a checkpoint's `[out, in]`
 /// weights become the `[in, out]` operands of the products, at load. On the CPU, for

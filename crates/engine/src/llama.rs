@@ -251,12 +251,21 @@ pub struct Llama {
     device: Device,
     /// The format weights, activations and the KV cache are held in.
     dtype: DType,
+    /// Attention by `cpu_ops::decoder_attention` (f32 on the CPU, heads a multiple of 8 wide),
+    /// else by candle's operations, one sequence at a time.
+    cpu_attention: bool,
 }
 
 /// One sequence's KV cache: per layer, keys and values of every token seen so far.
 pub struct SeqCache {
-    layers: Vec<KvCache>,
+    layers: Vec<LayerKv>,
     pub len: usize,
+}
+
+/// One layer's keys and values: in the CPU kernel's own layout, or as candle's cache.
+enum LayerKv {
+    Cpu(crate::cpu_ops::CpuKv),
+    Candle(KvCache),
 }
 
 /// The part of a step that belongs to one sequence.
@@ -358,7 +367,9 @@ impl Llama {
         let dtype = vb.dtype();
         let (cos, sin) = (freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?);
         let device = vb.device().clone();
+        let cpu_attention = device.is_cpu() && dtype == DType::F32 && c.head_dim % 8 == 0;
         Ok(Self {
+            cpu_attention,
             config,
             embed,
             layers,
@@ -394,7 +405,12 @@ impl Llama {
     /// An empty cache with room for `capacity` tokens.
     pub fn new_cache(&self, capacity: usize) -> SeqCache {
         SeqCache {
-            layers: (0..self.config.layers).map(|_| KvCache::new(1, capacity.max(1))).collect(),
+            layers: (0..self.config.layers)
+                .map(|_| match self.cpu_attention {
+                    true => LayerKv::Cpu(crate::cpu_ops::CpuKv::new(capacity)),
+                    false => LayerKv::Candle(KvCache::new(1, capacity.max(1))),
+                })
+                .collect(),
             len: 0,
         }
     }
@@ -406,38 +422,17 @@ impl Llama {
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let total = ids.len();
         let mut x = self.embed.index_select(&Tensor::from_vec(ids, total, &self.device)?, 0)?;
-        let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
             let mut qkv = layer.qkv_w.forward(&normed)?;
             if let Some(b) = &layer.qkv_b {
                 qkv = qkv.broadcast_add(b)?;
             }
-            let mut outputs = Vec::with_capacity(seqs.len());
-            let mut offset = 0;
-            for seq in seqs.iter_mut() {
-                let n = seq.tokens.len();
-                let rows = qkv.narrow(0, offset, n)?;
-                let past = seq.cache.len;
-                let cos = self.cos.narrow(0, past, n)?;
-                let sin = self.sin.narrow(0, past, n)?;
-                let q = rows.narrow(1, 0, q_dim)?.reshape((1, n, c.heads, c.head_dim))?;
-                let k = rows.narrow(1, q_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
-                let v = rows.narrow(1, q_dim + kv_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
-                let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, &cos, &sin)?
-                    .squeeze(0)?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, &cos, &sin)?
-                    .squeeze(0)?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                let v = v.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-                let (k_all, v_all) = seq.cache.layers[layer_idx].append(&k, &v)?;
-                outputs.push(self.attend(&q, &k_all, &v_all, past, n)?);
-                offset += n;
-            }
-            let attn = layer.o_w.forward(&Tensor::cat(&outputs, 0)?)?;
+            let context = match self.cpu_attention {
+                true => self.cpu_attend(&qkv, seqs, layer_idx)?,
+                false => self.candle_attend(&qkv, seqs, layer_idx)?,
+            };
+            let attn = layer.o_w.forward(&context)?;
             x = (x + attn)?;
             let normed = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, c.rms_eps as f32)?;
             let gate_up = layer.gate_up_w.forward(&normed)?;
@@ -465,9 +460,70 @@ impl Llama {
         self.lm_head.forward(&normed)?.to_dtype(DType::F32)
     }
 
+    /// One layer's attention for a step by `cpu_ops::decoder_attention`: `(rows, heads x
+    /// head_dim)` from the step's fused QKV rows.
+    fn cpu_attend(&self, qkv: &Tensor, seqs: &mut [StepInput<'_>], layer_idx: usize) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let mut parts = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for seq in seqs.iter_mut() {
+            let (n, past) = (seq.tokens.len(), seq.cache.len);
+            let LayerKv::Cpu(kv) = &mut seq.cache.layers[layer_idx] else {
+                return Err(candle_core::Error::Msg(
+                    "a cache made for candle's attention in a step of the CPU kernel's".into(),
+                ));
+            };
+            parts.push(crate::cpu_ops::SeqAttend { row, n, past, kv });
+            row += n;
+        }
+        let heads = crate::cpu_ops::DecoderHeads {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+        };
+        crate::cpu_ops::decoder_attention(&qkv.contiguous()?, &mut parts, &self.cos, &self.sin, heads)?
+            .ok_or_else(|| candle_core::Error::Msg("the CPU attention kernel refused this model's tensors".into()))
+    }
+
+    /// One layer's attention for a step by candle's operations, one sequence at a time.
+    fn candle_attend(&self, qkv: &Tensor, seqs: &mut [StepInput<'_>], layer_idx: usize) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut outputs = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for seq in seqs.iter_mut() {
+            let n = seq.tokens.len();
+            let rows = qkv.narrow(0, offset, n)?;
+            let past = seq.cache.len;
+            let cos = self.cos.narrow(0, past, n)?;
+            let sin = self.sin.narrow(0, past, n)?;
+            let q = rows.narrow(1, 0, q_dim)?.reshape((1, n, c.heads, c.head_dim))?;
+            let k = rows.narrow(1, q_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
+            let v = rows.narrow(1, q_dim + kv_dim, kv_dim)?.reshape((1, n, c.kv_heads, c.head_dim))?;
+            let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, &cos, &sin)?
+                .squeeze(0)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, &cos, &sin)?
+                .squeeze(0)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let v = v.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+            let LayerKv::Candle(cache) = &mut seq.cache.layers[layer_idx] else {
+                return Err(candle_core::Error::Msg(
+                    "a cache made for the CPU kernel in a step of candle's attention".into(),
+                ));
+            };
+            let (k_all, v_all) = cache.append(&k, &v)?;
+            outputs.push(self.attend(&q, &k_all, &v_all, past, n)?);
+            offset += n;
+        }
+        Tensor::cat(&outputs, 0)
+    }
+
     /// Causal attention of `n` new queries (heads, n, d) over `past + n` keys and values
     /// (kv_heads, past + n, d); returns (n, heads * d).
-    pub(crate) fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, n: usize) -> candle_core::Result<Tensor> {
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, past: usize, n: usize) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let group = c.heads / c.kv_heads;
         let total = past + n;

@@ -209,17 +209,28 @@ pub fn run(filter: &str, secs: f64) -> candle_core::Result<Vec<OpTiming>> {
         case("llama.silu_mul", format!("{rows}x{} -> {rows}x{ffn}", 2 * ffn), &mut || {
             crate::cpu_ops::silu_mul(&gate_up, ffn).map(drop)
         })?;
-        // One sequence's attention over its cache, `rows` times (each sequence attends alone).
-        let q = Tensor::zeros((heads, 1, head_dim), DType::F32, &Device::Cpu)?;
-        let k = Tensor::zeros((kv_heads, CONTEXT, head_dim), DType::F32, &Device::Cpu)?;
+        // Each sequence's new query attending over its cache of CONTEXT tokens, the way a decode
+        // step does it (`cpu_ops::decoder_attention`, which also rotates the new query and key
+        // and appends the key and value).
+        let qkv = zeros((rows, hidden + 2 * kv))?;
+        let (cos, sin) = (zeros((CONTEXT, head_dim / 2))?, zeros((CONTEXT, head_dim / 2))?);
+        let mut caches: Vec<crate::cpu_ops::CpuKv> = (0..rows).map(|_| crate::cpu_ops::CpuKv::new(CONTEXT)).collect();
+        let shape = crate::cpu_ops::DecoderHeads { heads, kv_heads, head_dim };
         case(
             "llama.attention",
             format!("{rows} seqs x 1 query over {CONTEXT}, {heads}/{kv_heads} heads"),
             &mut || {
-                for _ in 0..rows {
-                    llama.attend(&q, &k, &k, CONTEXT - 1, 1)?;
-                }
-                Ok(())
+                let mut seqs: Vec<crate::cpu_ops::SeqAttend> = caches
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(row, kv)| crate::cpu_ops::SeqAttend {
+                        row,
+                        n: 1,
+                        past: CONTEXT - 1,
+                        kv,
+                    })
+                    .collect();
+                crate::cpu_ops::decoder_attention(&qkv, &mut seqs, &cos, &sin, shape).map(drop)
             },
         )?;
     }

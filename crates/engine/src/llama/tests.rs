@@ -1,4 +1,5 @@
-//! Config parsing across transformers versions, and bad configs refused by field.
+//! Config parsing across transformers versions, bad configs refused by field, and the CPU's
+//! products and attention against candle's.
 
 use super::*;
 use serde_json::json;
@@ -86,4 +87,87 @@ fn split_products_agree_on_both_paths() {
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-4, "{rows} rows: {worst}");
     }
+}
+
+/// Weights of any shape asked for, the same values for the same name every time.
+struct Hashed;
+
+impl candle_nn::var_builder::SimpleBackend for Hashed {
+    fn get(&self, s: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let seed = name.bytes().fold(2_166_136_261u32, |h, b| (h ^ b as u32).wrapping_mul(16_777_619));
+        let norm = name.contains("norm");
+        let values: Vec<f32> = (0..s.elem_count())
+            .map(|i| {
+                let r = ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5;
+                if norm {
+                    1.0 + r * 0.2
+                } else {
+                    r * 0.4
+                }
+            })
+            .collect();
+        Tensor::from_vec(values, s, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!("{name}: no shape given")))
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+#[test]
+fn cpu_attention_kernel_agrees_with_candles_operations() {
+    // Sequences reading prompts of different lengths in one step, then decoding together, one
+    // of them joining late; caches made too small, so the kernel's cache grows on the way. Its
+    // logits against candle's operations, one sequence at a time, step by step.
+    let config = LlamaConfig::from_json(&base()).unwrap();
+    let vb = VarBuilder::from_backend(Box::new(Hashed), DType::F32, Device::Cpu);
+    let mut fused = Llama::from_vb(vb, config).unwrap();
+    assert!(fused.cpu_attention, "f32 on the CPU with heads of 16 takes the kernel");
+    let vb = VarBuilder::from_backend(Box::new(Hashed), DType::F32, Device::Cpu);
+    let mut plain = Llama::from_vb(vb, fused.config.clone()).unwrap();
+    plain.cpu_attention = false;
+    let steps: Vec<Vec<Vec<u32>>> = vec![
+        vec![(1..6).collect(), vec![7], (20..29).collect()],
+        vec![vec![9], vec![8], vec![30]],
+        vec![vec![10], vec![11], vec![31], (40..44).collect()],
+        vec![vec![12], vec![13], vec![32], vec![50]],
+        vec![vec![14], vec![15], vec![33], vec![51]],
+    ];
+    let run = |model: &Llama| -> Vec<Vec<f32>> {
+        let mut caches: Vec<SeqCache> = (0..4).map(|_| model.new_cache(2)).collect();
+        let mut out = Vec::new();
+        for step in &steps {
+            let mut inputs: Vec<StepInput> = caches
+                .iter_mut()
+                .zip(step)
+                .map(|(cache, tokens)| StepInput { tokens, cache })
+                .collect();
+            let logits = model.step(&mut inputs).unwrap();
+            out.push(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        out
+    };
+    let (a, b) = (run(&fused), run(&plain));
+    for (step, (a, b)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "step {step}: {x} against {y}");
+        }
+    }
+    let spread = a[4].iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(spread > 0.01, "logits this small would hide a difference: {spread}");
+    fused.cpu_attention = false;
+    let mut wrong = fused.new_cache(4);
+    fused.cpu_attention = true;
+    let err = fused
+        .step(&mut [StepInput {
+            tokens: &[1],
+            cache: &mut wrong,
+        }])
+        .unwrap_err();
+    assert!(err.to_string().contains("cache made for candle"), "{err}");
 }
