@@ -8,6 +8,8 @@ client and the report.
     generate_bench.py load   --kind ... --base-url URL --model NAME --vocab V --label TEXT
                              [--streams 1,4,16,64] [--max-tokens 128] [--prompt-len 32]
                              [--reps 3] [--level-timeout S] [--tokenizer F] --out F
+                             [--seed S (prompts; rounds use different ones)]
+    generate_bench.py merge  --run F [--run F ...] --out F   (rounds of one server: medians)
     generate_bench.py report --result F [--result F ...] [--greedy F] [--json] [--meta F]
 
 What is measured, per level of N concurrent streams: N requests start together, each a
@@ -268,6 +270,59 @@ async def cmd_load(args):
     return 0
 
 
+def cmd_merge(args):
+    """One result from several rounds' results of the same server: each level's numbers are the
+    medians over the rounds where it finished; each round's levels are kept under "rounds"."""
+    runs = []
+    for path in args.run:
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError) as e:
+            log(f"no result in {path}: {e}")
+    if not runs:
+        return 1
+    merged = {k: v for k, v in runs[0].items() if k != "levels"}
+    merged["rounds"] = [r["levels"] for r in runs]
+    merged["levels"] = []
+    for streams in [lv["streams"] for lv in runs[0]["levels"]]:
+        all_levels = [lv for r in runs for lv in r["levels"] if lv["streams"] == streams]
+        done = [lv for lv in all_levels if not lv.get("timed_out")]
+
+        def median(key):
+            values = [lv[key] for lv in done if lv.get(key) is not None]
+            return round(statistics.median(values), 3) if values else None
+        merged["levels"].append({
+            "streams": streams,
+            "rounds": len(done),
+            "requests": sum(lv["requests"] for lv in all_levels),
+            "completion_tokens": sum(lv["completion_tokens"] for lv in all_levels),
+            "agg_tok_s": median("agg_tok_s"),
+            "per_stream_tok_s": median("per_stream_tok_s"),
+            "ttft_ms_median": median("ttft_ms_median"),
+            "ttft_ms_max": max((lv["ttft_ms_max"] for lv in done if lv.get("ttft_ms_max") is not None), default=None),
+            "errors": sum(lv["errors"] for lv in all_levels),
+            "first_error": next((lv["first_error"] for lv in all_levels if lv.get("first_error")), None),
+            "timed_out": not done,
+            "build_running": any(lv.get("build_running") for lv in all_levels),
+        })
+    with open(args.out, "w") as f:
+        json.dump(merged, f, indent=1)
+    return 0
+
+
+def round_ratio(colo, peer, streams):
+    """The median over rounds of colo's aggregate tok/s over the peer's at `streams`, from merged
+    results (round i of one against round i of the other); None without numbers for both."""
+    ratios = []
+    for a, b in zip(colo.get("rounds") or [], peer.get("rounds") or []):
+        x = next((lv for lv in a if lv["streams"] == streams and not lv.get("timed_out")), None)
+        y = next((lv for lv in b if lv["streams"] == streams and not lv.get("timed_out")), None)
+        if x and y and x.get("agg_tok_s") and y.get("agg_tok_s"):
+            ratios.append(x["agg_tok_s"] / y["agg_tok_s"])
+    return statistics.median(ratios) if ratios else None
+
+
 # --- greedy check --------------------------------------------------------------------------
 
 async def cmd_greedy(args):
@@ -394,20 +449,32 @@ def cmd_report(args):
                         return lv
         return None
 
-    colo_label = args.colo_label
-    peer_label = args.peer_label
-    c1, c16, p1 = level(colo_label, 1), level(colo_label, 16), level(peer_label, 1)
-    ratio = (c1["agg_tok_s"] / p1["agg_tok_s"]) if c1 and p1 and c1["agg_tok_s"] and p1["agg_tok_s"] else None
+    def ratio_at(streams):
+        colo = next((r for r in results if r["label"] == args.colo_label), None)
+        peer = next((r for r in results if r["label"] == args.peer_label), None)
+        if colo and peer and colo.get("rounds") and peer.get("rounds"):
+            return round_ratio(colo, peer, streams)
+        c, p = level(args.colo_label, streams), level(args.peer_label, streams)
+        return (c["agg_tok_s"] / p["agg_tok_s"]) if c and p and c["agg_tok_s"] and p["agg_tok_s"] else None
+
+    c1, c16 = level(args.colo_label, 1), level(args.colo_label, 16)
+    ratio, ratio16 = ratio_at(1), ratio_at(16)
     scaling = (c16["agg_tok_s"] / c1["agg_tok_s"]) if c1 and c16 and c1["agg_tok_s"] and c16["agg_tok_s"] else None
     ttft = c1["ttft_ms_median"] if c1 else None
+    rounds = max((len(r.get("rounds") or []) for r in results), default=0)
+    if rounds:
+        print()
+        print(f"{rounds} rounds: numbers above are medians over rounds; each ratio below is the median of the rounds' ratios")
 
     if args.json:
         print()
         print(json.dumps({"meta": meta, "results": results, "greedy": list(greedy.values()),
                           "greedy_agreement": agree,
-                          "summary": {"ratio_1_vs_llamacpp": ratio, "scaling_16": scaling, "ttft_ms": ttft}},
+                          "summary": {"ratio_1_vs_llamacpp": ratio, "ratio_16_vs_llamacpp": ratio16,
+                                      "scaling_16": scaling, "ttft_ms": ttft, "rounds": rounds}},
                          indent=1))
     print(f"generate ratio_1_vs_llamacpp={fmt(ratio, 3) if ratio is not None else 'nan'} "
+          f"ratio_16_vs_llamacpp={fmt(ratio16, 3) if ratio16 is not None else 'nan'} "
           f"scaling_16={fmt(scaling, 3) if scaling is not None else 'nan'} "
           f"ttft_ms={fmt(ttft, 1) if ttft is not None else 'nan'}")
     return 0
@@ -439,6 +506,9 @@ def main():
     ld.add_argument("--reps", type=int, default=3)
     ld.add_argument("--level-timeout", type=float, default=300)
     ld.add_argument("--tokenizer", default="")
+    m = sub.add_parser("merge")
+    m.add_argument("--run", action="append", default=[])
+    m.add_argument("--out", required=True)
     r = sub.add_parser("report")
     r.add_argument("--result", action="append", default=[])
     r.add_argument("--greedy", action="append", default=[])
@@ -453,6 +523,8 @@ def main():
         return asyncio.run(cmd_greedy(args))
     if args.cmd == "load":
         return asyncio.run(cmd_load(args))
+    if args.cmd == "merge":
+        return cmd_merge(args)
     return cmd_report(args)
 
 

@@ -1,14 +1,17 @@
-//! The large matrix products of the CPU path through OpenBLAS, where the system has it.
+//! The large matrix products of the CPU path through OpenBLAS, where the system has it and it is
+//! the faster here.
 //!
 //! `bench/ops` measured the `gemm` crate (candle's CPU matmul) at 0.74 to 0.79 of PyTorch's speed
 //! on MiniLM's products of 960 rows on an AVX2 CPU without AVX-512, where OpenBLAS (the same
 //! shapes through numpy) was as fast as PyTorch; on products of a few rows (a decode step, one
-//! short sentence) `gemm` is the faster. So products of at least [`MIN_ROWS`] rows (the
-//! encoder's, and the decoder's steps that read prompts) go to OpenBLAS's `cblas_sgemm` when
-//! `libopenblas.so.0` can be loaded, and everything else, or everything on a system without it,
-//! stays on candle's path. The library is found at run time:
-//! the binary neither links it nor needs it. `COLO_BLAS=off` keeps every product on `gemm`;
-//! `COLO_BLAS=<path>` loads that library instead.
+//! short sentence) `gemm` is the faster. On an AVX-512 CPU the other way round: Debian's OpenBLAS
+//! 0.3.21 runs its 256-bit Haswell kernels on an AMD Zen 5, and `gemm`'s 512-bit ones did the same
+//! 960-row products in half its time. So when the library loads, one product of the encoder's
+//! size is timed both ways ([`probe`]), and products of at least [`MIN_ROWS`] rows (the
+//! encoder's, and the decoder's steps that read prompts) go to OpenBLAS's `cblas_sgemm` only
+//! where it was the faster; everything else, or everything on a system without it, stays on
+//! candle's path. The library is found at run time: the binary neither links it nor needs it.
+//! `COLO_BLAS=off` keeps every product on `gemm`; `COLO_BLAS=<path>` loads that library instead.
 
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -42,6 +45,10 @@ pub struct Blas {
     sgemm: Sgemm,
     /// What the library says it is (`openblas_get_config`), or its path.
     pub name: String,
+    /// `gemm`'s time over the library's for the probe product (above 1: the library is faster).
+    pub speedup: f32,
+    /// Whether products of [`MIN_ROWS`] rows or more go to it (it was the faster at the probe).
+    pub chosen: bool,
     // Kept loaded for as long as the process runs (the function pointer points into it).
     _library: libloading::Library,
 }
@@ -56,9 +63,13 @@ pub fn blas() -> Option<&'static Blas> {
             Some(path) if !path.is_empty() => vec![path.to_string()],
             _ => vec!["libopenblas.so.0".into(), "libopenblas.so".into()],
         };
-        let loaded = paths.iter().find_map(|path| load(path).ok());
+        let mut loaded = paths.iter().find_map(|path| load(path).ok());
         if loaded.is_none() && chosen.is_some() {
             tracing::warn!(path = ?chosen, "COLO_BLAS names no loadable BLAS; products stay on gemm");
+        }
+        if let Some(blas) = &mut loaded {
+            blas.speedup = probe(blas);
+            blas.chosen = blas.speedup > 1.0;
         }
         loaded
     })
@@ -83,13 +94,48 @@ fn load(path: &str) -> Result<Blas, libloading::Error> {
         Ok(Blas {
             sgemm,
             name,
+            speedup: 0.0,
+            chosen: false,
             _library: library,
         })
     }
 }
 
+/// The probe's product: 512 rows of 384 by 384 x 1152 (a batch of sentences through MiniLM's
+/// QKV weight; the decoder's prompt steps are of the same order).
+pub const PROBE: (usize, usize, usize) = (512, 384, 1152);
+
+/// `gemm`'s best time over the library's for the [`PROBE`] product, each path run in turn four
+/// times (the first of each a warm-up): about 10 ms, once per process.
+fn probe(blas: &Blas) -> f32 {
+    let (m, k, n) = PROBE;
+    let ramp = |len: usize| (0..len).map(|i| (i % 97) as f32 / 97.0 - 0.5).collect::<Vec<f32>>();
+    let (Ok(x), Ok(w)) = (
+        Tensor::from_vec(ramp(m * k), (m, k), &Device::Cpu),
+        Tensor::from_vec(ramp(k * n), (k, n), &Device::Cpu),
+    ) else {
+        return 0.0;
+    };
+    let timed = |f: &dyn Fn() -> candle_core::Result<Tensor>| {
+        let start = std::time::Instant::now();
+        f().map(|_| start.elapsed().as_secs_f32()).unwrap_or(f32::INFINITY)
+    };
+    let (mut library, mut gemm) = (f32::INFINITY, f32::INFINITY);
+    for round in 0..4 {
+        let (l, g) = (timed(&|| blas.product(&x, &w, None)), timed(&|| on_candle(&x, &w, None)));
+        if round > 0 {
+            (library, gemm) = (library.min(l), gemm.min(g));
+        }
+    }
+    if library > 0.0 && library.is_finite() {
+        gemm / library
+    } else {
+        0.0
+    }
+}
+
 /// `x (m, k) . w (k, n)`: through the BLAS for contiguous f32 CPU matrices of at least
-/// [`MIN_ROWS`] rows when there is one, else candle's `matmul`.
+/// [`MIN_ROWS`] rows when there is one and it was chosen (see [`probe`]), else candle's `matmul`.
 pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     chosen(x, w, None)
 }
@@ -103,7 +149,7 @@ pub fn matmul_bias(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result
 /// The product on the path its size chooses (see the module's notes).
 fn chosen(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match blas() {
-        Some(blas) if x.rank() == 2 && w.rank() == 2 && x.dim(0)? >= MIN_ROWS => blas.product(x, w, bias),
+        Some(blas) if blas.chosen && x.rank() == 2 && w.rank() == 2 && x.dim(0)? >= MIN_ROWS => blas.product(x, w, bias),
         _ => on_candle(x, w, bias),
     }
 }
@@ -196,6 +242,9 @@ mod tests {
         // CI installs OpenBLAS (scripts/test); a machine without it fails here rather than
         // testing nothing.
         let blas = blas().expect("libopenblas.so.0 is not installed (Debian: libopenblas0-pthread)");
+        // The probe timed both paths, and chose the library exactly when it was the faster.
+        assert!(blas.speedup > 0.0 && blas.speedup.is_finite(), "probe: {}", blas.speedup);
+        assert_eq!(blas.chosen, blas.speedup > 1.0);
         let values = |n: usize, seed: u32| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5)

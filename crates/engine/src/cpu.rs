@@ -37,7 +37,14 @@ pub fn report() -> CpuReport {
         simd: simd(),
         matmul: matmul_path(),
         blas: match crate::blas::blas() {
-            Some(blas) => format!("{} ({}+ rows)", blas.name.trim(), crate::blas::MIN_ROWS),
+            Some(blas) => {
+                let (m, k, n) = crate::blas::PROBE;
+                let speed = format!("{:.2}x gemm's speed at {m}x{k}x{n}", blas.speedup);
+                match blas.chosen {
+                    true => format!("{} ({}+ rows; {speed})", blas.name.trim(), crate::blas::MIN_ROWS),
+                    false => format!("{} (not used: {speed})", blas.name.trim()),
+                }
+            }
             None => "none".into(),
         },
         vector_ops: if cfg!(any(target_feature = "avx2", target_feature = "neon")) {
