@@ -18,6 +18,9 @@ pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize,
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A body that came as one frame (nearly all: the fast path hands over the bytes read with
+    // the head) is passed on as it is; only a second frame starts a copy.
+    let mut first: Option<Bytes> = None;
     let mut collected = bytes::BytesMut::new();
     let mut seen = 0u64;
     let too_large = |seen: u64| EdgeError::BodyTooLarge {
@@ -48,11 +51,19 @@ pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize,
             return Err(too_large(seen));
         }
         if seen <= limit as u64 && declared.is_none_or(|size| size <= limit as u64) {
-            collected.extend_from_slice(&data);
+            match first.take() {
+                None if collected.is_empty() => first = Some(data),
+                None => collected.extend_from_slice(&data),
+                Some(earlier) => {
+                    collected.reserve(earlier.len() + data.len());
+                    collected.extend_from_slice(&earlier);
+                    collected.extend_from_slice(&data);
+                }
+            }
         }
     }
     if seen > limit as u64 || declared.is_some_and(|size| size > limit as u64) {
         return Err(too_large(seen));
     }
-    Ok(collected.freeze())
+    Ok(first.unwrap_or_else(|| collected.freeze()))
 }
