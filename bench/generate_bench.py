@@ -270,16 +270,22 @@ async def cmd_load(args):
     return 0
 
 
+def load_results(paths):
+    """The results in `paths` that can be read (a missing or broken one is said, and skipped)."""
+    results = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                results.append(json.load(f))
+        except (OSError, ValueError) as e:
+            log(f"no result in {path}: {e}")
+    return results
+
+
 def cmd_merge(args):
     """One result from several rounds' results of the same server: each level's numbers are the
     medians over the rounds where it finished; each round's levels are kept under "rounds"."""
-    runs = []
-    for path in args.run:
-        try:
-            with open(path) as f:
-                runs.append(json.load(f))
-        except (OSError, ValueError) as e:
-            log(f"no result in {path}: {e}")
+    runs = load_results(args.run)
     if not runs:
         return 1
     merged = {k: v for k, v in runs[0].items() if k != "levels"}
@@ -387,13 +393,7 @@ def agreeing_prefix(a, b):
 
 
 def cmd_report(args):
-    results = []
-    for path in args.result:
-        try:
-            with open(path) as f:
-                results.append(json.load(f))
-        except (OSError, ValueError) as e:
-            log(f"no result in {path}: {e}")
+    results = load_results(args.result)
     meta = {}
     if args.meta:
         with open(args.meta) as f:

@@ -335,22 +335,28 @@ fn attend_head_rows<const FMA: bool>(
                 *score = (sums[0][lane] + sums[1][lane] + sums[2][lane] + sums[3][lane]) * scale;
             }
         }
-        let probs = &mut scores[..len];
-        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        for p in probs.iter_mut() {
-            *p = exp(*p - max);
-        }
-        let norm = 1.0 / lane_sum(probs, |v| v);
-        let mut start = 0;
-        while start < head_dim {
-            // 32 columns at a time (four registers of 8), then 8.
-            if head_dim - start >= 32 {
-                weighted_rows::<4, FMA>(&mut out[start..start + 32], probs, rows, width, v + start, norm);
-                start += 32;
-            } else {
-                weighted_rows::<1, FMA>(&mut out[start..start + 8], probs, rows, width, v + start, norm);
-                start += 8;
-            }
+        softmax_weighted::<FMA>(out, &mut scores[..len], rows, width, v);
+    }
+}
+
+/// `out` (a head's values, a multiple of 8) = the rows' values from column `column` weighted by
+/// the softmax of `scores` (turned into the probabilities on the way).
+#[inline(always)]
+fn softmax_weighted<const FMA: bool>(out: &mut [f32], scores: &mut [f32], rows: &[f32], width: usize, column: usize) {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for p in scores.iter_mut() {
+        *p = exp(*p - max);
+    }
+    let norm = 1.0 / lane_sum(scores, |v| v);
+    let mut start = 0;
+    while start < out.len() {
+        // 32 columns at a time (four registers of 8), then 8.
+        if out.len() - start >= 32 {
+            weighted_rows::<4, FMA>(&mut out[start..start + 32], scores, rows, width, column + start, norm);
+            start += 32;
+        } else {
+            weighted_rows::<1, FMA>(&mut out[start..start + 8], scores, rows, width, column + start, norm);
+            start += 8;
         }
     }
 }
@@ -615,21 +621,7 @@ fn attend_one_rows<const FMA: bool>(
         }
         *score = sum.iter().sum::<f32>() * scale;
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for p in scores.iter_mut() {
-        *p = exp(*p - max);
-    }
-    let norm = 1.0 / lane_sum(scores, |v| v);
-    let mut start = 0;
-    while start < d {
-        if d - start >= 32 {
-            weighted_rows::<4, FMA>(&mut out[start..start + 32], scores, values, d, start, norm);
-            start += 32;
-        } else {
-            weighted_rows::<1, FMA>(&mut out[start..start + 8], scores, values, d, start, norm);
-            start += 8;
-        }
-    }
+    softmax_weighted::<FMA>(out, scores, values, d, 0);
 }
 
 dispatched!(dispatch_attend_one, attend_one_avx2, attend_one_rows::<true>, attend_one_rows::<false>,
