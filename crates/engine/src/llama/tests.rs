@@ -62,8 +62,8 @@ fn bad_configs_name_the_field() {
 
 #[test]
 fn split_products_agree_on_both_paths() {
-    // A prompt's rows (64 and more) go to the BLAS, a decode step's few rows to gemm: both give
-    // the product with the whole weight.
+    // A prompt's rows (64 and more) go to the BLAS where its probe chose it, a decode step's few
+    // rows to gemm: both give the product with the whole weight.
     let values = |n: usize, seed: u32| -> Vec<f32> {
         (0..n)
             .map(|i| ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5)
