@@ -448,10 +448,9 @@ pub struct DecoderHeads {
     pub head_dim: usize,
 }
 
-/// One sequence's part of a decoder step: its `n` new rows start at row `row` of the step, after
-/// the `past` tokens its cache `kv` holds.
+/// One sequence's part of a decoder step: its `n` new rows (the step's rows are the sequences'
+/// in order), after the `past` tokens its cache `kv` holds.
 pub struct SeqAttend<'a> {
-    pub row: usize,
     pub n: usize,
     pub past: usize,
     pub kv: &'a mut CpuKv,
@@ -482,22 +481,16 @@ pub fn decoder_attention(
     let (total, width) = rows_of(qkv)?;
     let (q_dim, kv_dim) = (heads * d, kv_heads * d);
     let (positions, half) = rows_of(cos)?;
-    let rows_in_order = seqs.iter().scan(0, |at, s| {
-        let ok = s.row == *at;
-        *at += s.n;
-        Some(ok)
-    });
     if kv_heads == 0
         || heads % kv_heads != 0
         || width != q_dim + 2 * kv_dim
         || half * 2 != d
         || rows_of(sin)? != (positions, half)
         || seqs.iter().map(|s| s.n).sum::<usize>() != total
-        || !rows_in_order.into_iter().all(|ok| ok)
     {
         return Err(candle_core::Error::Msg(format!(
             "decoder_attention: rows of {width} values are not {heads} query heads and {kv_heads} key and value heads of {d}, \
-             or the sequences do not cover the step's {total} rows in order"
+             or the sequences' new tokens are not the step's {total} rows"
         )));
     }
     if let Some(s) = seqs.iter().find(|s| s.past + s.n > positions) {
@@ -511,6 +504,14 @@ pub fn decoder_attention(
     }
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
+    // Where each sequence's rows start in the step.
+    let starts: Vec<usize> = seqs
+        .iter()
+        .scan(0, |at, s| {
+            *at += s.n;
+            Some(*at - s.n)
+        })
+        .collect();
     let mut queries = vec![0f32; total * q_dim];
     let done = with_values(qkv, |xs| {
         with_values(cos, |cs| {
@@ -523,11 +524,11 @@ pub fn decoder_attention(
                     parts.push(mine);
                     rest = after;
                 }
-                seqs.par_iter_mut().zip(parts).for_each(|(s, qs)| {
+                seqs.par_iter_mut().zip(parts).zip(&starts).for_each(|((s, qs), &start)| {
                     s.kv.reserve(s.past, s.past + s.n, kv_heads, d);
                     let capacity = s.kv.capacity;
                     for (i, q_row) in qs.chunks_exact_mut(q_dim).enumerate() {
-                        let row = &xs[(s.row + i) * width..(s.row + i + 1) * width];
+                        let row = &xs[(start + i) * width..(start + i + 1) * width];
                         let pos = s.past + i;
                         let (c, t) = (&cs[pos * half..(pos + 1) * half], &sn[pos * half..(pos + 1) * half]);
                         for (out, x) in q_row.chunks_exact_mut(d).zip(row[..q_dim].chunks_exact(d)) {
@@ -559,7 +560,7 @@ pub fn decoder_attention(
                         for (i, out) in context.chunks_exact_mut(group * d).enumerate() {
                             let visible = s.past + i + 1;
                             for (g, out) in out.chunks_exact_mut(d).enumerate() {
-                                let at = (s.row + i) * q_dim + (h * group + g) * d;
+                                let at = (starts[si] + i) * q_dim + (h * group + g) * d;
                                 dispatch_attend_one(out, &mut scores[..visible], &queries[at..at + d], keys, values, d, scale);
                             }
                         }
@@ -568,9 +569,8 @@ pub fn decoder_attention(
                     .collect();
                 let mut out = vec![0f32; total * q_dim];
                 for (&(si, h), context) in tasks.iter().zip(&contexts) {
-                    let s = &seqs[si];
                     for (i, part) in context.chunks_exact(group * d).enumerate() {
-                        let at = (s.row + i) * q_dim + h * group * d;
+                        let at = (starts[si] + i) * q_dim + h * group * d;
                         out[at..at + group * d].copy_from_slice(part);
                     }
                 }

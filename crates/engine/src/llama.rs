@@ -465,7 +465,6 @@ impl Llama {
     fn cpu_attend(&self, qkv: &Tensor, seqs: &mut [StepInput<'_>], layer_idx: usize) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let mut parts = Vec::with_capacity(seqs.len());
-        let mut row = 0;
         for seq in seqs.iter_mut() {
             let (n, past) = (seq.tokens.len(), seq.cache.len);
             let LayerKv::Cpu(kv) = &mut seq.cache.layers[layer_idx] else {
@@ -473,8 +472,7 @@ impl Llama {
                     "a cache made for candle's attention in a step of the CPU kernel's".into(),
                 ));
             };
-            parts.push(crate::cpu_ops::SeqAttend { row, n, past, kv });
-            row += n;
+            parts.push(crate::cpu_ops::SeqAttend { n, past, kv });
         }
         let heads = crate::cpu_ops::DecoderHeads {
             heads: c.heads,

@@ -127,7 +127,7 @@ pub fn run(filter: &str, secs: f64) -> candle_core::Result<Vec<OpTiming>> {
         for (op, k, n) in [("qkv", hidden, 3 * hidden), ("out", hidden, hidden), ("up", hidden, ffn)] {
             let w = zeros((k, n))?;
             // The encoder's products: through OpenBLAS from crate::blas::MIN_ROWS rows where the
-            // system has it, else gemm.
+            // system has it and its probe chose it, else gemm.
             case(&format!("minilm.{op}"), format!("{tokens}x{k} . {k}x{n}"), &mut || {
                 crate::blas::matmul(&x, &w).map(drop)
             })?;
@@ -222,9 +222,7 @@ pub fn run(filter: &str, secs: f64) -> candle_core::Result<Vec<OpTiming>> {
             &mut || {
                 let mut seqs: Vec<crate::cpu_ops::SeqAttend> = caches
                     .iter_mut()
-                    .enumerate()
-                    .map(|(row, kv)| crate::cpu_ops::SeqAttend {
-                        row,
+                    .map(|kv| crate::cpu_ops::SeqAttend {
                         n: 1,
                         past: CONTEXT - 1,
                         kv,
