@@ -100,7 +100,7 @@ fn machine(i: usize) -> Machine {
             "r1".into(),
             Device::Cpu { slot: (i / HOSTS) as u32 },
             format!("sb-host-{host}"),
-            if host % 2 == 0 { "ord".into() } else { "ams".into() },
+            if host.is_multiple_of(2) { "ord".into() } else { "ams".into() },
         )
     }
 }

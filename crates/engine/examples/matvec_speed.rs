@@ -1,37 +1,85 @@
-//! Times a decode-sized matrix product (1 x 1024 by 1024 x 5632) in candle, whole and split in
-//! two column halves run on two threads (a profiling aid for single-stream decoding).
+//! Times decode-sized products at bench/generate's Llama shapes: candle's `gemm` on the weight
+//! transposed and split in one column block per core (`llama::Split`'s `Columns` layout), and
+//! `few_rows` with each instruction set this CPU has (a profiling aid; the engine's own numbers
+//! come from `colo bench ops`). `hot` is a weight small enough to stay in the caches (the
+//! kernels' arithmetic alone); the others are read from memory as a model's are, except where
+//! the last-level cache holds a whole one. `ROWS=1,16` and `SHAPES=gate_up,down` narrow it.
 use candle_core::{Device, Tensor};
+use colo_engine::few_rows::{product_with, Isa};
+use rayon::prelude::*;
 use std::time::Instant;
 
+/// Median microseconds per call over 7 runs of about 60 ms each.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut runs: Vec<f64> = (0..7)
+        .map(|_| {
+            let (t, mut n) = (Instant::now(), 0u32);
+            while n == 0 || t.elapsed().as_secs_f64() < 0.06 {
+                f();
+                n += 1;
+            }
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[3]
+}
+
 fn main() {
+    // From a worker of the pool, as the engine's scheduler runs (`generate.rs`).
+    rayon::ThreadPoolBuilder::new().build().unwrap().install(run);
+}
+
+fn run() {
     let dev = Device::Cpu;
-    let (k, n) = (1024usize, 5632usize);
-    let w = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
-    let halves = [
-        w.narrow(1, 0, n / 2).unwrap().contiguous().unwrap(),
-        w.narrow(1, n / 2, n / 2).unwrap().contiguous().unwrap(),
-    ];
-    for m in [1usize, 4, 16] {
-        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
-        let iters = 2000;
-        let t = Instant::now();
-        for _ in 0..iters {
-            x.matmul(&w).unwrap();
+    let list = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>())
+    };
+    let rows: Vec<usize> = list("ROWS").map_or(vec![1, 4, 8, 16, 32], |v| v.iter().filter_map(|r| r.parse().ok()).collect());
+    let shapes = list("SHAPES");
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Plain].into_iter().filter(|i| i.available()).collect();
+    let cores = rayon::current_num_threads();
+    println!(
+        "{:<8} {:>4} {:>10} {}",
+        "shape",
+        "rows",
+        "gemm us",
+        isas.iter().map(|i| format!("{:>10}", i.name())).collect::<String>()
+    );
+    for (name, k, n) in [
+        ("hot", 1024, 48),
+        ("qkv", 1024, 1536),
+        ("o", 1024, 1024),
+        ("gate_up", 1024, 5632),
+        ("down", 2816, 1024),
+        ("lm_head", 1024, 32000),
+    ] {
+        if shapes.as_ref().is_some_and(|s| !s.iter().any(|s| s == name)) {
+            continue;
         }
-        let whole = t.elapsed().as_secs_f64() / iters as f64;
-        let t = Instant::now();
-        for _ in 0..iters {
-            let (a, b) = rayon::join(|| x.matmul(&halves[0]).unwrap(), || x.matmul(&halves[1]).unwrap());
-            Tensor::cat(&[a, b], 1).unwrap();
+        // Stored rows (n, k), as a checkpoint has them; written, so every page is its own.
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let stored = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let per = n.div_ceil(cores);
+        let parts: Vec<Tensor> = (0..n)
+            .step_by(per)
+            .map(|s| w.narrow(0, s, per.min(n - s)).unwrap().t().unwrap().contiguous().unwrap())
+            .collect();
+        for &m in &rows {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let gemm = time(|| {
+                let outs: Vec<Tensor> = parts.par_iter().map(|p| x.matmul(p).unwrap()).collect();
+                Tensor::cat(&outs, 1).unwrap();
+            });
+            let ours: String = isas
+                .iter()
+                .map(|&isa| format!("{:>10.1}", time(|| drop(product_with(isa, &xv, m, &stored, n, k)))))
+                .collect();
+            println!("{name:<8} {m:>4} {gemm:>10.1}{ours}");
         }
-        let split = t.elapsed().as_secs_f64() / iters as f64;
-        let gbs = (k * n * 4) as f64 / 1e9;
-        println!(
-            "m={m}: whole {:.1} us ({:.1} GB/s), split {:.1} us ({:.1} GB/s)",
-            whole * 1e6,
-            gbs / whole,
-            split * 1e6,
-            gbs / split
-        );
     }
 }

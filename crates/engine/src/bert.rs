@@ -78,7 +78,7 @@ impl Embedder {
             max_position: field("max_position_embeddings")?,
             eps: config_json.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12),
         };
-        if config.hidden % config.heads != 0 {
+        if !config.hidden.is_multiple_of(config.heads) {
             return Err(load_err(
                 &config_path,
                 format!(

@@ -22,6 +22,7 @@ pub const MIN_ROWS: usize = 64;
 
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
+const TRANS: i32 = 112;
 
 type Sgemm = unsafe extern "C" fn(
     layout: i32,
@@ -186,9 +187,14 @@ impl Blas {
         };
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
-        let (Storage::Cpu(xc), Storage::Cpu(wc), Some((x0, x1)), Some((w0, w1))) =
-            (&*xs, &*ws, xl.contiguous_offsets(), wl.contiguous_offsets())
-        else {
+        // `w` as stored (k, n), or the transpose of a stored (n, k) (a checkpoint's rows,
+        // `llama::Split`), which the library reads as it lies.
+        let (trans_b, ldb, w_span) = match wl.contiguous_offsets() {
+            Some(span) => (NO_TRANS, n, Some(span)),
+            None if wl.is_fortran_contiguous() => (TRANS, k, Some((wl.start_offset(), wl.start_offset() + k * n))),
+            None => (NO_TRANS, n, None),
+        };
+        let (Storage::Cpu(xc), Storage::Cpu(wc), Some((x0, x1)), Some((w0, w1))) = (&*xs, &*ws, xl.contiguous_offsets(), w_span) else {
             drop((xs, ws));
             return candle();
         };
@@ -205,14 +211,14 @@ impl Blas {
                 .zip(a.par_chunks(band * k.max(1)))
                 .for_each(|(out, a)| {
                     let rows = out.len() / n;
-                    // SAFETY: a holds rows x k values, b k x n and out rows x n, all row-major and
-                    // contiguous as the leading dimensions passed say; the sizes fit in i32
-                    // (checked above).
+                    // SAFETY: a holds rows x k values, b k x n (or its transpose, n x k, when
+                    // trans_b says so) and out rows x n, all row-major and contiguous as the
+                    // leading dimensions passed say; the sizes fit in i32 (checked above).
                     unsafe {
                         (self.sgemm)(
                             ROW_MAJOR,
                             NO_TRANS,
-                            NO_TRANS,
+                            trans_b,
                             rows as i32,
                             n as i32,
                             k as i32,
@@ -220,7 +226,7 @@ impl Blas {
                             a.as_ptr(),
                             k.max(1) as i32,
                             b.as_ptr(),
-                            n as i32,
+                            ldb.max(1) as i32,
                             beta,
                             out.as_mut_ptr(),
                             n as i32,

@@ -7,7 +7,8 @@
 //! candle's own vector loops (dot products and sums in softmax, norms and quantized matmuls),
 //! whose SIMD versions are chosen when the binary is compiled (`target_feature = "avx2"`), not at
 //! run time. Products of many rows go to OpenBLAS instead where the system has it
-//! ([`crate::blas`]).
+//! ([`crate::blas`]), and a decode step's few rows to [`crate::few_rows`] where it was timed the
+//! faster ([`crate::llama::decode_choice`]).
 
 use serde::Serialize;
 
@@ -24,6 +25,8 @@ pub struct CpuReport {
     pub matmul: &'static str,
     /// The BLAS that large products go to (see [`crate::blas`]), or `none`.
     pub blas: String,
+    /// What multiplies a decode step's few rows (see [`crate::llama::decode_choice`]).
+    pub decode: String,
     /// How candle's vector loops were compiled.
     pub vector_ops: &'static str,
 }
@@ -46,6 +49,19 @@ pub fn report() -> CpuReport {
                 }
             }
             None => "none".into(),
+        },
+        decode: {
+            let choice = crate::llama::decode_choice();
+            let (m, k, n) = crate::llama::split::PROBE;
+            let speed = format!("{:.2}x gemm's speed at {m}x{k}x{n}", choice.speedup);
+            match choice.chosen {
+                true => format!(
+                    "few_rows {} (up to {} rows; {speed})",
+                    crate::few_rows::isa().name(),
+                    crate::few_rows::MAX_ROWS
+                ),
+                false => format!("gemm (few_rows {} not used: {speed})", crate::few_rows::isa().name()),
+            }
         },
         vector_ops: if cfg!(any(target_feature = "avx2", target_feature = "neon")) {
             "simd (compiled for avx2/neon)"
@@ -130,10 +146,10 @@ fn matmul_path() -> &'static str {
 
 impl CpuReport {
     /// One line for a benchmark's output: `cpu model="..." threads=N simd=a,b matmul="..."
-    /// blas="..." vector_ops="..."`.
+    /// blas="..." decode="..." vector_ops="..."`.
     pub fn line(&self) -> String {
         format!(
-            "cpu model={:?} threads={} simd={} matmul={:?} blas={:?} vector_ops={:?}",
+            "cpu model={:?} threads={} simd={} matmul={:?} blas={:?} decode={:?} vector_ops={:?}",
             self.model,
             self.threads,
             if self.simd.is_empty() {
@@ -143,6 +159,7 @@ impl CpuReport {
             },
             self.matmul,
             self.blas,
+            self.decode,
             self.vector_ops
         )
     }
@@ -168,11 +185,12 @@ mod tests {
             simd: vec!["avx512f", "avx2", "fma"],
             matmul: "gemm fma",
             blas: "none".into(),
+            decode: "gemm".into(),
             vector_ops: "scalar",
         };
         assert_eq!(
             r.line(),
-            "cpu model=\"Intel(R) Xeon(R) Platinum 8488C\" threads=2 simd=avx512f,avx2,fma matmul=\"gemm fma\" blas=\"none\" vector_ops=\"scalar\""
+            "cpu model=\"Intel(R) Xeon(R) Platinum 8488C\" threads=2 simd=avx512f,avx2,fma matmul=\"gemm fma\" blas=\"none\" decode=\"gemm\" vector_ops=\"scalar\""
         );
         let here = report();
         assert!(here.threads >= 1 && !here.model.is_empty());

@@ -238,7 +238,7 @@ pub fn packed_attention(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_co
         )));
     }
     let head_dim = hidden / heads;
-    if head_dim % 8 != 0 {
+    if !head_dim.is_multiple_of(8) {
         // Heads of a width the kernel's registers do not divide: candle's path.
         return Ok(None);
     }

@@ -13,6 +13,7 @@ mod cpu_ops;
 pub mod device;
 mod encoder;
 mod error;
+pub mod few_rows;
 pub mod generate;
 pub mod landing;
 pub mod llama;

@@ -9,9 +9,12 @@ use crate::EngineError;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 use serde_json::Value;
 use std::path::Path;
+
+pub mod split;
+pub(crate) use split::Split;
+pub use split::{decode_choice, DecodeChoice};
 
 /// Llama 3.1's frequency-dependent RoPE scaling.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,51 +187,6 @@ impl LlamaConfig {
     }
 }
 
-/// A linear layer's (inputs, outputs) weight kept as column blocks, one per core, multiplied
-/// in parallel. candle runs a decode-sized product (one row, or a few) on one core; split, each
-/// core streams its own share of the weights, and decoding is bound by memory bandwidth. On a
-/// GPU the weight stays whole: one product already uses the whole card.
-pub(crate) struct Split {
-    parts: Vec<Tensor>,
-}
-
-// === impl Split ===
-
-impl Split {
-    /// The product with the transpose of `weights` (each `[outputs_j, inputs]`, stacked by
-    /// rows as stored in a checkpoint): `[inputs, sum of outputs_j]`, split by columns, one
-    /// part per core. Each part is written in one pass straight from the stored rows.
-    fn transposed(weights: &[&Tensor]) -> candle_core::Result<Self> {
-        let outputs: usize = weights.iter().map(|w| w.dim(0)).sum::<candle_core::Result<usize>>()?;
-        let cores = if weights[0].device().is_cpu() {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        let n = cores.clamp(1, 8).min(outputs);
-        let per = outputs.div_ceil(n);
-        let parts = (0..outputs)
-            .step_by(per)
-            .map(|start| crate::cpu_ops::transpose_rows(weights, start, (start + per).min(outputs)))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self { parts })
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.parts.len() == 1 {
-            return crate::blas::matmul(x, &self.parts[0]);
-        }
-        // A step with many rows (prompts being read) goes to the BLAS where there is one; a
-        // decode step's few rows stay on gemm, the faster there (docs/BENCHMARKS.md).
-        let outs: Vec<Tensor> = self
-            .parts
-            .par_iter()
-            .map(|w| crate::blas::matmul(x, w))
-            .collect::<candle_core::Result<_>>()?;
-        Tensor::cat(&outs, 1)
-    }
-}
-
 pub(crate) struct Layer {
     pub(crate) qkv_w: Split,
     qkv_b: Option<Tensor>,
@@ -244,7 +202,7 @@ pub struct Llama {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// (hidden, vocab), transposed once at load.
+    /// The output layer: the embeddings themselves where they are tied.
     lm_head: Split,
     cos: Tensor,
     sin: Tensor,
@@ -316,7 +274,7 @@ impl Llama {
         for i in 0..c.layers {
             let l = m.pp(format!("layers.{i}"));
             let w = |name: &str, out: usize, inp: usize| l.get((out, inp), name);
-            let qkv_w = Split::transposed(&[
+            let qkv_w = Split::new(&[
                 &w("self_attn.q_proj.weight", q_dim, h)?,
                 &w("self_attn.k_proj.weight", kv_dim, h)?,
                 &w("self_attn.v_proj.weight", kv_dim, h)?,
@@ -334,12 +292,12 @@ impl Llama {
             } else {
                 None
             };
-            let o_w = Split::transposed(&[&w("self_attn.o_proj.weight", h, q_dim)?])?;
-            let gate_up_w = Split::transposed(&[
+            let o_w = Split::new(&[&w("self_attn.o_proj.weight", h, q_dim)?])?;
+            let gate_up_w = Split::new(&[
                 &w("mlp.gate_proj.weight", c.intermediate, h)?,
                 &w("mlp.up_proj.weight", c.intermediate, h)?,
             ])?;
-            let down_w = Split::transposed(&[&w("mlp.down_proj.weight", h, c.intermediate)?])?;
+            let down_w = Split::new(&[&w("mlp.down_proj.weight", h, c.intermediate)?])?;
             matrices.push((qkv_w, qkv_b, o_w, gate_up_w, down_w));
         }
         let mut layers = Vec::with_capacity(c.layers);
@@ -357,9 +315,9 @@ impl Llama {
         }
         let norm = m.get(h, "norm.weight")?;
         let lm_head = if c.tie_embeddings || !vb.contains_tensor("lm_head.weight") {
-            Split::transposed(&[&embed])?
+            Split::new(&[&embed])?
         } else {
-            Split::transposed(&[&vb.get((c.vocab, h), "lm_head.weight")?])?
+            Split::new(&[&vb.get((c.vocab, h), "lm_head.weight")?])?
         };
         let inv_freq = Tensor::new(config.inv_freq(), vb.device())?;
         let positions = Tensor::arange(0u32, c.max_position as u32, vb.device())?.to_dtype(DType::F32)?;
@@ -367,7 +325,7 @@ impl Llama {
         let dtype = vb.dtype();
         let (cos, sin) = (freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?);
         let device = vb.device().clone();
-        let cpu_attention = device.is_cpu() && dtype == DType::F32 && c.head_dim % 8 == 0;
+        let cpu_attention = device.is_cpu() && dtype == DType::F32 && c.head_dim.is_multiple_of(8);
         Ok(Self {
             cpu_attention,
             config,

@@ -175,7 +175,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, mut watch: watch
         let n = counts.connections.fetch_add(1, Ordering::Relaxed);
         let setting = watch.borrow().clone();
         // Faults on new connections hit every nth; live ones are read as the bytes move.
-        let own = if !setting.fault.live() && n.saturating_sub(setting.from) % setting.every.max(1) == 0 {
+        let own = if !setting.fault.live() && n.saturating_sub(setting.from).is_multiple_of(setting.every.max(1)) {
             setting.fault
         } else {
             Fault::Pass

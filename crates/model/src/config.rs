@@ -494,7 +494,7 @@ fn decoder(f: &mut Fields, model_type: &str) -> Option<ModelFacts> {
     let mlp_bias = f.flag("mlp_bias", false);
     let use_window = f.flag("use_sliding_window", model_type == "mistral");
     let window = f.opt_count("sliding_window").filter(|_| use_window);
-    if kv_heads > heads || heads % kv_heads != 0 {
+    if kv_heads > heads || !heads.is_multiple_of(kv_heads) {
         f.problem(
             "num_key_value_heads",
             format!("{kv_heads} does not divide num_attention_heads {heads}"),
@@ -542,7 +542,7 @@ fn encoder(f: &mut Fields) -> Option<ModelFacts> {
     let vocab = f.count("vocab_size");
     let max_position = f.count("max_position_embeddings");
     let type_vocab = f.opt_count("type_vocab_size").unwrap_or(2);
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         f.problem("num_attention_heads", format!("{heads} does not divide hidden_size {hidden}"));
     }
     let embeddings = (vocab + max_position + type_vocab) * hidden + 2 * hidden;
@@ -578,7 +578,7 @@ fn whisper(f: &mut Fields) -> Option<ModelFacts> {
     let mels = f.count("num_mel_bins");
     let source_positions = f.count("max_source_positions");
     let target_positions = f.count("max_target_positions");
-    if d % dec_heads != 0 || d % enc_heads != 0 {
+    if !d.is_multiple_of(dec_heads) || !d.is_multiple_of(enc_heads) {
         f.problem("decoder_attention_heads", format!("heads must divide d_model {d}"));
     }
     // q, k, v, out projections; k has no bias.

@@ -60,14 +60,14 @@ impl SynthSpec {
         check((1..=256).contains(&self.heads), "heads", || {
             format!("{} is outside 1 to 256", self.heads)
         })?;
-        check(self.kv_heads >= 1 && self.heads % self.kv_heads == 0, "kv-heads", || {
+        check(self.kv_heads >= 1 && self.heads.is_multiple_of(self.kv_heads), "kv-heads", || {
             format!("{} must divide --heads {}", self.kv_heads, self.heads)
         })?;
         check((8..=16384).contains(&self.hidden), "hidden", || {
             format!("{} is outside 8 to 16384", self.hidden)
         })?;
         check(
-            self.hidden % self.heads == 0 && (self.hidden / self.heads) % 2 == 0,
+            self.hidden.is_multiple_of(self.heads) && (self.hidden / self.heads).is_multiple_of(2),
             "hidden",
             || {
                 format!(

@@ -366,7 +366,7 @@ fn why_not(
     if n_gpus > gpu.max_tensor_parallel() {
         return Some(format!("{} does not split a model over {n_gpus} devices", gpu.kind));
     }
-    if n_gpus > 1 && facts.heads % u64::from(n_gpus) != 0 {
+    if n_gpus > 1 && !facts.heads.is_multiple_of(u64::from(n_gpus)) {
         return Some(format!("{} attention heads do not split over {n_gpus} cards", facts.heads));
     }
     if request.context > facts.max_position {

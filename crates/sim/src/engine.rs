@@ -525,7 +525,7 @@ impl<'a> World<'a> {
                 }
             }
             steps = steps.wrapping_add(1);
-            if steps % 65_536 == 0 && last_report.elapsed().as_millis() >= 200 {
+            if steps.is_multiple_of(65_536) && last_report.elapsed().as_millis() >= 200 {
                 last_report = std::time::Instant::now();
                 progress((now as f64 / self.end_ns as f64).min(1.0));
             }

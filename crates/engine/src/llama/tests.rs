@@ -61,9 +61,11 @@ fn bad_configs_name_the_field() {
 }
 
 #[test]
-fn split_products_agree_on_both_paths() {
-    // A prompt's rows (64 and more) go to the BLAS where its probe chose it, a decode step's few
-    // rows to gemm: both give the product with the whole weight.
+fn split_products_agree_in_both_layouts_on_every_path() {
+    // Both layouts of a weight: `Rows` multiplies a decode step's few rows by `few_rows` and
+    // more through the transpose (the BLAS where its probe chose it, from 64 rows, else gemm);
+    // `Columns` by gemm per column block, or the BLAS. Every path gives the product with the
+    // whole weight.
     let values = |n: usize, seed: u32| -> Vec<f32> {
         (0..n)
             .map(|i| ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5)
@@ -71,9 +73,11 @@ fn split_products_agree_on_both_paths() {
     };
     let (inputs, outputs) = (48, 70);
     let stored = Tensor::from_vec(values(outputs * inputs, 1), (outputs, inputs), &Device::Cpu).unwrap();
-    let split = Split::transposed(&[&stored]).unwrap();
-    for rows in [3, crate::blas::MIN_ROWS, 130] {
-        let x = Tensor::from_vec(values(rows * inputs, 2), (rows, inputs), &Device::Cpu).unwrap();
+    let (rows, columns) = (Split::rows(&[&stored]).unwrap(), Split::columns(&[&stored]).unwrap());
+    assert!(matches!(rows, Split::Rows(_)) && matches!(columns, Split::Columns(_)));
+    let few = crate::few_rows::MAX_ROWS;
+    for n in [1, 3, few, few + 1, crate::blas::MIN_ROWS, 130] {
+        let x = Tensor::from_vec(values(n * inputs, 2), (n, inputs), &Device::Cpu).unwrap();
         let want = x
             .matmul(&stored.t().unwrap())
             .unwrap()
@@ -81,12 +85,30 @@ fn split_products_agree_on_both_paths() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let got = split.forward(&x).unwrap();
-        assert_eq!(got.dims(), &[rows, outputs]);
-        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(worst < 1e-4, "{rows} rows: {worst}");
+        for (layout, split) in [("rows", &rows), ("columns", &columns)] {
+            let got = split.forward(&x).unwrap();
+            assert_eq!(got.dims(), &[n, outputs]);
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-4, "{layout}, {n} rows: {worst}");
+        }
     }
+    // Two weights stacked (q, k and v; gate and up) are one product.
+    let second = Tensor::from_vec(values(30 * inputs, 3), (30, inputs), &Device::Cpu).unwrap();
+    let both = Tensor::cat(&[&stored, &second], 0).unwrap();
+    let x = Tensor::from_vec(values(5 * inputs, 4), (5, inputs), &Device::Cpu).unwrap();
+    let want = x.matmul(&both.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+    for split in [
+        Split::rows(&[&stored, &second]).unwrap(),
+        Split::columns(&[&stored, &second]).unwrap(),
+    ] {
+        let got = split.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert!(got.iter().flatten().zip(want.iter().flatten()).all(|(a, b)| (a - b).abs() < 1e-4));
+    }
+    // The layout choice was timed, and made exactly when few_rows was the faster.
+    let choice = decode_choice();
+    assert!(choice.speedup > 0.0 && choice.speedup.is_finite(), "{choice:?}");
+    assert_eq!(choice.chosen, choice.speedup > 1.0);
 }
 
 /// Weights of any shape asked for, the same values for the same name every time.
