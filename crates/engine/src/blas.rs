@@ -283,8 +283,16 @@ mod tests {
             .unwrap();
         let got = matmul_bias(&x, &w, &bias).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
-        // A view that is not contiguous (a transpose) and a product of few rows take candle's
-        // path, with the same answer.
+        // A weight given as the transpose of stored rows (`llama::Split`'s `Rows`) is read as
+        // it lies.
+        let (m, k, n) = (70, 33, 21);
+        let x = Tensor::from_vec(values(m * k, 9), (m, k), &Device::Cpu).unwrap();
+        let stored = Tensor::from_vec(values(n * k, 10), (n, k), &Device::Cpu).unwrap();
+        let want = x.matmul(&stored.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        let got = blas.matmul(&x, &stored.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        assert!(got.iter().flatten().zip(want.iter().flatten()).all(|(a, b)| (a - b).abs() < 1e-4));
+        // A view that is not contiguous in either way (a transposed x) and a product of few
+        // rows take candle's path, with the same answer.
         let x = Tensor::from_vec(values(100 * 8, 3), (8, 100), &Device::Cpu).unwrap().t().unwrap();
         let w = Tensor::from_vec(values(8 * 5, 4), (8, 5), &Device::Cpu).unwrap();
         assert_eq!(

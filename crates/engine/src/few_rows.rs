@@ -10,7 +10,10 @@
 //! stretch of the tile's rows of `w` stays in the L1 cache while every group of `x`'s rows
 //! passes over it. The tile is 2 x 6 with AVX2 (12 sums in 16 registers) and 4 x 6 with AVX-512
 //! (24 in 32); a CPU with neither takes the same sums over arrays of 8, which the compiler
-//! vectorises as it can. Columns are split in blocks over the engine's pool.
+//! vectorises as it can. Rows of `x` whose length is a multiple of 4 KB are first copied to a
+//! stride that is not (they would all fall in the same sets of the L1 cache). One row, which
+//! reads nothing twice, reads `w`'s rows one after the other instead, one stream through
+//! memory. Columns are split in blocks over the engine's pool.
 //!
 //! Whether the engine uses it is measured, not assumed: [`crate::llama::decode_choice`] times
 //! a 16-row product both ways when the first model loads.
@@ -86,7 +89,7 @@ pub fn product_with(isa: Isa, x: &[f32], m: usize, w: &[f32], n: usize, k: usize
         w.len()
     );
     assert!(isa.available(), "few_rows::product: this CPU has no {}", isa.name());
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k == 0 {
         return vec![0.0; m * n];
     }
     // The output transposed, (n, m): each task's columns are then one contiguous run of it.
@@ -223,7 +226,6 @@ macro_rules! kernels {
                         for jj in 0..c {
                             let (xr, wr) = (&x[i * ldx..i * ldx + k], &w[(j + jj) * k..(j + jj + 1) * k]);
                             let tail: f32 = xr[whole..].iter().zip(&wr[whole..]).map(|(a, b)| a * b).sum();
-                            // SAFETY: the CPU has the instructions (the caller's promise).
                             t[(j + jj) * m + i] = $sum(sums[i * $cols + jj]) + tail;
                         }
                     }
@@ -408,6 +410,7 @@ mod tests {
     fn empty_products_and_wrong_sizes() {
         assert_eq!(product(&[], 0, &[1.0, 2.0], 1, 2), Vec::<f32>::new());
         assert_eq!(product(&[1.0, 2.0], 1, &[], 0, 2), Vec::<f32>::new());
+        assert_eq!(product(&[], 2, &[], 3, 0), vec![0.0; 6]);
         let refused = std::panic::catch_unwind(|| product(&[1.0], 1, &[1.0, 2.0], 1, 2));
         assert!(refused.is_err());
     }
