@@ -114,7 +114,7 @@ pub struct DecodeChoice {
 }
 
 /// The layout choice of this process, timed on first use (about 0.1 s): `gemm`'s kernels do a
-/// 16-row decode step faster where the CPU has AVX-512 (`few_rows` at 0.44x on the Zen 5 of
+/// 16-row decode step faster where the CPU has AVX-512 (`few_rows` at 0.62x on the Zen 5 of
 /// docs/BENCHMARKS.md), slower where it has only AVX2.
 pub fn decode_choice() -> DecodeChoice {
     static CHOICE: OnceLock<DecodeChoice> = OnceLock::new();
