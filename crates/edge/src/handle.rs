@@ -7,6 +7,7 @@ use crate::edge::Edge;
 use crate::metrics::{ErrorLabels, RequestLabels, NO_APP};
 use crate::request::{app_from_host, is_engine_path, wrong_endpoint, RequestFacts};
 use crate::respond::respond;
+use crate::routes::Endpoint;
 use crate::send::{send, Outgoing};
 use crate::sse::{held_stream, joined, AbortOnDrop};
 use crate::EdgeError;
@@ -44,7 +45,14 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
     }
     let arrived = tokio::time::Instant::now();
     let (app, response) = match proxy(&edge, host_app, request, arrived).await {
-        Ok((app, response)) => (app, response),
+        Ok((app, response, Some(endpoint))) if response.status() == http::StatusCode::OK => {
+            // Most answers: counted through the handles the machine's endpoint keeps.
+            let series = endpoint.series(&edge.metrics, &app);
+            series.ok_seconds.observe(arrived.elapsed().as_secs_f64());
+            series.ok_requests.inc();
+            return response;
+        }
+        Ok((app, response, _)) => (app, response),
         Err((app, err)) => {
             if err.status().is_server_error() {
                 tracing::warn!(app = %app, error = %err, "request failed");
@@ -85,7 +93,9 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
     response
 }
 
-type ProxyResult = Result<(String, Response), (String, EdgeError)>;
+/// The app and its answer, with the endpoint of the machine that gave it when one did; or the
+/// app (`-` before it is known) and why there is no answer.
+type ProxyResult = Result<(String, Response, Option<Arc<Endpoint>>), (String, EdgeError)>;
 
 async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arrived: tokio::time::Instant) -> ProxyResult {
     let (parts, body) = request.into_parts();
@@ -130,7 +140,10 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
     };
     if !streaming || edge.config.sse_keepalive.is_zero() {
         return match send(edge.clone(), Arc::new(outgoing)).await {
-            Ok(answered) => Ok((app, respond(answered))),
+            Ok(answered) => {
+                let endpoint = answered.endpoint.clone();
+                Ok((app, respond(answered), Some(endpoint)))
+            }
             Err(e) => Err((app, e)),
         };
     }
@@ -139,9 +152,12 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
     let mut sending = AbortOnDrop(tokio::spawn(send(edge.clone(), Arc::new(outgoing))));
     tokio::select! {
         result = &mut sending.0 => match joined(result) {
-            Ok(answered) => Ok((app, respond(answered))),
+            Ok(answered) => {
+                let endpoint = answered.endpoint.clone();
+                Ok((app, respond(answered), Some(endpoint)))
+            }
             Err(e) => Err((app, e)),
         },
-        _ = tokio::time::sleep(edge.config.sse_keepalive) => Ok((app, held_stream(edge.clone(), sending))),
+        _ = tokio::time::sleep(edge.config.sse_keepalive) => Ok((app, held_stream(edge.clone(), sending), None)),
     }
 }

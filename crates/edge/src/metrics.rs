@@ -91,7 +91,32 @@ pub struct Metrics {
     regions_seen: Arc<Mutex<BTreeSet<String>>>,
 }
 
+/// One app's series for the answers of one region's machines: the request count and latency
+/// of answers with status 200 (nearly all), and the app's egress. Kept on each route-table
+/// endpoint once made (`Endpoint::series`), so that an answered request counts itself without
+/// building, hashing and looking up its labels.
+#[derive(Debug)]
+pub struct AnswerSeries {
+    pub ok_requests: Counter,
+    pub ok_seconds: Histogram,
+    pub egress: Counter,
+}
+
 impl Metrics {
+    /// The handles on `app`'s series for answers from `region` (made when missing).
+    pub fn answer_series(&self, app: &str, region: &str) -> AnswerSeries {
+        let labels = RequestLabels {
+            app: app.to_string(),
+            region: region.to_string(),
+            status: 200,
+        };
+        AnswerSeries {
+            ok_requests: self.requests.get_or_create(&labels).clone(),
+            ok_seconds: self.request_seconds.get_or_create(&labels).clone(),
+            egress: self.response_bytes.get_or_create(&AppLabel { app: app.to_string() }).clone(),
+        }
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("colo_edge");
         let metrics = Self {

@@ -101,6 +101,7 @@ impl Edge {
                 self.config.connect_timeout,
                 PROBE_TIMEOUT,
                 self.config.machine_key.as_deref(),
+                tokio::time::Instant::now(),
             )
             .await
             .ok()?;

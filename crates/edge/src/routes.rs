@@ -106,6 +106,8 @@ pub struct Endpoint {
     pub region_header: http::HeaderValue,
     /// The phases of the machine's last start, as its agent recorded them.
     pub cold_start: Option<colo_core::ColdStart>,
+    /// Its app's metric series for its answers, made at the first (see [`Endpoint::series`]).
+    series: std::sync::OnceLock<crate::metrics::AnswerSeries>,
 }
 
 /// A stable handle for a machine, whatever its place in a route table (the affinity table and
@@ -130,7 +132,16 @@ impl Endpoint {
             since_ms: 0,
             cold_start: None,
             load: Load::default(),
+            series: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The series that count the answers of this machine, which serves `app`. A request still
+    /// under way when its app leaves the route table (and `Metrics::forget_app` drops the app's
+    /// series) counts into these handles, no longer registered, rather than making the series
+    /// again for an app that is gone.
+    pub(crate) fn series(&self, metrics: &crate::metrics::Metrics, app: &str) -> &crate::metrics::AnswerSeries {
+        self.series.get_or_init(|| metrics.answer_series(app, &self.region))
     }
 
     /// Whether autostop asked this machine to stop since it last started.

@@ -74,6 +74,7 @@ impl Edge {
                 self.config.connect_timeout,
                 SCRAPE_TIMEOUT,
                 self.config.machine_key.as_deref(),
+                tokio::time::Instant::now(),
             )
             .await
             .map_err(|e| format!("{e:?}"))?;

@@ -88,7 +88,16 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
         let started = tokio::time::Instant::now();
         let head_timeout = edge.config.limits.upstream_head_timeout;
         let key = edge.config.machine_key.as_deref();
-        let sent = upstream::send(&endpoint.addr, &wire, &out.method, edge.config.connect_timeout, head_timeout, key).await;
+        let sent = upstream::send(
+            &endpoint.addr,
+            &wire,
+            &out.method,
+            edge.config.connect_timeout,
+            head_timeout,
+            key,
+            started,
+        )
+        .await;
         let mut response = match sent {
             Ok(response) => response,
             // Not sent elsewhere: the machine may still be working on it.
@@ -162,9 +171,9 @@ fn answered(edge: &Edge, out: &Outgoing, guard: InFlight, response: http::Respon
     if let Some(cold) = &woke {
         edge.observe_cold_start(&endpoint, cold);
     }
-    let label = crate::metrics::AppLabel { app: out.app.clone() };
-    let egress = edge.metrics.response_bytes.get_or_create(&label).clone();
+    let egress = endpoint.series(&edge.metrics, &out.app).egress.clone();
     let meter = out.llm.then(|| {
+        let label = crate::metrics::AppLabel { app: out.app.clone() };
         TokenMeter::new(
             out.arrived,
             edge.metrics.first_token_seconds.get_or_create(&label).clone(),

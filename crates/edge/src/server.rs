@@ -352,7 +352,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
     let chunked = exact.is_none() && !bodiless;
     let mut out = Vec::with_capacity(1024);
     status_line(&mut out, status);
+    let mut dated = false;
     for (name, value) in parts.headers.iter() {
+        dated |= name == header::DATE;
         // The body's framing is this server's to state, except that the answer to a HEAD
         // keeps the length the machine gave for the body it did not send.
         if (name == header::CONTENT_LENGTH && !head_only) || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
@@ -365,7 +367,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     // An answer without a Date (the edge's own, or a machine's that sent none) gets one here,
     // as HTTP asks of a recipient with a clock that forwards a response.
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         let _ = write!(out, "date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
     }
     match exact {

@@ -49,8 +49,29 @@ const COPY_BODY: usize = 64 * 1024;
 const MAX_LINE: usize = 4096;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<Conn>, AddrHash>> = RefCell::new(HashMap::default());
     static RETURNS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The pool's hash of machine addresses: FNV-1a, a few nanoseconds for a `host:port` (the
+/// default SipHash guards against chosen keys, and these keys are the route table's).
+type AddrHash = std::hash::BuildHasherDefault<Fnv>;
+
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Why a request did not get a response.
@@ -73,12 +94,12 @@ pub(crate) struct Conn {
     /// before the deadline of the exchange under way (see `exchange`).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// When it was last put back in the pool.
-    idle_since: std::time::Instant,
+    idle_since: tokio::time::Instant,
 }
 
 impl Conn {
     fn release(mut self) {
-        self.idle_since = std::time::Instant::now();
+        self.idle_since = tokio::time::Instant::now();
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let sweep = RETURNS.with(|n| {
@@ -162,6 +183,7 @@ pub(crate) fn request<'a>(
 /// A machine that sends no response head within `head_timeout` of the request is given up on
 /// (`SendError::HeadTimeout`).
 /// A new connection opens with `key` when given (the machine sits behind a forwarder).
+/// `started` is when the caller began sending (now, give or take: one clock read serves both).
 pub(crate) async fn send(
     addr: &str,
     wire: &Wire,
@@ -169,13 +191,17 @@ pub(crate) async fn send(
     connect_timeout: Duration,
     head_timeout: Duration,
     key: Option<&str>,
+    started: tokio::time::Instant,
 ) -> Result<http::Response<Body>, SendError> {
     loop {
-        let (mut conn, reused) = match take_idle(addr) {
+        let (mut conn, reused) = match take_idle(addr, started) {
             Some(conn) => (conn, true),
             None => (connect(addr, connect_timeout, key).await?, false),
         };
-        match exchange(&mut conn, wire, method, head_timeout).await {
+        // The head timeout counts from the request's start, or from the connection's when one
+        // had to be made.
+        let deadline = if reused { started } else { tokio::time::Instant::now() } + head_timeout;
+        match exchange(&mut conn, wire, method, deadline).await {
             Ok((parts, framing, reusable)) => {
                 let body = Body {
                     conn: Some(conn),
@@ -204,10 +230,9 @@ async fn exchange(
     conn: &mut Conn,
     wire: &Wire,
     method: &Method,
-    head_timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<(http::response::Parts, Framing, bool), Failure> {
-    // The deadline of this exchange; the connection's timer is not moved unless it fires first.
-    let deadline = tokio::time::Instant::now() + head_timeout;
+    // The connection's timer is not moved unless it fires before this exchange's deadline.
     if conn.timer.deadline() > deadline {
         conn.timer.as_mut().reset(deadline);
     }
@@ -286,6 +311,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(http::respo
         let version = if version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
+        // Headers the Connection header names: they describe this hop only, like the fixed
+        // hop-by-hop list, and are dropped (after the loop: they may come before it).
+        let mut nominated = Vec::new();
         let mut close = version == Version::HTTP_10;
         // Some(true): chunked is the final coding; Some(false): another coding is.
         let mut chunked: Option<bool> = None;
@@ -323,8 +351,15 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(http::respo
                 } else if crate::headers::has_token(value.as_bytes(), b"keep-alive") {
                     close = false;
                 }
+                crate::respond::nominated_by(&value, &mut nominated);
             }
-            headers.append(name, value);
+            // What describes this connection is not passed on to the client.
+            if !crate::respond::is_hop_by_hop(&name) {
+                headers.append(name, value);
+            }
+        }
+        for name in nominated {
+            headers.remove(name);
         }
         let no_body = *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         // Transfer-Encoding overrides Content-Length; a coding other than chunked last means the
@@ -377,13 +412,13 @@ impl Span {
     }
 }
 
-fn take_idle(addr: &str) -> Option<Conn> {
+fn take_idle(addr: &str, now: tokio::time::Instant) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let conns = idle.get_mut(addr)?;
         // The most recently used first: the least likely to have been closed by the machine.
         while let Some(conn) = conns.pop() {
-            if conn.idle_since.elapsed() > POOL_IDLE {
+            if now.saturating_duration_since(conn.idle_since) > POOL_IDLE {
                 // Those under it are older still.
                 conns.clear();
                 return None;
@@ -416,7 +451,7 @@ async fn connect(addr: &str, timeout: Duration, key: Option<&str>) -> Result<Con
         addr: Arc::from(addr),
         // Armed at the first exchange's deadline.
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(365 * 86_400))),
-        idle_since: std::time::Instant::now(),
+        idle_since: tokio::time::Instant::now(),
     })
 }
 

@@ -49,7 +49,16 @@ async fn scripted(answers: Vec<&'static [u8]>, piece: usize, close_after: bool) 
 
 async fn get(addr: &str) -> Result<(http::response::Parts, Bytes), SendError> {
     let wire = request(&Method::GET, "/", &HeaderValue::from_static("m"), std::iter::empty(), &Bytes::new());
-    let response = send(addr, &wire, &Method::GET, Duration::from_secs(1), Duration::from_secs(5), None).await?;
+    let response = send(
+        addr,
+        &wire,
+        &Method::GET,
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        None,
+        tokio::time::Instant::now(),
+    )
+    .await?;
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.map_err(|e| SendError::Sent(e.to_string()))?.to_bytes();
     Ok((parts, bytes))
@@ -162,4 +171,18 @@ fn requests_carry_the_machines_host_and_the_body_length() {
         .unwrap()
         .ends_with(&format!("content-length: {}\r\n\r\n", COPY_BODY + 1)));
     assert_eq!(wire.body.unwrap().len(), COPY_BODY + 1);
+}
+
+#[test]
+fn hop_by_hop_headers_and_those_connection_names_are_left_out_of_the_answer() {
+    let raw = "HTTP/1.1 200 OK\r\nx-session: abc\r\nconnection: close, x-session, keep-alive\r\nkeep-alive: timeout=5\r\n\
+               transfer-encoding: chunked\r\ncontent-type: text/plain\r\nte: trailers\r\n\r\n";
+    let mut buf = BytesMut::from(raw.as_bytes());
+    let (parts, framing, reusable) = parse_head(&mut buf, &Method::GET).ok().unwrap().unwrap();
+    let left: Vec<&str> = parts.headers.keys().map(HeaderName::as_str).collect();
+    assert_eq!(left, vec!["content-type"]);
+    // What they said about the connection and the body was still read.
+    assert_eq!(framing, Framing::Chunked(Chunk::Size));
+    assert!(!reusable, "the machine asked to close");
+    assert!(buf.is_empty());
 }
