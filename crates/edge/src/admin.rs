@@ -3,19 +3,18 @@
 
 use crate::edge::Edge;
 use crate::scaling::count_phase;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use colo_policy::Phase;
 use http::{header, Method, StatusCode};
 
 /// The answer to a request for one of the edge's own endpoints, or `None` when the request is
 /// for an app.
-pub(crate) fn answer(edge: &Edge, request: &Request) -> Option<Response> {
-    let path = request.uri().path();
+pub(crate) fn answer(edge: &Edge, request: &http::request::Parts) -> Option<Response> {
+    let path = request.uri.path();
     if let Some(check) = &edge.config.admin_token {
         let admin = path == "/metrics" || path.starts_with("/colo/");
         let presented = request
-            .headers()
+            .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
@@ -23,14 +22,14 @@ pub(crate) fn answer(edge: &Edge, request: &Request) -> Option<Response> {
             return Some(crate::EdgeError::AdminToken.into_response());
         }
     }
-    Some(match (request.method(), path) {
+    Some(match (&request.method, path) {
         (&Method::GET, "/health") => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
         (&Method::GET, "/metrics") => {
             edge.metrics.connections.set(edge.connections.held() as i64);
             ([("content-type", "text/plain; version=0.0.4")], edge.metrics.encode()).into_response()
         }
-        (&Method::GET, "/v1/models") => list_models(edge, request.headers()),
-        (&Method::GET, p) if p.starts_with("/v1/models/") => one_model(edge, request.headers(), &p["/v1/models/".len()..]),
+        (&Method::GET, "/v1/models") => list_models(edge, &request.headers),
+        (&Method::GET, p) if p.starts_with("/v1/models/") => one_model(edge, &request.headers, &p["/v1/models/".len()..]),
         (&Method::GET, "/colo/rtt") => rtt_table(edge),
         (&Method::GET, "/colo/routes") => route_summary(edge),
         (&Method::GET, "/colo/load") => axum::Json(serde_json::json!({"machines": edge.load_table()})).into_response(),

@@ -11,9 +11,12 @@ use crate::routes::Endpoint;
 use crate::send::{send, Outgoing};
 use crate::sse::{held_stream, joined, AbortOnDrop};
 use crate::EdgeError;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use bytes::Bytes;
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use std::sync::Arc;
 
@@ -27,24 +30,37 @@ pub fn router(edge: Arc<Edge>) -> Router {
 /// Answers one request: the edge's own endpoints, or the app's machine's answer. What `router`
 /// serves, for servers that drive connections themselves.
 pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    handle_parts(&edge, parts, RequestBody::Stream(body)).await
+}
+
+/// A request's body: still to come (hyper's connections), or already read whole, within the
+/// edge's body limit (its own HTTP/1.1 connections).
+pub(crate) enum RequestBody {
+    Stream(Body),
+    Whole(Bytes),
+}
+
+/// [`handle`] for a request taken apart.
+pub(crate) async fn handle_parts(edge: &Arc<Edge>, parts: Parts, body: RequestBody) -> Response {
     // Two Hosts (RFC 9112 says 400): a proxy in front may route by the other one.
     // The connection closes after the answer: what follows on it was framed by a request the
     // edge would not read.
-    if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
+    if parts.headers.get_all(http::header::HOST).iter().nth(1).is_some() {
         let mut response = EdgeError::DuplicateHost.into_response();
         response
             .headers_mut()
             .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         return response;
     }
-    let host_app = app_from_host(request.headers(), request.uri(), &edge.config.domain);
+    let host_app = app_from_host(&parts.headers, &parts.uri, &edge.config.domain);
     if host_app.is_none() {
-        if let Some(response) = admin::answer(&edge, &request) {
+        if let Some(response) = admin::answer(edge, &parts) {
             return response;
         }
     }
     let arrived = tokio::time::Instant::now();
-    let (app, response) = match proxy(&edge, host_app, request, arrived).await {
+    let (app, response) = match proxy(edge, host_app, parts, body, arrived).await {
         Ok((app, response, Some(endpoint))) if response.status() == http::StatusCode::OK => {
             // Most answers: counted through the handles the machine's endpoint keeps.
             let series = endpoint.series(&edge.metrics, &app);
@@ -97,16 +113,22 @@ pub async fn handle(edge: Arc<Edge>, request: Request) -> Response {
 /// app (`-` before it is known) and why there is no answer.
 type ProxyResult = Result<(String, Response, Option<Arc<Endpoint>>), (String, EdgeError)>;
 
-async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arrived: tokio::time::Instant) -> ProxyResult {
-    let (parts, body) = request.into_parts();
+async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, parts: Parts, body: RequestBody, arrived: tokio::time::Instant) -> ProxyResult {
     let unknown = || NO_APP.to_string();
     if is_engine_path(parts.uri.path()) {
         let path = parts.uri.path().to_string();
         return Err((unknown(), EdgeError::EnginePath { path }));
     }
-    let body = read_body(&parts.headers, body, edge.config.max_body, edge.config.limits.body_timeout)
-        .await
-        .map_err(|e| (unknown(), e))?;
+    let body = match body {
+        RequestBody::Whole(body) if body.len() > edge.config.max_body => {
+            let (size, limit) = (body.len() as u64, edge.config.max_body);
+            return Err((unknown(), EdgeError::BodyTooLarge { size, limit }));
+        }
+        RequestBody::Whole(body) => body,
+        RequestBody::Stream(body) => read_body(&parts.headers, body, edge.config.max_body, edge.config.limits.body_timeout)
+            .await
+            .map_err(|e| (unknown(), e))?,
+    };
     let (app, facts) = match host_app {
         // The Host named the app: the body need not be JSON at all.
         Some(app) => (app, RequestFacts::parse(&body).unwrap_or_default()),
@@ -121,7 +143,6 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
     if let Err(e) = edge.authorize(&table, &app, &parts.headers, is_llm.then(|| facts.llm_tokens(body.len()))) {
         return Err((app, e));
     }
-    drop(table);
     let streaming = is_llm && facts.stream;
     let outgoing = Outgoing {
         arrived_ms: edge.wall_ms_at(arrived),
@@ -139,7 +160,7 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
         body,
     };
     if !streaming || edge.config.sse_keepalive.is_zero() {
-        return match send(edge.clone(), Arc::new(outgoing)).await {
+        return match send(edge, &outgoing, Some(table)).await {
             Ok(answered) => {
                 let endpoint = answered.endpoint.clone();
                 Ok((app, respond(answered), Some(endpoint)))
@@ -149,7 +170,8 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, request: Request, arr
     }
     // A streaming client that has to wait for a machine gets its stream at once, with SSE
     // comments as keep-alives until the machine answers.
-    let mut sending = AbortOnDrop(tokio::spawn(send(edge.clone(), Arc::new(outgoing))));
+    let spawned = edge.clone();
+    let mut sending = AbortOnDrop(tokio::spawn(async move { send(&spawned, &outgoing, Some(table)).await }));
     tokio::select! {
         result = &mut sending.0 => match joined(result) {
             Ok(answered) => {

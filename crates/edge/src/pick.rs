@@ -24,7 +24,8 @@ impl Edge {
     /// (none started yet, or all at their hard limit) until one does or the hold's deadline
     /// passes. `attempts` says which machines the request must avoid and whether it may wait.
     /// Before the request is held (and may wake a machine), `check` is given the app's routes
-    /// and may refuse it: a bad request must cost no cold start.
+    /// and may refuse it: a bad request must cost no cold start. `table` is the route table to
+    /// look at first when the caller has just read it.
     pub(crate) async fn pick(
         &self,
         app: &str,
@@ -32,15 +33,22 @@ impl Edge {
         attempts: &Attempts,
         prefix: &[PrefixKey],
         check: &(dyn Fn(&AppRoutes) -> Result<(), EdgeError> + Sync),
+        mut table: Option<Arc<RouteTable>>,
     ) -> Result<Arc<Endpoint>, EdgeError> {
-        let mut routes = self.routes.clone();
+        // The route table's updates are watched only once the request must wait for one. A
+        // receiver made then may report a change that the first look already saw: one look
+        // more, never a change missed.
+        let mut routes = None;
         let mut held = None;
         let mut served: Vec<(u64, u32)> = Vec::new();
         let mut matches: Vec<(usize, u32)> = Vec::new();
         loop {
             // Registered before looking, so a release between the look and the wait is not lost.
             let released = self.released.notified();
-            let table = routes.borrow_and_update().clone();
+            let table = match table.take() {
+                Some(table) => table,
+                None => routes.get_or_insert_with(|| self.routes.clone()).borrow_and_update().clone(),
+            };
             let Some(app_routes) = table.apps.get(app) else {
                 return Err(EdgeError::UnknownApp {
                     app: app.to_string(),
@@ -112,7 +120,7 @@ impl Edge {
                 return Err(stuck);
             }
             tokio::select! {
-                changed = routes.changed() => if changed.is_err() { return Err(self.no_machine(app)) },
+                changed = routes.get_or_insert_with(|| self.routes.clone()).changed() => if changed.is_err() { return Err(self.no_machine(app)) },
                 _ = released => {}
                 _ = tokio::time::sleep(RECHECK) => {}
                 _ = tokio::time::sleep_until(waiting.deadline) => self.still_held(app, waiting)?,

@@ -5,7 +5,7 @@ use crate::edge::{lock, Edge};
 use crate::headers::COLO_REPLAY;
 use crate::metrics::RetryLabels;
 use crate::respond::{is_event_stream, is_hop_by_hop, nominated, Answered, InFlight, TokenMeter};
-use crate::routes::machine_key;
+use crate::routes::{machine_key, RouteTable};
 use crate::upstream::{self, SendError};
 use crate::EdgeError;
 use bytes::Bytes;
@@ -50,13 +50,21 @@ impl Outgoing {
 }
 
 /// Picks a machine and sends the request, until a machine answers or the policy gives up.
-pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered, EdgeError> {
+/// `table`: the route table as the caller just read it, for the first pick.
+pub(crate) async fn send(edge: &Arc<Edge>, out: &Outgoing, mut table: Option<Arc<RouteTable>>) -> Result<Answered, EdgeError> {
     let mut attempts = Attempts::new();
     let mut last_error: Option<EdgeError> = None;
     let nominated = nominated(&out.headers);
     loop {
         let endpoint = match edge
-            .pick(&out.app, &out.headers, &attempts, &out.prefix, &|routes| out.check(routes))
+            .pick(
+                &out.app,
+                &out.headers,
+                &attempts,
+                &out.prefix,
+                &|routes| out.check(routes),
+                table.take(),
+            )
             .await
         {
             Ok(endpoint) => endpoint,
@@ -76,7 +84,7 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
             }),
             &out.body,
         );
-        let guard = InFlight::new(endpoint.clone(), &edge);
+        let guard = InFlight::new(endpoint.clone(), edge);
         if endpoint.stopping() {
             // Autostop took the machine between the pick and now: pick again.
             drop(guard);
@@ -145,7 +153,7 @@ pub(crate) async fn send(edge: Arc<Edge>, out: Arc<Outgoing>) -> Result<Answered
             }
         }
         let Some(replay) = response.headers().get(COLO_REPLAY) else {
-            return Ok(answered(&edge, &out, guard, response));
+            return Ok(answered(edge, out, guard, response));
         };
         let replay = replay
             .to_str()

@@ -5,7 +5,7 @@
 //! rest of that connection. Either way each request goes through [`crate::handle`].
 
 use crate::edge::Edge;
-use crate::handle::handle;
+use crate::handle::{handle, handle_parts, RequestBody};
 use crate::headers::has_token;
 use crate::upstream::Span;
 use axum::body::Body;
@@ -161,7 +161,7 @@ where
         }
         let body = buf.split_to(body_len as usize).freeze();
         let head_only = parts.method == Method::HEAD;
-        let response = handle(edge.clone(), http::Request::from_parts(parts, Body::from(body))).await;
+        let response = handle_parts(&edge, parts, RequestBody::Whole(body)).await;
         // The edge's own answer may ask to close (it refused how the request was framed).
         let closing = response.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
         let keep_alive = keep_alive && !closing && !*stop.borrow();
