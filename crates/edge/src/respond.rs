@@ -9,7 +9,7 @@ use crate::upstream;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue};
+use http::{header, HeaderMap, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -82,37 +82,6 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-/// Headers that describe one connection rather than the message (RFC 9110's fixed list); a
-/// message's `Connection` header may name more (see [`nominated`]).
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    )
-}
-
-/// The headers a message's `Connection` header names as hop-by-hop, beyond the fixed list.
-pub(crate) fn nominated(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        nominated_by(value, &mut names);
-    }
-    names
-}
-
-/// Adds the header names that one `Connection` header value lists to `names`.
-pub(crate) fn nominated_by(value: &HeaderValue, names: &mut Vec<HeaderName>) {
-    let Ok(value) = value.to_str() else { return };
-    let listed = value
-        .split(',')
-        .map(str::trim)
-        // The usual options, which name no header (none is made for them).
-        .filter(|token| !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close"))
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| !is_hop_by_hop(name));
-    names.extend(listed);
 }
 
 /// Counts a request as in flight to its machine until the response body is done or dropped,

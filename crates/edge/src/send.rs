@@ -2,9 +2,9 @@
 //! answer send again where `colo_policy::Attempts` allows.
 
 use crate::edge::{lock, Edge};
-use crate::headers::COLO_REPLAY;
+use crate::headers::{is_hop_by_hop, nominated, COLO_REPLAY};
 use crate::metrics::RetryLabels;
-use crate::respond::{is_event_stream, is_hop_by_hop, nominated, Answered, InFlight, TokenMeter};
+use crate::respond::{is_event_stream, Answered, InFlight, TokenMeter};
 use crate::routes::{machine_key, RouteTable};
 use crate::upstream::{self, SendError};
 use crate::EdgeError;

@@ -351,10 +351,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(http::respo
                 } else if crate::headers::has_token(value.as_bytes(), b"keep-alive") {
                     close = false;
                 }
-                crate::respond::nominated_by(&value, &mut nominated);
+                crate::headers::nominated_by(&value, &mut nominated);
             }
             // What describes this connection is not passed on to the client.
-            if !crate::respond::is_hop_by_hop(&name) {
+            if !crate::headers::is_hop_by_hop(&name) {
                 headers.append(name, value);
             }
         }
