@@ -53,26 +53,9 @@ thread_local! {
     static RETURNS: Cell<u32> = const { Cell::new(0) };
 }
 
-/// The pool's hash of machine addresses: FNV-1a, a few nanoseconds for a `host:port` (the
-/// default SipHash guards against chosen keys, and these keys are the route table's).
-type AddrHash = std::hash::BuildHasherDefault<Fnv>;
-
-#[derive(Default)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// The pool's hash of machine addresses: FNV, a few nanoseconds for a `host:port` (the default
+/// SipHash guards against chosen keys, and these keys are the route table's).
+type AddrHash = fnv::FnvBuildHasher;
 
 /// Why a request did not get a response.
 #[derive(Debug)]
