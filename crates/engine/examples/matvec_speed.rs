@@ -4,6 +4,9 @@
 //! come from `colo bench ops`). `hot` is a weight small enough to stay in the caches (the
 //! kernels' arithmetic alone); the others are read from memory as a model's are, except where
 //! the last-level cache holds a whole one. `ROWS=1,16` and `SHAPES=gate_up,down` narrow it.
+//! `SHAPES=step` times a whole decode step's products instead: every layer's four weights of
+//! that Llama (12 layers) and its lm_head, one product after another, as decoding reads them
+//! (nothing between them stays in the caches), reported as milliseconds and GB/s per step.
 use candle_core::{Device, Tensor};
 use colo_engine::few_rows::{product_with, Isa};
 use rayon::prelude::*;
@@ -42,6 +45,9 @@ fn run() {
     let shapes = list("SHAPES");
     let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Plain].into_iter().filter(|i| i.available()).collect();
     let cores = rayon::current_num_threads();
+    if shapes.as_ref().is_some_and(|s| s.iter().any(|s| s == "step")) {
+        return step(&rows, &isas, cores);
+    }
     println!(
         "{:<8} {:>4} {:>10} {}",
         "shape",
@@ -80,6 +86,72 @@ fn run() {
                 .map(|&isa| format!("{:>10.1}", time(|| drop(product_with(isa, &xv, m, &stored, n, k)))))
                 .collect();
             println!("{name:<8} {m:>4} {gemm:>10.1}{ours}");
+        }
+    }
+}
+
+/// A whole decode step's products, one after another: the Llama's 12 layers of (qkv, o,
+/// gate_up, down) and its lm_head, each weight its own memory.
+fn step(rows: &[usize], isas: &[Isa], cores: usize) {
+    let dev = Device::Cpu;
+    let layer = [(1024, 1536), (1024, 1024), (1024, 5632), (2816, 1024)];
+    let shapes: Vec<(usize, usize)> = (0..12).flat_map(|_| layer).chain([(1024, 32000)]).collect();
+    let bytes: usize = shapes.iter().map(|(k, n)| k * n * 4).sum();
+    // (k, n, stored rows, the Columns layout's blocks, the stored rows' blocks seen transposed)
+    type Weight = (usize, usize, Vec<f32>, Vec<Tensor>, Vec<Tensor>);
+    let weights: Vec<Weight> = shapes
+        .iter()
+        .map(|&(k, n)| {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let per = n.div_ceil(cores);
+            let parts = (0..n)
+                .step_by(per)
+                .map(|s| w.narrow(0, s, per.min(n - s)).unwrap().t().unwrap().contiguous().unwrap())
+                .collect();
+            let seen = (0..n)
+                .step_by(per)
+                .map(|s| w.narrow(0, s, per.min(n - s)).unwrap().t().unwrap())
+                .collect();
+            (k, n, w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), parts, seen)
+        })
+        .collect();
+    println!("a decode step's products: {} weights, {} MB", shapes.len(), bytes >> 20);
+    println!("{:<10} {:>4} {:>10} {:>8}", "kernel", "rows", "ms/step", "GB/s");
+    for &m in rows {
+        let xs: Vec<(Vec<f32>, Tensor)> = [1024, 2816]
+            .iter()
+            .map(|&k| {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x)
+            })
+            .collect();
+        let x_for = |k: usize| &xs[usize::from(k != 1024)];
+        let report = |name: &str, us: f64| {
+            println!("{name:<10} {m:>4} {:>10.2} {:>8.1}", us / 1e3, bytes as f64 / us / 1e3);
+        };
+        let gemm = time(|| {
+            for (k, _, _, parts, _) in &weights {
+                let x = &x_for(*k).1;
+                let outs: Vec<Tensor> = parts.par_iter().map(|p| x.matmul(p).unwrap()).collect();
+                Tensor::cat(&outs, 1).unwrap();
+            }
+        });
+        report("gemm", gemm);
+        let gemm_t = time(|| {
+            for (k, _, _, _, seen) in &weights {
+                let x = &x_for(*k).1;
+                let outs: Vec<Tensor> = seen.par_iter().map(|p| x.matmul(p).unwrap()).collect();
+                Tensor::cat(&outs, 1).unwrap();
+            }
+        });
+        report("gemm rowsᵀ", gemm_t);
+        for &isa in isas {
+            let us = time(|| {
+                for (k, n, w, _, _) in &weights {
+                    drop(product_with(isa, &x_for(*k).0, m, w, *n, *k));
+                }
+            });
+            report(isa.name(), us);
         }
     }
 }

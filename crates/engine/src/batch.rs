@@ -57,10 +57,8 @@ impl Batcher {
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let active = Arc::new(AtomicUsize::new(0));
         let (worker, worker_metrics, worker_active) = (embedder.clone(), metrics.clone(), active.clone());
-        std::thread::Builder::new()
-            .name("colo-batcher".into())
-            .spawn(move || run(&worker, rx, config, &worker_metrics, &worker_active))
-            .map_err(|e| EngineError::Internal(format!("spawning the batcher thread: {e}")))?;
+        // On a worker of a pool of its own, whose other workers spin during each pass.
+        crate::workers::spawn_in_pool("colo-embed", move || run(&worker, rx, config, &worker_metrics, &worker_active))?;
         Ok(Self {
             embedder,
             tx,
@@ -146,7 +144,7 @@ fn run_jobs(embedder: &Embedder, jobs: Vec<Job>, max_batch: usize, metrics: &Met
     for group in order.chunks(max_batch.max(1)) {
         let batch: Vec<&[u32]> = group.iter().map(|&(j, i)| jobs[j].inputs[i].as_slice()).collect();
         metrics.batch_size.observe(batch.len() as f64);
-        match embedder.embed(&batch) {
+        match crate::workers::with_helpers_spinning(|| embedder.embed(&batch)) {
             Ok(vectors) => {
                 for (&(j, i), v) in group.iter().zip(vectors) {
                     results[j][i] = Some(v);

@@ -100,20 +100,8 @@ impl Generator {
         let stats = Arc::new(GenStats::default());
         let kv_bytes_per_token = model.kv_bytes_per_token();
         let worker_stats = stats.clone();
-        // The scheduler runs on a worker of its own rayon pool (as many threads as the global
-        // one), so the parallel parts of each step start from inside the pool: the other workers
-        // steal them while still spinning from the last part. From a thread outside the pool,
-        // each of a step's ~60 parallel parts was handed in and waited for through a sleeping
-        // lock, and about 8% of a one-stream decode went to waking threads.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(rayon::current_num_threads())
-            .thread_name(|i| format!("colo-step-{i}"))
-            .build()
-            .map_err(|e| EngineError::Internal(format!("starting the scheduler's threads: {e}")))?;
-        std::thread::Builder::new()
-            .name("colo-scheduler".into())
-            .spawn(move || pool.install(|| run(&model, rx, config, &worker_stats)))
-            .map_err(|e| EngineError::Internal(format!("spawning the scheduler thread: {e}")))?;
+        // On a worker of a pool of its own, whose other workers spin during each step.
+        crate::workers::spawn_in_pool("colo-gen", move || run(&model, rx, config, &worker_stats))?;
         Ok(Self {
             tx,
             stats,
@@ -209,7 +197,7 @@ fn run(model: &Llama, rx: mpsc::Receiver<GenRequest>, config: GenConfig, stats: 
                     cache: &mut s.cache,
                 })
                 .collect();
-            model.step(&mut inputs).and_then(|l| l.to_vec2::<f32>())
+            crate::workers::with_helpers_spinning(|| model.step(&mut inputs).and_then(|l| l.to_vec2::<f32>()))
         };
         stats.steps.fetch_add(1, Ordering::Relaxed);
         let logits = match logits {

@@ -21,6 +21,7 @@ mod metrics;
 pub mod opbench;
 mod state;
 pub mod textgen;
+mod workers;
 
 pub use error::EngineError;
 
