@@ -53,7 +53,10 @@ pub fn report() -> CpuReport {
         decode: {
             let choice = crate::llama::decode_choice();
             let (m, k, n) = crate::llama::split::PROBE;
-            let speed = format!("{:.2}x gemm's speed at {m}x{k}x{n}", choice.speedup);
+            let mut speed = format!("{:.2}x gemm's speed at {m}x{k}x{n}", choice.speedup);
+            if choice.forced {
+                speed.push_str("; COLO_DECODE");
+            }
             match choice.chosen {
                 true => format!(
                     "few_rows {} (up to {} rows; {speed})",

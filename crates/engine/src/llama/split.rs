@@ -111,6 +111,8 @@ pub struct DecodeChoice {
     pub speedup: f32,
     /// Whether weights take the `Rows` layout (decode steps by `few_rows`).
     pub chosen: bool,
+    /// Whether `COLO_DECODE` made the choice rather than the probe.
+    pub forced: bool,
 }
 
 /// The layout choice of this process, timed on first use (about 0.1 s): `gemm`'s kernels do a
@@ -122,9 +124,20 @@ pub fn decode_choice() -> DecodeChoice {
         // On a worker of the pool, as the engine's steps run: a call from outside would time
         // the hand-over to the pool too.
         let speedup = rayon::scope(|_| probe()).unwrap_or(0.0);
+        // `COLO_DECODE=rows` or `columns` overrides the probe (to measure the other layout).
+        let forced = match std::env::var("COLO_DECODE").as_deref() {
+            Ok("rows") => Some(true),
+            Ok("columns") => Some(false),
+            Ok(other) => {
+                tracing::warn!(value = other, "COLO_DECODE is neither rows nor columns; the probe chooses");
+                None
+            }
+            Err(_) => None,
+        };
         DecodeChoice {
             speedup,
-            chosen: speedup > 1.0,
+            chosen: forced.unwrap_or(speedup > 1.0),
+            forced: forced.is_some(),
         }
     })
 }

@@ -108,6 +108,7 @@ fn split_products_agree_in_both_layouts_on_every_path() {
     // The layout choice was timed, and made exactly when few_rows was the faster.
     let choice = decode_choice();
     assert!(choice.speedup > 0.0 && choice.speedup.is_finite(), "{choice:?}");
+    assert!(!choice.forced, "COLO_DECODE is set in the tests' environment");
     assert_eq!(choice.chosen, choice.speedup > 1.0);
 }
 
