@@ -30,7 +30,10 @@ fn the_cpu_line_names_the_decode_layout_and_colo_decode_overrides_the_probe() {
     assert!(line.contains("decode=\"few_rows ") && line.contains("; COLO_DECODE)"), "{line}");
     let (ok, line, err) = cpu_line(Some("columns"));
     assert!(ok, "{err}");
-    assert!(line.contains("decode=\"gemm (few_rows ") && line.contains("; COLO_DECODE)"), "{line}");
+    assert!(
+        line.contains("decode=\"gemm (few_rows ") && line.contains("; COLO_DECODE)"),
+        "{line}"
+    );
     // Another value is ignored, with a warning naming the variable: the probe chooses.
     let (ok, line, err) = cpu_line(Some("diagonal"));
     assert!(ok, "{err}");
