@@ -392,6 +392,46 @@ def agreeing_prefix(a, b):
     return n
 
 
+# --- paired ------------------------------------------------------------------------------
+
+async def cmd_paired(args):
+    """One stream, colo and the peer request by request, the order swapped each pair, the same
+    prompt within a pair and a new one each pair. On a machine whose speed drifts within minutes
+    each pair compares like with like, where whole rounds minutes apart need not."""
+    import aiohttp
+    urls = {"colo": args.colo_url.rstrip("/") + "/v1/completions",
+            "peer": args.peer_url.rstrip("/") + "/v1/completions"}
+    kinds = {"colo": "colo", "peer": args.peer_kind}
+    speeds = {"colo": [], "peer": []}
+    ratios = []
+    conn = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        for i in range(args.pairs + 1):  # pair 0 warms both up and is not counted
+            ids = prompt_ids(args.seed * 100_003 + i, args.prompt_len, args.vocab)
+            got = {}
+            for who in (("colo", "peer") if i % 2 else ("peer", "colo")):
+                rec = {}
+                await stream_one(s, urls[who], body_for(kinds[who], args.model, ids, args.max_tokens, None), rec)
+                if rec.get("error") or not rec.get("t_last"):
+                    log(f"paired: {who} failed: {rec.get('error') or 'no tokens'}")
+                    return 1
+                got[who] = tokens_of(rec) / (rec["t_last"] - rec["t_send"])
+            if i == 0:
+                continue
+            for who in got:
+                speeds[who].append(got[who])
+            ratios.append(got["colo"] / got["peer"])
+            log(f"paired {i}/{args.pairs}: colo {got['colo']:.1f} tok/s, peer {got['peer']:.1f}")
+    out = {"pairs": len(ratios), "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
+           "colo_tok_s_median": round(statistics.median(speeds["colo"]), 3),
+           "peer_tok_s_median": round(statistics.median(speeds["peer"]), 3),
+           "ratio_median": round(statistics.median(ratios), 4),
+           "colo_faster": sum(r > 1 for r in ratios), "ratios": [round(r, 4) for r in ratios]}
+    with open(args.out, "w") as f:
+        json.dump(out, f)
+    return 0
+
+
 def cmd_report(args):
     results = load_results(args.result)
     meta = {}
@@ -466,17 +506,27 @@ def cmd_report(args):
         print()
         print(f"{rounds} rounds: numbers above are medians over rounds; each ratio below is the median of the rounds' ratios")
 
+    paired = None
+    if args.paired:
+        with open(args.paired) as f:
+            paired = json.load(f)
+        print(f"one stream, request by request ({paired['pairs']} pairs of {paired['max_tokens']} tokens): "
+              f"colo {fmt(paired['colo_tok_s_median'])} tok/s, {args.peer_label} {fmt(paired['peer_tok_s_median'])}; "
+              f"median ratio {fmt(paired['ratio_median'], 3)}, colo faster in {paired['colo_faster']} of {paired['pairs']}")
+
     if args.json:
         print()
         print(json.dumps({"meta": meta, "results": results, "greedy": list(greedy.values()),
-                          "greedy_agreement": agree,
+                          "greedy_agreement": agree, "paired": paired,
                           "summary": {"ratio_1_vs_llamacpp": ratio, "ratio_16_vs_llamacpp": ratio16,
-                                      "scaling_16": scaling, "ttft_ms": ttft, "rounds": rounds}},
+                                      "scaling_16": scaling, "ttft_ms": ttft, "rounds": rounds,
+                                      "ratio_1_paired": paired and paired["ratio_median"]}},
                          indent=1))
     print(f"generate ratio_1_vs_llamacpp={fmt(ratio, 3) if ratio is not None else 'nan'} "
           f"ratio_16_vs_llamacpp={fmt(ratio16, 3) if ratio16 is not None else 'nan'} "
           f"scaling_16={fmt(scaling, 3) if scaling is not None else 'nan'} "
-          f"ttft_ms={fmt(ttft, 1) if ttft is not None else 'nan'}")
+          f"ttft_ms={fmt(ttft, 1) if ttft is not None else 'nan'}"
+          + (f" ratio_1_paired={fmt(paired['ratio_median'], 3)}" if paired else ""))
     return 0
 
 
@@ -506,6 +556,17 @@ def main():
     ld.add_argument("--reps", type=int, default=3)
     ld.add_argument("--level-timeout", type=float, default=300)
     ld.add_argument("--tokenizer", default="")
+    pr = sub.add_parser("paired")
+    pr.add_argument("--colo-url", required=True)
+    pr.add_argument("--peer-url", required=True)
+    pr.add_argument("--peer-kind", choices=("colo", "llama-server"), default="llama-server")
+    pr.add_argument("--model", default="m")
+    pr.add_argument("--vocab", type=int, required=True)
+    pr.add_argument("--prompt-len", type=int, default=32)
+    pr.add_argument("--max-tokens", type=int, default=128)
+    pr.add_argument("--pairs", type=int, default=20)
+    pr.add_argument("--seed", type=int, default=7)
+    pr.add_argument("--out", required=True)
     m = sub.add_parser("merge")
     m.add_argument("--run", action="append", default=[])
     m.add_argument("--out", required=True)
@@ -513,6 +574,7 @@ def main():
     r.add_argument("--result", action="append", default=[])
     r.add_argument("--greedy", action="append", default=[])
     r.add_argument("--meta", default="")
+    r.add_argument("--paired", default="")
     r.add_argument("--json", action="store_true")
     r.add_argument("--colo-label", default="colo (edge) f32")
     r.add_argument("--peer-label", default="llama.cpp f32")
@@ -523,6 +585,8 @@ def main():
         return asyncio.run(cmd_greedy(args))
     if args.cmd == "load":
         return asyncio.run(cmd_load(args))
+    if args.cmd == "paired":
+        return asyncio.run(cmd_paired(args))
     if args.cmd == "merge":
         return cmd_merge(args)
     return cmd_report(args)
