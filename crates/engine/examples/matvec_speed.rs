@@ -6,7 +6,8 @@
 //! the last-level cache holds a whole one. `ROWS=1,16` and `SHAPES=gate_up,down` narrow it.
 //! `SHAPES=step` times a whole decode step's products instead: every layer's four weights of
 //! that Llama (12 layers) and its lm_head, one product after another, as decoding reads them
-//! (nothing between them stays in the caches), reported as milliseconds and GB/s per step.
+//! (nothing between them stays in the caches), reported as milliseconds and GB/s per step;
+//! there `gemm rowsᵀ` is `gemm` reading the stored rows through their transpose.
 use candle_core::{Device, Tensor};
 use colo_engine::few_rows::{product_with, Isa};
 use rayon::prelude::*;

@@ -33,8 +33,10 @@ pub(crate) fn spawn_in_pool(name: &str, run: impl FnOnce() + Send + 'static) -> 
 /// adds, gathering rows). rayon's idle workers yield about 32 times and then sleep, and waking
 /// one again costs a futex call and, in a VM, an interrupt between cores: tens of microseconds,
 /// many times a pass. Here each other worker takes one job for the pass's length that steals
-/// the parts as they appear (`rayon::yield_now`) and spins when there are none, as llama.cpp's
-/// threads do between a graph's operations. Between passes they sleep as before.
+/// the parts as they appear (`rayon::yield_now`) and, when there are none, gives its core up
+/// only to threads already waiting for it (`sched_yield`: the HTTP threads that share the cores
+/// still run; a pure spin measured the same, docs/BENCHMARKS.md), never sleeping, as llama.cpp's
+/// threads spin between a graph's operations. Between passes they sleep as before.
 pub(crate) fn with_helpers_spinning<R>(op: impl FnOnce() -> R) -> R {
     let Some(me) = rayon::current_thread_index() else {
         return op();
@@ -59,7 +61,7 @@ pub(crate) fn with_helpers_spinning<R>(op: impl FnOnce() -> R) -> R {
             }
             while !done.load(Ordering::Acquire) {
                 if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-                    std::hint::spin_loop();
+                    std::thread::yield_now();
                 }
             }
         });
