@@ -130,22 +130,20 @@ fn step(rows: &[usize], isas: &[Isa], cores: usize) {
         let report = |name: &str, us: f64| {
             println!("{name:<10} {m:>4} {:>10.2} {:>8.1}", us / 1e3, bytes as f64 / us / 1e3);
         };
-        let gemm = time(|| {
-            for (k, _, _, parts, _) in &weights {
-                let x = &x_for(*k).1;
-                let outs: Vec<Tensor> = parts.par_iter().map(|p| x.matmul(p).unwrap()).collect();
-                Tensor::cat(&outs, 1).unwrap();
-            }
-        });
-        report("gemm", gemm);
-        let gemm_t = time(|| {
-            for (k, _, _, _, seen) in &weights {
-                let x = &x_for(*k).1;
-                let outs: Vec<Tensor> = seen.par_iter().map(|p| x.matmul(p).unwrap()).collect();
-                Tensor::cat(&outs, 1).unwrap();
-            }
-        });
-        report("gemm rowsᵀ", gemm_t);
+        // gemm over each weight's blocks, the Columns layout's (`false`) or the stored rows'
+        // seen transposed (`true`).
+        let gemm = |transposed: bool| {
+            time(|| {
+                for (k, _, _, parts, seen) in &weights {
+                    let x = &x_for(*k).1;
+                    let blocks = if transposed { seen } else { parts };
+                    let outs: Vec<Tensor> = blocks.par_iter().map(|p| x.matmul(p).unwrap()).collect();
+                    Tensor::cat(&outs, 1).unwrap();
+                }
+            })
+        };
+        report("gemm", gemm(false));
+        report("gemm rowsᵀ", gemm(true));
         for &isa in isas {
             let us = time(|| {
                 for (k, n, w, _, _) in &weights {
