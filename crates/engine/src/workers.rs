@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Starts a thread named `name` that runs `run` on a worker of a new rayon pool (as many
 /// threads as the global one, named `{name}-{i}`).
 ///
-/// From a worker of the pool, a pass's parallel parts (~75 per generated token, ~50 per
+/// From a worker of the pool, a pass's parallel parts (~75 per generated token, dozens per
 /// embedding batch) are pushed onto that worker's own queue and stolen by the others. From a
 /// thread outside it, each part was handed in and waited for through a sleeping lock: about 8%
 /// of a one-stream decode went to waking threads (docs/BENCHMARKS.md).
