@@ -160,26 +160,26 @@ async fn proxy(edge: &Arc<Edge>, host_app: Option<String>, parts: Parts, body: R
         body,
     };
     if !streaming || edge.config.sse_keepalive.is_zero() {
-        return match send(edge, &outgoing, Some(table)).await {
-            Ok(answered) => {
-                let endpoint = answered.endpoint.clone();
-                Ok((app, respond(answered), Some(endpoint)))
-            }
-            Err(e) => Err((app, e)),
-        };
+        return answer(app, send(edge, &outgoing, Some(table)).await);
     }
     // A streaming client that has to wait for a machine gets its stream at once, with SSE
     // comments as keep-alives until the machine answers.
     let spawned = edge.clone();
     let mut sending = AbortOnDrop(tokio::spawn(async move { send(&spawned, &outgoing, Some(table)).await }));
     tokio::select! {
-        result = &mut sending.0 => match joined(result) {
-            Ok(answered) => {
-                let endpoint = answered.endpoint.clone();
-                Ok((app, respond(answered), Some(endpoint)))
-            }
-            Err(e) => Err((app, e)),
-        },
+        result = &mut sending.0 => answer(app, joined(result)),
         _ = tokio::time::sleep(edge.config.sse_keepalive) => Ok((app, held_stream(edge.clone(), sending), None)),
+    }
+}
+
+/// The client's answer to `app`'s request from what its machine sent, with that machine's
+/// endpoint (whose handles count the answer).
+fn answer(app: String, sent: Result<crate::respond::Answered, EdgeError>) -> ProxyResult {
+    match sent {
+        Ok(answered) => {
+            let endpoint = answered.endpoint.clone();
+            Ok((app, respond(answered), Some(endpoint)))
+        }
+        Err(e) => Err((app, e)),
     }
 }
