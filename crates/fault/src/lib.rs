@@ -10,8 +10,13 @@
 //! request reaches the server, then the connection is reset before a byte of its answer comes
 //! back) and [`Fault::Answer`] (the proxy answers the request itself with the given bytes; the
 //! server never sees it).
+//!
+//! [`nats_server`] starts the real nats-server the tests put such faults in front of, on a port
+//! no other test can take from it.
 
 #![forbid(unsafe_code)]
+
+pub mod nats_server;
 
 use bytes::Bytes;
 use std::io;

@@ -1,14 +1,15 @@
 //! The `Nats` state store against a real nats-server with JetStream: round trips, propagation
 //! between clients, fail static while the server is down, resync after it returns, and scale.
 //!
-//! Each test starts its own server on a free loopback port with its own store dir. Without a
+//! Each test starts its own server on a loopback port it picks itself with its own store dir. Without a
 //! `nats-server` binary (on PATH, at /usr/sbin, or named by `NATS_SERVER`) they fail and say
 //! how to install one: a test that cannot run has not passed.
 
 use colo_core::{App, AppName, Device, HostRecord, Machine, MachineState};
+use colo_fault::nats_server;
 use colo_state::{Nats, NatsOptions, StateError, StateStore};
 use futures::StreamExt;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -47,6 +48,7 @@ fn free_port() -> u16 {
 /// A nats-server child process with JetStream, killed when dropped.
 struct Server {
     binary: PathBuf,
+    /// The port it picked at its first start; a restart listens on the same one.
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -56,7 +58,7 @@ impl Server {
     fn start(binary: &Path, dir: &Path) -> Self {
         let mut server = Server {
             binary: binary.to_path_buf(),
-            port: free_port(),
+            port: 0,
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -68,34 +70,39 @@ impl Server {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the server (again) on the same port and store dir and waits until it accepts.
+    /// Starts the server (again, on the same port and store dir) and waits until this process
+    /// listens: its own ports file, not just anything answering on the port (another test's
+    /// server could, and this test would go on talking to it).
     fn restart(&mut self) {
         assert!(self.child.is_none(), "server already running");
-        let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(&self.dir)
+        let ports_dir = self.dir.join("ports");
+        let mut command = Command::new(&self.binary);
+        command.args(["-js", "-a", "127.0.0.1", "-sd"]).arg(self.dir.join("store"));
+        nats_server::with_port_args(&mut command, (self.port != 0).then_some(self.port), &ports_dir);
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
+        let port = nats_server::client_port(&mut child, &ports_dir, Duration::from_secs(10));
+        assert!(self.port == 0 || self.port == port, "restarted on {port}, not {}", self.port);
+        self.port = port;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on port {} within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`): the connection stays open but nothing answers.
+    /// Returns once every thread of the server is stopped or running again (a signal is
+    /// delivered a moment after `kill` returns).
     fn freeze(&self, frozen: bool) {
         let pid = self.child.as_ref().expect("server running").id().to_string();
         let signal = if frozen { "-STOP" } else { "-CONT" };
         let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
         assert!(status.success(), "kill {signal} {pid}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while thread_states(&pid).iter().any(|&state| (state == 'T') != frozen) {
+            assert!(Instant::now() < deadline, "nats-server's threads not all {signal} within 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// SIGKILL: no goodbye to the clients, no flush.
@@ -105,6 +112,17 @@ impl Server {
             child.wait().expect("reap nats-server");
         }
     }
+}
+
+/// The state letter (`R`, `S`, `T`, ...) of each thread of process `pid`, from /proc.
+fn thread_states(pid: &str) -> Vec<char> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's /proc entry");
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        .filter_map(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+        .collect()
 }
 
 impl Drop for Server {

@@ -3,6 +3,7 @@
 //! network namespace (`Place`). Every process is killed when the `Cluster` drops.
 
 use super::repo_root;
+use colo_fault::nats_server;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -131,12 +132,22 @@ impl Cluster {
         format!("http://{}:{}", self.host_ip, self.s3_port)
     }
 
+    /// Starts nats-server: on a port it picks itself the first time (no other test can take it
+    /// in between), on the same port after a kill; returns once this process listens.
     pub fn start_nats(&mut self) {
+        let ports_dir = self.dir.join("nats-ports");
         let mut command = Command::new(binary("nats-server", "nats-server"));
-        command.args(["-js", "-a", &self.host_ip, "-p", &self.nats_port.to_string(), "-sd"]);
-        command.arg(self.dir.join("nats"));
+        command.args(["-js", "-a", &self.host_ip, "-sd"]).arg(self.dir.join("nats"));
+        nats_server::with_port_args(&mut command, (self.nats_port != 0).then_some(self.nats_port), &ports_dir);
         self.spawn("nats", command);
-        wait_port(&self.host_ip, self.nats_port, "nats-server");
+        let child = self.procs.get_mut("nats").expect("just spawned");
+        let port = nats_server::client_port(child, &ports_dir, Duration::from_secs(20));
+        assert!(
+            self.nats_port == 0 || self.nats_port == port,
+            "nats-server restarted on {port}, not {}",
+            self.nats_port
+        );
+        self.nats_port = port;
     }
 
     pub fn colo(&self, args: &[&str]) -> Command {
@@ -389,7 +400,7 @@ pub fn start_cluster_at(dir: &Path, tls: Option<(PathBuf, PathBuf, PathBuf)>, ho
     let mut cluster = Cluster {
         dir: dir.to_path_buf(),
         host_ip: host_ip.to_string(),
-        nats_port: free_port(),
+        nats_port: 0,
         s3_port: free_port(),
         procs: BTreeMap::new(),
         tls,
