@@ -25,18 +25,16 @@ fn the_cpu_line_names_the_decode_layout_and_colo_decode_overrides_the_probe() {
         assert!(line.contains(field), "no {field} in {line}");
     }
     assert!(!line.contains("COLO_DECODE"), "{line}");
-    let (ok, line, err) = cpu_line(Some("rows"));
+    let (ok, line, err) = cpu_line(Some("panels"));
     assert!(ok, "{err}");
-    assert!(line.contains("decode=\"few_rows ") && line.contains("; COLO_DECODE)"), "{line}");
+    assert!(line.contains("decode=\"panels ") && line.contains("; COLO_DECODE)"), "{line}");
     let (ok, line, err) = cpu_line(Some("columns"));
     assert!(ok, "{err}");
-    assert!(
-        line.contains("decode=\"gemm (few_rows ") && line.contains("; COLO_DECODE)"),
-        "{line}"
-    );
-    // Another value is ignored, with a warning naming the variable: the probe chooses.
-    let (ok, line, err) = cpu_line(Some("diagonal"));
+    assert!(line.contains("decode=\"gemm (panels ") && line.contains("; COLO_DECODE)"), "{line}");
+    // Another value (the old `rows` too) is ignored, with a warning naming the variable: the
+    // probe chooses.
+    let (ok, line, err) = cpu_line(Some("rows"));
     assert!(ok, "{err}");
     assert!(!line.contains("COLO_DECODE"), "{line}");
-    assert!(err.contains("COLO_DECODE"), "no warning about COLO_DECODE=diagonal: {err}");
+    assert!(err.contains("COLO_DECODE"), "no warning about COLO_DECODE=rows: {err}");
 }

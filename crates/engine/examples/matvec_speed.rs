@@ -1,6 +1,6 @@
 //! Times decode-sized products at bench/generate's Llama shapes: candle's `gemm` on the weight
 //! transposed and split in one column block per core (`llama::Split`'s `Columns` layout), and
-//! `few_rows` with each instruction set this CPU has (a profiling aid; the engine's own numbers
+//! the engine's panels with each instruction set this CPU has (a profiling aid; the engine's own numbers
 //! come from `colo bench ops`). `hot` is a weight small enough to stay in the caches (the
 //! kernels' arithmetic alone); the others are read from memory as a model's are, except where
 //! the last-level cache holds a whole one. `ROWS=1,16` and `SHAPES=gate_up,down` narrow it.
@@ -9,7 +9,7 @@
 //! (nothing between them stays in the caches), reported as milliseconds and GB/s per step;
 //! there `gemm rowsᵀ` is `gemm` reading the stored rows through their transpose.
 use candle_core::{Device, Tensor};
-use colo_engine::few_rows::{product_with, Isa};
+use colo_engine::panels::{Isa, Panels, Tile};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -69,7 +69,7 @@ fn run() {
         }
         // Stored rows (n, k), as a checkpoint has them; written, so every page is its own.
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-        let stored = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let panels = Panels::from_rows(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
         let per = n.div_ceil(cores);
         let parts: Vec<Tensor> = (0..n)
             .step_by(per)
@@ -84,7 +84,7 @@ fn run() {
             });
             let ours: String = isas
                 .iter()
-                .map(|&isa| format!("{:>10.1}", time(|| drop(product_with(isa, &xv, m, &stored, n, k)))))
+                .map(|&isa| format!("{:>10.1}", time(|| drop(panels.product_with(isa, &xv, m, Tile::best(isa))))))
                 .collect();
             println!("{name:<8} {m:>4} {gemm:>10.1}{ours}");
         }
@@ -95,11 +95,24 @@ fn run() {
 /// gate_up, down) and its lm_head, each weight its own memory.
 fn step(rows: &[usize], isas: &[Isa], cores: usize) {
     let dev = Device::Cpu;
+    // `TILES=8x2,16x1`: tiles timed besides each kernel's own choice, where they fit.
+    let extra_tiles: Vec<Tile> = std::env::var("TILES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|t| t.split_once('x'))
+        .filter_map(|(r, p)| {
+            Some(Tile {
+                rows: r.parse().ok()?,
+                panels: p.parse().ok()?,
+            })
+        })
+        .collect();
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(15);
     let layer = [(1024, 1536), (1024, 1024), (1024, 5632), (2816, 1024)];
     let shapes: Vec<(usize, usize)> = (0..12).flat_map(|_| layer).chain([(1024, 32000)]).collect();
     let bytes: usize = shapes.iter().map(|(k, n)| k * n * 4).sum();
-    // (k, n, stored rows, the Columns layout's blocks, the stored rows' blocks seen transposed)
-    type Weight = (usize, usize, Vec<f32>, Vec<Tensor>, Vec<Tensor>);
+    // (k, the Columns layout's blocks, the stored rows' blocks seen transposed, the panels)
+    type Weight = (usize, Vec<Tensor>, Vec<Tensor>, Panels);
     let weights: Vec<Weight> = shapes
         .iter()
         .map(|&(k, n)| {
@@ -113,11 +126,12 @@ fn step(rows: &[usize], isas: &[Isa], cores: usize) {
                 .step_by(per)
                 .map(|s| w.narrow(0, s, per.min(n - s)).unwrap().t().unwrap())
                 .collect();
-            (k, n, w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), parts, seen)
+            let panels = Panels::from_rows(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
+            (k, parts, seen, panels)
         })
         .collect();
     println!("a decode step's products: {} weights, {} MB", shapes.len(), bytes >> 20);
-    println!("{:<10} {:>4} {:>10} {:>8}", "kernel", "rows", "ms/step", "GB/s");
+    println!("{:<16} {:>4} {:>10} {:>8}", "kernel", "rows", "ms/step", "GB/s");
     for &m in rows {
         let xs: Vec<(Vec<f32>, Tensor)> = [1024, 2816]
             .iter()
@@ -128,29 +142,47 @@ fn step(rows: &[usize], isas: &[Isa], cores: usize) {
             .collect();
         let x_for = |k: usize| &xs[usize::from(k != 1024)];
         let report = |name: &str, us: f64| {
-            println!("{name:<10} {m:>4} {:>10.2} {:>8.1}", us / 1e3, bytes as f64 / us / 1e3);
+            println!("{name:<16} {m:>4} {:>10.2} {:>8.1}", us / 1e3, bytes as f64 / us / 1e3);
         };
         // gemm over each weight's blocks, the Columns layout's (`false`) or the stored rows'
         // seen transposed (`true`).
         let gemm = |transposed: bool| {
-            time(|| {
-                for (k, _, _, parts, seen) in &weights {
-                    let x = &x_for(*k).1;
-                    let blocks = if transposed { seen } else { parts };
-                    let outs: Vec<Tensor> = blocks.par_iter().map(|p| x.matmul(p).unwrap()).collect();
-                    Tensor::cat(&outs, 1).unwrap();
-                }
-            })
+            for (k, parts, seen, _) in &weights {
+                let x = &x_for(*k).1;
+                let blocks = if transposed { seen } else { parts };
+                let outs: Vec<Tensor> = blocks.par_iter().map(|p| x.matmul(p).unwrap()).collect();
+                Tensor::cat(&outs, 1).unwrap();
+            }
         };
-        report("gemm", gemm(false));
-        report("gemm rowsᵀ", gemm(true));
+        let panels = |isa: Isa, tile: Tile| {
+            for (k, _, _, panels) in &weights {
+                drop(panels.product_with(isa, &x_for(*k).0, m, tile));
+            }
+        };
+        // Every kernel once per round, in turn, so that the machine's drifts reach them alike.
+        let mut kernels: Vec<(String, Box<dyn Fn() + '_>)> = vec![
+            ("gemm".into(), Box::new(|| gemm(false))),
+            ("gemm rowsᵀ".into(), Box::new(|| gemm(true))),
+        ];
         for &isa in isas {
-            let us = time(|| {
-                for (k, n, w, _, _) in &weights {
-                    drop(product_with(isa, &x_for(*k).0, m, w, *n, *k));
-                }
-            });
-            report(isa.name(), us);
+            let own = Tile::best(isa);
+            let tiles = std::iter::once(own).chain(extra_tiles.iter().copied().filter(|t| t.fits(isa) && *t != own));
+            for tile in tiles {
+                let name = format!("{} {}x{}", isa.name(), tile.rows, tile.panels);
+                kernels.push((name, Box::new(move || panels(isa, tile))));
+            }
+        }
+        let mut samples = vec![Vec::new(); kernels.len()];
+        for _ in 0..rounds {
+            for (kernel, samples) in kernels.iter().zip(&mut samples) {
+                let start = Instant::now();
+                (kernel.1)();
+                samples.push(start.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        for ((name, _), mut samples) in kernels.iter().zip(samples) {
+            samples.sort_by(f64::total_cmp);
+            report(name, samples[samples.len() / 2]);
         }
     }
 }

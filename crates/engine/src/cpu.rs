@@ -7,8 +7,9 @@
 //! candle's own vector loops (dot products and sums in softmax, norms and quantized matmuls),
 //! whose SIMD versions are chosen when the binary is compiled (`target_feature = "avx2"`), not at
 //! run time. Products of many rows go to OpenBLAS instead where the system has it
-//! ([`crate::blas`]), and a decode step's few rows to [`crate::few_rows`] where it was timed the
-//! faster ([`crate::llama::decode_choice`]).
+//! ([`crate::blas`]), and a generating model's f32 weights take the engine's own panels and
+//! kernels ([`crate::panels`]) where they were timed the faster
+//! ([`crate::llama::decode_choice`]).
 
 use serde::Serialize;
 
@@ -25,7 +26,7 @@ pub struct CpuReport {
     pub matmul: &'static str,
     /// The BLAS that large products go to (see [`crate::blas`]), or `none`.
     pub blas: String,
-    /// What multiplies a decode step's few rows (see [`crate::llama::decode_choice`]).
+    /// What multiplies a generating model's f32 weights (see [`crate::llama::decode_choice`]).
     pub decode: String,
     /// How candle's vector loops were compiled.
     pub vector_ops: &'static str,
@@ -58,12 +59,8 @@ pub fn report() -> CpuReport {
                 speed.push_str("; COLO_DECODE");
             }
             match choice.chosen {
-                true => format!(
-                    "few_rows {} (up to {} rows; {speed})",
-                    crate::few_rows::isa().name(),
-                    crate::few_rows::MAX_ROWS
-                ),
-                false => format!("gemm (few_rows {} not used: {speed})", crate::few_rows::isa().name()),
+                true => format!("panels {} ({speed})", crate::panels::isa().name()),
+                false => format!("gemm (panels {} not used: {speed})", crate::panels::isa().name()),
             }
         },
         vector_ops: if cfg!(any(target_feature = "avx2", target_feature = "neon")) {

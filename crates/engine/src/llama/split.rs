@@ -1,23 +1,23 @@
 //! A linear layer's weight, laid out for the products its device and CPU do fastest.
 
+use crate::panels::Panels;
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// A linear layer's weight, kept the way its products are fastest here.
 ///
-/// `Rows`, f32 on a CPU where [`decode_choice`] found [`crate::few_rows`] the faster: the
-/// checkpoint's rows as stored, `[outputs, inputs]`. A step of a few rows (decoding) is
-/// multiplied by `few_rows`, every output a dot product of two stored rows, the columns split
-/// over the engine's pool; a step of more rows (prompts being read) goes to the BLAS or `gemm`
-/// through the transpose, which both read as it lies.
+/// `Panels`, f32 on a CPU where [`decode_choice`] found them the faster: the checkpoint's rows
+/// interleaved in panels of 16 outputs ([`crate::panels`]), multiplied by the engine's own
+/// kernels for any number of rows, the panels split over the engine's pool.
 ///
 /// `Columns`, anywhere else: transposed once at load, `[inputs, outputs]`, and on the CPU split
-/// by columns into one block per core, multiplied in parallel (candle runs a decode-sized
-/// product on one core; split, each core streams its own share of the weights). On a GPU the
-/// weight stays whole: one product already uses the whole card.
+/// by columns into one block per core, multiplied in parallel by gemm, or by the BLAS for
+/// steps of many rows (candle runs a decode-sized product on one core; split, each core streams
+/// its own share of the weights). On a GPU the weight stays whole: one product already uses
+/// the whole card.
 pub(crate) enum Split {
-    Rows(Tensor),
+    Panels(Panels),
     Columns(Vec<Tensor>),
 }
 
@@ -27,20 +27,26 @@ impl Split {
     /// The layer whose weight is the rows of `weights` stacked (each `[outputs_j, inputs]`, as
     /// stored in a checkpoint), in the layout this device and CPU multiply fastest.
     pub(crate) fn new(weights: &[&Tensor]) -> candle_core::Result<Self> {
-        let rows = weights[0].device().is_cpu() && weights.iter().all(|w| w.dtype() == DType::F32) && decode_choice().chosen;
-        match rows {
-            true => Self::rows(weights),
+        let panels = weights[0].device().is_cpu() && weights.iter().all(|w| w.dtype() == DType::F32) && decode_choice().chosen;
+        match panels {
+            true => Self::panels(weights),
             false => Self::columns(weights),
         }
     }
 
-    /// The `Rows` layout (f32 CPU weights only).
-    pub(crate) fn rows(weights: &[&Tensor]) -> candle_core::Result<Self> {
+    /// The `Panels` layout (f32 CPU weights only).
+    pub(crate) fn panels(weights: &[&Tensor]) -> candle_core::Result<Self> {
         let rows = match weights {
             [one] => (*one).clone(),
             _ => Tensor::cat(weights, 0)?,
         };
-        Ok(Self::Rows(rows.contiguous()?))
+        let (n, k) = rows.dims2()?;
+        let rows = rows.to_dtype(DType::F32)?.flatten_all()?;
+        let (storage, layout) = rows.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((from, to))) = (&*storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("panels: the weight is not contiguous f32 in CPU memory");
+        };
+        Ok(Self::Panels(Panels::from_rows(&cpu.as_slice::<f32>()?[from..to], n, k)))
     }
 
     /// The `Columns` layout.
@@ -62,7 +68,7 @@ impl Split {
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let parts = match self {
-            Self::Rows(w) => return rows_product(x, w),
+            Self::Panels(panels) => return panels_product(x, panels),
             Self::Columns(parts) => parts,
         };
         if parts.len() == 1 {
@@ -78,25 +84,20 @@ impl Split {
     }
 }
 
-/// `x . wᵀ` for `w` the stored rows `[outputs, inputs]` (f32, on the CPU).
-fn rows_product(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// `x . wᵀ` for `x` `(m, k)` on the CPU and `w` in panels.
+fn panels_product(x: &Tensor, panels: &Panels) -> candle_core::Result<Tensor> {
     let (m, k) = x.dims2()?;
-    let n = w.dim(0)?;
-    if m > crate::few_rows::MAX_ROWS || x.dtype() != DType::F32 {
-        return crate::blas::matmul(x, &w.t()?);
+    if k != panels.k() {
+        candle_core::bail!("panels: x has {k} values per row, the weight {}", panels.k());
     }
-    let x = x.contiguous()?;
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    let (Storage::Cpu(xc), Storage::Cpu(wc), Some((x0, x1)), Some((w0, w1))) =
-        (&*xs, &*ws, xl.contiguous_offsets(), wl.contiguous_offsets())
-    else {
-        drop((xs, ws));
-        return crate::blas::matmul(&x, &w.t()?);
+    let (Storage::Cpu(xc), Some((x0, x1))) = (&*xs, xl.contiguous_offsets()) else {
+        candle_core::bail!("panels: x is not in CPU memory");
     };
-    let out = crate::few_rows::product(&xc.as_slice::<f32>()?[x0..x1], m, &wc.as_slice::<f32>()?[w0..w1], n, k);
-    drop((xs, ws));
-    Tensor::from_vec(out, (m, n), &Device::Cpu)
+    let out = panels.product(&xc.as_slice::<f32>()?[x0..x1], m);
+    drop(xs);
+    Tensor::from_vec(out, (m, panels.n()), &Device::Cpu)
 }
 
 /// The probe's products: 16 rows (a busy server's decode step) by weights of 1024 inputs and
@@ -107,29 +108,29 @@ pub const PROBE: (usize, usize, usize) = (16, 1024, 4096);
 /// Which layout the CPU's f32 weights take, by [`PROBE`]'s products timed both ways.
 #[derive(Clone, Copy, Debug)]
 pub struct DecodeChoice {
-    /// `gemm`'s best time over `few_rows`' (above 1: `few_rows` is the faster).
+    /// `gemm`'s best time over the panels' (above 1: the panels are the faster).
     pub speedup: f32,
-    /// Whether weights take the `Rows` layout (decode steps by `few_rows`).
+    /// Whether weights take the `Panels` layout.
     pub chosen: bool,
     /// Whether `COLO_DECODE` made the choice rather than the probe.
     pub forced: bool,
 }
 
-/// The layout choice of this process, timed on first use (about 0.1 s): `gemm`'s kernels do a
-/// 16-row decode step faster where the CPU has AVX-512 (`few_rows` at 0.62x on the Zen 5 of
-/// docs/BENCHMARKS.md), slower where it has only AVX2.
+/// The layout choice of this process, timed on first use (about 0.1 s). The panels were the
+/// faster on every CPU measured (docs/BENCHMARKS.md); the probe stays so that a CPU where
+/// `gemm` (or the BLAS behind `Columns`) does better keeps it.
 pub fn decode_choice() -> DecodeChoice {
     static CHOICE: OnceLock<DecodeChoice> = OnceLock::new();
     *CHOICE.get_or_init(|| {
         // On a worker of the pool, as the engine's steps run: a call from outside would time
         // the hand-over to the pool too.
         let speedup = rayon::scope(|_| probe()).unwrap_or(0.0);
-        // `COLO_DECODE=rows` or `columns` overrides the probe (to measure the other layout).
+        // `COLO_DECODE=panels` or `columns` overrides the probe (to measure the other layout).
         let forced = match std::env::var("COLO_DECODE").as_deref() {
-            Ok("rows") => Some(true),
+            Ok("panels") => Some(true),
             Ok("columns") => Some(false),
             Ok(other) => {
-                tracing::warn!(value = other, "COLO_DECODE is neither rows nor columns; the probe chooses");
+                tracing::warn!(value = other, "COLO_DECODE is neither panels nor columns; the probe chooses");
                 None
             }
             Err(_) => None,
@@ -142,19 +143,19 @@ pub fn decode_choice() -> DecodeChoice {
     })
 }
 
-/// `gemm`'s best time over `few_rows`' for [`PROBE`]'s products, each layout run in turn four
+/// `gemm`'s best time over the panels' for [`PROBE`]'s products, each layout run in turn four
 /// times (the first of each a warm-up).
 fn probe() -> candle_core::Result<f32> {
     let (m, k, n) = PROBE;
     let count = (2 * last_level_cache() / (n * k * 4)).clamp(2, 8);
     let ramp = |len: usize, seed: usize| (0..len).map(|i| ((i * 31 + seed) % 97) as f32 / 97.0 - 0.5).collect::<Vec<f32>>();
     let x = Tensor::from_vec(ramp(m * k, 1), (m, k), &Device::Cpu)?;
-    let mut rows = Vec::with_capacity(count);
+    let mut panels = Vec::with_capacity(count);
     let mut columns = Vec::with_capacity(count);
     for i in 0..count {
         let w = Tensor::from_vec(ramp(n * k, 2 + i), (n, k), &Device::Cpu)?;
         columns.push(Split::columns(&[&w])?);
-        rows.push(Split::rows(&[&w])?);
+        panels.push(Split::panels(&[&w])?);
     }
     let timed = |splits: &[Split]| -> candle_core::Result<f32> {
         let start = std::time::Instant::now();
@@ -165,7 +166,7 @@ fn probe() -> candle_core::Result<f32> {
     };
     let (mut ours, mut gemm) = (f32::INFINITY, f32::INFINITY);
     for round in 0..4 {
-        let (o, g) = (timed(&rows)?, timed(&columns)?);
+        let (o, g) = (timed(&panels)?, timed(&columns)?);
         if round > 0 {
             (ours, gemm) = (ours.min(o), gemm.min(g));
         }

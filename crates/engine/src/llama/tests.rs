@@ -62,10 +62,9 @@ fn bad_configs_name_the_field() {
 
 #[test]
 fn split_products_agree_in_both_layouts_on_every_path() {
-    // Both layouts of a weight: `Rows` multiplies a decode step's few rows by `few_rows` and
-    // more through the transpose (the BLAS where its probe chose it, from 64 rows, else gemm);
-    // `Columns` by gemm per column block, or the BLAS. Every path gives the product with the
-    // whole weight.
+    // Both layouts of a weight: `Panels` by the engine's panel kernels (one row, a tile's
+    // height, more than one tile, many tiles); `Columns` by gemm per column block, or the BLAS
+    // from 64 rows where its probe chose it. Every path gives the product with the whole weight.
     let values = |n: usize, seed: u32| -> Vec<f32> {
         (0..n)
             .map(|i| ((i as u32 ^ seed).wrapping_mul(2_654_435_761) >> 8) as f32 / (1 << 24) as f32 - 0.5)
@@ -73,10 +72,9 @@ fn split_products_agree_in_both_layouts_on_every_path() {
     };
     let (inputs, outputs) = (48, 70);
     let stored = Tensor::from_vec(values(outputs * inputs, 1), (outputs, inputs), &Device::Cpu).unwrap();
-    let (rows, columns) = (Split::rows(&[&stored]).unwrap(), Split::columns(&[&stored]).unwrap());
-    assert!(matches!(rows, Split::Rows(_)) && matches!(columns, Split::Columns(_)));
-    let few = crate::few_rows::MAX_ROWS;
-    for n in [1, 3, few, few + 1, crate::blas::MIN_ROWS, 130] {
+    let (panels, columns) = (Split::panels(&[&stored]).unwrap(), Split::columns(&[&stored]).unwrap());
+    assert!(matches!(panels, Split::Panels(_)) && matches!(columns, Split::Columns(_)));
+    for n in [1, 3, 12, 16, 33, crate::blas::MIN_ROWS, 130] {
         let x = Tensor::from_vec(values(n * inputs, 2), (n, inputs), &Device::Cpu).unwrap();
         let want = x
             .matmul(&stored.t().unwrap())
@@ -85,7 +83,7 @@ fn split_products_agree_in_both_layouts_on_every_path() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        for (layout, split) in [("rows", &rows), ("columns", &columns)] {
+        for (layout, split) in [("panels", &panels), ("columns", &columns)] {
             let got = split.forward(&x).unwrap();
             assert_eq!(got.dims(), &[n, outputs]);
             let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -99,13 +97,13 @@ fn split_products_agree_in_both_layouts_on_every_path() {
     let x = Tensor::from_vec(values(5 * inputs, 4), (5, inputs), &Device::Cpu).unwrap();
     let want = x.matmul(&both.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
     for split in [
-        Split::rows(&[&stored, &second]).unwrap(),
+        Split::panels(&[&stored, &second]).unwrap(),
         Split::columns(&[&stored, &second]).unwrap(),
     ] {
         let got = split.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         assert!(got.iter().flatten().zip(want.iter().flatten()).all(|(a, b)| (a - b).abs() < 1e-4));
     }
-    // The layout choice was timed, and made exactly when few_rows was the faster.
+    // The layout choice was timed, and made exactly when the panels were the faster.
     let choice = decode_choice();
     assert!(choice.speedup > 0.0 && choice.speedup.is_finite(), "{choice:?}");
     assert!(!choice.forced, "COLO_DECODE is set in the tests' environment");
