@@ -1,9 +1,9 @@
 //! The `Nats` state store against a real nats-server with JetStream: round trips, propagation
 //! between clients, fail static while the server is down, resync after it returns, and scale.
 //!
-//! Each test starts its own server on a loopback port it picks itself with its own store dir. Without a
-//! `nats-server` binary (on PATH, at /usr/sbin, or named by `NATS_SERVER`) they fail and say
-//! how to install one: a test that cannot run has not passed.
+//! Each test starts its own server, on a loopback port the server picks itself, with its own
+//! store dir. Without a `nats-server` binary (on PATH, at /usr/sbin, or named by `NATS_SERVER`)
+//! they fail and say how to install one: a test that cannot run has not passed.
 
 use colo_core::{App, AppName, Device, HostRecord, Machine, MachineState};
 use colo_fault::nats_server;
@@ -79,15 +79,16 @@ impl Server {
         let mut command = Command::new(&self.binary);
         command.args(["-js", "-a", "127.0.0.1", "-sd"]).arg(self.dir.join("store"));
         nats_server::with_port_args(&mut command, (self.port != 0).then_some(self.port), &ports_dir);
-        let mut child = command
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        let port = nats_server::client_port(&mut child, &ports_dir, Duration::from_secs(10));
+        // Held before the wait, so that a wait that fails still kills it (`Drop`).
+        let child = self.child.insert(child);
+        let port = nats_server::client_port(child, &ports_dir, Duration::from_secs(10));
         assert!(self.port == 0 || self.port == port, "restarted on {port}, not {}", self.port);
         self.port = port;
-        self.child = Some(child);
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`): the connection stays open but nothing answers.
@@ -98,6 +99,7 @@ impl Server {
         let signal = if frozen { "-STOP" } else { "-CONT" };
         let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
         assert!(status.success(), "kill {signal} {pid}");
+        assert!(!frozen || !thread_states(&pid).is_empty(), "nats-server (pid {pid}) is gone");
         let deadline = Instant::now() + Duration::from_secs(5);
         while thread_states(&pid).iter().any(|&state| (state == 'T') != frozen) {
             assert!(Instant::now() < deadline, "nats-server's threads not all {signal} within 5 s");
@@ -114,9 +116,12 @@ impl Server {
     }
 }
 
-/// The state letter (`R`, `S`, `T`, ...) of each thread of process `pid`, from /proc.
+/// The state letter (`R`, `S`, `T`, ...) of each thread of process `pid`, from /proc; none
+/// when the process is gone.
 fn thread_states(pid: &str) -> Vec<char> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's /proc entry");
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
     tasks
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())

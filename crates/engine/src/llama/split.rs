@@ -117,8 +117,9 @@ pub struct DecodeChoice {
 }
 
 /// The layout choice of this process, timed on first use (about 0.1 s). The panels were the
-/// faster on every CPU measured (docs/BENCHMARKS.md); the probe stays so that a CPU where
-/// `gemm` (or the BLAS behind `Columns`) does better keeps it.
+/// faster with AVX-512 (1.3x) and with AVX2 kernels (2.1x) on the Zen 5 of docs/BENCHMARKS.md;
+/// the probe stays so that a CPU where `gemm` (or the BLAS behind `Columns`) does better keeps
+/// it.
 pub fn decode_choice() -> DecodeChoice {
     static CHOICE: OnceLock<DecodeChoice> = OnceLock::new();
     *CHOICE.get_or_init(|| {
