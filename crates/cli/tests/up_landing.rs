@@ -5,11 +5,11 @@
 
 mod common;
 
-use colo_fault::{Fault, FaultProxy};
-use common::cluster::{binary, free_port, wait_port};
+use colo_fault::{s3s_fs, Fault, FaultProxy};
+use common::cluster::binary;
 use common::Colo;
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn greedy(edge: &str) -> Vec<String> {
@@ -47,16 +47,18 @@ fn a_cold_start_loads_weights_while_they_land_and_answers_as_from_the_cache() {
 
     // The origin: s3s-fs, reached through a fault proxy.
     std::fs::create_dir_all(dir.path().join("s3/colo")).unwrap();
-    let s3_port = free_port();
-    let mut s3 = Command::new(binary("s3s-fs", "s3s-fs"))
-        .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
+    let s3_log = dir.path().join("s3s-fs.log");
+    let log = std::fs::File::create(&s3_log).unwrap();
+    let mut s3 = Command::new(binary("s3s-fs", "s3s-fs"));
+    s3s_fs::with_port_args(&mut s3, "127.0.0.1");
+    let mut s3 = s3
         .args(["--access-key", "lander", "--secret-key", "lander-secret"])
         .arg(dir.path().join("s3"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .expect("s3s-fs (cargo install s3s-fs; scripts/test does)");
-    wait_port("127.0.0.1", s3_port, "s3s-fs");
+    let s3_port = s3s_fs::bound_port(&mut s3, &s3_log, Duration::from_secs(20));
     let proxy = runtime.block_on(FaultProxy::start(([127, 0, 0, 1], s3_port).into())).unwrap();
     // SAFETY: set before any thread of this test reads the environment; the colo processes
     // started below inherit it.

@@ -11,12 +11,13 @@
 //! back) and [`Fault::Answer`] (the proxy answers the request itself with the given bytes; the
 //! server never sees it).
 //!
-//! [`nats_server`] starts the real nats-server the tests put such faults in front of, on a port
-//! no other test can take from it.
+//! [`nats_server`] and [`s3s_fs`] start the real servers the tests put such faults in front of,
+//! each on a port no other test can take from it.
 
 #![forbid(unsafe_code)]
 
 pub mod nats_server;
+pub mod s3s_fs;
 
 use bytes::Bytes;
 use std::io;

@@ -4,9 +4,10 @@
 
 mod common;
 
+use colo_fault::s3s_fs;
 use colo_store::{hydrate, no_progress, push_dir, HostCache, HydrateOptions, PushOptions, Store};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 struct Server(Child);
 
@@ -29,29 +30,21 @@ fn s3s_fs_binary() -> std::path::PathBuf {
 }
 
 fn start_s3(root: &std::path::Path) -> (Server, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(s3s_fs_binary())
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            "colo-test",
-            "--secret-key",
-            "colo-test-secret",
-        ])
+    // Its log beside the data: the line that says where it listens is read from there.
+    let log_path = root.with_extension("s3s-fs.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new(s3s_fs_binary());
+    s3s_fs::with_port_args(&mut command, "127.0.0.1");
+    let child = command
+        .args(["--access-key", "colo-test", "--secret-key", "colo-test-secret"])
         .arg(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .expect("s3s-fs must be installed: cargo install s3s-fs@0.14.1 --locked --features binary (.ci/run does this)");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "s3s-fs did not listen within 10s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Held before the wait, so that a wait that fails still kills it.
+    let mut server = Server(child);
+    let port = s3s_fs::bound_port(&mut server.0, &log_path, Duration::from_secs(10));
     (server, port)
 }
 

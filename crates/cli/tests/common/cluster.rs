@@ -3,7 +3,7 @@
 //! network namespace (`Place`). Every process is killed when the `Cluster` drops.
 
 use super::repo_root;
-use colo_fault::nats_server;
+use colo_fault::{nats_server, s3s_fs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -401,7 +401,7 @@ pub fn start_cluster_at(dir: &Path, tls: Option<(PathBuf, PathBuf, PathBuf)>, ho
         dir: dir.to_path_buf(),
         host_ip: host_ip.to_string(),
         nats_port: 0,
-        s3_port: free_port(),
+        s3_port: 0,
         procs: BTreeMap::new(),
         tls,
         daemon_nats: None,
@@ -409,19 +409,12 @@ pub fn start_cluster_at(dir: &Path, tls: Option<(PathBuf, PathBuf, PathBuf)>, ho
     };
     std::fs::create_dir_all(dir.join("s3/colo")).unwrap();
     let mut s3 = Command::new(binary("s3s-fs", "s3s-fs"));
-    s3.args([
-        "--host",
-        host_ip,
-        "--port",
-        &cluster.s3_port.to_string(),
-        "--access-key",
-        ACCESS_KEY,
-        "--secret-key",
-        SECRET_KEY,
-    ])
-    .arg(dir.join("s3"));
+    s3.args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(dir.join("s3"));
+    s3s_fs::with_port_args(&mut s3, host_ip);
     cluster.spawn("s3s-fs", s3);
-    wait_port(host_ip, cluster.s3_port, "s3s-fs");
+    let child = cluster.procs.get_mut("s3s-fs").expect("just spawned");
+    cluster.s3_port = s3s_fs::bound_port(child, &dir.join("s3s-fs.log"), Duration::from_secs(20));
     cluster.start_nats();
 
     let nats = cluster.nats_url();
