@@ -22,6 +22,7 @@
 //! Panels are split over the engine's pool, about four tasks per core, each a contiguous run.
 
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Outputs per panel: one 64-byte line of f32.
 pub const WIDTH: usize = 16;
@@ -226,9 +227,9 @@ impl Tile {
 
 /// `x`'s `m` rows in `groups` groups of `r`, each group's values interleaved by `p`
 /// (`[groups][k][r]`), rows past `m` zero.
-fn interleave(x: &[f32], m: usize, k: usize, r: usize, groups: usize) -> Vec<f32> {
+fn interleave(x: &[f32], m: usize, k: usize, r: usize, groups: usize) -> Cow<'_, [f32]> {
     if r == 1 {
-        return x.to_vec();
+        return Cow::Borrowed(x);
     }
     let mut xp = vec![0f32; groups * k * r];
     for i in 0..m {
@@ -238,7 +239,7 @@ fn interleave(x: &[f32], m: usize, k: usize, r: usize, groups: usize) -> Vec<f32
             group[p * r + row] = *v;
         }
     }
-    xp
+    Cow::Owned(xp)
 }
 
 /// Generates one instruction set's kernel: `task` walks a task's panels `np` at a time (one or

@@ -29,6 +29,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// Polls `read` (what `child`, a server named `what`, says about where it listens, written to
+/// `place`) until it gives a port. Panics, saying why, if the child exits first or nothing
+/// comes within `wait`. Shared by [`nats_server`] and [`s3s_fs`].
+fn wait_for_port(child: &mut std::process::Child, what: &str, place: &str, wait: Duration, mut read: impl FnMut() -> Option<u16>) -> u16 {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("polling {what}: {e}")) {
+            panic!(
+                "{what} (pid {}) exited with {status} before it listened: its port was taken or its flags refused ({place})",
+                child.id()
+            );
+        }
+        if let Some(port) = read() {
+            return port;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} (pid {}) did not say where it listens within {wait:?} ({place})",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What the proxy does to the bytes it carries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Fault {

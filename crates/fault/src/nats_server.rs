@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The arguments that make nats-server write its ports file into `ports_dir`, listening on
 /// `port`, or on a port it picks itself when `port` is `None`.
@@ -30,31 +30,16 @@ pub fn with_port_args(command: &mut Command, port: Option<u16>, ports_dir: &Path
 /// `wait`.
 pub fn client_port(child: &mut Child, ports_dir: &Path, wait: Duration) -> u16 {
     let suffix = format!("_{}.ports", child.id());
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(status) = child.try_wait().expect("polling nats-server") {
-            panic!(
-                "nats-server (pid {}) exited with {status} before it listened: its port was taken or its flags refused",
-                child.id()
-            );
-        }
+    let place = format!("a ports file in {}", ports_dir.display());
+    crate::wait_for_port(child, "nats-server", &place, wait, || {
         let written = std::fs::read_dir(ports_dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter(|entry| entry.file_name().to_string_lossy().ends_with(&suffix))
             .find_map(|entry| std::fs::read_to_string(entry.path()).ok());
-        if let Some(port) = written.as_deref().and_then(parse_client_port) {
-            return port;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nats-server (pid {}) wrote no ports file into {} within {wait:?}",
-            child.id(),
-            ports_dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        written.as_deref().and_then(parse_client_port)
+    })
 }
 
 /// The client port in a ports file (`{"nats":["nats://127.0.0.1:4222"], ...}`); `None` while

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Makes `command` (s3s-fs with its other flags) listen on `host` at a port of its own choosing
 /// and log where, into whatever its stdout is.
@@ -16,21 +16,10 @@ pub fn with_port_args(command: &mut Command, host: &str) {
 /// Waits until the s3s-fs `child`, whose stdout and stderr go to `log`, says where it listens,
 /// and returns the port. Panics, saying why, if it exits first or says nothing within `wait`.
 pub fn bound_port(child: &mut Child, log: &Path, wait: Duration) -> u16 {
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(status) = child.try_wait().expect("polling s3s-fs") {
-            panic!("s3s-fs exited with {status} before it listened (its log: {})", log.display());
-        }
-        if let Some(port) = std::fs::read_to_string(log).ok().as_deref().and_then(parse_port) {
-            return port;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "s3s-fs did not say where it listens within {wait:?} (its log: {})",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let place = format!("its log, {}", log.display());
+    crate::wait_for_port(child, "s3s-fs", &place, wait, || {
+        std::fs::read_to_string(log).ok().as_deref().and_then(parse_port)
+    })
 }
 
 /// The port in s3s-fs's `server is running at http://127.0.0.1:41727` line, once the line is
